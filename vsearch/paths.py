@@ -1,0 +1,104 @@
+"""The one place that knows the path layout of ../shared/DESIGN.md.
+
+Every stage asks this module where to read and write; no other module builds a WORKDIR or
+CATALOG path by hand. All functions take and return URIs (local, ``file://`` or ``gs://``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from vsearch import storage
+
+STAGES = ("catalog", "preprocess", "train", "gate", "embed", "build-index", "publish")
+
+
+def parse_date(value: str) -> dt.date:
+    """``YYYY-MM-DD`` -> date, with an error that says what was expected."""
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as e:
+        raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from e
+
+
+def _d(date: dt.date | str) -> str:
+    return date if isinstance(date, str) else date.isoformat()
+
+
+# ------------------------------------------------------------------ catalog (input)
+
+
+def catalog_day(catalog: str, date: dt.date | str) -> str:
+    return storage.join(catalog, f"dt={_d(date)}")
+
+
+def catalog_table(catalog: str, date: dt.date | str, table: str) -> list[str]:
+    """Candidate files for a table ("listings" or "reviews"), Parquet first."""
+    day = catalog_day(catalog, date)
+    return [storage.join(day, f"{table}.parquet"), storage.join(day, f"{table}.jsonl")]
+
+
+# ------------------------------------------------------------------ workdir (outputs)
+
+
+def transformed_dir(workdir: str, date: dt.date | str) -> str:
+    return storage.join(workdir, "transformed", f"dt={_d(date)}")
+
+
+def transform_fn_dir(workdir: str, date: dt.date | str) -> str:
+    """TFT's output dir (``transform_fn/`` and ``transformed_metadata/`` live inside)."""
+    return transformed_dir(workdir, date)
+
+
+def models_root(workdir: str) -> str:
+    return storage.join(workdir, "models")
+
+
+def model_dir(workdir: str, version: str) -> str:
+    return storage.join(workdir, "models", version)
+
+
+def embedder_dir(workdir: str, version: str) -> str:
+    return storage.join(model_dir(workdir, version), "embedder")
+
+
+def published_model_pointer(workdir: str) -> str:
+    return storage.join(workdir, "models", "PUBLISHED")
+
+
+def embeddings_root(workdir: str, model_version: str) -> str:
+    return storage.join(workdir, "embeddings", f"model={model_version}")
+
+
+def embeddings_dir(workdir: str, model_version: str, date: dt.date | str) -> str:
+    return storage.join(embeddings_root(workdir, model_version), f"dt={_d(date)}")
+
+
+def index_build_dir(workdir: str, model_version: str, build_id: str) -> str:
+    return storage.join(workdir, "indexes", model_version, build_id)
+
+
+def index_manifest(workdir: str, model_version: str, build_id: str) -> str:
+    return storage.join(index_build_dir(workdir, model_version, build_id), "manifest.json")
+
+
+def current_index_pointer(workdir: str) -> str:
+    return storage.join(workdir, "indexes", "CURRENT")
+
+
+def deadletter_dir(workdir: str, stage: str, date: dt.date | str) -> str:
+    return storage.join(workdir, "deadletter", stage, f"dt={_d(date)}")
+
+
+def run_summary(workdir: str, stage: str, date: dt.date | str) -> str:
+    return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.json")
+
+
+def completion_marker(workdir: str, stage: str, date: dt.date | str) -> str:
+    """Written last by backfill/DAG when a stage finished for a date."""
+    return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.done")
+
+
+def shard_name(index: int, total: int, suffix: str) -> str:
+    """``part-00003-of-00016.parquet``: zero padded so names sort in shard order."""
+    return f"part-{index:05d}-of-{total:05d}{suffix}"

@@ -1,0 +1,288 @@
+"""One storage layer for every URI: a local path, ``file://...`` or ``gs://bucket/prefix``.
+
+Reads, writes and listings go through Beam's ``FileSystems`` so that the same call works on a
+laptop and on Dataflow workers. Three things Beam does not give us are done here:
+
+* atomic writes: a local file is written to ``NAME.tmp-XXXX`` then ``os.replace``d; a GCS object
+  is only visible once its upload completes, so readers never see a partial file either way;
+* single-object rename/delete on gs:// (Beam batches them through the GCS batch API, which the
+  loopback test server and some proxies do not implement);
+* compare-and-swap of small pointer files (``models/PUBLISHED``, ``indexes/CURRENT``): a GCS
+  generation precondition, or a lock file plus atomic rename locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from apache_beam.io.filesystems import FileSystems
+
+GCS_PREFIX = "gs://"
+FILE_PREFIX = "file://"
+
+
+class StorageError(RuntimeError):
+    """A URI could not be read or written; the message names the URI."""
+
+
+class PointerConflict(StorageError):
+    """A compare-and-swap lost: somebody else changed the pointer first."""
+
+
+def normalize(uri: str) -> str:
+    """``file:///x`` -> ``/x``; relative local paths become absolute; gs:// stays as is."""
+    if uri.startswith(FILE_PREFIX):
+        uri = uri[len(FILE_PREFIX) :]
+    if is_gcs(uri):
+        return uri.rstrip("/") if uri.count("/") > 3 else uri
+    return os.path.abspath(uri)
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith(GCS_PREFIX)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/' for gs:// and os.path.join locally."""
+    base = normalize(base)
+    if is_gcs(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    uri = normalize(uri)
+    return posixpath.dirname(uri) if is_gcs(uri) else os.path.dirname(uri)
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(normalize(uri))
+
+
+def exists(uri: str) -> bool:
+    return bool(FileSystems.exists(normalize(uri)))
+
+
+def read_bytes(uri: str) -> bytes:
+    uri = normalize(uri)
+    try:
+        with FileSystems.open(uri, compression_type="uncompressed") as f:
+            data: bytes = f.read()
+            return data
+    except Exception as e:  # Beam wraps every backend's errors differently
+        raise StorageError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def open_read(uri: str) -> IO[bytes]:
+    """A seekable binary reader (pyarrow and faiss readers take this)."""
+    return FileSystems.open(normalize(uri), compression_type="uncompressed")
+
+
+@contextlib.contextmanager
+def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
+    """Write a file that appears under its final name only when complete.
+
+    On error nothing appears (and the local temp file is removed).
+    """
+    uri = normalize(uri)
+    if is_gcs(uri):
+        # Stage locally, then upload in one go: a GCS object becomes visible only when its upload
+        # is finalised, and an error before that leaves nothing behind.
+        with tempfile.TemporaryFile() as staged:
+            yield staged  # type: ignore[misc]
+            staged.seek(0)
+            with FileSystems.create(uri, compression_type="uncompressed") as out:
+                shutil.copyfileobj(staged, out, length=8 << 20)
+        return
+    os.makedirs(os.path.dirname(uri), exist_ok=True)
+    tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, uri)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_writer(uri) as f:
+        f.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted paths matching a glob (``*`` does not cross '/' locally; it may on GCS)."""
+    pattern = normalize(pattern)
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception as e:
+        if "No files found" in str(e) or "not found" in str(e).lower():
+            return []
+        raise StorageError(f"cannot list {pattern}: {e}") from e
+    return sorted(m.path for m in result.metadata_list)
+
+
+def list_prefix(prefix: str) -> list[str]:
+    """Every file under a directory-like prefix, recursively, sorted."""
+    prefix = normalize(prefix)
+    if is_gcs(prefix):
+        bucket, name = split_gcs(prefix)
+        client = gcs_client()
+        return sorted(
+            f"gs://{bucket}/{b.name}" for b in client.list_blobs(bucket, prefix=name.rstrip("/") + "/")
+        )
+    out = []
+    for root, _, files in os.walk(prefix):
+        out.extend(os.path.join(root, f) for f in files)
+    return sorted(out)
+
+
+def delete(uris: list[str]) -> None:
+    """Delete files; missing ones are ignored (deletes are idempotent)."""
+    for uri in (normalize(u) for u in uris):
+        if is_gcs(uri):
+            bucket, name = split_gcs(uri)
+            with contextlib.suppress(_gcs_not_found()):
+                gcs_client().bucket(bucket).blob(name).delete()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(uri)
+
+
+def delete_prefix(prefix: str) -> None:
+    delete(list_prefix(prefix))
+
+
+def rename(src: str, dst: str) -> None:
+    src, dst = normalize(src), normalize(dst)
+    if is_gcs(src) != is_gcs(dst):
+        raise StorageError(f"cannot rename across filesystems: {src} -> {dst}")
+    if is_gcs(src):
+        sb, sn = split_gcs(src)
+        db, dn = split_gcs(dst)
+        client = gcs_client()
+        client.bucket(sb).copy_blob(client.bucket(sb).blob(sn), client.bucket(db), dn)
+        client.bucket(sb).blob(sn).delete()
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+
+
+def makedirs(uri: str) -> None:
+    """Create a local directory; a no-op on object stores, which have no directories."""
+    uri = normalize(uri)
+    if not is_gcs(uri):
+        os.makedirs(uri, exist_ok=True)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    if not is_gcs(uri):
+        raise ValueError(f"not a gs:// URI: {uri}")
+    bucket, _, name = uri[len(GCS_PREFIX) :].partition("/")
+    return bucket, name
+
+
+@functools.cache
+def gcs_client() -> Any:
+    """A google-cloud-storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="vsearch-test", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def _gcs_not_found() -> type[Exception]:
+    from google.api_core.exceptions import NotFound
+
+    return NotFound
+
+
+# ---------------------------------------------------------------- pointers (compare-and-swap)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The content of a pointer file and the version token a swap must match.
+
+    ``token`` is the GCS generation, or the content itself locally; None when absent.
+    """
+
+    value: str | None
+    token: str | None
+
+
+def read_pointer(uri: str) -> Pointer:
+    uri = normalize(uri)
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return Pointer(None, None)
+        return Pointer(blob.download_as_bytes().decode().strip(), str(blob.generation))
+    try:
+        with open(uri, encoding="utf-8") as f:
+            value = f.read().strip()
+    except FileNotFoundError:
+        return Pointer(None, None)
+    return Pointer(value, value)
+
+
+def compare_and_swap(uri: str, new_value: str, expected: Pointer) -> None:
+    """Set the pointer to ``new_value`` only if it still is ``expected``.
+
+    Raises PointerConflict when another writer got there first: of two concurrent publishers
+    that read the same pointer, exactly one wins.
+    """
+    uri = normalize(uri)
+    if is_gcs(uri):
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket, name = split_gcs(uri)
+        generation = int(expected.token) if expected.token is not None else 0
+        try:
+            gcs_client().bucket(bucket).blob(name).upload_from_string(
+                new_value + "\n", if_generation_match=generation
+            )
+        except PreconditionFailed as e:
+            raise PointerConflict(
+                f"{uri} changed since it was read (expected {expected.value!r}); not swapped"
+            ) from e
+        return
+    os.makedirs(os.path.dirname(uri), exist_ok=True)
+    lock = uri + ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError as e:
+        raise PointerConflict(f"{uri} is being swapped by another writer ({lock} exists)") from e
+    try:
+        current = read_pointer(uri)
+        if current.token != expected.token:
+            raise PointerConflict(
+                f"{uri} is {current.value!r}, expected {expected.value!r}; not swapped"
+            )
+        write_text(uri, new_value + "\n")
+    finally:
+        os.close(fd)
+        os.remove(lock)
