@@ -1,0 +1,176 @@
+"""A RunInference ModelHandler for the exported embedder SavedModel.
+
+The SavedModel's ``serving_default`` signature takes ``images``: tf.string [None] (encoded image
+bytes) and returns ``embedding`` [N, D] float32 plus the category head. The handler:
+
+* loads the model once per worker process (RunInference keeps it in ``shared.Shared``, so every
+  thread of a process uses one copy); with ``large_model=True`` one copy is shared by all
+  processes of a machine (Beam's ``MultiProcessShared``), which is what a GPU worker with several
+  SDK processes wants: one copy in GPU memory instead of one per process;
+* copies a gs:// model to a local folder first, because TensorFlow's own filesystem layer does not
+  know every object store (or the loopback test server) that our storage layer does;
+* runs on a GPU when TensorFlow sees one and on the CPU otherwise, with the same code (it only
+  asks for memory growth so that several processes can share a GPU);
+* isolates failures: when a batch fails, each element is retried alone and the ones that still
+  fail come back as ``InferenceFailure`` instead of taking their batch mates down with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+
+from vsearch import storage
+from vsearch.runs import METRICS_NAMESPACE
+
+SIGNATURE = "serving_default"
+INPUT_KEY = "images"
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model outputs for one image (numpy, detached from TensorFlow)."""
+
+    embedding: np.ndarray
+    category: str
+    category_score: float
+
+
+@dataclass(frozen=True)
+class InferenceFailure:
+    """An image the model could not run on, with the reason (goes to the dead letters)."""
+
+    error: str
+
+
+class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """Encoded image bytes -> PredictionResult(inference=Prediction | InferenceFailure)."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        *,
+        min_batch_size: int = 8,
+        max_batch_size: int = 64,
+        large_model: bool = False,
+        intra_op_threads: int = 0,
+    ) -> None:
+        # min/max bound BatchElements, which then adapts the batch size to measured throughput.
+        super().__init__(
+            min_batch_size=min_batch_size, max_batch_size=max_batch_size, large_model=large_model
+        )
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}")
+        self._model_uri = model_uri
+        self._intra_op_threads = intra_op_threads
+
+    def load_model(self) -> Any:
+        import tensorflow as tf
+
+        _configure_tensorflow(tf, self._intra_op_threads)
+        start = time.perf_counter()
+        local = _localize(self._model_uri)
+        model = tf.saved_model.load(local)
+        if SIGNATURE not in model.signatures:
+            raise ValueError(f"{self._model_uri} has no {SIGNATURE!r} signature")
+        _log.info("loaded %s in %.1fs", self._model_uri, time.perf_counter() - start)
+        return model
+
+    def run_inference(
+        self,
+        batch: Sequence[bytes],
+        model: Any,
+        inference_args: Mapping[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        Metrics = beam.metrics.Metrics  # noqa: N806 - Beam's spelling
+        Metrics.distribution(METRICS_NAMESPACE, "batch_size").update(len(batch))
+        start = time.perf_counter()
+        try:
+            predictions: list[Prediction | InferenceFailure] = list(_predict(model, batch))
+        except Exception as e:  # one bad element must not fail the batch: retry one by one
+            _log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
+            predictions = [_predict_one(model, x) for x in batch]
+        Metrics.distribution(METRICS_NAMESPACE, "inference_ms").update(
+            int((time.perf_counter() - start) * 1000)
+        )
+        return [PredictionResult(x, p) for x, p in zip(batch, predictions, strict=True)]
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        # The default pickles the whole batch just to measure it.
+        return sum(len(x) for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+def keyed_handler(model_uri: str, **kwargs: Any) -> KeyedModelHandler:
+    """The handler RunInference gets: (key, image bytes) in, (key, PredictionResult) out."""
+    return KeyedModelHandler(EmbedderModelHandler(model_uri, **kwargs))
+
+
+def _predict(model: Any, batch: Sequence[bytes]) -> Iterable[Prediction]:
+    import tensorflow as tf
+
+    out = model.signatures[SIGNATURE](**{INPUT_KEY: tf.constant(list(batch), dtype=tf.string)})
+    emb = out["embedding"].numpy()
+    if emb.ndim != 2 or emb.shape[0] != len(batch):
+        raise ValueError(f"model returned embedding of shape {emb.shape} for {len(batch)} images")
+    cats = out["category"].numpy() if "category" in out else [b""] * len(batch)
+    scores = out["category_score"].numpy() if "category_score" in out else np.full(len(batch), np.nan)
+    for i in range(len(batch)):
+        c = cats[i]
+        yield Prediction(
+            embedding=emb[i].astype(np.float32, copy=False),
+            category=c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c),
+            category_score=float(scores[i]),
+        )
+
+
+def _predict_one(model: Any, x: bytes) -> Prediction | InferenceFailure:
+    try:
+        return next(iter(_predict(model, [x])))
+    except Exception as e:
+        return InferenceFailure(f"inference failed: {type(e).__name__}: {str(e)[:500]}")
+
+
+def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:
+    """Thread counts and GPU memory growth; only possible before TF's runtime starts."""
+    try:
+        if intra_op_threads > 0:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, intra_op_threads // 2))
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # the runtime already started in this process: keep its settings
+        pass
+
+
+def _localize(model_uri: str) -> str:
+    """A local directory holding the SavedModel (downloaded once per process when remote)."""
+    uri = storage.normalize(model_uri)
+    if not storage.is_gcs(uri):
+        if not os.path.isdir(uri):
+            raise FileNotFoundError(f"no SavedModel at {model_uri}")
+        return uri
+    files = storage.list_prefix(uri)
+    if not files:
+        raise FileNotFoundError(f"no SavedModel at {model_uri}")
+    local = tempfile.mkdtemp(prefix="vsearch-model-")
+    for f in files:
+        rel = f[len(uri) :].lstrip("/")
+        dest = os.path.join(local, *rel.split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as out:
+            out.write(storage.read_bytes(f))
+    return local

@@ -1,0 +1,235 @@
+"""The Embedding Parquet contract of ../shared/DESIGN.md: schema, writer helpers, readers.
+
+Layout: ``WORKDIR/embeddings/model=VERSION/dt=D/part-NNNNN-of-NNNNN.parquet``. A day's partition
+holds only images whose (listing_id, image_index, image_sha256) had no row yet for that model
+version (``--full`` re-embeds everything into that day's partition). So:
+
+* ``existing_keys`` streams the keys already embedded (what the embed job skips);
+* ``read_current_embeddings`` gives the embeddings of the images in a day's snapshot: the
+  snapshot's (listing_id, image_index) joined with every partition dt <= D, the row from the
+  newest partition winning. It streams: partitions are scanned newest first, batch by batch, and
+  only a set of the snapshot's image keys is held in memory (~100 bytes per image), never the
+  embeddings. Newest-first needs no sort: a day's partition holds at most one row per
+  (listing_id, image_index) (one snapshot image = one sha256 per day), so the first partition in
+  which a snapshot key appears holds its latest row; the key then leaves the wanted set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vsearch import paths, storage
+
+KEY_COLUMNS = ("listing_id", "image_index", "image_sha256")
+_DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/([^/]+\.parquet)$")
+
+
+def schema(dim: int) -> pa.Schema:
+    """The explicit Arrow schema of an embedding file for a model with ``dim`` dimensions."""
+    if dim <= 0:
+        raise ValueError(f"embedding dim must be positive, got {dim}")
+    return pa.schema(
+        [
+            pa.field("listing_id", pa.string(), nullable=False),
+            pa.field("image_uri", pa.string(), nullable=False),
+            pa.field("image_index", pa.int16(), nullable=False),
+            pa.field("image_sha256", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.field("item", pa.float32()), dim), nullable=False),
+            pa.field("category_pred", pa.string()),
+            pa.field("category_score", pa.float32()),
+            pa.field("dt", pa.date32(), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    )
+
+
+def embedding_dim(s: pa.Schema) -> int:
+    t = s.field("embedding").type
+    if not pa.types.is_fixed_size_list(t) or t.value_type != pa.float32():
+        raise ValueError(f"embedding column must be fixed_size_list<float32>, got {t}")
+    return int(t.list_size)
+
+
+def to_record_batch(rows: Sequence[Mapping[str, Any]], dim: int) -> pa.RecordBatch:
+    """Rows (dicts with the schema's column names; ``embedding`` a float array of ``dim``) -> batch.
+
+    Raises ValueError when an embedding has the wrong length, so a model/config mismatch is a clear
+    error instead of a file that downstream readers cannot use.
+    """
+    s = schema(dim)
+    n = len(rows)
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        v = np.asarray(r["embedding"], dtype=np.float32).reshape(-1)
+        if v.shape[0] != dim:
+            raise ValueError(
+                f"embedding of {r.get('listing_id')}#{r.get('image_index')} has {v.shape[0]} "
+                f"dims, the model config says {dim}"
+            )
+        vectors[i] = v
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    columns: dict[str, pa.Array] = {
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+    }
+    for f in s:
+        if f.name != "embedding":
+            columns[f.name] = pa.array([r[f.name] for r in rows], type=f.type)
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in s], schema=s)
+
+
+def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
+    """Write batches as one Parquet file that appears under ``uri`` only when complete.
+
+    Returns the number of rows. An empty input still writes a valid file with the schema.
+    """
+    n = 0
+    with storage.atomic_writer(uri) as f, pq.ParquetWriter(f, schema(dim), compression="zstd") as w:
+        for b in batches:
+            w.write_batch(b)
+            n += b.num_rows
+    return n
+
+
+# ------------------------------------------------------------------ listing partitions
+
+
+def partition_files(workdir: str, model_version: str) -> dict[dt.date, list[str]]:
+    """Every complete embedding file of a model version, by partition date (sorted)."""
+    root = paths.embeddings_root(workdir, model_version)
+    out: dict[dt.date, list[str]] = {}
+    for uri in storage.list_prefix(root):
+        m = _DT_RE.search(uri.replace("\\", "/"))
+        if m and m.group(2).startswith("part-"):  # temp files of a local writer do not match
+            out.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
+    return {d: sorted(out[d]) for d in sorted(out)}
+
+
+def files_through(
+    workdir: str, model_version: str, date: dt.date | str, *, inclusive: bool = True
+) -> list[tuple[dt.date, list[str]]]:
+    """Partitions with dt <= date (dt < date when not inclusive), newest first."""
+    date = _as_date(date)
+    parts = partition_files(workdir, model_version)
+    keep = [(d, f) for d, f in parts.items() if d < date or (inclusive and d == date)]
+    return sorted(keep, key=lambda p: p[0], reverse=True)
+
+
+def open_parquet(uri: str) -> pq.ParquetFile:
+    """A ParquetFile on any URI (a plain path locally: pyarrow's own reader is fastest there)."""
+    uri = storage.normalize(uri)
+    return pq.ParquetFile(uri if not storage.is_gcs(uri) else storage.open_read(uri))
+
+
+def iter_key_batches(uri: str, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The key columns of one file, batch by batch (the embedding column is never read)."""
+    yield from open_parquet(uri).iter_batches(batch_size=batch_size, columns=list(KEY_COLUMNS))
+
+
+def iter_keys(uri: str, batch_size: int = 65536) -> Iterator[tuple[str, int, str]]:
+    """(listing_id, image_index, image_sha256) tuples of one file."""
+    for b in iter_key_batches(uri, batch_size):
+        yield from zip(
+            b.column(0).to_pylist(), b.column(1).to_pylist(), b.column(2).to_pylist(), strict=True
+        )
+
+
+def existing_keys(
+    workdir: str,
+    model_version: str,
+    up_to_date: dt.date | str,
+    *,
+    inclusive: bool = True,
+    batch_size: int = 65536,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the keys already embedded for a model version in partitions dt <= up_to_date.
+
+    The embed job uses ``inclusive=False``: a re-run of day D skips only what earlier days
+    embedded, so it reproduces day D's partition instead of emptying it.
+    """
+    for _, files in files_through(workdir, model_version, up_to_date, inclusive=inclusive):
+        for uri in files:
+            yield from iter_key_batches(uri, batch_size)
+
+
+# ------------------------------------------------------------------ current view for a day
+
+
+def snapshot_image_keys(catalog: str, date: dt.date | str) -> set[tuple[str, int]]:
+    """(listing_id, image_index) of every listing photo in the day's snapshot."""
+    from vsearch import catalog as catalog_mod
+
+    snap = catalog_mod.read_snapshot(catalog, _as_date(date))
+    return {
+        (ref.listing_id, int(ref.image_index))
+        for listing in snap.listings
+        for ref in catalog_mod.listing_images(listing)
+        if ref.kind == "listing"
+    }
+
+
+def read_current_embeddings(
+    catalog: str,
+    workdir: str,
+    date: dt.date | str,
+    model_version: str,
+    batch_size: int = 65536,
+    *,
+    image_keys: set[tuple[str, int]] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the current embeddings for ``date``: one row per snapshot image that has one.
+
+    Images of listings missing from the day's snapshot (removed) and image slots a listing no
+    longer has are left out; a changed photo's new row wins over its old one. ``image_keys``
+    replaces the snapshot read (for callers that already hold it). Batches have at most
+    ``batch_size`` rows and the contract schema.
+    """
+    remaining = set(image_keys) if image_keys is not None else snapshot_image_keys(catalog, date)
+    for _, files in files_through(workdir, model_version, date, inclusive=True):
+        if not remaining:
+            break
+        found: list[tuple[str, int]] = []
+        for uri in files:
+            pf = open_parquet(uri)
+            _check_schema(uri, pf.schema_arrow)
+            for b in pf.iter_batches(batch_size=batch_size):
+                keys = zip(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist())
+                mask = [k in remaining for k in keys]
+                if not any(mask):
+                    continue
+                picked = b.filter(pa.array(mask, type=pa.bool_()))
+                found.extend(
+                    zip(
+                        picked.column("listing_id").to_pylist(),
+                        picked.column("image_index").to_pylist(),
+                    )
+                )
+                yield picked
+        remaining.difference_update(found)
+
+
+def read_current_table(
+    catalog: str, workdir: str, date: dt.date | str, model_version: str, dim: int | None = None
+) -> pa.Table:
+    """The current embeddings as one Table, sorted by (listing_id, image_index): small data only."""
+    batches = list(read_current_embeddings(catalog, workdir, date, model_version))
+    # An empty result still has the contract's columns (``dim`` only matters for its type).
+    table = pa.Table.from_batches(batches) if batches else schema(dim or 1).empty_table()
+    return table.sort_by([("listing_id", "ascending"), ("image_index", "ascending")])
+
+
+def _check_schema(uri: str, s: pa.Schema) -> None:
+    expected = schema(embedding_dim(s))
+    if not s.equals(expected):
+        raise ValueError(f"{uri} does not have the embedding schema:\n{s}\nexpected:\n{expected}")
+
+
+def _as_date(date: dt.date | str) -> dt.date:
+    return date if isinstance(date, dt.date) else paths.parse_date(date)
