@@ -74,6 +74,11 @@ def embeddings_dir(workdir: str, model_version: str, date: dt.date | str) -> str
     return storage.join(embeddings_root(workdir, model_version), f"dt={_d(date)}")
 
 
+def staging_dir(workdir: str, stage: str, date: dt.date | str, run_id: str) -> str:
+    """Where a run writes output it publishes only after its checks pass (removed afterwards)."""
+    return storage.join(workdir, "staging", stage, f"dt={_d(date)}", run_id)
+
+
 def index_build_dir(workdir: str, model_version: str, build_id: str) -> str:
     return storage.join(workdir, "indexes", model_version, build_id)
 
