@@ -1,0 +1,486 @@
+"""``vsearch generate-catalog``: a synthetic marketplace, K daily snapshots, deterministic per seed.
+
+Layout (DESIGN.md "Catalog snapshot")::
+
+    OUT/dt=YYYY-MM-DD/listings.parquet   listing_id, image_uris (relative), title, category,
+                                         color/shape/material (nullable), updated_at
+    OUT/dt=YYYY-MM-DD/reviews.parquet    review_id, listing_id, image_uri (relative)
+    OUT/images/L000123/0-<hash8>.jpg     studio photos (name carries the content hash)
+    OUT/images/reviews/R000123-0.jpg     buyer review photos
+    OUT/catalog.json                     generation parameters and per-day counts
+
+Day 1 has ``listings`` listings. Each later day removes ~2 % of them, re-shoots the photos of ~3 %
+(new files, new URIs), adds a review photo to ~3 % and adds ~5 % new listings; everything else
+keeps the very same image files, so incremental stages have real but bounded work.
+
+Determinism: every random draw comes from ``numpy.random.default_rng([seed, listing, purpose,
+...])``, so a listing's product and photos do not depend on the order or the process that renders
+them, and the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vsearch import paths, storage
+from vsearch.synthetic import photos, products
+
+# Per-day churn, as fractions of the listings alive the day before.
+ADD_FRACTION = 0.05
+CHANGE_FRACTION = 0.03
+REMOVE_FRACTION = 0.02
+NEW_REVIEW_FRACTION = 0.03
+NULL_FRACTION = 0.10  # each of color/shape/material is missing this often, independently
+MAX_WORKERS = 2  # the reference machine has 2 cores
+
+# Stream ids for default_rng([seed, listing, STREAM, ...]): one per purpose, never reused.
+_SPEC, _STUDIO, _REVIEW, _CORRUPT, _CLOCK = 0, 1, 2, 3, 4
+_DAY_STREAM = 1_000_003  # default_rng([seed, _DAY_STREAM, day]) picks the day's churn
+
+LISTINGS_SCHEMA = pa.schema(
+    [
+        pa.field("listing_id", pa.string(), nullable=False),
+        pa.field("image_uris", pa.list_(pa.string()), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("color", pa.string()),
+        pa.field("shape", pa.string()),
+        pa.field("material", pa.string()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+REVIEWS_SCHEMA = pa.schema(
+    [
+        pa.field("review_id", pa.string(), nullable=False),
+        pa.field("listing_id", pa.string(), nullable=False),
+        pa.field("image_uri", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DayCounts:
+    date: str
+    listings: int
+    images: int
+    reviews: int
+    added: int
+    changed: int
+    removed: int
+    new_reviews: int
+    images_written: int  # files rendered that day (new + changed listings, new reviews)
+    corrupt_images: int  # deliberately broken files written that day
+
+
+@dataclass(frozen=True)
+class GeneratedCatalog:
+    """What ``generate_catalog`` wrote."""
+
+    out: str
+    seed: int
+    image_size: int
+    days: tuple[DayCounts, ...]
+    wall_s: float
+
+    @property
+    def dates(self) -> list[str]:
+        return [d.date for d in self.days]
+
+
+def listing_id(num: int) -> str:
+    return f"L{num:06d}"
+
+
+def review_id(num: int, k: int) -> str:
+    return f"R{num:06d}-{k}"
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """A listing's catalog fields, drawn once from its own seed."""
+
+    spec: products.ProductSpec
+    color: str | None
+    shape: str | None
+    material: str | None
+    initial_reviews: int
+
+
+def listing_meta(seed: int, num: int) -> _Meta:
+    rng = np.random.default_rng([seed, num, _SPEC])
+    spec = products.sample_spec(rng)
+    nulls = rng.random(3) < NULL_FRACTION
+    reviews = int(rng.choice(4, p=[0.15, 0.35, 0.3, 0.2]))  # most listings 1-3, some none
+    return _Meta(
+        spec=spec,
+        color=None if nulls[0] else spec.color,
+        shape=None if nulls[1] else spec.shape,
+        material=None if nulls[2] else spec.material,
+        initial_reviews=reviews,
+    )
+
+
+# ---------------------------------------------------------------- rendering (worker side)
+
+
+@dataclass(frozen=True)
+class _Task:
+    num: int
+    photo_version: int | None  # None: the studio photos are unchanged, do not render
+    review_ks: tuple[int, ...]
+    seed: int
+    size: int
+    corrupt_fraction: float
+
+
+@dataclass
+class _Rendered:
+    num: int
+    studio: list[tuple[str, bytes]] = field(default_factory=list)  # (relative uri, bytes)
+    reviews: list[tuple[int, str, bytes]] = field(default_factory=list)  # (k, relative uri, bytes)
+    corrupt: int = 0
+
+
+def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
+    """A broken 'JPEG' of one of the kinds real catalogs hold."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return data[: max(1, len(data) // 3)]  # upload cut off
+    if kind == 1:
+        return b""
+    return b"<html><body>404 Not Found</body></html>\n"  # an error page saved as .jpg
+
+
+def _render(task: _Task) -> _Rendered:
+    meta = listing_meta(task.seed, task.num)
+    # Two pixels of product per photo pixel, so photos shrink it with anti-aliasing.
+    layer = photos.as_layer(products.draw_product(meta.spec, 2 * task.size))
+    out = _Rendered(task.num)
+    lid = listing_id(task.num)
+    if task.photo_version is not None:
+        rng = np.random.default_rng([task.seed, task.num, _STUDIO, task.photo_version])
+        n = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.25, 0.25, 0.15, 0.15]))
+        for i in range(n):
+            data = photos.studio_photo(layer, task.size, rng)
+            crng = np.random.default_rng([task.seed, task.num, _CORRUPT, task.photo_version, i])
+            if task.corrupt_fraction > 0 and crng.random() < task.corrupt_fraction:
+                data = _corrupt(data, crng)
+                out.corrupt += 1
+            h = hashlib.sha256(data).hexdigest()[:8]
+            out.studio.append((f"images/{lid}/{i}-{h}.jpg", data))
+    for k in task.review_ks:
+        rng = np.random.default_rng([task.seed, task.num, _REVIEW, k])
+        data, _ = photos.review_photo(layer, task.size, rng)
+        out.reviews.append((k, f"images/reviews/{review_id(task.num, k)}.jpg", data))
+    return out
+
+
+def _render_all(tasks: list[_Task], workers: int) -> Iterator[_Rendered]:
+    """Render in a process pool (numpy/PIL work is CPU bound); results in task order."""
+    if workers <= 1 or len(tasks) < 32:
+        yield from map(_render, tasks)
+        return
+    ctx = multiprocessing.get_context("fork")  # workers need nothing but this module
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(_render, tasks, chunksize=8)
+
+
+# ---------------------------------------------------------------- the daily plan (driver side)
+
+
+@dataclass
+class _State:
+    photo_version: int
+    uris: tuple[str, ...]
+    reviews: list[tuple[str, str]]  # (review_id, relative uri)
+    updated_at: dt.datetime
+
+
+def _pick(rng: np.random.Generator, pool: list[int], fraction: float) -> list[int]:
+    if not pool:
+        return []
+    n = min(len(pool), max(1, round(fraction * len(pool))))
+    return sorted(int(x) for x in rng.choice(pool, size=n, replace=False))
+
+
+def _timestamp(seed: int, num: int, day_index: int, date: dt.date) -> dt.datetime:
+    rng = np.random.default_rng([seed, num, _CLOCK, day_index])
+    seconds = int(rng.integers(0, 86_400))
+    return dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+
+
+def _write_table(uri: str, table: pa.Table) -> None:
+    with storage.atomic_writer(uri) as f:
+        pq.write_table(table, f, compression="snappy")
+
+
+def generate_catalog(
+    out: str,
+    listings: int,
+    days: int,
+    seed: int,
+    image_size: int = 128,
+    start_date: dt.date = dt.date(2026, 1, 1),
+    corrupt_fraction: float = 0.0,
+    workers: int = MAX_WORKERS,
+    progress_every: int = 500,
+) -> GeneratedCatalog:
+    """Write ``days`` daily snapshots of a synthetic catalog under ``out`` (a path or gs:// URI)."""
+    if listings < 1 or days < 1:
+        raise ValueError(f"--listings and --days must be >= 1, got {listings} and {days}")
+    if not 16 <= image_size <= 1024:
+        raise ValueError(f"--image-size must be in 16..1024, got {image_size}")
+    if not 0.0 <= corrupt_fraction <= 1.0:
+        raise ValueError(f"--corrupt-fraction must be in 0..1, got {corrupt_fraction}")
+    out = storage.normalize(out)
+    started = time.perf_counter()
+    state: dict[int, _State] = {}
+    metas: dict[int, _Meta] = {}
+    next_num = 0
+    counts: list[DayCounts] = []
+    writer = ThreadPoolExecutor(max_workers=4)  # file writes are I/O: overlap them with rendering
+    try:
+        for d in range(days):
+            date = start_date + dt.timedelta(days=d)
+            alive = sorted(state)
+            if d == 0:
+                added, changed, removed, reviewed = list(range(listings)), [], [], []
+            else:
+                rng = np.random.default_rng([seed, _DAY_STREAM, d])
+                removed = _pick(rng, alive, REMOVE_FRACTION)
+                gone = set(removed)
+                kept = [n for n in alive if n not in gone]
+                changed = _pick(rng, kept, CHANGE_FRACTION * len(alive) / max(len(kept), 1))
+                reviewed = _pick(rng, kept, NEW_REVIEW_FRACTION * len(alive) / max(len(kept), 1))
+                n_new = max(1, round(ADD_FRACTION * len(alive)))
+                added = list(range(next_num, next_num + n_new))
+            next_num = max(next_num, added[-1] + 1 if added else next_num)
+            for n in removed:
+                del state[n]
+            for n in added:
+                metas[n] = listing_meta(seed, n)
+            tasks = _day_tasks(
+                added, changed, reviewed, state, metas, seed, image_size, corrupt_fraction
+            )
+            written = corrupt = 0
+            futures = []
+            for i, r in enumerate(_render_all(tasks, workers), start=1):
+                written += len(r.studio) + len(r.reviews)
+                corrupt += r.corrupt
+                for rel, data in r.studio + [(u, b) for _, u, b in r.reviews]:
+                    futures.append(writer.submit(storage.write_bytes, storage.join(out, rel), data))
+                _apply(r, state, seed, d, date)
+                if progress_every and i % progress_every == 0:
+                    print(
+                        f"  {date}: rendered {i}/{len(tasks)} listings, {written} images, "
+                        f"{time.perf_counter() - started:.1f} s",
+                        flush=True,
+                    )
+            for f in futures:
+                f.result()  # surface write errors here, with the URI in the message
+            _write_day(out, date, state, metas)
+            counts.append(
+                DayCounts(
+                    date=date.isoformat(),
+                    listings=len(state),
+                    images=sum(len(s.uris) for s in state.values()),
+                    reviews=sum(len(s.reviews) for s in state.values()),
+                    added=len(added),
+                    changed=len(changed),
+                    removed=len(removed),
+                    new_reviews=len(reviewed),
+                    images_written=written,
+                    corrupt_images=corrupt,
+                )
+            )
+    finally:
+        writer.shutdown(wait=True)
+    storage.write_text(
+        storage.join(out, "catalog.json"),
+        _catalog_json(seed, listings, days, image_size, start_date, corrupt_fraction, counts),
+    )
+    return GeneratedCatalog(out, seed, image_size, tuple(counts), time.perf_counter() - started)
+
+
+def _day_tasks(
+    added: list[int],
+    changed: list[int],
+    reviewed: list[int],
+    state: dict[int, _State],
+    metas: dict[int, _Meta],
+    seed: int,
+    size: int,
+    corrupt_fraction: float,
+) -> list[_Task]:
+    tasks = [
+        _Task(n, 0, tuple(range(metas[n].initial_reviews)), seed, size, corrupt_fraction)
+        for n in added
+    ]
+    for n in sorted(set(changed) | set(reviewed)):
+        version = state[n].photo_version + 1 if n in changed else None
+        ks = (len(state[n].reviews),) if n in reviewed else ()
+        tasks.append(_Task(n, version, ks, seed, size, corrupt_fraction))
+    return tasks
+
+
+def _apply(r: _Rendered, state: dict[int, _State], seed: int, d: int, date: dt.date) -> None:
+    """Fold one listing's new files into the running state."""
+    s = state.get(r.num)
+    if s is None:
+        s = state[r.num] = _State(-1, (), [], _timestamp(seed, r.num, d, date))
+    if r.studio:
+        s.photo_version += 1
+        s.uris = tuple(u for u, _ in r.studio)
+        s.updated_at = _timestamp(seed, r.num, d, date)
+    s.reviews.extend((review_id(r.num, k), u) for k, u, _ in r.reviews)
+
+
+def _write_day(out: str, date: dt.date, state: dict[int, _State], metas: dict[int, _Meta]) -> None:
+    nums = sorted(state)
+    listings = pa.table(
+        {
+            "listing_id": [listing_id(n) for n in nums],
+            "image_uris": [list(state[n].uris) for n in nums],
+            "title": [metas[n].spec.title for n in nums],
+            "category": [metas[n].spec.category for n in nums],
+            "color": [metas[n].color for n in nums],
+            "shape": [metas[n].shape for n in nums],
+            "material": [metas[n].material for n in nums],
+            "updated_at": [state[n].updated_at for n in nums],
+        },
+        schema=LISTINGS_SCHEMA,
+    )
+    rows = [(rid, listing_id(n), uri) for n in nums for rid, uri in state[n].reviews]
+    reviews = pa.table(
+        {
+            "review_id": [r[0] for r in rows],
+            "listing_id": [r[1] for r in rows],
+            "image_uri": [r[2] for r in rows],
+        },
+        schema=REVIEWS_SCHEMA,
+    )
+    day = paths.catalog_day(out, date)
+    _write_table(storage.join(day, "listings.parquet"), listings)
+    _write_table(storage.join(day, "reviews.parquet"), reviews)
+
+
+def _catalog_json(
+    seed: int,
+    listings: int,
+    days: int,
+    image_size: int,
+    start_date: dt.date,
+    corrupt_fraction: float,
+    counts: list[DayCounts],
+) -> str:
+    doc = {
+        "format_version": 1,
+        "generator": "vsearch.synthetic.generate",
+        "parameters": {
+            "listings": listings,
+            "days": days,
+            "seed": seed,
+            "image_size": image_size,
+            "start_date": start_date.isoformat(),
+            "corrupt_fraction": corrupt_fraction,
+        },
+        "vocabulary": {
+            "category": [c for c, _ in products.CATEGORIES],
+            "color": list(products.COLORS),
+            "shape": list(products.SHAPES),
+            "material": list(products.MATERIALS),
+        },
+        "snapshots": [asdict(c) for c in counts],
+    }
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vsearch generate-catalog",
+        description=(
+            "Write a synthetic marketplace catalog: procedurally drawn products in 12 categories "
+            "(studio photos) plus buyer review photos of the same products, as daily snapshots "
+            "OUT/dt=YYYY-MM-DD/{listings,reviews}.parquet with images under OUT/images/. "
+            "Later days add, change and remove listings. Same arguments, same bytes."
+        ),
+    )
+    p.add_argument("out", metavar="OUT", help="output root: a local path or gs://bucket/prefix")
+    p.add_argument(
+        "--listings", type=int, required=True, help="number of listings on the first day"
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        default=1,
+        help="number of daily snapshots; each later day adds ~5%%, re-shoots ~3%% and "
+        "removes ~2%% of the listings (default 1)",
+    )
+    p.add_argument(
+        "--seed", type=int, required=True, help="random seed; the output is a pure function of it"
+    )
+    p.add_argument(
+        "--start-date",
+        type=paths.parse_date,
+        default=dt.date(2026, 1, 1),
+        help="date of the first snapshot, YYYY-MM-DD (default 2026-01-01)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="width and height of every JPEG in pixels (default 128)",
+    )
+    p.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of listing images written deliberately broken (truncated JPEG, "
+        "zero bytes, HTML named .jpg) to exercise dead letters (default 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=MAX_WORKERS,
+        help=f"rendering processes (default {MAX_WORKERS})",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    result = generate_catalog(
+        args.out,
+        args.listings,
+        args.days,
+        args.seed,
+        image_size=args.image_size,
+        start_date=args.start_date,
+        corrupt_fraction=args.corrupt_fraction,
+        workers=args.workers,
+    )
+    last = result.days[-1]
+    total_written = sum(d.images_written for d in result.days)
+    print(
+        f"generate-catalog: {len(result.days)} day(s) {result.dates[0]}..{result.dates[-1]} -> {result.out}: "
+        f"last day {last.listings} listings, {last.images} images, {last.reviews} reviews "
+        f"(+{last.added} ~{last.changed} -{last.removed}); {total_written} image files written "
+        f"in {result.wall_s:.1f} s ({total_written / max(result.wall_s, 1e-9):.0f} images/s)"
+    )
+    return 0

@@ -1,0 +1,476 @@
+"""Synthetic products: a listing's parameters (``ProductSpec``) and its picture as an RGBA layer.
+
+A product is one unique draw of: category (a distinct silhouette), named colour with a jittered
+exact hue, a surface (solid, stripes, dots, checks, wood, fabric), a shape label (tall/short/wide)
+with jittered proportions, a structural variant (handle or not, dome or cone...) and an accent
+colour. Many listings share category and colour, so telling two listings apart needs the fine
+detail (hue, pattern scale/phase/angle, proportions), which is what retrieval is measured on.
+
+Drawing is PIL (silhouette masks) + numpy (texture, cylindrical shading), on a square canvas at
+twice the photo size so that photos downsample it with anti-aliasing.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# (taxonomy path, what the variant flag means for this category). Order is fixed: a listing's
+# category is an index into this tuple, so reordering would change every generated catalog.
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("home/kitchen/mug", "contrasting rim"),
+    ("home/decor/vase", "two handles"),
+    ("home/lighting/lamp", "dome shade"),
+    ("home/furniture/chair", "armrests"),
+    ("home/kitchen/bottle", "cork stopper"),
+    ("accessories/bags/bag", "top handle"),
+    ("clothing/tops/shirt", "long sleeves"),
+    ("accessories/hats/hat", "ribbon band"),
+    ("clothing/shoes/shoe", "high top"),
+    ("home/decor/clock", "square case"),
+    ("home/kitchen/teapot", "tall knob"),
+    ("home/kitchen/bowl", "foot ring"),
+)
+
+# name -> (hue, saturation, value) centre; jitter widths below. Black/white/gray are achromatic:
+# their hue barely matters, their value is what defines them.
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.995, 0.80, 0.80),
+    "orange": (0.075, 0.85, 0.95),
+    "yellow": (0.145, 0.80, 0.95),
+    "green": (0.33, 0.65, 0.60),
+    "blue": (0.60, 0.75, 0.75),
+    "purple": (0.77, 0.55, 0.60),
+    "pink": (0.93, 0.40, 0.95),
+    "brown": (0.07, 0.65, 0.45),
+    "black": (0.60, 0.05, 0.13),
+    "white": (0.10, 0.04, 0.95),
+    "gray": (0.60, 0.04, 0.55),
+}
+ACHROMATIC = ("black", "white", "gray")
+
+MATERIALS: tuple[str, ...] = ("solid", "striped", "dotted", "checked", "wood", "fabric")
+SHAPES: tuple[str, ...] = ("tall", "short", "wide")
+# (width, height) of the object's box as fractions of the canvas, per shape label.
+_SHAPE_BOX = {"tall": (0.50, 0.86), "short": (0.62, 0.58), "wide": (0.84, 0.62)}
+
+# Popularity skew: real catalogs are dominated by a few categories and colours, which is what makes
+# "same category, same colour" neighbours plentiful and retrieval fine-grained.
+_CATEGORY_WEIGHTS = np.array([14, 10, 8, 7, 8, 9, 12, 7, 9, 5, 5, 6], dtype=float)
+_COLOR_WEIGHTS = np.array([10, 6, 5, 8, 11, 5, 6, 8, 12, 11, 8], dtype=float)
+_MATERIAL_WEIGHTS = np.array([30, 18, 14, 12, 13, 13], dtype=float)
+
+_ADJECTIVES = ("Handmade", "Vintage", "Modern", "Classic", "Rustic", "Minimal", "Retro", "Cozy")
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """Everything that defines one listing's product; photos are renders of it."""
+
+    category: str
+    color: str
+    material: str
+    shape: str
+    variant: bool
+    rgb: tuple[float, float, float]  # the jittered exact main colour, 0..1
+    accent: tuple[float, float, float]  # pattern / secondary-part colour
+    box: tuple[float, float]  # (width, height) fraction of the canvas
+    pattern_period: float  # fraction of the canvas
+    pattern_phase: float
+    pattern_angle: float  # radians
+    gloss: float  # 0 matte .. 1 glossy highlight
+    detail_seed: int  # small drawing details (wood grain, fabric noise)
+    title: str
+
+    @property
+    def noun(self) -> str:
+        return self.category.rsplit("/", 1)[-1]
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1)))
+    return (r, g, b)
+
+
+def jittered_rgb(color: str, rng: np.random.Generator) -> tuple[float, float, float]:
+    """The named colour with a listing-specific exact hue, saturation and value."""
+    h, s, v = COLORS[color]
+    if color in ACHROMATIC:
+        return _hsv(
+            h + rng.uniform(-0.2, 0.2), s + rng.uniform(-0.04, 0.06), v + rng.uniform(-0.07, 0.05)
+        )
+    return _hsv(
+        h + rng.uniform(-0.025, 0.025), s + rng.uniform(-0.15, 0.12), v + rng.uniform(-0.15, 0.07)
+    )
+
+
+def _accent(
+    color: str, material: str, rgb: tuple[float, float, float], rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """A secondary colour that never outweighs the main one (so the colour label stays true)."""
+    main = np.array(rgb)
+    if material == "checked":  # gingham: a tint of the main colour
+        return tuple(main * 0.45 + 0.55 * (1.0 if rng.random() < 0.7 else 0.1))  # type: ignore[return-value]
+    pick = rng.random()
+    if pick < 0.35:
+        other = (0.96, 0.95, 0.92)  # cream / white
+    elif pick < 0.6:
+        other = (0.10, 0.10, 0.11)
+    elif pick < 0.8:
+        other = tuple(main * 0.5)  # type: ignore[assignment]
+    else:
+        names = [c for c in COLORS if c != color]
+        other = jittered_rgb(names[int(rng.integers(len(names)))], rng)
+    if color == "white" and pick < 0.35:
+        other = (0.55, 0.55, 0.58)
+    if color == "black" and 0.35 <= pick < 0.8:
+        other = (0.85, 0.85, 0.85)
+    return tuple(float(x) for x in other)  # type: ignore[return-value]
+
+
+def sample_spec(rng: np.random.Generator) -> ProductSpec:
+    """One listing's product; every call on a fresh rng with the same seed gives the same spec."""
+    cat = int(rng.choice(len(CATEGORIES), p=_CATEGORY_WEIGHTS / _CATEGORY_WEIGHTS.sum()))
+    names = list(COLORS)
+    color = names[int(rng.choice(len(names), p=_COLOR_WEIGHTS / _COLOR_WEIGHTS.sum()))]
+    material = MATERIALS[
+        int(rng.choice(len(MATERIALS), p=_MATERIAL_WEIGHTS / _MATERIAL_WEIGHTS.sum()))
+    ]
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    rgb = jittered_rgb(color, rng)
+    bw, bh = _SHAPE_BOX[shape]
+    box = (bw * rng.uniform(0.88, 1.08), bh * rng.uniform(0.9, 1.06))
+    period = {
+        "striped": (0.06, 0.16),
+        "dotted": (0.07, 0.14),
+        "checked": (0.06, 0.14),
+        "wood": (0.03, 0.07),
+        "fabric": (0.015, 0.03),
+        "solid": (0.1, 0.1),
+    }[material]
+    category = CATEGORIES[cat][0]
+    noun = category.rsplit("/", 1)[-1]
+    words = [_ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]]
+    if rng.random() < 0.6:
+        words.append(color)
+    if material != "solid" and rng.random() < 0.6:
+        words.append(material)
+    words.append(noun)
+    return ProductSpec(
+        category=category,
+        color=color,
+        material=material,
+        shape=shape,
+        variant=bool(rng.random() < 0.5),
+        rgb=rgb,
+        accent=_accent(color, material, rgb, rng),
+        box=box,
+        pattern_period=float(rng.uniform(*period)),
+        pattern_phase=float(rng.uniform(0, 1)),
+        pattern_angle=float(rng.choice([0.0, np.pi / 2, rng.uniform(-0.6, 0.6)])),
+        gloss=float(
+            rng.uniform(0.0, 0.3) if material in ("fabric", "wood") else rng.uniform(0.2, 0.8)
+        ),
+        detail_seed=int(rng.integers(2**31)),
+        title=" ".join(w.capitalize() if i == 0 else w for i, w in enumerate(words)),
+    )
+
+
+# ---------------------------------------------------------------- silhouettes
+
+
+@dataclass
+class _Parts:
+    """One mask per surface kind; drawers paint 255 where a part is."""
+
+    main: ImageDraw.ImageDraw
+    accent: ImageDraw.ImageDraw
+    light: ImageDraw.ImageDraw
+    dark: ImageDraw.ImageDraw
+
+
+@dataclass(frozen=True)
+class _Box:
+    x0: float
+    y0: float
+    w: float
+    h: float
+
+    def p(self, u: float, v: float) -> tuple[float, float]:
+        """A point at fractions (u, v) of the box."""
+        return (self.x0 + u * self.w, self.y0 + v * self.h)
+
+    def r(self, u0: float, v0: float, u1: float, v1: float) -> list[float]:
+        return [*self.p(u0, v0), *self.p(u1, v1)]
+
+
+def _profile(b: _Box, ts: list[float], rs: list[float], n: int = 40) -> list[tuple[float, float]]:
+    """A solid of revolution seen from the side: half-widths ``rs`` (fraction of the box width)
+    at heights ``ts`` (0 top .. 1 bottom), smoothly interpolated, mirrored about the centre."""
+    t = np.linspace(ts[0], ts[-1], n)
+    r = np.interp(t, ts, rs)
+    r = np.convolve(np.pad(r, 2, mode="edge"), np.ones(5) / 5, mode="valid")  # soften the corners
+    right = [b.p(0.5 + ri, ti) for ti, ri in zip(t, r, strict=True)]
+    left = [b.p(0.5 - ri, ti) for ti, ri in zip(t[::-1], r[::-1], strict=True)]
+    return right + left
+
+
+def _mug(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    lw = max(2, int(b.w * 0.09))
+    d.main.ellipse(b.r(0.62, 0.22, 1.0, 0.72), outline=255, width=lw)
+    d.main.rounded_rectangle(b.r(0.0, 0.05, 0.78, 1.0), radius=b.w * 0.08, fill=255)
+    d.light.ellipse(b.r(0.02, 0.0, 0.76, 0.1), fill=255)
+    if s.variant:
+        d.accent.rectangle(b.r(0.0, 0.05, 0.78, 0.16), fill=255)
+
+
+def _vase(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    d.main.polygon(
+        _profile(b, [0, 0.05, 0.3, 0.6, 0.9, 1], [0.2, 0.14, 0.15, 0.42, 0.3, 0.22]), fill=255
+    )
+    if s.variant:
+        lw = max(2, int(b.w * 0.05))
+        d.main.arc(b.r(0.1, 0.1, 0.4, 0.45), 90, 270, fill=255, width=lw)
+        d.main.arc(b.r(0.6, 0.1, 0.9, 0.45), 270, 90, fill=255, width=lw)
+    d.dark.ellipse(b.r(0.33, 0.0, 0.67, 0.04), fill=255)
+
+
+def _lamp(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    d.accent.rectangle(b.r(0.47, 0.35, 0.53, 0.95), fill=255)
+    d.accent.ellipse(b.r(0.25, 0.9, 0.75, 1.0), fill=255)
+    if s.variant:
+        d.main.pieslice(b.r(0.05, 0.0, 0.95, 0.8), 180, 360, fill=255)
+    else:
+        d.main.polygon([b.p(0.25, 0.0), b.p(0.75, 0.0), b.p(0.98, 0.42), b.p(0.02, 0.42)], fill=255)
+
+
+def _chair(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    leg = 0.07
+    for u in (0.05, 0.83):
+        d.accent.rectangle(b.r(u, 0.55, u + leg, 1.0), fill=255)
+    d.accent.rectangle(b.r(0.05, 0.85, 0.9, 0.88), fill=255)
+    d.main.rounded_rectangle(b.r(0.02, 0.5, 0.98, 0.6), radius=b.h * 0.02, fill=255)
+    d.main.rounded_rectangle(b.r(0.72, 0.0, 0.9, 0.55), radius=b.w * 0.04, fill=255)
+    if s.variant:
+        d.main.rectangle(b.r(0.1, 0.3, 0.8, 0.36), fill=255)
+        d.accent.rectangle(b.r(0.12, 0.33, 0.17, 0.52), fill=255)
+
+
+def _bottle(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    neck = 0.16 if s.variant else 0.1
+    d.main.polygon(_profile(b, [0.1, 0.3, 0.45, 0.55, 1], [neck, neck, 0.4, 0.42, 0.4]), fill=255)
+    if s.variant:
+        d.accent.rectangle(b.r(0.5 - neck * 0.9, 0.0, 0.5 + neck * 0.9, 0.12), fill=255)
+    else:
+        d.dark.rectangle(b.r(0.5 - neck * 1.1, 0.02, 0.5 + neck * 1.1, 0.12), fill=255)
+    d.light.rectangle(b.r(0.12, 0.6, 0.88, 0.82), fill=255)  # a label
+
+
+def _bag(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    lw = max(2, int(b.w * 0.05))
+    if s.variant:
+        d.accent.arc(b.r(0.25, 0.0, 0.75, 0.6), 180, 360, fill=255, width=lw)
+    else:
+        d.accent.line(
+            [b.p(0.1, 0.35), b.p(0.5, 0.0), b.p(0.9, 0.35)], fill=255, width=max(1, lw // 2)
+        )
+    d.main.polygon([b.p(0.08, 0.3), b.p(0.92, 0.3), b.p(1.0, 1.0), b.p(0.0, 1.0)], fill=255)
+    d.main.chord(b.r(0.08, 0.12, 0.92, 0.65), 0, 180, fill=255)
+    d.dark.ellipse(b.r(0.46, 0.55, 0.54, 0.61), fill=255)
+
+
+def _shirt(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    sl = 0.75 if s.variant else 0.38
+    d.main.polygon(
+        [
+            b.p(0.36, 0.0),
+            b.p(0.64, 0.0),
+            b.p(1.0, 0.14),
+            b.p(1.0, sl * 0.9),
+            b.p(0.8, sl),
+            b.p(0.78, 0.3),
+            b.p(0.8, 1.0),
+            b.p(0.2, 1.0),
+            b.p(0.22, 0.3),
+            b.p(0.2, sl),
+            b.p(0.0, sl * 0.9),
+            b.p(0.0, 0.14),
+        ],
+        fill=255,
+    )
+    d.light.chord(b.r(0.38, -0.08, 0.62, 0.1), 0, 180, fill=255)
+
+
+def _hat(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    d.main.ellipse(b.r(0.0, 0.72, 1.0, 0.98), fill=255)
+    top = {"tall": 0.0, "short": 0.3, "wide": 0.35}[s.shape]
+    d.main.rounded_rectangle(b.r(0.22, top, 0.78, 0.88), radius=b.w * 0.15, fill=255)
+    if s.variant:
+        d.accent.rectangle(b.r(0.22, 0.68, 0.78, 0.78), fill=255)
+
+
+def _shoe(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    top = 0.05 if s.variant else 0.35
+    d.main.polygon(
+        [
+            b.p(0.02, top),
+            b.p(0.3, top),
+            b.p(0.42, 0.5),
+            b.p(0.85, 0.58),
+            b.p(1.0, 0.8),
+            b.p(1.0, 0.88),
+            b.p(0.0, 0.88),
+        ],
+        fill=255,
+    )
+    d.light.rounded_rectangle(b.r(0.0, 0.82, 1.0, 1.0), radius=b.h * 0.05, fill=255)
+    d.dark.line([b.p(0.3, 0.45), b.p(0.5, 0.55)], fill=255, width=max(1, int(b.w * 0.015)))
+
+
+def _clock(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    side = min(b.w, b.h)
+    sq = _Box(b.x0 + (b.w - side) / 2, b.y0 + (b.h - side) / 2, side, side)
+    if s.variant:
+        d.main.rounded_rectangle(sq.r(0, 0, 1, 1), radius=side * 0.1, fill=255)
+    else:
+        d.main.ellipse(sq.r(0, 0, 1, 1), fill=255)
+    d.light.ellipse(sq.r(0.14, 0.14, 0.86, 0.86), fill=255)
+    lw = max(1, int(side * 0.03))
+    d.dark.line([sq.p(0.5, 0.5), sq.p(0.5, 0.24)], fill=255, width=lw)
+    d.dark.line([sq.p(0.5, 0.5), sq.p(0.7, 0.6)], fill=255, width=lw)
+    for k in range(12):
+        a = k * np.pi / 6
+        d.dark.point([sq.p(0.5 + 0.31 * np.cos(a), 0.5 + 0.31 * np.sin(a))], fill=255)
+
+
+def _teapot(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    lw = max(2, int(b.w * 0.06))
+    d.main.ellipse(b.r(0.7, 0.3, 0.98, 0.75), outline=255, width=lw)
+    d.main.polygon([b.p(0.25, 0.55), b.p(0.02, 0.22), b.p(0.08, 0.2), b.p(0.32, 0.7)], fill=255)
+    d.main.ellipse(b.r(0.15, 0.25, 0.85, 1.0), fill=255)
+    d.accent.chord(b.r(0.32, 0.17, 0.68, 0.37), 180, 360, fill=255)
+    knob = 0.02 if s.variant else 0.12
+    d.accent.ellipse(b.r(0.45, knob, 0.55, 0.22), fill=255)
+
+
+def _bowl(d: _Parts, b: _Box, s: ProductSpec) -> None:
+    foot = 0.85 if s.variant else 1.0
+    d.main.chord(b.r(0.0, -0.55 * foot, 1.0, foot), 0, 180, fill=255)
+    d.light.ellipse(b.r(0.02, 0.12, 0.98, 0.32), fill=255)
+    if s.variant:
+        d.main.rectangle(b.r(0.36, 0.8, 0.64, 1.0), fill=255)
+
+
+_DRAWERS: dict[str, Callable[[_Parts, _Box, ProductSpec], None]] = {
+    "mug": _mug,
+    "vase": _vase,
+    "lamp": _lamp,
+    "chair": _chair,
+    "bottle": _bottle,
+    "bag": _bag,
+    "shirt": _shirt,
+    "hat": _hat,
+    "shoe": _shoe,
+    "clock": _clock,
+    "teapot": _teapot,
+    "bowl": _bowl,
+}
+assert set(_DRAWERS) == {c.rsplit("/", 1)[-1] for c, _ in CATEGORIES}
+
+
+# ---------------------------------------------------------------- surfaces
+
+
+def _value_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
+    """Smooth random field in [0, 1] of shape (n, n): a coarse grid upsampled bilinearly."""
+    grid = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
+    return np.asarray(grid.resize((n, n), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+
+
+def surface(spec: ProductSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The product's main surface (n x n x 3 float32 in 0..1): colour times pattern."""
+    main = np.array(spec.rgb, dtype=np.float32)
+    acc = np.array(spec.accent, dtype=np.float32)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    ca, sa = np.cos(spec.pattern_angle), np.sin(spec.pattern_angle)
+    u = (xx * ca + yy * sa) / spec.pattern_period + spec.pattern_phase
+    v = (-xx * sa + yy * ca) / spec.pattern_period + spec.pattern_phase
+    out: np.ndarray = np.broadcast_to(main, (n, n, 3)).copy()
+    m = spec.material
+    if m == "striped":
+        duty = 0.25 + 0.15 * spec.pattern_phase
+        out[(u % 1.0) < duty] = acc
+    elif m == "dotted":
+        du, dv = (u % 1.0) - 0.5, (v % 1.0) - 0.5
+        out[du * du + dv * dv < 0.06 + 0.04 * spec.pattern_phase] = acc
+    elif m == "checked":
+        band_u, band_v = (u % 1.0) < 0.5, (v % 1.0) < 0.5
+        mix = 0.5 * band_u + 0.5 * band_v  # gingham: overlaps are darker than single bands
+        out = main * (1 - mix[..., None] * 0.6) + acc * (mix[..., None] * 0.6)
+    elif m == "wood":
+        warp = _value_noise(rng, n, 5) * 3.0
+        grain = 0.5 + 0.5 * np.sin(2 * np.pi * (u + warp))
+        fine = _value_noise(rng, n, 48)
+        out = main * (0.72 + 0.3 * grain[..., None] + 0.1 * fine[..., None])
+    elif m == "fabric":
+        weave = (
+            0.5
+            + 0.25 * np.sin(2 * np.pi * u) * np.sin(2 * np.pi * v)
+            + 0.25 * np.sin(2 * np.pi * (u + v) * 0.5)
+        )
+        fuzz = _value_noise(rng, n, 64)
+        out = main * (0.82 + 0.16 * weave[..., None] + 0.1 * fuzz[..., None])
+    else:
+        out = main * (0.97 + 0.06 * _value_noise(rng, n, 6)[..., None])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _cylinder_shading(alpha: np.ndarray, gloss: float) -> np.ndarray:
+    """Per-row shading as if each row were a lit cylinder: darker edges, a highlight left of centre."""
+    n = alpha.shape[1]
+    inside = alpha > 0.5
+    has = inside.any(axis=1)
+    left = np.where(has, inside.argmax(axis=1), 0).astype(np.float32)
+    right = np.where(has, n - 1 - inside[:, ::-1].argmax(axis=1), n - 1).astype(np.float32)
+    x = np.arange(n, dtype=np.float32)[None, :]
+    t = np.clip((x - left[:, None]) / np.maximum(right - left, 1.0)[:, None], 0.0, 1.0)
+    body = 0.62 + 0.42 * np.clip(np.sin(np.pi * t), 0.0, 1.0) ** 0.6
+    highlight = gloss * 0.45 * np.exp(-(((t - 0.3) / 0.07) ** 2))
+    return (body + highlight).astype(np.float32)
+
+
+def draw_product(spec: ProductSpec, canvas: int) -> np.ndarray:
+    """The product alone, centred, as an RGBA float32 array (canvas x canvas x 4, 0..1)."""
+    masks = {k: Image.new("L", (canvas, canvas), 0) for k in ("main", "accent", "light", "dark")}
+    parts = _Parts(**{k: ImageDraw.Draw(im) for k, im in masks.items()})
+    bw, bh = spec.box[0] * canvas, spec.box[1] * canvas
+    box = _Box((canvas - bw) / 2, (canvas - bh) / 2, bw, bh)
+    _DRAWERS[spec.noun](parts, box, spec)
+    rng = np.random.default_rng(spec.detail_seed)
+    a = {k: np.asarray(im, dtype=np.float32) / 255.0 for k, im in masks.items()}
+    alpha = np.clip(a["main"] + a["accent"] + a["light"] + a["dark"], 0.0, 1.0)
+    # Later kinds paint over earlier ones: dark details on light faces on accents on the body.
+    rgb = surface(spec, canvas, rng)
+    layers = (
+        (a["accent"], np.array(spec.accent, dtype=np.float32)),
+        (a["light"], np.array((0.93, 0.92, 0.89), dtype=np.float32)),
+        (a["dark"], np.array((0.08, 0.08, 0.09), dtype=np.float32)),
+    )
+    for m, colour in layers:
+        rgb = rgb * (1 - m[..., None]) + colour * m[..., None]
+    rgb = rgb * _cylinder_shading(alpha, spec.gloss)[..., None]
+    # A darker rim gives light objects an edge against light backgrounds, as real photos have.
+    eroded = (
+        np.asarray(
+            Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(5)),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
+    rim = np.clip(alpha - eroded, 0.0, 1.0)
+    rgb = rgb * (1 - 0.35 * rim[..., None])
+    return np.dstack([np.clip(rgb, 0.0, 1.0), alpha]).astype(np.float32)
