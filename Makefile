@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 # to backtrack through Beam + TensorFlow + Airflow.
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# The Airflow environment lives apart from the pipeline's (see setup.py for why).
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: help install run test test-fast bench lint clean
+.PHONY: help install airflow-env run test bench lint clean
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,15 +18,22 @@ help:  ## Show this help.
 $(STAMP): setup.py constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[test,airflow]"
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+$(AIRFLOW_STAMP): requirements-airflow.in constraints-airflow.txt $(STAMP)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(BIN)/uv pip install --python $(AIRFLOW_VENV)/bin/python -c constraints-airflow.txt -r requirements-airflow.in
+	touch $(AIRFLOW_STAMP)
+
 install: $(STAMP)  ## Create .venv and install everything, pinned by constraints.txt.
+
+airflow-env: $(AIRFLOW_STAMP)  ## Create .venv-airflow (Airflow + Beam/Google providers) for the DAG.
 
 run: $(STAMP)  ## Run the whole pipeline on a generated catalog (vsearch demo).
 	$(BIN)/vsearch demo --workdir demo-output
 
-test: $(STAMP)  ## Run the whole test suite.
+test: $(STAMP) $(AIRFLOW_STAMP)  ## Run the whole test suite.
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
@@ -35,4 +45,4 @@ lint: $(STAMP)  ## ruff and mypy.
 	$(BIN)/mypy vsearch pipelines transforms models index
 
 clean:  ## Remove the virtualenv and generated outputs.
-	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""Daily visual-search DAG: wiring only; every task calls a stage of the ``vsearch`` package.
+
+preprocess -> train -> gate -> (promoted: embed --full | not promoted: incremental embed)
+-> build-index (validates recall; fails rather than write a bad index) -> publish.
+
+Settings come from one place, the DAG params below (defaults from environment variables so a
+deployment sets them once; override per run with ``airflow dags trigger --conf``). Every task
+processes the run's data-interval date (``ds``), and every stage is idempotent for its date, so
+clearing and re-running a day is safe. Beam stages run through the Apache Beam provider with the
+runner and pipeline options from params: DirectRunner by default; see the README for Dataflow
+with GPU workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+from airflow.sdk import DAG, Param, task
+
+# The pipeline's own environment (TensorFlow, TFT, Beam, faiss): Airflow runs the stages there,
+# never in its own environment (see setup.py for why the two are apart).
+PIPELINE_PYTHON = os.environ.get(
+    "VSEARCH_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
+)
+
+DEFAULT_PARAMS = {
+    "catalog": Param(os.environ.get("VSEARCH_CATALOG", "gs://YOUR-BUCKET/catalog"), type="string"),
+    "workdir": Param(os.environ.get("VSEARCH_WORKDIR", "gs://YOUR-BUCKET/visual-search"), type="string"),
+    "python": Param(PIPELINE_PYTHON, type="string"),
+    "runner": Param(os.environ.get("VSEARCH_RUNNER", "DirectRunner"), type="string"),
+    # Extra Beam pipeline options for every Beam stage, e.g. for Dataflow:
+    # {"project": "p", "region": "r", "temp_location": "gs://...", "setup_file": "./setup.py"}
+    "beam_options": Param({}, type="object"),
+    # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --image-size 224".
+    "train_args": Param(os.environ.get("VSEARCH_TRAIN_ARGS", ""), type="string"),
+}
+
+DEFAULT_ARGS = {
+    "retries": 2,  # transient failures: preemptions, object-store hiccups
+    "retry_delay": dt.timedelta(minutes=5),
+}
+
+# What every non-Beam task gets: the run's settings, rendered from params and the data interval.
+DAY = {
+    "catalog": "{{ params.catalog }}",
+    "workdir": "{{ params.workdir }}",
+    "date": "{{ ds }}",
+    "train_args": "{{ params.train_args }}",
+}
+
+
+def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPipelineOperator:
+    """A Beam stage run by the Beam provider as `PYTHON -m MODULE --flag=value ...`."""
+    return BeamRunPythonPipelineOperator(
+        task_id=task_id,
+        py_file=module,
+        py_options=["-m"],
+        py_interpreter="{{ params.python }}",
+        runner="{{ params.runner }}",
+        default_pipeline_options="{{ params.beam_options }}",  # type: ignore[arg-type]
+        pipeline_options={
+            "catalog": "{{ params.catalog }}",
+            "workdir": "{{ params.workdir }}",
+            "date": "{{ ds }}",
+            **options,
+        },
+    )
+
+
+def _run_stage(stage: str, catalog: str, workdir: str, date: str, train_args: str) -> None:
+    """Runs inside the pipeline environment (ExternalPython): one stage for one date."""
+    import datetime
+
+    from vsearch.stages import DayRun, run_stage
+
+    day = DayRun(
+        catalog=catalog,
+        workdir=workdir,
+        date=datetime.date.fromisoformat(date),
+        stage_args={"train": tuple(train_args.split())},
+    )
+    run_stage(stage, day)
+
+
+def _embed_branch(catalog: str, workdir: str, date: str, train_args: str) -> str:
+    """Runs inside the pipeline environment: full re-embed after a promotion, else incremental."""
+    import datetime
+
+    from vsearch.stages import summary_extra
+
+    gate = summary_extra(workdir, "gate", datetime.date.fromisoformat(date))
+    return "embed_full" if gate.get("promoted") else "embed_incremental"
+
+
+with DAG(
+    dag_id="visual_search_daily",
+    description="search by photo: preprocess, train, gate, embed, build-index, publish",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=DEFAULT_PARAMS,
+    render_template_as_native_obj=True,  # beam_options stays a dict
+    tags=["visual-search"],
+) as dag:
+    in_pipeline_env = {"python": "{{ params.python }}", "expect_airflow": False}
+
+    preprocess = _beam_stage("preprocess", "pipelines.preprocess")
+    train = task.external_python(task_id="train", **in_pipeline_env)(_run_stage)
+    gate = task.external_python(task_id="gate", **in_pipeline_env)(_run_stage)
+    promoted = task.branch_external_python(task_id="promoted", **in_pipeline_env)(_embed_branch)
+    embed_full = _beam_stage("embed_full", "pipelines.embed", full=True)
+    embed_incremental = _beam_stage("embed_incremental", "pipelines.embed")
+    build_index = _beam_stage("build_index", "pipelines.build_index")
+    # After whichever embed ran; the other one is skipped by the branch.
+    build_index.trigger_rule = "none_failed_min_one_success"
+    publish = task.external_python(task_id="publish", **in_pipeline_env)(_run_stage)
+
+    chain_start = preprocess >> train(stage="train", **DAY) >> gate(stage="gate", **DAY)
+    chain_start >> promoted(**DAY) >> [embed_full, embed_incremental]
+    [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)
