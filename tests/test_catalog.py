@@ -1,0 +1,212 @@
+"""The catalog contract: each violation gets the documented outcome (clear error or dead letter)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vsearch import catalog, storage
+from vsearch.catalog import CatalogError, InvalidRow
+
+DATE = "2026-01-01"
+
+
+def write_table(root: str, table: str, rows: list[dict], fmt: str = "parquet") -> str:
+    """Write a day's table as Parquet (schema inferred) or JSON Lines; returns its URI."""
+    uri = storage.join(root, f"dt={DATE}", f"{table}.{fmt}")
+    if fmt == "jsonl":
+        storage.write_text(uri, "".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with storage.atomic_writer(uri) as f:
+            pq.write_table(pa.Table.from_pylist(rows), f)
+    return uri
+
+
+def listing(
+    lid: str | None, uris: list[str] | None = None, category: str | None = "home/lamps", **kw
+):
+    row = {"listing_id": lid, "image_uris": uris if uris is not None else [f"images/{lid}.jpg"]}
+    return row | {"category": category, "title": f"item {lid}", "color": "red"} | kw
+
+
+# ------------------------------------------------------------------ URI rules
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("images/a.jpg", "/cat/images/a.jpg"),
+        ("./images//a.jpg", "/cat/images/a.jpg"),
+        ("/cat/images/a.jpg", "/cat/images/a.jpg"),
+        ("file:///cat/x.png", "/cat/x.png"),
+        ("gs://photos/a.jpg", "gs://photos/a.jpg"),
+    ],
+)
+def test_uri_resolution_local_root(uri: str, expected: str) -> None:
+    assert catalog.resolve_image_uri(uri, "/cat", ("gs://photos",)) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("../secret.jpg", "path traversal"),
+        ("images/../../etc/passwd", "path traversal"),
+        ("/etc/passwd", "outside the catalog root"),
+        ("/catalog-evil/a.jpg", "outside the catalog root"),  # a sibling sharing the prefix
+        ("gs://other-bucket/a.jpg", "outside the catalog root and allowed buckets"),
+        ("https://example.com/a.jpg", "unsupported URI scheme"),
+        ("images\\..\\a.jpg", "backslash"),
+        ("", "empty image URI"),
+        (None, "empty image URI"),
+    ],
+)
+def test_uri_violations_refused(uri: str, reason: str) -> None:
+    with pytest.raises(InvalidRow, match=reason.replace("(", r"\(")):
+        catalog.resolve_image_uri(uri, "/catalog", ("photos",))
+
+
+def test_uri_resolution_gcs_root() -> None:
+    root = "gs://shop/catalog"
+    assert catalog.resolve_image_uri("images/a.jpg", root) == "gs://shop/catalog/images/a.jpg"
+    assert catalog.resolve_image_uri("gs://shop/catalog/x.jpg", root) == "gs://shop/catalog/x.jpg"
+    for bad in ("gs://shop/catalog-other/x.jpg", "gs://shop/x.jpg", "/catalog/x.jpg"):
+        with pytest.raises(InvalidRow, match="outside"):
+            catalog.resolve_image_uri(bad, root)
+
+
+# ------------------------------------------------------------------ rows
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (listing(None), "missing listing_id"),
+        (listing(""), "missing listing_id"),
+        (listing(7), "listing_id must be a string"),  # type: ignore[arg-type]
+        (listing("a", uris=[]), "empty image_uris"),
+        (listing("a", uris=[f"{i}.jpg" for i in range(11)]), "too many images: 11 > 10"),
+        (listing("a", uris="a.jpg"), "image_uris must be a list"),  # type: ignore[arg-type]
+        (listing("a", category=None), "missing category"),
+        (listing("a", category="home//lamps"), "malformed category"),
+        (listing("a", color=3), "color must be a string"),
+        (listing("a", updated_at="yesterday"), "updated_at is not an ISO timestamp"),
+        (listing("a", uris=["ok.jpg", "../x.jpg"]), "path traversal"),
+    ],
+)
+def test_listing_row_violations(row: dict, reason: str) -> None:
+    with pytest.raises(InvalidRow, match=reason) as e:
+        catalog.parse_listing(row, "/cat")
+    if isinstance(row["listing_id"], str) and row["listing_id"]:
+        assert e.value.listing_id == row["listing_id"]
+
+
+def test_valid_listing_row() -> None:
+    row = listing("a", uris=["p.jpg", "q.jpg"], color="", updated_at="2026-01-01T10:00:00")
+    got = catalog.parse_listing(row, "/cat")
+    assert got.image_uris == ("/cat/p.jpg", "/cat/q.jpg")
+    assert got.color is None and got.updated_at is not None and got.updated_at.hour == 10
+    assert catalog.listing_images(got)[1] == catalog.ImageRef("a", 1, "/cat/q.jpg", "listing")
+
+
+def test_eval_split_is_stable_and_about_the_fraction() -> None:
+    ids = [f"L{i}" for i in range(4000)]
+    flags = [catalog.is_eval_listing(i, 0.2) for i in ids]
+    assert 0.17 < sum(flags) / len(ids) < 0.23
+    assert flags == [catalog.is_eval_listing(i) for i in ids]
+    assert catalog.is_eval_listing("L1", 0.0) is False and catalog.is_eval_listing("L1", 1.0)
+
+
+# ------------------------------------------------------------------ snapshots
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_read_snapshot_dead_letters_each_bad_row(tmp_path, fmt: str) -> None:
+    root = str(tmp_path)
+    write_table(
+        root,
+        "listings",
+        [
+            listing("good"),
+            listing("dup"),
+            listing("dup", title="other copy"),
+            listing(None),
+            listing("trav", uris=["../../etc/passwd"]),
+            listing("bucket", uris=["gs://elsewhere/a.jpg"]),
+        ],
+        fmt,
+    )
+    write_table(
+        root,
+        "reviews",
+        [
+            {"review_id": "r1", "listing_id": "good", "image_uri": "reviews/r1.jpg"},
+            {"review_id": "r2", "listing_id": "dup", "image_uri": "reviews/r2.jpg"},
+            {"review_id": "r3", "listing_id": "nobody", "image_uri": "reviews/r3.jpg"},
+        ],
+        fmt,
+    )
+    snap = catalog.read_snapshot(root, DATE)
+    assert [x.listing_id for x in snap.listings] == ["good"]
+    assert [r.review_id for r in snap.reviews] == ["r1"]
+    reasons = sorted((d.listing_id or "", d.error) for d in snap.rejected)
+    assert reasons == [
+        ("", "listings: missing listing_id"),
+        ("bucket", "listings: image URI outside the catalog root and allowed buckets"),
+        ("dup", "listings: duplicate listing_id (2 rows); every copy rejected"),
+        ("dup", "listings: duplicate listing_id (2 rows); every copy rejected"),
+        ("dup", "reviews: review r2 of a listing with a duplicate listing_id"),
+        ("nobody", "reviews: review r3 of a listing that is absent or rejected"),
+        ("trav", "listings: path traversal ('..') in image URI"),
+    ]
+    assert all(d.stage == "catalog" for d in snap.rejected)
+    assert [i.uri for i in snap.images()] == [f"{root}/images/good.jpg", f"{root}/reviews/r1.jpg"]
+
+
+def test_bad_jsonl_line_is_a_dead_letter(tmp_path) -> None:
+    uri = write_table(str(tmp_path), "listings", [listing("a")], "jsonl")
+    storage.write_text(uri, storage.read_text(uri) + "{not json\n[1, 2]\n")
+    snap = catalog.read_snapshot(str(tmp_path), DATE)
+    assert [x.listing_id for x in snap.listings] == ["a"]
+    assert sorted(d.error for d in snap.rejected) == [
+        "listings: JSON line is a list, not an object",
+        "listings: invalid JSON: Expecting property name enclosed in double quotes at column 2",
+    ]
+    assert all(d.uri == uri for d in snap.rejected)
+
+
+def test_clear_errors(tmp_path) -> None:
+    root = str(tmp_path)
+    with pytest.raises(CatalogError, match="no listings table"):
+        catalog.read_snapshot(root, DATE)
+    uri = write_table(root, "listings", [{"listing_id": "a", "image_uris": ["a.jpg"]}])
+    with pytest.raises(CatalogError, match=r"lacks required column\(s\) \['category'\]"):
+        catalog.read_snapshot(root, DATE)
+    write_table(root, "listings", [{"listing_id": 1, "image_uris": ["a.jpg"], "category": "a"}])
+    with pytest.raises(CatalogError, match="listing_id must be string"):
+        catalog.read_snapshot(root, DATE)
+    storage.write_bytes(uri, b"PAR1 this is not parquet")
+    with pytest.raises(CatalogError, match="cannot read"):
+        catalog.read_snapshot(root, DATE)
+    storage.delete([uri])
+    write_table(root, "listings", [], "jsonl")
+    with pytest.raises(CatalogError, match="no listings"):
+        catalog.read_snapshot(root, DATE)
+    write_table(root, "listings", [listing("a")], "parquet")
+    with pytest.raises(CatalogError, match="keep one format"):
+        catalog.read_snapshot(root, DATE)
+    with pytest.raises(ValueError, match="allowed bucket"):
+        catalog.read_snapshot(root, DATE, allowed_buckets=("gs://a/b",))
+
+
+def test_read_snapshot_on_gcs(gcs_bucket: str) -> None:
+    root = gcs_bucket + "/catalog"
+    write_table(root, "listings", [listing("a"), listing("b", uris=["gs://photos/b.jpg"])])
+    snap = catalog.read_snapshot(root, DATE, allowed_buckets=("photos",))
+    assert [x.image_uris for x in snap.listings] == [
+        (f"{root}/images/a.jpg",),
+        ("gs://photos/b.jpg",),
+    ]
+    assert snap.reviews == [] and snap.rejected == []

@@ -1,0 +1,510 @@
+"""The catalog snapshot contract (DESIGN.md "Catalog snapshot"): tables, URI rules, validation.
+
+A day's snapshot is ``CATALOG/dt=D/listings.{parquet|jsonl}`` (required) and
+``CATALOG/dt=D/reviews.{parquet|jsonl}`` (optional). Rows are validated one at a time into
+:class:`Listing` and :class:`Review`; the same functions serve the Beam reader
+(``transforms/read_catalog.py``, any size) and :func:`read_snapshot` (driver side, small data).
+
+Image URIs: a relative URI is under CATALOG (the root, not the ``dt=`` folder); a full URI
+(``gs://...``, ``file://...`` or an absolute path) must lie under CATALOG or, for ``gs://``, in one of
+``allowed_buckets``. Any ``..`` segment is refused outright, whatever it would resolve to, and a
+refused URI is never opened. Symlinks under CATALOG are not resolved: the catalog root is
+trusted, the rows in it are not.
+
+What happens to each violation. A *clear error* (:class:`CatalogError`) stops the stage before
+any work: nothing in the snapshot can be trusted or the fix is upstream. A *dead letter* rejects
+that row only (``{listing_id, uri, stage, error}`` under ``WORKDIR/deadletter/``); the rest of
+the day goes on.
+
+| violation | outcome | why |
+|---|---|---|
+| no listings table for the date; both .parquet and .jsonl present | clear error | no snapshot, or an ambiguous one |
+| listings table with zero rows | clear error | an empty day would remove every listing from the index |
+| Parquet without a required column, or with a wrong column type | clear error | every row would fail the same way |
+| table file unreadable (corrupt Parquet, permission) | clear error | the snapshot cannot be read |
+| JSONL line that is not a JSON object or not UTF-8 | dead letter | one bad line; the rest are fine |
+| missing or empty ``listing_id`` / ``review_id``, non-string id | dead letter | the row cannot be identified |
+| ``image_uris`` missing, not a list, empty, or more than 10 | dead letter | contract: 1..10 images |
+| image URI empty, ``..`` traversal, backslash or control char, unsupported scheme | dead letter | never opened |
+| image URI outside CATALOG and not in an allowed bucket | dead letter | never opened |
+| missing or malformed ``category`` (not ``a/b/c``) | dead letter | the label every model head needs |
+| non-string title/colour/shape/material, unparsable ``updated_at`` | dead letter | wrong type means a broken export |
+| the same ``listing_id`` on several rows | dead letter for every copy | we cannot know which copy is right |
+| review whose listing is absent, rejected, or duplicated | dead letter | nothing to attach it to |
+
+Accepted as is: empty-string attributes become null; extra columns are ignored; the same image
+twice in one listing is kept (real catalogs do that). Duplicate ``review_id`` values are not
+checked (reviews carry no label of their own).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from transforms.deadletter import DeadLetter
+from vsearch import paths, storage
+
+MAX_IMAGES = 10
+LISTING_COLUMNS = (
+    "listing_id",
+    "image_uris",
+    "title",
+    "category",
+    "color",
+    "shape",
+    "material",
+    "updated_at",
+)
+REVIEW_COLUMNS = ("review_id", "listing_id", "image_uri")
+REQUIRED_COLUMNS = {"listings": ("listing_id", "image_uris", "category"), "reviews": REVIEW_COLUMNS}
+ATTRIBUTES = ("color", "shape", "material")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class CatalogError(ValueError):
+    """The whole snapshot is unusable (see the module docstring's table); the message says why."""
+
+
+class InvalidRow(ValueError):
+    """One row breaks the contract; it becomes a dead letter with ``reason``."""
+
+    def __init__(self, reason: str, listing_id: str | None = None, uri: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.listing_id = listing_id
+        self.uri = uri
+
+
+@dataclass(frozen=True)
+class Listing:
+    listing_id: str
+    image_uris: tuple[str, ...]  # resolved full URIs, first = primary
+    title: str | None
+    category: str  # taxonomy path "a/b/c"
+    color: str | None = None
+    shape: str | None = None
+    material: str | None = None
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Review:
+    review_id: str
+    listing_id: str
+    image_uri: str  # resolved full URI
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    listing_id: str
+    image_index: int  # position in image_uris; -1 for a review photo
+    uri: str
+    kind: Literal["listing", "review"]
+    review_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TableFile:
+    uri: str
+    fmt: Literal["parquet", "jsonl"]
+    table: str  # "listings" or "reviews"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    catalog: str
+    date: str
+    listings: list[Listing] = field(default_factory=list)
+    reviews: list[Review] = field(default_factory=list)
+    rejected: list[DeadLetter] = field(default_factory=list)
+
+    def images(self) -> list[ImageRef]:
+        refs = [ref for listing in self.listings for ref in listing_images(listing)]
+        return refs + [review_image(r) for r in self.reviews]
+
+
+# ------------------------------------------------------------------------ URIs
+
+
+def bucket_names(allowed_buckets: Iterable[str]) -> frozenset[str]:
+    """Accept ``name``, ``gs://name`` or ``gs://name/``; returns bare bucket names."""
+    names = set()
+    for b in allowed_buckets:
+        name = b[len(storage.GCS_PREFIX) :] if b.startswith(storage.GCS_PREFIX) else b
+        name = name.strip("/")
+        if not name or "/" in name:
+            raise ValueError(f"allowed bucket must be a bucket name or gs://name, got {b!r}")
+        names.add(name)
+    return frozenset(names)
+
+
+def resolve_image_uri(uri: Any, catalog: str, allowed_buckets: Iterable[str] = ()) -> str:
+    """A row's image URI -> the full URI to open, or InvalidRow if it must not be opened."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise InvalidRow("empty image URI", uri=None if uri is None else str(uri))
+    if _BAD_CHARS.search(uri):
+        raise InvalidRow("backslash or control character in image URI", uri=uri)
+    m = _SCHEME.match(uri)
+    path_part = uri[m.end() :] if m else uri
+    if ".." in path_part.split("/"):
+        raise InvalidRow("path traversal ('..') in image URI", uri=uri)
+    root = storage.normalize(catalog)
+    scheme = m.group(1).lower() if m else ""
+    if scheme == "gs":
+        bucket, _, name = path_part.partition("/")
+        if not bucket or not name:
+            raise InvalidRow("malformed gs:// image URI", uri=uri)
+        full = f"gs://{bucket}/{name}"
+        if (storage.is_gcs(root) and _under(full, root)) or bucket in bucket_names(allowed_buckets):
+            return full
+        raise InvalidRow("image URI outside the catalog root and allowed buckets", uri=uri)
+    if scheme not in ("", "file"):
+        raise InvalidRow(f"unsupported URI scheme {scheme}://", uri=uri)
+    if scheme == "file" or uri.startswith("/"):
+        full = os.path.normpath(path_part if path_part.startswith("/") else "/" + path_part)
+        if not storage.is_gcs(root) and _under(full, root):
+            return full
+        raise InvalidRow("image URI outside the catalog root and allowed buckets", uri=uri)
+    # Relative: "./a.jpg" and "a//b.jpg" mean what they say on a disk, so normalise them the
+    # same way on gs:// (where they would otherwise name different objects).
+    segments = [s for s in uri.split("/") if s not in ("", ".")]
+    if not segments:
+        raise InvalidRow("empty image URI", uri=uri)
+    full = storage.join(root, *segments)
+    if not _under(full, root):  # cannot happen without '..', kept as a second guard
+        raise InvalidRow("image URI outside the catalog root", uri=uri)
+    return full
+
+
+def _under(full: str, root: str) -> bool:
+    if storage.is_gcs(root):
+        return full.startswith(root.rstrip("/") + "/")
+    return os.path.normpath(full).startswith(root.rstrip(os.sep) + os.sep)
+
+
+# ------------------------------------------------------------------------ rows
+
+
+def _optional_str(row: Mapping[str, Any], key: str, listing_id: str) -> str | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRow(f"{key} must be a string, got {type(value).__name__}", listing_id)
+    return value
+
+
+def _required_id(row: Mapping[str, Any], key: str, listing_id: str | None = None) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidRow(f"missing {key}", listing_id)
+    if not isinstance(value, str):
+        raise InvalidRow(f"{key} must be a string, got {type(value).__name__}", listing_id)
+    return value
+
+
+def _timestamp(value: Any, listing_id: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidRow(f"updated_at is not an ISO timestamp: {str(value)[:40]!r}", listing_id)
+
+
+def parse_listing(
+    row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
+) -> Listing:
+    """Validate one listings row (see the table above); raises InvalidRow."""
+    listing_id = _required_id(row, "listing_id")
+    uris = row.get("image_uris")
+    if uris is None:
+        raise InvalidRow("missing image_uris", listing_id)
+    if isinstance(uris, str | bytes) or not isinstance(uris, Sequence):
+        raise InvalidRow(f"image_uris must be a list, got {type(uris).__name__}", listing_id)
+    if not uris:
+        raise InvalidRow("empty image_uris", listing_id)
+    if len(uris) > MAX_IMAGES:
+        raise InvalidRow(f"too many images: {len(uris)} > {MAX_IMAGES}", listing_id)
+    resolved = []
+    for uri in uris:
+        try:
+            resolved.append(resolve_image_uri(uri, catalog, allowed_buckets))
+        except InvalidRow as e:
+            raise InvalidRow(e.reason, listing_id, e.uri) from None
+    category = row.get("category")
+    if category is None or category == "":
+        raise InvalidRow("missing category", listing_id)
+    if not isinstance(category, str) or any(not s.strip() for s in category.split("/")):
+        raise InvalidRow(f"malformed category {str(category)[:60]!r} (want a/b/c)", listing_id)
+    return Listing(
+        listing_id=listing_id,
+        image_uris=tuple(resolved),
+        title=_optional_str(row, "title", listing_id),
+        category=category,
+        color=_optional_str(row, "color", listing_id),
+        shape=_optional_str(row, "shape", listing_id),
+        material=_optional_str(row, "material", listing_id),
+        updated_at=_timestamp(row.get("updated_at"), listing_id),
+    )
+
+
+def parse_review(
+    row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
+) -> Review:
+    """Validate one reviews row; raises InvalidRow."""
+    raw_listing = row.get("listing_id")
+    listing_id = raw_listing if isinstance(raw_listing, str) and raw_listing else None
+    review_id = _required_id(row, "review_id", listing_id)
+    listing_id = _required_id(row, "listing_id")
+    try:
+        uri = resolve_image_uri(row.get("image_uri"), catalog, allowed_buckets)
+    except InvalidRow as e:
+        raise InvalidRow(e.reason, listing_id, e.uri) from None
+    return Review(review_id=review_id, listing_id=listing_id, image_uri=uri)
+
+
+def parse_json_line(line: bytes | str) -> dict[str, Any]:
+    """One JSON Lines record -> dict; raises InvalidRow for bad UTF-8, bad JSON, non-objects."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        record = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise InvalidRow(f"line is not UTF-8: {e.reason}") from None
+    except json.JSONDecodeError as e:
+        raise InvalidRow(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(record, dict):
+        raise InvalidRow(f"JSON line is a {type(record).__name__}, not an object")
+    return record
+
+
+def resolve_duplicates(
+    listing_id: str, listings: Sequence[Listing], reviews: Sequence[Review], stage: str
+) -> tuple[list[Listing], list[Review], list[DeadLetter]]:
+    """All valid rows sharing one listing_id -> (kept listings, kept reviews, dead letters)."""
+    if len(listings) == 1:
+        return list(listings), list(reviews), []
+    dead = [
+        DeadLetter(
+            listing_id,
+            r.image_uri,
+            stage,
+            f"reviews: review {r.review_id} of "
+            + (
+                "a listing that is absent or rejected"
+                if not listings
+                else "a listing with a duplicate listing_id"
+            ),
+        )
+        for r in reviews
+    ]
+    dead += [
+        DeadLetter(
+            listing_id,
+            copy.image_uris[0],
+            stage,
+            f"listings: duplicate listing_id ({len(listings)} rows); every copy rejected",
+        )
+        for copy in listings
+    ]
+    return [], [], dead
+
+
+# ------------------------------------------------------------------------ tables
+
+
+def find_table(catalog: str, date: dt.date | str, table: str) -> TableFile | None:
+    """The day's file for a table, or None if absent; CatalogError if both formats exist."""
+    found = [uri for uri in paths.catalog_table(catalog, date, table) if storage.exists(uri)]
+    if len(found) > 1:
+        raise CatalogError(f"both {found[0]} and {found[1]} exist; keep one format per table")
+    if not found:
+        return None
+    return TableFile(found[0], "parquet" if found[0].endswith(".parquet") else "jsonl", table)
+
+
+def check_table(table: TableFile) -> list[str]:
+    """Cheap up-front checks (metadata only); returns the columns to read. Raises CatalogError."""
+    if table.fmt == "jsonl":
+        if _size(table.uri) == 0 and table.table == "listings":
+            raise CatalogError(f"{table.uri} is empty; refusing a day with no listings")
+        return list(LISTING_COLUMNS if table.table == "listings" else REVIEW_COLUMNS)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with storage.open_read(table.uri) as f:
+            meta = pq.ParquetFile(f)
+            schema, rows = meta.schema_arrow, meta.metadata.num_rows
+    except Exception as e:
+        raise CatalogError(f"cannot read {table.uri}: {type(e).__name__}: {e}") from e
+    missing = [c for c in REQUIRED_COLUMNS[table.table] if c not in schema.names]
+    if missing:
+        raise CatalogError(f"{table.uri} lacks required column(s) {missing}; has {schema.names}")
+    if rows == 0 and table.table == "listings":
+        raise CatalogError(f"{table.uri} has no rows; refusing a day with no listings")
+
+    def is_str(t: pa.DataType) -> bool:
+        return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+    for name in ("listing_id", "review_id", "category", "image_uri"):
+        if name in schema.names and not is_str(schema.field(name).type):
+            raise CatalogError(
+                f"{table.uri}: column {name} must be string, is {schema.field(name).type}"
+            )
+    if "image_uris" in schema.names:
+        t = schema.field("image_uris").type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not is_str(t.value_type):
+            raise CatalogError(f"{table.uri}: column image_uris must be list<string>, is {t}")
+    known = LISTING_COLUMNS if table.table == "listings" else REVIEW_COLUMNS
+    return [c for c in known if c in schema.names]
+
+
+def _size(uri: str) -> int:
+    from apache_beam.io.filesystems import FileSystems
+
+    return int(FileSystems.match([storage.normalize(uri)])[0].metadata_list[0].size_in_bytes)
+
+
+def _iter_lines(f: IO[bytes], chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream in bounded memory (Beam's GCS reader is not line-iterable)."""
+    pending = b""
+    while chunk := f.read(chunk_size):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        yield from lines
+    if pending:
+        yield pending
+
+
+def iter_rows(table: TableFile) -> Iterator[dict[str, Any] | InvalidRow]:
+    """Every row of a table as a dict (driver side), or an InvalidRow for a bad JSONL line."""
+    columns = check_table(table)
+    try:
+        with storage.open_read(table.uri) as f:
+            if table.fmt == "jsonl":
+                for line in _iter_lines(f):
+                    if line.strip():
+                        try:
+                            yield parse_json_line(line)
+                        except InvalidRow as e:
+                            yield e
+                return
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=columns):
+                yield from batch.to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's errors subclass these
+        raise CatalogError(f"cannot read {table.uri}: {type(e).__name__}: {e}") from e
+
+
+# ------------------------------------------------------------------------ snapshot
+
+
+def read_snapshot(
+    catalog: str, date: dt.date | str, allowed_buckets: tuple[str, ...] = (), stage: str = "catalog"
+) -> Snapshot:
+    """Read and validate a whole day's snapshot in this process (small catalogs, tests, demo).
+
+    At scale use ``transforms.read_catalog.ReadCatalog``, which applies the same rules in Beam.
+    """
+    date_s = date if isinstance(date, str) else date.isoformat()
+    bucket_names(allowed_buckets)  # a bad flag is a clear error, not a row-level one
+    listings_table = find_table(catalog, date_s, "listings")
+    if listings_table is None:
+        raise CatalogError(f"no listings table for dt={date_s} under {catalog}")
+    rejected: list[DeadLetter] = []
+    by_id: dict[str, list[Listing]] = defaultdict(list)
+    for row in iter_rows(listings_table):
+        try:
+            if isinstance(row, InvalidRow):
+                raise row
+            listing = parse_listing(row, catalog, allowed_buckets)
+        except InvalidRow as e:
+            rejected.append(_row_dead_letter(e, listings_table, stage))
+            continue
+        by_id[listing.listing_id].append(listing)
+    reviews_by_id: dict[str, list[Review]] = defaultdict(list)
+    reviews_table = find_table(catalog, date_s, "reviews")
+    for row in iter_rows(reviews_table) if reviews_table else ():
+        try:
+            if isinstance(row, InvalidRow):
+                raise row
+            review = parse_review(row, catalog, allowed_buckets)
+        except InvalidRow as e:
+            assert reviews_table is not None
+            rejected.append(_row_dead_letter(e, reviews_table, stage))
+            continue
+        reviews_by_id[review.listing_id].append(review)
+    listings: list[Listing] = []
+    reviews: list[Review] = []
+    for listing_id in sorted(set(by_id) | set(reviews_by_id)):
+        kept_l, kept_r, dead = resolve_duplicates(
+            listing_id, by_id.get(listing_id, []), reviews_by_id.get(listing_id, []), stage
+        )
+        listings += kept_l
+        reviews += kept_r
+        rejected += dead
+    return Snapshot(storage.normalize(catalog), date_s, listings, reviews, rejected)
+
+
+def _row_dead_letter(e: InvalidRow, table: TableFile, stage: str) -> DeadLetter:
+    return DeadLetter(e.listing_id, e.uri or table.uri, stage, f"{table.table}: {e.reason}")
+
+
+def listing_images(listing: Listing) -> list[ImageRef]:
+    return [
+        ImageRef(listing.listing_id, i, uri, "listing") for i, uri in enumerate(listing.image_uris)
+    ]
+
+
+def review_image(review: Review) -> ImageRef:
+    return ImageRef(review.listing_id, -1, review.image_uri, "review", review.review_id)
+
+
+def is_eval_listing(listing_id: str, eval_fraction: float = 0.2) -> bool:
+    """Stable train/eval split by listing (sha1, identical in every process and run).
+
+    All images and reviews of a listing fall on the same side, so eval never sees a product
+    the model trained on. Never Python's hash(): it is salted per process.
+    """
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
+    digest = hashlib.sha1(listing_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < eval_fraction
+
+
+__all__ = [
+    "CatalogError",
+    "ImageRef",
+    "InvalidRow",
+    "Listing",
+    "Review",
+    "Snapshot",
+    "TableFile",
+    "check_table",
+    "find_table",
+    "is_eval_listing",
+    "iter_rows",
+    "listing_images",
+    "parse_json_line",
+    "parse_listing",
+    "parse_review",
+    "read_snapshot",
+    "resolve_duplicates",
+    "resolve_image_uri",
+    "review_image",
+]
