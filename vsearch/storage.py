@@ -201,6 +201,24 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
+def _anonymous_beam_against_emulator() -> None:
+    """Against a GCS emulator there are no credentials to find; tell Beam so up front.
+
+    Otherwise Beam spends ~15 s per process retrying Google default credentials before it
+    falls back to anonymous access (private API; harmless when absent).
+    """
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    with contextlib.suppress(Exception):
+        from apache_beam.internal.gcp import auth
+
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
+
+
+_anonymous_beam_against_emulator()
+
+
 @functools.cache
 def gcs_client() -> Any:
     """A google-cloud-storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
