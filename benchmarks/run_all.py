@@ -1,0 +1,31 @@
+"""``make bench``: every benchmark in turn; each rewrites its section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+# Cheapest first, so a short run still refreshes most sections.
+BENCHMARKS = ("benchmarks.embed_bench", "benchmarks.index_bench", "benchmarks.model_quality")
+
+
+def main() -> int:
+    failed = []
+    for name in BENCHMARKS:
+        print(f"=== {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            importlib.import_module(name).main([])
+        except Exception as e:  # keep going: one broken benchmark must not hide the others
+            print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(name)
+        print(f"=== {name} took {time.perf_counter() - t0:.0f}s", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
