@@ -20,7 +20,11 @@ CATEGORIES = ("home/decor", "jewelry/rings", "clothing/tops", "art/prints")
 
 
 def build_fake_model(
-    workdir: str, version: str = "20260101-fake0000", dim: int = 16, image_size: int = 32, publish: bool = True
+    workdir: str,
+    version: str = "20260101-fake0000",
+    dim: int = 16,
+    image_size: int = 32,
+    publish: bool = True,
 ) -> str:
     """Export the fake to ``WORKDIR/models/VERSION/`` (+ config.json, PUBLISHED); returns VERSION."""
     import tensorflow as tf
@@ -44,7 +48,11 @@ def build_fake_model(
                 img.set_shape([None, None, 3])
                 return tf.image.resize(tf.cast(img, tf.float32) / 255.0, [image_size, image_size])
 
-            x = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+            x = tf.map_fn(
+                decode,
+                images,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+            )
             pooled = tf.reshape(tf.image.resize(x, [4, 4], method="area"), [-1, 48])
             e = tf.matmul(pooled, self.proj)
             e = e / tf.norm(e, axis=1, keepdims=True)  # NaN for an all-zero input, see module doc

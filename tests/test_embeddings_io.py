@@ -35,7 +35,9 @@ def _row(lid: str, idx: int, sha: str, day: dt.date, seed: int) -> dict:
 def _write_day(workdir: str, day: dt.date, rows: list[dict], shards: int = 2) -> None:
     for s in range(shards):
         part = [r for i, r in enumerate(rows) if i % shards == s]
-        uri = storage.join(paths.embeddings_dir(workdir, V, day), paths.shard_name(s, shards, ".parquet"))
+        uri = storage.join(
+            paths.embeddings_dir(workdir, V, day), paths.shard_name(s, shards, ".parquet")
+        )
         embeddings.write_parquet(uri, [embeddings.to_record_batch(part, DIM)], DIM)
 
 
@@ -43,7 +45,11 @@ D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 
 
 def _two_days(workdir: str) -> None:
-    _write_day(workdir, D1, [_row("a", 0, "a0", D1, 1), _row("a", 1, "a1", D1, 2), _row("b", 0, "b0", D1, 3)])
+    _write_day(
+        workdir,
+        D1,
+        [_row("a", 0, "a0", D1, 1), _row("a", 1, "a1", D1, 2), _row("b", 0, "b0", D1, 3)],
+    )
     # day 2: a#1 re-shot (new sha), c added; b is removed from the snapshot (no row needed for that)
     _write_day(workdir, D2, [_row("a", 1, "a1-new", D2, 4), _row("c", 0, "c0", D2, 5)])
 
@@ -51,8 +57,16 @@ def _two_days(workdir: str) -> None:
 def test_schema_is_the_contract() -> None:
     s = embeddings.schema(DIM)
     assert s.names == [
-        "listing_id", "image_uri", "image_index", "image_sha256", "model_version",
-        "embedding", "category_pred", "category_score", "dt", "created_at",
+        "listing_id",
+        "image_uri",
+        "image_index",
+        "image_sha256",
+        "model_version",
+        "embedding",
+        "category_pred",
+        "category_score",
+        "dt",
+        "created_at",
     ]
     assert s.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert pa.types.is_fixed_size_list(s.field("embedding").type)
@@ -74,7 +88,10 @@ def test_files_read_back_with_pyarrow_and_duckdb(tmp_path) -> None:
     _two_days(workdir)
     files = embeddings.partition_files(workdir, V)
     assert list(files) == [D1, D2]
-    assert [storage.basename(u) for u in files[D1]] == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    assert [storage.basename(u) for u in files[D1]] == [
+        "part-00000-of-00002.parquet",
+        "part-00001-of-00002.parquet",
+    ]
     t = pq.read_table(files[D1][0])
     assert t.schema.equals(embeddings.schema(DIM))
     norms = np.linalg.norm(np.stack(t.column("embedding").to_numpy(zero_copy_only=False)), axis=1)
@@ -89,7 +106,13 @@ def test_files_read_back_with_pyarrow_and_duckdb(tmp_path) -> None:
         f"SELECT listing_id, image_index, len(embedding) AS d, dt FROM read_parquet('{glob}') "
         "ORDER BY dt, listing_id, image_index"
     ).fetchall()
-    assert [(r[0], r[1], r[2]) for r in rows] == [("a", 0, 8), ("a", 1, 8), ("b", 0, 8), ("a", 1, 8), ("c", 0, 8)]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("a", 0, 8),
+        ("a", 1, 8),
+        ("b", 0, 8),
+        ("a", 1, 8),
+        ("c", 0, 8),
+    ]
     assert {r[3] for r in rows} == {D1, D2}
 
 
@@ -97,13 +120,26 @@ def test_current_view_streams_latest_row_per_snapshot_image(tmp_path) -> None:
     workdir = str(tmp_path)
     _two_days(workdir)
     snapshot = {("a", 0), ("a", 1), ("c", 0)}  # b removed on day 2
-    batches = list(embeddings.read_current_embeddings("unused", workdir, D2, V, batch_size=1, image_keys=snapshot))
+    batches = list(
+        embeddings.read_current_embeddings(
+            "unused", workdir, D2, V, batch_size=1, image_keys=snapshot
+        )
+    )
     assert all(b.num_rows == 1 for b in batches)  # streamed, never more than batch_size rows
-    got = {(r["listing_id"], r["image_index"]): r["image_sha256"] for b in batches for r in b.to_pylist()}
+    got = {
+        (r["listing_id"], r["image_index"]): r["image_sha256"]
+        for b in batches
+        for r in b.to_pylist()
+    }
     assert got == {("a", 0): "a0", ("a", 1): "a1-new", ("c", 0): "c0"}
     # as of day 1 the day-2 partition does not count
-    day1 = embeddings.read_current_embeddings("unused", workdir, D1, V, image_keys={("a", 1), ("b", 0)})
-    assert {(r["listing_id"], r["image_sha256"]) for b in day1 for r in b.to_pylist()} == {("a", "a1"), ("b", "b0")}
+    day1 = embeddings.read_current_embeddings(
+        "unused", workdir, D1, V, image_keys={("a", 1), ("b", 0)}
+    )
+    assert {(r["listing_id"], r["image_sha256"]) for b in day1 for r in b.to_pylist()} == {
+        ("a", "a1"),
+        ("b", "b0"),
+    }
 
 
 def test_existing_keys_inclusive_and_exclusive(tmp_path) -> None:
@@ -117,7 +153,13 @@ def test_existing_keys_inclusive_and_exclusive(tmp_path) -> None:
             for r in b.to_pylist()
         }
 
-    assert keys() == {("a", 0, "a0"), ("a", 1, "a1"), ("b", 0, "b0"), ("a", 1, "a1-new"), ("c", 0, "c0")}
+    assert keys() == {
+        ("a", 0, "a0"),
+        ("a", 1, "a1"),
+        ("b", 0, "b0"),
+        ("a", 1, "a1-new"),
+        ("c", 0, "c0"),
+    }
     assert keys(inclusive=False) == {("a", 0, "a0"), ("a", 1, "a1"), ("b", 0, "b0")}
     assert list(embeddings.existing_keys(workdir, "other-model", D3)) == []
 
@@ -125,7 +167,9 @@ def test_existing_keys_inclusive_and_exclusive(tmp_path) -> None:
 def test_gcs_round_trip(gcs_bucket: str) -> None:
     _two_days(gcs_bucket)
     table = pa.Table.from_batches(
-        embeddings.read_current_embeddings("unused", gcs_bucket, D2, V, image_keys={("a", 1), ("c", 0)})
+        embeddings.read_current_embeddings(
+            "unused", gcs_bucket, D2, V, image_keys={("a", 1), ("c", 0)}
+        )
     )
     assert table.schema.equals(embeddings.schema(DIM))
     assert sorted(table.column("image_sha256").to_pylist()) == ["a1-new", "c0"]

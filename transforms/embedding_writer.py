@@ -23,7 +23,9 @@ from vsearch import embeddings, paths, storage
 from vsearch.runs import METRICS_NAMESPACE
 
 Row = Mapping[str, Any]
-DEFAULT_ROWS_PER_SHARD = 50_000  # ~50 MB files at D=256: big enough to read fast, small enough to retry
+DEFAULT_ROWS_PER_SHARD = (
+    50_000  # ~50 MB files at D=256: big enough to read fast, small enough to retry
+)
 WRITE_BATCH_ROWS = 4096
 
 
@@ -91,7 +93,8 @@ class WriteEmbeddings(beam.PTransform):
             rows
             | "KeyByShard"
             >> beam.Map(
-                lambda r, n: ((shard_of(r["listing_id"], n), n), r), n=beam.pvalue.AsSingleton(total)
+                lambda r, n: ((shard_of(r["listing_id"], n), n), r),
+                n=beam.pvalue.AsSingleton(total),
             )
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._dim))

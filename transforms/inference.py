@@ -71,7 +71,9 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, Any]):
             min_batch_size=min_batch_size, max_batch_size=max_batch_size, large_model=large_model
         )
         if not 1 <= min_batch_size <= max_batch_size:
-            raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}")
+            raise ValueError(
+                f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}"
+            )
         self._model_uri = model_uri
         self._intra_op_threads = intra_op_threads
 
@@ -127,7 +129,9 @@ def _predict(model: Any, batch: Sequence[bytes]) -> Iterable[Prediction]:
     if emb.ndim != 2 or emb.shape[0] != len(batch):
         raise ValueError(f"model returned embedding of shape {emb.shape} for {len(batch)} images")
     cats = out["category"].numpy() if "category" in out else [b""] * len(batch)
-    scores = out["category_score"].numpy() if "category_score" in out else np.full(len(batch), np.nan)
+    scores = (
+        out["category_score"].numpy() if "category_score" in out else np.full(len(batch), np.nan)
+    )
     for i in range(len(batch)):
         c = cats[i]
         yield Prediction(

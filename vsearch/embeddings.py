@@ -200,7 +200,11 @@ def read_current_embeddings(
             pf = open_parquet(uri)
             _check_schema(uri, pf.schema_arrow)
             for b in pf.iter_batches(batch_size=batch_size):
-                keys = zip(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist())
+                keys = zip(
+                    b.column("listing_id").to_pylist(),
+                    b.column("image_index").to_pylist(),
+                    strict=True,
+                )
                 mask = [k in remaining for k in keys]
                 if not any(mask):
                     continue
@@ -209,6 +213,7 @@ def read_current_embeddings(
                     zip(
                         picked.column("listing_id").to_pylist(),
                         picked.column("image_index").to_pylist(),
+                        strict=True,
                     )
                 )
                 yield picked

@@ -1,0 +1,288 @@
+"""The embed job end to end on the DirectRunner: incremental days, idempotence, --full, dead
+letters and the bad-fraction gate, multi_processing mode, gs:// output on the loopback server.
+
+The model is the small fake of tests/fake_embedder.py (same serving signature as the export),
+built once per session and copied into each test's workdir.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines import embed
+from pipelines.embed import EmbedError, EmbedSettings
+from tests.fake_embedder import build_fake_model
+from transforms.deadletter import read_dead_letters
+from vsearch import catalog as catalog_mod
+from vsearch import embeddings, paths, runs, storage
+
+pytestmark = pytest.mark.timeout(300)
+
+D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+BEAM_ARGS = ["--direct_num_workers=1"]
+
+
+@pytest.fixture(scope="session")
+def fake_model_dir(tmp_path_factory) -> tuple[str, str]:
+    root = str(tmp_path_factory.mktemp("fake-model"))
+    version = build_fake_model(root, dim=16, image_size=32)
+    return root, version
+
+
+def _install_model(fake_model_dir: tuple[str, str], workdir: str) -> str:
+    """Copy the fake's models/ folder into ``workdir`` (local or gs://); returns its version."""
+    root, version = fake_model_dir
+    src = os.path.join(root, "models")
+    for dirpath, _, files in os.walk(src):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), src).split(os.sep)
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                storage.write_bytes(storage.join(paths.models_root(workdir), *rel), fh.read())
+    return version
+
+
+def _settings(catalog: str, workdir: str, date: dt.date, **kw) -> EmbedSettings:
+    base = dict(min_batch_size=2, max_batch_size=8, intra_op_threads=1, num_shards=2)
+    base.update(kw)
+    return EmbedSettings(catalog=catalog, date=date, workdir=workdir, **base)
+
+
+def _partition(workdir: str, version: str, date: dt.date) -> pa.Table:
+    files = embeddings.partition_files(workdir, version).get(date, [])
+    tables = [pq.read_table(storage.open_read(u)) for u in files]
+    return pa.concat_tables(tables) if tables else embeddings.schema(16).empty_table()
+
+
+def _keys(t: pa.Table) -> list[tuple]:
+    return sorted(
+        zip(
+            t["listing_id"].to_pylist(),
+            t["image_index"].to_pylist(),
+            t["image_sha256"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def _snapshot_images(catalog: str, date: dt.date) -> dict[tuple[str, int], str]:
+    snap = catalog_mod.read_snapshot(catalog, date)
+    return {
+        (r.listing_id, r.image_index): r.uri
+        for x in snap.listings
+        for r in catalog_mod.listing_images(x)
+    }
+
+
+def _check_contract(t: pa.Table, version: str, date: dt.date) -> None:
+    assert t.schema.equals(embeddings.schema(16))
+    vectors = np.stack(t["embedding"].to_numpy(zero_copy_only=False))
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert set(t["model_version"].to_pylist()) == {version}
+    assert set(t["dt"].to_pylist()) == {date}
+
+
+# ------------------------------------------------------------------ generated catalog
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> str:
+    from vsearch.synthetic.generate import generate_catalog
+
+    out = str(tmp_path_factory.mktemp("catalog"))
+    generate_catalog(out, listings=30, days=2, seed=11, image_size=32, workers=1, progress_every=0)
+    return out
+
+
+def test_incremental_day1_day2_idempotent_and_full(generated, fake_model_dir, tmp_path) -> None:
+    workdir = str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    day1, day2 = _snapshot_images(generated, D1), _snapshot_images(generated, D2)
+
+    s1 = embed.run(_settings(generated, workdir, D1), BEAM_ARGS)
+    assert (s1.read, s1.ok, s1.skipped, s1.dead_lettered) == (len(day1), len(day1), 0, 0)
+    _check_contract(_partition(workdir, version, D1), version, D1)
+
+    # Day 2: added listings and re-shot photos (new files, new URIs) get rows; the rest is skipped.
+    new_or_changed = {k for k, uri in day2.items() if day1.get(k) != uri}
+    removed = {lid for lid, _ in day1} - {lid for lid, _ in day2}
+    assert new_or_changed and removed and len(new_or_changed) < len(day2)
+    s2 = embed.run(_settings(generated, workdir, D2), BEAM_ARGS)
+    assert s2.read == len(day2) == s2.ok + s2.skipped + s2.dead_lettered
+    assert (s2.ok, s2.skipped) == (len(new_or_changed), len(day2) - len(new_or_changed))
+    p2 = _partition(workdir, version, D2)
+    _check_contract(p2, version, D2)
+    assert {(lid, idx) for lid, idx, _ in _keys(p2)} == new_or_changed
+    assert runs.read_summary(workdir, "embed", D2)["skipped"] == s2.skipped
+
+    # The current view: one row per snapshot image, removed listings gone, new photos win.
+    current = embeddings.read_current_table(generated, workdir, D2, version)
+    assert {
+        (r["listing_id"], r["image_index"]): r["image_uri"] for r in current.to_pylist()
+    } == day2
+    assert not removed & set(current["listing_id"].to_pylist())
+
+    # Idempotent re-run of day 2: same rows, same files, no duplicates.
+    before = sorted(storage.basename(u) for u in embeddings.partition_files(workdir, version)[D2])
+    s2b = embed.run(_settings(generated, workdir, D2), BEAM_ARGS)
+    assert (s2b.ok, s2b.skipped) == (s2.ok, s2.skipped)
+    again = _partition(workdir, version, D2)
+    assert _keys(again) == _keys(p2)
+    assert (
+        sorted(storage.basename(u) for u in embeddings.partition_files(workdir, version)[D2])
+        == before
+    )
+    assert not storage.list_prefix(storage.join(workdir, "staging"))
+
+    # A downstream team reads it with pandas.
+    df = again.to_pandas()
+    assert df.groupby(["listing_id", "image_index"]).size().max() == 1
+
+    # --full: everything re-embedded into day 2's partition; the current view is unchanged in keys.
+    sf = embed.run(_settings(generated, workdir, D2, full=True), BEAM_ARGS)
+    assert (sf.ok, sf.skipped, sf.read) == (len(day2), 0, len(day2))
+    full_current = embeddings.read_current_table(generated, workdir, D2, version)
+    assert full_current.num_rows == len(day2)
+    assert set(full_current["dt"].to_pylist()) == {D2}
+
+
+# ------------------------------------------------------------------ hand-made catalog with bad inputs
+
+
+def _png(color: tuple[int, int, int], size: int = 24, stripe: int = 0) -> bytes:
+    a = np.zeros((size, size, 3), dtype=np.uint8)
+    a[:] = color
+    if stripe:
+        a[:, ::stripe] = 255 - np.array(color, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tiny_catalog(root: str, date: dt.date, images: dict[str, list[bytes]]) -> None:
+    """listings.parquet + image files; listing L has images images/L/i.png."""
+    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+
+    uris = {}
+    for lid, blobs in images.items():
+        uris[lid] = []
+        for i, data in enumerate(blobs):
+            rel = f"images/{lid}/{i}-{date.isoformat()}.png"
+            storage.write_bytes(storage.join(root, rel), data)
+            uris[lid].append(rel)
+    ids = sorted(images)
+    table = pa.table(
+        {
+            "listing_id": ids,
+            "image_uris": [uris[i] for i in ids],
+            "title": ["t"] * len(ids),
+            "category": ["home/decor"] * len(ids),
+            "color": [None] * len(ids),
+            "shape": [None] * len(ids),
+            "material": [None] * len(ids),
+            "updated_at": [None] * len(ids),
+        },
+        schema=LISTINGS_SCHEMA,
+    )
+    with storage.atomic_writer(
+        storage.join(paths.catalog_day(root, date), "listings.parquet")
+    ) as f:
+        pq.write_table(table, f)
+
+
+GOOD = {f"L{i}": [_png((20 * i, 100, 200 - 20 * i), stripe=2 + i % 3)] for i in range(1, 7)}
+BAD = {
+    "LCORRUPT": [b"\x89PNG\r\n\x1a\n this is not really a png"],
+    "LBLACK": [_png((0, 0, 0))],  # the fake model returns a NaN embedding for an all-black image
+}
+
+
+def test_bad_images_dead_lettered_and_bad_fraction_gate(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, {**GOOD, **BAD})
+
+    s = embed.run(_settings(catalog, workdir, D1, max_bad_fraction=0.5), BEAM_ARGS)
+    assert (s.read, s.ok, s.dead_lettered, s.skipped) == (8, 6, 2, 0)
+    letters = {d["listing_id"]: d["error"] for d in read_dead_letters(workdir, "embed", D1)}
+    assert set(letters) == {"LCORRUPT", "LBLACK"}
+    assert "NaN" in letters["LBLACK"]
+    assert "listing image" in letters["LCORRUPT"]
+    summary = runs.read_summary(workdir, "embed", D1)
+    assert summary["extra"]["published"] is True
+    assert summary["extra"]["batch_size"]["count"] >= 1 and "inference_ms" in summary["extra"]
+    assert _partition(workdir, version, D1).num_rows == 6
+
+    # 2/8 bad is above a 10% threshold: the run fails and the partition stays as it was.
+    with pytest.raises(EmbedError, match=r"2 of 8 images dead-lettered .* left unchanged"):
+        embed.run(_settings(catalog, workdir, D1, max_bad_fraction=0.1, full=True), BEAM_ARGS)
+    assert _partition(workdir, version, D1).num_rows == 6
+    assert runs.read_summary(workdir, "embed", D1)["extra"]["published"] is False
+    assert not storage.list_prefix(storage.join(workdir, "staging"))
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(EmbedError, match="no --model given and no published model"):
+        embed.run(_settings(str(tmp_path), str(tmp_path), D1), BEAM_ARGS)
+    assert (
+        embed.main(["--catalog", str(tmp_path), "--date", "2026-01-01", "--workdir", str(tmp_path)])
+        == 1
+    )
+
+
+def test_multi_processing_mode(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, GOOD)
+    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    rc = embed.main(
+        [
+            "--catalog",
+            catalog,
+            "--date",
+            "2026-01-01",
+            "--workdir",
+            workdir,
+            "--model",
+            version,
+            "--intra-op-threads",
+            "1",
+            "--num-shards",
+            "3",
+            *args,
+        ]
+    )
+    assert rc == 0
+    t = _partition(workdir, version, D1)
+    assert sorted(t["listing_id"].to_pylist()) == sorted(GOOD)
+    _check_contract(t, version, D1)
+    summary = json.loads(storage.read_text(paths.run_summary(workdir, "embed", D1)))
+    assert (summary["read"], summary["ok"]) == (6, 6)
+
+
+def test_gcs_workdir_on_loopback_server(fake_model_dir, gcs_bucket, tmp_path) -> None:
+    catalog = storage.join(gcs_bucket, "catalog")
+    workdir = storage.join(gcs_bucket, "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, dict(list(GOOD.items())[:3]))
+    s = embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
+    assert (s.read, s.ok) == (3, 3)
+    files = embeddings.partition_files(workdir, version)[D1]
+    assert all(u.startswith("gs://") and "/part-" in u for u in files)
+    current = embeddings.read_current_table(catalog, workdir, D1, version)
+    _check_contract(current, version, D1)
+    assert current.num_rows == 3
+    # Day 2 moves the same photos to new URIs: same bytes, same sha256, nothing re-embedded.
+    _tiny_catalog(catalog, D2, dict(list(GOOD.items())[:3]))
+    s2 = embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    assert (s2.read, s2.ok, s2.skipped) == (3, 0, 3)
+    assert embeddings.read_current_table(catalog, workdir, D2, version).num_rows == 3
