@@ -46,7 +46,7 @@ def _place(
     """The product warped into a size x size frame; premultiplied RGBA float32 (0..1)."""
     side = max(8, round(size * scale))
     # Shrink with a proper filter first (the perspective transform alone would alias).
-    small = product.resize((side, side), Image.Resampling.LANCZOS)
+    small = product.resize((side, side), Image.Resampling.BILINEAR)  # antialiased in PIL
     half = side / 2.0
     squash = rng.uniform(0.8, 1.0)  # the product turned a little away from the camera
     mirror = -1.0 if rng.random() < 0.5 else 1.0
@@ -90,8 +90,10 @@ def _encode(rgb: np.ndarray, quality: int) -> bytes:
 
 def as_layer(product: np.ndarray) -> Image.Image:
     """The float RGBA product as a premultiplied PIL layer, ready to be photographed many times."""
-    rgb, a = product[..., :3], product[..., 3:4]
-    data = np.clip(np.dstack([rgb * a, a]) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    data = np.empty(product.shape, dtype=np.float32)
+    np.multiply(product[..., :3], product[..., 3:4], out=data[..., :3])
+    data[..., 3] = product[..., 3]
+    data = (data * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(data, "RGBa")
 
 

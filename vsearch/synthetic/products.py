@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 # (taxonomy path, what the variant flag means for this category). Order is fixed: a listing's
 # category is an index into this tuple, so reordering would change every generated catalog.
@@ -395,8 +395,9 @@ def surface(spec: ProductSpec, n: int, rng: np.random.Generator) -> np.ndarray:
     """The product's main surface (n x n x 3 float32 in 0..1): colour times pattern."""
     main = np.array(spec.rgb, dtype=np.float32)
     acc = np.array(spec.accent, dtype=np.float32)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
-    ca, sa = np.cos(spec.pattern_angle), np.sin(spec.pattern_angle)
+    xx = np.arange(n, dtype=np.float32)[None, :] / n
+    yy = np.arange(n, dtype=np.float32)[:, None] / n
+    ca, sa = np.float32(np.cos(spec.pattern_angle)), np.float32(np.sin(spec.pattern_angle))
     u = (xx * ca + yy * sa) / spec.pattern_period + spec.pattern_phase
     v = (-xx * sa + yy * ca) / spec.pattern_period + spec.pattern_phase
     out: np.ndarray = np.broadcast_to(main, (n, n, 3)).copy()
@@ -438,9 +439,23 @@ def _cylinder_shading(alpha: np.ndarray, gloss: float) -> np.ndarray:
     right = np.where(has, n - 1 - inside[:, ::-1].argmax(axis=1), n - 1).astype(np.float32)
     x = np.arange(n, dtype=np.float32)[None, :]
     t = np.clip((x - left[:, None]) / np.maximum(right - left, 1.0)[:, None], 0.0, 1.0)
-    body = 0.62 + 0.42 * np.clip(np.sin(np.pi * t), 0.0, 1.0) ** 0.6
-    highlight = gloss * 0.45 * np.exp(-(((t - 0.3) / 0.07) ** 2))
+    body = np.float32(0.62) + np.float32(0.42) * np.sqrt(
+        np.clip(np.sin(np.float32(np.pi) * t), 0, 1)
+    )
+    highlight = np.float32(gloss * 0.45) * np.exp(
+        -(((t - np.float32(0.3)) / np.float32(0.07)) ** 2)
+    )
     return (body + highlight).astype(np.float32)
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by r pixels along both axes (cheap numpy shifts, no rank filter)."""
+    out = mask.copy()
+    out[r:, :] &= mask[:-r, :]
+    out[:-r, :] &= mask[r:, :]
+    out[:, r:] &= mask[:, :-r]
+    out[:, :-r] &= mask[:, r:]
+    return out
 
 
 def draw_product(spec: ProductSpec, canvas: int) -> np.ndarray:
@@ -451,26 +466,19 @@ def draw_product(spec: ProductSpec, canvas: int) -> np.ndarray:
     box = _Box((canvas - bw) / 2, (canvas - bh) / 2, bw, bh)
     _DRAWERS[spec.noun](parts, box, spec)
     rng = np.random.default_rng(spec.detail_seed)
-    a = {k: np.asarray(im, dtype=np.float32) / 255.0 for k, im in masks.items()}
-    alpha = np.clip(a["main"] + a["accent"] + a["light"] + a["dark"], 0.0, 1.0)
-    # Later kinds paint over earlier ones: dark details on light faces on accents on the body.
+    # PIL draws these masks without anti-aliasing, so they are exactly 0 or 255.
+    m = {k: np.asarray(im) > 127 for k, im in masks.items()}
+    alpha = m["main"] | m["accent"] | m["light"] | m["dark"]
     rgb = surface(spec, canvas, rng)
-    layers = (
-        (a["accent"], np.array(spec.accent, dtype=np.float32)),
-        (a["light"], np.array((0.93, 0.92, 0.89), dtype=np.float32)),
-        (a["dark"], np.array((0.08, 0.08, 0.09), dtype=np.float32)),
-    )
-    for m, colour in layers:
-        rgb = rgb * (1 - m[..., None]) + colour * m[..., None]
-    rgb = rgb * _cylinder_shading(alpha, spec.gloss)[..., None]
+    # Later kinds paint over earlier ones: dark details on light faces on accents on the body.
+    rgb[m["accent"]] = spec.accent
+    rgb[m["light"]] = (0.93, 0.92, 0.89)
+    rgb[m["dark"]] = (0.08, 0.08, 0.09)
+    light = _cylinder_shading(alpha, spec.gloss)
     # A darker rim gives light objects an edge against light backgrounds, as real photos have.
-    eroded = (
-        np.asarray(
-            Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(5)),
-            dtype=np.float32,
-        )
-        / 255.0
-    )
-    rim = np.clip(alpha - eroded, 0.0, 1.0)
-    rgb = rgb * (1 - 0.35 * rim[..., None])
-    return np.dstack([np.clip(rgb, 0.0, 1.0), alpha]).astype(np.float32)
+    light[alpha & ~_erode(alpha, 2)] *= 0.65
+    out = np.empty((canvas, canvas, 4), dtype=np.float32)
+    np.multiply(rgb, light[..., None], out=out[..., :3])
+    np.clip(out[..., :3], 0.0, 1.0, out=out[..., :3])
+    out[..., 3] = alpha
+    return out
