@@ -205,3 +205,26 @@ def test_stage_on_generated_catalog(tmp_path) -> None:
     assert summary.ok == summary.read - day.corrupt_images
     dead = read_dead_letters(workdir, "catalog", DATE)
     assert all("image:" in d["error"] for d in dead)
+
+
+def test_read_catalog_bad_jsonl_lines_are_dead_letters(tmp_path) -> None:
+    catalog = str(tmp_path)
+    uri = write_table(catalog, "listings", [listing("a"), listing("b")], "jsonl")
+    raw = storage.read_bytes(uri) + b"\n{not json\n\xff\xfe\n[1]\n"
+    storage.write_bytes(uri, raw)
+    with beam.Pipeline() as p:
+        snap = p | ReadCatalog(catalog, DATE)
+        assert_that(
+            snap["listings"] | beam.Map(lambda x: x.listing_id), equal_to(["a", "b"]), label="Ok"
+        )
+        assert_that(
+            snap["dead_letter"] | beam.Map(lambda d: (d.error.split(":")[:2], d.uri)),
+            equal_to(
+                [
+                    (["listings", " invalid JSON"], uri),
+                    (["listings", " line is not UTF-8"], uri),
+                    (["listings", " JSON line is a list, not an object"], uri),
+                ]
+            ),
+            label="Dead",
+        )

@@ -53,15 +53,8 @@ from transforms.deadletter import DeadLetter
 from vsearch import paths, storage
 
 MAX_IMAGES = 10
-LISTING_COLUMNS = (
-    "listing_id",
-    "image_uris",
-    "title",
-    "category",
-    "color",
-    "shape",
-    "material",
-    "updated_at",
+LISTING_COLUMNS = tuple(
+    "listing_id image_uris title category color shape material updated_at".split()
 )
 REVIEW_COLUMNS = ("review_id", "listing_id", "image_uri")
 REQUIRED_COLUMNS = {"listings": ("listing_id", "image_uris", "category"), "reviews": REVIEW_COLUMNS}
@@ -358,6 +351,8 @@ def check_table(table: TableFile) -> list[str]:
         raise CatalogError(f"{table.uri} has no rows; refusing a day with no listings")
 
     def is_str(t: pa.DataType) -> bool:
+        if pa.types.is_dictionary(t):  # dictionary-encoded strings read back as strings
+            t = t.value_type
         return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
     for name in ("listing_id", "review_id", "category", "image_uri"):
@@ -485,26 +480,3 @@ def is_eval_listing(listing_id: str, eval_fraction: float = 0.2) -> bool:
         raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
     digest = hashlib.sha1(listing_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < eval_fraction
-
-
-__all__ = [
-    "CatalogError",
-    "ImageRef",
-    "InvalidRow",
-    "Listing",
-    "Review",
-    "Snapshot",
-    "TableFile",
-    "check_table",
-    "find_table",
-    "is_eval_listing",
-    "iter_rows",
-    "listing_images",
-    "parse_json_line",
-    "parse_listing",
-    "parse_review",
-    "read_snapshot",
-    "resolve_duplicates",
-    "resolve_image_uri",
-    "review_image",
-]
