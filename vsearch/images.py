@@ -128,7 +128,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
             raise ImageError(f"too many pixels (decompression bomb): {e}") from e
         except OSError as e:  # PIL reports truncation and decoder errors as OSError
             raise ImageError(f"truncated or corrupt {fmt}: {e}") from e
-        except (ValueError, SyntaxError, EOFError, MemoryError) as e:
+        except Exception as e:  # untrusted input: any decoder failure is this image's fault
             raise ImageError(f"corrupt {fmt}: {type(e).__name__}: {e}") from e
     return np.asarray(_letterbox(rgb, size), dtype=np.uint8)
 
@@ -145,7 +145,10 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB, with orientation and colour handled as the module docstring says."""
     icc = im.info.get("icc_profile")
-    im = ImageOps.exif_transpose(im) or im
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception:  # a broken EXIF block is common; the pixels are still good
+        pass
     mode = im.mode
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(im, dtype=np.int64)
