@@ -49,7 +49,10 @@ class _ParseRowsFn(beam.DoFn):
 
     def process(self, raw: dict[str, Any] | bytes) -> Iterator[Any]:
         if isinstance(raw, bytes) and not raw.strip():
-            return  # blank JSONL line: not a row
+            return iter(())  # blank JSONL line: not a row
+        return self._parse(raw)
+
+    def _parse(self, raw: dict[str, Any] | bytes) -> Iterator[Any]:
         try:
             row = cat.parse_json_line(raw) if isinstance(raw, bytes) else raw
             if self._table.table == LISTINGS:

@@ -71,9 +71,9 @@ class _ReadBytesFn(beam.DoFn):
             data = read_limited(ref.uri, self._max_bytes)
         except (storage.StorageError, ValueError) as e:
             yield dead_letter(self._stage, f"{ref.kind} image: {e}"[:500], ref.listing_id, ref.uri)
-            return
-        self._read.inc()
-        yield ImageBytes(ref, data, images.sha256_hex(data))
+        else:
+            self._read.inc()
+            yield ImageBytes(ref, data, images.sha256_hex(data))
 
 
 class _DecodeFn(beam.DoFn):
@@ -90,12 +90,11 @@ class _DecodeFn(beam.DoFn):
             rgb = images.decode_image(item.data, self._size, self._max_pixels)
         except images.ImageError as e:
             ref = item.ref
-            yield dead_letter(
-                self._stage, f"{ref.kind} image: {e.reason}"[:500], ref.listing_id, ref.uri
-            )
-            return
-        self._decoded.inc()
-        yield DecodedImage(item.ref, item.sha256, rgb)
+            error = f"{ref.kind} image: {e.reason}"[:500]
+            yield dead_letter(self._stage, error, ref.listing_id, ref.uri)
+        else:
+            self._decoded.inc()
+            yield DecodedImage(item.ref, item.sha256, rgb)
 
 
 class ReadImageBytes(beam.PTransform):
