@@ -1,0 +1,138 @@
+"""Retrieval test run while training (Etsy): classification accuracy alone does not say whether
+similar things are near each other, so after every epoch the eval split is embedded and searched.
+
+Metrics (exact inner-product search over L2-normalised embeddings):
+  review_recall_at_1 / _at_10   review photo -> its own listing among the eval listings' photos
+                                (neighbours deduplicated by listing: a listing's best photo counts)
+  category_precision_at_10      listing photo -> 10 nearest photos of *other* listings: share with the
+  color_precision_at_10         same category / colour (colour only where both are labelled)
+  <label>_accuracy              head top-1 accuracy on labelled eval images
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models.dataset import EvalSet
+from models.features import LABEL_KEYS
+from models.model import EMBEDDING
+
+SELECTION_METRIC = "review_recall_at_10"
+
+
+def _scalar(tag: str, value: float) -> None:
+    """A TensorBoard scalar via core TF (``tf.summary.scalar`` needs the tensorboard package)."""
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata)
+
+
+def retrieval_metrics(emb: np.ndarray, eval_set: EvalSet, k: int = 10) -> dict[str, float]:
+    emb = np.asarray(emb, np.float32)
+    ids = eval_set.listing_ids
+    gallery = np.flatnonzero(~eval_set.is_review)
+    queries = np.flatnonzero(eval_set.is_review)
+    out: dict[str, float] = {"eval_images": float(len(ids)), "eval_reviews": float(len(queries))}
+    if len(gallery) == 0:
+        raise ValueError("the eval split has no listing photos: cannot measure retrieval")
+    order = gallery[np.argsort(ids[gallery], kind="stable")]
+    gallery_listings, starts = np.unique(ids[order], return_index=True)
+    if len(queries):
+        scores = emb[queries] @ emb[order].T  # [Q, G]
+        per_listing = np.maximum.reduceat(scores, starts, axis=1)  # best photo of each listing
+        own = np.searchsorted(gallery_listings, ids[queries])
+        own_score = per_listing[np.arange(len(queries)), np.clip(own, 0, len(gallery_listings) - 1)]
+        rank = (per_listing > own_score[:, None]).sum(axis=1)  # 0 = first
+        known = (own < len(gallery_listings)) & (gallery_listings[np.clip(own, 0, len(gallery_listings) - 1)] == ids[queries])
+        out["review_recall_at_1"] = float(np.mean((rank < 1) & known))
+        out[f"review_recall_at_{k}"] = float(np.mean((rank < k) & known))
+    g = emb[gallery] @ emb[gallery].T
+    g[ids[gallery][:, None] == ids[gallery][None, :]] = -np.inf  # other listings only
+    kk = min(k, max(len(gallery) - 1, 1))
+    nn = np.argpartition(-g, kk - 1, axis=1)[:, :kk] if len(gallery) > 1 else np.zeros((len(gallery), 0), int)
+    for label in ("category", "color"):
+        lab = eval_set.labels[label][gallery]
+        both = (lab[:, None] >= 0) & (lab[nn] >= 0)
+        same = (lab[:, None] == lab[nn]) & both
+        rows = both.sum(axis=1) > 0
+        out[f"{label}_precision_at_{k}"] = float(np.mean(same[rows].sum(1) / both[rows].sum(1))) if rows.any() else 0.0
+    return out
+
+
+def head_accuracies(logits: dict[str, np.ndarray], eval_set: EvalSet) -> dict[str, float]:
+    out = {}
+    for label in LABEL_KEYS:
+        if label in logits:
+            y = eval_set.labels[label]
+            present = y >= 0
+            if present.any():
+                out[f"{label}_accuracy"] = float(np.mean(np.argmax(logits[label][present], axis=1) == y[present]))
+    return out
+
+
+def evaluate(embed_batches: Iterable[dict[str, np.ndarray]], eval_set: EvalSet) -> dict[str, float]:
+    """Metrics from model outputs ({embedding, <head> logits}) batched in the EvalSet's order."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for out in embed_batches:
+        for key, value in out.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if len(arrays[EMBEDDING]) != len(eval_set):
+        raise ValueError(f"{len(arrays[EMBEDDING])} embeddings for {len(eval_set)} eval images")
+    metrics = retrieval_metrics(arrays[EMBEDDING], eval_set)
+    metrics.update(head_accuracies({k: v for k, v in arrays.items() if k != EMBEDDING}, eval_set))
+    return metrics
+
+
+class RetrievalEvalCallback(keras.callbacks.Callback):
+    """Runs the retrieval test after each epoch, logs it, and keeps the best weights by recall@10.
+
+    ``images``: a callable returning a fresh iterator of transformed eval image batches.
+    """
+
+    def __init__(self, embedder: keras.Model, eval_set: EvalSet, images: Callable[[], Iterable[tf.Tensor]], log_dir: str | None) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.eval_set = eval_set
+        self.images = images
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._best_weights: list[np.ndarray] | None = None
+        self._t0 = time.perf_counter()
+
+    def measure(self) -> dict[str, float]:
+        batches = ({k: v.numpy() for k, v in self.embedder(x, training=False).items()} for x in self.images())
+        return evaluate(batches, self.eval_set)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = self.measure()
+        record = {"epoch": epoch + 1, "elapsed_s": round(time.perf_counter() - self._t0, 1), **metrics}
+        record.update({f"train_{k}": float(v) for k, v in (logs or {}).items()})
+        self.history.append(record)
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch + 1):
+                for key, value in record.items():
+                    if key != "epoch":
+                        _scalar(key, float(value))
+            self.writer.flush()
+        if self.best is None or metrics.get(SELECTION_METRIC, 0.0) > self.best.get(SELECTION_METRIC, 0.0):
+            self.best = record
+            self._best_weights = self.embedder.get_weights()
+        print(f"[retrieval] epoch {epoch + 1}: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        # Checkpoint selection by the retrieval metric, not by loss.
+        if self._best_weights is not None:
+            self.embedder.set_weights(self._best_weights)
