@@ -174,7 +174,7 @@ def _render(task: _Task) -> _Rendered:
         rng = np.random.default_rng([task.seed, task.num, _STUDIO, task.photo_version])
         n = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.25, 0.25, 0.15, 0.15]))
         for i in range(n):
-            data = photos.studio_photo(layer, task.size, rng)
+            data = photos.studio_photo(layer, task.size, rng, lifestyle_ok=i > 0)
             crng = np.random.default_rng([task.seed, task.num, _CORRUPT, task.photo_version, i])
             if task.corrupt_fraction > 0 and crng.random() < task.corrupt_fraction:
                 data = _corrupt(data, crng)

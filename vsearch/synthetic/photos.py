@@ -4,8 +4,8 @@ Both start from the same RGBA product layer (``products.draw_product``), so a re
 exactly the listing's product, only photographed worse: that is the gap the model has to close
 (Etsy mixes review photos into training for this reason).
 
-* studio: plain light sweep background, small rotation, mirror, yaw (horizontal squash), scale,
-  sometimes a close crop; JPEG quality 92.
+* studio: plain light sweep background, small rotation, mirror, yaw and tilt (squash), scale,
+  sometimes a close crop or (not the primary photo) a styled scene; JPEG quality 92.
 * review: cluttered room, coloured backdrop or textured surface behind it; off-centre, rotated,
   perspective-warped; lighting gradient, white-balance shift, blur, sensor noise, a phone-camera
   resample; JPEG quality 40-85.
@@ -49,11 +49,12 @@ def _place(
     small = product.resize((side, side), Image.Resampling.BILINEAR)  # antialiased in PIL
     half = side / 2.0
     squash = rng.uniform(0.8, 1.0)  # the product turned a little away from the camera
+    tilt = rng.uniform(0.85, 1.0)  # the camera a little above or below it
     mirror = -1.0 if rng.random() < 0.5 else 1.0
     th = np.deg2rad(rotation_deg)
     rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
-    dst = corners * np.array([squash * mirror, 1.0])
+    dst = corners * np.array([squash * mirror, tilt])
     dst = dst @ rot.T + np.array([size / 2 + shift[0] * size, size / 2 + shift[1] * size])
     dst = dst + rng.uniform(-warp, warp, size=(4, 2)) * size
     src = corners + half
@@ -100,22 +101,30 @@ def as_layer(product: np.ndarray) -> Image.Image:
 # ---------------------------------------------------------------- studio
 
 
-def studio_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> bytes:
-    """A seller's product shot: plain light background, product centred and well lit."""
-    yy = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
-    base = rng.uniform(0.88, 0.985)
-    tint = rng.uniform(-0.015, 0.015, size=3).astype(np.float32)
-    bg = np.broadcast_to(base + tint - 0.05 * yy * rng.uniform(0, 1), (size, size, 3)).astype(
-        np.float32
-    )
-    if rng.random() < 0.15:  # a detail shot: close crop, part of the product out of frame
-        scale, shift = rng.uniform(1.3, 1.6), rng.uniform(-0.2, 0.2, size=2)
+def studio_photo(
+    layer: Image.Image, size: int, rng: np.random.Generator, lifestyle_ok: bool = False
+) -> bytes:
+    """A seller's product shot: plain light background, product centred and well lit.
+
+    With ``lifestyle_ok`` (not for the primary photo) some shots are styled scenes instead: a
+    room or a surface behind the product, but still the seller's good light and focus.
+    """
+    if lifestyle_ok and rng.random() < 0.15:
+        bg = 0.35 + 0.65 * _background(size, rng) * rng.uniform(0.9, 1.15)
+        scale, shift = rng.uniform(0.6, 0.9), rng.uniform(-0.15, 0.15, size=2)
     else:
-        scale, shift = rng.uniform(0.8, 1.12), rng.uniform(-0.04, 0.04, size=2)
-    fg = _place(
-        layer, size, rng, scale, rng.uniform(-10, 10), (shift[0], shift[1]), rng.uniform(0, 0.03)
-    )
-    rgb = _composite(bg, fg, shadow=rng.uniform(0.1, 0.3), rng=rng)
+        yy = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+        base = rng.uniform(0.88, 0.985)
+        tint = rng.uniform(-0.015, 0.015, size=3).astype(np.float32)
+        sweep = base + tint - 0.05 * yy * rng.uniform(0, 1)  # a paper sweep, darker at the bottom
+        bg = np.broadcast_to(sweep, (size, size, 3)).astype(np.float32)
+        if rng.random() < 0.15:  # a detail shot: close crop, part of the product out of frame
+            scale, shift = rng.uniform(1.3, 1.6), rng.uniform(-0.2, 0.2, size=2)
+        else:
+            scale, shift = rng.uniform(0.8, 1.12), rng.uniform(-0.04, 0.04, size=2)
+    rotation, warp = rng.uniform(-10, 10), rng.uniform(0, 0.03)
+    fg = _place(layer, size, rng, scale, rotation, (shift[0], shift[1]), warp)
+    rgb = _composite(np.clip(bg, 0, 1), fg, shadow=rng.uniform(0.1, 0.3), rng=rng)
     return _encode(rgb, STUDIO_QUALITY)
 
 

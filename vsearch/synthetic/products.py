@@ -55,8 +55,14 @@ ACHROMATIC = ("black", "white", "gray")
 
 MATERIALS: tuple[str, ...] = ("solid", "striped", "dotted", "checked", "wood", "fabric")
 SHAPES: tuple[str, ...] = ("tall", "short", "wide")
-# (width, height) of the object's box as fractions of the canvas, per shape label.
-_SHAPE_BOX = {"tall": (0.50, 0.86), "short": (0.62, 0.58), "wide": (0.84, 0.62)}
+# Height/width range of each category's box; the shape label picks the high, middle or low end,
+# so a "tall" bowl is still a bowl and a "wide" bottle still a bottle.
+_ASPECT = {
+    "mug": (0.8, 1.5), "vase": (1.0, 2.0), "lamp": (1.1, 1.9), "chair": (1.0, 1.7),
+    "bottle": (1.3, 2.4), "bag": (0.6, 1.1), "shirt": (0.9, 1.3), "hat": (0.45, 0.9),
+    "shoe": (0.4, 0.7), "clock": (0.85, 1.15), "teapot": (0.7, 1.1), "bowl": (0.35, 0.6),
+}  # fmt: skip
+_SHAPE_AT = {"tall": 0.85, "short": 0.5, "wide": 0.15}
 
 # Popularity skew: real catalogs are dominated by a few categories and colours, which is what makes
 # "same category, same colour" neighbours plentiful and retrieval fine-grained.
@@ -142,8 +148,12 @@ def sample_spec(rng: np.random.Generator) -> ProductSpec:
     ]
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     rgb = jittered_rgb(color, rng)
-    bw, bh = _SHAPE_BOX[shape]
-    box = (bw * rng.uniform(0.88, 1.08), bh * rng.uniform(0.9, 1.06))
+    category = CATEGORIES[cat][0]
+    noun = category.rsplit("/", 1)[-1]
+    lo, hi = _ASPECT[noun]
+    aspect = lo + (hi - lo) * float(np.clip(_SHAPE_AT[shape] + rng.uniform(-0.12, 0.12), 0, 1))
+    extent = rng.uniform(0.72, 0.88)  # the longer side, as a fraction of the canvas
+    box = (extent / aspect, extent) if aspect >= 1 else (extent, extent * aspect)
     period = {
         "striped": (0.06, 0.16),
         "dotted": (0.07, 0.14),
@@ -152,8 +162,6 @@ def sample_spec(rng: np.random.Generator) -> ProductSpec:
         "fabric": (0.015, 0.03),
         "solid": (0.1, 0.1),
     }[material]
-    category = CATEGORIES[cat][0]
-    noun = category.rsplit("/", 1)[-1]
     words = [_ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]]
     if rng.random() < 0.6:
         words.append(color)
@@ -307,8 +315,9 @@ def _shirt(d: _Parts, b: _Box, s: ProductSpec) -> None:
 
 def _hat(d: _Parts, b: _Box, s: ProductSpec) -> None:
     d.main.ellipse(b.r(0.0, 0.72, 1.0, 0.98), fill=255)
-    top = {"tall": 0.0, "short": 0.3, "wide": 0.35}[s.shape]
-    d.main.rounded_rectangle(b.r(0.22, top, 0.78, 0.88), radius=b.w * 0.15, fill=255)
+    top = {"tall": 0.0, "short": 0.15, "wide": 0.3}[s.shape]
+    radius = b.w * (0.05 if s.shape == "tall" else 0.2)  # a top hat vs a dome
+    d.main.rounded_rectangle(b.r(0.22, top, 0.78, 0.88), radius=radius, fill=255)
     if s.variant:
         d.accent.rectangle(b.r(0.22, 0.68, 0.78, 0.78), fill=255)
 
@@ -359,8 +368,9 @@ def _teapot(d: _Parts, b: _Box, s: ProductSpec) -> None:
 
 def _bowl(d: _Parts, b: _Box, s: ProductSpec) -> None:
     foot = 0.85 if s.variant else 1.0
-    d.main.chord(b.r(0.0, -0.55 * foot, 1.0, foot), 0, 180, fill=255)
-    d.light.ellipse(b.r(0.02, 0.12, 0.98, 0.32), fill=255)
+    d.main.chord(b.r(0.0, 0.2 - foot, 1.0, foot), 0, 180, fill=255)  # body below the rim
+    d.main.ellipse(b.r(0.0, 0.0, 1.0, 0.2), fill=255)  # the rim, seen slightly from above
+    d.light.ellipse(b.r(0.03, 0.025, 0.97, 0.175), fill=255)
     if s.variant:
         d.main.rectangle(b.r(0.36, 0.8, 0.64, 1.0), fill=255)
 
