@@ -64,10 +64,6 @@ def _refs(listing: catalog.Listing) -> list[catalog.ImageRef]:
     return catalog.listing_images(listing)
 
 
-def _review_ref(review: catalog.Review) -> catalog.ImageRef:
-    return catalog.ImageRef(review.listing_id, -1, review.image_uri, "review", review.review_id)
-
-
 def _counted_ref(ref: catalog.ImageRef) -> catalog.ImageRef:
     _count(_IMAGES)
     return ref
@@ -131,14 +127,14 @@ def transform_and_write(train: beam.PCollection, evaluation: beam.PCollection, s
 def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     """The whole stage as labelled steps on ``p`` (``run`` adds option parsing and the summary)."""
     from transforms.read_catalog import ReadCatalog
-    from transforms.read_images import ReadImages
+    from transforms.read_images import MAIN_TAG, ReadImages
 
     cat = p | "ReadCatalog" >> ReadCatalog(settings.catalog, settings.date, settings.allowed_buckets, stage=STAGE)
     listing_refs = cat["listings"] | "ListingImages" >> beam.FlatMap(_refs)
-    review_refs = cat["reviews"] | "ReviewImages" >> beam.Map(_review_ref)
+    review_refs = cat["reviews"] | "ReviewImages" >> beam.Map(catalog.review_image)
     refs = (listing_refs, review_refs) | "AllImages" >> beam.Flatten() | "CountImages" >> beam.Map(_counted_ref)
     decoded = refs | "ReadImages" >> ReadImages(STAGE, settings.image_size)
-    images = decoded["decoded"] if isinstance(decoded, dict) else decoded[None]
+    images = decoded[MAIN_TAG]
     labels = cat["listings"] | "KeyLabels" >> beam.Map(lambda l: (l.listing_id, _labels(l)))
     keyed_images = images | "EncodePNG" >> beam.Map(_image_row)
     joined = (
