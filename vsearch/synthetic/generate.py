@@ -22,32 +22,28 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
-import multiprocessing
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vsearch import paths, storage
-from vsearch.synthetic import photos, products
+from vsearch.synthetic import products, render
+from vsearch.synthetic.render import listing_id, review_id
 
 # Per-day churn, as fractions of the listings alive the day before.
 ADD_FRACTION = 0.05
 CHANGE_FRACTION = 0.03
 REMOVE_FRACTION = 0.02
 NEW_REVIEW_FRACTION = 0.03
-NULL_FRACTION = 0.10  # each of color/shape/material is missing this often, independently
 MAX_WORKERS = 2  # the reference machine has 2 cores
 
-# Stream ids for default_rng([seed, listing, STREAM, ...]): one per purpose, never reused.
-_SPEC, _STUDIO, _REVIEW, _CORRUPT, _CLOCK = 0, 1, 2, 3, 4
 _DAY_STREAM = 1_000_003  # default_rng([seed, _DAY_STREAM, day]) picks the day's churn
 
 LISTINGS_SCHEMA = pa.schema(
@@ -100,104 +96,6 @@ class GeneratedCatalog:
         return [d.date for d in self.days]
 
 
-def listing_id(num: int) -> str:
-    return f"L{num:06d}"
-
-
-def review_id(num: int, k: int) -> str:
-    return f"R{num:06d}-{k}"
-
-
-@dataclass(frozen=True)
-class _Meta:
-    """A listing's catalog fields, drawn once from its own seed."""
-
-    spec: products.ProductSpec
-    color: str | None
-    shape: str | None
-    material: str | None
-    initial_reviews: int
-
-
-def listing_meta(seed: int, num: int) -> _Meta:
-    rng = np.random.default_rng([seed, num, _SPEC])
-    spec = products.sample_spec(rng)
-    nulls = rng.random(3) < NULL_FRACTION
-    reviews = int(rng.choice(4, p=[0.15, 0.35, 0.3, 0.2]))  # most listings 1-3, some none
-    return _Meta(
-        spec=spec,
-        color=None if nulls[0] else spec.color,
-        shape=None if nulls[1] else spec.shape,
-        material=None if nulls[2] else spec.material,
-        initial_reviews=reviews,
-    )
-
-
-# ---------------------------------------------------------------- rendering (worker side)
-
-
-@dataclass(frozen=True)
-class _Task:
-    num: int
-    photo_version: int | None  # None: the studio photos are unchanged, do not render
-    review_ks: tuple[int, ...]
-    seed: int
-    size: int
-    corrupt_fraction: float
-
-
-@dataclass
-class _Rendered:
-    num: int
-    studio: list[tuple[str, bytes]] = field(default_factory=list)  # (relative uri, bytes)
-    reviews: list[tuple[int, str, bytes]] = field(default_factory=list)  # (k, relative uri, bytes)
-    corrupt: int = 0
-
-
-def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
-    """A broken 'JPEG' of one of the kinds real catalogs hold."""
-    kind = int(rng.integers(3))
-    if kind == 0:
-        return data[: max(1, len(data) // 3)]  # upload cut off
-    if kind == 1:
-        return b""
-    return b"<html><body>404 Not Found</body></html>\n"  # an error page saved as .jpg
-
-
-def _render(task: _Task) -> _Rendered:
-    meta = listing_meta(task.seed, task.num)
-    # Two pixels of product per photo pixel, so photos shrink it with anti-aliasing.
-    layer = photos.as_layer(products.draw_product(meta.spec, 2 * task.size))
-    out = _Rendered(task.num)
-    lid = listing_id(task.num)
-    if task.photo_version is not None:
-        rng = np.random.default_rng([task.seed, task.num, _STUDIO, task.photo_version])
-        n = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.25, 0.25, 0.15, 0.15]))
-        for i in range(n):
-            data = photos.studio_photo(layer, task.size, rng, lifestyle_ok=i > 0)
-            crng = np.random.default_rng([task.seed, task.num, _CORRUPT, task.photo_version, i])
-            if task.corrupt_fraction > 0 and crng.random() < task.corrupt_fraction:
-                data = _corrupt(data, crng)
-                out.corrupt += 1
-            h = hashlib.sha256(data).hexdigest()[:8]
-            out.studio.append((f"images/{lid}/{i}-{h}.jpg", data))
-    for k in task.review_ks:
-        rng = np.random.default_rng([task.seed, task.num, _REVIEW, k])
-        data, _ = photos.review_photo(layer, task.size, rng)
-        out.reviews.append((k, f"images/reviews/{review_id(task.num, k)}.jpg", data))
-    return out
-
-
-def _render_all(tasks: list[_Task], workers: int) -> Iterator[_Rendered]:
-    """Render in a process pool (numpy/PIL work is CPU bound); results in task order."""
-    if workers <= 1 or len(tasks) < 32:
-        yield from map(_render, tasks)
-        return
-    ctx = multiprocessing.get_context("fork")  # workers need nothing but this module
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(_render, tasks, chunksize=8)
-
-
 # ---------------------------------------------------------------- the daily plan (driver side)
 
 
@@ -217,7 +115,7 @@ def _pick(rng: np.random.Generator, pool: list[int], fraction: float) -> list[in
 
 
 def _timestamp(seed: int, num: int, day_index: int, date: dt.date) -> dt.datetime:
-    rng = np.random.default_rng([seed, num, _CLOCK, day_index])
+    rng = np.random.default_rng([seed, num, render.CLOCK, day_index])
     seconds = int(rng.integers(0, 86_400))
     return dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
 
@@ -248,7 +146,7 @@ def generate_catalog(
     out = storage.normalize(out)
     started = time.perf_counter()
     state: dict[int, _State] = {}
-    metas: dict[int, _Meta] = {}
+    metas: dict[int, render.Meta] = {}
     next_num = 0
     counts: list[DayCounts] = []
     writer = ThreadPoolExecutor(max_workers=4)  # file writes are I/O: overlap them with rendering
@@ -271,13 +169,13 @@ def generate_catalog(
             for n in removed:
                 del state[n]
             for n in added:
-                metas[n] = listing_meta(seed, n)
+                metas[n] = render.listing_meta(seed, n)
             tasks = _day_tasks(
                 added, changed, reviewed, state, metas, seed, image_size, corrupt_fraction
             )
             written = corrupt = 0
             futures = []
-            for i, r in enumerate(_render_all(tasks, workers), start=1):
+            for i, r in enumerate(render.render_all(tasks, workers), start=1):
                 written += len(r.studio) + len(r.reviews)
                 corrupt += r.corrupt
                 for rel, data in r.studio + [(u, b) for _, u, b in r.reviews]:
@@ -320,23 +218,23 @@ def _day_tasks(
     changed: list[int],
     reviewed: list[int],
     state: dict[int, _State],
-    metas: dict[int, _Meta],
+    metas: dict[int, render.Meta],
     seed: int,
     size: int,
     corrupt_fraction: float,
-) -> list[_Task]:
+) -> list[render.Task]:
     tasks = [
-        _Task(n, 0, tuple(range(metas[n].initial_reviews)), seed, size, corrupt_fraction)
+        render.Task(n, 0, tuple(range(metas[n].initial_reviews)), seed, size, corrupt_fraction)
         for n in added
     ]
     for n in sorted(set(changed) | set(reviewed)):
         version = state[n].photo_version + 1 if n in changed else None
         ks = (len(state[n].reviews),) if n in reviewed else ()
-        tasks.append(_Task(n, version, ks, seed, size, corrupt_fraction))
+        tasks.append(render.Task(n, version, ks, seed, size, corrupt_fraction))
     return tasks
 
 
-def _apply(r: _Rendered, state: dict[int, _State], seed: int, d: int, date: dt.date) -> None:
+def _apply(r: render.Rendered, state: dict[int, _State], seed: int, d: int, date: dt.date) -> None:
     """Fold one listing's new files into the running state."""
     s = state.get(r.num)
     if s is None:
@@ -348,7 +246,9 @@ def _apply(r: _Rendered, state: dict[int, _State], seed: int, d: int, date: dt.d
     s.reviews.extend((review_id(r.num, k), u) for k, u, _ in r.reviews)
 
 
-def _write_day(out: str, date: dt.date, state: dict[int, _State], metas: dict[int, _Meta]) -> None:
+def _write_day(
+    out: str, date: dt.date, state: dict[int, _State], metas: dict[int, render.Meta]
+) -> None:
     nums = sorted(state)
     listings = pa.table(
         {
