@@ -8,6 +8,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from vsearch import cli, storage
-from vsearch.synthetic import generate, products
+from vsearch.synthetic import generate, products, render
 
 SIZE = 64
 LISTINGS = 40  # enough that the day's work goes through the process pool (>= 32 tasks)
@@ -24,7 +25,7 @@ DAYS = 3
 D1, D2 = "dt=2026-01-01", "dt=2026-01-02"
 
 
-def _gen(out: Path, seed: int = 7, days: int = DAYS, **kw: object) -> generate.GeneratedCatalog:
+def _gen(out: Path, seed: int = 7, days: int = DAYS, **kw: Any) -> generate.GeneratedCatalog:
     return generate.generate_catalog(
         str(out), LISTINGS, days, seed, image_size=SIZE, progress_every=0, **kw
     )
@@ -205,3 +206,15 @@ def test_writes_to_gcs(gcs_bucket: str, tmp_path: Path) -> None:
     uri = table.column("image_uris").to_pylist()[0][0]
     assert storage.read_bytes(f"{out}/{uri}") == (tmp_path / uri).read_bytes()
     assert json.loads(storage.read_text(f"{out}/catalog.json"))["parameters"]["listings"] == 4
+
+
+def test_some_listings_sell_another_listings_product_again() -> None:
+    # "Also available in blue" and near-duplicate listings: the hardest negatives for retrieval.
+    specs = [render.listing_meta(7, n).spec for n in range(300)]
+    by_shape: dict[tuple, list[products.ProductSpec]] = {}
+    for s in specs:
+        by_shape.setdefault((s.category, s.material, s.shape, s.variant, s.gloss), []).append(s)
+    groups = [g for g in by_shape.values() if len(g) > 1]
+    assert any(len({s.color for s in g}) > 1 for g in groups)  # recoloured
+    assert any(len({s.color for s in g}) < len(g) for g in groups)  # near-duplicates
+    assert all(len({s.rgb for s in g}) == len(g) for g in groups)  # yet every listing is unique

@@ -13,7 +13,7 @@ twice the photo size so that photos downsample it with anti-aliasing.
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -186,6 +186,30 @@ def sample_spec(rng: np.random.Generator) -> ProductSpec:
         ),
         detail_seed=int(rng.integers(2**31)),
         title=" ".join(w.capitalize() if i == 0 else w for i, w in enumerate(words)),
+    )
+
+
+def variant_of(parent: ProductSpec, rng: np.random.Generator, recolour: bool) -> ProductSpec:
+    """The same product listed again: in another colour ("also available in blue"), or by another
+    seller in nearly the same look (a near-duplicate: only hue, pattern phase and size differ).
+    Both make the nearest wrong answer very near, as on a real marketplace."""
+    if recolour:
+        color = [c for c in COLORS if c != parent.color][int(rng.integers(len(COLORS) - 1))]
+        rgb = jittered_rgb(color, rng)
+        return replace(
+            parent,
+            color=color,
+            rgb=rgb,
+            accent=_accent(color, parent.material, rgb, rng),
+            title=parent.title.replace(parent.color, color),
+        )
+    box = (parent.box[0] * rng.uniform(0.94, 1.06), parent.box[1] * rng.uniform(0.94, 1.06))
+    return replace(
+        parent,
+        rgb=jittered_rgb(parent.color, rng),
+        box=box,
+        pattern_phase=float(rng.uniform(0, 1)),
+        detail_seed=int(rng.integers(2**31)),
     )
 
 

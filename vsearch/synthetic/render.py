@@ -16,6 +16,10 @@ import numpy as np
 from vsearch.synthetic import photos, products
 
 NULL_FRACTION = 0.10  # each of color/shape/material is missing this often, independently
+# A listing is sometimes another listing's product again: recoloured, or a near-duplicate.
+RECOLOUR_FRACTION = 0.08
+NEAR_DUPLICATE_FRACTION = 0.04
+VARIANT_LOOKBACK = 200  # the parent is one of the previous listings (the same seller's shop)
 
 # Stream ids for default_rng([seed, listing, STREAM, ...]): one per purpose, never reused.
 SPEC, STUDIO, REVIEW, CORRUPT, CLOCK = 0, 1, 2, 3, 4
@@ -43,6 +47,12 @@ class Meta:
 def listing_meta(seed: int, num: int) -> Meta:
     rng = np.random.default_rng([seed, num, SPEC])
     spec = products.sample_spec(rng)
+    kind = rng.random()
+    if num > 0 and kind < RECOLOUR_FRACTION + NEAR_DUPLICATE_FRACTION:
+        parent = int(rng.integers(max(0, num - VARIANT_LOOKBACK), num))
+        spec = products.variant_of(
+            listing_meta(seed, parent).spec, rng, recolour=kind < RECOLOUR_FRACTION
+        )
     nulls = rng.random(3) < NULL_FRACTION
     reviews = int(rng.choice(4, p=[0.15, 0.35, 0.3, 0.2]))  # most listings 1-3, some none
     return Meta(
