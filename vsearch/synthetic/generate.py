@@ -204,6 +204,14 @@ def generate_catalog(
                     corrupt_images=corrupt,
                 )
             )
+            if progress_every:
+                c = counts[-1]
+                print(
+                    f"  {date}: {c.listings} listings (+{c.added} ~{c.changed} -{c.removed}), "
+                    f"{c.images} images, {c.reviews} reviews; {written} files written, "
+                    f"{time.perf_counter() - started:.1f} s",
+                    flush=True,
+                )
     finally:
         writer.shutdown(wait=True)
     storage.write_text(

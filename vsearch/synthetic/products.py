@@ -108,7 +108,7 @@ def jittered_rgb(color: str, rng: np.random.Generator) -> tuple[float, float, fl
     h, s, v = COLORS[color]
     if color in ACHROMATIC:
         return _hsv(
-            h + rng.uniform(-0.2, 0.2), s + rng.uniform(-0.04, 0.06), v + rng.uniform(-0.07, 0.05)
+            h + rng.uniform(-0.2, 0.2), s + rng.uniform(-0.04, 0.03), v + rng.uniform(-0.07, 0.05)
         )
     return _hsv(
         h + rng.uniform(-0.025, 0.025), s + rng.uniform(-0.15, 0.12), v + rng.uniform(-0.15, 0.07)
