@@ -405,3 +405,11 @@ def main(argv: list[str]) -> int:
         print(f"vsearch embed: error: {e}", flush=True)
         return 1
     return 0
+
+
+if (
+    __name__ == "__main__"
+):  # the Airflow Beam operator runs `python -m pipelines.embed --flag=value ...`
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -286,3 +286,67 @@ def test_gcs_workdir_on_loopback_server(fake_model_dir, gcs_bucket, tmp_path) ->
     s2 = embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
     assert (s2.read, s2.ok, s2.skipped) == (3, 0, 3)
     assert embeddings.read_current_table(catalog, workdir, D2, version).num_rows == 3
+
+
+# ------------------------------------------------------------------ the real export
+
+
+def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
+    """An untrained but real `models/` export: TFT graph + Keras backbone + heads, raw bytes in."""
+    import apache_beam as beam
+    import tensorflow_transform as tft
+
+    from models import features as F
+    from models.config import TrainConfig
+    from models.export import export_embedder
+    from models.model import build_model
+    from pipelines.preprocess import PreprocessSettings, transform_and_write
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(12):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        rows.append(
+            {
+                F.IMAGE_KEY: _png(color, size=size, stripe=2 + i % 3),
+                F.LISTING_ID_KEY: f"L{i // 2}".encode(),
+                F.KIND_KEY: b"listing",
+                "category": [b"home/decor", b"art/prints"][i % 2],
+                "color": b"red",
+                "shape": b"tall",
+                "material": b"wood",
+            }
+        )
+    version = "20260101-realtest"
+    settings = PreprocessSettings(
+        catalog="unused", date="2026-01-01", workdir=workdir, image_size=size, min_class_count=1
+    )
+    with beam.Pipeline() as p:
+        transform_and_write(
+            p | "Train" >> beam.Create(rows[:8]), p | "Eval" >> beam.Create(rows[8:]), settings
+        )
+    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(workdir, "2026-01-01"))
+    classes = {k: tft_output.vocabulary_size_by_name(F.vocab_name(k)) + 1 for k in F.LABEL_KEYS} | {
+        "instance": 6
+    }
+    config = TrainConfig(workdir=workdir, date="2026-01-01", image_size=size, embedding_dim=dim)
+    model = build_model(config, classes)
+    _ = model.embedder(np.zeros((1, size, size, 3), "float32"))
+    export_embedder(tft_output, model.embedder, model.heads, paths.embedder_dir(workdir, version))
+    cfg = {"version": version, "embedding_dim": dim, "image_size": size}
+    storage.write_text(
+        storage.join(paths.model_dir(workdir, version), "config.json"), json.dumps(cfg)
+    )
+    return version
+
+
+def test_real_export_through_the_job(tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _build_real_export(workdir)
+    _tiny_catalog(catalog, D1, dict(list(GOOD.items())[:4]))
+    s = embed.run(_settings(catalog, workdir, D1, model_version=version), BEAM_ARGS)
+    assert (s.read, s.ok, s.dead_lettered) == (4, 4, 0)
+    t = _partition(workdir, version, D1)
+    _check_contract(t, version, D1)
+    assert set(t["category_pred"].to_pylist()) <= {"home/decor", "art/prints", ""}
+    assert all(0.0 < x <= 1.0 for x in t["category_score"].to_pylist())
