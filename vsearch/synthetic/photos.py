@@ -60,7 +60,7 @@ def _place(
     src = corners + half
     coeffs = _homography(src, dst)
     warped = small.transform(
-        (size, size), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC
+        (size, size), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR
     )
     return np.asarray(warped, dtype=np.float32) / 255.0
 
@@ -243,6 +243,7 @@ def review_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> tup
     if rng.random() < 0.7:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4) * size / 128))
     out = np.asarray(img, dtype=np.float32) / 255.0
-    out = out + rng.normal(0.0, rng.uniform(0.005, 0.04), size=out.shape).astype(np.float32)
+    sigma = np.float32(rng.uniform(0.005, 0.04))
+    out = out + sigma * rng.standard_normal(out.shape, dtype=np.float32)  # sensor noise
     quality = int(rng.integers(40, 86))
     return _encode(out, quality), quality

@@ -241,8 +241,9 @@ def surface(spec: ProductSpec, n: int, rng: np.random.Generator) -> np.ndarray:
         out[du * du + dv * dv < 0.06 + 0.04 * spec.pattern_phase] = acc
     elif m == "checked":
         band_u, band_v = (u % 1.0) < 0.5, (v % 1.0) < 0.5
-        mix = 0.5 * band_u + 0.5 * band_v  # gingham: overlaps are darker than single bands
-        out = main * (1 - mix[..., None] * 0.6) + acc * (mix[..., None] * 0.6)
+        # gingham: where bands cross the accent is strongest
+        mix = (band_u.astype(np.float32) + band_v.astype(np.float32))[..., None] * np.float32(0.3)
+        out = main * (1 - mix) + acc * mix
     elif m == "wood":
         warp = _value_noise(rng, n, 5) * 3.0
         grain = 0.5 + 0.5 * np.sin(2 * np.pi * (u + warp))
