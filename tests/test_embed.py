@@ -28,7 +28,7 @@ from vsearch import embeddings, paths, runs, storage
 pytestmark = pytest.mark.timeout(300)
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
-BEAM_ARGS = ["--direct_num_workers=1"]
+BEAM_ARGS = ["--direct_num_workers=1"]  # in-memory, one thread; runs without flags use threads
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +116,7 @@ def test_incremental_day1_day2_idempotent_and_full(generated, fake_model_dir, tm
     new_or_changed = {k for k, uri in day2.items() if day1.get(k) != uri}
     removed = {lid for lid, _ in day1} - {lid for lid, _ in day2}
     assert new_or_changed and removed and len(new_or_changed) < len(day2)
-    s2 = embed.run(_settings(generated, workdir, D2), BEAM_ARGS)
+    s2 = embed.run(_settings(generated, workdir, D2))  # default flags: DirectRunner, multi_threading
     assert s2.read == len(day2) == s2.ok + s2.skipped + s2.dead_lettered
     assert (s2.ok, s2.skipped) == (len(new_or_changed), len(day2) - len(new_or_changed))
     p2 = _partition(workdir, version, D2)
@@ -211,7 +211,7 @@ def test_bad_images_dead_lettered_and_bad_fraction_gate(fake_model_dir, tmp_path
     version = _install_model(fake_model_dir, workdir)
     _tiny_catalog(catalog, D1, {**GOOD, **BAD})
 
-    s = embed.run(_settings(catalog, workdir, D1, max_bad_fraction=0.5), BEAM_ARGS)
+    s = embed.run(_settings(catalog, workdir, D1, max_bad_fraction=0.5))
     assert (s.read, s.ok, s.dead_lettered, s.skipped) == (8, 6, 2, 0)
     letters = {d["listing_id"]: d["error"] for d in read_dead_letters(workdir, "embed", D1)}
     assert set(letters) == {"LCORRUPT", "LBLACK"}
