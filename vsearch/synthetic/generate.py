@@ -114,6 +114,24 @@ def _pick(rng: np.random.Generator, pool: list[int], fraction: float) -> list[in
     return sorted(int(x) for x in rng.choice(pool, size=n, replace=False))
 
 
+def _plan_day(
+    seed: int, d: int, alive: list[int], next_num: int, listings: int
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Which listings are (added, re-shot, removed, newly reviewed) on day index ``d``."""
+    if d == 0:
+        return list(range(listings)), [], [], []
+    rng = np.random.default_rng([seed, _DAY_STREAM, d])
+    removed = _pick(rng, alive, REMOVE_FRACTION)
+    gone = set(removed)
+    kept = [n for n in alive if n not in gone]
+    # Fractions are of yesterday's listings, drawn among those that stay.
+    per_kept = len(alive) / max(len(kept), 1)
+    changed = _pick(rng, kept, CHANGE_FRACTION * per_kept)
+    reviewed = _pick(rng, kept, NEW_REVIEW_FRACTION * per_kept)
+    added = list(range(next_num, next_num + max(1, round(ADD_FRACTION * len(alive)))))
+    return added, changed, removed, reviewed
+
+
 def _timestamp(seed: int, num: int, day_index: int, date: dt.date) -> dt.datetime:
     rng = np.random.default_rng([seed, num, render.CLOCK, day_index])
     seconds = int(rng.integers(0, 86_400))
@@ -153,19 +171,10 @@ def generate_catalog(
     try:
         for d in range(days):
             date = start_date + dt.timedelta(days=d)
-            alive = sorted(state)
-            if d == 0:
-                added, changed, removed, reviewed = list(range(listings)), [], [], []
-            else:
-                rng = np.random.default_rng([seed, _DAY_STREAM, d])
-                removed = _pick(rng, alive, REMOVE_FRACTION)
-                gone = set(removed)
-                kept = [n for n in alive if n not in gone]
-                changed = _pick(rng, kept, CHANGE_FRACTION * len(alive) / max(len(kept), 1))
-                reviewed = _pick(rng, kept, NEW_REVIEW_FRACTION * len(alive) / max(len(kept), 1))
-                n_new = max(1, round(ADD_FRACTION * len(alive)))
-                added = list(range(next_num, next_num + n_new))
-            next_num = max(next_num, added[-1] + 1 if added else next_num)
+            added, changed, removed, reviewed = _plan_day(
+                seed, d, sorted(state), next_num, listings
+            )
+            next_num += len(added)
             for n in removed:
                 del state[n]
             for n in added:
