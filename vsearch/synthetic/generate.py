@@ -167,7 +167,8 @@ def generate_catalog(
     metas: dict[int, render.Meta] = {}
     next_num = 0
     counts: list[DayCounts] = []
-    writer = ThreadPoolExecutor(max_workers=4)  # file writes are I/O: overlap them with rendering
+    # Writes wait on fsync or the network, not the CPU: overlap many of them with rendering.
+    writer = ThreadPoolExecutor(max_workers=8)
     try:
         for d in range(days):
             date = start_date + dt.timedelta(days=d)
