@@ -1,0 +1,67 @@
+"""DESIGN.md's benchmark vector sets, exactly, so figures compare across changes and with peers.
+
+Each set is L2-normalised float32 of D=256 from numpy ``default_rng(seed)``. The set's fixed
+parameters (the 2,000 centres; the 32x256 matrix A) always come from ``seed``; the points come
+from ``point_seed`` (default: the same generator, right after the parameters). Queries are "the
+same recipe with another seed": the same centres / A, points from another ``point_seed``, so
+queries fall on the same clusters / manifold as the database. Points are drawn in float32 in
+chunks of 65,536 rows (bounded memory at 1M; the chunking is part of the recipe).
+
+* ``clustered`` (easy): c ~ N(0, I), 2,000 centres; x = c[k] + 0.6 * N(0, I), k uniform.
+* ``manifold`` (hard): z ~ N(0, I_32), A ~ N(0, 1) of 32x256, x = tanh(z @ A / 4) + 0.05 * N(0, I).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DIM = 256
+N_CENTRES = 2000
+LATENT = 32
+CHUNK = 65536
+DATABASE_SEED = 0
+QUERY_SEED = 1
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def clustered(
+    n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((N_CENTRES, dim), dtype=np.float32)
+    prng = rng if point_seed is None else np.random.default_rng(point_seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        k = prng.integers(0, N_CENTRES, m)
+        out[start : start + m] = _normalise(
+            centres[k] + 0.6 * prng.standard_normal((m, dim), dtype=np.float32)
+        )
+    return out
+
+
+def manifold(
+    n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((LATENT, dim), dtype=np.float32)
+    prng = rng if point_seed is None else np.random.default_rng(point_seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        z = prng.standard_normal((m, LATENT), dtype=np.float32)
+        x = np.tanh(z @ a / 4) + 0.05 * prng.standard_normal((m, dim), dtype=np.float32)
+        out[start : start + m] = _normalise(x)
+    return out
+
+
+SETS = {"clustered": clustered, "manifold": manifold}
+
+
+def database_and_queries(name: str, n: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """(database [n, D], queries [nq, D]) of a named set: same parameters, other point seed."""
+    make = SETS[name]
+    return make(n, DATABASE_SEED), make(nq, DATABASE_SEED, point_seed=QUERY_SEED)

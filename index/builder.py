@@ -1,0 +1,434 @@
+"""Build a sharded index from a stream of embedding RecordBatches: the core of build-index.
+
+Passes over the input (``batches_factory()`` is called once per pass, so nothing needs all vectors
+in memory at once):
+
+1. scan: count, check, and reservoir-sample training vectors and held-out queries;
+2. train once on the sample: PCA, then the index (choose it first when ``factory="auto"``);
+3. add per shard (in process here, or on Beam workers via ``add_shards``) and write each shard;
+4. ground truth: exact top-10 of the queries, streamed over the database;
+5. tune the search knob on half the queries, validate on the other half, and write the manifest
+   only if recall@10 reaches the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index import factory as factory_mod
+from index import manifest as manifest_mod
+from index import sharding, training, tuning
+from index.searcher import Searcher
+from index.validate import exact_topk, latency_ms, recall_at_k, row_keys
+from vsearch import storage
+
+log = logging.getLogger(__name__)
+
+BatchesFactory = Callable[[], Iterable[pa.RecordBatch]]
+ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
+NORM_TOLERANCE = 1e-2
+
+
+class IndexBuildError(ValueError):
+    """The build cannot produce a publishable index (bad input, or validation failed)."""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    factory: str = (
+        "auto"  # a faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, HNSW32) or "auto"
+    )
+    shards: int = 1  # S; a listing's shard is a stable hash of its id
+    target_recall: float = (
+        0.95  # recall@10 vs exact search that tuning must reach and validation confirm
+    )
+    memory_budget_bytes: int = 16 << 30  # what "auto" may spend on the whole index (all shards)
+    pca_dim: int = 0  # 0: smallest multiple of 16 keeping pca_energy (no cut if it saves < 25%)
+    pca_energy: float = 0.99  # share of the squared norm the PCA must keep when pca_dim=0
+    max_train_size: int = 200_000  # sample held in driver memory for training (~200 MB at D=256)
+    validation_queries: int = (
+        1000  # held-out database vectors used as queries (half tune, half validate)
+    )
+    tune_margin: float = 0.005  # tune for target + margin, so validation's other queries pass too
+    latency_queries: int = 300  # single queries timed for p50/p99
+    ivf_max_probe_fraction: float = 1 / 32  # auto: IVF must reach the target probing at most this
+    seed: int = 0
+    use_gpu: bool | None = None  # None: k-means on GPU when faiss sees one
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if not 0 < self.target_recall <= 1:
+            raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
+        if self.factory != "auto":
+            factory_mod.factory_kind(self.factory)
+
+
+@dataclass(frozen=True)
+class Sample:
+    train: np.ndarray  # [t, input_dim] database vectors for training
+    queries: np.ndarray  # [q, input_dim] held-out database vectors (disjoint from train)
+    review_queries: np.ndarray  # rows with image_index < 0 (review photos): queries, never indexed
+    ntotal: int  # database rows (image_index >= 0)
+    input_dim: int
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: manifest_mod.Manifest
+    manifest_uri: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ reading batches
+
+
+def batch_vectors(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """The ``embedding`` column as a float32 [n, D] array."""
+    col = batch.column("embedding")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if not pa.types.is_fixed_size_list(t):
+        raise IndexBuildError(f"embedding column must be fixed_size_list<float32>, got {t}")
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(len(col), t.list_size), dtype=np.float32)
+
+
+def _check_batch(batch: pa.RecordBatch, vectors: np.ndarray, model_version: str | None) -> None:
+    if model_version is not None and "model_version" in batch.schema.names:
+        versions = set(batch.column("model_version").unique().to_pylist())
+        if versions - {model_version}:
+            raise IndexBuildError(
+                f"embeddings of model versions {sorted(versions - {model_version})} in the input of "
+                f"an index for {model_version}: versions never mix in one index"
+            )
+    if not np.isfinite(vectors).all():
+        raise IndexBuildError("embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(vectors, axis=1)
+    bad = np.nonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)[0]
+    if len(bad):
+        lid = batch.column("listing_id")[int(bad[0])].as_py()
+        raise IndexBuildError(
+            f"{len(bad)} embeddings are not L2-normalised (e.g. listing {lid}, norm "
+            f"{norms[bad[0]]:.4f}); inner-product search needs unit vectors"
+        )
+
+
+class _Reservoir:
+    """Uniform sample of fixed size over a stream: keep the rows with the smallest random keys."""
+
+    def __init__(self, size: int, dim: int, rng: np.random.Generator) -> None:
+        self.size, self.rng = size, rng
+        self.keys = np.empty(0, dtype=np.float64)
+        self.rows = np.empty((0, dim), dtype=np.float32)
+
+    def add(self, rows: np.ndarray) -> None:
+        if self.size == 0 or len(rows) == 0:
+            return
+        keys = np.concatenate([self.keys, self.rng.random(len(rows))])
+        all_rows = np.concatenate([self.rows, rows])
+        if len(keys) > self.size:
+            keep = np.argpartition(keys, self.size - 1)[: self.size]
+            keys, all_rows = keys[keep], all_rows[keep]
+        self.keys, self.rows = keys, all_rows
+
+    def sorted_rows(self) -> np.ndarray:
+        return self.rows[np.argsort(self.keys, kind="stable")]
+
+
+def scan(
+    batches_factory: BatchesFactory, settings: IndexSettings, model_version: str | None = None
+) -> Sample:
+    """One streaming pass: count, check, and sample (memory: the sample only)."""
+    rng = np.random.default_rng(settings.seed)
+    db: _Reservoir | None = None
+    reviews: _Reservoir | None = None
+    n, dim = 0, 0
+    for batch in batches_factory():
+        if batch.num_rows == 0:
+            continue
+        vectors = batch_vectors(batch)
+        if dim == 0:
+            dim = vectors.shape[1]
+            db = _Reservoir(settings.max_train_size + settings.validation_queries, dim, rng)
+            reviews = _Reservoir(settings.validation_queries, dim, rng)
+        elif vectors.shape[1] != dim:
+            raise IndexBuildError(
+                f"embedding dim changed from {dim} to {vectors.shape[1]} mid-input"
+            )
+        _check_batch(batch, vectors, model_version)
+        is_review = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False)) < 0
+        assert db is not None and reviews is not None
+        db.add(vectors[~is_review])
+        reviews.add(vectors[is_review])
+        n += int((~is_review).sum())
+    if n == 0 or db is None or reviews is None:
+        raise IndexBuildError("no embeddings to index (is the model published and embed run?)")
+    rows = db.sorted_rows()
+    # Hold out queries only when there is enough left to train on and to search.
+    nq = min(settings.validation_queries, max(1, n // 5))
+    return Sample(rows[nq:] if len(rows) > nq else rows, rows[:nq], reviews.sorted_rows(), n, dim)
+
+
+def iter_database(
+    batches_factory: BatchesFactory,
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """(batch, vectors) of database rows only (review photos are queries, never indexed)."""
+    for batch in batches_factory():
+        if batch.num_rows == 0:
+            continue
+        ix = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False))
+        if (ix < 0).any():
+            batch = batch.filter(pa.array(ix >= 0))
+        yield batch, batch_vectors(batch)
+
+
+# ------------------------------------------------------------------ shards (shared with Beam)
+
+
+def fill_shard(
+    trained: faiss.Index, pca: faiss.VectorTransform, table: pa.Table, chunk: int = 65536
+) -> tuple[faiss.Index, pa.Table]:
+    """A copy of the trained index with ``table``'s vectors added; row i of the id map = id i.
+
+    Rows are sorted by (listing_id, image_index) first, so a shard's content does not depend on
+    the order in which workers delivered its rows.
+    """
+    table = table.sort_by([("listing_id", "ascending"), ("image_index", "ascending")])
+    index = faiss.clone_index(trained)
+    vectors = batch_vectors(table)
+    for start in range(0, len(vectors), chunk):
+        index.add(training.apply_pca(pca, vectors[start : start + chunk]))
+    ids = table.select([c for c in ID_COLUMNS if c in table.schema.names])
+    if "category_pred" not in ids.schema.names:
+        ids = ids.append_column("category_pred", pa.nulls(ids.num_rows, pa.string()))
+    return index, ids
+
+
+def write_shard(
+    build_dir: str, shard_no: int, index: faiss.Index, ids: pa.Table
+) -> manifest_mod.ShardEntry:
+    """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; the sha256 is of the bytes written."""
+    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
+    h = hashlib.sha256()
+    with storage.atomic_writer(storage.join(build_dir, name)) as f:
+
+        def write(chunk: bytes) -> None:
+            h.update(chunk)
+            f.write(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+    with storage.atomic_writer(storage.join(build_dir, ids_name)) as f:
+        pq.write_table(ids, f, compression="zstd")
+    return manifest_mod.ShardEntry(name, h.hexdigest(), int(index.ntotal), ids_name)
+
+
+def shard_tables(
+    batches: Iterable[pa.RecordBatch], num_shards: int
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Split each batch by the shard of its listing_id: (shard, rows of that shard)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+        for s in np.unique(shard):
+            yield int(s), batch.filter(pa.array(shard == s))
+
+
+AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
+
+
+def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
+    """The single-process ``add_shards``: groups rows per shard in memory (small data, tests)."""
+
+    def run(
+        trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
+    ) -> list[manifest_mod.ShardEntry]:
+        trained = training.index_from_bytes(trained_bytes)
+        pca = training.pca_from_bytes(pca_bytes)
+        parts: dict[int, list[pa.RecordBatch]] = {s: [] for s in range(num_shards)}
+        for s, rows in shard_tables((b for b, _ in iter_database(batches_factory)), num_shards):
+            parts[s].append(rows)
+        entries = []
+        for s in range(num_shards):
+            table = (
+                pa.Table.from_batches(parts.pop(s)) if parts[s] else _empty_like(batches_factory)
+            )
+            index, ids = fill_shard(trained, pca, table)
+            entries.append(write_shard(build_dir, s, index, ids))
+        return entries
+
+    return run
+
+
+def _empty_like(batches_factory: BatchesFactory) -> pa.Table:
+    for b, _ in iter_database(batches_factory):
+        return pa.Table.from_batches([b]).slice(0, 0)
+    raise IndexBuildError("no embeddings to index")
+
+
+# ------------------------------------------------------------------ the build
+
+
+def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h = (len(x) + 1) // 2
+    return x[:h], x[h:]
+
+
+def _choose_factory(
+    settings: IndexSettings, sample: Sample, train_x: np.ndarray, query_x: np.ndarray, dim: int
+) -> tuple[str, dict[str, Any]]:
+    """Explicit factory as given; for "auto", the preferred candidate unless it is IVF and a
+    trial on the training sample shows it needs to probe too much of the data (then HNSW)."""
+    if settings.factory != "auto":
+        return settings.factory, {}
+    candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
+    first = candidates[0]
+    hnsw = [c for c in candidates if factory_mod.factory_kind(c) == "hnsw"]
+    if factory_mod.factory_kind(first) != "ivf_flat" or not hnsw or len(query_x) == 0:
+        return first, {"candidates": candidates}
+    # Trial: the IVF index over the training sample, its knob tuned on the held-out queries.
+    nlist = factory_mod.ivf_nlist(first)
+    trial = training.train_index(
+        first,
+        train_x[: factory_mod.training_size(first, len(train_x), settings.max_train_size)],
+        settings.use_gpu,
+    )
+    trial.add(train_x)
+    keys = np.arange(len(train_x)).astype(str).astype(object)
+    truth = exact_topk(query_x, [(train_x, keys)], 10)
+    limit = max(1, int(nlist * settings.ivf_max_probe_fraction))
+
+    def search(q: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        _, i = trial.search(q, k, params=tuning.search_parameters(params))
+        return np.where(i >= 0, i.astype(str), "").astype(object)
+
+    t = tuning.tune(first, search, query_x, truth, settings.target_recall, max_value=limit)
+    chosen = first if t.reached else hnsw[0]
+    info = {
+        "candidates": candidates,
+        "ivf_trial": {"reached": t.reached, "tried": t.tried, "max_nprobe": limit},
+    }
+    log.info("auto index: %s (IVF trial reached=%s within nprobe<=%d)", chosen, t.reached, limit)
+    return chosen, info
+
+
+def build_index(
+    batches_factory: BatchesFactory,
+    settings: IndexSettings,
+    build_dir: str,
+    model_version: str,
+    build_id: str,
+    *,
+    extra_queries: np.ndarray | None = None,
+    add_shards: AddShards | None = None,
+    cache_dir: str | None = None,
+) -> BuildResult:
+    """Train, add per shard, validate; write ``manifest.json`` last and only if validation passes.
+
+    ``batches_factory`` returns a fresh iterator of embedding RecordBatches each call (listing_id,
+    image_uri, image_index, embedding, category_pred). ``extra_queries`` are more validation
+    queries in the input space (e.g. review-photo embeddings). Raises IndexBuildError when the
+    input is bad or recall@10 stays below ``settings.target_recall``.
+    """
+    report: dict[str, Any] = {}
+    sample = scan(batches_factory, settings, model_version)
+    input_dim = sample.input_dim
+    extra = [sample.review_queries]
+    if extra_queries is not None and len(extra_queries):
+        eq = np.asarray(extra_queries, dtype=np.float32)
+        if eq.ndim != 2 or eq.shape[1] != input_dim:
+            raise IndexBuildError(f"extra queries must be [n, {input_dim}], got {eq.shape}")
+        extra.append(training.normalize_rows(eq))
+    db_tune, db_val = _split(sample.queries)
+    ex_tune, ex_val = _split(np.concatenate(extra))
+    tune_q, val_q = np.concatenate([db_tune, ex_tune]), np.concatenate([db_val, ex_val])
+
+    # 1. PCA, trained once on the sample.
+    dim = settings.pca_dim or training.auto_pca_dim(sample.train, settings.pca_energy)
+    if dim > input_dim:
+        raise IndexBuildError(f"--pca-dim {dim} exceeds the embedding dim {input_dim}")
+    pca = training.train_pca(sample.train, dim)
+    train_x = training.apply_pca(pca, sample.train)
+
+    # 2. The index, trained once on the sample.
+    factory, choice = _choose_factory(
+        settings, sample, train_x, training.apply_pca(pca, tune_q), dim
+    )
+    report.update(choice)
+    n_train = factory_mod.training_size(factory, len(train_x), settings.max_train_size)
+    trained = training.train_index(factory, train_x[:n_train], settings.use_gpu)
+    log.info("trained %s on %d vectors (dim %d -> %d)", factory, n_train, input_dim, dim)
+
+    # 3. Add per shard and write shards + id maps (+ the PCA).
+    pca_bytes = training.pca_to_bytes(pca)
+    storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
+    adder = add_shards or add_shards_in_process(batches_factory)
+    entries = adder(training.index_to_bytes(trained), pca_bytes, build_dir, settings.shards)
+    ntotal = sum(e.ntotal for e in entries)
+    if ntotal != sample.ntotal:
+        raise IndexBuildError(f"shards hold {ntotal} vectors but the input has {sample.ntotal}")
+    draft = manifest_mod.Manifest(
+        model_version=model_version,
+        build_id=build_id,
+        created_at=manifest_mod.utc_now_iso(),
+        input_dim=input_dim,
+        dim=dim,
+        factory=factory,
+        shards=tuple(entries),
+        ntotal=ntotal,
+    )
+
+    # 4. Ground truth (exact, input space), 5. tune, validate.
+    queries = np.concatenate([tune_q, val_q])
+    truth = exact_topk(
+        queries,
+        (
+            (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
+            for b, v in iter_database(batches_factory)
+        ),
+        10,
+    )
+    tune_truth = replace(truth, scores=truth.scores[: len(tune_q)], keys=truth.keys[: len(tune_q)])
+    val_truth = replace(truth, scores=truth.scores[len(tune_q) :], keys=truth.keys[len(tune_q) :])
+    with Searcher(draft, build_dir, cache_dir=cache_dir) as searcher:
+        tuned = tuning.tune(
+            factory,
+            searcher.search_keys,
+            tune_q,
+            tune_truth,
+            min(1.0, settings.target_recall + settings.tune_margin),
+        )
+        report["tuning"] = {
+            "params": tuned.search_params,
+            "recall": tuned.recall_at_10,
+            "tried": tuned.tried,
+        }
+        recall = recall_at_k(searcher.search_keys(val_q, 10, tuned.search_params), val_truth.keys)
+        timed = val_q[: settings.latency_queries]
+        p50, p99 = latency_ms(lambda q: searcher.search_raw(q, 10, tuned.search_params), timed)
+    validation = manifest_mod.Validation(
+        round(recall, 5), int(len(val_q)), round(p50, 4), round(p99, 4)
+    )
+    report["validation"] = validation
+    if recall < settings.target_recall:
+        raise IndexBuildError(
+            f"index {factory} with {tuned.search_params or 'exact search'} reaches recall@10 "
+            f"{recall:.4f} on {len(val_q)} held-out queries, below the target "
+            f"{settings.target_recall:.4f}; nothing was published (try --factory HNSW32, a larger "
+            "--pca-dim or a lower --target-recall)"
+        )
+    final = replace(draft, search_params=tuned.search_params, validation=validation)
+    uri = storage.join(build_dir, sharding.MANIFEST_FILE)
+    manifest_mod.write(uri, final)
+    return BuildResult(final, uri, report)

@@ -1,0 +1,147 @@
+"""Which faiss index to build: a small function of N, dim and a memory budget (like autofaiss).
+
+Preference order, and why:
+
+* ``Flat`` below ``FLAT_MAX`` vectors: exact, and already fast enough at that size.
+* ``IVF{nlist},Flat`` when raw vectors fit the budget: shards cleanly (every shard shares the one
+  trained quantizer, so S shards scan the same number of codes as one), memory-maps, trains fast.
+* ``HNSW32`` as the fallback for data whose neighbours IVF cannot find cheaply (DESIGN.md's
+  ``manifold`` set: IVF needs to scan a large part of the data there, HNSW does not). It costs
+  more memory, a slower build, and every shard is searched in full, so it is never the default.
+* ``IVF{nlist},PQ{m}`` when raw vectors do not fit: 100M vectors x 64 bytes of codes.
+
+``nlist`` follows faiss' guideline of 4..16 x sqrt(N), rounded to a power of two, with at least
+39 training points per centroid available.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+FLAT_MAX = 20_000  # below this an exact scan takes well under a millisecond per query
+HNSW_M = 32
+IVF_ID_BYTES = 8  # an inverted list stores an int64 id next to each code
+MIN_POINTS_PER_CENTROID = 39  # faiss warns (and clusters badly) below this
+
+
+def parse_memory(value: str | int) -> int:
+    """``"16G"``, ``"512M"``, ``"1.5GiB"`` or a byte count -> bytes."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?B)?\s*", value, flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"memory budget must look like 16G, 512M or a byte count, got {value!r}")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+def nlist_for(n: int) -> int:
+    """IVF list count for ``n`` vectors: power of two near 4*sqrt(n), >= 39 points per list."""
+    if n < MIN_POINTS_PER_CENTROID * 4:
+        return 1
+    target = 2 ** round(math.log2(4 * math.sqrt(n)))
+    cap = 2 ** int(math.log2(n // MIN_POINTS_PER_CENTROID))
+    return int(max(1, min(target, cap, 1 << 18)))
+
+
+def pq_m_for(dim: int, n: int, memory_budget_bytes: int) -> int:
+    """The largest PQ sub-quantizer count (bytes per code) that divides ``dim`` and fits."""
+    for m in (dim // 2, 128, 96, 64, 48, 32, 24, 16, 8, 4):
+        if 0 < m <= dim and dim % m == 0 and n * (m + IVF_ID_BYTES) <= memory_budget_bytes:
+            return m
+    raise ValueError(
+        f"{n} vectors do not fit {memory_budget_bytes} bytes even at 4 bytes per vector; "
+        "raise --memory-budget or add shards on more machines"
+    )
+
+
+def estimated_bytes(factory: str, n: int, dim: int) -> int:
+    """Rough resident size of an index (what the memory budget is compared with)."""
+    kind = factory_kind(factory)
+    if kind == "flat":
+        return n * dim * 4
+    if kind == "hnsw":
+        m = int(re.match(r"HNSW(\d+)", factory).group(1))  # type: ignore[union-attr]
+        return int(n * (dim * 4 + m * 2 * 4 * 1.1))  # vectors + ~2M links per node
+    nlist = ivf_nlist(factory)
+    centroids = nlist * dim * 4
+    if kind == "ivf_pq":
+        m = int(re.search(r"PQ(\d+)", factory).group(1))  # type: ignore[union-attr]
+        return n * (m + IVF_ID_BYTES) + centroids
+    return n * (dim * 4 + IVF_ID_BYTES) + centroids
+
+
+def candidate_factories(n: int, dim: int, memory_budget_bytes: int) -> list[str]:
+    """Index factories worth building for this size, most preferred first (never empty)."""
+    if n <= FLAT_MAX and estimated_bytes("Flat", n, dim) <= memory_budget_bytes:
+        return ["Flat"]
+    nlist = nlist_for(n)
+    out: list[str] = []
+    for f in (f"IVF{nlist},Flat", f"HNSW{HNSW_M}"):
+        if estimated_bytes(f, n, dim) <= memory_budget_bytes:
+            out.append(f)
+    if not out:  # raw vectors do not fit: compress
+        out.append(f"IVF{nlist},PQ{pq_m_for(dim, n, memory_budget_bytes)}")
+    return out
+
+
+def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
+    """The preferred faiss index_factory string for ``n`` vectors of ``dim`` within the budget."""
+    return candidate_factories(n, dim, memory_budget_bytes)[0]
+
+
+def factory_kind(factory: str) -> str:
+    """ "flat", "ivf_flat", "ivf_pq", "ivf_other" or "hnsw" (what decides the tuned parameter)."""
+    f = factory.replace(" ", "")
+    if f == "Flat":
+        return "flat"
+    if f.startswith("HNSW"):
+        return "hnsw"
+    if re.match(r"IVF\d+(_HNSW\d+)?,", f):
+        if re.search(r",PQ\d+", f):
+            return "ivf_pq"
+        if f.endswith(",Flat"):
+            return "ivf_flat"
+        return "ivf_other"
+    raise ValueError(
+        f"unsupported index factory {factory!r}: use Flat, IVF<n>,Flat, IVF<n>,PQ<m> or HNSW<M> "
+        "(PCA is added separately by the build)"
+    )
+
+
+def ivf_nlist(factory: str) -> int:
+    m = re.match(r"IVF(\d+)", factory.replace(" ", ""))
+    if not m:
+        raise ValueError(f"{factory!r} is not an IVF factory")
+    return int(m.group(1))
+
+
+def search_param_name(factory: str) -> str | None:
+    """The knob that trades recall for speed: nprobe (IVF), efSearch (HNSW), none (Flat)."""
+    kind = factory_kind(factory)
+    return {"flat": None, "hnsw": "efSearch"}.get(kind, "nprobe")
+
+
+def param_grid(factory: str) -> list[int]:
+    """Values of the search knob, cheapest first (latency grows with each)."""
+    name = search_param_name(factory)
+    if name is None:
+        return []
+    steps = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+    steps += [1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384]
+    if name == "efSearch":
+        return [s for s in steps if 16 <= s <= 4096]
+    nlist = ivf_nlist(factory)
+    return [s for s in steps if s < nlist] + [nlist]
+
+
+def training_size(factory: str, n: int, cap: int) -> int:
+    """How many sample vectors training needs (k-means wants 39..256 points per centroid)."""
+    kind = factory_kind(factory)
+    if kind in ("flat", "hnsw"):
+        return 0
+    need = ivf_nlist(factory) * 64
+    if kind == "ivf_pq":
+        need = max(need, 256 * 100)  # PQ codebooks: 256 centroids per sub-quantizer
+    return int(min(n, cap, need))

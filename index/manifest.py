@@ -1,0 +1,164 @@
+"""The index manifest (``manifest.json``) of ../shared/DESIGN.md: frozen dataclasses, read/write.
+
+A manifest is written last, and only for a build whose validation passed; ``CURRENT`` points at
+one. Shard and id-map paths are relative to the manifest's directory, so a build can be copied
+or moved (e.g. from a laptop to gs://) and still read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vsearch import storage
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    path: str  # relative to the manifest's directory, e.g. "shard-00000.faiss"
+    sha256: str
+    ntotal: int
+    ids_path: str  # e.g. "shard-00000.ids.parquet"
+
+
+@dataclass(frozen=True)
+class Validation:
+    recall_at_10: float  # of the sharded index vs exact inner-product search
+    sample_size: int  # number of validation queries
+    latency_ms_p50: float  # single query, all shards, merged
+    latency_ms_p99: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_version: str
+    build_id: str
+    created_at: str  # ISO 8601, UTC
+    input_dim: int
+    dim: int  # after PCA
+    factory: str
+    search_params: dict[str, int] = field(default_factory=dict)
+    shards: tuple[ShardEntry, ...] = ()
+    ntotal: int = 0
+    validation: Validation | None = None
+    metric: str = METRIC
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shards"] = [asdict(s) for s in self.shards]
+        return {k: d[k] for k in _FIELD_ORDER}
+
+    def check(self) -> None:
+        """Raise ManifestError unless the manifest is internally consistent."""
+        problems = []
+        if self.format_version != FORMAT_VERSION:
+            problems.append(
+                f"format_version {self.format_version} (this code reads {FORMAT_VERSION})"
+            )
+        if self.metric != METRIC:
+            problems.append(f"metric {self.metric!r} (expected {METRIC!r})")
+        if not self.shards:
+            problems.append("no shards")
+        if sum(s.ntotal for s in self.shards) != self.ntotal:
+            problems.append(f"ntotal {self.ntotal} != sum of shard ntotal")
+        if not 0 < self.dim <= self.input_dim:
+            problems.append(f"dim {self.dim} not in 1..input_dim {self.input_dim}")
+        for s in self.shards:
+            if len(s.sha256) != 64 or "/" in s.path or "/" in s.ids_path:
+                problems.append(f"bad shard entry {s}")
+        if problems:
+            raise ManifestError(f"manifest of build {self.build_id}: " + "; ".join(problems))
+
+
+_FIELD_ORDER = (
+    "format_version",
+    "model_version",
+    "build_id",
+    "created_at",
+    "input_dim",
+    "dim",
+    "metric",
+    "factory",
+    "search_params",
+    "shards",
+    "ntotal",
+    "validation",
+)
+
+
+def new_build_id(now: dt.datetime | None = None) -> str:
+    """``20260101T120000Z-a1b2c3``: sorts by time; the random part keeps concurrent builds apart."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
+    try:
+        v = d.get("validation")
+        m = Manifest(
+            format_version=int(d["format_version"]),
+            model_version=str(d["model_version"]),
+            build_id=str(d["build_id"]),
+            created_at=str(d["created_at"]),
+            input_dim=int(d["input_dim"]),
+            dim=int(d["dim"]),
+            metric=str(d["metric"]),
+            factory=str(d["factory"]),
+            search_params={str(k): int(x) for k, x in dict(d["search_params"]).items()},
+            shards=tuple(
+                ShardEntry(str(s["path"]), str(s["sha256"]), int(s["ntotal"]), str(s["ids_path"]))
+                for s in d["shards"]
+            ),
+            ntotal=int(d["ntotal"]),
+            validation=Validation(**v) if v is not None else None,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(
+            f"{source} is not a valid index manifest: {type(e).__name__}: {e}"
+        ) from e
+    m.check()
+    return m
+
+
+def write(uri: str, manifest: Manifest) -> None:
+    """Write atomically (readers never see half a manifest)."""
+    manifest.check()
+    storage.write_text(uri, json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+def read(uri: str) -> Manifest:
+    try:
+        text = storage.read_text(uri)
+    except storage.StorageError as e:
+        raise ManifestError(f"cannot read index manifest {uri}: {e}") from e
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{uri} is not JSON: {e}") from e
+    return from_json(d, source=uri)
+
+
+def require_validated(m: Manifest, source: str, min_recall: float = 0.0) -> Validation:
+    """The manifest's validation, or ManifestError when it has none or is below ``min_recall``."""
+    if m.validation is None:
+        raise ManifestError(f"{source} has no validation: it cannot be published or served")
+    if m.validation.recall_at_10 < min_recall:
+        raise ManifestError(
+            f"{source}: recall@10 {m.validation.recall_at_10:.4f} is below {min_recall:.4f}"
+        )
+    return m.validation

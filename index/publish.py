@@ -1,0 +1,148 @@
+"""``vsearch publish``: point ``WORKDIR/indexes/CURRENT`` at a validated manifest, atomically.
+
+The flip is a compare-and-swap on the pointer (GCS generation precondition; lock + atomic rename
+locally): of two publishers that read the same CURRENT, exactly one wins and the other gets
+PointerConflict. Readers see either the old index or the new one, never a mix. Old builds stay
+readable until retention removes them; the build CURRENT points at, and builds newer than it
+(possibly still being written), are never removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+
+from index import manifest as manifest_mod
+from index import sharding
+from vsearch import paths, storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = 3  # validated builds kept (CURRENT included): room to roll back twice
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    manifest_uri: str
+    previous: str | None  # the manifest CURRENT pointed at before
+    removed_builds: tuple[str, ...]  # build directories deleted by retention
+
+
+def indexes_root(workdir: str) -> str:
+    return storage.parent(paths.current_index_pointer(workdir))
+
+
+def list_builds(workdir: str) -> dict[str, bool]:
+    """Every build directory under ``indexes/`` -> whether it holds a manifest."""
+    root = indexes_root(workdir)
+    builds: dict[str, bool] = {}
+    for uri in storage.list_prefix(root):
+        rel = uri[len(root) :].replace("\\", "/").strip("/").split("/")
+        if len(rel) != 3:  # VERSION/BUILD_ID/FILE; CURRENT and its lock are shallower
+            continue
+        build = storage.join(root, rel[0], rel[1])
+        builds[build] = builds.get(build, False) or rel[2] == sharding.MANIFEST_FILE
+    return builds
+
+
+def latest_manifest(workdir: str, model_version: str) -> str:
+    """The newest build of ``model_version`` that has a manifest (validated builds only have one)."""
+    builds = [
+        b
+        for b, has in list_builds(workdir).items()
+        if has and storage.basename(storage.parent(b)) == model_version
+    ]
+    if not builds:
+        raise FileNotFoundError(
+            f"no built index for model {model_version} under {indexes_root(workdir)} "
+            "(run vsearch build-index first)"
+        )
+    return storage.join(max(builds, key=storage.basename), sharding.MANIFEST_FILE)
+
+
+def publish(
+    workdir: str,
+    manifest_uri: str,
+    retention: int = DEFAULT_RETENTION,
+    *,
+    min_recall: float = 0.0,
+    expected: storage.Pointer | None = None,
+) -> PublishResult:
+    """Flip CURRENT to ``manifest_uri`` if it is validated, then apply retention.
+
+    ``expected`` is the CURRENT value the caller based its decision on (read now if None).
+    Raises ManifestError for an unvalidated or broken manifest and PointerConflict when another
+    publisher changed CURRENT first.
+    """
+    if retention < 1:
+        raise ValueError(f"retention must keep at least the published build, got {retention}")
+    manifest_uri = storage.normalize(manifest_uri)
+    m = manifest_mod.read(manifest_uri)
+    manifest_mod.require_validated(m, manifest_uri, min_recall)
+    build_dir = storage.parent(manifest_uri)
+    for entry in m.shards:
+        for name in (entry.path, entry.ids_path):
+            if not storage.exists(storage.join(build_dir, name)):
+                raise manifest_mod.ManifestError(f"{manifest_uri} lists {name}, which is missing")
+    published = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    if published is not None and published != m.model_version:
+        raise manifest_mod.ManifestError(
+            f"{manifest_uri} indexes model {m.model_version} but models/PUBLISHED is {published}: "
+            "rebuild the index for the published model"
+        )
+    pointer_uri = paths.current_index_pointer(workdir)
+    current = expected if expected is not None else storage.read_pointer(pointer_uri)
+    if current.value != manifest_uri:
+        try:
+            storage.compare_and_swap(pointer_uri, manifest_uri, current)
+        except storage.PointerConflict as e:
+            raise storage.PointerConflict(
+                f"not published: another publisher changed {pointer_uri} first ({e}); "
+                "read CURRENT again and retry if this build should still win"
+            ) from e
+    removed = apply_retention(workdir, retention, manifest_uri)
+    log.info("published %s (was %s)", manifest_uri, current.value)
+    return PublishResult(manifest_uri, current.value, removed)
+
+
+def apply_retention(workdir: str, retention: int, current_manifest: str) -> tuple[str, ...]:
+    """Delete builds beyond the newest ``retention`` validated ones.
+
+    Never deleted: the CURRENT build, and any build newer than it (a build still being written
+    has no manifest yet, and may be published next).
+    """
+    current_build = storage.parent(storage.normalize(current_manifest))
+    current_id = storage.basename(current_build)
+    builds = list_builds(workdir)
+    validated = sorted((b for b, has in builds.items() if has), key=storage.basename, reverse=True)
+    keep = {current_build, *validated[:retention]}
+    keep |= {b for b in builds if storage.basename(b) > current_id}
+    removed = tuple(sorted(b for b in builds if b not in keep))
+    for b in removed:
+        storage.delete_prefix(b)
+    return removed
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vsearch publish", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--manifest", help="manifest URI (default: newest build of the model version)")
+    p.add_argument("--model-version", help="default: models/PUBLISHED")
+    p.add_argument("--retention", type=int, default=DEFAULT_RETENTION)
+    p.add_argument("--min-recall", type=float, default=0.0, help="refuse below this recall@10")
+    args = p.parse_args(argv)
+    uri = args.manifest
+    if uri is None:
+        version = (
+            args.model_version
+            or storage.read_pointer(paths.published_model_pointer(args.workdir)).value
+        )
+        if not version:
+            raise FileNotFoundError("no --manifest, --model-version or published model")
+        uri = latest_manifest(args.workdir, version)
+    result = publish(args.workdir, uri, args.retention, min_recall=args.min_recall)
+    print(
+        f"published {result.manifest_uri} (was {result.previous}); removed {len(result.removed_builds)} old build(s)"
+    )
+    return 0

@@ -1,0 +1,340 @@
+"""Search a published (or freshly built) sharded index: load once, verify, search in parallel.
+
+Loading: every shard's bytes are hashed and compared with the manifest's sha256 *before* faiss
+reads them, so a corrupted or truncated file is a clear error naming it, never a crash inside
+faiss or a silently wrong answer. Local shards are memory-mapped in place; gs:// shards are
+downloaded (streamed and hashed) into a local cache first, then memory-mapped.
+
+Searching: the query goes through the build's PCA, then every shard is searched on a thread pool
+(faiss releases the GIL), the per-shard top lists are merged, and hits are grouped by listing
+(best image per listing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index import manifest as manifest_mod
+from index import sharding, training
+from index.tuning import search_parameters
+from index.validate import KEY_SEP
+from vsearch import paths, storage
+
+OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
+_CHUNK = 8 << 20
+
+
+class ShardError(RuntimeError):
+    """A shard or id map is missing, corrupted, truncated or inconsistent; names the file."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    listing_id: str
+    score: float  # inner product of L2-normalised vectors (cosine), higher is closer
+    image_uri: str
+    category: str | None
+    image_index: int
+
+
+@dataclass
+class _Shard:
+    index: faiss.Index
+    ids: pa.Table  # listing_id, image_uri, image_index, category_pred; row i = faiss id i
+
+
+def sha256_of_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("VSEARCH_INDEX_CACHE") or os.path.join(
+        tempfile.gettempdir(), "vsearch-index-cache"
+    )
+
+
+class Searcher:
+    """A loaded sharded index. Construct with :meth:`open` (CURRENT) or :meth:`from_manifest`."""
+
+    def __init__(
+        self,
+        manifest: manifest_mod.Manifest,
+        build_dir: str,
+        *,
+        cache_dir: str | None = None,
+        mmap: bool = True,
+        threads: int | None = None,
+        workdir: str | None = None,
+    ) -> None:
+        manifest.check()
+        self.manifest = manifest
+        self.build_dir = storage.normalize(build_dir)
+        self.workdir = workdir
+        self._cache_dir = cache_dir or default_cache_dir()
+        self._mmap = mmap
+        self.pca = self._load_pca()
+        self._shards = [self._load_shard(e) for e in manifest.shards]
+        self._pool = ThreadPoolExecutor(max_workers=threads or min(len(self._shards), 32))
+        self._embedder: Any = None
+        self._image_size = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def open(cls, workdir: str, **kwargs: Any) -> Searcher:
+        """The index that ``WORKDIR/indexes/CURRENT`` points at."""
+        pointer = storage.read_pointer(paths.current_index_pointer(workdir))
+        if not pointer.value:
+            raise FileNotFoundError(
+                f"no published index: {paths.current_index_pointer(workdir)} does not exist "
+                "(run vsearch build-index, then vsearch publish)"
+            )
+        return cls.from_manifest_uri(pointer.value, workdir=workdir, **kwargs)
+
+    @classmethod
+    def from_manifest_uri(
+        cls, uri: str, *, require_validation: bool = True, **kwargs: Any
+    ) -> Searcher:
+        m = manifest_mod.read(uri)
+        if require_validation:
+            manifest_mod.require_validated(m, uri)
+        return cls(m, storage.parent(uri), **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_pca(self) -> faiss.VectorTransform:
+        uri = storage.join(self.build_dir, sharding.PCA_FILE)
+        pca = training.pca_from_bytes(storage.read_bytes(uri), source=uri)
+        if pca.d_in != self.manifest.input_dim or pca.d_out != self.manifest.dim:
+            raise ShardError(
+                f"{uri} maps {pca.d_in}->{pca.d_out} dims, the manifest says "
+                f"{self.manifest.input_dim}->{self.manifest.dim}"
+            )
+        return pca
+
+    def _local_verified(self, entry: manifest_mod.ShardEntry) -> str:
+        """A local path of the shard whose sha256 matches the manifest."""
+        uri = storage.join(self.build_dir, entry.path)
+        if not storage.is_gcs(uri):
+            if not os.path.exists(uri):
+                raise ShardError(f"index shard {uri} is missing")
+            got = sha256_of_file(uri)
+            if got != entry.sha256:
+                raise ShardError(
+                    f"index shard {uri} is corrupted or truncated: sha256 {got[:12]}... "
+                    f"!= manifest {entry.sha256[:12]}... ({os.path.getsize(uri)} bytes)"
+                )
+            return uri
+        local = os.path.join(
+            self._cache_dir, self.manifest.model_version, self.manifest.build_id, entry.path
+        )
+        if os.path.exists(local) and sha256_of_file(local) == entry.sha256:
+            return local
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        h = hashlib.sha256()
+        try:
+            with storage.open_read(uri) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+        except Exception as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise ShardError(f"cannot download index shard {uri}: {e}") from e
+        if h.hexdigest() != entry.sha256:
+            os.remove(tmp)
+            raise ShardError(
+                f"index shard {uri} is corrupted or truncated: sha256 {h.hexdigest()[:12]}... "
+                f"!= manifest {entry.sha256[:12]}..."
+            )
+        os.replace(tmp, local)
+        return local
+
+    def _load_shard(self, entry: manifest_mod.ShardEntry) -> _Shard:
+        path = self._local_verified(entry)
+        flags = faiss.IO_FLAG_READ_ONLY
+        if self._mmap:
+            flags |= getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+        try:
+            index = faiss.read_index(path, flags)
+        except RuntimeError as e:
+            raise ShardError(f"faiss cannot read index shard {path}: {e}") from e
+        if index.ntotal != entry.ntotal or index.d != self.manifest.dim:
+            raise ShardError(
+                f"index shard {path} holds {index.ntotal} vectors of dim {index.d}; the manifest "
+                f"says {entry.ntotal} of dim {self.manifest.dim}"
+            )
+        ids_uri = storage.join(self.build_dir, entry.ids_path)
+        try:
+            ids = pq.read_table(storage.open_read(ids_uri))
+        except Exception as e:
+            raise ShardError(f"cannot read id map {ids_uri}: {e}") from e
+        if ids.num_rows != entry.ntotal:
+            raise ShardError(f"id map {ids_uri} has {ids.num_rows} rows, shard has {entry.ntotal}")
+        return _Shard(index, ids)
+
+    # ------------------------------------------------------------------ searching
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Input-space embeddings -> the index's (PCA'd, re-normalised) space."""
+        v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if v.shape[1] != self.manifest.input_dim:
+            raise ValueError(
+                f"query vectors have {v.shape[1]} dims, the index takes {self.manifest.input_dim}"
+            )
+        return training.apply_pca(self.pca, v)
+
+    def search_raw(
+        self, vectors: np.ndarray, k: int, params: dict[str, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k image hits over all shards: (scores, shard numbers, faiss ids), each [n, k].
+
+        Missing hits (fewer than k vectors) have shard -1 and score -inf. ``params`` overrides
+        the manifest's search_params (tuning uses it).
+        """
+        x = self.project(vectors)
+        sp = search_parameters(self.manifest.search_params if params is None else params)
+
+        def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
+            kk = min(k, shard.index.ntotal)
+            if kk == 0:
+                return (np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64))
+            if sp is None:
+                return shard.index.search(x, kk)  # type: ignore[no-any-return]
+            return shard.index.search(x, kk, params=sp)  # type: ignore[no-any-return]
+
+        if len(self._shards) == 1:
+            results = [one(self._shards[0])]
+        else:
+            results = list(self._pool.map(one, self._shards))
+        scores = np.concatenate([r[0] for r in results], axis=1)
+        ids = np.concatenate([r[1] for r in results], axis=1)
+        shard_no = np.concatenate(
+            [np.full(r[1].shape, s, dtype=np.int32) for s, r in enumerate(results)], axis=1
+        )
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(scores, order, axis=1)
+        ids = np.take_along_axis(ids, order, axis=1)
+        shard_no = np.where(ids < 0, -1, np.take_along_axis(shard_no, order, axis=1))
+        if scores.shape[1] < k:  # the whole index holds fewer than k vectors
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            shard_no = np.pad(shard_no, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, shard_no, ids
+
+    def _rows(
+        self, shard_no: np.ndarray, ids: np.ndarray, columns: Sequence[str]
+    ) -> list[list[Any]]:
+        """Column values for each (shard, id), in order (a single take per shard)."""
+        out: list[list[Any]] = [[None] * len(columns) for _ in range(len(ids))]
+        for s in np.unique(shard_no[shard_no >= 0]):
+            pos = np.nonzero(shard_no == s)[0]
+            taken = self._shards[int(s)].ids.take(pa.array(ids[pos])).select(list(columns))
+            cols = [taken.column(c).to_pylist() for c in columns]
+            for j, p in enumerate(pos):
+                out[p] = [c[j] for c in cols]
+        return out
+
+    def keys(self, shard_no: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``listing_id#image_index`` of raw hits ("" for missing), shape of the inputs."""
+        flat_s, flat_i = shard_no.reshape(-1), ids.reshape(-1)
+        rows = self._rows(flat_s, flat_i, ("listing_id", "image_index"))
+        keys = [f"{r[0]}{KEY_SEP}{r[1]}" if r[0] is not None else "" for r in rows]
+        return np.array(keys, dtype=object).reshape(shard_no.shape)
+
+    def search_keys(
+        self, vectors: np.ndarray, k: int, params: dict[str, int] | None = None
+    ) -> np.ndarray:
+        _, s, i = self.search_raw(vectors, k, params)
+        return self.keys(s, i)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 20) -> list[list[Hit]]:
+        """Top-k listings per query embedding (input space), best image per listing."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores, shard_no, ids = self.search_raw(vectors, k * OVERFETCH)
+        out: list[list[Hit]] = []
+        cols = ("listing_id", "image_uri", "category_pred", "image_index")
+        for q in range(scores.shape[0]):
+            rows = self._rows(shard_no[q], ids[q], cols)
+            hits: list[Hit] = []
+            seen: set[str] = set()
+            for score, row in zip(scores[q], rows, strict=True):
+                if row[0] is None or row[0] in seen:
+                    continue
+                seen.add(row[0])
+                hits.append(Hit(row[0], float(score), row[1], row[2], int(row[3])))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
+
+    # ------------------------------------------------------------------ photos
+
+    def _load_embedder(self) -> None:
+        import json
+
+        import tensorflow as tf
+
+        if self.workdir is None:
+            raise ValueError("search_images needs the workdir (use Searcher.open(workdir))")
+        version = self.manifest.model_version
+        config = json.loads(
+            storage.read_text(storage.join(paths.model_dir(self.workdir, version), "config.json"))
+        )
+        self._image_size = int(config["image_size"])
+        model = tf.saved_model.load(paths.embedder_dir(self.workdir, version))
+        self._embedder = model.signatures["serving_default"]
+
+    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
+        import tensorflow as tf
+
+        from vsearch import images as images_mod
+
+        if self._embedder is None:
+            self._load_embedder()
+        clean = [
+            images_mod.encode_png(images_mod.decode_image(b, size=self._image_size)) for b in images
+        ]
+        out = self._embedder(images=tf.constant(clean, dtype=tf.string))
+        emb = np.asarray(out["embedding"].numpy(), dtype=np.float32)
+        if emb.shape[1] != self.manifest.input_dim:
+            raise ValueError(
+                f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "
+                f"the index takes {self.manifest.input_dim}"
+            )
+        return emb
+
+    def search_images(self, images: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
+        """Search by photo: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each."""
+        if not images:
+            return []
+        return self.search_vectors(self.embed_images(images), k)

@@ -1,0 +1,69 @@
+"""Pure shard arithmetic: which shard a listing lives on, and how many shards an index needs.
+
+A listing's shard is a stable hash of its ``listing_id`` (blake2b, not Python's salted ``hash``),
+so every image of a listing lands on one shard, every worker and every day agree, and a
+listing's shard never depends on which other listings exist. The hash is keyed with its own
+personalisation string so that it is independent of the train/eval split hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+_PERSON = b"vsearch-shard"  # <= 16 bytes; separates this hash from other stable hashes
+
+
+def listing_hash(listing_id: str) -> int:
+    """A stable unsigned 64-bit hash of a listing id."""
+    h = hashlib.blake2b(listing_id.encode("utf-8"), digest_size=8, person=_PERSON)
+    return int.from_bytes(h.digest(), "big")
+
+
+def shard_of(listing_id: str, num_shards: int) -> int:
+    """The shard (0..num_shards-1) that holds every image of ``listing_id``."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    return listing_hash(listing_id) % num_shards
+
+
+def shards_of(listing_ids: Sequence[str], num_shards: int) -> np.ndarray:
+    """``shard_of`` for many ids at once (int32 array)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if num_shards == 1:
+        return np.zeros(len(listing_ids), dtype=np.int32)
+    return np.fromiter(
+        (listing_hash(i) % num_shards for i in listing_ids), dtype=np.int32, count=len(listing_ids)
+    )
+
+
+def shards_for_size(
+    ntotal: int, bytes_per_vector: float, max_shard_bytes: int = 2 << 30, min_shards: int = 1
+) -> int:
+    """How many shards keep each shard under ``max_shard_bytes`` (a worker's comfortable load).
+
+    Shards are never empty in expectation: at most one shard per 1,000 vectors.
+    """
+    if ntotal < 0 or bytes_per_vector <= 0 or max_shard_bytes <= 0:
+        raise ValueError("ntotal >= 0, bytes_per_vector > 0 and max_shard_bytes > 0 required")
+    by_size = math.ceil(ntotal * bytes_per_vector / max_shard_bytes)
+    cap = max(1, ntotal // 1000)
+    return max(min_shards, min(max(1, by_size), cap))
+
+
+def shard_file(index: int) -> str:
+    """``shard-00003.faiss`` (DESIGN.md's name; zero padded so names sort in shard order)."""
+    return f"shard-{index:05d}.faiss"
+
+
+def shard_ids_file(index: int) -> str:
+    """``shard-00003.ids.parquet``: row i is faiss id i of that shard."""
+    return f"shard-{index:05d}.ids.parquet"
+
+
+PCA_FILE = "pca.bin"
+MANIFEST_FILE = "manifest.json"

@@ -1,0 +1,71 @@
+"""Tune the search knob (nprobe for IVF, efSearch for HNSW) to reach a target recall@10.
+
+Latency grows with the knob, so the cheapest value whose recall reaches the target is the one
+with the lowest latency; the grid is walked upwards and stops there. Recall is measured on
+held-out queries (not the ones the final validation uses), against exact search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from index import factory as factory_mod
+from index.validate import GroundTruth, recall_at_k
+
+# (queries, k, search params such as {"nprobe": 8}; {} for exact) -> result keys [nq, k]
+KeySearch = Callable[[np.ndarray, int, dict[str, int]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    search_params: dict[str, int]  # {} for Flat, {"nprobe": n} or {"efSearch": n}
+    recall_at_10: float
+    reached: bool  # False: even the most expensive grid value is below the target
+    tried: tuple[tuple[int, float], ...]  # (value, recall) in the order tried
+
+
+def search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
+    """Per-call faiss parameters (thread-safe: nothing is set on the shared index)."""
+    if not params:
+        return None
+    if "nprobe" in params:
+        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+    if "efSearch" in params:
+        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+    raise ValueError(f"unknown search params {params}")
+
+
+def tune(
+    factory: str,
+    search: KeySearch,
+    queries: np.ndarray,
+    truth: GroundTruth,
+    target_recall: float,
+    k: int = 10,
+    max_value: int | None = None,
+) -> TuneResult:
+    """The cheapest knob value whose recall@k on ``queries`` reaches ``target_recall``."""
+    name = factory_mod.search_param_name(factory)
+    if name is None:
+        r = recall_at_k(search(queries, k, {}), truth.keys, k)
+        return TuneResult({}, r, r >= target_recall, ())
+    grid = factory_mod.param_grid(factory)
+    if max_value is not None:
+        grid = [v for v in grid if v <= max_value] or grid[:1]
+    tried: list[tuple[int, float]] = []
+    best = (grid[0], -1.0)
+    for value in grid:
+        params = {name: value}
+        r = recall_at_k(search(queries, k, params), truth.keys, k)
+        tried.append((value, r))
+        if r > best[1] + 1e-9:
+            best = (value, r)
+        if r >= target_recall:
+            return TuneResult(params, r, True, tuple(tried))
+        if len(tried) >= 4 and r <= tried[-4][1] + 1e-4:
+            break  # recall has plateaued (e.g. PQ's ceiling): more probes only cost time
+    return TuneResult({name: best[0]}, best[1], False, tuple(tried))

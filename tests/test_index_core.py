@@ -1,0 +1,126 @@
+"""Pure parts of the index: shard arithmetic, factory choice, manifest, PCA, tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import vectors
+from index import factory, manifest, sharding, training, tuning
+from index.validate import exact_topk, recall_at_k
+
+
+def test_shard_is_stable_and_spreads_listings() -> None:
+    ids = [f"listing-{i}" for i in range(4000)]
+    a = sharding.shards_of(ids, 8)
+    assert (a == sharding.shards_of(ids, 8)).all()
+    assert sharding.shard_of("listing-7", 8) == a[7]
+    counts = np.bincount(a, minlength=8)
+    assert counts.min() > 400 and counts.max() < 600  # roughly uniform
+    assert (sharding.shards_of(ids, 1) == 0).all()
+    with pytest.raises(ValueError):
+        sharding.shard_of("x", 0)
+
+
+def test_shards_for_size() -> None:
+    assert sharding.shards_for_size(100_000_000, 72, max_shard_bytes=1 << 30) == 7
+    assert sharding.shards_for_size(500, 1024) == 1
+    assert sharding.shard_file(3) == "shard-00003.faiss"
+    assert sharding.shard_ids_file(12) == "shard-00012.ids.parquet"
+
+
+@pytest.mark.parametrize(
+    ("n", "budget", "expected"),
+    [
+        (5_000, 16 << 30, "Flat"),
+        (1_000_000, 16 << 30, "IVF4096,Flat"),
+        (10_000_000, 64 << 30, "IVF16384,Flat"),
+        (100_000_000, 16 << 30, "IVF32768,PQ128"),  # raw vectors (100 GB) do not fit 16 GiB
+        (100_000_000, 8 << 30, "IVF32768,PQ64"),
+    ],
+)
+def test_choose_factory(n: int, budget: int, expected: str) -> None:
+    assert factory.choose_factory(n, 256, budget) == expected
+
+
+def test_candidates_offer_hnsw_when_memory_allows() -> None:
+    assert factory.candidate_factories(1_000_000, 256, 16 << 30) == ["IVF4096,Flat", "HNSW32"]
+    assert "HNSW32" not in factory.candidate_factories(1_000_000, 256, 1_100 << 20)
+    with pytest.raises(ValueError, match="memory-budget"):
+        factory.choose_factory(1_000_000_000, 256, 1 << 30)
+
+
+def test_factory_helpers() -> None:
+    assert factory.parse_memory("16G") == 16 << 30
+    assert factory.parse_memory("512MiB") == 512 << 20
+    with pytest.raises(ValueError):
+        factory.parse_memory("lots")
+    assert factory.nlist_for(1_000_000) == 4096
+    assert factory.nlist_for(100) == 1
+    assert factory.search_param_name("HNSW32") == "efSearch"
+    assert factory.search_param_name("IVF256,PQ16") == "nprobe"
+    assert factory.search_param_name("Flat") is None
+    assert factory.param_grid("IVF16,Flat")[-1] == 16
+    with pytest.raises(ValueError, match="unsupported"):
+        factory.factory_kind("LSH")
+
+
+def test_manifest_round_trip_and_checks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = manifest.Manifest(
+        model_version="20260101-abc",
+        build_id=manifest.new_build_id(),
+        created_at=manifest.utc_now_iso(),
+        input_dim=64,
+        dim=32,
+        factory="IVF16,Flat",
+        search_params={"nprobe": 4},
+        shards=(manifest.ShardEntry("shard-00000.faiss", "a" * 64, 10, "shard-00000.ids.parquet"),),
+        ntotal=10,
+        validation=manifest.Validation(0.97, 100, 0.2, 0.9),
+    )
+    uri = str(tmp_path / "manifest.json")
+    manifest.write(uri, m)
+    d = json.loads(open(uri).read())
+    assert list(d)[:3] == ["format_version", "model_version", "build_id"]
+    assert d["metric"] == "inner_product" and d["validation"]["recall_at_10"] == 0.97
+    assert manifest.read(uri) == m
+    d["ntotal"] = 11
+    open(uri, "w").write(json.dumps(d))
+    with pytest.raises(manifest.ManifestError, match="ntotal"):
+        manifest.read(uri)
+    with pytest.raises(manifest.ManifestError, match="no validation"):
+        manifest.require_validated(manifest.Manifest("v", "b", "t", 4, 4, "Flat"), "x")
+
+
+def test_pca_keeps_inner_products_and_reduces() -> None:
+    x = vectors.clustered(3000, dim=64)
+    full = training.train_pca(x, 64)
+    y = training.apply_pca(full, x[:50])
+    np.testing.assert_allclose(y @ y.T, x[:50] @ x[:50].T, atol=1e-4)  # a pure rotation
+    m = vectors.manifold(3000, dim=256)
+    dim = training.auto_pca_dim(m, 0.9)
+    assert dim % 16 == 0 and dim < 256
+    back = training.pca_from_bytes(training.pca_to_bytes(training.train_pca(m, dim)))
+    assert (back.d_in, back.d_out) == (256, dim)
+
+
+def test_tuning_reaches_target_at_lowest_setting() -> None:
+    x = vectors.clustered(8000, dim=32)
+    q = vectors.clustered(200, dim=32, point_seed=5)
+    keys = np.arange(len(x)).astype(str).astype(object)
+    truth = exact_topk(q, [(x[:4000], keys[:4000]), (x[4000:], keys[4000:])], 10)
+    index = training.train_index("IVF64,Flat", x)
+    index.add(x)
+
+    def search(qq: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        _, i = index.search(qq, k, params=tuning.search_parameters(params))
+        return i.astype(str).astype(object)
+
+    r = tuning.tune("IVF64,Flat", search, q, truth, 0.95)
+    assert r.reached and r.recall_at_10 >= 0.95
+    values = [v for v, _ in r.tried]
+    assert r.search_params["nprobe"] == values[-1]
+    assert all(rec < 0.95 for _, rec in r.tried[:-1])  # every cheaper value missed the target
+    assert recall_at_k(search(q, 10, {"nprobe": 64}), truth.keys) == pytest.approx(1.0)
