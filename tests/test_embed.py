@@ -239,7 +239,9 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     )
 
 
-def test_multi_processing_mode(fake_model_dir, tmp_path) -> None:
+@pytest.mark.parametrize("large_model", [False, True], ids=["model-per-process", "one-shared-model"])
+def test_multi_processing_mode(fake_model_dir, tmp_path, large_model: bool) -> None:
+    """Two SDK worker processes; with --large-model they share one model copy (a proxy)."""
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
     version = _install_model(fake_model_dir, workdir)
     _tiny_catalog(catalog, D1, GOOD)
@@ -259,6 +261,7 @@ def test_multi_processing_mode(fake_model_dir, tmp_path) -> None:
             "--num-shards",
             "3",
             *args,
+            *(["--large-model"] if large_model else []),
         ]
     )
     assert rc == 0

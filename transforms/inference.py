@@ -34,6 +34,7 @@ from vsearch.runs import METRICS_NAMESPACE
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "images"
+OUTPUT_KEYS = ("embedding", "category", "category_score")
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +55,26 @@ class InferenceFailure:
     error: str
 
 
-class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+class LoadedEmbedder:
+    """The loaded SavedModel behind one method.
+
+    Only methods cross a process boundary: with ``large_model`` RunInference hands out a proxy
+    (``MultiProcessShared``) to an object living in another process, so attribute access such as
+    ``model.signatures`` would fail there. ``predict`` takes and returns plain Python/numpy.
+    """
+
+    def __init__(self, saved_model: Any) -> None:
+        self._saved_model = saved_model  # keeps the signature's variables alive
+        self._serve = saved_model.signatures[SIGNATURE]
+
+    def predict(self, batch: list[bytes]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._serve(**{INPUT_KEY: tf.constant(batch, dtype=tf.string)})
+        return {k: out[k].numpy() for k in OUTPUT_KEYS if k in out}
+
+
+class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, LoadedEmbedder]):
     """Encoded image bytes -> PredictionResult(inference=Prediction | InferenceFailure)."""
 
     def __init__(
@@ -77,22 +97,21 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         self._model_uri = model_uri
         self._intra_op_threads = intra_op_threads
 
-    def load_model(self) -> Any:
+    def load_model(self) -> LoadedEmbedder:
         import tensorflow as tf
 
         _configure_tensorflow(tf, self._intra_op_threads)
         start = time.perf_counter()
-        local = _localize(self._model_uri)
-        model = tf.saved_model.load(local)
+        model = tf.saved_model.load(_localize(self._model_uri))
         if SIGNATURE not in model.signatures:
             raise ValueError(f"{self._model_uri} has no {SIGNATURE!r} signature")
         _log.info("loaded %s in %.1fs", self._model_uri, time.perf_counter() - start)
-        return model
+        return LoadedEmbedder(model)
 
     def run_inference(
         self,
         batch: Sequence[bytes],
-        model: Any,
+        model: LoadedEmbedder,
         inference_args: Mapping[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         Metrics = beam.metrics.Metrics  # noqa: N806 - Beam's spelling
@@ -121,18 +140,15 @@ def keyed_handler(model_uri: str, **kwargs: Any) -> KeyedModelHandler:
     return KeyedModelHandler(EmbedderModelHandler(model_uri, **kwargs))
 
 
-def _predict(model: Any, batch: Sequence[bytes]) -> Iterable[Prediction]:
-    import tensorflow as tf
-
-    out = model.signatures[SIGNATURE](**{INPUT_KEY: tf.constant(list(batch), dtype=tf.string)})
-    emb = out["embedding"].numpy()
+def _predict(model: LoadedEmbedder, batch: Sequence[bytes]) -> Iterable[Prediction]:
+    out = model.predict(list(batch))
+    emb = out["embedding"]
     if emb.ndim != 2 or emb.shape[0] != len(batch):
         raise ValueError(f"model returned embedding of shape {emb.shape} for {len(batch)} images")
-    cats = out["category"].numpy() if "category" in out else [b""] * len(batch)
-    scores = (
-        out["category_score"].numpy() if "category_score" in out else np.full(len(batch), np.nan)
-    )
-    for i in range(len(batch)):
+    n = len(batch)
+    cats = out["category"] if "category" in out else np.full(n, b"", dtype=object)
+    scores = out["category_score"] if "category_score" in out else np.full(n, np.nan)
+    for i in range(n):
         c = cats[i]
         yield Prediction(
             embedding=emb[i].astype(np.float32, copy=False),
@@ -141,7 +157,7 @@ def _predict(model: Any, batch: Sequence[bytes]) -> Iterable[Prediction]:
         )
 
 
-def _predict_one(model: Any, x: bytes) -> Prediction | InferenceFailure:
+def _predict_one(model: LoadedEmbedder, x: bytes) -> Prediction | InferenceFailure:
     try:
         return next(iter(_predict(model, [x])))
     except Exception as e:
