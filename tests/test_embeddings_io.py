@@ -119,7 +119,7 @@ def test_files_read_back_with_pyarrow_and_duckdb(tmp_path) -> None:
 def test_current_view_streams_latest_row_per_snapshot_image(tmp_path) -> None:
     workdir = str(tmp_path)
     _two_days(workdir)
-    snapshot = {("a", 0), ("a", 1), ("c", 0)}  # b removed on day 2
+    snapshot = {("a", 0), ("a", 1), ("c", 0)}  # b removed on day 2; a plain set: newest row wins
     batches = list(
         embeddings.read_current_embeddings(
             "unused", workdir, D2, V, batch_size=1, image_keys=snapshot
@@ -140,6 +140,20 @@ def test_current_view_streams_latest_row_per_snapshot_image(tmp_path) -> None:
         ("a", "a1"),
         ("b", "b0"),
     }
+
+
+def test_photo_changed_back_gets_its_old_row(tmp_path) -> None:
+    """A -> B -> A: day 3 writes nothing (A is known) and the current view must show A again."""
+    workdir = str(tmp_path)
+    _write_day(workdir, D1, [_row("a", 0, "A", D1, 1), _row("b", 0, "b0", D1, 2)])
+    _write_day(workdir, D2, [_row("a", 0, "B", D2, 3)])
+    uri_a = _row("a", 0, "A", D1, 1)["image_uri"]
+    b_moved = "gs://cat/images/b/moved.jpg"  # same bytes under a new URI: skipped, old row stays
+    current = embeddings.read_current_embeddings(
+        "unused", workdir, D3, V, image_keys={("a", 0): uri_a, ("b", 0): b_moved}
+    )
+    rows = {r["listing_id"]: r["image_sha256"] for b in current for r in b.to_pylist()}
+    assert rows == {"a": "A", "b": "b0"}
 
 
 def test_existing_keys_inclusive_and_exclusive(tmp_path) -> None:

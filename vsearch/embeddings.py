@@ -6,19 +6,20 @@ version (``--full`` re-embeds everything into that day's partition). So:
 
 * ``existing_keys`` streams the keys already embedded (what the embed job skips);
 * ``read_current_embeddings`` gives the embeddings of the images in a day's snapshot: the
-  snapshot's (listing_id, image_index) joined with every partition dt <= D, the row from the
-  newest partition winning. It streams: partitions are scanned newest first, batch by batch, and
-  only a set of the snapshot's image keys is held in memory (~100 bytes per image), never the
-  embeddings. Newest-first needs no sort: a day's partition holds at most one row per
-  (listing_id, image_index) (one snapshot image = one sha256 per day), so the first partition in
-  which a snapshot key appears holds its latest row; the key then leaves the wanted set.
+  snapshot's (listing_id, image_index) joined with every partition dt <= D, one row per image
+  (the newest row with today's image URI, else the newest row). It streams in batches and holds
+  only the snapshot's keys in memory (~150 bytes per image), never the embeddings.
+
+Known limit: the reader cannot know today's sha256 without reading the image, so when today's
+photo of a slot was dead-lettered and its URI is new, the slot keeps its previous embedding until
+a later run embeds the new photo (the dead letter names it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,17 +163,53 @@ def existing_keys(
 # ------------------------------------------------------------------ current view for a day
 
 
-def snapshot_image_keys(catalog: str, date: dt.date | str) -> set[tuple[str, int]]:
-    """(listing_id, image_index) of every listing photo in the day's snapshot."""
+ImageKey = tuple[str, int]  # (listing_id, image_index)
+
+
+def snapshot_images(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
+    """(listing_id, image_index) -> resolved URI of every listing photo in the day's snapshot."""
     from vsearch import catalog as catalog_mod
 
     snap = catalog_mod.read_snapshot(catalog, _as_date(date))
     return {
-        (ref.listing_id, int(ref.image_index))
+        (ref.listing_id, int(ref.image_index)): ref.uri
         for listing in snap.listings
         for ref in catalog_mod.listing_images(listing)
-        if ref.kind == "listing"
     }
+
+
+def snapshot_image_keys(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
+    """The snapshot's images as ``image_keys`` for ``read_current_embeddings`` (read it once)."""
+    return snapshot_images(catalog, date)
+
+
+def _winners(
+    wanted: Mapping[ImageKey, str | None], parts: list[tuple[dt.date, list[str]]], batch_size: int
+) -> dict[ImageKey, dt.date]:
+    """Pass 1 (key and URI columns only): the partition whose row is current for each image.
+
+    The newest row whose image_uri is today's URI wins; when no row has today's URI (the same
+    bytes moved to a new URI, which the embed job skips), the newest row does.
+    """
+    best: dict[ImageKey, dt.date] = {}
+    exact: set[ImageKey] = set()
+    for day, files in parts:  # newest first
+        for uri in files:
+            pf = open_parquet(uri)
+            _check_schema(uri, pf.schema_arrow)
+            for b in pf.iter_batches(
+                batch_size=batch_size, columns=["listing_id", "image_index", "image_uri"]
+            ):
+                for lid, idx, u in zip(*(c.to_pylist() for c in b.columns), strict=True):
+                    k = (lid, idx)
+                    if k not in wanted or k in exact:
+                        continue
+                    if u == wanted[k]:
+                        best[k] = day
+                        exact.add(k)
+                    elif k not in best:
+                        best[k] = day
+    return best
 
 
 def read_current_embeddings(
@@ -182,42 +219,44 @@ def read_current_embeddings(
     model_version: str,
     batch_size: int = 65536,
     *,
-    image_keys: set[tuple[str, int]] | None = None,
+    image_keys: Mapping[ImageKey, str | None] | Collection[ImageKey] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the current embeddings for ``date``: one row per snapshot image that has one.
 
     Images of listings missing from the day's snapshot (removed) and image slots a listing no
-    longer has are left out; a changed photo's new row wins over its old one. ``image_keys``
-    replaces the snapshot read (for callers that already hold it). Batches have at most
-    ``batch_size`` rows and the contract schema.
+    longer has are left out; a changed photo's new row wins over its old one, and a photo changed
+    back (A -> B -> A, content-addressed URIs) gets A's row again. ``image_keys`` ((listing_id,
+    image_index) -> URI; a plain set of keys means "newest row") replaces the snapshot read. Batches have at
+    most ``batch_size`` rows and the contract schema.
+
+    Two passes, no sort: pass 1 reads only the key and URI columns and picks the partition of
+    each image's current row; pass 2 reads the partitions that hold a current row and keeps those
+    rows. A day's partition holds at most one row per image, so (image, day) names one row.
+    Memory: the snapshot's keys and one date per key, never the embeddings.
     """
-    remaining = set(image_keys) if image_keys is not None else snapshot_image_keys(catalog, date)
-    for _, files in files_through(workdir, model_version, date, inclusive=True):
-        if not remaining:
-            break
-        found: list[tuple[str, int]] = []
+    wanted: Mapping[ImageKey, str | None]
+    if image_keys is None:
+        wanted = snapshot_images(catalog, date)
+    elif isinstance(image_keys, Mapping):
+        wanted = image_keys
+    else:
+        wanted = dict.fromkeys(image_keys)
+    parts = files_through(workdir, model_version, date, inclusive=True)
+    best = _winners(wanted, parts, batch_size)
+    needed = set(best.values())
+    for day, files in parts:
+        if day not in needed:
+            continue  # every row of this day was superseded: its embeddings are never read
         for uri in files:
-            pf = open_parquet(uri)
-            _check_schema(uri, pf.schema_arrow)
-            for b in pf.iter_batches(batch_size=batch_size):
+            for b in open_parquet(uri).iter_batches(batch_size=batch_size):
                 keys = zip(
                     b.column("listing_id").to_pylist(),
                     b.column("image_index").to_pylist(),
                     strict=True,
                 )
-                mask = [k in remaining for k in keys]
-                if not any(mask):
-                    continue
-                picked = b.filter(pa.array(mask, type=pa.bool_()))
-                found.extend(
-                    zip(
-                        picked.column("listing_id").to_pylist(),
-                        picked.column("image_index").to_pylist(),
-                        strict=True,
-                    )
-                )
-                yield picked
-        remaining.difference_update(found)
+                mask = [best.get(k) == day for k in keys]
+                if any(mask):
+                    yield b.filter(pa.array(mask, type=pa.bool_()))
 
 
 def read_current_table(
