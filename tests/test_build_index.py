@@ -1,0 +1,165 @@
+"""build-index as a Beam job (DirectRunner), the real embedding reader, and the gs:// flow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import numpy as np
+import pytest
+
+from benchmarks import vectors
+from index import builder, manifest, publish, synthetic
+from index.searcher import Searcher, ShardError
+from pipelines import build_index
+from vsearch import embeddings, paths, runs, storage
+
+DIM = 32
+MODEL = "20260101-test"
+DATE = dt.date(2026, 1, 3)
+BEAM_ARGS = ["--direct_num_workers=1"]
+
+
+def small_settings(workdir: str, **kw) -> build_index.BuildIndexSettings:  # type: ignore[no-untyped-def]
+    index = builder.IndexSettings(validation_queries=200, latency_queries=30, **kw)
+    return build_index.BuildIndexSettings(
+        "unused-catalog", workdir, DATE, index, model_version=MODEL
+    )
+
+
+@pytest.fixture(scope="module")
+def table():  # type: ignore[no-untyped-def]
+    return synthetic.embedding_table(vectors.clustered(4000, dim=DIM), 2, MODEL)
+
+
+def test_beam_build_matches_in_process_build(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    workdir = str(tmp_path / "w")
+    settings = small_settings(workdir, factory="IVF16,Flat", shards=3)
+    summary = build_index.run(
+        settings, BEAM_ARGS, batches_factory=synthetic.batches_factory(table, 500)
+    )
+    assert summary.read == summary.ok == 4000
+    assert (
+        runs.read_summary(workdir, "build-index", DATE)["extra"]["manifest"]
+        == summary.extra["manifest"]
+    )
+    beam_m = manifest.read(str(summary.extra["manifest"]))
+    assert beam_m.validation is not None and beam_m.validation.recall_at_10 >= 0.95
+    local = builder.build_index(
+        synthetic.batches_factory(table, 500),
+        settings.index,
+        str(tmp_path / "local"),
+        MODEL,
+        "local",
+    )
+    assert [e.ntotal for e in beam_m.shards] == [e.ntotal for e in local.manifest.shards]
+    q = vectors.clustered(30, dim=DIM, point_seed=7)
+    with (
+        Searcher.from_manifest_uri(str(summary.extra["manifest"])) as a,
+        Searcher.from_manifest_uri(local.manifest_uri) as b,
+    ):
+        sa, _, _ = a.search_raw(q, 10, {"nprobe": 16})
+        sb, _, _ = b.search_raw(q, 10, {"nprobe": 16})
+        np.testing.assert_allclose(sa, sb, atol=1e-5)
+
+
+def test_beam_build_multi_processing(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    summary = build_index.run(
+        small_settings(str(tmp_path), factory="Flat", shards=2),
+        args,
+        batches_factory=synthetic.batches_factory(table, 1000),
+    )
+    m = manifest.read(str(summary.extra["manifest"]))
+    assert m.ntotal == 4000 and len(m.shards) == 2
+
+
+def test_real_embedding_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Embedding Parquet written with the embed stage's own helpers, read by its reader."""
+    workdir = str(tmp_path)
+    x = vectors.clustered(600, dim=DIM)
+    rows = [
+        {
+            "listing_id": synthetic.listing_id(i, 3),
+            "image_uri": f"cat/images/{i}.jpg",
+            "image_index": i % 3,
+            "image_sha256": f"{i:064x}",
+            "model_version": MODEL,
+            "embedding": x[i],
+            "category_pred": "home/decor",
+            "category_score": 0.9,
+            "dt": DATE,
+            "created_at": dt.datetime(2026, 1, 3, tzinfo=dt.UTC),
+        }
+        for i in range(600)
+    ]
+    part = storage.join(
+        paths.embeddings_dir(workdir, MODEL, DATE), paths.shard_name(0, 1, ".parquet")
+    )
+    embeddings.write_parquet(part, [embeddings.to_record_batch(rows, DIM)], DIM)
+    # The snapshot drops one listing: it must leave the index.
+    keys = {(r["listing_id"], r["image_index"]) for r in rows if r["listing_id"] != "L00000007"}
+    source = functools.partial(
+        embeddings.read_current_embeddings, "unused", workdir, DATE, MODEL, 128, image_keys=keys
+    )
+    summary = build_index.run(
+        small_settings(workdir, factory="Flat", shards=2), BEAM_ARGS, batches_factory=source
+    )
+    assert summary.ok == 597
+    with Searcher.from_manifest_uri(str(summary.extra["manifest"])) as s:
+        assert s.search_vectors(x[[5]], 1)[0][0].listing_id == "L00000001"
+        assert "L00000007" not in {h.listing_id for h in s.search_vectors(x[[21]], 5)[0]}
+
+
+def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    workdir = f"{gcs_bucket}/vs"
+    storage.write_text(paths.published_model_pointer(workdir), MODEL + "\n")
+    summary = build_index.run(
+        small_settings(workdir, factory="IVF16,Flat", shards=2),
+        BEAM_ARGS,
+        batches_factory=synthetic.batches_factory(table, 1000),
+    )
+    uri = str(summary.extra["manifest"])
+    assert uri.startswith("gs://") and storage.exists(uri)
+    publish.publish(workdir, uri)
+    cache = str(tmp_path / "cache")
+    x = builder.batch_vectors(table)
+    with Searcher.open(workdir, cache_dir=cache) as s:
+        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == synthetic.listing_id(10, 2)
+    # A shard corrupted in the bucket is caught before faiss reads it (cache bypassed).
+    m = manifest.read(uri)
+    shard_uri = storage.join(storage.parent(uri), m.shards[0].path)
+    data = storage.read_bytes(shard_uri)
+    storage.write_bytes(shard_uri, data[: len(data) - 100])
+    with pytest.raises(ShardError, match="shard-00000.faiss.*corrupted or truncated"):
+        Searcher.open(workdir, cache_dir=str(tmp_path / "fresh-cache"))
+
+
+def test_cli_flags_parse() -> None:
+    settings, beam_args = build_index.parse_args(
+        [
+            "--catalog",
+            "c",
+            "--workdir",
+            "w",
+            "--date",
+            "2026-01-02",
+            "--factory",
+            "IVF64,PQ16",
+            "--shards",
+            "4",
+            "--target-recall",
+            "0.9",
+            "--memory-budget",
+            "2G",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
+    assert settings.index.factory == "IVF64,PQ16" and settings.index.shards == 4
+    assert settings.index.memory_budget_bytes == 2 << 30 and settings.index.target_recall == 0.9
+    assert beam_args == ["--runner", "DirectRunner"]
+    with pytest.raises(ValueError, match="unsupported"):
+        build_index.parse_args(
+            ["--catalog", "c", "--workdir", "w", "--date", "2026-01-02", "--factory", "LSH"]
+        )

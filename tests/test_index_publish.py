@@ -1,0 +1,144 @@
+"""publish: compare-and-swap of CURRENT, concurrent publishers, retention; query CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+
+import pytest
+
+from benchmarks import vectors
+from index import builder, manifest, publish, synthetic
+from index.searcher import Searcher
+from vsearch import paths, storage
+
+MODEL = "20260101-test"
+DIM = 16
+
+
+def make_build(workdir: str, build_id: str) -> str:
+    table = synthetic.embedding_table(vectors.clustered(600, dim=DIM), 2, MODEL)
+    settings = builder.IndexSettings(
+        factory="Flat", shards=2, validation_queries=60, latency_queries=10
+    )
+    out = paths.index_build_dir(workdir, MODEL, build_id)
+    return builder.build_index(
+        synthetic.batches_factory(table), settings, out, MODEL, build_id
+    ).manifest_uri
+
+
+def test_publish_flips_current_and_searcher_follows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    first, second = (
+        make_build(w, "20260101T000000Z-aaaaaa"),
+        make_build(w, "20260102T000000Z-bbbbbb"),
+    )
+    assert publish.publish(w, first).previous is None
+    assert Searcher.open(w).manifest.build_id == "20260101T000000Z-aaaaaa"
+    r = publish.publish(w, second)
+    assert r.previous == first
+    assert storage.read_pointer(paths.current_index_pointer(w)).value == second
+    assert Searcher.open(w).manifest.build_id == "20260102T000000Z-bbbbbb"
+    assert storage.exists(first)  # old builds stay readable (retention 3)
+
+
+def test_unvalidated_or_incomplete_builds_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uri = make_build(w, "20260101T000000Z-aaaaaa")
+    d = json.loads(open(uri).read())
+    d["validation"] = None
+    unvalidated = uri.replace("manifest.json", "unvalidated.json")
+    open(unvalidated, "w").write(json.dumps(d))
+    with pytest.raises(manifest.ManifestError, match="no validation"):
+        publish.publish(w, unvalidated)
+    with pytest.raises(manifest.ManifestError, match="below"):
+        publish.publish(w, uri, min_recall=1.01)
+    storage.delete([storage.join(storage.parent(uri), "shard-00001.ids.parquet")])
+    with pytest.raises(manifest.ManifestError, match="shard-00001.ids.parquet, which is missing"):
+        publish.publish(w, uri)
+    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+    with pytest.raises(FileNotFoundError, match="no published index"):
+        Searcher.open(w)
+
+
+def test_index_of_another_model_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uri = make_build(w, "20260101T000000Z-aaaaaa")
+    storage.write_text(paths.published_model_pointer(w), "20260202-newer\n")
+    with pytest.raises(manifest.ManifestError, match="models/PUBLISHED is 20260202-newer"):
+        publish.publish(w, uri)
+
+
+def test_concurrent_publishers_exactly_one_wins(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uris = [make_build(w, f"2026010{i}T000000Z-{i}{i}{i}") for i in (1, 2)]
+    seen = storage.read_pointer(paths.current_index_pointer(w))  # both decided on the same CURRENT
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def go(uri: str) -> None:
+        barrier.wait()
+        try:
+            publish.publish(w, uri, expected=seen)
+            outcomes[uri] = "won"
+        except storage.PointerConflict as e:
+            outcomes[uri] = f"conflict: {e}"
+
+    threads = [threading.Thread(target=go, args=(u,)) for u in uris]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(v[:4] for v in outcomes.values()) == ["conf", "won"]
+    winner = next(u for u, v in outcomes.items() if v == "won")
+    loser = next(v for v in outcomes.values() if v != "won")
+    assert "another publisher changed" in loser
+    assert storage.read_pointer(paths.current_index_pointer(w)).value == winner
+
+
+def _publish_in_process(w: str, uri: str, seen_value: str | None, q) -> None:  # type: ignore[no-untyped-def]
+    try:
+        publish.publish(w, uri, expected=storage.Pointer(seen_value, seen_value))
+        q.put("won")
+    except storage.PointerConflict:
+        q.put("conflict")
+
+
+def test_concurrent_publishers_in_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uris = [make_build(w, f"2026010{i}T000000Z-{i}{i}{i}") for i in (1, 2, 3)]
+    publish.publish(w, uris[0])
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_publish_in_process, args=(w, u, uris[0], q)) for u in uris[1:]]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(q.get(timeout=5) for _ in procs) == ["conflict", "won"]
+    assert storage.read_pointer(paths.current_index_pointer(w)).value in uris[1:]
+
+
+def test_retention_never_removes_current_or_newer_builds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    ids = [f"2026010{i}T000000Z-00000{i}" for i in range(1, 6)]
+    uris = [make_build(w, b) for b in ids]
+    # Publish an older build while newer ones exist (a rollback): they must survive.
+    r = publish.publish(w, uris[1], retention=1)
+    assert r.removed_builds == (storage.parent(uris[0]),)
+    assert all(storage.exists(u) for u in uris[1:])
+    r = publish.publish(w, uris[4], retention=2)
+    assert {storage.basename(b) for b in r.removed_builds} == {ids[1], ids[2]}
+    assert storage.exists(uris[3]) and storage.exists(uris[4])
+    assert Searcher.open(w).manifest.build_id == ids[4]
+
+
+def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    make_build(w, "20260101T000000Z-aaaaaa")
+    latest = make_build(w, "20260102T000000Z-bbbbbb")
+    storage.write_text(paths.published_model_pointer(w), MODEL + "\n")
+    assert publish.main(["--workdir", w]) == 0
+    assert storage.read_pointer(paths.current_index_pointer(w)).value == latest
+    assert "published" in capsys.readouterr().out
