@@ -36,6 +36,8 @@ DEFAULT_PARAMS = {
     "beam_options": Param({}, type="object"),
     # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --image-size 224".
     "train_args": Param(os.environ.get("VSEARCH_TRAIN_ARGS", ""), type="string"),
+    # Extra flags for `vsearch gate`, e.g. "--margin 0.01 --tolerance 0.02".
+    "gate_args": Param(os.environ.get("VSEARCH_GATE_ARGS", ""), type="string"),
 }
 
 DEFAULT_ARGS = {
@@ -49,6 +51,7 @@ DAY = {
     "workdir": "{{ params.workdir }}",
     "date": "{{ ds }}",
     "train_args": "{{ params.train_args }}",
+    "gate_args": "{{ params.gate_args }}",
 }
 
 
@@ -70,7 +73,9 @@ def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPi
     )
 
 
-def _run_stage(stage: str, catalog: str, workdir: str, date: str, train_args: str) -> None:
+def _run_stage(
+    stage: str, catalog: str, workdir: str, date: str, train_args: str, gate_args: str
+) -> None:
     """Runs inside the pipeline environment (ExternalPython): one stage for one date."""
     import datetime
 
@@ -80,12 +85,12 @@ def _run_stage(stage: str, catalog: str, workdir: str, date: str, train_args: st
         catalog=catalog,
         workdir=workdir,
         date=datetime.date.fromisoformat(date),
-        stage_args={"train": tuple(train_args.split())},
+        stage_args={"train": tuple(train_args.split()), "gate": tuple(gate_args.split())},
     )
     run_stage(stage, day)
 
 
-def _embed_branch(catalog: str, workdir: str, date: str, train_args: str) -> str:
+def _embed_branch(catalog: str, workdir: str, date: str, train_args: str, gate_args: str) -> str:
     """Runs inside the pipeline environment: full re-embed after a promotion, else incremental."""
     import datetime
 

@@ -85,11 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="re-embed every image on every date")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     p.add_argument(
-        "--train-args",
-        default="",
-        help='extra flags for train, as one string, e.g. "--epochs 2 --backbone efficientnet_b0"',
+        "--stage-flags",
+        action="append",
+        default=[],
+        metavar="STAGE=FLAGS",
+        help='extra flags for one stage, repeatable, e.g. --stage-flags "train=--epochs 2"',
     )
     return p
+
+
+def _stage_flags(values: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    out: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        stage, sep, flags = value.partition("=")
+        if not sep or stage not in DAILY_STAGES:
+            raise ValueError(f"--stage-flags wants STAGE=FLAGS with STAGE in {DAILY_STAGES}, got {value!r}")
+        out[stage] = out.get(stage, ()) + tuple(flags.split())
+    return tuple(out.items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages=tuple(s for s in DAILY_STAGES if s in wanted) + tuple(s for s in wanted if s not in DAILY_STAGES),
         full=args.full,
         pipeline_args=tuple(pipeline_args),
-        stage_args=(("train", tuple(args.train_args.split())),) if args.train_args else (),
+        stage_args=_stage_flags(args.stage_flags),
     )
     if args.dry_run:
         for d, stage, done in plan(settings):

@@ -99,7 +99,7 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
     reviews = [
         r for r in snapshot.reviews if r.listing_id in listed and is_eval_listing(r.listing_id)
     ]
-    searcher = Searcher.from_workdir(workdir)
+    searcher = Searcher.open(workdir)
     out: list[QueryResult] = []
     batch = 64
     for i in range(0, len(reviews), batch):

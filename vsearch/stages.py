@@ -70,7 +70,7 @@ def stage_argv(stage: str, day: DayRun) -> list[str]:
         argv = [*common]
     elif stage == "gate":
         version = str(summary_extra(day.workdir, "train", day.date)["version"])
-        argv = [*common, "--candidate", version]
+        argv = ["--workdir", day.workdir, "--candidate", version]  # its date is the candidate's
     elif stage == "embed":
         argv = ["--catalog", day.catalog, *common]
         if day.full or _promoted_on(day.workdir, day.date):
