@@ -48,29 +48,68 @@ def scan_train(files: list[str], tft_output: tft.TFTransformOutput) -> tuple[lis
     return sorted(i.decode() for i in ids), count
 
 
-def augment(images: tf.Tensor) -> tf.Tensor:
-    """Make listing photos look like buyer photos: off-centre crop/zoom, flip, light, blur, noise.
+def _random_backgrounds(n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Busy, coloured backgrounds (normalised units): a two-colour gradient plus blotchy clutter."""
+    h, w = size[0], size[1]
+    yy, xx = tf.meshgrid(tf.linspace(0.0, 1.0, h), tf.linspace(0.0, 1.0, w), indexing="ij")
+    direction = tf.random.uniform([n, 1, 1, 2], -1.0, 1.0)
+    t = xx[None, :, :, None] * direction[..., :1] + yy[None, :, :, None] * direction[..., 1:]
+    t = (t - tf.reduce_min(t, axis=[1, 2], keepdims=True)) / (
+        tf.reduce_max(t, axis=[1, 2], keepdims=True) - tf.reduce_min(t, axis=[1, 2], keepdims=True) + 1e-6
+    )
+    c0 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
+    c1 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
+    clutter = tf.image.resize(tf.random.normal([n, 5, 5, 3], 0.0, 0.6), size, method="bicubic")
+    return c0 * (1.0 - t) + c1 * t + clutter
 
-    Works on normalised images (mean 0, std 1 per channel), batch-wise for speed.
+
+def _geometry(images: tf.Tensor, n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Per-image rotation (+-25 deg), zoom (0.6..1.15: review products are often small), shift."""
+    hw = tf.cast(size, tf.float32)
+    cy, cx = hw[0] / 2.0, hw[1] / 2.0
+    angle = tf.random.uniform([n], -0.44, 0.44)
+    zoom = tf.random.uniform([n], 0.6, 1.15)
+    ty = tf.random.uniform([n], -0.15, 0.15) * hw[0]
+    tx = tf.random.uniform([n], -0.15, 0.15) * hw[1]
+    a0, a1 = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    b0, b1 = -tf.sin(angle) / zoom, tf.cos(angle) / zoom
+    # Output pixel (x, y) samples input a0*x + a1*y + a2, b0*x + b1*y + b2 (rotate/zoom about the centre).
+    a2 = cx - a0 * (cx + tx) - a1 * (cy + ty)
+    b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
+    zeros = tf.zeros([n])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=size, fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST",
+    )
+
+
+def augment(images: tf.Tensor, is_listing: tf.Tensor) -> tf.Tensor:
+    """Make studio listing photos look like buyer photos: pose, scale, background, light, blur, noise.
+
+    Works batch-wise on normalised images (mean 0, std 1 per channel); ``is_listing`` [N] bool marks
+    studio photos, whose near-uniform background is swapped for a busy one most of the time.
     """
     n = tf.shape(images)[0]
     size = tf.shape(images)[1:3]
-    g = tf.random  # op-level randomness under the global seed that train.py sets
-    scale = g.uniform([n, 1], 0.65, 1.0)
-    cy = g.uniform([n, 1], 0.0, 1.0) * (1.0 - scale)
-    cx = g.uniform([n, 1], 0.0, 1.0) * (1.0 - scale)
-    boxes = tf.concat([cy, cx, cy + scale, cx + scale], axis=1)
-    flip = g.uniform([n, 1]) < 0.5
-    boxes = tf.where(flip, tf.stack([boxes[:, 0], boxes[:, 3], boxes[:, 2], boxes[:, 1]], axis=1), boxes)
-    out = tf.image.crop_and_resize(images, boxes, tf.range(n), size)
-    # Lighting: per-image gain and offset per channel (white balance), and contrast.
-    gain = g.uniform([n, 1, 1, 3], 0.85, 1.15) * g.uniform([n, 1, 1, 1], 0.8, 1.2)
-    offset = g.normal([n, 1, 1, 3], 0.0, 0.1) + g.normal([n, 1, 1, 1], 0.0, 0.2)
+    flip = tf.random.uniform([n, 1, 1, 1]) < 0.5
+    out = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    out = _geometry(out, n, size)
+    # Background: pixels close to the corner colour of a studio shot are background.
+    corners = tf.stack([out[:, 0, 0], out[:, 0, -1], out[:, -1, 0], out[:, -1, -1]], axis=1)
+    bg_colour = tf.reduce_mean(corners, axis=1)[:, None, None, :]
+    distance = tf.norm(out - bg_colour, axis=-1, keepdims=True)
+    mask = tf.sigmoid((0.5 - distance) * 12.0)
+    swap = tf.logical_and(is_listing[:, None, None, None], tf.random.uniform([n, 1, 1, 1]) < 0.7)
+    out = tf.where(swap, out * (1.0 - mask) + _random_backgrounds(n, size) * mask, out)
+    # Lighting: per-image gain and offset per channel (white balance), and exposure.
+    gain = tf.random.uniform([n, 1, 1, 3], 0.85, 1.15) * tf.random.uniform([n, 1, 1, 1], 0.75, 1.2)
+    offset = tf.random.normal([n, 1, 1, 3], 0.0, 0.1) + tf.random.normal([n, 1, 1, 1], 0.0, 0.2)
     out = out * gain + offset
-    # Blur half of the batch (phone focus), then sensor noise.
+    # Phone optics: blur half of the batch, then sensor noise.
     blurred = tf.nn.avg_pool2d(out, 3, 1, "SAME")
-    out = tf.where(g.uniform([n, 1, 1, 1]) < 0.5, blurred, out)
-    return out + g.normal(tf.shape(out), 0.0, 0.05)
+    out = tf.where(tf.random.uniform([n, 1, 1, 1]) < 0.5, blurred, out)
+    return out + tf.random.normal(tf.shape(out), 0.0, 0.05)
 
 
 def train_dataset(
@@ -88,7 +127,7 @@ def train_dataset(
         default_value=-1,
     )
     label_keys = tuple(h for h in heads if h in LABEL_KEYS)
-    spec = _spec(tft_output, (IMAGE_KEY, LISTING_ID_KEY, *label_keys))
+    spec = _spec(tft_output, (IMAGE_KEY, LISTING_ID_KEY, KIND_KEY, *label_keys))
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(4, len(files)))
     ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE)
@@ -97,7 +136,8 @@ def train_dataset(
         y = {k: tf.reshape(b[k], [-1]) for k in label_keys}
         if INSTANCE_HEAD in heads:
             y[INSTANCE_HEAD] = table.lookup(tf.reshape(b[LISTING_ID_KEY], [-1]))
-        x = augment(b[IMAGE_KEY]) if do_augment else b[IMAGE_KEY]
+        is_listing = tf.not_equal(tf.reshape(b[KIND_KEY], [-1]), KIND_REVIEW)
+        x = augment(b[IMAGE_KEY], is_listing) if do_augment else b[IMAGE_KEY]
         return x, y
 
     return ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

@@ -1,0 +1,95 @@
+"""The promotion gate: the rule on its own, and a real model trained on shuffled labels is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.gate import GateSettings, decide
+
+GOOD = {"review_recall_at_10": 0.70, "review_recall_at_1": 0.30, "category_precision_at_10": 0.92,
+        "color_precision_at_10": 0.60, "category_accuracy": 0.90}
+
+
+def _settings(**kw) -> GateSettings:
+    return GateSettings(workdir="unused", candidate="v2", **kw)
+
+
+def test_first_model_needs_to_clear_every_floor() -> None:
+    ok, reasons = decide(GOOD, None, _settings())
+    assert ok and "first model" in reasons[0]
+    ok, reasons = decide({**GOOD, "category_precision_at_10": 0.5}, None, _settings())
+    assert not ok and any("category_precision_at_10 0.5000 < floor" in r for r in reasons)
+
+
+def test_recall_must_beat_published_by_the_margin() -> None:
+    better = {**GOOD, "review_recall_at_10": 0.75}
+    assert decide(better, GOOD, _settings(margin=0.02))[0]
+    ok, reasons = decide(better, GOOD, _settings(margin=0.1))
+    assert not ok and "< margin" in reasons[0]
+
+
+def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
+    better_recall_worse_category = {**GOOD, "review_recall_at_10": 0.8, "category_precision_at_10": 0.85}
+    ok, reasons = decide(better_recall_worse_category, GOOD, _settings(tolerance=0.02))
+    assert not ok and any(r.startswith("category_precision_at_10 dropped") for r in reasons)
+    assert decide(better_recall_worse_category, GOOD, _settings(tolerance=0.1))[0]
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from vsearch import images
+
+    return images.encode_png(rgb)
+
+
+@pytest.mark.timeout(600)
+def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
+    """Train a real model, publish it, then really train one on shuffled labels: refused, pointer kept."""
+    tf = pytest.importorskip("tensorflow")
+    import apache_beam as beam
+
+    from models import features as F
+    from models import gate
+    from models.config import TrainConfig
+    from models.train import run as train
+    from pipelines.preprocess import PreprocessSettings, _labels, transform_and_write
+    from vsearch import catalog, images, paths, storage
+    from vsearch.synthetic.generate import generate_catalog
+
+    del tf
+    size, work, cat = 32, str(tmp_path / "work"), str(tmp_path / "cat")
+    generate_catalog(cat, listings=120, days=1, seed=11, image_size=48)
+    snap = catalog.read_snapshot(cat, "2026-01-01")
+    labels = {listing.listing_id: _labels(listing) for listing in snap.listings}
+    refs = [r for listing in snap.listings for r in catalog.listing_images(listing)] + [catalog.review_image(r) for r in snap.reviews]
+    rows = [
+        {F.IMAGE_KEY: _png(images.decode_image(storage.read_bytes(ref.uri), size)), F.LISTING_ID_KEY: ref.listing_id.encode(),
+         F.KIND_KEY: ref.kind.encode(), **labels[ref.listing_id]}
+        for ref in refs
+    ]
+    is_eval = [catalog.is_eval_listing(r[F.LISTING_ID_KEY].decode(), 0.4) for r in rows]
+    train_rows = [r for r, e in zip(rows, is_eval, strict=True) if not e]
+    eval_rows = [r for r, e in zip(rows, is_eval, strict=True) if e]
+    # Shuffled: every train row gets another row's labels and listing id (every head learns noise);
+    # the eval rows keep their true labels so both models are judged on the same truth.
+    perm = np.random.default_rng(0).permutation(len(train_rows))
+    label_keys = (*F.LABEL_KEYS, F.LISTING_ID_KEY)
+    shuffled = [{**r, **{k: train_rows[j][k] for k in label_keys}} for r, j in zip(train_rows, perm, strict=True)]
+    for date, data in (("2026-01-01", train_rows), ("2026-01-02", shuffled)):
+        settings = PreprocessSettings(catalog=cat, date=date, workdir=work, image_size=size, min_class_count=2)
+        with beam.Pipeline() as p:
+            transform_and_write(p | "Train" >> beam.Create(data), p | "Eval" >> beam.Create(eval_rows), settings)
+
+    common = {"workdir": work, "image_size": size, "embedding_dim": 32, "epochs": 4, "batch_size": 32}
+    real = train(TrainConfig(date="2026-01-01", **common))
+    first = gate.run(GateSettings(work, real.version, floors=(("category_accuracy", 0.3),)))
+    assert first.promoted, first.reasons
+
+    noise = train(TrainConfig(date="2026-01-02", **common))
+    decision = gate.run(GateSettings(work, noise.version))
+    assert not decision.promoted, decision
+    assert decision.published == real.version
+    assert storage.read_pointer(paths.published_model_pointer(work)).value == real.version
+    # The reasons name what got worse, measured on the same eval images for both models.
+    assert any("dropped" in r or "< margin" in r for r in decision.reasons)
+    assert decision.candidate_metrics["category_accuracy"] < decision.published_metrics["category_accuracy"]

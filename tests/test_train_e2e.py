@@ -1,0 +1,70 @@
+"""A tiny end-to-end run on the DirectRunner: generate -> preprocess -> train -> export -> gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from models import gate as gate_mod  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
+from models.export import load_serving  # noqa: E402
+from models.train import run as train  # noqa: E402
+from pipelines.preprocess import PreprocessSettings  # noqa: E402
+from pipelines.preprocess import run as preprocess  # noqa: E402
+from transforms.deadletter import read_dead_letters  # noqa: E402
+from vsearch import catalog, images, paths, storage  # noqa: E402
+from vsearch.synthetic.generate import generate_catalog  # noqa: E402
+
+DATE = "2026-01-01"
+SIZE = 48
+
+
+@pytest.mark.timeout(600)
+def test_preprocess_train_export_gate(tmp_path) -> None:
+    cat, work = str(tmp_path / "catalog"), str(tmp_path / "work")
+    generate_catalog(cat, listings=50, days=1, seed=5, image_size=64, corrupt_fraction=0.03)
+
+    summary = preprocess(
+        PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=SIZE, min_class_count=2),
+        ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
+    )
+    out = paths.transformed_dir(work, DATE)
+    names = {storage.basename(u) for u in storage.list_prefix(out)}
+    assert {"train-00000-of-00004.tfrecord.gz", "eval-00000-of-00001.tfrecord.gz"} <= names
+    assert storage.exists(storage.join(out, "transform_fn", "saved_model.pb"))
+    # Every image is accounted for; corrupt ones are dead letters with a reason, not crashes.
+    assert summary.read == summary.ok + summary.dead_lettered and summary.ok > 100
+    dead = read_dead_letters(work, "preprocess", DATE)
+    assert len(dead) == summary.dead_lettered > 0
+    assert all(d["stage"] == "preprocess" and d["error"] for d in dead)
+
+    config = TrainConfig(workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16)
+    result = train(config)
+    model_dir = paths.model_dir(work, result.version)
+    assert result.version.startswith("20260101-")
+    cfg = json.loads(storage.read_text(storage.join(model_dir, "config.json")))
+    assert (cfg["version"], cfg["embedding_dim"], cfg["image_size"]) == (result.version, 32, SIZE)
+    metrics = json.loads(storage.read_text(storage.join(model_dir, "metrics.json")))
+    assert len(metrics["history"]) == 2 and metrics["selection_metric"] == "review_recall_at_10"
+    for key in ("review_recall_at_1", "review_recall_at_10", "category_precision_at_10", "color_precision_at_10"):
+        assert 0.0 <= metrics["eval"][key] <= 1.0
+    assert storage.list_prefix(storage.join(model_dir, "logs"))  # TensorBoard event files
+
+    # The export takes any catalog image as raw bytes, sanitised the way embed/query do it.
+    listing = catalog.read_snapshot(cat, DATE).listings[0]
+    png = images.encode_png(images.decode_image(storage.read_bytes(listing.image_uris[0]), SIZE))
+    served = load_serving(paths.embedder_dir(work, result.version))(images=tf.constant([png, png]))
+    assert served["embedding"].shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(served["embedding"].numpy(), axis=1), 1.0, atol=1e-5)
+    assert served["category"].numpy()[0].decode() in set(cfg["vocabularies"]["category"])
+
+    # The first model is promoted when it clears the floors; the pointer names it.
+    decision = gate_mod.run(gate_mod.GateSettings(work, result.version, floors=(("review_recall_at_10", 0.0),)))
+    assert decision.promoted and decision.published is None
+    assert storage.read_pointer(paths.published_model_pointer(work)).value == result.version
+    again = gate_mod.run(gate_mod.GateSettings(work, result.version))
+    assert not again.promoted and "already" in again.reasons[0]
