@@ -43,3 +43,49 @@ def gcs_bucket(gcs_server: str) -> str:
     name = f"vsearch-test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(name)
     return f"gs://{name}"
+
+
+# ------------------------------------------------------------------ a tiny trained pipeline
+
+# Flags that make every stage cheap on a tiny catalog; the quality of such a model is not the
+# point of the tests that use it (the model's own tests and benchmarks measure quality).
+TINY_IMAGE_SIZE = 64
+TINY_STAGE_FLAGS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("--image-size", str(TINY_IMAGE_SIZE)),
+    "train": ("--epochs", "1", "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "32"),
+    # A one-epoch model cannot clear the production floors: let the first model through.
+    "gate": ("--floor", "review_recall_at_10=0", "--floor", "category_precision_at_10=0"),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A generated catalog of 3 daily snapshots (2026-01-01..03), 40 listings, 64 px photos."""
+    from vsearch.synthetic.generate import generate_catalog
+
+    out = str(tmp_path_factory.mktemp("tiny-catalog"))
+    generate_catalog(out, listings=40, days=3, seed=11, image_size=TINY_IMAGE_SIZE, progress_every=10**9)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_catalog: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A workdir where day 1 was preprocessed, trained and gated (a published model exists).
+
+    Session-scoped because training is the slow part; tests copy it (``copy_workdir``).
+    """
+    import datetime as dt
+
+    from vsearch.stages import DayRun, run_day
+
+    workdir = str(tmp_path_factory.mktemp("trained") / "work")
+    day = DayRun(tiny_catalog, workdir, dt.date(2026, 1, 1), stage_args=TINY_STAGE_FLAGS)
+    run_day(day, ("preprocess", "train", "gate"))
+    return workdir
+
+
+def copy_workdir(src: str, dst: str) -> str:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
