@@ -381,21 +381,39 @@ def _distributions(result: Any) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> tuple[EmbedSettings, list[str]]:
-    ap = argparse.ArgumentParser(prog="vsearch embed", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="vsearch embed",
+        description="Embed the new or changed listing photos of a day with the published model.",
+        epilog="Other flags go to Beam (e.g. --runner=DataflowRunner, --direct_num_workers=4).",
+    )
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--date", required=True, type=paths.parse_date)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--model", default=None, help="model VERSION (default: models/PUBLISHED)")
     ap.add_argument("--full", action="store_true", help="re-embed everything (after a new model)")
-    ap.add_argument("--min-batch-size", type=int, default=EmbedSettings.min_batch_size)
-    ap.add_argument("--max-batch-size", type=int, default=EmbedSettings.max_batch_size)
-    ap.add_argument("--max-bad-fraction", type=float, default=EmbedSettings.max_bad_fraction)
+    ap.add_argument(
+        "--min-batch-size", type=int, default=EmbedSettings.min_batch_size, help="%(default)s"
+    )
+    ap.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=EmbedSettings.max_batch_size,
+        help="BatchElements adapts between min and max (default %(default)s)",
+    )
+    ap.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=EmbedSettings.max_bad_fraction,
+        help="fail without publishing when more images than this are dead-lettered (default %(default)s)",
+    )
     ap.add_argument(
         "--num-shards", type=int, default=0, help="Parquet files (0: one per ~50k rows)"
     )
     ap.add_argument("--allowed-bucket", action="append", default=[], dest="allowed_buckets")
     ap.add_argument("--large-model", action="store_true", help="one model copy per machine (GPU)")
-    ap.add_argument("--intra-op-threads", type=int, default=0)
+    ap.add_argument(
+        "--intra-op-threads", type=int, default=0, help="TensorFlow threads (0: TF decides)"
+    )
     a, beam_args = ap.parse_known_args(argv)
     s = EmbedSettings(
         catalog=a.catalog,
