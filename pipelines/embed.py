@@ -296,8 +296,12 @@ def run(
             options=PipelineOptions(default_pipeline_args(pipeline_args))
         )
         build(p, s, model, key_files, staging)
-        result = p.run()
-        result.wait_until_finish()
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except BaseException:
+            storage.delete_prefix(staging)  # a crashed run leaves no half-written output behind
+            raise
     c = runs.counters(result)
     read = c.get("images", 0) + c.get("catalog_rejected", 0)
     embedded, skipped, dead = (
