@@ -29,7 +29,6 @@ PIPELINE_PYTHON = os.environ.get(
 DEFAULT_PARAMS = {
     "catalog": Param(os.environ.get("VSEARCH_CATALOG", "gs://YOUR-BUCKET/catalog"), type="string"),
     "workdir": Param(os.environ.get("VSEARCH_WORKDIR", "gs://YOUR-BUCKET/visual-search"), type="string"),
-    "python": Param(PIPELINE_PYTHON, type="string"),
     "runner": Param(os.environ.get("VSEARCH_RUNNER", "DirectRunner"), type="string"),
     # Extra Beam pipeline options for every Beam stage, e.g. for Dataflow:
     # {"project": "p", "region": "r", "temp_location": "gs://...", "setup_file": "./setup.py"}
@@ -61,7 +60,7 @@ def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPi
         task_id=task_id,
         py_file=module,
         py_options=["-m"],
-        py_interpreter="{{ params.python }}",
+        py_interpreter=PIPELINE_PYTHON,  # not a template field of the operator
         runner="{{ params.runner }}",
         default_pipeline_options="{{ params.beam_options }}",  # type: ignore[arg-type]
         pipeline_options={
@@ -112,7 +111,7 @@ with DAG(
     render_template_as_native_obj=True,  # beam_options stays a dict
     tags=["visual-search"],
 ) as dag:
-    in_pipeline_env = {"python": "{{ params.python }}", "expect_airflow": False}
+    in_pipeline_env = {"python": PIPELINE_PYTHON, "expect_airflow": False}
 
     preprocess = _beam_stage("preprocess", "pipelines.preprocess")
     train = task.external_python(task_id="train", **in_pipeline_env)(_run_stage)

@@ -286,3 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run(settings, pipeline_args)
     print(f"index manifest: {summary.extra['manifest']}")
     return 0
+
+
+if __name__ == "__main__":  # the Airflow Beam operator runs `python -m MODULE --flag=value ...`
+    import sys as _sys
+
+    _sys.exit(main(_sys.argv[1:]))

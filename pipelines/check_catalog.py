@@ -170,3 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, pipeline_args = parse_args(sys.argv[1:] if argv is None else argv)
     run(settings, pipeline_args)
     return 0
+
+
+if __name__ == "__main__":  # the Airflow Beam operator runs `python -m MODULE --flag=value ...`
+    import sys as _sys
+
+    _sys.exit(main(_sys.argv[1:]))

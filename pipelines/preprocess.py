@@ -194,3 +194,9 @@ def main(argv: list[str]) -> int:
     )
     run(settings, beam_args)
     return 0
+
+
+if __name__ == "__main__":  # the Airflow Beam operator runs `python -m MODULE --flag=value ...`
+    import sys as _sys
+
+    _sys.exit(main(_sys.argv[1:]))

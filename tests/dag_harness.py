@@ -1,6 +1,6 @@
 """Runs the daily DAG with Airflow's own ``dag.test()``; executed by .venv-airflow's python.
 
-Usage: python tests/dag_harness.py CATALOG WORKDIR DATE [DATE ...]
+Usage: python tests/dag_harness.py CONF_JSON DATE [DATE ...]   (CONF_JSON: the DAG run's params)
 Prints one JSON line per date: {"date": ..., "state": ..., "tasks": {task_id: state}}.
 AIRFLOW_HOME must point to a scratch folder (the caller makes one); the sqlite DB is migrated here.
 """
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    catalog, workdir, *dates = sys.argv[1:]
+    conf, *dates = sys.argv[1:]
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
     from airflow.dag_processing.dagbag import DagBag
@@ -31,7 +31,7 @@ def main() -> int:
         task.retries = 0  # a failure must fail the test now, not wait for a retry
     for date in dates:
         logical = dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
-        run = dag.test(logical_date=logical, run_conf={"catalog": catalog, "workdir": workdir})
+        run = dag.test(logical_date=logical, run_conf=json.loads(conf))
         tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
         print(json.dumps({"date": date, "state": str(run.state), "tasks": tasks}), flush=True)
     return 0
