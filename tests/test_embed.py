@@ -286,7 +286,7 @@ def test_gcs_workdir_on_loopback_server(fake_model_dir, gcs_bucket, tmp_path) ->
     assert current.num_rows == 3
     # Day 2 moves the same photos to new URIs: same bytes, same sha256, nothing re-embedded.
     _tiny_catalog(catalog, D2, dict(list(GOOD.items())[:3]))
-    s2 = embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    s2 = embed.run(_settings(catalog, workdir, D2))  # default flags: bundle threads on gs://
     assert (s2.read, s2.ok, s2.skipped) == (3, 0, 3)
     assert embeddings.read_current_table(catalog, workdir, D2, version).num_rows == 3
 
