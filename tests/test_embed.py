@@ -116,7 +116,8 @@ def test_incremental_day1_day2_idempotent_and_full(generated, fake_model_dir, tm
     new_or_changed = {k for k, uri in day2.items() if day1.get(k) != uri}
     removed = {lid for lid, _ in day1} - {lid for lid, _ in day2}
     assert new_or_changed and removed and len(new_or_changed) < len(day2)
-    s2 = embed.run(_settings(generated, workdir, D2))  # default flags: DirectRunner, multi_threading
+    # No Beam flags: the default, a DirectRunner with bundle threads.
+    s2 = embed.run(_settings(generated, workdir, D2))
     assert s2.read == len(day2) == s2.ok + s2.skipped + s2.dead_lettered
     assert (s2.ok, s2.skipped) == (len(new_or_changed), len(day2) - len(new_or_changed))
     p2 = _partition(workdir, version, D2)
@@ -239,7 +240,9 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     )
 
 
-@pytest.mark.parametrize("large_model", [False, True], ids=["model-per-process", "one-shared-model"])
+@pytest.mark.parametrize(
+    "large_model", [False, True], ids=["model-per-process", "one-shared-model"]
+)
 def test_multi_processing_mode(fake_model_dir, tmp_path, large_model: bool) -> None:
     """Two SDK worker processes; with --large-model they share one model copy (a proxy)."""
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
