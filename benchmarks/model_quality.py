@@ -21,7 +21,12 @@ import numpy as np
 from benchmarks import report
 
 DATE = "2026-01-01"
-KEYS = ("review_recall_at_1", "review_recall_at_10", "category_precision_at_10", "color_precision_at_10")
+KEYS = (
+    "review_recall_at_1",
+    "review_recall_at_10",
+    "category_precision_at_10",
+    "color_precision_at_10",
+)
 
 
 def colour_histogram(pngs: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -36,7 +41,9 @@ def colour_histogram(pngs: np.ndarray, bins: int = 8) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]], path: str) -> None:
+def plot(
+    history: list[dict[str, float]], baselines: dict[str, dict[str, float]], path: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,10 +51,22 @@ def plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]]
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = [h["epoch"] for h in history]
-    for ax, key, title in ((axes[0], "review_recall_at_10", "review -> listing recall@10"),
-                           (axes[1], "category_precision_at_10", "listing -> listing same-category precision@10")):
-        ax.plot([0, *epochs], [baselines["untrained"][key], *[h[key] for h in history]], "o-", label="ours (epoch 0 = random init)")
-        ax.axhline(baselines["colour histogram"][key], color="tab:orange", ls="--", label="colour histogram")
+    for ax, key, title in (
+        (axes[0], "review_recall_at_10", "review -> listing recall@10"),
+        (axes[1], "category_precision_at_10", "listing -> listing same-category precision@10"),
+    ):
+        ax.plot(
+            [0, *epochs],
+            [baselines["untrained"][key], *[h[key] for h in history]],
+            "o-",
+            label="ours (epoch 0 = random init)",
+        )
+        ax.axhline(
+            baselines["colour histogram"][key],
+            color="tab:orange",
+            ls="--",
+            label="colour histogram",
+        )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1)
@@ -58,7 +77,9 @@ def plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]]
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--listings", type=int, default=2000)
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=None)
@@ -80,17 +101,27 @@ def main(argv: list[str]) -> int:
     cat, work = storage.join(args.out, "catalog"), storage.join(args.out, "work")
     t0 = time.perf_counter()
     if not storage.exists(storage.join(cat, "catalog.json")):
-        generate_catalog(cat, listings=args.listings, days=1, seed=args.seed, image_size=args.image_size)
+        generate_catalog(
+            cat, listings=args.listings, days=1, seed=args.seed, image_size=args.image_size
+        )
     t_gen = time.perf_counter() - t0
-    pre = preprocess(PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=args.image_size))
+    pre = preprocess(
+        PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=args.image_size)
+    )
     config = TrainConfig(workdir=work, date=DATE, image_size=args.image_size)
     if args.epochs:
-        config = TrainConfig(workdir=work, date=DATE, image_size=args.image_size, epochs=args.epochs)
+        config = TrainConfig(
+            workdir=work, date=DATE, image_size=args.image_size, epochs=args.epochs
+        )
     result = train(config)
-    metrics = json.loads(storage.read_text(storage.join(paths.model_dir(work, result.version), "metrics.json")))
+    metrics = json.loads(
+        storage.read_text(storage.join(paths.model_dir(work, result.version), "metrics.json"))
+    )
 
     tft_output = tft.TFTransformOutput(paths.transform_fn_dir(work, DATE))
-    eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output, with_png=True)
+    eval_set = dataset.load_eval_set(
+        dataset.split_files(work, DATE, dataset.EVAL), tft_output, with_png=True
+    )
     assert eval_set.pngs is not None
     baselines = {
         "untrained": metrics["untrained"],
@@ -103,7 +134,10 @@ def main(argv: list[str]) -> int:
     train_s = metrics["wall_s"]
     table = "\n".join(
         [f"| embedding | {' | '.join(KEYS)} |", "|---|" + "---:|" * len(KEYS)]
-        + [f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in KEYS) + " |" for name, m in rows.items()]
+        + [
+            f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in KEYS) + " |"
+            for name, m in rows.items()
+        ]
     )
     ours = metrics["eval"]
     verdict = (
@@ -111,14 +145,16 @@ def main(argv: list[str]) -> int:
         f"**{'met' if ours['review_recall_at_10'] >= 0.6 and ours['category_precision_at_10'] >= 0.9 else 'NOT met'}**."
     )
     best = metrics["best_epoch"]
-    heads = ", ".join(f"{k.removesuffix('_accuracy')} {v:.2f}" for k, v in ours.items() if k.endswith("_accuracy"))
+    heads = ", ".join(
+        f"{k.removesuffix('_accuracy')} {v:.2f}" for k, v in ours.items() if k.endswith("_accuracy")
+    )
     body = f"""## Model quality (generated catalog, {args.listings} listings, {args.image_size}x{args.image_size}, `{config.backbone}`, CPU)
 
 `python -m benchmarks.model_quality` - catalog seed {args.seed}; preprocess {pre.ok} images in {pre.wall_s:.0f} s
-(TF Transform, DirectRunner); training {metrics['train_images']} images (listing + review photos),
+(TF Transform, DirectRunner); training {metrics["train_images"]} images (listing + review photos),
 {config.epochs} epochs, batch {config.batch_size}, best epoch {best} by review->listing recall@10, {train_s:.0f} s
 wall including the per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted).
-Eval split: {int(ours['eval_images'])} images of held-out listings, {int(ours['eval_reviews'])} review photos as queries.
+Eval split: {int(ours["eval_images"])} images of held-out listings, {int(ours["eval_reviews"])} review photos as queries.
 All three embeddings are measured in the same run on the same eval images, with exact search.
 
 {table}

@@ -13,6 +13,7 @@ in memory at once):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -22,13 +23,14 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index import factory as factory_mod
 from index import manifest as manifest_mod
 from index import sharding, training, tuning
 from index.searcher import Searcher
-from index.validate import exact_topk, latency_ms, recall_at_k, row_keys
+from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
 from vsearch import storage
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class IndexSettings:
 class Sample:
     train: np.ndarray  # [t, input_dim] database vectors for training
     queries: np.ndarray  # [q, input_dim] held-out database vectors (disjoint from train)
+    query_keys: np.ndarray  # [q] their row keys (listing_id#image_index): leave-one-out
     review_queries: np.ndarray  # rows with image_index < 0 (review photos): queries, never indexed
     ntotal: int  # database rows (image_index >= 0)
     input_dim: int
@@ -129,21 +132,37 @@ class _Reservoir:
 
     def __init__(self, size: int, dim: int, rng: np.random.Generator) -> None:
         self.size, self.rng = size, rng
-        self.keys = np.empty(0, dtype=np.float64)
+        self.priority = np.empty(0, dtype=np.float64)
         self.rows = np.empty((0, dim), dtype=np.float32)
+        self.labels = np.empty(0, dtype=object)
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, labels: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Offer ``rows``; ``labels(positions)`` names the rows that are kept (computed lazily)."""
         if self.size == 0 or len(rows) == 0:
             return
-        keys = np.concatenate([self.keys, self.rng.random(len(rows))])
-        all_rows = np.concatenate([self.rows, rows])
-        if len(keys) > self.size:
-            keep = np.argpartition(keys, self.size - 1)[: self.size]
-            keys, all_rows = keys[keep], all_rows[keep]
-        self.keys, self.rows = keys, all_rows
+        priority = self.rng.random(len(rows))
+        if len(self.priority) >= self.size:  # only rows that beat the current worst can enter
+            pos = np.nonzero(priority < self.priority.max())[0]
+        else:
+            pos = np.arange(len(rows))
+        all_p = np.concatenate([self.priority, priority[pos]])
+        all_rows = np.concatenate([self.rows, rows[pos]])
+        all_labels = np.concatenate([self.labels, labels(pos)])
+        if len(all_p) > self.size:
+            keep = np.argpartition(all_p, self.size - 1)[: self.size]
+            all_p, all_rows, all_labels = all_p[keep], all_rows[keep], all_labels[keep]
+        self.priority, self.rows, self.labels = all_p, all_rows, all_labels
 
-    def sorted_rows(self) -> np.ndarray:
-        return self.rows[np.argsort(self.keys, kind="stable")]
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.priority, kind="stable")
+        return self.rows[order], self.labels[order]
+
+
+def _labels(
+    listing: pa.Array, image_index: np.ndarray, base: np.ndarray, pos: np.ndarray
+) -> np.ndarray:
+    rows = base[pos]
+    return row_keys(listing.take(pa.array(rows)).to_pylist(), image_index[rows])
 
 
 def scan(
@@ -167,17 +186,22 @@ def scan(
                 f"embedding dim changed from {dim} to {vectors.shape[1]} mid-input"
             )
         _check_batch(batch, vectors, model_version)
-        is_review = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False)) < 0
+        image_index = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False))
+        is_review = image_index < 0
         assert db is not None and reviews is not None
-        db.add(vectors[~is_review])
-        reviews.add(vectors[is_review])
-        n += int((~is_review).sum())
+        db_pos = np.nonzero(~is_review)[0]
+        listing = batch.column("listing_id")
+
+        db.add(vectors[db_pos], functools.partial(_labels, listing, image_index, db_pos))
+        reviews.add(vectors[is_review], lambda pos: np.full(len(pos), "", dtype=object))
+        n += len(db_pos)
     if n == 0 or db is None or reviews is None:
         raise IndexBuildError("no embeddings to index (is the model published and embed run?)")
-    rows = db.sorted_rows()
+    rows, keys = db.sorted()
     # Hold out queries only when there is enough left to train on and to search.
     nq = min(settings.validation_queries, max(1, n // 5))
-    return Sample(rows[nq:] if len(rows) > nq else rows, rows[:nq], reviews.sorted_rows(), n, dim)
+    train = rows[nq:] if len(rows) > nq else rows
+    return Sample(train, rows[:nq], keys[:nq], reviews.sorted()[0], n, dim)
 
 
 def iter_database(
@@ -201,18 +225,24 @@ def fill_shard(
 ) -> tuple[faiss.Index, pa.Table]:
     """A copy of the trained index with ``table``'s vectors added; row i of the id map = id i.
 
-    Rows are sorted by (listing_id, image_index) first, so a shard's content does not depend on
-    the order in which workers delivered its rows.
+    Rows are taken in (listing_id, image_index) order, so a shard's content does not depend on
+    the order in which workers delivered its rows. Vectors are copied one chunk at a time.
     """
-    table = table.sort_by([("listing_id", "ascending"), ("image_index", "ascending")])
+    order = pc.sort_indices(table, [("listing_id", "ascending"), ("image_index", "ascending")])
     index = faiss.clone_index(trained)
-    vectors = batch_vectors(table)
-    for start in range(0, len(vectors), chunk):
-        index.add(training.apply_pca(pca, vectors[start : start + chunk]))
-    ids = table.select([c for c in ID_COLUMNS if c in table.schema.names])
+    for start in range(0, len(order), chunk):
+        rows = table.select(["embedding"]).take(order[start : start + chunk])
+        index.add(training.apply_pca(pca, batch_vectors(rows)))
+    return index, id_table(table.take(order) if table.num_rows else table)
+
+
+def id_table(rows: pa.Table | pa.RecordBatch) -> pa.Table:
+    """The id-map columns of ``rows`` (category_pred null when the input has none)."""
+    t = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+    ids = t.select([c for c in ID_COLUMNS if c in t.schema.names])
     if "category_pred" not in ids.schema.names:
         ids = ids.append_column("category_pred", pa.nulls(ids.num_rows, pa.string()))
-    return index, ids
+    return ids
 
 
 def write_shard(
@@ -227,7 +257,7 @@ def write_shard(
             h.update(chunk)
             f.write(chunk)
 
-        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
     with storage.atomic_writer(storage.join(build_dir, ids_name)) as f:
         pq.write_table(ids, f, compression="zstd")
     return manifest_mod.ShardEntry(name, h.hexdigest(), int(index.ntotal), ids_name)
@@ -249,32 +279,50 @@ AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
 
 
 def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
-    """The single-process ``add_shards``: groups rows per shard in memory (small data, tests)."""
+    """The single-process ``add_shards``: streams batches straight into per-shard indexes.
+
+    Memory: the indexes and their id maps, plus one batch (no grouping copy of the vectors).
+    Rows are added in input order (the Beam path sorts each shard instead; both are
+    deterministic for a given input).
+    """
 
     def run(
         trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
     ) -> list[manifest_mod.ShardEntry]:
         trained = training.index_from_bytes(trained_bytes)
         pca = training.pca_from_bytes(pca_bytes)
-        parts: dict[int, list[pa.RecordBatch]] = {s: [] for s in range(num_shards)}
-        for s, rows in shard_tables((b for b, _ in iter_database(batches_factory)), num_shards):
-            parts[s].append(rows)
+        indexes = [faiss.clone_index(trained) for _ in range(num_shards)]
+        ids: list[list[pa.Table]] = [[] for _ in range(num_shards)]
+        for batch, vectors in iter_database(batches_factory):
+            if num_shards == 1:
+                parts = [(0, batch, vectors)]
+            else:
+                shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+                parts = [
+                    (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
+                    for s in np.unique(shard)
+                ]
+            for s, rows, v in parts:
+                indexes[s].add(training.apply_pca(pca, v))
+                ids[s].append(id_table(rows))
         entries = []
         for s in range(num_shards):
-            table = (
-                pa.Table.from_batches(parts.pop(s)) if parts[s] else _empty_like(batches_factory)
-            )
-            index, ids = fill_shard(trained, pca, table)
-            entries.append(write_shard(build_dir, s, index, ids))
+            table = pa.concat_tables(ids[s]) if ids[s] else _EMPTY_IDS
+            entries.append(write_shard(build_dir, s, indexes[s], table))
+            indexes[s] = None  # type: ignore[call-overload]  # free each shard once written
         return entries
 
     return run
 
 
-def _empty_like(batches_factory: BatchesFactory) -> pa.Table:
-    for b, _ in iter_database(batches_factory):
-        return pa.Table.from_batches([b]).slice(0, 0)
-    raise IndexBuildError("no embeddings to index")
+_EMPTY_IDS = pa.schema(
+    [
+        ("listing_id", pa.string()),
+        ("image_uri", pa.string()),
+        ("image_index", pa.int16()),
+        ("category_pred", pa.string()),
+    ]
+).empty_table()
 
 
 # ------------------------------------------------------------------ the build
@@ -287,40 +335,44 @@ def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _choose_factory(
     settings: IndexSettings, sample: Sample, train_x: np.ndarray, query_x: np.ndarray, dim: int
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, faiss.Index | None, dict[str, Any]]:
     """Explicit factory as given; for "auto", the preferred candidate unless it is IVF and a
-    trial on the training sample shows it needs to probe too much of the data (then HNSW)."""
+    trial on the training sample shows it needs to probe too much of the data (then HNSW).
+
+    Returns (factory, its trained index if the trial already trained it, report).
+    """
     if settings.factory != "auto":
-        return settings.factory, {}
+        return settings.factory, None, {}
     candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
     first = candidates[0]
     hnsw = [c for c in candidates if factory_mod.factory_kind(c) == "hnsw"]
     if factory_mod.factory_kind(first) != "ivf_flat" or not hnsw or len(query_x) == 0:
-        return first, {"candidates": candidates}
+        return first, None, {"candidates": candidates}
     # Trial: the IVF index over the training sample, its knob tuned on the held-out queries.
     nlist = factory_mod.ivf_nlist(first)
-    trial = training.train_index(
+    trained = training.train_index(
         first,
         train_x[: factory_mod.training_size(first, len(train_x), settings.max_train_size)],
         settings.use_gpu,
     )
+    trial = faiss.clone_index(trained)
     trial.add(train_x)
     keys = np.arange(len(train_x)).astype(str).astype(object)
-    truth = exact_topk(query_x, [(train_x, keys)], 10)
+    truth = exact_topk(query_x, [(train_x, keys)], 10).keys  # the queries are not in train_x
     limit = max(1, int(nlist * settings.ivf_max_probe_fraction))
 
-    def search(q: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
-        _, i = trial.search(q, k, params=tuning.search_parameters(params))
-        return np.where(i >= 0, i.astype(str), "").astype(object)
+    def measure(params: dict[str, int]) -> float:
+        _, i = trial.search(query_x, 10, params=tuning.search_parameters(params))
+        return recall_at_k(np.where(i >= 0, i.astype(str), "").astype(object), truth)
 
-    t = tuning.tune(first, search, query_x, truth, settings.target_recall, max_value=limit)
+    t = tuning.tune(first, measure, settings.target_recall, max_value=limit)
     chosen = first if t.reached else hnsw[0]
     info = {
         "candidates": candidates,
         "ivf_trial": {"reached": t.reached, "tried": t.tried, "max_nprobe": limit},
     }
     log.info("auto index: %s (IVF trial reached=%s within nprobe<=%d)", chosen, t.reached, limit)
-    return chosen, info
+    return chosen, (trained if t.reached else None), info
 
 
 def build_index(
@@ -350,9 +402,16 @@ def build_index(
         if eq.ndim != 2 or eq.shape[1] != input_dim:
             raise IndexBuildError(f"extra queries must be [n, {input_dim}], got {eq.shape}")
         extra.append(training.normalize_rows(eq))
-    db_tune, db_val = _split(sample.queries)
-    ex_tune, ex_val = _split(np.concatenate(extra))
-    tune_q, val_q = np.concatenate([db_tune, ex_tune]), np.concatenate([db_val, ex_val])
+    outside = np.concatenate(extra)
+    # Two kinds of queries, each split in halves (tune / validate): held-out database vectors
+    # (leave-one-out: finding themselves does not count) and queries from outside the database
+    # (review photos, extra queries), which are what shoppers send.
+    groups = {
+        "database": (sample.queries, sample.query_keys),
+        "outside": (outside, np.full(len(outside), "", dtype=object)),
+    }
+    groups = {g: v for g, v in groups.items() if len(v[0])}
+    tune_q = np.concatenate([_split(v)[0] for v, _ in groups.values()])
 
     # 1. PCA, trained once on the sample.
     dim = settings.pca_dim or training.auto_pca_dim(sample.train, settings.pca_energy)
@@ -362,12 +421,13 @@ def build_index(
     train_x = training.apply_pca(pca, sample.train)
 
     # 2. The index, trained once on the sample.
-    factory, choice = _choose_factory(
+    factory, trained, choice = _choose_factory(
         settings, sample, train_x, training.apply_pca(pca, tune_q), dim
     )
     report.update(choice)
     n_train = factory_mod.training_size(factory, len(train_x), settings.max_train_size)
-    trained = training.train_index(factory, train_x[:n_train], settings.use_gpu)
+    if trained is None:
+        trained = training.train_index(factory, train_x[:n_train], settings.use_gpu)
     log.info("trained %s on %d vectors (dim %d -> %d)", factory, n_train, input_dim, dim)
 
     # 3. Add per shard and write shards + id maps (+ the PCA).
@@ -389,24 +449,34 @@ def build_index(
         ntotal=ntotal,
     )
 
-    # 4. Ground truth (exact, input space), 5. tune, validate.
-    queries = np.concatenate([tune_q, val_q])
+    # 4. Ground truth (exact, input space, one streaming pass), 5. tune, validate.
+    all_q = np.concatenate([v for v, _ in groups.values()])
     truth = exact_topk(
-        queries,
+        all_q,
         (
             (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
             for b, v in iter_database(batches_factory)
         ),
-        10,
-    )
-    tune_truth = replace(truth, scores=truth.scores[: len(tune_q)], keys=truth.keys[: len(tune_q)])
-    val_truth = replace(truth, scores=truth.scores[len(tune_q) :], keys=truth.keys[len(tune_q) :])
+        11,  # one more than recall@10 needs: a database query's own row is dropped
+    ).keys
+    tune_sets, val_sets, at = [], [], 0
+    for name, (v, own) in groups.items():
+        t_rows = slice(at, at + len(_split(v)[0]))
+        v_rows = slice(t_rows.stop, at + len(v))
+        tune_sets.append(QuerySet(name, all_q[t_rows], own[: len(_split(v)[0])], truth[t_rows]))
+        val_sets.append(QuerySet(name, all_q[v_rows], own[len(_split(v)[0]) :], truth[v_rows]))
+        at += len(v)
+    val_sets = [q for q in val_sets if len(q)] or tune_sets  # tiny inputs: validate on all
+
     with Searcher(draft, build_dir, cache_dir=cache_dir) as searcher:
+
+        def worst_recall(sets: list[QuerySet], params: dict[str, int]) -> float:
+            """The lowest recall over the query kinds: each kind must reach the target."""
+            return min(q.recall(lambda x, k: searcher.search_keys(x, k, params)) for q in sets)
+
         tuned = tuning.tune(
             factory,
-            searcher.search_keys,
-            tune_q,
-            tune_truth,
+            lambda params: worst_recall(tune_sets, params),
             min(1.0, settings.target_recall + settings.tune_margin),
         )
         report["tuning"] = {
@@ -414,18 +484,22 @@ def build_index(
             "recall": tuned.recall_at_10,
             "tried": tuned.tried,
         }
-        recall = recall_at_k(searcher.search_keys(val_q, 10, tuned.search_params), val_truth.keys)
-        timed = val_q[: settings.latency_queries]
+        per_kind = {
+            q.name: q.recall(lambda x, k: searcher.search_keys(x, k, tuned.search_params))
+            for q in val_sets
+        }
+        report["validation_by_kind"] = per_kind
+        recall = min(per_kind.values())
+        timed = np.concatenate([q.vectors for q in val_sets])[: settings.latency_queries]
         p50, p99 = latency_ms(lambda q: searcher.search_raw(q, 10, tuned.search_params), timed)
-    validation = manifest_mod.Validation(
-        round(recall, 5), int(len(val_q)), round(p50, 4), round(p99, 4)
-    )
+    n_val = sum(len(q) for q in val_sets)
+    validation = manifest_mod.Validation(round(recall, 5), n_val, round(p50, 4), round(p99, 4))
     report["validation"] = validation
     if recall < settings.target_recall:
         raise IndexBuildError(
             f"index {factory} with {tuned.search_params or 'exact search'} reaches recall@10 "
-            f"{recall:.4f} on {len(val_q)} held-out queries, below the target "
-            f"{settings.target_recall:.4f}; nothing was published (try --factory HNSW32, a larger "
+            f"{recall:.4f} on held-out queries ({per_kind}), below the target "
+            f"{settings.target_recall:.4f}; no manifest was written (try --factory HNSW32, a larger "
             "--pca-dim or a lower --target-recall)"
         )
     final = replace(draft, search_params=tuned.search_params, validation=validation)

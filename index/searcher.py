@@ -31,6 +31,7 @@ from index.tuning import search_parameters
 from index.validate import KEY_SEP
 from vsearch import paths, storage
 
+PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
 _CHUNK = 8 << 20
 
@@ -89,7 +90,11 @@ class Searcher:
         self._mmap = mmap
         self.pca = self._load_pca()
         self._shards = [self._load_shard(e) for e in manifest.shards]
-        self._pool = ThreadPoolExecutor(max_workers=threads or min(len(self._shards), 32))
+        self._quantizer = self._shared_quantizer()
+        # faiss releases the GIL; more threads than cores only adds switching.
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
+        )
         self._embedder: Any = None
         self._image_size = 0
 
@@ -198,6 +203,27 @@ class Searcher:
             raise ShardError(f"id map {ids_uri} has {ids.num_rows} rows, shard has {entry.ntotal}")
         return _Shard(index, ids)
 
+    def _shared_quantizer(self) -> faiss.Index | None:
+        """The one coarse quantizer of IVF shards (they are copies of one trained index).
+
+        Searching S shards then costs one coarse assignment plus the same number of scanned
+        codes as one shard (faiss' IndexShardsIVF idea), instead of S assignments.
+        """
+        if len(self._shards) < 2:
+            return None
+        ivfs = [s.index for s in self._shards]
+        if not all(isinstance(i, faiss.IndexIVF) for i in ivfs):
+            return None
+        first = ivfs[0].quantizer
+        centroids = first.reconstruct_n(0, first.ntotal)
+        for other in ivfs[1:]:
+            q = other.quantizer
+            if q.ntotal != first.ntotal or not np.array_equal(
+                q.reconstruct_n(0, q.ntotal), centroids
+            ):
+                return None  # not trained together: search each shard on its own
+        return first
+
     # ------------------------------------------------------------------ searching
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
@@ -218,18 +244,28 @@ class Searcher:
         the manifest's search_params (tuning uses it).
         """
         x = self.project(vectors)
-        sp = search_parameters(self.manifest.search_params if params is None else params)
+        chosen = self.manifest.search_params if params is None else params
+        sp = search_parameters(chosen)
+        coarse: tuple[np.ndarray, np.ndarray] | None = None
+        if self._quantizer is not None:
+            nprobe = int(chosen.get("nprobe", self._shards[0].index.nprobe))
+            sp = search_parameters({"nprobe": nprobe})  # must match the assignment's width
+            coarse = self._quantizer.search(x, nprobe)
 
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
             kk = min(k, shard.index.ntotal)
             if kk == 0:
                 return (np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64))
+            if coarse is not None:
+                return _search_preassigned(shard.index, x, kk, coarse, sp)
             if sp is None:
                 return shard.index.search(x, kk)  # type: ignore[no-any-return]
             return shard.index.search(x, kk, params=sp)  # type: ignore[no-any-return]
 
-        if len(self._shards) == 1:
-            results = [one(self._shards[0])]
+        if len(self._shards) == 1 or len(x) >= PARALLEL_QUERIES_MAX:
+            # A batch is already spread over every core by faiss (OpenMP over queries); shard
+            # threads on top would only oversubscribe them.
+            results = [one(s) for s in self._shards]
         else:
             results = list(self._pool.map(one, self._shards))
         scores = np.concatenate([r[0] for r in results], axis=1)
@@ -338,3 +374,33 @@ class Searcher:
         if not images:
             return []
         return self.search_vectors(self.embed_images(images), k)
+
+
+def _search_preassigned(
+    index: faiss.Index,
+    x: np.ndarray,
+    k: int,
+    coarse: tuple[np.ndarray, np.ndarray],
+    params: faiss.SearchParameters | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IVF search with a given coarse assignment and per-call parameters.
+
+    faiss' Python wrapper of search_preassigned refuses per-call parameters (it would need the
+    index's own nprobe changed, which is not thread-safe); the C++ method takes them.
+    """
+    dq, iq = (np.ascontiguousarray(a) for a in coarse)
+    n = x.shape[0]
+    distances = np.empty((n, k), dtype=np.float32)
+    labels = np.empty((n, k), dtype=np.int64)
+    index.search_preassigned_c(  # type: ignore[attr-defined]
+        n,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(iq.astype(np.int64, copy=False)),
+        faiss.swig_ptr(dq.astype(np.float32, copy=False)),
+        faiss.swig_ptr(distances),
+        faiss.swig_ptr(labels),
+        False,
+        params,
+    )
+    return distances, labels

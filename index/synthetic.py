@@ -25,7 +25,7 @@ def embedding_table(
 ) -> pa.Table:
     n, dim = vectors.shape
     rows = np.arange(n)
-    listing = [listing_id(i, images_per_listing) for i in rows]
+    listing = [listing_id(int(i), images_per_listing) for i in rows]
     image_index = (rows % images_per_listing).astype(np.int16)
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     return pa.table(

@@ -62,7 +62,7 @@ def apply_pca(pca: faiss.VectorTransform, x: np.ndarray) -> np.ndarray:
 
 def pca_to_bytes(pca: faiss.VectorTransform) -> bytes:
     w = faiss.VectorIOWriter()
-    faiss.write_VectorTransform(pca, w)
+    faiss.write_VectorTransform(pca, w)  # type: ignore[arg-type]
     return faiss.vector_to_array(w.data).tobytes()
 
 
@@ -70,7 +70,7 @@ def pca_from_bytes(data: bytes, source: str = "pca.bin") -> faiss.VectorTransfor
     r = faiss.VectorIOReader()
     faiss.copy_array_to_vector(np.frombuffer(data, dtype=np.uint8), r.data)
     try:
-        return faiss.read_VectorTransform(r)
+        return faiss.read_VectorTransform(r)  # type: ignore[arg-type]
     except RuntimeError as e:
         raise ValueError(f"{source} is not a faiss VectorTransform: {e}") from e
 
@@ -110,11 +110,11 @@ def train_index(
     if hasattr(faiss.downcast_index(index), "do_polysemous_training"):
         # Polysemous codes only pay off with Hamming-threshold search, which we do not use;
         # their annealing step costs more than the PQ training itself.
-        faiss.downcast_index(index).do_polysemous_training = False
+        faiss.downcast_index(index).do_polysemous_training = False  # type: ignore[attr-defined]
     if use_gpu and ivf is not None:
         log.info("training %s with k-means on %d GPU(s)", factory, faiss.get_num_gpus())
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
     index.train(np.ascontiguousarray(train_vectors, dtype=np.float32))
     if ivf is not None:
-        ivf.clustering_index = None  # never serialise a GPU object
+        ivf.clustering_index = None  # type: ignore[assignment]  # never serialise a GPU object
     return index

@@ -54,20 +54,46 @@ def exact_topk(
     return GroundTruth(best_s, best_k)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of each query's true top-k keys that ``found``'s top-k contains."""
+def recall_at_k(
+    found: np.ndarray, truth: np.ndarray, k: int = 10, exclude: np.ndarray | None = None
+) -> float:
+    """Mean fraction of each query's true top-k keys that ``found``'s top-k contains.
+
+    ``exclude[i]`` (a key, or "") is dropped from both lists first: a database vector used as a
+    query must not count finding itself (leave-one-out), so fetch k+1 for those.
+    """
     if found.shape[0] != truth.shape[0]:
         raise ValueError(f"{found.shape[0]} result rows for {truth.shape[0]} queries")
     if truth.shape[0] == 0:
         raise ValueError("recall of zero queries is undefined")
     total = 0.0
-    for f, t in zip(found[:, :k], truth[:, :k], strict=True):
-        want = {x for x in t if x}
-        if want:
-            total += len(want.intersection(f)) / len(want)
-        else:
-            total += 1.0
+    for i, (f, t) in enumerate(zip(found, truth, strict=True)):
+        skip = exclude[i] if exclude is not None else ""
+        want = [x for x in t if x and x != skip][:k]
+        got = [x for x in f if x != skip][:k]
+        total += len(set(want).intersection(got)) / len(want) if want else 1.0
     return total / truth.shape[0]
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    """Validation queries of one kind, with exact answers.
+
+    ``exclude`` holds each query's own key for database vectors used as queries ("" for
+    queries from outside the database, e.g. review photos); ``truth`` has k+1 columns so that
+    dropping the query itself still leaves k.
+    """
+
+    name: str
+    vectors: np.ndarray
+    exclude: np.ndarray
+    truth: np.ndarray
+
+    def recall(self, search_keys: Callable[[np.ndarray, int], np.ndarray], k: int = 10) -> float:
+        return recall_at_k(search_keys(self.vectors, k + 1), self.truth, k, self.exclude)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
 
 
 def latency_ms(

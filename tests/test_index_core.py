@@ -106,6 +106,16 @@ def test_pca_keeps_inner_products_and_reduces() -> None:
     assert (back.d_in, back.d_out) == (256, dim)
 
 
+def test_recall_leave_one_out() -> None:
+    truth = np.array([["a", "b", "c"], ["x", "y", "z"]], dtype=object)
+    found = np.array([["a", "c", "q"], ["y", "x", "q"]], dtype=object)
+    assert recall_at_k(found, truth, 2) == pytest.approx((1 / 2 + 2 / 2) / 2)
+    # Query 0 is database row "a": finding itself does not count, its neighbours b, c do.
+    assert recall_at_k(found, truth, 2, np.array(["a", ""], dtype=object)) == pytest.approx(
+        (1 / 2 + 1) / 2
+    )
+
+
 def test_tuning_reaches_target_at_lowest_setting() -> None:
     x = vectors.clustered(8000, dim=32)
     q = vectors.clustered(200, dim=32, point_seed=5)
@@ -118,7 +128,7 @@ def test_tuning_reaches_target_at_lowest_setting() -> None:
         _, i = index.search(qq, k, params=tuning.search_parameters(params))
         return i.astype(str).astype(object)
 
-    r = tuning.tune("IVF64,Flat", search, q, truth, 0.95)
+    r = tuning.tune("IVF64,Flat", lambda p: recall_at_k(search(q, 10, p), truth.keys), 0.95)
     assert r.reached and r.recall_at_10 >= 0.95
     values = [v for v, _ in r.tried]
     assert r.search_params["nprobe"] == values[-1]

@@ -1,0 +1,105 @@
+"""Search by photo end to end: a tiny SavedModel with the serving contract, an index of its
+embeddings, publish, then ``vsearch query`` and ``Searcher.search_images``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index import builder, publish, query, synthetic
+from index.searcher import Searcher
+from vsearch import paths, storage
+
+VERSION = "20260101-tiny"
+DIM = 16
+COLOURS = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(40)]
+
+
+def photo(rgb: tuple[int, int, int], fmt: str = "JPEG", size: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def save_tiny_model(workdir: str) -> None:
+    """Embedding = normalise(W @ mean RGB + b): photos of the same colour embed together."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.standard_normal((3, DIM)).astype(np.float32))
+    b = tf.constant(rng.standard_normal((DIM,)).astype(np.float32) * 0.1)
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            def one(x: tf.Tensor) -> tf.Tensor:
+                img = tf.cast(tf.io.decode_png(x, channels=3), tf.float32) / 255.0
+                return tf.reduce_mean(img, axis=[0, 1])
+
+            mean = tf.map_fn(one, images, fn_output_signature=tf.float32)
+            emb = tf.math.l2_normalize(tf.matmul(mean - 0.5, w) + b, axis=1)
+            return {"embedding": emb, "category": tf.fill(tf.shape(images), "home/decor")}
+
+    m = Tiny()
+    tf.saved_model.save(
+        m, paths.embedder_dir(workdir, VERSION), signatures={"serving_default": m.serve}
+    )
+    config = {"version": VERSION, "embedding_dim": DIM, "image_size": 32}
+    storage.write_text(
+        storage.join(paths.model_dir(workdir, VERSION), "config.json"), json.dumps(config)
+    )
+    storage.write_text(paths.published_model_pointer(workdir), VERSION + "\n")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
+    w = str(tmp_path_factory.mktemp("query"))
+    save_tiny_model(w)
+    return w
+
+
+def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # Embed the catalog photos with the model itself (PNG, one per listing), then index them.
+    import tensorflow as tf
+
+    from vsearch import images
+
+    model = tf.saved_model.load(paths.embedder_dir(workdir, VERSION)).signatures["serving_default"]
+    clean = [images.encode_png(images.decode_image(photo(c), 32)) for c in COLOURS]
+    emb = model(images=tf.constant(clean))["embedding"].numpy()
+    table = synthetic.embedding_table(emb, 1, VERSION)
+    out = paths.index_build_dir(workdir, VERSION, "20260101T000000Z-q")
+    settings = builder.IndexSettings(
+        factory="Flat", shards=2, validation_queries=8, latency_queries=5
+    )
+    result = builder.build_index(
+        synthetic.batches_factory(table), settings, out, VERSION, "20260101T000000Z-q"
+    )
+    publish.publish(workdir, result.manifest_uri)
+
+    # A JPEG "phone photo" of listing 7's colour, at another size, finds listing 7 first.
+    img = tmp_path / "query.jpg"
+    img.write_bytes(photo(COLOURS[7], "JPEG", size=80))
+    assert query.main([str(img), "--workdir", workdir, "--k", "3", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert line["hits"][0]["listing_id"] == synthetic.listing_id(7) and len(line["hits"]) == 3
+    assert query.main([str(img), "--workdir", workdir, "--k", "2"]) == 0
+    text = capsys.readouterr().out
+    assert synthetic.listing_id(7) in text and synthetic.CATEGORIES[7 % 4] in text
+
+    with Searcher.open(workdir) as s:
+        hits = s.search_images([photo(COLOURS[3], "PNG"), photo(COLOURS[11])], k=5)
+        assert [h[0].listing_id for h in hits] == [
+            synthetic.listing_id(3),
+            synthetic.listing_id(11),
+        ]
+        from vsearch.images import ImageError
+
+        with pytest.raises(ImageError):
+            s.search_images([b"not an image"], k=5)
+    assert os.path.exists(result.manifest_uri)
