@@ -58,7 +58,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
 
     del tf
     size, work, cat = 32, str(tmp_path / "work"), str(tmp_path / "cat")
-    generate_catalog(cat, listings=120, days=1, seed=11, image_size=48)
+    generate_catalog(cat, listings=200, days=1, seed=11, image_size=48)
     snap = catalog.read_snapshot(cat, "2026-01-01")
     labels = {listing.listing_id: _labels(listing) for listing in snap.listings}
     refs = [r for listing in snap.listings for r in catalog.listing_images(listing)] + [catalog.review_image(r) for r in snap.reviews]
@@ -80,9 +80,10 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
         with beam.Pipeline() as p:
             transform_and_write(p | "Train" >> beam.Create(data), p | "Eval" >> beam.Create(eval_rows), settings)
 
-    common = {"workdir": work, "image_size": size, "embedding_dim": 32, "epochs": 4, "batch_size": 32}
+    # No augmentation and a dozen short epochs: enough for the real labels to be learnt at this scale.
+    common = {"workdir": work, "image_size": size, "embedding_dim": 32, "epochs": 12, "batch_size": 32, "augment": False}
     real = train(TrainConfig(date="2026-01-01", **common))
-    first = gate.run(GateSettings(work, real.version, floors=(("category_accuracy", 0.3),)))
+    first = gate.run(GateSettings(work, real.version, floors=(("category_accuracy", 0.25),)))
     assert first.promoted, first.reasons
 
     noise = train(TrainConfig(date="2026-01-02", **common))
