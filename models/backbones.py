@@ -18,12 +18,16 @@ def small_cnn(image_size: int) -> keras.Model:
     """A stride-2 stem and four conv stages with BatchNorm (~0.9M parameters, ~0.15 GMAC at 96 px):
     trains from scratch in minutes on a 2-core CPU, unlike ImageNet-sized backbones."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Conv2D(32, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = keras.layers.Conv2D(32, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(
+        inputs
+    )
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for i, (filters, convs) in enumerate(((48, 1), (96, 1), (192, 2), (256, 2))):
         for j in range(convs):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{i}_conv{j}")(x)
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"s{i}_conv{j}"
+            )(x)
             x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}_bn{j}")(x)
             x = keras.layers.ReLU(name=f"s{i}_relu{j}")(x)
         if i < 3:
@@ -41,12 +45,20 @@ def build_backbone(name: str, image_size: int) -> keras.Model:
     if name == "mobilenet_v3_small":
         # include_preprocessing=False: inputs are already normalised by the TFT graph.
         return keras.applications.MobileNetV3Small(
-            input_shape=shape, include_top=False, weights=None, pooling="avg", include_preprocessing=False
+            input_shape=shape,
+            include_top=False,
+            weights=None,
+            pooling="avg",
+            include_preprocessing=False,
         )
     if name == "efficientnet_b0":
-        return keras.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=None, pooling="avg")
+        return keras.applications.EfficientNetB0(
+            input_shape=shape, include_top=False, weights=None, pooling="avg"
+        )
     if name == "resnet50":
-        return keras.applications.ResNet50(input_shape=shape, include_top=False, weights=None, pooling="avg")
+        return keras.applications.ResNet50(
+            input_shape=shape, include_top=False, weights=None, pooling="avg"
+        )
     raise ValueError(f"unknown backbone {name!r}")
 
 

@@ -11,7 +11,9 @@ from typing import Any
 from models.features import LABEL_KEYS
 
 BACKBONES = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50")
-INSTANCE_HEAD = "instance"  # softmax over train listing ids (review photo and listing photos share one)
+INSTANCE_HEAD = (
+    "instance"  # softmax over train listing ids (review photo and listing photos share one)
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.embedding_dim < 2 or self.image_size < 32 or self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("embedding_dim >= 2, image_size >= 32, epochs >= 1 and batch_size >= 2 are required")
+            raise ValueError(
+                "embedding_dim >= 2, image_size >= 32, epochs >= 1 and batch_size >= 2 are required"
+            )
         known = (*LABEL_KEYS, INSTANCE_HEAD)
         for name, w in self.loss_weights:
             if name not in known or w < 0:

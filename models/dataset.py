@@ -10,7 +10,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.config import INSTANCE_HEAD
-from models.features import IMAGE_KEY, IMAGE_PNG_KEY, KIND_KEY, KIND_REVIEW, LABEL_KEYS, LISTING_ID_KEY
+from models.features import (
+    IMAGE_KEY,
+    IMAGE_PNG_KEY,
+    KIND_KEY,
+    KIND_REVIEW,
+    LABEL_KEYS,
+    LISTING_ID_KEY,
+)
 from vsearch import paths, storage
 
 TRAIN = "train"
@@ -18,18 +25,30 @@ EVAL = "eval"
 
 
 def split_files(workdir: str, date: str, split: str) -> list[str]:
-    files = sorted(storage.glob(storage.join(paths.transformed_dir(workdir, date), f"{split}-*.tfrecord.gz")))
+    files = sorted(
+        storage.glob(storage.join(paths.transformed_dir(workdir, date), f"{split}-*.tfrecord.gz"))
+    )
     if not files:
-        raise FileNotFoundError(f"no {split} TFRecords under {paths.transformed_dir(workdir, date)}: run `vsearch preprocess` first")
+        raise FileNotFoundError(
+            f"no {split} TFRecords under {paths.transformed_dir(workdir, date)}: run `vsearch preprocess` first"
+        )
     return files
 
 
-def _parsed(files: list[str], spec: dict[str, tf.io.FixedLenFeature], batch_size: int) -> tf.data.Dataset:
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(4, len(files)))
-    return ds.batch(batch_size).map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE)
+def _parsed(
+    files: list[str], spec: dict[str, tf.io.FixedLenFeature], batch_size: int
+) -> tf.data.Dataset:
+    ds = tf.data.TFRecordDataset(
+        files, compression_type="GZIP", num_parallel_reads=min(4, len(files))
+    )
+    return ds.batch(batch_size).map(
+        lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
-def _spec(tft_output: tft.TFTransformOutput, keys: tuple[str, ...]) -> dict[str, tf.io.FixedLenFeature]:
+def _spec(
+    tft_output: tft.TFTransformOutput, keys: tuple[str, ...]
+) -> dict[str, tf.io.FixedLenFeature]:
     full = tft_output.transformed_feature_spec()
     return {k: full[k] for k in keys}
 
@@ -55,7 +74,9 @@ def _random_backgrounds(n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     direction = tf.random.uniform([n, 1, 1, 2], -1.0, 1.0)
     t = xx[None, :, :, None] * direction[..., :1] + yy[None, :, :, None] * direction[..., 1:]
     t = (t - tf.reduce_min(t, axis=[1, 2], keepdims=True)) / (
-        tf.reduce_max(t, axis=[1, 2], keepdims=True) - tf.reduce_min(t, axis=[1, 2], keepdims=True) + 1e-6
+        tf.reduce_max(t, axis=[1, 2], keepdims=True)
+        - tf.reduce_min(t, axis=[1, 2], keepdims=True)
+        + 1e-6
     )
     c0 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
     c1 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
@@ -79,8 +100,12 @@ def _geometry(images: tf.Tensor, n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     zeros = tf.zeros([n])
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=size, fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="NEAREST",
+        images=images,
+        transforms=transforms,
+        output_shape=size,
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
     )
 
 
@@ -123,14 +148,20 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """(image, {head: label}) batches, shuffled, repeated; the instance label is the listing's index."""
     table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(listing_ids), tf.range(len(listing_ids), dtype=tf.int64)),
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(listing_ids), tf.range(len(listing_ids), dtype=tf.int64)
+        ),
         default_value=-1,
     )
     label_keys = tuple(h for h in heads if h in LABEL_KEYS)
     spec = _spec(tft_output, (IMAGE_KEY, LISTING_ID_KEY, KIND_KEY, *label_keys))
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(4, len(files)))
+    ds = tf.data.TFRecordDataset(
+        files, compression_type="GZIP", num_parallel_reads=min(4, len(files))
+    )
     ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
     def to_xy(b: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         y = {k: tf.reshape(b[k], [-1]) for k in label_keys}
@@ -157,7 +188,9 @@ class EvalSet:
         return len(self.listing_ids)
 
 
-def load_eval_set(files: list[str], tft_output: tft.TFTransformOutput, with_png: bool = False) -> EvalSet:
+def load_eval_set(
+    files: list[str], tft_output: tft.TFTransformOutput, with_png: bool = False
+) -> EvalSet:
     keys = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS) + ((IMAGE_PNG_KEY,) if with_png else ())
     cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in _parsed(files, _spec(tft_output, keys), 512):
@@ -173,7 +206,9 @@ def load_eval_set(files: list[str], tft_output: tft.TFTransformOutput, with_png:
     )
 
 
-def eval_images(eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256) -> Iterator[tf.Tensor]:
+def eval_images(
+    eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
+) -> Iterator[tf.Tensor]:
     """Transformed image batches in the same order as the EvalSet's metadata."""
     for batch in _parsed(list(eval_set.files), _spec(tft_output, (IMAGE_KEY,)), batch_size):
         yield batch[IMAGE_KEY]

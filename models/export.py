@@ -32,14 +32,20 @@ def head_vocabulary(tft_output: tft.TFTransformOutput, label: str) -> list[str]:
 
 
 class ServingModule(tf.Module):
-    def __init__(self, tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...]) -> None:
+    def __init__(
+        self, tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...]
+    ) -> None:
         super().__init__()
         self.tft_layer = tft_output.transform_features_layer()
         self.label_heads = tuple(h for h in heads if h in LABEL_KEYS)
         outputs = embedder.output
         # The instance head (train listing ids) is a training aid only: it is not served.
-        self.model = keras.Model(embedder.input, {k: outputs[k] for k in (EMBEDDING, *self.label_heads)})
-        self.vocabularies = {h: tf.constant(head_vocabulary(tft_output, h)) for h in self.label_heads}
+        self.model = keras.Model(
+            embedder.input, {k: outputs[k] for k in (EMBEDDING, *self.label_heads)}
+        )
+        self.vocabularies = {
+            h: tf.constant(head_vocabulary(tft_output, h)) for h in self.label_heads
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -53,7 +59,9 @@ class ServingModule(tf.Module):
         return result
 
 
-def export_embedder(tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...], out_uri: str) -> None:
+def export_embedder(
+    tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...], out_uri: str
+) -> None:
     """Write the SavedModel to ``out_uri`` (any URI); appears complete or not at all locally."""
     module = ServingModule(tft_output, embedder, heads)
     signatures = {SIGNATURE: module.serve.get_concrete_function()}

@@ -111,4 +111,6 @@ def make_preprocessing_fn(
     image_size: int = DEFAULT_IMAGE_SIZE, min_class_count: int = DEFAULT_MIN_CLASS_COUNT
 ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
     """``preprocessing_fn`` with its settings bound (what the Beam pipeline hands to TFT)."""
-    return functools.partial(preprocessing_fn, image_size=image_size, min_class_count=min_class_count)
+    return functools.partial(
+        preprocessing_fn, image_size=image_size, min_class_count=min_class_count
+    )

@@ -30,9 +30,19 @@ from vsearch import paths, runs, storage
 
 # A first model must at least find a buyer's photo's listing in the top 10 half the time and
 # return mostly same-category neighbours; a random-init or shuffled-label model does neither.
-DEFAULT_FLOORS: tuple[tuple[str, float], ...] = ((SELECTION_METRIC, 0.5), ("category_precision_at_10", 0.7))
-GUARDED = ("review_recall_at_1", "category_precision_at_10", "color_precision_at_10",
-           "category_accuracy", "color_accuracy", "shape_accuracy", "material_accuracy")
+DEFAULT_FLOORS: tuple[tuple[str, float], ...] = (
+    (SELECTION_METRIC, 0.5),
+    ("category_precision_at_10", 0.7),
+)
+GUARDED = (
+    "review_recall_at_1",
+    "category_precision_at_10",
+    "color_precision_at_10",
+    "category_accuracy",
+    "color_accuracy",
+    "shape_accuracy",
+    "material_accuracy",
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,13 @@ def _embed(embedder_uri: str, pngs: np.ndarray, batch_size: int) -> Iterator[dic
         yield {k: v.numpy() for k, v in out.items()}
 
 
-def measure(workdir: str, version: str, eval_set: dataset.EvalSet, vocabularies: dict[str, list[str]], batch_size: int) -> dict[str, float]:
+def measure(
+    workdir: str,
+    version: str,
+    eval_set: dataset.EvalSet,
+    vocabularies: dict[str, list[str]],
+    batch_size: int,
+) -> dict[str, float]:
     """Retrieval metrics and head accuracies of an exported model on the given eval images."""
     assert eval_set.pngs is not None
     batches = list(_embed(paths.embedder_dir(workdir, version), eval_set.pngs, batch_size))
@@ -82,7 +98,9 @@ def measure(workdir: str, version: str, eval_set: dataset.EvalSet, vocabularies:
     return metrics
 
 
-def decide(candidate: dict[str, float], published: dict[str, float] | None, settings: GateSettings) -> tuple[bool, list[str]]:
+def decide(
+    candidate: dict[str, float], published: dict[str, float] | None, settings: GateSettings
+) -> tuple[bool, list[str]]:
     """The promotion rule, pure: (promote?, human-readable reasons)."""
     reasons: list[str] = []
     ok = True
@@ -96,8 +114,10 @@ def decide(candidate: dict[str, float], published: dict[str, float] | None, sett
     gain = candidate.get(SELECTION_METRIC, 0.0) - published.get(SELECTION_METRIC, 0.0)
     if gain + 1e-12 < settings.margin:
         ok = False
-        reasons.append(f"{SELECTION_METRIC} {candidate.get(SELECTION_METRIC, 0.0):.4f} vs published "
-                       f"{published.get(SELECTION_METRIC, 0.0):.4f}: gain {gain:+.4f} < margin {settings.margin:.4f}")
+        reasons.append(
+            f"{SELECTION_METRIC} {candidate.get(SELECTION_METRIC, 0.0):.4f} vs published "
+            f"{published.get(SELECTION_METRIC, 0.0):.4f}: gain {gain:+.4f} < margin {settings.margin:.4f}"
+        )
     else:
         reasons.append(f"{SELECTION_METRIC} gain {gain:+.4f} >= margin {settings.margin:.4f}")
     for metric in GUARDED:
@@ -105,35 +125,67 @@ def decide(candidate: dict[str, float], published: dict[str, float] | None, sett
             drop = published[metric] - candidate[metric]
             if drop > settings.tolerance:
                 ok = False
-                reasons.append(f"{metric} dropped {drop:.4f} ({published[metric]:.4f} -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}")
+                reasons.append(
+                    f"{metric} dropped {drop:.4f} ({published[metric]:.4f} -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}"
+                )
     return ok, reasons
 
 
 def run(settings: GateSettings) -> GateDecision:
     with runs.stopwatch() as clock:
-        cand_cfg = json.loads(storage.read_text(storage.join(paths.model_dir(settings.workdir, settings.candidate), "config.json")))
+        cand_cfg = json.loads(
+            storage.read_text(
+                storage.join(paths.model_dir(settings.workdir, settings.candidate), "config.json")
+            )
+        )
         date = cand_cfg["date"]
         tft_output = tft.TFTransformOutput(paths.transform_fn_dir(settings.workdir, date))
-        eval_set = dataset.load_eval_set(dataset.split_files(settings.workdir, date, dataset.EVAL), tft_output, with_png=True)
+        eval_set = dataset.load_eval_set(
+            dataset.split_files(settings.workdir, date, dataset.EVAL), tft_output, with_png=True
+        )
         pointer_uri = paths.published_model_pointer(settings.workdir)
         pointer = storage.read_pointer(pointer_uri)
         vocabularies = cand_cfg["vocabularies"]
-        cand = measure(settings.workdir, settings.candidate, eval_set, vocabularies, settings.batch_size)
+        cand = measure(
+            settings.workdir, settings.candidate, eval_set, vocabularies, settings.batch_size
+        )
         pub = None
         if pointer.value and pointer.value != settings.candidate:
-            pub = measure(settings.workdir, pointer.value, eval_set, vocabularies, settings.batch_size)
+            pub = measure(
+                settings.workdir, pointer.value, eval_set, vocabularies, settings.batch_size
+            )
         if pointer.value == settings.candidate:
             promoted, reasons = False, ["candidate is already the published model"]
         else:
             promoted, reasons = decide(cand, pub, settings)
         if promoted:
-            storage.compare_and_swap(pointer_uri, settings.candidate, pointer)  # PointerConflict if raced
-    decision = GateDecision(promoted, settings.candidate, pointer.value, tuple(reasons), cand, pub or {}, date)
-    storage.write_text(storage.join(paths.model_dir(settings.workdir, settings.candidate), "gate.json"),
-                       json.dumps(asdict(decision), indent=2, sort_keys=True) + "\n")
-    runs.write_summary(settings.workdir, runs.RunSummary(
-        "gate", date, read=1, ok=1, dead_lettered=0, wall_s=clock["s"],
-        extra={"candidate": settings.candidate, "published_before": pointer.value, "promoted": promoted, "reasons": list(reasons)}))
+            storage.compare_and_swap(
+                pointer_uri, settings.candidate, pointer
+            )  # PointerConflict if raced
+    decision = GateDecision(
+        promoted, settings.candidate, pointer.value, tuple(reasons), cand, pub or {}, date
+    )
+    storage.write_text(
+        storage.join(paths.model_dir(settings.workdir, settings.candidate), "gate.json"),
+        json.dumps(asdict(decision), indent=2, sort_keys=True) + "\n",
+    )
+    runs.write_summary(
+        settings.workdir,
+        runs.RunSummary(
+            "gate",
+            date,
+            read=1,
+            ok=1,
+            dead_lettered=0,
+            wall_s=clock["s"],
+            extra={
+                "candidate": settings.candidate,
+                "published_before": pointer.value,
+                "promoted": promoted,
+                "reasons": list(reasons),
+            },
+        ),
+    )
     return decision
 
 
@@ -146,15 +198,26 @@ def _floor(text: str) -> tuple[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vsearch gate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vsearch gate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--workdir", required=True)
     p.add_argument("--candidate", required=True, help="model VERSION under WORKDIR/models/")
     p.add_argument("--margin", type=float, default=GateSettings.margin)
     p.add_argument("--tolerance", type=float, default=GateSettings.tolerance)
-    p.add_argument("--floor", type=_floor, action="append", default=None,
-                   help=f"metric=value, repeatable (default {dict(DEFAULT_FLOORS)})")
+    p.add_argument(
+        "--floor",
+        type=_floor,
+        action="append",
+        default=None,
+        help=f"metric=value, repeatable (default {dict(DEFAULT_FLOORS)})",
+    )
     a = p.parse_args(argv)
-    settings = GateSettings(a.workdir, a.candidate, a.margin, a.tolerance, tuple(a.floor) if a.floor else DEFAULT_FLOORS)
+    settings = GateSettings(
+        a.workdir, a.candidate, a.margin, a.tolerance, tuple(a.floor) if a.floor else DEFAULT_FLOORS
+    )
     d = run(settings)
     verdict = "PROMOTED" if d.promoted else "NOT promoted"
     print(f"[gate] {d.candidate}: {verdict} (published was {d.published})")

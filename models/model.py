@@ -8,6 +8,7 @@ index searches (inner product of unit vectors). Labels of -1 (missing) contribut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 from keras import ops
@@ -29,11 +30,15 @@ class CosineHead(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int, ...]) -> None:
         self.centres = self.add_weight(
-            name="centres", shape=(int(input_shape[-1]), self.num_classes), initializer="glorot_normal"
+            name="centres",
+            shape=(int(input_shape[-1]), self.num_classes),
+            initializer="glorot_normal",
         )
 
     def call(self, x: object) -> object:
-        w = self.centres / (ops.sqrt(ops.sum(ops.square(self.centres), axis=0, keepdims=True)) + 1e-12)
+        w = self.centres / (
+            ops.sqrt(ops.sum(ops.square(self.centres), axis=0, keepdims=True)) + 1e-12
+        )
         return self.scale * ops.matmul(ops.cast(x, "float32"), w)
 
 
@@ -72,17 +77,22 @@ def build_model(config: TrainConfig, num_classes: dict[str, int]) -> MultitaskMo
     x = keras.layers.BatchNormalization(name="embedding_bn")(x)
     embedding = L2Normalize(name=EMBEDDING)(x)
     heads = tuple(name for name, n in num_classes.items() if n > 0 and config.weight(name) > 0)
-    logits = {name: CosineHead(num_classes[name], config.cosine_scale, name=name)(embedding) for name in heads}
+    logits = {
+        name: CosineHead(num_classes[name], config.cosine_scale, name=name)(embedding)
+        for name in heads
+    }
     embedder = keras.Model(image, {EMBEDDING: embedding, **logits}, name="embedder")
     trainer = keras.Model(image, logits, name="trainer")
     return MultitaskModel(embedder=embedder, trainer=trainer, backbone=backbone, heads=heads)
 
 
-def masked_sparse_ce(y_true: object, y_pred: object) -> object:
+def masked_sparse_ce(y_true: Any, y_pred: Any) -> Any:
     """Sparse softmax cross-entropy where a label of -1 (missing) contributes zero loss."""
     y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
     present = y_true >= 0
-    ce = keras.losses.sparse_categorical_crossentropy(ops.where(present, y_true, 0), y_pred, from_logits=True)
+    ce = keras.losses.sparse_categorical_crossentropy(
+        ops.where(present, y_true, 0), y_pred, from_logits=True
+    )
     return ce * ops.cast(present, ce.dtype)
 
 
@@ -94,7 +104,7 @@ class MaskedAccuracy(keras.metrics.Metric):
         self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
-    def update_state(self, y_true: object, y_pred: object, sample_weight: object = None) -> None:
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         present = ops.cast(y_true >= 0, "float32")
         hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")

@@ -54,19 +54,27 @@ def retrieval_metrics(emb: np.ndarray, eval_set: EvalSet, k: int = 10) -> dict[s
         own = np.searchsorted(gallery_listings, ids[queries])
         own_score = per_listing[np.arange(len(queries)), np.clip(own, 0, len(gallery_listings) - 1)]
         rank = (per_listing > own_score[:, None]).sum(axis=1)  # 0 = first
-        known = (own < len(gallery_listings)) & (gallery_listings[np.clip(own, 0, len(gallery_listings) - 1)] == ids[queries])
+        known = (own < len(gallery_listings)) & (
+            gallery_listings[np.clip(own, 0, len(gallery_listings) - 1)] == ids[queries]
+        )
         out["review_recall_at_1"] = float(np.mean((rank < 1) & known))
         out[f"review_recall_at_{k}"] = float(np.mean((rank < k) & known))
     g = emb[gallery] @ emb[gallery].T
     g[ids[gallery][:, None] == ids[gallery][None, :]] = -np.inf  # other listings only
     kk = min(k, max(len(gallery) - 1, 1))
-    nn = np.argpartition(-g, kk - 1, axis=1)[:, :kk] if len(gallery) > 1 else np.zeros((len(gallery), 0), int)
+    nn = (
+        np.argpartition(-g, kk - 1, axis=1)[:, :kk]
+        if len(gallery) > 1
+        else np.zeros((len(gallery), 0), int)
+    )
     for label in ("category", "color"):
         lab = eval_set.labels[label][gallery]
         both = (lab[:, None] >= 0) & (lab[nn] >= 0)
         same = (lab[:, None] == lab[nn]) & both
         rows = both.sum(axis=1) > 0
-        out[f"{label}_precision_at_{k}"] = float(np.mean(same[rows].sum(1) / both[rows].sum(1))) if rows.any() else 0.0
+        out[f"{label}_precision_at_{k}"] = (
+            float(np.mean(same[rows].sum(1) / both[rows].sum(1))) if rows.any() else 0.0
+        )
     return out
 
 
@@ -77,7 +85,9 @@ def head_accuracies(logits: dict[str, np.ndarray], eval_set: EvalSet) -> dict[st
             y = eval_set.labels[label]
             present = y >= 0
             if present.any():
-                out[f"{label}_accuracy"] = float(np.mean(np.argmax(logits[label][present], axis=1) == y[present]))
+                out[f"{label}_accuracy"] = float(
+                    np.mean(np.argmax(logits[label][present], axis=1) == y[present])
+                )
     return out
 
 
@@ -101,7 +111,13 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
     ``images``: a callable returning a fresh iterator of transformed eval image batches.
     """
 
-    def __init__(self, embedder: keras.Model, eval_set: EvalSet, images: Callable[[], Iterable[tf.Tensor]], log_dir: str | None) -> None:
+    def __init__(
+        self,
+        embedder: keras.Model,
+        eval_set: EvalSet,
+        images: Callable[[], Iterable[tf.Tensor]],
+        log_dir: str | None,
+    ) -> None:
         super().__init__()
         self.embedder = embedder
         self.eval_set = eval_set
@@ -113,12 +129,19 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def measure(self) -> dict[str, float]:
-        batches = ({k: v.numpy() for k, v in self.embedder(x, training=False).items()} for x in self.images())
+        batches = (
+            {k: v.numpy() for k, v in self.embedder(x, training=False).items()}
+            for x in self.images()
+        )
         return evaluate(batches, self.eval_set)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = self.measure()
-        record = {"epoch": epoch + 1, "elapsed_s": round(time.perf_counter() - self._t0, 1), **metrics}
+        record = {
+            "epoch": epoch + 1,
+            "elapsed_s": round(time.perf_counter() - self._t0, 1),
+            **metrics,
+        }
         record.update({f"train_{k}": float(v) for k, v in (logs or {}).items()})
         self.history.append(record)
         if self.writer is not None:
@@ -127,10 +150,16 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
                     if key != "epoch":
                         _scalar(key, float(value))
             self.writer.flush()
-        if self.best is None or metrics.get(SELECTION_METRIC, 0.0) > self.best.get(SELECTION_METRIC, 0.0):
+        if self.best is None or metrics.get(SELECTION_METRIC, 0.0) > self.best.get(
+            SELECTION_METRIC, 0.0
+        ):
             self.best = record
             self._best_weights = self.embedder.get_weights()
-        print(f"[retrieval] epoch {epoch + 1}: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+        print(
+            f"[retrieval] epoch {epoch + 1}: "
+            + json.dumps({k: round(v, 4) for k, v in metrics.items()}),
+            flush=True,
+        )
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         # Checkpoint selection by the retrieval metric, not by loss.

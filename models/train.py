@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -47,12 +46,19 @@ def model_version(config: TrainConfig, data_fingerprint: str) -> str:
     return f"{config.date.replace('-', '')}-{digest}"
 
 
-def _data_fingerprint(train_files: list[str], eval_files: list[str], n_train: int, vocabularies: dict[str, list[str]]) -> str:
-    parts = [storage.basename(f) for f in train_files + eval_files] + [str(n_train), json.dumps(vocabularies, sort_keys=True)]
+def _data_fingerprint(
+    train_files: list[str], eval_files: list[str], n_train: int, vocabularies: dict[str, list[str]]
+) -> str:
+    parts = [storage.basename(f) for f in train_files + eval_files] + [
+        str(n_train),
+        json.dumps(vocabularies, sort_keys=True),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def _schedule(
+    config: TrainConfig, steps_per_epoch: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
     return keras.optimizers.schedules.CosineDecay(
@@ -70,14 +76,20 @@ def run(config: TrainConfig) -> TrainResult:
         tft_output = tft.TFTransformOutput(paths.transform_fn_dir(config.workdir, config.date))
         shape = tft_output.transformed_feature_spec()[IMAGE_KEY].shape
         if tuple(shape) != (config.image_size, config.image_size, 3):
-            raise ValueError(f"--image-size {config.image_size} does not match the preprocessed images {tuple(shape)}")
+            raise ValueError(
+                f"--image-size {config.image_size} does not match the preprocessed images {tuple(shape)}"
+            )
         train_files = dataset.split_files(config.workdir, config.date, dataset.TRAIN)
         eval_files = dataset.split_files(config.workdir, config.date, dataset.EVAL)
         listing_ids, n_train = dataset.scan_train(train_files, tft_output)
         eval_set = dataset.load_eval_set(eval_files, tft_output)
         vocabularies = {label: head_vocabulary(tft_output, label) for label in LABEL_KEYS}
-        num_classes = {label: len(v) for label, v in vocabularies.items()} | {INSTANCE_HEAD: len(listing_ids)}
-        version = model_version(config, _data_fingerprint(train_files, eval_files, n_train, vocabularies))
+        num_classes = {label: len(v) for label, v in vocabularies.items()} | {
+            INSTANCE_HEAD: len(listing_ids)
+        }
+        version = model_version(
+            config, _data_fingerprint(train_files, eval_files, n_train, vocabularies)
+        )
         out_dir = paths.model_dir(config.workdir, version)
 
         strategy = _strategy(config)
@@ -85,35 +97,65 @@ def run(config: TrainConfig) -> TrainResult:
         steps = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
         with strategy.scope():
             model = build_model(config, num_classes)
-            optimizer = keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay, clipnorm=5.0)
+            optimizer = keras.optimizers.AdamW(
+                _schedule(config, steps), weight_decay=config.weight_decay, clipnorm=5.0
+            )
             model.trainer.compile(
                 optimizer=optimizer,
                 loss={h: masked_sparse_ce for h in model.heads},
                 loss_weights={h: config.weight(h) for h in model.heads},
                 metrics={h: [MaskedAccuracy(name="acc")] for h in model.heads},
             )
-        train_ds = dataset.train_dataset(train_files, tft_output, listing_ids, model.heads, config.batch_size, config.augment, config.seed)
-        log_dir = tempfile.mkdtemp(prefix="vsearch-tb-") if storage.is_gcs(out_dir) else storage.join(out_dir, "logs")
-        callback = RetrievalEvalCallback(model.embedder, eval_set, lambda: dataset.eval_images(eval_set, tft_output), log_dir)
+        train_ds = dataset.train_dataset(
+            train_files,
+            tft_output,
+            listing_ids,
+            model.heads,
+            config.batch_size,
+            config.augment,
+            config.seed,
+        )
+        log_dir = (
+            tempfile.mkdtemp(prefix="vsearch-tb-")
+            if storage.is_gcs(out_dir)
+            else storage.join(out_dir, "logs")
+        )
+        callback = RetrievalEvalCallback(
+            model.embedder, eval_set, lambda: dataset.eval_images(eval_set, tft_output), log_dir
+        )
         untrained = callback.measure()  # the random-init baseline, measured on the same eval data
-        print(f"[train] {version}: {n_train} train images, {len(eval_set)} eval images, {len(listing_ids)} train listings, "
-              f"{steps} steps/epoch x {config.epochs} epochs, backbone {config.backbone}", flush=True)
-        model.trainer.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=[callback], verbose=2)
+        print(
+            f"[train] {version}: {n_train} train images, {len(eval_set)} eval images, {len(listing_ids)} train listings, "
+            f"{steps} steps/epoch x {config.epochs} epochs, backbone {config.backbone}",
+            flush=True,
+        )
+        model.trainer.fit(
+            train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=[callback], verbose=2
+        )
         best = dict(callback.best or {})
-        export_embedder(tft_output, model.embedder, model.heads, paths.embedder_dir(config.workdir, version))
+        export_embedder(
+            tft_output, model.embedder, model.heads, paths.embedder_dir(config.workdir, version)
+        )
 
+    best_eval: dict[str, Any] = {
+        k: v
+        for k, v in best.items()
+        if k not in ("epoch", "elapsed_s") and not k.startswith("train_")
+    }
     metrics = {
         "version": version,
         "selection_metric": SELECTION_METRIC,
         "best_epoch": best.get("epoch"),
-        "eval": {k: v for k, v in best.items() if k not in ("epoch", "elapsed_s") and not k.startswith("train_")},
+        "eval": best_eval,
         "untrained": untrained,
         "history": callback.history,
         "eval_files": [storage.basename(f) for f in eval_files],
         "train_images": n_train,
         "wall_s": round(clock["s"], 1),
     }
-    storage.write_text(storage.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    storage.write_text(
+        storage.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    )
     cfg = {
         "version": version,
         "embedding_dim": config.embedding_dim,
@@ -124,14 +166,24 @@ def run(config: TrainConfig) -> TrainResult:
         "vocabularies": vocabularies,
         "train_config": config.to_json(),
     }
-    storage.write_text(storage.join(out_dir, "config.json"), json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    storage.write_text(
+        storage.join(out_dir, "config.json"),
+        json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n",
+    )
     n_eval = len(eval_set)
     runs.write_summary(
         config.workdir,
-        runs.RunSummary("train", config.date, read=n_train + n_eval, ok=n_train + n_eval, dead_lettered=0, wall_s=clock["s"],
-                        extra={"version": version, SELECTION_METRIC: metrics["eval"].get(SELECTION_METRIC)}),
+        runs.RunSummary(
+            "train",
+            config.date,
+            read=n_train + n_eval,
+            ok=n_train + n_eval,
+            dead_lettered=0,
+            wall_s=clock["s"],
+            extra={"version": version, SELECTION_METRIC: best_eval.get(SELECTION_METRIC)},
+        ),
     )
-    return TrainResult(version=version, metrics=metrics["eval"], model_dir=out_dir)
+    return TrainResult(version=version, metrics=best_eval, model_dir=out_dir)
 
 
 def parse_args(argv: list[str]) -> TrainConfig:
@@ -144,25 +196,48 @@ def parse_args(argv: list[str]) -> TrainConfig:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    p.add_argument("--loss-weights", default="", help="e.g. category=1,color=0.5,instance=1 (unnamed heads keep defaults)")
-    p.add_argument("--backbone-weights", default=None, help="URI of a Keras .weights.h5 file for the backbone")
-    p.add_argument("--trainable-layers", type=int, default=None, help="freeze all but the top N weighted backbone layers")
+    p.add_argument(
+        "--loss-weights",
+        default="",
+        help="e.g. category=1,color=0.5,instance=1 (unnamed heads keep defaults)",
+    )
+    p.add_argument(
+        "--backbone-weights", default=None, help="URI of a Keras .weights.h5 file for the backbone"
+    )
+    p.add_argument(
+        "--trainable-layers",
+        type=int,
+        default=None,
+        help="freeze all but the top N weighted backbone layers",
+    )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     return TrainConfig(
-        workdir=a.workdir, date=a.date, backbone=a.backbone, image_size=a.image_size, embedding_dim=a.embedding_dim,
-        epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
-        loss_weights=parse_loss_weights(a.loss_weights), backbone_weights=a.backbone_weights,
-        trainable_layers=a.trainable_layers, augment=not a.no_augment, steps_per_epoch=a.steps_per_epoch, seed=a.seed,
+        workdir=a.workdir,
+        date=a.date,
+        backbone=a.backbone,
+        image_size=a.image_size,
+        embedding_dim=a.embedding_dim,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        learning_rate=a.learning_rate,
+        loss_weights=parse_loss_weights(a.loss_weights),
+        backbone_weights=a.backbone_weights,
+        trainable_layers=a.trainable_layers,
+        augment=not a.no_augment,
+        steps_per_epoch=a.steps_per_epoch,
+        seed=a.seed,
     )
 
 
 def main(argv: list[str]) -> int:
     config = parse_args(argv)
     result = run(config)
-    print(f"[train] version {result.version}: " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}), flush=True)
+    print(
+        f"[train] version {result.version}: "
+        + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}),
+        flush=True,
+    )
     return 0
-
-

@@ -7,8 +7,13 @@ import pytest
 
 from models.gate import GateSettings, decide
 
-GOOD = {"review_recall_at_10": 0.70, "review_recall_at_1": 0.30, "category_precision_at_10": 0.92,
-        "color_precision_at_10": 0.60, "category_accuracy": 0.90}
+GOOD = {
+    "review_recall_at_10": 0.70,
+    "review_recall_at_1": 0.30,
+    "category_precision_at_10": 0.92,
+    "color_precision_at_10": 0.60,
+    "category_accuracy": 0.90,
+}
 
 
 def _settings(**kw) -> GateSettings:
@@ -30,7 +35,11 @@ def test_recall_must_beat_published_by_the_margin() -> None:
 
 
 def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
-    better_recall_worse_category = {**GOOD, "review_recall_at_10": 0.8, "category_precision_at_10": 0.85}
+    better_recall_worse_category = {
+        **GOOD,
+        "review_recall_at_10": 0.8,
+        "category_precision_at_10": 0.85,
+    }
     ok, reasons = decide(better_recall_worse_category, GOOD, _settings(tolerance=0.02))
     assert not ok and any(r.startswith("category_precision_at_10 dropped") for r in reasons)
     assert decide(better_recall_worse_category, GOOD, _settings(tolerance=0.1))[0]
@@ -61,10 +70,16 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     generate_catalog(cat, listings=200, days=1, seed=11, image_size=48)
     snap = catalog.read_snapshot(cat, "2026-01-01")
     labels = {listing.listing_id: _labels(listing) for listing in snap.listings}
-    refs = [r for listing in snap.listings for r in catalog.listing_images(listing)] + [catalog.review_image(r) for r in snap.reviews]
+    refs = [r for listing in snap.listings for r in catalog.listing_images(listing)] + [
+        catalog.review_image(r) for r in snap.reviews
+    ]
     rows = [
-        {F.IMAGE_KEY: _png(images.decode_image(storage.read_bytes(ref.uri), size)), F.LISTING_ID_KEY: ref.listing_id.encode(),
-         F.KIND_KEY: ref.kind.encode(), **labels[ref.listing_id]}
+        {
+            F.IMAGE_KEY: _png(images.decode_image(storage.read_bytes(ref.uri), size)),
+            F.LISTING_ID_KEY: ref.listing_id.encode(),
+            F.KIND_KEY: ref.kind.encode(),
+            **labels[ref.listing_id],
+        }
         for ref in refs
     ]
     is_eval = [catalog.is_eval_listing(r[F.LISTING_ID_KEY].decode(), 0.4) for r in rows]
@@ -74,14 +89,28 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     # the eval rows keep their true labels so both models are judged on the same truth.
     perm = np.random.default_rng(0).permutation(len(train_rows))
     label_keys = (*F.LABEL_KEYS, F.LISTING_ID_KEY)
-    shuffled = [{**r, **{k: train_rows[j][k] for k in label_keys}} for r, j in zip(train_rows, perm, strict=True)]
+    shuffled = [
+        {**r, **{k: train_rows[j][k] for k in label_keys}}
+        for r, j in zip(train_rows, perm, strict=True)
+    ]
     for date, data in (("2026-01-01", train_rows), ("2026-01-02", shuffled)):
-        settings = PreprocessSettings(catalog=cat, date=date, workdir=work, image_size=size, min_class_count=2)
+        settings = PreprocessSettings(
+            catalog=cat, date=date, workdir=work, image_size=size, min_class_count=2
+        )
         with beam.Pipeline() as p:
-            transform_and_write(p | "Train" >> beam.Create(data), p | "Eval" >> beam.Create(eval_rows), settings)
+            transform_and_write(
+                p | "Train" >> beam.Create(data), p | "Eval" >> beam.Create(eval_rows), settings
+            )
 
     # No augmentation and a dozen short epochs: enough for the real labels to be learnt at this scale.
-    common = {"workdir": work, "image_size": size, "embedding_dim": 32, "epochs": 12, "batch_size": 32, "augment": False}
+    common = {
+        "workdir": work,
+        "image_size": size,
+        "embedding_dim": 32,
+        "epochs": 12,
+        "batch_size": 32,
+        "augment": False,
+    }
     real = train(TrainConfig(date="2026-01-01", **common))
     first = gate.run(GateSettings(work, real.version, floors=(("category_accuracy", 0.25),)))
     assert first.promoted, first.reasons
@@ -93,4 +122,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     assert storage.read_pointer(paths.published_model_pointer(work)).value == real.version
     # The reasons name what got worse, measured on the same eval images for both models.
     assert any("dropped" in r or "< margin" in r for r in decision.reasons)
-    assert decision.candidate_metrics["category_accuracy"] < decision.published_metrics["category_accuracy"]
+    assert (
+        decision.candidate_metrics["category_accuracy"]
+        < decision.published_metrics["category_accuracy"]
+    )

@@ -22,7 +22,9 @@ CLASSES = {"category": 3, "color": 3, "shape": 2, "material": 2, "instance": 5}
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(workdir=str(tmp_path), date="2026-01-01", image_size=SIZE, embedding_dim=16, **kw)
+    return TrainConfig(
+        workdir=str(tmp_path), date="2026-01-01", image_size=SIZE, embedding_dim=16, **kw
+    )
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -37,7 +39,9 @@ def _fit_a_few_steps(model, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(16, SIZE, SIZE, 3)).astype("float32")
     y = {h: rng.integers(-1, CLASSES[h], size=16) for h in model.heads}
-    model.trainer.compile(optimizer=keras.optimizers.Adam(1e-2), loss={h: masked_sparse_ce for h in model.heads})
+    model.trainer.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss={h: masked_sparse_ce for h in model.heads}
+    )
     model.trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
 
 
@@ -60,9 +64,14 @@ def test_trainable_layers_freezes_all_but_the_top_n(tmp_path) -> None:
     before = [[w.copy() for w in layer.get_weights()] for layer in weighted]
     _fit_a_few_steps(model)
     after = [layer.get_weights() for layer in weighted]
-    changed = [any(not np.array_equal(a, b) for a, b in zip(x, y, strict=True)) for x, y in zip(before, after, strict=True)]
+    changed = [
+        any(not np.array_equal(a, b) for a, b in zip(x, y, strict=True))
+        for x, y in zip(before, after, strict=True)
+    ]
     # BatchNorm moving statistics included: a frozen layer is bit-for-bit unchanged.
-    assert not any(changed[:-2]), [layer.name for layer, c in zip(weighted, changed, strict=True) if c]
+    assert not any(changed[:-2]), [
+        layer.name for layer, c in zip(weighted, changed, strict=True) if c
+    ]
     assert all(changed[-2:])
 
 
@@ -75,7 +84,9 @@ def test_backbone_weights_load_from_a_user_file(tmp_path) -> None:
     for a, b in zip(donor.backbone.get_weights(), model.backbone.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_model(_config(tmp_path, backbone_weights=str(tmp_path / "missing.weights.h5")), CLASSES)
+        build_model(
+            _config(tmp_path, backbone_weights=str(tmp_path / "missing.weights.h5")), CLASSES
+        )
 
 
 def _rows(n: int) -> list[dict[str, bytes]]:
@@ -85,10 +96,17 @@ def _rows(n: int) -> list[dict[str, bytes]]:
     for i in range(n):
         rgb = (rng.random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
         rgb[: SIZE // 2] = rng.integers(0, 256, 3)
-        rows.append({
-            F.IMAGE_KEY: _png(rgb), F.LISTING_ID_KEY: f"L{i // 2}".encode(), F.KIND_KEY: b"review" if i % 2 else b"listing",
-            "category": cats[i % 3], "color": b"red" if i % 2 else b"", "shape": b"tall", "material": b"wood",
-        })
+        rows.append(
+            {
+                F.IMAGE_KEY: _png(rgb),
+                F.LISTING_ID_KEY: f"L{i // 2}".encode(),
+                F.KIND_KEY: b"review" if i % 2 else b"listing",
+                "category": cats[i % 3],
+                "color": b"red" if i % 2 else b"",
+                "shape": b"tall",
+                "material": b"wood",
+            }
+        )
     return rows
 
 
@@ -100,20 +118,35 @@ def test_export_takes_raw_bytes_and_matches_the_trained_model(tmp_path) -> None:
     from pipelines.preprocess import PreprocessSettings, transform_and_write
     from vsearch import paths
 
-    settings = PreprocessSettings(catalog="unused", date="2026-01-01", workdir=str(tmp_path), image_size=SIZE, min_class_count=1)
+    settings = PreprocessSettings(
+        catalog="unused",
+        date="2026-01-01",
+        workdir=str(tmp_path),
+        image_size=SIZE,
+        min_class_count=1,
+    )
     rows = _rows(24)
     with beam.Pipeline() as p:
-        transform_and_write(p | "Train" >> beam.Create(rows[:16]), p | "Eval" >> beam.Create(rows[16:]), settings)
+        transform_and_write(
+            p | "Train" >> beam.Create(rows[:16]), p | "Eval" >> beam.Create(rows[16:]), settings
+        )
     tft_output = tft.TFTransformOutput(paths.transform_fn_dir(str(tmp_path), "2026-01-01"))
     eval_files = dataset.split_files(str(tmp_path), "2026-01-01", dataset.EVAL)
     eval_set = dataset.load_eval_set(eval_files, tft_output, with_png=True)
-    classes = {k: tft_output.vocabulary_size_by_name(F.vocab_name(k)) + 1 for k in F.LABEL_KEYS} | {"instance": 8}
+    classes = {k: tft_output.vocabulary_size_by_name(F.vocab_name(k)) + 1 for k in F.LABEL_KEYS} | {
+        "instance": 8
+    }
     model = build_model(_config(tmp_path), classes)
     _ = model.embedder(np.zeros((1, SIZE, SIZE, 3), "float32"))
     out_dir = str(tmp_path / "models" / "v1" / "embedder")
     export_embedder(tft_output, model.embedder, model.heads, out_dir)
 
-    expected = np.concatenate([model.embedder(x, training=False)[EMBEDDING].numpy() for x in dataset.eval_images(eval_set, tft_output)])
+    expected = np.concatenate(
+        [
+            model.embedder(x, training=False)[EMBEDDING].numpy()
+            for x in dataset.eval_images(eval_set, tft_output)
+        ]
+    )
     served = load_serving(out_dir)(images=tf.constant(list(eval_set.pngs)))
     np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(served["embedding"].numpy(), axis=1), 1.0, atol=1e-5)

@@ -49,7 +49,9 @@ def _transform(tmp_path, rows):
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(F.raw_feature_spec()))
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(F.raw_feature_spec())
+    )
     with tft_beam.Context(temp_dir=str(tmp_path / "tmp"), force_tf_compat_v1=False):
         (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
             F.make_preprocessing_fn(image_size=8, min_class_count=2), output_record_batches=False
@@ -68,9 +70,16 @@ def test_preprocessing_fn_normalises_and_builds_vocabularies(tmp_path) -> None:
     np.testing.assert_allclose(img[..., :2].std(axis=(0, 1, 2)), 1.0, atol=1e-3)
     np.testing.assert_allclose(img[..., 2], 0.0, atol=1e-3)
     # Red channel: half 0, half 1 in [0, 1] -> exactly -1 and +1 after normalisation.
-    np.testing.assert_allclose(sorted({round(float(v), 3) for v in img[..., 0].ravel()}), [-1.0, 1.0])
+    np.testing.assert_allclose(
+        sorted({round(float(v), 3) for v in img[..., 0].ravel()}), [-1.0, 1.0]
+    )
 
-    by_id = {r[F.LISTING_ID_KEY].decode() if isinstance(r[F.LISTING_ID_KEY], bytes) else r[F.LISTING_ID_KEY]: r for r in transformed}
+    by_id = {
+        r[F.LISTING_ID_KEY].decode()
+        if isinstance(r[F.LISTING_ID_KEY], bytes)
+        else r[F.LISTING_ID_KEY]: r
+        for r in transformed
+    }
     cat = {k: int(np.asarray(v["category"]).ravel()[0]) for k, v in by_id.items()}
     # Vocabulary by frequency: mug (6) -> 0, vase (5) -> 1; the single "rare" -> OOV bucket 2.
     assert cat["L0"] == 0 and cat["L7"] == 1 and cat["L11"] == 2
@@ -78,5 +87,10 @@ def test_preprocessing_fn_normalises_and_builds_vocabularies(tmp_path) -> None:
     assert color["L0"] == F.MISSING_LABEL and color["L4"] == F.MISSING_LABEL and color["L1"] == 0
     assert all(int(np.asarray(v["material"]).ravel()[0]) == F.MISSING_LABEL for v in transformed)
     # Pass-through features survive for the retrieval evaluation and the gate.
-    kinds = {bytes(np.asarray(v[F.KIND_KEY]).ravel()[0]) if not isinstance(v[F.KIND_KEY], bytes) else v[F.KIND_KEY] for v in transformed}
+    kinds = {
+        bytes(np.asarray(v[F.KIND_KEY]).ravel()[0])
+        if not isinstance(v[F.KIND_KEY], bytes)
+        else v[F.KIND_KEY]
+        for v in transformed
+    }
     assert kinds == {b"listing", b"review"}

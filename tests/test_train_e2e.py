@@ -29,7 +29,9 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     generate_catalog(cat, listings=50, days=1, seed=5, image_size=64, corrupt_fraction=0.03)
 
     summary = preprocess(
-        PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=SIZE, min_class_count=2),
+        PreprocessSettings(
+            catalog=cat, date=DATE, workdir=work, image_size=SIZE, min_class_count=2
+        ),
         ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
     )
     out = paths.transformed_dir(work, DATE)
@@ -42,7 +44,9 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert len(dead) == summary.dead_lettered > 0
     assert all(d["stage"] == "preprocess" and d["error"] for d in dead)
 
-    config = TrainConfig(workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16)
+    config = TrainConfig(
+        workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16
+    )
     result = train(config)
     model_dir = paths.model_dir(work, result.version)
     assert result.version.startswith("20260101-")
@@ -50,7 +54,12 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert (cfg["version"], cfg["embedding_dim"], cfg["image_size"]) == (result.version, 32, SIZE)
     metrics = json.loads(storage.read_text(storage.join(model_dir, "metrics.json")))
     assert len(metrics["history"]) == 2 and metrics["selection_metric"] == "review_recall_at_10"
-    for key in ("review_recall_at_1", "review_recall_at_10", "category_precision_at_10", "color_precision_at_10"):
+    for key in (
+        "review_recall_at_1",
+        "review_recall_at_10",
+        "category_precision_at_10",
+        "color_precision_at_10",
+    ):
         assert 0.0 <= metrics["eval"][key] <= 1.0
     assert storage.list_prefix(storage.join(model_dir, "logs"))  # TensorBoard event files
 
@@ -63,7 +72,9 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert served["category"].numpy()[0].decode() in set(cfg["vocabularies"]["category"])
 
     # The first model is promoted when it clears the floors; the pointer names it.
-    decision = gate_mod.run(gate_mod.GateSettings(work, result.version, floors=(("review_recall_at_10", 0.0),)))
+    decision = gate_mod.run(
+        gate_mod.GateSettings(work, result.version, floors=(("review_recall_at_10", 0.0),))
+    )
     assert decision.promoted and decision.published is None
     assert storage.read_pointer(paths.published_model_pointer(work)).value == result.version
     again = gate_mod.run(gate_mod.GateSettings(work, result.version))
