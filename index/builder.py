@@ -220,8 +220,20 @@ def iter_database(
 # ------------------------------------------------------------------ shards (shared with Beam)
 
 
+def add_rows(index: faiss.Index, vectors: np.ndarray, shard_no: int) -> None:
+    """Append vectors to a shard; IVF shards get shard-tagged ids (row = id & (2**40 - 1))."""
+    if isinstance(index, faiss.IndexIVF):
+        index.add_with_ids(vectors, sharding.tag_ids(shard_no, index.ntotal, len(vectors)))
+    else:
+        index.add(vectors)
+
+
 def fill_shard(
-    trained: faiss.Index, pca: faiss.VectorTransform, table: pa.Table, chunk: int = 65536
+    trained: faiss.Index,
+    pca: faiss.VectorTransform | None,
+    table: pa.Table,
+    shard_no: int = 0,
+    chunk: int = 65536,
 ) -> tuple[faiss.Index, pa.Table]:
     """A copy of the trained index with ``table``'s vectors added; row i of the id map = id i.
 
@@ -232,7 +244,7 @@ def fill_shard(
     index = faiss.clone_index(trained)
     for start in range(0, len(order), chunk):
         rows = table.select(["embedding"]).take(order[start : start + chunk])
-        index.add(training.apply_pca(pca, batch_vectors(rows)))
+        add_rows(index, training.apply_pca(pca, batch_vectors(rows)), shard_no)
     return index, id_table(table.take(order) if table.num_rows else table)
 
 
@@ -303,7 +315,7 @@ def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
                     for s in np.unique(shard)
                 ]
             for s, rows, v in parts:
-                indexes[s].add(training.apply_pca(pca, v))
+                add_rows(indexes[s], training.apply_pca(pca, v), s)
                 ids[s].append(id_table(rows))
         entries = []
         for s in range(num_shards):
@@ -417,7 +429,9 @@ def build_index(
     dim = settings.pca_dim or training.auto_pca_dim(sample.train, settings.pca_energy)
     if dim > input_dim:
         raise IndexBuildError(f"--pca-dim {dim} exceeds the embedding dim {input_dim}")
-    pca = training.train_pca(sample.train, dim)
+    # No reduction -> no PCA: a full-dimension rotation preserves inner products but costs a
+    # matrix product per vector, at build and at query time.
+    pca = training.train_pca(sample.train, dim) if dim < input_dim else None
     train_x = training.apply_pca(pca, sample.train)
 
     # 2. The index, trained once on the sample.
@@ -432,7 +446,8 @@ def build_index(
 
     # 3. Add per shard and write shards + id maps (+ the PCA).
     pca_bytes = training.pca_to_bytes(pca)
-    storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
+    if pca is not None:
+        storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
     adder = add_shards or add_shards_in_process(batches_factory)
     entries = adder(training.index_to_bytes(trained), pca_bytes, build_dir, settings.shards)
     ntotal = sum(e.ntotal for e in entries)

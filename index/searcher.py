@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from index import manifest as manifest_mod
 from index import sharding, training
+from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
 from vsearch import paths, storage
@@ -51,7 +52,7 @@ class Hit:
 
 @dataclass
 class _Shard:
-    index: faiss.Index
+    index: Any  # a faiss index (faiss' type stubs do not know its subclasses' members)
     ids: pa.Table  # listing_id, image_uri, image_index, category_pred; row i = faiss id i
 
 
@@ -79,6 +80,7 @@ class Searcher:
         *,
         cache_dir: str | None = None,
         mmap: bool = True,
+        merge_ivf: bool = True,
         threads: int | None = None,
         workdir: str | None = None,
     ) -> None:
@@ -89,8 +91,9 @@ class Searcher:
         self._cache_dir = cache_dir or default_cache_dir()
         self._mmap = mmap
         self.pca = self._load_pca()
+        self._shard_paths: list[str] = []
         self._shards = [self._load_shard(e) for e in manifest.shards]
-        self._quantizer = self._shared_quantizer()
+        self._merged = self._merged_ivf() if merge_ivf else None
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -131,12 +134,16 @@ class Searcher:
 
     # ------------------------------------------------------------------ loading
 
-    def _load_pca(self) -> faiss.VectorTransform:
+    def _load_pca(self) -> faiss.VectorTransform | None:
+        """The build's PCA; None when the index keeps the input dimension (no pca.bin)."""
         uri = storage.join(self.build_dir, sharding.PCA_FILE)
+        if self.manifest.dim == self.manifest.input_dim and not storage.exists(uri):
+            return None
         pca = training.pca_from_bytes(storage.read_bytes(uri), source=uri)
-        if pca.d_in != self.manifest.input_dim or pca.d_out != self.manifest.dim:
+        shape = (pca.d_in, pca.d_out) if pca is not None else None
+        if shape != (self.manifest.input_dim, self.manifest.dim):
             raise ShardError(
-                f"{uri} maps {pca.d_in}->{pca.d_out} dims, the manifest says "
+                f"{uri} maps {shape} dims, the manifest says "
                 f"{self.manifest.input_dim}->{self.manifest.dim}"
             )
         return pca
@@ -182,6 +189,7 @@ class Searcher:
 
     def _load_shard(self, entry: manifest_mod.ShardEntry) -> _Shard:
         path = self._local_verified(entry)
+        self._shard_paths.append(path)
         flags = faiss.IO_FLAG_READ_ONLY
         if self._mmap:
             flags |= getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
@@ -203,26 +211,45 @@ class Searcher:
             raise ShardError(f"id map {ids_uri} has {ids.num_rows} rows, shard has {entry.ntotal}")
         return _Shard(index, ids)
 
-    def _shared_quantizer(self) -> faiss.Index | None:
-        """The one coarse quantizer of IVF shards (they are copies of one trained index).
+    def _merged_ivf(self) -> Any:
+        """IVF shards copied into one in-memory index (the searcher's working copy).
 
-        Searching S shards then costs one coarse assignment plus the same number of scanned
-        codes as one shard (faiss' IndexShardsIVF idea), instead of S assignments.
+        IVF shards are copies of one trained index whose ids carry their shard number, so their
+        inverted lists concatenate list by list into one index that answers exactly what
+        searching every shard and merging would, at the cost of one shard: one coarse
+        assignment and no per-shard overhead. The price is RAM for all codes instead of memory
+        maps (``merge_ivf=False`` keeps per-shard, memory-mapped search).
         """
-        if len(self._shards) < 2:
+        if len(self._shards) < 2 or not all(
+            isinstance(s.index, faiss.IndexIVF) for s in self._shards
+        ):
             return None
-        ivfs = [s.index for s in self._shards]
-        if not all(isinstance(i, faiss.IndexIVF) for i in ivfs):
-            return None
-        first = ivfs[0].quantizer
+        first = self._shards[0].index.quantizer
         centroids = first.reconstruct_n(0, first.ntotal)
-        for other in ivfs[1:]:
-            q = other.quantizer
+        for no, shard in enumerate(self._shards):
+            q = shard.index.quantizer
             if q.ntotal != first.ntotal or not np.array_equal(
                 q.reconstruct_n(0, q.ntotal), centroids
             ):
                 return None  # not trained together: search each shard on its own
-        return first
+            if not _ids_tagged(shard.index, no):
+                return None
+        merged: Any = faiss.clone_index(self._shards[0].index)  # quantizer, type, parameters
+        base = self._shards[0].index
+        target = faiss.ArrayInvertedLists(base.nlist, base.code_size)
+        merged.replace_invlists(target, True)  # fresh owned lists (shard 0's may be mmap views)
+        target.this.disown()  # type: ignore[attr-defined]  # the index frees it
+        for shard in self._shards:
+            src = shard.index.invlists
+            for lst in range(src.nlist):
+                n = src.list_size(lst)
+                if n:
+                    ids, codes = src.get_ids(lst), src.get_codes(lst)
+                    target.add_entries(lst, n, ids, codes)
+                    src.release_ids(lst, ids)
+                    src.release_codes(lst, codes)
+        merged.ntotal = sum(s.index.ntotal for s in self._shards)
+        return merged
 
     # ------------------------------------------------------------------ searching
 
@@ -246,21 +273,22 @@ class Searcher:
         x = self.project(vectors)
         chosen = self.manifest.search_params if params is None else params
         sp = search_parameters(chosen)
-        coarse: tuple[np.ndarray, np.ndarray] | None = None
-        if self._quantizer is not None:
-            nprobe = int(chosen.get("nprobe", self._shards[0].index.nprobe))
-            sp = search_parameters({"nprobe": nprobe})  # must match the assignment's width
-            coarse = self._quantizer.search(x, nprobe)
+        if self._merged is not None:
+            kk = min(k, self.manifest.ntotal)
+            d, i = self._merged.search(x, kk, params=sp) if sp else self._merged.search(x, kk)
+            shard = np.where(i >= 0, i >> SHARD_ID_SHIFT, -1).astype(np.int32)
+            return self._top_k(d, np.where(i >= 0, i & ROW_MASK, -1), shard, k)
 
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
             kk = min(k, shard.index.ntotal)
             if kk == 0:
                 return (np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64))
-            if coarse is not None:
-                return _search_preassigned(shard.index, x, kk, coarse, sp)
             if sp is None:
                 return shard.index.search(x, kk)  # type: ignore[no-any-return]
-            return shard.index.search(x, kk, params=sp)  # type: ignore[no-any-return]
+            d, i = shard.index.search(x, kk, params=sp)
+            if isinstance(shard.index, faiss.IndexIVF):
+                i = np.where(i >= 0, i & ROW_MASK, -1)
+            return d, i
 
         if len(self._shards) == 1 or len(x) >= PARALLEL_QUERIES_MAX:
             # A batch is already spread over every core by faiss (OpenMP over queries); shard
@@ -273,6 +301,13 @@ class Searcher:
         shard_no = np.concatenate(
             [np.full(r[1].shape, s, dtype=np.int32) for s, r in enumerate(results)], axis=1
         )
+        return self._top_k(scores, ids, shard_no, k)
+
+    @staticmethod
+    def _top_k(
+        scores: np.ndarray, ids: np.ndarray, shard_no: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Merge candidate hits into the k best per query, padding with -1 / -inf."""
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(scores, order, axis=1)
@@ -376,31 +411,11 @@ class Searcher:
         return self.search_vectors(self.embed_images(images), k)
 
 
-def _search_preassigned(
-    index: faiss.Index,
-    x: np.ndarray,
-    k: int,
-    coarse: tuple[np.ndarray, np.ndarray],
-    params: faiss.SearchParameters | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """IVF search with a given coarse assignment and per-call parameters.
-
-    faiss' Python wrapper of search_preassigned refuses per-call parameters (it would need the
-    index's own nprobe changed, which is not thread-safe); the C++ method takes them.
-    """
-    dq, iq = (np.ascontiguousarray(a) for a in coarse)
-    n = x.shape[0]
-    distances = np.empty((n, k), dtype=np.float32)
-    labels = np.empty((n, k), dtype=np.int64)
-    index.search_preassigned_c(  # type: ignore[attr-defined]
-        n,
-        faiss.swig_ptr(x),
-        k,
-        faiss.swig_ptr(iq.astype(np.int64, copy=False)),
-        faiss.swig_ptr(dq.astype(np.float32, copy=False)),
-        faiss.swig_ptr(distances),
-        faiss.swig_ptr(labels),
-        False,
-        params,
-    )
-    return distances, labels
+def _ids_tagged(index: Any, shard_no: int) -> bool:
+    """Whether an IVF shard's ids carry its shard number (builds by this code do)."""
+    invlists = index.invlists
+    for lst in range(index.nlist):
+        if invlists.list_size(lst):
+            first = int(faiss.rev_swig_ptr(invlists.get_ids(lst), 1)[0])
+            return first >> SHARD_ID_SHIFT == shard_no
+    return True  # an empty shard has nothing to mislabel

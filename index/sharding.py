@@ -65,5 +65,17 @@ def shard_ids_file(index: int) -> str:
     return f"shard-{index:05d}.ids.parquet"
 
 
+# IVF shards are copies of one trained index; their faiss ids carry the shard number,
+# (shard << SHARD_ID_SHIFT) | row, so stacking every shard's inverted lists gives one searchable
+# index with unambiguous ids. Row = id & ROW_MASK = the row of the shard's id map.
+SHARD_ID_SHIFT = 40
+ROW_MASK = (1 << SHARD_ID_SHIFT) - 1
+
+
+def tag_ids(shard_no: int, first_row: int, count: int) -> np.ndarray:
+    start = (shard_no << SHARD_ID_SHIFT) + first_row
+    return np.arange(start, start + count, dtype=np.int64)
+
+
 PCA_FILE = "pca.bin"
 MANIFEST_FILE = "manifest.json"

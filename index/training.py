@@ -55,18 +55,24 @@ def auto_pca_dim(sample: np.ndarray, energy: float, min_saving: float = 0.25) ->
     return d_in if k > d_in * (1 - min_saving) else k
 
 
-def apply_pca(pca: faiss.VectorTransform, x: np.ndarray) -> np.ndarray:
-    """Project and re-normalise (float32, C-contiguous, ready for faiss)."""
-    return normalize_rows(pca.apply(np.ascontiguousarray(x, dtype=np.float32)))
+def apply_pca(pca: faiss.VectorTransform | None, x: np.ndarray) -> np.ndarray:
+    """Project (None: no reduction, keep the input space) and re-normalise, ready for faiss."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return normalize_rows(pca.apply(x) if pca is not None else x)
 
 
-def pca_to_bytes(pca: faiss.VectorTransform) -> bytes:
+def pca_to_bytes(pca: faiss.VectorTransform | None) -> bytes:
+    """Serialised PCA; b"" for none (a full-dimension rotation would only cost time)."""
+    if pca is None:
+        return b""
     w = faiss.VectorIOWriter()
     faiss.write_VectorTransform(pca, w)  # type: ignore[arg-type]
     return faiss.vector_to_array(w.data).tobytes()
 
 
-def pca_from_bytes(data: bytes, source: str = "pca.bin") -> faiss.VectorTransform:
+def pca_from_bytes(data: bytes, source: str = "pca.bin") -> faiss.VectorTransform | None:
+    if not data:
+        return None
     r = faiss.VectorIOReader()
     faiss.copy_array_to_vector(np.frombuffer(data, dtype=np.uint8), r.data)
     try:

@@ -1,6 +1,6 @@
 """``vsearch build-index``: the current embeddings of the published model -> a validated index.
 
-    driver: scan (count, sample) -> train PCA + index once -> pca.bin
+    driver: scan (count, sample) -> train PCA (if it reduces) + index once -> pca.bin
     Beam:   ReadEmbeddings -> SplitByShard (stable hash of listing_id) -> GroupByKey(shard)
             -> AddAndWriteShard (copy of the trained index + this shard's vectors)
             -> WORKDIR/indexes/VERSION/BUILD_ID/shard-NNNNN.{faiss,ids.parquet}
@@ -99,7 +99,7 @@ class _AddAndWriteShardFn(beam.DoFn):
         batches = [b for b in parts if b is not None]
         if batches:
             table = pa.Table.from_batches(batches)
-            index, ids = builder.fill_shard(self._trained, self._pca, table)
+            index, ids = builder.fill_shard(self._trained, self._pca, table, shard_no)
         else:  # an empty shard is still written, so every shard the manifest lists exists
             index, ids = self._trained, IDS_SCHEMA.empty_table()
         builder.write_shard(self._build_dir, shard_no, index, ids)

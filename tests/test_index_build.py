@@ -178,3 +178,18 @@ def test_review_photos_are_queries_not_database(table, tmp_path) -> None:  # typ
         result.manifest.validation is not None
         and result.manifest.validation.sample_size == 100 + 35
     )
+
+
+def test_ivf_shards_merged_or_separate_give_the_same_answers(table, queries, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = build(table, tmp_path, "IVF32,Flat", shards=4)
+    with (
+        Searcher.from_manifest_uri(result.manifest_uri) as merged,
+        Searcher.from_manifest_uri(result.manifest_uri, merge_ivf=False) as separate,
+    ):
+        assert merged._merged is not None and separate._merged is None
+        for params in ({"nprobe": 1}, {"nprobe": 8}):
+            a, b = merged.search_raw(queries, 10, params), separate.search_raw(queries, 10, params)
+            np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+            assert (a[1] == b[1]).mean() > 0.99 and (a[2] == b[2]).mean() > 0.99
+        single = [merged.search_vectors(queries[i : i + 1], 5)[0] for i in range(3)]  # thread pool
+        assert single == separate.search_vectors(queries[:3], 5)
