@@ -98,6 +98,7 @@ class Searcher:
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
         )
+        self._param_cache: dict[tuple[tuple[str, int], ...], Any] = {}
         self._embedder: Any = None
         self._image_size = 0
 
@@ -262,6 +263,13 @@ class Searcher:
             )
         return training.apply_pca(self.pca, v)
 
+    def _params(self, params: dict[str, int]) -> faiss.SearchParameters | None:
+        """Per-call faiss parameters, built once per distinct setting (a hot path)."""
+        key = tuple(sorted(params.items()))
+        if key not in self._param_cache:
+            self._param_cache[key] = search_parameters(params)
+        return self._param_cache[key]
+
     def search_raw(
         self, vectors: np.ndarray, k: int, params: dict[str, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,13 +279,28 @@ class Searcher:
         the manifest's search_params (tuning uses it).
         """
         x = self.project(vectors)
-        chosen = self.manifest.search_params if params is None else params
-        sp = search_parameters(chosen)
-        if self._merged is not None:
+        sp = self._params(self.manifest.search_params if params is None else params)
+        if self._merged is not None or len(self._shards) == 1:
+            # One index answers everything: faiss' results are already merged and sorted.
+            index = self._merged if self._merged is not None else self._shards[0].index
             kk = min(k, self.manifest.ntotal)
-            d, i = self._merged.search(x, kk, params=sp) if sp else self._merged.search(x, kk)
-            shard = np.where(i >= 0, i >> SHARD_ID_SHIFT, -1).astype(np.int32)
-            return self._top_k(d, np.where(i >= 0, i & ROW_MASK, -1), shard, k)
+            if kk == 0:
+                return self._top_k(
+                    np.empty((len(x), 0), np.float32),
+                    np.empty((len(x), 0), np.int64),
+                    np.empty((len(x), 0), np.int32),
+                    k,
+                )
+            d, i = index.search(x, kk, params=sp) if sp is not None else index.search(x, kk)
+            missing = i < 0
+            if isinstance(index, faiss.IndexIVF):
+                shard = (i >> SHARD_ID_SHIFT).astype(np.int32)
+                i = i & ROW_MASK
+            else:
+                shard = np.zeros(i.shape, dtype=np.int32)
+            if kk < k or missing.any():
+                return self._top_k(d, np.where(missing, -1, i), shard, k)
+            return d, shard, i
 
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
             kk = min(k, shard.index.ntotal)
