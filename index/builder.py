@@ -13,53 +13,38 @@ in memory at once):
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from index import factory as factory_mod
 from index import manifest as manifest_mod
 from index import sharding, training, tuning
 from index.searcher import Searcher
+from index.shards import AddShards, add_shards_in_process
+from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
 from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
 from vsearch import storage
 
 log = logging.getLogger(__name__)
 
-BatchesFactory = Callable[[], Iterable[pa.RecordBatch]]
-ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
-NORM_TOLERANCE = 1e-2
-
-
-class IndexBuildError(ValueError):
-    """The build cannot produce a publishable index (bad input, or validation failed)."""
-
 
 @dataclass(frozen=True)
 class IndexSettings:
-    factory: str = (
-        "auto"  # a faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, HNSW32) or "auto"
-    )
+    # A faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, HNSW32) or "auto".
+    factory: str = "auto"
     shards: int = 1  # S; a listing's shard is a stable hash of its id
-    target_recall: float = (
-        0.95  # recall@10 vs exact search that tuning must reach and validation confirm
-    )
+    # recall@10 vs exact search that tuning must reach and validation confirm.
+    target_recall: float = 0.95
     memory_budget_bytes: int = 16 << 30  # what "auto" may spend on the whole index (all shards)
     pca_dim: int = 0  # 0: smallest multiple of 16 keeping pca_energy (no cut if it saves < 25%)
     pca_energy: float = 0.99  # share of the squared norm the PCA must keep when pca_dim=0
     max_train_size: int = 200_000  # sample held in driver memory for training (~200 MB at D=256)
-    validation_queries: int = (
-        1000  # held-out database vectors used as queries (half tune, half validate)
-    )
+    # Held-out database vectors used as queries (half tune, half validate).
+    validation_queries: int = 1000
     tune_margin: float = 0.005  # tune for target + margin, so validation's other queries pass too
     latency_queries: int = 300  # single queries timed for p50/p99
     ivf_max_probe_fraction: float = 1 / 32  # auto: IVF must reach the target probing at most this
@@ -76,265 +61,10 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
-class Sample:
-    train: np.ndarray  # [t, input_dim] database vectors for training
-    queries: np.ndarray  # [q, input_dim] held-out database vectors (disjoint from train)
-    query_keys: np.ndarray  # [q] their row keys (listing_id#image_index): leave-one-out
-    review_queries: np.ndarray  # rows with image_index < 0 (review photos): queries, never indexed
-    ntotal: int  # database rows (image_index >= 0)
-    input_dim: int
-
-
-@dataclass(frozen=True)
 class BuildResult:
     manifest: manifest_mod.Manifest
     manifest_uri: str
     report: dict[str, Any] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------ reading batches
-
-
-def batch_vectors(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-    """The ``embedding`` column as a float32 [n, D] array."""
-    col = batch.column("embedding")
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    t = col.type
-    if not pa.types.is_fixed_size_list(t):
-        raise IndexBuildError(f"embedding column must be fixed_size_list<float32>, got {t}")
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(flat.reshape(len(col), t.list_size), dtype=np.float32)
-
-
-def _check_batch(batch: pa.RecordBatch, vectors: np.ndarray, model_version: str | None) -> None:
-    if model_version is not None and "model_version" in batch.schema.names:
-        versions = set(batch.column("model_version").unique().to_pylist())
-        if versions - {model_version}:
-            raise IndexBuildError(
-                f"embeddings of model versions {sorted(versions - {model_version})} in the input of "
-                f"an index for {model_version}: versions never mix in one index"
-            )
-    if not np.isfinite(vectors).all():
-        raise IndexBuildError("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(vectors, axis=1)
-    bad = np.nonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)[0]
-    if len(bad):
-        lid = batch.column("listing_id")[int(bad[0])].as_py()
-        raise IndexBuildError(
-            f"{len(bad)} embeddings are not L2-normalised (e.g. listing {lid}, norm "
-            f"{norms[bad[0]]:.4f}); inner-product search needs unit vectors"
-        )
-
-
-class _Reservoir:
-    """Uniform sample of fixed size over a stream: keep the rows with the smallest random keys."""
-
-    def __init__(self, size: int, dim: int, rng: np.random.Generator) -> None:
-        self.size, self.rng = size, rng
-        self.priority = np.empty(0, dtype=np.float64)
-        self.rows = np.empty((0, dim), dtype=np.float32)
-        self.labels = np.empty(0, dtype=object)
-
-    def add(self, rows: np.ndarray, labels: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Offer ``rows``; ``labels(positions)`` names the rows that are kept (computed lazily)."""
-        if self.size == 0 or len(rows) == 0:
-            return
-        priority = self.rng.random(len(rows))
-        if len(self.priority) >= self.size:  # only rows that beat the current worst can enter
-            pos = np.nonzero(priority < self.priority.max())[0]
-        else:
-            pos = np.arange(len(rows))
-        all_p = np.concatenate([self.priority, priority[pos]])
-        all_rows = np.concatenate([self.rows, rows[pos]])
-        all_labels = np.concatenate([self.labels, labels(pos)])
-        if len(all_p) > self.size:
-            keep = np.argpartition(all_p, self.size - 1)[: self.size]
-            all_p, all_rows, all_labels = all_p[keep], all_rows[keep], all_labels[keep]
-        self.priority, self.rows, self.labels = all_p, all_rows, all_labels
-
-    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(self.priority, kind="stable")
-        return self.rows[order], self.labels[order]
-
-
-def _labels(
-    listing: pa.Array, image_index: np.ndarray, base: np.ndarray, pos: np.ndarray
-) -> np.ndarray:
-    rows = base[pos]
-    return row_keys(listing.take(pa.array(rows)).to_pylist(), image_index[rows])
-
-
-def scan(
-    batches_factory: BatchesFactory, settings: IndexSettings, model_version: str | None = None
-) -> Sample:
-    """One streaming pass: count, check, and sample (memory: the sample only)."""
-    rng = np.random.default_rng(settings.seed)
-    db: _Reservoir | None = None
-    reviews: _Reservoir | None = None
-    n, dim = 0, 0
-    for batch in batches_factory():
-        if batch.num_rows == 0:
-            continue
-        vectors = batch_vectors(batch)
-        if dim == 0:
-            dim = vectors.shape[1]
-            db = _Reservoir(settings.max_train_size + settings.validation_queries, dim, rng)
-            reviews = _Reservoir(settings.validation_queries, dim, rng)
-        elif vectors.shape[1] != dim:
-            raise IndexBuildError(
-                f"embedding dim changed from {dim} to {vectors.shape[1]} mid-input"
-            )
-        _check_batch(batch, vectors, model_version)
-        image_index = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False))
-        is_review = image_index < 0
-        assert db is not None and reviews is not None
-        db_pos = np.nonzero(~is_review)[0]
-        listing = batch.column("listing_id")
-
-        db.add(vectors[db_pos], functools.partial(_labels, listing, image_index, db_pos))
-        reviews.add(vectors[is_review], lambda pos: np.full(len(pos), "", dtype=object))
-        n += len(db_pos)
-    if n == 0 or db is None or reviews is None:
-        raise IndexBuildError("no embeddings to index (is the model published and embed run?)")
-    rows, keys = db.sorted()
-    # Hold out queries only when there is enough left to train on and to search.
-    nq = min(settings.validation_queries, max(1, n // 5))
-    train = rows[nq:] if len(rows) > nq else rows
-    return Sample(train, rows[:nq], keys[:nq], reviews.sorted()[0], n, dim)
-
-
-def iter_database(
-    batches_factory: BatchesFactory,
-) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """(batch, vectors) of database rows only (review photos are queries, never indexed)."""
-    for batch in batches_factory():
-        if batch.num_rows == 0:
-            continue
-        ix = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False))
-        if (ix < 0).any():
-            batch = batch.filter(pa.array(ix >= 0))
-        yield batch, batch_vectors(batch)
-
-
-# ------------------------------------------------------------------ shards (shared with Beam)
-
-
-def add_rows(index: faiss.Index, vectors: np.ndarray, shard_no: int) -> None:
-    """Append vectors to a shard; IVF shards get shard-tagged ids (row = id & (2**40 - 1))."""
-    if isinstance(index, faiss.IndexIVF):
-        index.add_with_ids(vectors, sharding.tag_ids(shard_no, index.ntotal, len(vectors)))
-    else:
-        index.add(vectors)
-
-
-def fill_shard(
-    trained: faiss.Index,
-    pca: faiss.VectorTransform | None,
-    table: pa.Table,
-    shard_no: int = 0,
-    chunk: int = 65536,
-) -> tuple[faiss.Index, pa.Table]:
-    """A copy of the trained index with ``table``'s vectors added; row i of the id map = id i.
-
-    Rows are taken in (listing_id, image_index) order, so a shard's content does not depend on
-    the order in which workers delivered its rows. Vectors are copied one chunk at a time.
-    """
-    order = pc.sort_indices(table, [("listing_id", "ascending"), ("image_index", "ascending")])
-    index = faiss.clone_index(trained)
-    for start in range(0, len(order), chunk):
-        rows = table.select(["embedding"]).take(order[start : start + chunk])
-        add_rows(index, training.apply_pca(pca, batch_vectors(rows)), shard_no)
-    return index, id_table(table.take(order) if table.num_rows else table)
-
-
-def id_table(rows: pa.Table | pa.RecordBatch) -> pa.Table:
-    """The id-map columns of ``rows`` (category_pred null when the input has none)."""
-    t = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
-    ids = t.select([c for c in ID_COLUMNS if c in t.schema.names])
-    if "category_pred" not in ids.schema.names:
-        ids = ids.append_column("category_pred", pa.nulls(ids.num_rows, pa.string()))
-    return ids
-
-
-def write_shard(
-    build_dir: str, shard_no: int, index: faiss.Index, ids: pa.Table
-) -> manifest_mod.ShardEntry:
-    """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; the sha256 is of the bytes written."""
-    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
-    h = hashlib.sha256()
-    with storage.atomic_writer(storage.join(build_dir, name)) as f:
-
-        def write(chunk: bytes) -> None:
-            h.update(chunk)
-            f.write(chunk)
-
-        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
-    with storage.atomic_writer(storage.join(build_dir, ids_name)) as f:
-        pq.write_table(ids, f, compression="zstd")
-    return manifest_mod.ShardEntry(name, h.hexdigest(), int(index.ntotal), ids_name)
-
-
-def shard_tables(
-    batches: Iterable[pa.RecordBatch], num_shards: int
-) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Split each batch by the shard of its listing_id: (shard, rows of that shard)."""
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
-        for s in np.unique(shard):
-            yield int(s), batch.filter(pa.array(shard == s))
-
-
-AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
-
-
-def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
-    """The single-process ``add_shards``: streams batches straight into per-shard indexes.
-
-    Memory: the indexes and their id maps, plus one batch (no grouping copy of the vectors).
-    Rows are added in input order (the Beam path sorts each shard instead; both are
-    deterministic for a given input).
-    """
-
-    def run(
-        trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
-    ) -> list[manifest_mod.ShardEntry]:
-        trained = training.index_from_bytes(trained_bytes)
-        pca = training.pca_from_bytes(pca_bytes)
-        indexes = [faiss.clone_index(trained) for _ in range(num_shards)]
-        ids: list[list[pa.Table]] = [[] for _ in range(num_shards)]
-        for batch, vectors in iter_database(batches_factory):
-            if num_shards == 1:
-                parts = [(0, batch, vectors)]
-            else:
-                shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
-                parts = [
-                    (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
-                    for s in np.unique(shard)
-                ]
-            for s, rows, v in parts:
-                add_rows(indexes[s], training.apply_pca(pca, v), s)
-                ids[s].append(id_table(rows))
-        entries = []
-        for s in range(num_shards):
-            table = pa.concat_tables(ids[s]) if ids[s] else _EMPTY_IDS
-            entries.append(write_shard(build_dir, s, indexes[s], table))
-            indexes[s] = None  # type: ignore[call-overload]  # free each shard once written
-        return entries
-
-    return run
-
-
-_EMPTY_IDS = pa.schema(
-    [
-        ("listing_id", pa.string()),
-        ("image_uri", pa.string()),
-        ("image_index", pa.int16()),
-        ("category_pred", pa.string()),
-    ]
-).empty_table()
 
 
 # ------------------------------------------------------------------ the build
@@ -406,7 +136,13 @@ def build_index(
     input is bad or recall@10 stays below ``settings.target_recall``.
     """
     report: dict[str, Any] = {}
-    sample = scan(batches_factory, settings, model_version)
+    sample = scan(
+        batches_factory,
+        settings.max_train_size,
+        settings.validation_queries,
+        settings.seed,
+        model_version,
+    )
     input_dim = sample.input_dim
     extra = [sample.review_queries]
     if extra_queries is not None and len(extra_queries):

@@ -29,20 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from index import builder, factory, manifest, sharding, training
-from index.builder import AddShards, BatchesFactory, IndexSettings
+from index import builder, factory, manifest, sharding, shards, source, training
+from index.builder import IndexSettings
+from index.shards import AddShards
+from index.source import BatchesFactory
 from vsearch import paths, runs, storage
 from vsearch.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "build-index"
-IDS_SCHEMA = pa.schema(
-    [
-        ("listing_id", pa.string()),
-        ("image_uri", pa.string()),
-        ("image_index", pa.int16()),
-        ("category_pred", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,7 @@ class _ReadEmbeddingsFn(beam.DoFn):
         self._factory = batches_factory
 
     def process(self, _: object) -> Iterator[pa.RecordBatch]:
-        for batch, _vectors in builder.iter_database(self._factory):
+        for batch, _vectors in source.iter_database(self._factory):
             yield batch
 
 
@@ -79,7 +73,7 @@ class _SplitByShardFn(beam.DoFn):
 
     def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
         self._rows.inc(batch.num_rows)
-        yield from builder.shard_tables([batch], self._num_shards)
+        yield from shards.shard_tables([batch], self._num_shards)
 
 
 class _AddAndWriteShardFn(beam.DoFn):
@@ -99,10 +93,10 @@ class _AddAndWriteShardFn(beam.DoFn):
         batches = [b for b in parts if b is not None]
         if batches:
             table = pa.Table.from_batches(batches)
-            index, ids = builder.fill_shard(self._trained, self._pca, table, shard_no)
+            index, ids = shards.fill_shard(self._trained, self._pca, table, shard_no)
         else:  # an empty shard is still written, so every shard the manifest lists exists
-            index, ids = self._trained, IDS_SCHEMA.empty_table()
-        builder.write_shard(self._build_dir, shard_no, index, ids)
+            index, ids = self._trained, shards.EMPTY_IDS
+        shards.write_shard(self._build_dir, shard_no, index, ids)
         self._added.inc(int(index.ntotal))
         yield shard_no
 
@@ -151,7 +145,7 @@ def shard_entry(build_dir: str, shard_no: int) -> manifest.ShardEntry:
             storage.open_read(storage.join(build_dir, ids_name))
         ).metadata.num_rows
     except Exception as e:
-        raise builder.IndexBuildError(
+        raise source.IndexBuildError(
             f"shard {shard_no} was not written completely ({uri}): {e}"
         ) from e
     return manifest.ShardEntry(name, h.hexdigest(), int(ntotal), ids_name)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import vectors
-from index import builder, manifest, publish, synthetic
+from index import builder, manifest, publish, source, synthetic
 from index.searcher import Searcher, ShardError
 from pipelines import build_index
 from vsearch import embeddings, paths, runs, storage
@@ -123,7 +123,7 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
     assert uri.startswith("gs://") and storage.exists(uri)
     publish.publish(workdir, uri)
     cache = str(tmp_path / "cache")
-    x = builder.batch_vectors(table)
+    x = source.batch_vectors(table)
     with Searcher.open(workdir, cache_dir=cache) as s:
         assert s.search_vectors(x[[10]], 3)[0][0].listing_id == synthetic.listing_id(10, 2)
     # A shard corrupted in the bucket is caught before faiss reads it (cache bypassed).

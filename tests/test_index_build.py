@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import vectors
-from index import builder, manifest, synthetic
+from index import builder, manifest, source, synthetic
 from index.searcher import Searcher, ShardError
 from index.validate import exact_topk, recall_at_k, row_keys
 
@@ -57,7 +57,7 @@ def build(
 
 def exact(table, q: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
     keys = row_keys(table.column("listing_id").to_pylist(), table.column("image_index").to_pylist())
-    return exact_topk(q, [(builder.batch_vectors(table), keys)], 10).keys
+    return exact_topk(q, [(source.batch_vectors(table), keys)], 10).keys
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_build_then_search(
     assert manifest.read(result.manifest_uri) == m
     with Searcher.from_manifest_uri(result.manifest_uri) as s:
         # A database photo finds its own listing first.
-        x = builder.batch_vectors(table)
+        x = source.batch_vectors(table)
         hits = s.search_vectors(x[[0, 301, 5999]], k=5)
         own = [synthetic.listing_id(i, IMAGES) for i in (0, 301, 5999)]
         if "PQ" in factory:  # lossy codes: its own listing is near the top, not always first
@@ -129,22 +129,22 @@ def test_auto_falls_back_to_hnsw_on_hard_data(tmp_path) -> None:  # type: ignore
 
 
 def test_below_target_fails_and_writes_no_manifest(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(builder.IndexBuildError, match="below the target"):
+    with pytest.raises(source.IndexBuildError, match="below the target"):
         build(table, tmp_path, "IVF16,PQ4", target=0.99)
     assert not (tmp_path / "IVF16_PQ4-1" / "manifest.json").exists()
 
 
 def test_bad_input_is_a_clear_error(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(builder.IndexBuildError, match="versions never mix"):
+    with pytest.raises(source.IndexBuildError, match="versions never mix"):
         builder.build_index(
             synthetic.batches_factory(table), builder.IndexSettings(), str(tmp_path), "other", "b"
         )
     t = synthetic.embedding_table(vectors.clustered(100, dim=DIM) * 2, 1, MODEL)
-    with pytest.raises(builder.IndexBuildError, match="not L2-normalised"):
+    with pytest.raises(source.IndexBuildError, match="not L2-normalised"):
         builder.build_index(
             synthetic.batches_factory(t), builder.IndexSettings(), str(tmp_path), MODEL, "b"
         )
-    with pytest.raises(builder.IndexBuildError, match="no embeddings"):
+    with pytest.raises(source.IndexBuildError, match="no embeddings"):
         builder.build_index(lambda: iter(()), builder.IndexSettings(), str(tmp_path), MODEL, "b")
 
 

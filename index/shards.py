@@ -1,0 +1,141 @@
+"""Filling and writing shards: shared by the in-process build and the Beam job.
+
+Every shard starts as a copy of the one trained index (train once, add per shard). IVF shards
+store shard-tagged faiss ids (see sharding.SHARD_ID_SHIFT); row i of ``shard-N.ids.parquet`` is
+the vector with row number i of shard N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from index import manifest as manifest_mod
+from index import sharding, training
+from index.source import BatchesFactory, batch_vectors, iter_database
+from vsearch import storage
+
+ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
+
+
+def add_rows(index: faiss.Index, vectors: np.ndarray, shard_no: int) -> None:
+    """Append vectors to a shard; IVF shards get shard-tagged ids (row = id & (2**40 - 1))."""
+    if isinstance(index, faiss.IndexIVF):
+        index.add_with_ids(vectors, sharding.tag_ids(shard_no, index.ntotal, len(vectors)))
+    else:
+        index.add(vectors)
+
+
+def fill_shard(
+    trained: faiss.Index,
+    pca: faiss.VectorTransform | None,
+    table: pa.Table,
+    shard_no: int = 0,
+    chunk: int = 65536,
+) -> tuple[faiss.Index, pa.Table]:
+    """A copy of the trained index with ``table``'s vectors added; row i of the id map = id i.
+
+    Rows are taken in (listing_id, image_index) order, so a shard's content does not depend on
+    the order in which workers delivered its rows. Vectors are copied one chunk at a time.
+    """
+    order = pc.sort_indices(table, [("listing_id", "ascending"), ("image_index", "ascending")])
+    index = faiss.clone_index(trained)
+    for start in range(0, len(order), chunk):
+        rows = table.select(["embedding"]).take(order[start : start + chunk])
+        add_rows(index, training.apply_pca(pca, batch_vectors(rows)), shard_no)
+    return index, id_table(table.take(order) if table.num_rows else table)
+
+
+def id_table(rows: pa.Table | pa.RecordBatch) -> pa.Table:
+    """The id-map columns of ``rows`` (category_pred null when the input has none)."""
+    t = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+    ids = t.select([c for c in ID_COLUMNS if c in t.schema.names])
+    if "category_pred" not in ids.schema.names:
+        ids = ids.append_column("category_pred", pa.nulls(ids.num_rows, pa.string()))
+    return ids
+
+
+def write_shard(
+    build_dir: str, shard_no: int, index: faiss.Index, ids: pa.Table
+) -> manifest_mod.ShardEntry:
+    """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; the sha256 is of the bytes written."""
+    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
+    h = hashlib.sha256()
+    with storage.atomic_writer(storage.join(build_dir, name)) as f:
+
+        def write(chunk: bytes) -> None:
+            h.update(chunk)
+            f.write(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+    with storage.atomic_writer(storage.join(build_dir, ids_name)) as f:
+        pq.write_table(ids, f, compression="zstd")
+    return manifest_mod.ShardEntry(name, h.hexdigest(), int(index.ntotal), ids_name)
+
+
+def shard_tables(
+    batches: Iterable[pa.RecordBatch], num_shards: int
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Split each batch by the shard of its listing_id: (shard, rows of that shard)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+        for s in np.unique(shard):
+            yield int(s), batch.filter(pa.array(shard == s))
+
+
+AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
+
+
+def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
+    """The single-process ``add_shards``: streams batches straight into per-shard indexes.
+
+    Memory: the indexes and their id maps, plus one batch (no grouping copy of the vectors).
+    Rows are added in input order (the Beam path sorts each shard instead; both are
+    deterministic for a given input).
+    """
+
+    def run(
+        trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
+    ) -> list[manifest_mod.ShardEntry]:
+        trained = training.index_from_bytes(trained_bytes)
+        pca = training.pca_from_bytes(pca_bytes)
+        indexes = [faiss.clone_index(trained) for _ in range(num_shards)]
+        ids: list[list[pa.Table]] = [[] for _ in range(num_shards)]
+        for batch, vectors in iter_database(batches_factory):
+            if num_shards == 1:
+                parts = [(0, batch, vectors)]
+            else:
+                shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+                parts = [
+                    (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
+                    for s in np.unique(shard)
+                ]
+            for s, rows, v in parts:
+                add_rows(indexes[s], training.apply_pca(pca, v), s)
+                ids[s].append(id_table(rows))
+        entries = []
+        for s in range(num_shards):
+            table = pa.concat_tables(ids[s]) if ids[s] else EMPTY_IDS
+            entries.append(write_shard(build_dir, s, indexes[s], table))
+            indexes[s] = None  # type: ignore[call-overload]  # free each shard once written
+        return entries
+
+    return run
+
+
+EMPTY_IDS = pa.schema(
+    [
+        ("listing_id", pa.string()),
+        ("image_uri", pa.string()),
+        ("image_index", pa.int16()),
+        ("category_pred", pa.string()),
+    ]
+).empty_table()
