@@ -27,7 +27,9 @@ def _cmd(catalog: str, workdir: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_dry_run_prints_the_plan(tiny_catalog: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_the_plan(
+    tiny_catalog: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = backfill.main(
         ["--catalog", tiny_catalog, "--workdir", str(tmp_path), "--start", "2026-01-01",
          "--end", "2026-01-02", "--stages", STAGES, "--dry-run"]
@@ -41,10 +43,16 @@ def test_dry_run_prints_the_plan(tiny_catalog: str, tmp_path: Path, capsys: pyte
 
 def test_bad_range_and_stage_are_clear_errors(tiny_catalog: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="before --start"):
-        backfill.BackfillSettings(tiny_catalog, str(tmp_path), dt.date(2026, 1, 3), dt.date(2026, 1, 1))
+        backfill.BackfillSettings(
+            tiny_catalog, str(tmp_path), dt.date(2026, 1, 3), dt.date(2026, 1, 1)
+        )
     with pytest.raises(ValueError, match="unknown stage"):
         backfill.BackfillSettings(
-            tiny_catalog, str(tmp_path), dt.date(2026, 1, 1), dt.date(2026, 1, 1), stages=("embedd",)
+            tiny_catalog,
+            str(tmp_path),
+            dt.date(2026, 1, 1),
+            dt.date(2026, 1, 1),
+            stages=("embedd",),
         )
 
 
@@ -54,17 +62,23 @@ def test_killed_backfill_resumes_without_duplicates(
     workdir = copy_workdir(trained_workdir, str(tmp_path / "work"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Kill it for real (SIGKILL, no clean-up) once day 2's embed has finished.
-    proc = subprocess.Popen(_cmd(tiny_catalog, workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _cmd(tiny_catalog, workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     marker = paths.completion_marker(workdir, "embed", dt.date(2026, 1, 2))
     deadline = time.monotonic() + 600
     while not storage.exists(marker) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert proc.poll() is None, "backfill ended before it could be killed:\n" + proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+    assert proc.poll() is None, (
+        "backfill ended before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
+    )  # type: ignore[union-attr]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not storage.exists(paths.completion_marker(workdir, "publish", dt.date(2026, 1, 3)))
 
-    resumed = subprocess.run(_cmd(tiny_catalog, workdir), env=env, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        _cmd(tiny_catalog, workdir), env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[2026-01-01] embed: already complete, skipped" in resumed.stdout
     assert "[2026-01-02] embed: already complete, skipped" in resumed.stdout
@@ -73,7 +87,7 @@ def test_killed_backfill_resumes_without_duplicates(
     # No (listing_id, image_index, image_sha256) was embedded twice for the model version.
     version = storage.read_pointer(paths.published_model_pointer(workdir)).value
     assert version
-    table = pads.dataset(paths.embeddings_root(workdir, version), format="parquet", partitioning="hive").to_table(
+    table = pads.dataset(paths.embeddings_root(workdir, version), format="parquet").to_table(
         columns=["listing_id", "image_index", "image_sha256"]
     )
     keys = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
@@ -86,12 +100,19 @@ def test_killed_backfill_resumes_without_duplicates(
     current = read_current_table(tiny_catalog, workdir, dt.date(2026, 1, 3), version)
     with Searcher.open(workdir) as searcher:
         assert searcher.manifest.ntotal == current.num_rows
-        vectors = current.column("embedding").combine_chunks().flatten().to_numpy().reshape(current.num_rows, -1)
+        vectors = (
+            current.column("embedding")
+            .combine_chunks()
+            .flatten()
+            .to_numpy()
+            .reshape(current.num_rows, -1)
+        )
         hits = searcher.search_vectors(vectors[:20], k=5)
     own = current.column("listing_id").to_pylist()[:20]
     assert sum(h[0].listing_id == lid for h, lid in zip(hits, own, strict=True)) >= 18
 
     # A finished range is a no-op.
-    again = subprocess.run(_cmd(tiny_catalog, workdir), env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        _cmd(tiny_catalog, workdir), env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0 and "ran 0 step(s)" in again.stdout
-
