@@ -5,9 +5,12 @@ reads them, so a corrupted or truncated file is a clear error naming it, never a
 faiss or a silently wrong answer. Local shards are memory-mapped in place; gs:// shards are
 downloaded (streamed and hashed) into a local cache first, then memory-mapped.
 
-Searching: the query goes through the build's PCA, then every shard is searched on a thread pool
-(faiss releases the GIL), the per-shard top lists are merged, and hits are grouped by listing
-(best image per listing).
+Searching: the query goes through the build's PCA (if any), then every shard is searched on a
+thread pool (faiss releases the GIL), the per-shard top lists are merged, and hits are grouped by
+listing (best image per listing). IVF shards, which share one trained quantizer, are by default
+stacked at load into one in-memory index instead (same answers, one coarse assignment, no
+per-shard cost: S shards search as fast as one); ``merge_ivf=False`` keeps them memory-mapped
+and searched one by one.
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ class Searcher:
         self.pca = self._load_pca()
         self._shard_paths: list[str] = []
         self._shards = [self._load_shard(e) for e in manifest.shards]
-        self._merged = self._merged_ivf() if merge_ivf else None
+        self._quantizer = self._shared_quantizer()
+        self._merged = self._merged_ivf(merge_ivf)
+        if self._merged is not None:
+            self._quantizer = self._merged.quantizer
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -212,15 +218,8 @@ class Searcher:
             raise ShardError(f"id map {ids_uri} has {ids.num_rows} rows, shard has {entry.ntotal}")
         return _Shard(index, ids)
 
-    def _merged_ivf(self) -> Any:
-        """IVF shards copied into one in-memory index (the searcher's working copy).
-
-        IVF shards are copies of one trained index whose ids carry their shard number, so their
-        inverted lists concatenate list by list into one index that answers exactly what
-        searching every shard and merging would, at the cost of one shard: one coarse
-        assignment and no per-shard overhead. The price is RAM for all codes instead of memory
-        maps (``merge_ivf=False`` keeps per-shard, memory-mapped search).
-        """
+    def _shared_quantizer(self) -> Any:
+        """The coarse quantizer all IVF shards share (copies of one trained index), or None."""
         if len(self._shards) < 2 or not all(
             isinstance(s.index, faiss.IndexIVF) for s in self._shards
         ):
@@ -235,6 +234,19 @@ class Searcher:
                 return None  # not trained together: search each shard on its own
             if not _ids_tagged(shard.index, no):
                 return None
+        return first
+
+    def _merged_ivf(self, merge: bool) -> Any:
+        """IVF shards copied into one in-memory index (the searcher's working copy).
+
+        IVF shards are copies of one trained index whose ids carry their shard number, so their
+        inverted lists concatenate list by list into one index that answers exactly what
+        searching every shard and merging would, at the cost of one shard: one coarse
+        assignment and no per-shard overhead. The price is RAM for all codes instead of memory
+        maps (``merge_ivf=False`` keeps per-shard, memory-mapped search).
+        """
+        if self._quantizer is None or not merge:
+            return None
         merged: Any = faiss.clone_index(self._shards[0].index)  # quantizer, type, parameters
         base = self._shards[0].index
         target = faiss.ArrayInvertedLists(base.nlist, base.code_size)
@@ -250,6 +262,8 @@ class Searcher:
                     src.release_ids(lst, ids)
                     src.release_codes(lst, codes)
         merged.ntotal = sum(s.index.ntotal for s in self._shards)
+        for shard in self._shards:
+            shard.index = None  # the merged copy answers; drop the maps
         return merged
 
     # ------------------------------------------------------------------ searching
@@ -302,10 +316,18 @@ class Searcher:
                 return self._top_k(d, np.where(missing, -1, i), shard, k)
             return d, shard, i
 
+        coarse: tuple[np.ndarray, np.ndarray] | None = None
+        if self._quantizer is not None and sp is not None:
+            # Separate IVF shards: one coarse assignment for all of them, not one per shard.
+            coarse = self._quantizer.search(x, int(sp.nprobe))  # type: ignore[attr-defined]
+
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
             kk = min(k, shard.index.ntotal)
             if kk == 0:
                 return (np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64))
+            if coarse is not None:
+                d, i = _search_preassigned(shard.index, x, kk, coarse, sp)
+                return d, np.where(i >= 0, i & ROW_MASK, -1)
             if sp is None:
                 return shard.index.search(x, kk)  # type: ignore[no-any-return]
             d, i = shard.index.search(x, kk, params=sp)
@@ -442,3 +464,30 @@ def _ids_tagged(index: Any, shard_no: int) -> bool:
             first = int(faiss.rev_swig_ptr(invlists.get_ids(lst), 1)[0])
             return first >> SHARD_ID_SHIFT == shard_no
     return True  # an empty shard has nothing to mislabel
+
+
+def _search_preassigned(
+    index: Any, x: np.ndarray, k: int, coarse: tuple[np.ndarray, np.ndarray], params: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """IVF search with a given coarse assignment and per-call parameters.
+
+    faiss' Python wrapper of search_preassigned refuses per-call parameters (it would need the
+    index's own nprobe changed, which is not thread-safe); the C++ method takes them.
+    """
+    dq = np.ascontiguousarray(coarse[0], dtype=np.float32)
+    iq = np.ascontiguousarray(coarse[1], dtype=np.int64)
+    n = x.shape[0]
+    distances = np.empty((n, k), dtype=np.float32)
+    labels = np.empty((n, k), dtype=np.int64)
+    index.search_preassigned_c(
+        n,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(iq),
+        faiss.swig_ptr(dq),
+        faiss.swig_ptr(distances),
+        faiss.swig_ptr(labels),
+        False,
+        params,
+    )
+    return distances, labels
