@@ -145,15 +145,27 @@ def main(argv: list[str]) -> int:
         f"**{'met' if ours['review_recall_at_10'] >= 0.6 and ours['category_precision_at_10'] >= 0.9 else 'NOT met'}**."
     )
     best = metrics["best_epoch"]
+    reached = [
+        h
+        for h in metrics["history"]
+        if h["review_recall_at_10"] >= 0.6 and h["category_precision_at_10"] >= 0.9
+    ]
+    first = (
+        f"first met after epoch {reached[0]['epoch']} ({reached[0]['elapsed_s']:.0f} s of training)"
+        if reached
+        else "not met by any epoch"
+    )
     heads = ", ".join(
         f"{k.removesuffix('_accuracy')} {v:.2f}" for k, v in ours.items() if k.endswith("_accuracy")
     )
+    weights = " / ".join(f"{w:g}" for _, w in config.loss_weights)
     body = f"""## Model quality (generated catalog, {args.listings} listings, {args.image_size}x{args.image_size}, `{config.backbone}`, CPU)
 
 `python -m benchmarks.model_quality` - catalog seed {args.seed}; preprocess {pre.ok} images in {pre.wall_s:.0f} s
 (TF Transform, DirectRunner); training {metrics["train_images"]} images (listing + review photos),
 {config.epochs} epochs, batch {config.batch_size}, best epoch {best} by review->listing recall@10, {train_s:.0f} s
-wall including the per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted).
+wall including the per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted;
+0 s when an earlier run's catalog is reused).
 Eval split: {int(ours["eval_images"])} images of held-out listings, {int(ours["eval_reviews"])} review photos as queries.
 All three embeddings are measured in the same run on the same eval images, with exact search.
 
@@ -161,13 +173,22 @@ All three embeddings are measured in the same run on the same eval images, with 
 
 Head accuracies on the eval split (ours): {heads}.
 
-{verdict}
+{verdict} The bar was {first}. Wall times are on a 2-core machine shared with other jobs
+(load average ~7 during the run); the {len(metrics["history"])} epochs with their per-epoch retrieval tests took
+{metrics["history"][-1]["elapsed_s"]:.0f} s. "untrained" is the same network at random init.
+
+Reading the table: the trained embedding beats both baselines by a wide margin on what search by photo is
+for (a buyer photo finds its listing; neighbours share the category). Same-colour precision is the one
+column where the colour histogram wins: it *is* a colour descriptor, while our neighbours are ranked by
+object identity first (colour is one of five heads, and recoloured listings are hard negatives in the
+generated catalog). The colour head itself is {ours.get("color_accuracy", 0.0):.0%} accurate, so colour is
+in the embedding, just not its first axis.
 
 ![training curve](benchmarks/plots/model_training_curve.png)
 
 How: a small CNN (stride-2 stem, 4 conv stages, BatchNorm momentum 0.9 for short runs) trained from scratch,
 256-d L2-normalised embedding, cosine-softmax heads (scale {config.cosine_scale:g}) for category, colour, shape,
-material and the listing id (instance head: a review photo and its listing's photos share a class, Etsy's
+material and the listing id (loss weights {weights}; instance head: a review photo and its listing's photos share a class, Etsy's
 "mix review photos into training" made explicit), masked losses for missing labels, AdamW + warm-up + cosine
 decay, and augmentation that turns studio photos into buyer-like photos (pose, zoom-out, background swap,
 white balance, blur, noise).
