@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,13 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     _ = dead | "WriteDeadLetters" >> WriteDeadLetters(settings.workdir, STAGE, settings.date)
 
 
+def _remove_tft_temp(uri: str) -> None:
+    """TFT's temp dir: objects on GCS; locally also the empty folders it leaves behind."""
+    storage.delete_prefix(uri)
+    if not storage.is_gcs(uri):
+        shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)
+
+
 def run(
     settings: PreprocessSettings,
     pipeline_args: list[str] | None = None,
@@ -202,7 +210,7 @@ def run(
         build(p, settings)
         result = p.run()
         result.wait_until_finish()
-    storage.delete_prefix(storage.join(_output_dir(settings), "tmp"))
+    _remove_tft_temp(storage.join(_output_dir(settings), "tmp"))
     c = runs.counters(result)
     rejected, bad, rows = c.get(_REJECTED_ROWS, 0), c.get(_BAD_IMAGES, 0), c.get(_ROWS, 0)
     summary = runs.RunSummary(
