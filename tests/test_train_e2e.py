@@ -9,6 +9,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+import tensorflow_transform as tft  # noqa: E402
+
+from models import dataset  # noqa: E402
 from models import gate as gate_mod  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.export import load_serving  # noqa: E402
@@ -43,6 +46,15 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     dead = read_dead_letters(work, "preprocess", DATE)
     assert len(dead) == summary.dead_lettered > 0
     assert all(d["stage"] == "preprocess" and d["error"] for d in dead)
+    # Split by listing: a listing's photos and its reviews are all on one side, the stable hash's side.
+    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(work, DATE))
+    train_ids, _ = dataset.scan_train(dataset.split_files(work, DATE, dataset.TRAIN), tft_output)
+    eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output)
+    assert train_ids and len(eval_set) and not set(train_ids) & set(eval_set.listing_ids)
+    assert all(catalog.is_eval_listing(i) for i in eval_set.listing_ids)
+    assert not any(catalog.is_eval_listing(i) for i in train_ids)
+    assert eval_set.is_review.any() and not eval_set.is_review.all()
+    assert not storage.list_prefix(storage.join(out, "tmp"))
 
     config = TrainConfig(
         workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16
