@@ -74,23 +74,17 @@ def test_preprocessing_fn_normalises_and_builds_vocabularies(tmp_path) -> None:
         sorted({round(float(v), 3) for v in img[..., 0].ravel()}), [-1.0, 1.0]
     )
 
-    by_id = {
-        r[F.LISTING_ID_KEY].decode()
-        if isinstance(r[F.LISTING_ID_KEY], bytes)
-        else r[F.LISTING_ID_KEY]: r
-        for r in transformed
-    }
-    cat = {k: int(np.asarray(v["category"]).ravel()[0]) for k, v in by_id.items()}
+    def scalar(row: dict, key: str) -> object:
+        value = np.asarray(row[key]).ravel()[0]
+        return value.decode() if isinstance(value, bytes) else value
+
+    by_id = {scalar(r, F.LISTING_ID_KEY): r for r in transformed}
+    cat = {k: int(scalar(v, "category")) for k, v in by_id.items()}
     # Vocabulary by frequency: mug (6) -> 0, vase (5) -> 1; the single "rare" -> OOV bucket 2.
     assert cat["L0"] == 0 and cat["L7"] == 1 and cat["L11"] == 2
-    color = {k: int(np.asarray(v["color"]).ravel()[0]) for k, v in by_id.items()}
+    color = {k: int(scalar(v, "color")) for k, v in by_id.items()}
     assert color["L0"] == F.MISSING_LABEL and color["L4"] == F.MISSING_LABEL and color["L1"] == 0
-    assert all(int(np.asarray(v["material"]).ravel()[0]) == F.MISSING_LABEL for v in transformed)
+    assert all(int(scalar(v, "material")) == F.MISSING_LABEL for v in transformed)
     # Pass-through features survive for the retrieval evaluation and the gate.
-    kinds = {
-        bytes(np.asarray(v[F.KIND_KEY]).ravel()[0])
-        if not isinstance(v[F.KIND_KEY], bytes)
-        else v[F.KIND_KEY]
-        for v in transformed
-    }
-    assert kinds == {b"listing", b"review"}
+    kinds = {scalar(v, F.KIND_KEY) for v in transformed}
+    assert kinds == {"listing", "review"}
