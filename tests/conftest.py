@@ -21,6 +21,12 @@ def gcs_server() -> Iterator[str]:
 
     server = FakeGCSServer()
     server.start()
+    # The wrapper pipes the server's stderr and never reads it: once the pipe fills (a few
+    # hundred requests of logging) the server blocks. Drain it.
+    import threading
+
+    stderr = server._process.stderr  # type: ignore[union-attr]
+    threading.Thread(target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True).start()
     # Beam looks for Google default credentials with ~15 s of retries before going anonymous;
     # there are none on a test machine, so go anonymous at once.
     from apache_beam.internal.gcp import auth
