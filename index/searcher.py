@@ -426,7 +426,7 @@ class Searcher:
             storage.read_text(storage.join(paths.model_dir(self.workdir, version), "config.json"))
         )
         self._image_size = int(config["image_size"])
-        model = tf.saved_model.load(paths.embedder_dir(self.workdir, version))
+        model = tf.saved_model.load(storage.local_dir(paths.embedder_dir(self.workdir, version)))
         self._embedder = model.signatures["serving_default"]
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:

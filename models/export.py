@@ -85,4 +85,4 @@ def export_embedder(
 
 def load_serving(uri: str) -> Any:
     """The exported model's ``serving_default`` function (call it with ``images=<tf.string [N]>``)."""
-    return tf.saved_model.load(uri).signatures[SIGNATURE]
+    return tf.saved_model.load(storage.local_dir(uri)).signatures[SIGNATURE]

@@ -187,6 +187,34 @@ def rename(src: str, dst: str) -> None:
         os.replace(src, dst)
 
 
+def local_dir(uri: str) -> str:
+    """A local directory with the content of ``uri``: the path itself when local, else a copy.
+
+    For readers that only take local paths, or whose own GCS client cannot be pointed at an
+    emulator (TensorFlow's SavedModel loader). A remote directory is copied once per process.
+    """
+    uri = normalize(uri)
+    if not is_gcs(uri):
+        if not os.path.isdir(uri):
+            raise FileNotFoundError(f"no directory at {uri}")
+        return uri
+    return _downloaded_dir(uri)
+
+
+@functools.cache
+def _downloaded_dir(uri: str) -> str:
+    files = list_prefix(uri)
+    if not files:
+        raise FileNotFoundError(f"no files under {uri}")
+    local = tempfile.mkdtemp(prefix="vsearch-")
+    for f in files:
+        dest = os.path.join(local, *f[len(uri) :].lstrip("/").split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as out:
+            out.write(read_bytes(f))
+    return local
+
+
 def makedirs(uri: str) -> None:
     """Create a local directory; a no-op on object stores, which have no directories."""
     uri = normalize(uri)
