@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vsearch import cli, paths, runs, storage
@@ -40,7 +40,7 @@ class DayRun:
     full: bool = False  # re-embed everything even if the gate did not promote a new model
     pipeline_args: tuple[str, ...] = ()
     # Extra flags per stage, e.g. {"train": ("--epochs", "2")}.
-    stage_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    stage_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def is_done(workdir: str, stage: str, date: dt.date) -> bool:

@@ -150,7 +150,7 @@ def list_prefix(prefix: str) -> list[str]:
         return sorted(
             f"gs://{bucket}/{b.name}" for b in client.list_blobs(bucket, prefix=name.rstrip("/") + "/")
         )
-    out = []
+    out: list[str] = []
     for root, _, files in os.walk(prefix):
         out.extend(os.path.join(root, f) for f in files)
     return sorted(out)
@@ -250,7 +250,7 @@ _anonymous_beam_against_emulator()
 @functools.cache
 def gcs_client() -> Any:
     """A google-cloud-storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
