@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -270,7 +270,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--beam-args", default="", help="Beam flags for the job (default: embed's)")
     ap.add_argument("--out", default="bench-output/embed")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument(
+        "--report-only", action="store_true", help="re-render from OUT/results.json, run nothing"
+    )
     args = ap.parse_args(argv)
+    if args.report_only:
+        return _render(os.path.abspath(args.out), write=not args.no_write)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pipelines.embed import default_pipeline_args
 
@@ -325,18 +330,39 @@ def main(argv: list[str]) -> int:
         args.batch_size,
         model_desc,
     )
+    results = {
+        "timings": asdict(t),
+        "raw_one": raw_one,
+        "raw_two": raw_two,
+        "beam_args": beam_args,
+        "full_extra": full["extra"],
+        "inc_extra": inc["extra"],
+        "inc_pipeline_s": inc["wall_s"],
+        "prof_wall": prof_wall,
+    }
+    storage.write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2))
+    return _render(out, write=not args.no_write)
+
+
+def _render(out: str, write: bool) -> int:
+    """BENCHMARKS.md section from OUT/results.json and OUT/incremental.prof."""
+    r = json.loads(storage.read_text(os.path.join(out, "results.json")))
+    prof_path = os.path.join(out, "incremental.prof")
     body = report(
-        t,
-        raw_one,
-        raw_two,
-        beam_args,
-        full["extra"],
-        prof_wall,
+        Timings(**r["timings"]),
+        r["raw_one"],
+        r["raw_two"],
+        r["beam_args"],
+        r["full_extra"],
+        r["inc_extra"],
+        r["inc_pipeline_s"],
+        r["prof_wall"],
         _top(prof_path, "cumulative"),
         _top(prof_path, "tottime"),
+        r.get("note", ""),
     )
     print(body, flush=True)
-    if not args.no_write:
+    if write:
         from benchmarks.report import write_section
 
         write_section("embed", body)
@@ -349,15 +375,27 @@ def report(
     raw_two: float,
     beam_args: list[str],
     full_extra: dict[str, Any],
+    inc_extra: dict[str, Any],
+    inc_pipeline_s: float,
     prof_wall: float,
     top_cum: str,
     top_own: str,
+    extra_note: str = "",
 ) -> str:
     job_rate = t.full_embedded / t.full_wall_s
     marginal = (t.full_embedded - t.inc_embedded) / max(t.full_wall_s - t.inc_wall_s, 1e-9)
     ratio_a, ratio_b = job_rate / t.raw_images_per_s, t.inc_wall_s / t.full_wall_s
     inf = full_extra.get("inference_ms", {})
     model_s = inf.get("count", 0) * inf.get("mean", 0.0) / 1000
+    outside = t.inc_wall_s - inc_pipeline_s  # interpreter, imports, model resolve, publish
+    inc_load_s = inc_extra.get("load_model_latency_milli_secs", {}).get("mean", 0.0) / 1000
+    inc_inf = inc_extra.get("inference_ms", {})
+    inc_model_s = inc_inf.get("count", 0) * inc_inf.get("mean", 0.0) / 1000
+    per_full_ms = 1000 * t.full_wall_s / max(t.full_embedded, 1)
+    rest_s = max(inc_pipeline_s - inc_load_s - inc_model_s, 0.0)
+    per_skip_ms = 1000 * rest_s / max(t.inc_skipped, 1)
+    floor = per_skip_ms / per_full_ms + 0.01
+    note = f"\n  ({extra_note})" if extra_note else ""
 
     def verdict(good: bool) -> str:
         return "meets target" if good else "MISSES target"
@@ -378,6 +416,26 @@ on a machine shared with other jobs (figures are single runs: expect +-15%).
 | (b) full run wall | {t.full_wall_s:.1f} s |
 | (b) 1% day: {t.inc_embedded} embedded, {t.inc_skipped} skipped unchanged | {t.inc_wall_s:.1f} s |
 | (b) **1% day / full run** (target <= 0.05) | **{ratio_b:.3f}** ({verdict(ratio_b <= 0.05)}) |
+
+What stops the targets:
+
+- (a) On this 2-core machine the decode + letterbox + PNG encode of every photo (what the contract
+  feeds the model) runs on the same two cores as the model, so the job cannot reach a raw loop
+  that does nothing but `model(...)` with two callers: against a single caller it is
+  {job_rate / raw_one:.2f}x, against two {job_rate / raw_two:.2f}x. Two bundle threads (the
+  default) overlap preprocessing with inference; the DirectRunner's single-threaded mode was
+  ~1.5x slower at 1,700 images. The fixed costs (imports, model load, pipeline start) are a few
+  percent at this size (marginal ratio {marginal / t.raw_images_per_s:.2f}). On GPU workers the
+  model gets much faster and the same preprocessing needs more CPU per GPU.
+- (b) About half of the 1% day is fixed cost: {outside:.1f} s outside the pipeline (interpreter,
+  TF and Beam imports, publish) and, inside its {inc_pipeline_s:.1f} s, model load
+  {inc_load_s:.1f} s and {inc_model_s:.1f} s of model calls for {t.inc_embedded} images. The
+  rest, at most ~{per_skip_ms:.2f} ms per unchanged image (pipeline construction included), is
+  reading every photo to hash it (the sha256 key needs the bytes), the catalog parse and Beam's
+  per-element cost of two shuffles. A full run costs {per_full_ms:.1f} ms per image with this
+  small model, so the ratio tends to at most ~{floor:.1%} as the catalog grows: the 5% target
+  needs a larger catalog or a heavier model (a ResNet costs many times more per image); at
+  20,000 images with a {outside:.0f}-second process start-up on 2 cores it does not hold.{note}
 
 Profile of the 1% day (an idempotent re-run, single-threaded so that cProfile sees every step;
 {prof_wall:.1f} s under the profiler), top functions by cumulative time:
