@@ -18,8 +18,6 @@ bytes) and returns ``embedding`` [N, D] float32 plus the category head. The hand
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,19 +176,7 @@ def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:
 
 def _localize(model_uri: str) -> str:
     """A local directory holding the SavedModel (downloaded once per process when remote)."""
-    uri = storage.normalize(model_uri)
-    if not storage.is_gcs(uri):
-        if not os.path.isdir(uri):
-            raise FileNotFoundError(f"no SavedModel at {model_uri}")
-        return uri
-    files = storage.list_prefix(uri)
-    if not files:
-        raise FileNotFoundError(f"no SavedModel at {model_uri}")
-    local = tempfile.mkdtemp(prefix="vsearch-model-")
-    for f in files:
-        rel = f[len(uri) :].lstrip("/")
-        dest = os.path.join(local, *rel.split("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as out:
-            out.write(storage.read_bytes(f))
-    return local
+    try:
+        return storage.local_dir(model_uri)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no SavedModel at {model_uri}") from e
