@@ -3,6 +3,7 @@
 This file is also what Dataflow ships to workers (``--setup_file ./setup.py``):
 keep it importable without anything but setuptools, and keep heavy imports out.
 """
+
 from setuptools import find_packages, setup
 
 # Runtime dependencies. Exact versions live in constraints.txt so that a fresh

@@ -28,7 +28,9 @@ PIPELINE_PYTHON = os.environ.get(
 
 DEFAULT_PARAMS = {
     "catalog": Param(os.environ.get("VSEARCH_CATALOG", "gs://YOUR-BUCKET/catalog"), type="string"),
-    "workdir": Param(os.environ.get("VSEARCH_WORKDIR", "gs://YOUR-BUCKET/visual-search"), type="string"),
+    "workdir": Param(
+        os.environ.get("VSEARCH_WORKDIR", "gs://YOUR-BUCKET/visual-search"), type="string"
+    ),
     "runner": Param(os.environ.get("VSEARCH_RUNNER", "DirectRunner"), type="string"),
     # Extra Beam pipeline options for every Beam stage, e.g. for Dataflow:
     # {"project": "p", "region": "r", "temp_location": "gs://...", "setup_file": "./setup.py"}

@@ -26,7 +26,9 @@ def gcs_server() -> Iterator[str]:
     import threading
 
     stderr = server._process.stderr  # type: ignore[union-attr]
-    threading.Thread(target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True).start()
+    threading.Thread(
+        target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True
+    ).start()
     # Beam looks for Google default credentials with ~15 s of retries before going anonymous;
     # there are none on a test machine, so go anonymous at once.
     from apache_beam.internal.gcp import auth
@@ -70,7 +72,9 @@ def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
     from vsearch.synthetic.generate import generate_catalog
 
     out = str(tmp_path_factory.mktemp("tiny-catalog"))
-    generate_catalog(out, listings=40, days=3, seed=11, image_size=TINY_IMAGE_SIZE, progress_every=10**9)
+    generate_catalog(
+        out, listings=40, days=3, seed=11, image_size=TINY_IMAGE_SIZE, progress_every=10**9
+    )
     return out
 
 

@@ -9,7 +9,17 @@ import pytest
 
 from vsearch import cli
 
-DESIGN_STAGES = ["preprocess", "train", "gate", "embed", "build-index", "publish", "query", "backfill", "demo"]
+DESIGN_STAGES = [
+    "preprocess",
+    "train",
+    "gate",
+    "embed",
+    "build-index",
+    "publish",
+    "query",
+    "backfill",
+    "demo",
+]
 
 
 def _vsearch(*args: str) -> subprocess.CompletedProcess[str]:

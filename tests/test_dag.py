@@ -26,7 +26,9 @@ TINY_GATE = "--floor review_recall_at_10=0 --floor category_precision_at_10=0 --
 
 
 def _airflow(tmp_path: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
-    assert AIRFLOW_PYTHON.exists(), "run `make airflow-env` (make test does) to create .venv-airflow"
+    assert AIRFLOW_PYTHON.exists(), (
+        "run `make airflow-env` (make test does) to create .venv-airflow"
+    )
     home = tmp_path / "airflow-home"
     home.mkdir(exist_ok=True)
     env = {
@@ -38,7 +40,12 @@ def _airflow(tmp_path: Path, *args: str, timeout: int = 1500) -> subprocess.Comp
         "PYTHONPATH": str(REPO),
     }
     return subprocess.run(
-        [str(AIRFLOW_PYTHON), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [str(AIRFLOW_PYTHON), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -93,19 +100,32 @@ def _assert_index_answers(catalog: str, workdir: str, date: dt.date) -> None:
 @pytest.mark.slow
 def test_two_days_full_then_incremental(tiny_catalog: str, tmp_path: Path) -> None:
     workdir = str(tmp_path / "work")
-    conf = {"catalog": tiny_catalog, "workdir": workdir, "train_args": TINY_TRAIN, "gate_args": TINY_GATE}
+    conf = {
+        "catalog": tiny_catalog,
+        "workdir": workdir,
+        "train_args": TINY_TRAIN,
+        "gate_args": TINY_GATE,
+    }
     day1, day2 = _run_days(tmp_path, conf, "2026-01-01", "2026-01-02")
     assert day1["state"] == "success", day1
-    assert day1["tasks"]["embed_full"] == "success" and day1["tasks"]["embed_incremental"] == "skipped"
+    assert (
+        day1["tasks"]["embed_full"] == "success" and day1["tasks"]["embed_incremental"] == "skipped"
+    )
     assert day1["tasks"]["publish"] == "success"
     assert day2["state"] == "success", day2
-    assert day2["tasks"]["embed_incremental"] == "success" and day2["tasks"]["embed_full"] == "skipped"
+    assert (
+        day2["tasks"]["embed_incremental"] == "success" and day2["tasks"]["embed_full"] == "skipped"
+    )
 
     d2 = dt.date(2026, 1, 2)
     embed2 = runs.read_summary(workdir, "embed", d2)
     assert embed2["skipped"] > embed2["ok"] > 0  # day 2 embedded only new and changed photos
     current = storage.read_pointer(paths.current_index_pointer(workdir)).value
-    assert current and json.loads(storage.read_text(current))["ntotal"] == embed2["read"] - embed2["dead_lettered"]
+    assert (
+        current
+        and json.loads(storage.read_text(current))["ntotal"]
+        == embed2["read"] - embed2["dead_lettered"]
+    )
     _assert_index_answers(tiny_catalog, workdir, d2)
 
 
@@ -118,7 +138,9 @@ def _upload_tree(local: str, uri: str) -> None:
 
 
 @pytest.mark.slow
-def test_daily_flow_on_gcs(tiny_catalog: str, trained_workdir: str, gcs_bucket: str, tmp_path: Path) -> None:
+def test_daily_flow_on_gcs(
+    tiny_catalog: str, trained_workdir: str, gcs_bucket: str, tmp_path: Path
+) -> None:
     """Catalog and WORKDIR on gs:// (loopback GCS server): embed, index, publish, query.
 
     preprocess, train and gate read and write through TensorFlow's own GCS client, which has
@@ -129,7 +151,12 @@ def test_daily_flow_on_gcs(tiny_catalog: str, trained_workdir: str, gcs_bucket: 
     catalog, workdir = f"{gcs_bucket}/catalog", f"{gcs_bucket}/work"
     _upload_tree(tiny_catalog, catalog)
     _upload_tree(trained_workdir, workdir)
-    conf = {"catalog": catalog, "workdir": workdir, "train_args": TINY_TRAIN, "gate_args": TINY_GATE}
+    conf = {
+        "catalog": catalog,
+        "workdir": workdir,
+        "train_args": TINY_TRAIN,
+        "gate_args": TINY_GATE,
+    }
     os.environ["DAG_MARK_SUCCESS"] = "preprocess|train|gate"
     try:
         (day1,) = _run_days(tmp_path, conf, "2026-01-01")
@@ -140,5 +167,7 @@ def test_daily_flow_on_gcs(tiny_catalog: str, trained_workdir: str, gcs_bucket: 
     current = storage.read_pointer(paths.current_index_pointer(workdir)).value
     assert current and current.startswith(workdir + "/indexes/")
     version = storage.read_pointer(paths.published_model_pointer(workdir)).value
-    assert storage.glob(storage.join(paths.embeddings_dir(workdir, version, "2026-01-01"), "*.parquet"))
+    assert storage.glob(
+        storage.join(paths.embeddings_dir(workdir, version, "2026-01-01"), "*.parquet")
+    )
     _assert_index_answers(catalog, workdir, dt.date(2026, 1, 1))

@@ -34,10 +34,14 @@ class DeadLetter:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def dead_letter(stage: str, error: str, listing_id: str | None = None, uri: str | None = None) -> beam.pvalue.TaggedOutput:
+def dead_letter(
+    stage: str, error: str, listing_id: str | None = None, uri: str | None = None
+) -> beam.pvalue.TaggedOutput:
     """A tagged output for a DoFn's dead-letter stream; also counts it in Beam metrics."""
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_lettered").inc()
-    return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(listing_id, uri, stage, error[:2000]))
+    return beam.pvalue.TaggedOutput(
+        DEAD_LETTER_TAG, DeadLetter(listing_id, uri, stage, error[:2000])
+    )
 
 
 class _WriteShard(beam.DoFn):
@@ -65,8 +69,7 @@ def WriteDeadLetters(  # noqa: N802 - Beam transforms are named like classes
     directory = paths.deadletter_dir(workdir, stage, date)
     return (
         pcoll
-        | "KeyByShard"
-        >> beam.Map(lambda r: (zlib.crc32(r.to_json().encode()) % num_shards, r))
+        | "KeyByShard" >> beam.Map(lambda r: (zlib.crc32(r.to_json().encode()) % num_shards, r))
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShard" >> beam.ParDo(_WriteShard(directory, num_shards))
     )

@@ -50,7 +50,9 @@ def plan(settings: BackfillSettings) -> list[tuple[dt.date, str, bool]]:
     ]
 
 
-def run(settings: BackfillSettings, on_event: Callable[[str], None] = print) -> list[tuple[dt.date, str]]:
+def run(
+    settings: BackfillSettings, on_event: Callable[[str], None] = print
+) -> list[tuple[dt.date, str]]:
     """Run the backfill; returns the (date, stage) steps that ran. Raises StageFailed on failure."""
     ran: list[tuple[dt.date, str]] = []
     for d in dates(settings.start, settings.end):
@@ -73,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any other flag (e.g. --runner DataflowRunner ...) goes to every Beam stage.",
     )
-    p.add_argument("--catalog", required=True, help="catalog root URI (holds dt=YYYY-MM-DD/ snapshots)")
+    p.add_argument(
+        "--catalog", required=True, help="catalog root URI (holds dt=YYYY-MM-DD/ snapshots)"
+    )
     p.add_argument("--workdir", required=True, help="working directory URI for every output")
     p.add_argument("--start", required=True, type=paths.parse_date, help="first date, YYYY-MM-DD")
     p.add_argument("--end", required=True, type=paths.parse_date, help="last date (inclusive)")
@@ -99,7 +103,9 @@ def _stage_flags(values: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ..
     for value in values:
         stage, sep, flags = value.partition("=")
         if not sep or stage not in DAILY_STAGES:
-            raise ValueError(f"--stage-flags wants STAGE=FLAGS with STAGE in {DAILY_STAGES}, got {value!r}")
+            raise ValueError(
+                f"--stage-flags wants STAGE=FLAGS with STAGE in {DAILY_STAGES}, got {value!r}"
+            )
         out[stage] = out.get(stage, ()) + tuple(flags.split())
     return tuple(out.items())
 
@@ -112,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         start=args.start,
         end=args.end,
-        stages=tuple(s for s in DAILY_STAGES if s in wanted) + tuple(s for s in wanted if s not in DAILY_STAGES),
+        stages=tuple(s for s in DAILY_STAGES if s in wanted)
+        + tuple(s for s in wanted if s not in DAILY_STAGES),
         full=args.full,
         pipeline_args=tuple(pipeline_args),
         stage_args=_stage_flags(args.stage_flags),
@@ -124,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ran = run(settings)
     except StageFailed as e:
-        print(f"vsearch backfill: {e}\nFix the cause and run the same command again to resume.", file=sys.stderr)
+        print(
+            f"vsearch backfill: {e}\nFix the cause and run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 1
     print(f"backfill {settings.start}..{settings.end}: ran {len(ran)} step(s)")
     return 0

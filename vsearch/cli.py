@@ -25,8 +25,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.preprocess",
         "Beam + TF Transform: decode, normalise, build label vocabularies, split train/eval",
     ),
-    "train": ("models.train", "train the multitask embedding model and export a raw-bytes SavedModel"),
-    "gate": ("models.gate", "promote the candidate model (flip models/PUBLISHED) if it is good enough"),
+    "train": (
+        "models.train",
+        "train the multitask embedding model and export a raw-bytes SavedModel",
+    ),
+    "gate": (
+        "models.gate",
+        "promote the candidate model (flip models/PUBLISHED) if it is good enough",
+    ),
     "embed": (
         "pipelines.embed",
         "Beam RunInference: embed new or changed images, write Parquet (incremental by default)",
@@ -37,8 +43,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "publish": ("index.publish", "flip indexes/CURRENT to a validated manifest (compare-and-swap)"),
     "query": ("index.query", "search by photo: top-k listings for an image file"),
-    "backfill": ("vsearch.backfill", "run the stages for every date in a range, resuming after failure"),
-    "demo": ("vsearch.demo", "the whole pipeline on a generated catalog, locally, and a results page"),
+    "backfill": (
+        "vsearch.backfill",
+        "run the stages for every date in a range, resuming after failure",
+    ),
+    "demo": (
+        "vsearch.demo",
+        "the whole pipeline on a generated catalog, locally, and a results page",
+    ),
 }
 
 

@@ -28,7 +28,9 @@ DAY2_STAGES = ("embed", "build-index", "publish")
 @dataclass(frozen=True)
 class DemoSettings:
     workdir: str = "demo-output"
-    listings: int = 800  # enough for retrieval to be fine-grained; trains in a few minutes on 2 cores
+    listings: int = (
+        800  # enough for retrieval to be fine-grained; trains in a few minutes on 2 cores
+    )
     seed: int = 7
     queries: int = 8  # printed one by one; recall@10 is measured on every held-out review photo
     epochs: int | None = None  # None: the train stage's default
@@ -74,8 +76,12 @@ def run(settings: DemoSettings) -> dict[str, object]:
     def event(msg: str) -> None:
         _log(msg, t0)
 
-    run_day(DayRun(catalog, pipeline_workdir, day1, stage_args=stage_args), DAILY_STAGES, on_event=event)
-    run_day(DayRun(catalog, pipeline_workdir, day2, stage_args=stage_args), DAY2_STAGES, on_event=event)
+    run_day(
+        DayRun(catalog, pipeline_workdir, day1, stage_args=stage_args), DAILY_STAGES, on_event=event
+    )
+    run_day(
+        DayRun(catalog, pipeline_workdir, day2, stage_args=stage_args), DAY2_STAGES, on_event=event
+    )
 
     _log("searching the published index with held-out buyer review photos", t0)
     results = query_held_out(catalog, pipeline_workdir, day2)
@@ -125,7 +131,9 @@ def _report(
     lines = ["", "=== visual-search demo ==="]
     for r in results[: settings.queries]:
         rank = f"rank {r.rank}" if r.rank else "not in top 10"
-        lines.append(f"query {storage.basename(r.review_uri)} (true listing {r.true_listing}): {rank}")
+        lines.append(
+            f"query {storage.basename(r.review_uri)} (true listing {r.true_listing}): {rank}"
+        )
         for lid, score, cat, _ in r.top[:5]:
             mark = "*" if lid == r.true_listing else " "
             lines.append(f"   {mark} {lid}  {score:.3f}  {cat}")
@@ -190,11 +198,17 @@ held-out review photos: <b>{recall10:.3f}</b>.</p>
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsearch demo", description=__doc__)
     d = DemoSettings()
-    p.add_argument("--workdir", default=d.workdir, help=f"where everything is written (default {d.workdir})")
-    p.add_argument("--listings", type=int, default=d.listings, help=f"catalog size (default {d.listings})")
+    p.add_argument(
+        "--workdir", default=d.workdir, help=f"where everything is written (default {d.workdir})"
+    )
+    p.add_argument(
+        "--listings", type=int, default=d.listings, help=f"catalog size (default {d.listings})"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="catalog seed")
     p.add_argument("--queries", type=int, default=d.queries, help="queries printed one by one")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: train's default)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: train's default)"
+    )
     return p
 
 

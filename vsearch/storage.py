@@ -148,7 +148,8 @@ def list_prefix(prefix: str) -> list[str]:
         bucket, name = split_gcs(prefix)
         client = gcs_client()
         return sorted(
-            f"gs://{bucket}/{b.name}" for b in client.list_blobs(bucket, prefix=name.rstrip("/") + "/")
+            f"gs://{bucket}/{b.name}"
+            for b in client.list_blobs(bucket, prefix=name.rstrip("/") + "/")
         )
     out: list[str] = []
     for root, _, files in os.walk(prefix):
