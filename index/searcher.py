@@ -106,7 +106,6 @@ class Searcher:
         )
         self._param_cache: dict[tuple[tuple[str, int], ...], Any] = {}
         self._embedder: Any = None
-        self._image_size = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -415,33 +414,17 @@ class Searcher:
     # ------------------------------------------------------------------ photos
 
     def _load_embedder(self) -> None:
-        import json
-
-        import tensorflow as tf
+        from models.embedder import PhotoEmbedder
 
         if self.workdir is None:
             raise ValueError("search_images needs the workdir (use Searcher.open(workdir))")
-        version = self.manifest.model_version
-        config = json.loads(
-            storage.read_text(storage.join(paths.model_dir(self.workdir, version), "config.json"))
-        )
-        self._image_size = int(config["image_size"])
-        model = tf.saved_model.load(storage.local_dir(paths.embedder_dir(self.workdir, version)))
-        self._embedder = model.signatures["serving_default"]
+        self._embedder = PhotoEmbedder(self.workdir, self.manifest.model_version)
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
         """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
-        import tensorflow as tf
-
-        from vsearch import images as images_mod
-
         if self._embedder is None:
             self._load_embedder()
-        clean = [
-            images_mod.encode_png(images_mod.decode_image(b, size=self._image_size)) for b in images
-        ]
-        out = self._embedder(images=tf.constant(clean, dtype=tf.string))
-        emb = np.asarray(out["embedding"].numpy(), dtype=np.float32)
+        emb = self._embedder.embed(images)
         if emb.shape[1] != self.manifest.input_dim:
             raise ValueError(
                 f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "

@@ -48,6 +48,43 @@ class BuildIndexSettings:
     model_version: str | None = None  # None: models/PUBLISHED
     batch_size: int = 65536  # rows per RecordBatch read from the embedding Parquet
     build_id: str | None = None  # None: UTC timestamp + random suffix
+    # Buyer review photos embedded as extra validation queries: they are what shoppers send, and
+    # unlike database vectors they are never in the index (0: none).
+    review_queries: int = 200
+
+
+def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarray | None:
+    """Embeddings of up to ``settings.review_queries`` review photos of the day's snapshot.
+
+    A deterministic spread over the reviews of current listings; unreadable photos are left out
+    (they are the embed stage's dead letters to report, not this stage's).
+    """
+    from models.embedder import PhotoEmbedder
+    from vsearch.catalog import read_snapshot
+    from vsearch.images import ImageError
+
+    if settings.review_queries <= 0:
+        return None
+    snapshot = read_snapshot(settings.catalog, settings.date)
+    current = {listing.listing_id for listing in snapshot.listings}
+    reviews = sorted(
+        (r for r in snapshot.reviews if r.listing_id in current), key=lambda r: r.review_id
+    )
+    step = max(1, len(reviews) // settings.review_queries)
+    photos = []
+    for review in reviews[::step][: settings.review_queries]:
+        try:
+            photos.append(storage.read_bytes(review.image_uri))
+        except storage.StorageError:
+            continue
+    embedder = PhotoEmbedder(settings.workdir, version)
+    good = []
+    for photo in photos:
+        try:
+            good.append(embedder.embed([photo]))
+        except ImageError:
+            continue
+    return np.concatenate(good) if good else None
 
 
 # ------------------------------------------------------------------ Beam: add per shard
@@ -195,6 +232,8 @@ def run(
     build_id = settings.build_id or manifest.new_build_id()
     build_dir = paths.index_build_dir(settings.workdir, version, build_id)
     source = batches_factory or current_embeddings(settings, version)
+    if extra_queries is None and batches_factory is None:
+        extra_queries = review_photo_queries(settings, version)
     with runs.stopwatch() as t:
         result = builder.build_index(
             source,
@@ -254,6 +293,12 @@ def parse_args(argv: Sequence[str]) -> tuple[BuildIndexSettings, list[str]]:
     p.add_argument("--max-train-size", type=int, default=d.max_train_size)
     p.add_argument("--validation-queries", type=int, default=d.validation_queries)
     p.add_argument("--build-id", help="default: UTC timestamp + random suffix")
+    p.add_argument(
+        "--review-queries",
+        type=int,
+        default=BuildIndexSettings.review_queries,
+        help="review photos embedded as extra validation queries (0: none)",
+    )
     args, pipeline_args = p.parse_known_args(list(argv))
     index_settings = IndexSettings(
         factory=args.factory,
@@ -271,6 +316,7 @@ def parse_args(argv: Sequence[str]) -> tuple[BuildIndexSettings, list[str]]:
         index=index_settings,
         model_version=args.model_version,
         build_id=args.build_id,
+        review_queries=args.review_queries,
     )
     return settings, pipeline_args
 
