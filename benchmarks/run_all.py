@@ -8,7 +8,7 @@ import time
 
 # (module, its flags): cheapest first, so a short run still refreshes most sections. The index
 # figures in BENCHMARKS.md are at N=1M (about half an hour on 2 cores, autofaiss included).
-BENCHMARKS = (
+BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.embed_bench", []),
     ("benchmarks.model_quality", []),
     ("benchmarks.index_bench", ["--n", "1000000", "--write"]),
