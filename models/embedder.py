@@ -28,17 +28,23 @@ class PhotoEmbedder:
         self.image_size = int(config["image_size"])
         self._serving = load_serving(paths.embedder_dir(workdir, version))
 
-    def embed(self, photos: Sequence[bytes], batch_size: int = 64) -> np.ndarray:
-        import tensorflow as tf
-
+    def prepare(self, photo: bytes) -> bytes:
+        """The sanitised PNG the model is fed; raises ``images.ImageError`` for a bad photo."""
         from vsearch import images
 
+        return images.encode_png(images.decode_image(photo, size=self.image_size))
+
+    def embed(self, photos: Sequence[bytes], batch_size: int = 64) -> np.ndarray:
+        return self.embed_prepared([self.prepare(p) for p in photos], batch_size)
+
+    def embed_prepared(self, clean: Sequence[bytes], batch_size: int = 64) -> np.ndarray:
+        """Embed photos already passed through ``prepare``, in batches."""
+        import tensorflow as tf
+
         out = []
-        for i in range(0, len(photos), batch_size):
-            clean = [
-                images.encode_png(images.decode_image(b, size=self.image_size))
-                for b in photos[i : i + batch_size]
-            ]
-            result = self._serving(images=tf.constant(clean, dtype=tf.string))
-            out.append(np.asarray(result["embedding"].numpy(), dtype=np.float32))
+        for i in range(0, len(clean), batch_size):
+            batch = tf.constant(list(clean[i : i + batch_size]), dtype=tf.string)
+            out.append(
+                np.asarray(self._serving(images=batch)["embedding"].numpy(), dtype=np.float32)
+            )
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -71,20 +71,14 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
         (r for r in snapshot.reviews if r.listing_id in current), key=lambda r: r.review_id
     )
     step = max(1, len(reviews) // settings.review_queries)
-    photos = []
+    embedder = PhotoEmbedder(settings.workdir, version)
+    clean = []
     for review in reviews[::step][: settings.review_queries]:
         try:
-            photos.append(storage.read_bytes(review.image_uri))
-        except storage.StorageError:
+            clean.append(embedder.prepare(storage.read_bytes(review.image_uri)))
+        except (storage.StorageError, ImageError):
             continue
-    embedder = PhotoEmbedder(settings.workdir, version)
-    good = []
-    for photo in photos:
-        try:
-            good.append(embedder.embed([photo]))
-        except ImageError:
-            continue
-    return np.concatenate(good) if good else None
+    return embedder.embed_prepared(clean) if clean else None
 
 
 # ------------------------------------------------------------------ Beam: add per shard
