@@ -26,15 +26,14 @@ def gcs_server() -> Iterator[str]:
     import threading
 
     stderr = server._process.stderr  # type: ignore[union-attr]
-    threading.Thread(
-        target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True
-    ).start()
-    # Beam looks for Google default credentials with ~15 s of retries before going anonymous;
-    # there are none on a test machine, so go anonymous at once.
-    from apache_beam.internal.gcp import auth
 
-    auth._Credentials._credentials_init = True
-    auth._Credentials._credentials = None
+    def drain() -> None:
+        while stderr.read(65536):
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    # Beam would spend ~15 s retrying Google default credentials; there are none here.
+    storage.anonymous_beam_against_emulator()
     storage.gcs_client.cache_clear()
     try:
         yield server.url

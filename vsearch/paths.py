@@ -10,8 +10,6 @@ import datetime as dt
 
 from vsearch import storage
 
-STAGES = ("catalog", "preprocess", "train", "gate", "embed", "build-index", "publish")
-
 
 def parse_date(value: str) -> dt.date:
     """``YYYY-MM-DD`` -> date, with an error that says what was expected."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -126,11 +125,3 @@ def run_day(
         on_event(f"[{day.date}] {stage}: done in {t['s']:.1f}s")
         ran.append(stage)
     return ran
-
-
-def describe(workdir: str, date: dt.date, stage: str) -> str:
-    """A short JSON of a stage's summary for a date (for the demo and dry runs)."""
-    try:
-        return json.dumps(runs.read_summary(workdir, stage, date), sort_keys=True)
-    except storage.StorageError:
-        return "{}"

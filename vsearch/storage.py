@@ -216,13 +216,6 @@ def _downloaded_dir(uri: str) -> str:
     return local
 
 
-def makedirs(uri: str) -> None:
-    """Create a local directory; a no-op on object stores, which have no directories."""
-    uri = normalize(uri)
-    if not is_gcs(uri):
-        os.makedirs(uri, exist_ok=True)
-
-
 def split_gcs(uri: str) -> tuple[str, str]:
     if not is_gcs(uri):
         raise ValueError(f"not a gs:// URI: {uri}")
@@ -230,7 +223,7 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
-def _anonymous_beam_against_emulator() -> None:
+def anonymous_beam_against_emulator() -> None:
     """Against a GCS emulator there are no credentials to find; tell Beam so up front.
 
     Otherwise Beam spends ~15 s per process retrying Google default credentials before it
@@ -245,7 +238,7 @@ def _anonymous_beam_against_emulator() -> None:
         auth._Credentials._credentials = None
 
 
-_anonymous_beam_against_emulator()
+anonymous_beam_against_emulator()
 
 
 @functools.cache
