@@ -18,7 +18,7 @@ help:  ## Show this help.
 $(STAMP): setup.py constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[test]"
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[serve,test]"
 	touch $(STAMP)
 
 $(AIRFLOW_STAMP): requirements-airflow.in constraints-airflow.txt $(STAMP)
@@ -39,10 +39,11 @@ test: $(STAMP) $(AIRFLOW_STAMP)  ## Run the whole test suite.
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
 	$(BIN)/python -m benchmarks.run_all
 
-lint: $(STAMP)  ## ruff and mypy.
+lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter).
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy vsearch pipelines transforms models index
+	$(BIN)/lint-imports
 
 clean:  ## Remove the virtualenv and generated outputs.
 	rm -rf $(VENV) $(AIRFLOW_VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

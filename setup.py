@@ -28,6 +28,9 @@ EXTRAS = {
     # GPU workers (Dataflow with worker_accelerator): TensorFlow's CUDA build and
     # faiss-gpu for index training. Install instead of the CPU defaults.
     "gpu": ["tensorflow[and-cuda]>=2.21,<2.22", "faiss-gpu-cu12>=1.11"],
+    # The search service and the rating app (`vsearch serve`, `vsearch rate`): not needed on
+    # Beam workers, so not a runtime dependency of the pipeline.
+    "serve": ["fastapi", "uvicorn", "prometheus-client", "python-multipart", "httpx"],
     "test": [
         "pytest>=9",
         "pytest-timeout",
@@ -37,6 +40,8 @@ EXTRAS = {
         "ruff",
         "mypy",
         "matplotlib",
+        "import-linter",
+        "playwright",
     ],
 }
 
@@ -49,5 +54,5 @@ setup(
     packages=find_packages(include=["vsearch*", "pipelines*", "transforms*", "models*", "index*"]),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["vsearch=vsearch.cli:main"]},
+    entry_points={"console_scripts": ["vsearch=vsearch.app.cli:main"]},
 )

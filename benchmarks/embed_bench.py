@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 CHANGE_FRACTION = 0.01
@@ -132,8 +132,8 @@ RAW_SAMPLE = 4096  # a rate: 128 batches of 32 measure it well; all 20k would ad
 
 def _job_pngs(catalog: str, image_size: int, limit: int = RAW_SAMPLE) -> list[bytes]:
     """The exact model inputs of the job: day-1 photos (the first ``limit``) sanitised, PNG-encoded."""
-    from vsearch import catalog as catalog_mod
-    from vsearch import images
+    from vsearch.core import catalog as catalog_mod
+    from vsearch.core import images
 
     snap = catalog_mod.read_snapshot(catalog, D1)
     pngs = []
@@ -219,7 +219,7 @@ def _run(
         raise RuntimeError(
             f"embed failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
-    from vsearch import runs
+    from vsearch.core import runs
 
     return runs.read_summary(workdir, "embed", date), wall
 

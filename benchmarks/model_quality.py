@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     from models.train import run as train
     from pipelines.preprocess import PreprocessSettings
     from pipelines.preprocess import run as preprocess
-    from vsearch import paths, storage
+    from vsearch.core import paths, storage
     from vsearch.synthetic.generate import generate_catalog
 
     cat, work = storage.join(args.out, "catalog"), storage.join(args.out, "work")

@@ -80,7 +80,7 @@ def _run_stage(
     """Runs inside the pipeline environment (ExternalPython): one stage for one date."""
     import datetime
 
-    from vsearch.stages import DayRun, run_stage
+    from vsearch.app.stages import DayRun, run_stage
 
     day = DayRun(
         catalog=catalog,
@@ -95,7 +95,7 @@ def _embed_branch(catalog: str, workdir: str, date: str, train_args: str, gate_a
     """Runs inside the pipeline environment: full re-embed after a promotion, else incremental."""
     import datetime
 
-    from vsearch.stages import summary_extra
+    from vsearch.app.stages import summary_extra
 
     gate = summary_extra(workdir, "gate", datetime.date.fromisoformat(date))
     return "embed_full" if gate.get("promoted") else "embed_incremental"

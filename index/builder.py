@@ -26,7 +26,7 @@ from index.searcher import Searcher
 from index.shards import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
 from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
-from vsearch import storage
+from vsearch.core import storage
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vsearch import storage
+from vsearch.core import storage
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"

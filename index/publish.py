@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from index import manifest as manifest_mod
 from index import sharding
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 log = logging.getLogger(__name__)
 

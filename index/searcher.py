@@ -33,7 +33,7 @@ from index import sharding, training
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
@@ -105,7 +105,6 @@ class Searcher:
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
         )
         self._param_cache: dict[tuple[tuple[str, int], ...], Any] = {}
-        self._embedder: Any = None
 
     # ------------------------------------------------------------------ construction
 
@@ -410,33 +409,6 @@ class Searcher:
                     break
             out.append(hits)
         return out
-
-    # ------------------------------------------------------------------ photos
-
-    def _load_embedder(self) -> None:
-        from models.embedder import PhotoEmbedder
-
-        if self.workdir is None:
-            raise ValueError("search_images needs the workdir (use Searcher.open(workdir))")
-        self._embedder = PhotoEmbedder(self.workdir, self.manifest.model_version)
-
-    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
-        """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
-        if self._embedder is None:
-            self._load_embedder()
-        emb = self._embedder.embed(images)
-        if emb.shape[1] != self.manifest.input_dim:
-            raise ValueError(
-                f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "
-                f"the index takes {self.manifest.input_dim}"
-            )
-        return emb
-
-    def search_images(self, images: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
-        """Search by photo: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each."""
-        if not images:
-            return []
-        return self.search_vectors(self.embed_images(images), k)
 
 
 def _ids_tagged(index: Any, shard_no: int) -> bool:

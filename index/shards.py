@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from index import manifest as manifest_mod
 from index import sharding, training
 from index.source import BatchesFactory, batch_vectors, iter_database
-from vsearch import storage
+from vsearch.core import storage
 
 ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
 

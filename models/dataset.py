@@ -18,7 +18,7 @@ from models.features import (
     LABEL_KEYS,
     LISTING_ID_KEY,
 )
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 TRAIN = "train"
 EVAL = "eval"

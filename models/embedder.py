@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 
 class PhotoEmbedder:
@@ -30,7 +30,7 @@ class PhotoEmbedder:
 
     def prepare(self, photo: bytes) -> bytes:
         """The sanitised PNG the model is fed; raises ``images.ImageError`` for a bad photo."""
-        from vsearch import images
+        from vsearch.core import images
 
         return images.encode_png(images.decode_image(photo, size=self.image_size))
 

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from models.features import IMAGE_KEY, LABEL_KEYS, vocab_name
 from models.model import EMBEDDING
-from vsearch import storage
+from vsearch.core import storage
 
 SIGNATURE = "serving_default"
 OTHER_CLASS = ""  # the OOV bucket: rare or unseen classes

@@ -1,7 +1,7 @@
 """Feature keys and the TF Transform ``preprocessing_fn`` (one place for both, as in TFT's examples).
 
 Raw features (one row per image, listing photos and review photos alike):
-  ``image``      PNG bytes of the sanitised image (``vsearch.images.encode_png``); serving sends the
+  ``image``      PNG bytes of the sanitised image (``vsearch.core.images.encode_png``); serving sends the
                  same kind of bytes, so the graph below decodes training and query images alike.
   ``listing_id``, ``kind`` ("listing" | "review")  passed through for the retrieval evaluation.
   ``category``, ``color``, ``shape``, ``material``  labels, ``""`` when missing.

@@ -26,7 +26,7 @@ import tensorflow_transform as tft
 from models import dataset
 from models.export import load_serving
 from models.retrieval_eval import SELECTION_METRIC, evaluate
-from vsearch import paths, runs, storage
+from vsearch.core import paths, runs, storage
 
 # A first model must at least find a buyer's photo's listing in the top 10 half the time and
 # return mostly same-category neighbours; a random-init or shuffled-label model does neither.

@@ -23,7 +23,7 @@ from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
 from models.model import MaskedAccuracy, build_model, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
-from vsearch import paths, runs, storage
+from vsearch.core import paths, runs, storage
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from index import builder, factory, manifest, sharding, shards, source, training
 from index.builder import IndexSettings
 from index.shards import AddShards
 from index.source import BatchesFactory
-from vsearch import paths, runs, storage
-from vsearch.runs import METRICS_NAMESPACE, RunSummary
+from vsearch.core import paths, runs, storage
+from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "build-index"
 
@@ -60,8 +60,8 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
     (they are the embed stage's dead letters to report, not this stage's).
     """
     from models.embedder import PhotoEmbedder
-    from vsearch.catalog import read_snapshot
-    from vsearch.images import ImageError
+    from vsearch.core.catalog import read_snapshot
+    from vsearch.core.images import ImageError
 
     if settings.review_queries <= 0:
         return None
@@ -187,7 +187,7 @@ def shard_entry(build_dir: str, shard_no: int) -> manifest.ShardEntry:
 
 def current_embeddings(settings: BuildIndexSettings, model_version: str) -> BatchesFactory:
     """A picklable factory over the day's current embeddings (the embed stage's reader)."""
-    from vsearch import embeddings  # lazily: only this stage needs the catalog join
+    from vsearch.core import embeddings  # lazily: only this stage needs the catalog join
 
     keys = embeddings.snapshot_image_keys(settings.catalog, settings.date)  # read the snapshot once
     return functools.partial(

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, clear_dead_letters
+from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
 from transforms.read_catalog import ReadCatalog
 from transforms.read_images import ReadImages
-from vsearch import catalog as cat
-from vsearch import images, paths, runs
-from vsearch.runs import METRICS_NAMESPACE, RunSummary
+from vsearch.core import catalog as cat
+from vsearch.core import images, paths, runs
+from vsearch.core.deadletter import clear_dead_letters
+from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "catalog"
 

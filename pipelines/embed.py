@@ -39,18 +39,13 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms import read_images
-from transforms.deadletter import (
-    DEAD_LETTER_TAG,
-    DeadLetter,
-    WriteDeadLetters,
-    clear_dead_letters,
-    dead_letter,
-)
+from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
-from vsearch import embeddings, images, paths, runs, storage
-from vsearch.catalog import listing_images
-from vsearch.runs import METRICS_NAMESPACE, RunSummary
+from vsearch.core import embeddings, images, paths, runs, storage
+from vsearch.core.catalog import listing_images
+from vsearch.core.deadletter import DeadLetter, clear_dead_letters
+from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
 _log = logging.getLogger(__name__)

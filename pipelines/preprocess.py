@@ -24,9 +24,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as F
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, clear_dead_letters, dead_letter
-from vsearch import catalog, paths, runs, storage
-from vsearch.runs import METRICS_NAMESPACE
+from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from vsearch.core import catalog, paths, runs, storage
+from vsearch.core.deadletter import clear_dead_letters
+from vsearch.core.runs import METRICS_NAMESPACE
 
 STAGE = "preprocess"
 _IMAGES = "preprocess_images"
@@ -92,7 +93,7 @@ class _JoinLabels(beam.DoFn):
 
 
 def _image_row(decoded: Any) -> tuple[str, tuple[str, bytes, str]]:
-    from vsearch import images
+    from vsearch.core import images
 
     ref = decoded.ref
     return ref.listing_id, (ref.kind, images.encode_png(decoded.rgb), ref.uri)

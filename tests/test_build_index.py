@@ -12,7 +12,7 @@ from benchmarks import vectors
 from index import builder, manifest, publish, source, synthetic
 from index.searcher import Searcher, ShardError
 from pipelines import build_index
-from vsearch import embeddings, paths, runs, storage
+from vsearch.core import embeddings, paths, runs, storage
 
 DIM = 32
 MODEL = "20260101-test"

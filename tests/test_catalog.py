@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch import catalog, storage
-from vsearch.catalog import CatalogError, InvalidRow
+from vsearch.core import catalog, storage
+from vsearch.core.catalog import CatalogError, InvalidRow
 
 DATE = "2026-01-01"
 

@@ -16,10 +16,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines import check_catalog
 from tests import image_fixtures as fx
 from tests.test_catalog import listing, write_table
-from transforms.deadletter import read_dead_letters
 from transforms.read_catalog import ReadCatalog
-from vsearch import cli, runs, storage
-from vsearch.catalog import CatalogError
+from vsearch.app import cli
+from vsearch.core import runs, storage
+from vsearch.core.catalog import CatalogError
+from vsearch.core.deadletter import read_dead_letters
 
 DATE = dt.date(2026, 1, 1)
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vsearch import cli
+from vsearch.app import cli
 
 DESIGN_STAGES = [
     "preprocess",
@@ -24,7 +24,10 @@ DESIGN_STAGES = [
 
 def _vsearch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vsearch.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vsearch.app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vsearch import paths, runs, storage
+from vsearch.core import paths, runs, storage
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
@@ -87,13 +87,13 @@ def test_dagbag_imports_with_the_expected_graph(tmp_path: Path) -> None:
 
 
 def _assert_index_answers(catalog: str, workdir: str, date: dt.date) -> None:
-    from index.searcher import Searcher
-    from vsearch.catalog import read_snapshot
+    from vsearch.app.photo_search import PhotoSearch
+    from vsearch.core.catalog import read_snapshot
 
     snapshot = read_snapshot(catalog, date)
     listing = snapshot.listings[0]
-    with Searcher.open(workdir) as searcher:
-        hits = searcher.search_images([storage.read_bytes(listing.image_uris[0])], k=10)[0]
+    with PhotoSearch.open(workdir) as searcher:
+        hits = searcher.search([storage.read_bytes(listing.image_uris[0])], k=10)[0]
     assert hits and hits[0].listing_id == listing.listing_id  # its own photo finds it first
 
 

@@ -21,9 +21,9 @@ from PIL import Image
 from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
-from transforms.deadletter import read_dead_letters
-from vsearch import catalog as catalog_mod
-from vsearch import embeddings, paths, runs, storage
+from vsearch.core import catalog as catalog_mod
+from vsearch.core import embeddings, paths, runs, storage
+from vsearch.core.deadletter import read_dead_letters
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch import embeddings, paths, storage
+from vsearch.core import embeddings, paths, storage
 
 DIM = 8
 V = "20260101-test"

@@ -46,7 +46,7 @@ def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    from vsearch import images
+    from vsearch.core import images
 
     return images.encode_png(rgb)
 
@@ -62,7 +62,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     from models.config import TrainConfig
     from models.train import run as train
     from pipelines.preprocess import PreprocessSettings, _labels, transform_and_write
-    from vsearch import catalog, images, paths, storage
+    from vsearch.core import catalog, images, paths, storage
     from vsearch.synthetic.generate import generate_catalog
 
     del tf

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import image_fixtures as fx
-from vsearch import images
+from vsearch.core import images
 
 SIZE = 32
 

@@ -11,7 +11,7 @@ import pytest
 from benchmarks import vectors
 from index import builder, manifest, publish, synthetic
 from index.searcher import Searcher
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 MODEL = "20260101-test"
 DIM = 16

@@ -1,5 +1,5 @@
 """Search by photo end to end: a tiny SavedModel with the serving contract, an index of its
-embeddings, publish, then ``vsearch query`` and ``Searcher.search_images``."""
+embeddings, publish, then ``vsearch query`` and ``PhotoSearch.search``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import builder, publish, query, synthetic
-from index.searcher import Searcher
-from vsearch import paths, storage
+from index import builder, publish, synthetic
+from vsearch.app import query
+from vsearch.app.photo_search import PhotoSearch
+from vsearch.core import paths, storage
 
 VERSION = "20260101-tiny"
 DIM = 16
@@ -67,7 +68,7 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     # Embed the catalog photos with the model itself (PNG, one per listing), then index them.
     import tensorflow as tf
 
-    from vsearch import images
+    from vsearch.core import images
 
     model = tf.saved_model.load(paths.embedder_dir(workdir, VERSION)).signatures["serving_default"]
     clean = [images.encode_png(images.decode_image(photo(c), 32)) for c in COLOURS]
@@ -92,14 +93,14 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     text = capsys.readouterr().out
     assert synthetic.listing_id(7) in text and synthetic.CATEGORIES[7 % 4] in text
 
-    with Searcher.open(workdir) as s:
-        hits = s.search_images([photo(COLOURS[3], "PNG"), photo(COLOURS[11])], k=5)
+    with PhotoSearch.open(workdir) as s:
+        hits = s.search([photo(COLOURS[3], "PNG"), photo(COLOURS[11])], k=5)
         assert [h[0].listing_id for h in hits] == [
             synthetic.listing_id(3),
             synthetic.listing_id(11),
         ]
-        from vsearch.images import ImageError
+        from vsearch.core.images import ImageError
 
         with pytest.raises(ImageError):
-            s.search_images([b"not an image"], k=5)
+            s.search([b"not an image"], k=5)
     assert os.path.exists(result.manifest_uri)

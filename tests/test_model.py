@@ -116,7 +116,7 @@ def test_export_takes_raw_bytes_and_matches_the_trained_model(tmp_path) -> None:
     import tensorflow_transform as tft
 
     from pipelines.preprocess import PreprocessSettings, transform_and_write
-    from vsearch import paths
+    from vsearch.core import paths
 
     settings = PreprocessSettings(
         catalog="unused",

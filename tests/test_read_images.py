@@ -13,8 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests import image_fixtures as fx
 from transforms.read_images import DecodedImage, ReadImages
-from vsearch import storage
-from vsearch.catalog import ImageRef
+from vsearch.core import storage
+from vsearch.core.catalog import ImageRef
 
 SIZE = 24
 

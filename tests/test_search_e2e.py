@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import copy_workdir
-from vsearch import paths, storage
-from vsearch.stages import DayRun, run_day
+from vsearch.app.stages import DayRun, run_day
+from vsearch.core import paths, storage
 
 DAY = dt.date(2026, 1, 1)
 
@@ -25,10 +25,10 @@ def _recall_at_10(ranked: list[list[str]], truth: list[str]) -> float:
 def test_index_answers_as_the_model_does(
     tiny_catalog: str, trained_workdir: str, tmp_path: Path
 ) -> None:
-    from index.searcher import Searcher
     from models.embedder import PhotoEmbedder
-    from vsearch.catalog import read_snapshot
-    from vsearch.embeddings import read_current_table
+    from vsearch.app.photo_search import PhotoSearch
+    from vsearch.core.catalog import read_snapshot
+    from vsearch.core.embeddings import read_current_table
 
     workdir = copy_workdir(trained_workdir, str(tmp_path / "work"))
     run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))
@@ -38,9 +38,9 @@ def test_index_answers_as_the_model_does(
     snapshot = read_snapshot(tiny_catalog, DAY)
     listings = snapshot.listings
     reviews = list(snapshot.reviews)
-    with Searcher.open(workdir) as searcher:
-        own = searcher.search_images([storage.read_bytes(x.image_uris[0]) for x in listings], k=5)
-        found = searcher.search_images([storage.read_bytes(r.image_uri) for r in reviews], k=10)
+    with PhotoSearch.open(workdir) as searcher:
+        own = searcher.search([storage.read_bytes(x.image_uris[0]) for x in listings], k=5)
+        found = searcher.search([storage.read_bytes(r.image_uri) for r in reviews], k=10)
     assert [h[0].listing_id for h in own] == [x.listing_id for x in listings]
 
     # Exact search with the same model over the same current embeddings, grouped by listing.

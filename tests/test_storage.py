@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from vsearch import storage
+from vsearch.core import storage
 
 
 @pytest.fixture(params=["local", "gcs"])

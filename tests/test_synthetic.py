@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vsearch import cli, storage
+from vsearch.app import cli
+from vsearch.core import storage
 from vsearch.synthetic import generate, products, render
 
 SIZE = 64

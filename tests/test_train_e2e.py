@@ -18,8 +18,8 @@ from models.export import load_serving  # noqa: E402
 from models.train import run as train  # noqa: E402
 from pipelines.preprocess import PreprocessSettings  # noqa: E402
 from pipelines.preprocess import run as preprocess  # noqa: E402
-from transforms.deadletter import read_dead_letters  # noqa: E402
-from vsearch import catalog, images, paths, storage  # noqa: E402
+from vsearch.core import catalog, images, paths, storage  # noqa: E402
+from vsearch.core.deadletter import read_dead_letters  # noqa: E402
 from vsearch.synthetic.generate import generate_catalog  # noqa: E402
 
 DATE = "2026-01-01"

@@ -19,8 +19,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from vsearch import embeddings, paths, storage
-from vsearch.runs import METRICS_NAMESPACE
+from vsearch.core import embeddings, paths, storage
+from vsearch.core.runs import METRICS_NAMESPACE
 
 Row = Mapping[str, Any]
 DEFAULT_ROWS_PER_SHARD = (

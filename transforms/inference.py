@@ -27,8 +27,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
-from vsearch import storage
-from vsearch.runs import METRICS_NAMESPACE
+from vsearch.core import storage
+from vsearch.core.runs import METRICS_NAMESPACE
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "images"

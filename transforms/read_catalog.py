@@ -4,7 +4,7 @@ The tables are read by Beam's own splittable sources (``ReadFromParquet`` by row
 ``ReadFromText`` for JSON Lines), never collected in the driver. The driver only looks at
 metadata first (which file exists, the Parquet schema, whether listings is empty) so that a
 snapshot that is unusable as a whole fails before any worker starts (``CatalogError``). Rows are
-then validated by the functions of ``vsearch.catalog`` (the rules and their outcomes are in its
+then validated by the functions of ``vsearch.core.catalog`` (the rules and their outcomes are in its
 module docstring), and listings and reviews are grouped by ``listing_id`` to reject duplicate
 ids and orphan reviews.
 
@@ -25,10 +25,11 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.deadletter import DEAD_LETTER_TAG, DeadLetter, dead_letter
-from vsearch import catalog as cat
-from vsearch import storage
-from vsearch.runs import METRICS_NAMESPACE
+from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
+from vsearch.core import catalog as cat
+from vsearch.core import storage
+from vsearch.core.deadletter import DeadLetter
+from vsearch.core.runs import METRICS_NAMESPACE
 
 LISTINGS = "listings"
 REVIEWS = "reviews"

@@ -1,7 +1,7 @@
 """Safe image reading as Beam transforms: ImageRef -> bytes -> sanitised RGB, bad ones dead-lettered.
 
-``ReadImageBytes`` reads each image through Beam's FileSystems (``vsearch.storage``), so local
-paths and gs:// work alike on every runner; ``DecodeImages`` applies ``vsearch.images`` (format
+``ReadImageBytes`` reads each image through Beam's FileSystems (``vsearch.core.storage``), so local
+paths and gs:// work alike on every runner; ``DecodeImages`` applies ``vsearch.core.images`` (format
 sniffing, pixel limit, colour handling, letterboxing); ``ReadImages`` chains the two. Each
 returns tagged outputs: ``out["images"]`` and ``out["dead_letter"]`` (DeadLetter records with
 the reason). Counters in namespace "vsearch": ``images_read``, ``images_decoded``,
@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
-from vsearch import images, storage
-from vsearch.catalog import ImageRef
-from vsearch.runs import METRICS_NAMESPACE
+from vsearch.core import images, storage
+from vsearch.core.catalog import ImageRef
+from vsearch.core.runs import METRICS_NAMESPACE
 
 MAIN_TAG = "images"
 # Product photos are a few MB; a 64 MB "image" is a mistake or an attack, and we would hold it

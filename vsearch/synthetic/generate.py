@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 from vsearch.synthetic import products, render
 from vsearch.synthetic.render import listing_id, review_id
 

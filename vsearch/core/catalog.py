@@ -49,8 +49,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from transforms.deadletter import DeadLetter
-from vsearch import paths, storage
+from vsearch.core import paths, storage
+from vsearch.core.deadletter import DeadLetter
 
 MAX_IMAGES = 10
 LISTING_COLUMNS = tuple(

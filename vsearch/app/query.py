@@ -6,8 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from index.searcher import Searcher
-from vsearch import storage
+from vsearch.app.photo_search import PhotoSearch
+from vsearch.core import storage
 
 
 def main(argv: list[str]) -> int:
@@ -21,8 +21,8 @@ def main(argv: list[str]) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     photos = [storage.read_bytes(uri) for uri in args.images]
-    with Searcher.open(args.workdir, cache_dir=args.cache_dir) as searcher:
-        results = searcher.search_images(photos, args.k)
+    with PhotoSearch.open(args.workdir, cache_dir=args.cache_dir) as searcher:
+        results = searcher.search(photos, args.k)
         build = searcher.manifest.build_id
     for uri, hits in zip(args.images, results, strict=True):
         if args.json:

@@ -17,7 +17,8 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vsearch import cli, paths, runs, storage
+from vsearch.app import cli
+from vsearch.core import paths, runs, storage
 
 # The daily order (DESIGN.md). check-catalog is optional: preprocess and embed dead-letter bad
 # inputs themselves, so the daily run does not pay for reading every image one more time.

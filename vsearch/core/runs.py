@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 METRICS_NAMESPACE = "vsearch"
 

@@ -42,13 +42,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Beam + faiss: train PCA + index once, add per shard, validate recall, write a manifest",
     ),
     "publish": ("index.publish", "flip indexes/CURRENT to a validated manifest (compare-and-swap)"),
-    "query": ("index.query", "search by photo: top-k listings for an image file"),
+    "query": ("vsearch.app.query", "search by photo: top-k listings for an image file"),
     "backfill": (
-        "vsearch.backfill",
+        "vsearch.app.backfill",
         "run the stages for every date in a range, resuming after failure",
     ),
     "demo": (
-        "vsearch.demo",
+        "vsearch.app.demo",
         "the whole pipeline on a generated catalog, locally, and a results page",
     ),
 }

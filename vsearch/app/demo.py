@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vsearch import paths, runs, storage
-from vsearch.stages import DAILY_STAGES, DayRun, run_day
+from vsearch.app.stages import DAILY_STAGES, DayRun, run_day
+from vsearch.core import paths, runs, storage
 
 START = dt.date(2026, 1, 1)
 DAY2_STAGES = ("embed", "build-index", "publish")
@@ -97,20 +97,20 @@ def run(settings: DemoSettings) -> dict[str, object]:
 
 def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResult]:
     """Search with every review photo of an eval-split listing still in the day's snapshot."""
-    from index.searcher import Searcher
-    from vsearch.catalog import is_eval_listing, read_snapshot
+    from vsearch.app.photo_search import PhotoSearch
+    from vsearch.core.catalog import is_eval_listing, read_snapshot
 
     snapshot = read_snapshot(catalog, date)
     listed = {listing.listing_id for listing in snapshot.listings}
     reviews = [
         r for r in snapshot.reviews if r.listing_id in listed and is_eval_listing(r.listing_id)
     ]
-    searcher = Searcher.open(workdir)
+    searcher = PhotoSearch.open(workdir)
     out: list[QueryResult] = []
     batch = 64
     for i in range(0, len(reviews), batch):
         chunk = reviews[i : i + batch]
-        hits = searcher.search_images([storage.read_bytes(r.image_uri) for r in chunk], k=10)
+        hits = searcher.search([storage.read_bytes(r.image_uri) for r in chunk], k=10)
         for review, found in zip(chunk, hits, strict=True):
             ids = [h.listing_id for h in found]
             rank = ids.index(review.listing_id) + 1 if review.listing_id in ids else None

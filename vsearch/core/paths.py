@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from vsearch import storage
+from vsearch.core import storage
 
 
 def parse_date(value: str) -> dt.date:

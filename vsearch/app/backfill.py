@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vsearch import paths
-from vsearch.stages import DAILY_STAGES, DayRun, StageFailed, is_done, run_day
+from vsearch.app.stages import DAILY_STAGES, DayRun, StageFailed, is_done, run_day
+from vsearch.core import paths
 
 
 @dataclass(frozen=True)

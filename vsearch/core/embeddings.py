@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vsearch import paths, storage
+from vsearch.core import paths, storage
 
 KEY_COLUMNS = ("listing_id", "image_index", "image_sha256")
 _DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/([^/]+\.parquet)$")
@@ -180,7 +180,7 @@ ImageKey = tuple[str, int]  # (listing_id, image_index)
 
 def snapshot_images(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
     """(listing_id, image_index) -> resolved URI of every listing photo in the day's snapshot."""
-    from vsearch import catalog as catalog_mod
+    from vsearch.core import catalog as catalog_mod
 
     snap = catalog_mod.read_snapshot(catalog, _as_date(date))
     return {

@@ -1,0 +1,57 @@
+"""Search by photo: the published index plus the model version its manifest names.
+
+The index layer knows vectors, the model layer knows networks; this is where the two meet. The
+embedder is always the one named in the index manifest, so a query photo can never be embedded by
+a model other than the one that embedded the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from index.searcher import Hit, Searcher
+from models.embedder import PhotoEmbedder
+
+
+class PhotoSearch:
+    """``search(photos, k)``: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each."""
+
+    def __init__(self, searcher: Searcher, workdir: str) -> None:
+        self.searcher = searcher
+        self.embedder = PhotoEmbedder(workdir, searcher.manifest.model_version)
+
+    @classmethod
+    def open(cls, workdir: str, **kwargs: Any) -> PhotoSearch:
+        """The index that ``WORKDIR/indexes/CURRENT`` points at, with its model."""
+        return cls(Searcher.open(workdir, **kwargs), workdir)
+
+    def close(self) -> None:
+        self.searcher.close()
+
+    def __enter__(self) -> PhotoSearch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def manifest(self) -> Any:
+        return self.searcher.manifest
+
+    def embed(self, photos: Sequence[bytes]) -> np.ndarray:
+        """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
+        emb = self.embedder.embed(photos)
+        if emb.shape[1] != self.manifest.input_dim:
+            raise ValueError(
+                f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "
+                f"the index takes {self.manifest.input_dim}"
+            )
+        return emb
+
+    def search(self, photos: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
+        if not photos:
+            return []
+        return self.searcher.search_vectors(self.embed(photos), k)
