@@ -133,9 +133,9 @@ RAW_SAMPLE = 4096  # a rate: 128 batches of 32 measure it well; all 20k would ad
 def _job_pngs(catalog: str, image_size: int, limit: int = RAW_SAMPLE) -> list[bytes]:
     """The exact model inputs of the job: day-1 photos (the first ``limit``) sanitised, PNG-encoded."""
     from vsearch.core import catalog as catalog_mod
-    from vsearch.core import images
+    from vsearch.core import images, snapshot
 
-    snap = catalog_mod.read_snapshot(catalog, D1)
+    snap = snapshot.read_snapshot(catalog, D1)
     pngs = []
     for listing in snap.listings:
         for ref in catalog_mod.listing_images(listing):

@@ -60,8 +60,8 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
     (they are the embed stage's dead letters to report, not this stage's).
     """
     from models.embedder import PhotoEmbedder
-    from vsearch.core.catalog import read_snapshot
     from vsearch.core.images import ImageError
+    from vsearch.core.snapshot import read_snapshot
 
     if settings.review_queries <= 0:
         return None

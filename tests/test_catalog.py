@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch.core import catalog, storage
+from vsearch.core import catalog, snapshot, storage
 from vsearch.core.catalog import CatalogError, InvalidRow
 
 DATE = "2026-01-01"
@@ -148,7 +148,7 @@ def test_read_snapshot_dead_letters_each_bad_row(tmp_path, fmt: str) -> None:
         ],
         fmt,
     )
-    snap = catalog.read_snapshot(root, DATE)
+    snap = snapshot.read_snapshot(root, DATE)
     assert [x.listing_id for x in snap.listings] == ["good"]
     assert [r.review_id for r in snap.reviews] == ["r1"]
     reasons = sorted((d.listing_id or "", d.error) for d in snap.rejected)
@@ -168,7 +168,7 @@ def test_read_snapshot_dead_letters_each_bad_row(tmp_path, fmt: str) -> None:
 def test_bad_jsonl_line_is_a_dead_letter(tmp_path) -> None:
     uri = write_table(str(tmp_path), "listings", [listing("a")], "jsonl")
     storage.write_text(uri, storage.read_text(uri) + "{not json\n[1, 2]\n")
-    snap = catalog.read_snapshot(str(tmp_path), DATE)
+    snap = snapshot.read_snapshot(str(tmp_path), DATE)
     assert [x.listing_id for x in snap.listings] == ["a"]
     assert sorted(d.error for d in snap.rejected) == [
         "listings: JSON line is a list, not an object",
@@ -180,31 +180,31 @@ def test_bad_jsonl_line_is_a_dead_letter(tmp_path) -> None:
 def test_clear_errors(tmp_path) -> None:
     root = str(tmp_path)
     with pytest.raises(CatalogError, match="no listings table"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     uri = write_table(root, "listings", [{"listing_id": "a", "image_uris": ["a.jpg"]}])
     with pytest.raises(CatalogError, match=r"lacks required column\(s\) \['category'\]"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     write_table(root, "listings", [{"listing_id": 1, "image_uris": ["a.jpg"], "category": "a"}])
     with pytest.raises(CatalogError, match="listing_id must be string"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     storage.write_bytes(uri, b"PAR1 this is not parquet")
     with pytest.raises(CatalogError, match="cannot read"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     storage.delete([uri])
     write_table(root, "listings", [], "jsonl")
     with pytest.raises(CatalogError, match="no listings"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     write_table(root, "listings", [listing("a")], "parquet")
     with pytest.raises(CatalogError, match="keep one format"):
-        catalog.read_snapshot(root, DATE)
+        snapshot.read_snapshot(root, DATE)
     with pytest.raises(ValueError, match="allowed bucket"):
-        catalog.read_snapshot(root, DATE, allowed_buckets=("gs://a/b",))
+        snapshot.read_snapshot(root, DATE, allowed_buckets=("gs://a/b",))
 
 
 def test_read_snapshot_on_gcs(gcs_bucket: str) -> None:
     root = gcs_bucket + "/catalog"
     write_table(root, "listings", [listing("a"), listing("b", uris=["gs://photos/b.jpg"])])
-    snap = catalog.read_snapshot(root, DATE, allowed_buckets=("photos",))
+    snap = snapshot.read_snapshot(root, DATE, allowed_buckets=("photos",))
     assert [x.image_uris for x in snap.listings] == [
         (f"{root}/images/a.jpg",),
         ("gs://photos/b.jpg",),

@@ -88,7 +88,7 @@ def test_dagbag_imports_with_the_expected_graph(tmp_path: Path) -> None:
 
 def _assert_index_answers(catalog: str, workdir: str, date: dt.date) -> None:
     from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.catalog import read_snapshot
+    from vsearch.core.snapshot import read_snapshot
 
     snapshot = read_snapshot(catalog, date)
     listing = snapshot.listings[0]

@@ -22,7 +22,7 @@ from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
 from vsearch.core import catalog as catalog_mod
-from vsearch.core import embeddings, paths, runs, storage
+from vsearch.core import embeddings, paths, runs, snapshot, storage
 from vsearch.core.deadletter import read_dead_letters
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,7 +74,7 @@ def _keys(t: pa.Table) -> list[tuple]:
 
 
 def _snapshot_images(catalog: str, date: dt.date) -> dict[tuple[str, int], str]:
-    snap = catalog_mod.read_snapshot(catalog, date)
+    snap = snapshot.read_snapshot(catalog, date)
     return {
         (r.listing_id, r.image_index): r.uri
         for x in snap.listings

@@ -62,13 +62,13 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     from models.config import TrainConfig
     from models.train import run as train
     from pipelines.preprocess import PreprocessSettings, _labels, transform_and_write
-    from vsearch.core import catalog, images, paths, storage
+    from vsearch.core import catalog, images, paths, snapshot, storage
     from vsearch.synthetic.generate import generate_catalog
 
     del tf
     size, work, cat = 32, str(tmp_path / "work"), str(tmp_path / "cat")
     generate_catalog(cat, listings=200, days=1, seed=11, image_size=48)
-    snap = catalog.read_snapshot(cat, "2026-01-01")
+    snap = snapshot.read_snapshot(cat, "2026-01-01")
     labels = {listing.listing_id: _labels(listing) for listing in snap.listings}
     refs = [r for listing in snap.listings for r in catalog.listing_images(listing)] + [
         catalog.review_image(r) for r in snap.reviews

@@ -27,8 +27,8 @@ def test_index_answers_as_the_model_does(
 ) -> None:
     from models.embedder import PhotoEmbedder
     from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.catalog import read_snapshot
     from vsearch.core.embeddings import read_current_table
+    from vsearch.core.snapshot import read_snapshot
 
     workdir = copy_workdir(trained_workdir, str(tmp_path / "work"))
     run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))

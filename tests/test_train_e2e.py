@@ -18,7 +18,7 @@ from models.export import load_serving  # noqa: E402
 from models.train import run as train  # noqa: E402
 from pipelines.preprocess import PreprocessSettings  # noqa: E402
 from pipelines.preprocess import run as preprocess  # noqa: E402
-from vsearch.core import catalog, images, paths, storage  # noqa: E402
+from vsearch.core import catalog, images, paths, snapshot, storage  # noqa: E402
 from vsearch.core.deadletter import read_dead_letters  # noqa: E402
 from vsearch.synthetic.generate import generate_catalog  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert storage.list_prefix(storage.join(model_dir, "logs"))  # TensorBoard event files
 
     # The export takes any catalog image as raw bytes, sanitised the way embed/query do it.
-    listing = catalog.read_snapshot(cat, DATE).listings[0]
+    listing = snapshot.read_snapshot(cat, DATE).listings[0]
     png = images.encode_png(images.decode_image(storage.read_bytes(listing.image_uris[0]), SIZE))
     served = load_serving(paths.embedder_dir(work, result.version))(images=tf.constant([png, png]))
     assert served["embedding"].shape == (2, 32)

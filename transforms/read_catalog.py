@@ -27,7 +27,7 @@ import apache_beam as beam
 
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
 from vsearch.core import catalog as cat
-from vsearch.core import storage
+from vsearch.core import snapshot, storage
 from vsearch.core.deadletter import DeadLetter
 from vsearch.core.runs import METRICS_NAMESPACE
 
@@ -39,7 +39,9 @@ _ROWS = "rows"
 class _ParseRowsFn(beam.DoFn):
     """A raw row (Parquet dict or JSONL bytes) -> Listing/Review, or a dead letter."""
 
-    def __init__(self, table: cat.TableFile, catalog: str, allowed: tuple[str, ...], stage: str):
+    def __init__(
+        self, table: snapshot.TableFile, catalog: str, allowed: tuple[str, ...], stage: str
+    ):
         self._table = table
         self._catalog = catalog
         self._allowed = allowed
@@ -100,7 +102,7 @@ def _key_by_listing(row: cat.Listing | cat.Review) -> tuple[str, cat.Listing | c
 class _ReadTable(beam.PTransform):
     """Raw rows of one table file: dicts from Parquet, undecoded lines from JSON Lines."""
 
-    def __init__(self, table: cat.TableFile, columns: list[str]) -> None:
+    def __init__(self, table: snapshot.TableFile, columns: list[str]) -> None:
         super().__init__()
         self._table = table
         self._columns = columns
@@ -134,7 +136,7 @@ class ReadCatalog(beam.PTransform):
         self._stage = stage
 
     def _parsed(self, pbegin: beam.pvalue.PBegin, table_name: str) -> Any:
-        table = cat.find_table(self._catalog, self._date, table_name)
+        table = snapshot.find_table(self._catalog, self._date, table_name)
         if table is None:
             if table_name == LISTINGS:
                 raise cat.CatalogError(
@@ -142,7 +144,7 @@ class ReadCatalog(beam.PTransform):
                 )
             empty = pbegin | "NoReviews" >> beam.Create([])
             return {_ROWS: empty, DEAD_LETTER_TAG: empty}
-        columns = cat.check_table(table)
+        columns = snapshot.check_table(table)
         title = table_name.capitalize()
         return (
             pbegin

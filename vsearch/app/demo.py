@@ -98,7 +98,8 @@ def run(settings: DemoSettings) -> dict[str, object]:
 def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResult]:
     """Search with every review photo of an eval-split listing still in the day's snapshot."""
     from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.catalog import is_eval_listing, read_snapshot
+    from vsearch.core.catalog import is_eval_listing
+    from vsearch.core.snapshot import read_snapshot
 
     snapshot = read_snapshot(catalog, date)
     listed = {listing.listing_id for listing in snapshot.listings}

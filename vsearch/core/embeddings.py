@@ -181,8 +181,9 @@ ImageKey = tuple[str, int]  # (listing_id, image_index)
 def snapshot_images(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
     """(listing_id, image_index) -> resolved URI of every listing photo in the day's snapshot."""
     from vsearch.core import catalog as catalog_mod
+    from vsearch.core import snapshot
 
-    snap = catalog_mod.read_snapshot(catalog, _as_date(date))
+    snap = snapshot.read_snapshot(catalog, _as_date(date))
     return {
         (ref.listing_id, int(ref.image_index)): ref.uri
         for listing in snap.listings
