@@ -315,10 +315,8 @@ def read_pointer(uri: str) -> Pointer:
 
 
 def _pointer_value(uri: str, raw: bytes) -> str:
-    remedy = (
-        f"delete it ({'gcloud storage rm' if is_gcs(uri) else 'rm'} {uri}) or write the intended "
-        "value into it, then run the command that sets it again"
-    )
+    rm = "gcloud storage rm" if is_gcs(uri) else "rm"
+    remedy = f"delete it (`{rm} {uri}`) and run the command that sets it again"
     try:
         lines = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:
@@ -385,6 +383,8 @@ def _swap_lock(lock: str, wait_s: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise PointerLocked(_stuck_lock_message(lock, wait_s)) from None
                 time.sleep(0.01)
+            except OSError as e:  # e.g. a FUSE mount without locks: never swap unlocked
+                raise StorageError(f"cannot lock {lock} ({e}); use a gs:// workdir there") from e
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner).encode() + b"\n", 0)
@@ -404,4 +404,4 @@ def _stuck_lock_message(lock: str, wait_s: float) -> str:
         pid, host, age = int(owner["pid"]), str(owner["host"]), time.time() - owner["since"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{lock} locked for over {wait_s:g} s (holder: `fuser -v {lock}`); {stuck}"
-    return f"{lock} held {age:.0f} s by pid {pid} on host {host} (stop it: `kill {pid}`); {stuck}"
+    return f"{lock} held {age:.0f} s by pid {pid} on host {host} (stop it on {host}: `kill {pid}`); {stuck}"
