@@ -248,9 +248,13 @@ def messy_rows() -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_both_readers_dead_letter_the_same_rows_for_the_same_reasons(tmp_path, fmt: str) -> None:
-    catalog = str(tmp_path)
+@pytest.mark.parametrize(
+    ("fmt", "where"), [("parquet", "local"), ("jsonl", "local"), ("jsonl", "gcs")]
+)
+def test_both_readers_dead_letter_the_same_rows_for_the_same_reasons(
+    tmp_path, request: pytest.FixtureRequest, fmt: str, where: str
+) -> None:
+    catalog = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket") + "/c"
     uri = write_table(catalog, "listings", messy_rows(), fmt)
     reviews = [{"review_id": "r1", "listing_id": "dup", "image_uri": "reviews/r1.jpg"}]
     write_table(catalog, "reviews", reviews, fmt)
