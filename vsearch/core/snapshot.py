@@ -9,6 +9,7 @@ Beam reader (``transforms/read_catalog.py``) and for :func:`read_snapshot` (driv
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ def iter_lines(
     line-iterable, hence the buffer.
     """
     pos = start  # byte offset of the next line's start
+    first = b""
     if start > 0:  # skip the end of the line that began before ``start``
         f.seek(start - 1)
         while True:
@@ -152,25 +154,25 @@ def iter_lines(
             newline = chunk.find(b"\n")
             if newline >= 0:
                 pos += newline
-                buf, i = chunk, newline + 1
+                first = chunk[newline + 1 :]
                 break
             pos += len(chunk)
-    else:
-        buf, i = b"", 0
-    scanned = i  # no newline in buf[i:scanned]
-    while end is None or pos < end:
-        newline = buf.find(b"\n", scanned)
-        if newline < 0:
-            chunk = f.read(chunk_size)
-            if not chunk:
-                if i < len(buf):
-                    yield buf[i:]
-                return
-            buf, scanned, i = buf[i:] + chunk, len(buf) - i, 0
+    pending: list[bytes] = []  # the start of a line whose end is not read yet
+    for chunk in itertools.chain([first], iter(lambda: f.read(chunk_size), b"")):
+        if b"\n" not in chunk:
+            pending.append(chunk)
             continue
-        yield buf[i:newline]
-        pos += newline + 1 - i
-        i = scanned = newline + 1
+        lines = chunk.split(b"\n")
+        lines[0] = b"".join([*pending, lines[0]])
+        pending = [lines.pop()]
+        for line in lines:
+            if end is not None and pos >= end:
+                return
+            yield line
+            pos += len(line) + 1
+    tail = b"".join(pending)
+    if tail and (end is None or pos < end):
+        yield tail
 
 
 def line_ranges(uri: str, split_bytes: int) -> list[tuple[int, int]]:
