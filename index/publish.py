@@ -1,10 +1,12 @@
 """``vsearch publish``: point ``WORKDIR/indexes/CURRENT`` at a validated manifest, atomically.
 
-The flip is a compare-and-swap on the pointer (GCS generation precondition; lock + atomic rename
-locally): of two publishers that read the same CURRENT, exactly one wins and the other gets
-PointerConflict. Readers see either the old index or the new one, never a mix. Old builds stay
-readable until retention removes them; the build CURRENT points at, and builds newer than it
-(possibly still being written), are never removed.
+The flip is a compare-and-swap on the pointer (GCS generation precondition; locally a kernel
+``flock`` around an atomic rename, released even when a publisher is killed): of two publishers
+that read the same CURRENT, exactly one wins and the other gets PointerConflict. An empty or
+garbled CURRENT or models/PUBLISHED is an error (PointerError), never taken as "absent".
+Readers see either the old index or the new one, never a mix. Old builds stay readable until
+retention removes them; the build CURRENT points at, and builds newer than it (possibly still
+being written), are never removed.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def publish(
     if current.value != manifest_uri:
         try:
             storage.compare_and_swap(pointer_uri, manifest_uri, current)
+        except storage.PointerLocked as e:  # a stuck swap, not a lost race: say which process
+            raise storage.PointerLocked(f"not published: {e}") from e
         except storage.PointerConflict as e:
             raise storage.PointerConflict(
                 f"not published: another publisher changed {pointer_uri} first ({e}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pyarrow as pa
@@ -90,7 +91,7 @@ def test_uri_resolution_gcs_root() -> None:
         (listing("a", uris=[f"{i}.jpg" for i in range(11)]), "too many images: 11 > 10"),
         (listing("a", uris="a.jpg"), "image_uris must be a list"),  # type: ignore[arg-type]
         (listing("a", category=None), "missing category"),
-        (listing("a", category="home//lamps"), "malformed category"),
+        (listing("a", category="home//lamps"), "is not a taxonomy path"),
         (listing("a", color=3), "color must be a string"),
         (listing("a", updated_at="yesterday"), "updated_at is not an ISO timestamp"),
         (listing("a", uris=["ok.jpg", "../x.jpg"]), "path traversal"),
@@ -171,8 +172,9 @@ def test_bad_jsonl_line_is_a_dead_letter(tmp_path) -> None:
     snap = snapshot.read_snapshot(str(tmp_path), DATE)
     assert [x.listing_id for x in snap.listings] == ["a"]
     assert sorted(d.error for d in snap.rejected) == [
-        "listings: JSON line is a list, not an object",
-        "listings: invalid JSON: Expecting property name enclosed in double quotes at column 2",
+        "listings: line 2: invalid JSON: Expecting property name enclosed in double quotes "
+        "at column 2; line starts '{not json'",
+        "listings: line 3: JSON line is a list, not an object; line starts '[1, 2]'",
     ]
     assert all(d.uri == uri for d in snap.rejected)
 
@@ -210,3 +212,108 @@ def test_read_snapshot_on_gcs(gcs_bucket: str) -> None:
         ("gs://photos/b.jpg",),
     ]
     assert snap.reviews == [] and snap.rejected == []
+
+
+# ------------------------------------------------------------------ contract edges
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_duplicate_id_rejects_every_copy_even_an_invalid_one(tmp_path, fmt: str) -> None:
+    root = str(tmp_path)
+    rows = [listing("ok"), listing("dup"), listing("dup", category=None), listing("trip")]
+    rows += [listing("trip", uris=["../x.jpg"]), listing("trip", title="third")]
+    write_table(root, "listings", rows, fmt)
+    review = {"review_id": "r1", "listing_id": "dup", "image_uri": "reviews/r1.jpg"}
+    write_table(root, "reviews", [review], fmt)
+    snap = snapshot.read_snapshot(root, DATE)
+    assert [x.listing_id for x in snap.listings] == ["ok"] and snap.reviews == []
+    assert sorted((d.listing_id, d.error) for d in snap.rejected) == [
+        ("dup", "listings: duplicate listing_id (2 rows); every copy rejected"),
+        ("dup", "listings: missing category"),
+        ("dup", "reviews: review r1 of a listing with a duplicate listing_id"),
+        ("trip", "listings: duplicate listing_id (3 rows); every copy rejected"),
+        ("trip", "listings: duplicate listing_id (3 rows); every copy rejected"),
+        ("trip", "listings: path traversal ('..') in image URI"),
+    ]
+
+
+@pytest.mark.parametrize("category", ["toys", "Toys & Games", " / ", "home/", "/home/kitchen"])
+def test_category_that_is_not_a_taxonomy_path_is_a_dead_letter(category: str) -> None:
+    with pytest.raises(InvalidRow, match="category .* is not a taxonomy path") as e:
+        catalog.parse_listing(listing("a", category=category), "/cat")
+    assert e.value.listing_id == "a"
+
+
+@pytest.mark.parametrize("category", ["home/kitchen/mug", "toys/puzzles", "a/b/c/d/e"])
+def test_taxonomy_paths_of_any_depth_from_two_are_valid(category: str) -> None:
+    assert catalog.parse_listing(listing("a", category=category), "/cat").category == category
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "want"),
+    [
+        ("title", [1.5, 2.5], "string"),
+        ("color", [1, 2], "string"),
+        ("material", [True, False], "string"),
+        ("updated_at", [1, 2], "timestamp"),
+    ],
+)
+def test_optional_column_of_wrong_type_is_one_clear_error(
+    tmp_path, column: str, values: list, want: str
+) -> None:
+    rows = [listing(lid) | {column: v} for lid, v in zip("ab", values, strict=True)]
+    write_table(str(tmp_path), "listings", rows)
+    with pytest.raises(CatalogError, match=f"column {column} must be {want}"):
+        snapshot.read_snapshot(str(tmp_path), DATE)
+
+
+def test_optional_columns_all_null_or_as_iso_strings_are_fine(tmp_path) -> None:
+    rows = [listing(lid, title=None, color=None, updated_at="2026-01-01T10:00:00") for lid in "ab"]
+    write_table(str(tmp_path), "listings", rows)
+    snap = snapshot.read_snapshot(str(tmp_path), DATE)
+    assert [(x.title, x.color) for x in snap.listings] == [(None, None), (None, None)]
+    assert snap.rejected == []
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\n\n  \n\t\n", "\r\n\r\n"])
+def test_jsonl_listings_of_blank_lines_is_zero_listings(tmp_path, content: str) -> None:
+    uri = write_table(str(tmp_path), "listings", [], "jsonl")
+    storage.write_text(uri, content)
+    with pytest.raises(CatalogError, match=f"{uri} .*no listings"):
+        snapshot.read_snapshot(str(tmp_path), DATE)
+
+
+def test_malformed_json_lines_name_line_number_and_a_safe_excerpt(tmp_path) -> None:
+    uri = write_table(str(tmp_path), "listings", [listing("a")], "jsonl")
+    hostile = "\x1b[2J\u202e" + "x" * 500  # terminal escape, bidi override, a very long line
+    lines = [storage.read_text(uri).strip(), "", "{not json", hostile, '"a string"']
+    storage.write_text(uri, "\n".join(lines) + "\n")
+    snap = snapshot.read_snapshot(str(tmp_path), DATE)
+    assert [x.listing_id for x in snap.listings] == ["a"]
+    errors = sorted(d.error for d in snap.rejected)
+    assert errors[0] == (
+        "listings: line 3: invalid JSON: Expecting property name enclosed in double quotes "
+        "at column 2; line starts '{not json'"
+    )
+    assert errors[1].startswith("listings: line 4: invalid JSON: Expecting value at column 1;")
+    assert errors[1].endswith(r"line starts '\x1b[2J\u202e" + "x" * 35 + "'...")
+    assert (
+        errors[2]
+        == "listings: line 5: JSON line is a str, not an object; line starts '\"a string\"'"
+    )
+    assert all(d.uri == uri for d in snap.rejected)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1 << 20])
+def test_split_ranges_of_a_jsonl_file_see_every_line_once_in_order(chunk_size: int) -> None:
+    data = b'first\n\n{"a": 1}\nlonger line here\n\r\nx\nno newline at the end'
+    whole = list(snapshot.iter_lines(io.BytesIO(data), chunk_size=chunk_size))
+    assert whole == data.split(b"\n")
+    for a in range(len(data) + 1):  # every way to cut the file in three ranges
+        for b in range(a, len(data) + 1):
+            parts = [
+                list(snapshot.iter_lines(io.BytesIO(data), lo, hi, chunk_size=chunk_size))
+                for lo, hi in ((0, a), (a, b), (b, len(data)))
+            ]
+            assert parts[0] + parts[1] + parts[2] == whole, (a, b)
+    assert list(snapshot.iter_lines(io.BytesIO(b"a\nb\n"))) == [b"a", b"b"]

@@ -18,7 +18,7 @@ from tests import image_fixtures as fx
 from tests.test_catalog import listing, write_table
 from transforms.read_catalog import ReadCatalog
 from vsearch.app import cli
-from vsearch.core import runs, storage
+from vsearch.core import runs, snapshot, storage
 from vsearch.core.catalog import CatalogError
 from vsearch.core.deadletter import read_dead_letters
 
@@ -219,13 +219,83 @@ def test_read_catalog_bad_jsonl_lines_are_dead_letters(tmp_path) -> None:
             snap["listings"] | beam.Map(lambda x: x.listing_id), equal_to(["a", "b"]), label="Ok"
         )
         assert_that(
-            snap["dead_letter"] | beam.Map(lambda d: (d.error.split(":")[:2], d.uri)),
+            snap["dead_letter"] | beam.Map(lambda d: (d.error.split(";")[0], d.uri)),
             equal_to(
                 [
-                    (["listings", " invalid JSON"], uri),
-                    (["listings", " line is not UTF-8"], uri),
-                    (["listings", " JSON line is a list, not an object"], uri),
+                    (
+                        "listings: line 4: invalid JSON: Expecting property name enclosed in "
+                        "double quotes at column 2",
+                        uri,
+                    ),
+                    ("listings: line 5: line is not UTF-8: invalid start byte", uri),
+                    ("listings: line 6: JSON line is a list, not an object", uri),
                 ]
             ),
             label="Dead",
         )
+
+
+def messy_rows() -> list[dict]:
+    """Rows that hit every row-level edge of the contract, valid ones among them."""
+    return [
+        listing("ok-1"),
+        listing("dup"),
+        listing("dup", category=None),  # invalid copy: the valid one must go too
+        listing("toys", category="toys"),  # not a taxonomy path
+        listing("ok-2", title="a " * 40),
+        listing("trav", uris=["../x.jpg"]),
+        listing("ok-3", category="toys/puzzles"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "where"), [("parquet", "local"), ("jsonl", "local"), ("jsonl", "gcs")]
+)
+def test_both_readers_dead_letter_the_same_rows_for_the_same_reasons(
+    tmp_path, request: pytest.FixtureRequest, fmt: str, where: str
+) -> None:
+    catalog = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket") + "/c"
+    uri = write_table(catalog, "listings", messy_rows(), fmt)
+    reviews = [{"review_id": "r1", "listing_id": "dup", "image_uri": "reviews/r1.jpg"}]
+    write_table(catalog, "reviews", reviews, fmt)
+    if fmt == "jsonl":  # blank and malformed lines between the rows, some far into the file
+        lines = storage.read_text(uri).splitlines()
+        lines[2:2] = ["", "{broken", "   "]
+        lines += ["", '{"listing_id": "x", "image_uris": [', "null"]
+        storage.write_text(uri, "\n".join(lines) + "\n")
+    driver = snapshot.read_snapshot(catalog, DATE)
+    want_dead = sorted((d.listing_id or "", d.error, d.uri or "") for d in driver.rejected)
+    dup = "listings: duplicate listing_id (2 rows); every copy rejected"
+    assert [lid for lid, e, _ in want_dead if e == dup] == ["dup"]
+    assert any(
+        e.startswith("listings: category 'toys' is not a taxonomy path") for _, e, _ in want_dead
+    )
+    if fmt == "jsonl":
+        numbered = [e.split(":")[1].strip() for _, e, _ in want_dead if ": line " in e]
+        assert sorted(numbered) == ["line 12", "line 13", "line 4"]
+    # Small splits: the Beam reader reads the JSONL file as many ranges, in parallel.
+    with beam.Pipeline() as p:
+        snap = p | ReadCatalog(catalog, DATE, jsonl_split_bytes=64)
+        assert_that(
+            snap["listings"] | beam.Map(lambda x: x.listing_id),
+            equal_to([x.listing_id for x in driver.listings]),
+            label="Listings",
+        )
+        assert_that(
+            snap["dead_letter"] | beam.Map(lambda d: (d.listing_id or "", d.error, d.uri or "")),
+            equal_to(want_dead),
+            label="Dead",
+        )
+
+
+def test_unusable_tables_fail_before_the_pipeline_runs(tmp_path) -> None:
+    catalog = str(tmp_path)
+    uri = write_table(catalog, "listings", [], "jsonl")
+    storage.write_text(uri, "\n\n   \n")
+    with pytest.raises(CatalogError, match="only blank lines"), beam.Pipeline() as p:
+        _ = p | ReadCatalog(catalog, DATE)
+    storage.delete([uri])
+    write_table(catalog, "listings", [listing("a", title=1.5), listing("b", title=2.0)])
+    with pytest.raises(CatalogError, match="column title must be string, is double"):
+        with beam.Pipeline() as p:
+            _ = p | ReadCatalog(catalog, DATE)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -142,3 +147,59 @@ def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> 
     assert publish.main(["--workdir", w]) == 0
     assert storage.read_pointer(paths.current_index_pointer(w)).value == latest
     assert "published" in capsys.readouterr().out
+
+
+# A publisher that stalls inside the swap of CURRENT (just before the write), to be killed there.
+_STALLED_PUBLISHER = r"""
+import sys, time
+from index import publish
+from vsearch.core import paths, storage
+workdir, manifest_uri, marker = sys.argv[1:4]
+real_write = storage.write_text
+def stall(uri, text):
+    if uri == paths.current_index_pointer(workdir):
+        open(marker, "w").close()
+        time.sleep(600)
+    real_write(uri, text)
+storage.write_text = stall
+publish.publish(workdir, manifest_uri)
+"""
+
+
+def test_publisher_killed_inside_the_swap_does_not_wedge_publishing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path / "work")
+    first, second, third = (
+        make_build(w, f"2026010{i}T000000Z-{i}{i}{i}{i}{i}{i}") for i in (1, 2, 3)
+    )
+    publish.publish(w, first)
+    marker = tmp_path / "in-swap"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_PUBLISHER, w, second, str(marker)], cwd=os.getcwd()
+    )
+    deadline = time.monotonic() + 120  # a guard against a hung child, not a timing assert
+    while not marker.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "never reached the swap"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert storage.read_pointer(paths.current_index_pointer(w)).value == first
+    assert publish.publish(w, third).previous == first  # not wedged by the dead publisher
+    assert Searcher.open(w).manifest.build_id == "20260103T000000Z-333333"
+
+
+def test_empty_pointers_are_reported_as_empty_not_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uri = make_build(w, "20260101T000000Z-aaaaaa")
+    current = paths.current_index_pointer(w)
+    storage.write_text(current, "")
+    for attempt in (lambda: publish.publish(w, uri), lambda: Searcher.open(w)):
+        with pytest.raises(storage.PointerError, match=f"pointer {current} is empty") as e:
+            attempt()
+        assert "does not exist" not in str(e.value) and f"rm {current}" in str(e.value)
+    storage.delete([current])
+    published = paths.published_model_pointer(w)
+    storage.write_text(published, "\n")
+    with pytest.raises(storage.PointerError, match=f"pointer {published} is empty"):
+        publish.publish(w, uri)
+    with pytest.raises(storage.PointerError, match="is empty"):
+        publish.main(["--workdir", w])

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
 
 import pytest
 
@@ -69,3 +76,98 @@ def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
         t.join()
     assert sorted(results) == ["lost", "won"]
     assert storage.read_pointer(ptr).value in ("a", "b")
+
+
+# ------------------------------------------------------------------ pointers: faults an operator meets
+
+# A publisher that stalls inside the compare-and-swap, just before it writes the pointer, so that
+# the test can kill it there (kill -9: no finally, no atexit).
+_STALL_IN_SWAP = r"""
+import sys, time
+from vsearch.core import storage
+pointer, marker = sys.argv[1], sys.argv[2]
+real_write = storage.write_text
+def stall(uri, text):
+    if uri == storage.normalize(pointer):
+        open(marker, "w").close()
+        time.sleep(600)
+    real_write(uri, text)
+storage.write_text = stall
+storage.compare_and_swap(pointer, "from-the-killed-publisher", storage.read_pointer(pointer))
+"""
+
+
+def start_stalled_swap(pointer: str, tmp_path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    """A real publisher process, paused inside the swap of ``pointer`` (holding whatever it holds)."""
+    marker = tmp_path / f"in-swap-{uuid.uuid4().hex[:6]}"
+    child = subprocess.Popen([sys.executable, "-c", _STALL_IN_SWAP, pointer, str(marker)])
+    deadline = time.monotonic() + 120  # a guard against a hung child, not a timing assert
+    while not marker.exists():
+        assert child.poll() is None, "the publisher exited before reaching the swap"
+        assert time.monotonic() < deadline, "the publisher never reached the swap"
+        time.sleep(0.05)
+    return child
+
+
+@pytest.mark.parametrize("name", ["indexes/CURRENT", "models/PUBLISHED"])
+def test_publisher_killed_inside_the_swap_does_not_wedge_later_swaps(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
+    ptr = storage.join(str(tmp_path / "work"), *name.split("/"))
+    storage.compare_and_swap(ptr, "v1", storage.read_pointer(ptr))
+    child = start_stalled_swap(ptr, tmp_path)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    seen = storage.read_pointer(ptr)
+    assert seen.value == "v1"  # the killed swap changed nothing
+    storage.compare_and_swap(ptr, "v2", seen)  # and the next publisher is not wedged
+    assert storage.read_pointer(ptr).value == "v2"
+    # Two live publishers still never both win after the crash.
+    with pytest.raises(storage.PointerConflict):
+        storage.compare_and_swap(ptr, "v3", seen)
+
+
+def test_swap_stuck_in_a_live_process_is_reported_with_the_command_to_clear_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ptr = storage.join(str(tmp_path), "indexes", "CURRENT")
+    child = start_stalled_swap(ptr, tmp_path)
+    try:
+        with pytest.raises(storage.PointerLocked) as e:
+            storage.compare_and_swap(ptr, "mine", storage.read_pointer(ptr), lock_wait_s=0.2)
+        message = str(e.value)
+        assert f"pid {child.pid} on host {socket.gethostname()}" in message
+        assert f"kill {child.pid}" in message and ptr + ".lock" in message
+    finally:
+        child.kill()
+        child.wait()
+    storage.compare_and_swap(ptr, "mine", storage.read_pointer(ptr))
+    assert storage.read_pointer(ptr).value == "mine"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"), [("", "is empty"), ("\n  \n", "is empty"), ("a\nb\n", "2 lines")]
+)
+def test_empty_or_garbled_pointer_is_reported_as_such(
+    root: str, content: str, problem: str
+) -> None:
+    ptr = storage.join(root, "models", "PUBLISHED")
+    storage.write_text(ptr, content)
+    with pytest.raises(storage.PointerError, match=problem) as e:
+        storage.read_pointer(ptr)
+    assert storage.normalize(ptr) in str(e.value) and "does not exist" not in str(e.value)
+    # Never silently overwritten (locally the swap reads it again; on GCS the generation differs).
+    with pytest.raises((storage.PointerError, storage.PointerConflict)):
+        storage.compare_and_swap(ptr, "v1", storage.Pointer(None, None))
+    storage.delete([ptr])  # the fix the message gives
+    storage.compare_and_swap(ptr, "v1", storage.read_pointer(ptr))
+    assert storage.read_pointer(ptr).value == "v1"
+
+
+def test_swap_from_a_stale_reading_loses(root: str) -> None:
+    ptr = storage.join(root, "indexes", "CURRENT")
+    absent = storage.read_pointer(ptr)
+    storage.compare_and_swap(ptr, "a", absent)
+    with pytest.raises(storage.PointerConflict):
+        storage.compare_and_swap(ptr, "b", absent)  # created by somebody else meanwhile
+    seen = storage.read_pointer(ptr)
+    storage.compare_and_swap(ptr, "c", seen)
+    with pytest.raises(storage.PointerConflict):
+        storage.compare_and_swap(ptr, "d", seen)
+    assert storage.read_pointer(ptr).value == "c"

@@ -20,22 +20,25 @@ the day goes on.
 | violation | outcome | why |
 |---|---|---|
 | no listings table for the date; both .parquet and .jsonl present | clear error | no snapshot, or an ambiguous one |
-| listings table with zero rows | clear error | an empty day would remove every listing from the index |
-| Parquet without a required column, or with a wrong column type | clear error | every row would fail the same way |
+| listings with zero rows: Parquet with 0 rows, JSONL empty or only blank lines | clear error | an empty day would remove every listing from the index |
+| Parquet without a required column | clear error | every row would fail the same way |
+| Parquet column of a wrong type, required or optional (ids, ``category``, ``image_uri``: string; ``image_uris``: list<string>; ``title``/colour/shape/material: string or all-null; ``updated_at``: timestamp, ISO string or all-null) | clear error naming the column | every row would fail the same way |
 | table file unreadable (corrupt Parquet, permission) | clear error | the snapshot cannot be read |
-| JSONL line that is not a JSON object or not UTF-8 | dead letter | one bad line; the rest are fine |
+| JSONL line that is not UTF-8, not JSON, or not a JSON object | dead letter ``line N: reason; line starts '...'`` (40 characters at most, escaped) | one bad line; the rest are fine, and N finds it |
 | missing or empty ``listing_id`` / ``review_id``, non-string id | dead letter | the row cannot be identified |
 | ``image_uris`` missing, not a list, empty, or more than 10 | dead letter | contract: 1..10 images |
 | image URI empty, ``..`` traversal, backslash or control char, unsupported scheme | dead letter | never opened |
 | image URI outside CATALOG and not in an allowed bucket | dead letter | never opened |
-| missing or malformed ``category`` (not ``a/b/c``) | dead letter | the label every model head needs |
-| non-string title/colour/shape/material, unparsable ``updated_at`` | dead letter | wrong type means a broken export |
-| the same ``listing_id`` on several rows | dead letter for every copy | we cannot know which copy is right |
+| missing ``category``, or not a taxonomy path: fewer than 2 levels (``toys``) or an empty level (``home//mug``, ``/home/mug``) | dead letter | the label every model head needs; a bare word is a leaf-only export that would split a class in two |
+| non-string title/colour/shape/material (a JSONL row), ``updated_at`` not an ISO timestamp | dead letter | wrong type means a broken export |
+| the same ``listing_id`` on several listings rows, valid or rejected for another reason | dead letter for every copy (an invalid copy keeps its own reason; each valid copy gets "duplicate listing_id (N rows)") | we cannot know which copy is right |
 | review whose listing is absent, rejected, or duplicated | dead letter | nothing to attach it to |
 
 Accepted as is: empty-string attributes become null; extra columns are ignored; the same image
-twice in one listing is kept (real catalogs do that). Duplicate ``review_id`` values are not
-checked (reviews carry no label of their own).
+twice in one listing is kept (real catalogs do that); blank JSONL lines are skipped (they still
+count in line numbers); taxonomy paths of any depth from 2 (the generated catalogs use 3:
+``home/kitchen/mug``). Duplicate ``review_id`` values are not checked (reviews carry no label of
+their own).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ LISTING_COLUMNS = tuple(
 REVIEW_COLUMNS = ("review_id", "listing_id", "image_uri")
 REQUIRED_COLUMNS = {"listings": ("listing_id", "image_uris", "category"), "reviews": REVIEW_COLUMNS}
 ATTRIBUTES = ("color", "shape", "material")
+OPTIONAL_STRING_COLUMNS = ("title", *ATTRIBUTES)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -221,8 +225,13 @@ def parse_listing(
     category = row.get("category")
     if category is None or category == "":
         raise InvalidRow("missing category", listing_id)
-    if not isinstance(category, str) or any(not s.strip() for s in category.split("/")):
-        raise InvalidRow(f"malformed category {str(category)[:60]!r} (want a/b/c)", listing_id)
+    levels = category.split("/") if isinstance(category, str) else []
+    if len(levels) < 2 or any(not level.strip() for level in levels):
+        raise InvalidRow(
+            f"category {excerpt(str(category))} is not a taxonomy path "
+            "(2 or more non-empty levels, e.g. home/kitchen/mug)",
+            listing_id,
+        )
     return Listing(
         listing_id=listing_id,
         image_uris=tuple(resolved),
@@ -251,24 +260,49 @@ def parse_review(
 
 
 def parse_json_line(line: bytes | str) -> dict[str, Any]:
-    """One JSON Lines record -> dict; raises InvalidRow for bad UTF-8, bad JSON, non-objects."""
+    """One JSON Lines record -> dict; raises InvalidRow for bad UTF-8, bad JSON, non-objects.
+
+    The reason ends with a safe excerpt of the line; the reader, which knows where the line is,
+    puts ``line N: `` in front.
+    """
     try:
         text = line.decode("utf-8") if isinstance(line, bytes) else line
         record = json.loads(text)
     except UnicodeDecodeError as e:
-        raise InvalidRow(f"line is not UTF-8: {e.reason}") from None
+        raise InvalidRow(f"line is not UTF-8: {e.reason}; line starts {excerpt(line)}") from None
     except json.JSONDecodeError as e:
-        raise InvalidRow(f"invalid JSON: {e.msg} at column {e.colno}") from None
+        raise InvalidRow(
+            f"invalid JSON: {e.msg} at column {e.colno}; line starts {excerpt(text)}"
+        ) from None
     if not isinstance(record, dict):
-        raise InvalidRow(f"JSON line is a {type(record).__name__}, not an object")
+        raise InvalidRow(
+            f"JSON line is a {type(record).__name__}, not an object; line starts {excerpt(text)}"
+        )
     return record
 
 
+def excerpt(value: bytes | str, limit: int = 40) -> str:
+    """The first ``limit`` characters (or bytes) of untrusted text, safe to log and print.
+
+    ``repr`` escapes control characters, terminal escapes and bidi overrides; ``...`` marks a cut.
+    """
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def resolve_duplicates(
-    listing_id: str, listings: Sequence[Listing], reviews: Sequence[Review], stage: str
+    listing_id: str,
+    listings: Sequence[Listing],
+    reviews: Sequence[Review],
+    stage: str,
+    invalid_copies: int = 0,
 ) -> tuple[list[Listing], list[Review], list[DeadLetter]]:
-    """All valid rows sharing one listing_id -> (kept listings, kept reviews, dead letters)."""
-    if len(listings) == 1:
+    """All rows sharing one listing_id -> (kept listings, kept reviews, dead letters).
+
+    ``invalid_copies`` counts the rows with this id that were already rejected for another
+    reason (they have their own dead letter): with them, a valid copy is a duplicate too.
+    """
+    copies = len(listings) + invalid_copies
+    if len(listings) == 1 and copies == 1:
         return list(listings), list(reviews), []
     dead = [
         DeadLetter(
@@ -278,7 +312,7 @@ def resolve_duplicates(
             f"reviews: review {r.review_id} of "
             + (
                 "a listing that is absent or rejected"
-                if not listings
+                if copies < 2
                 else "a listing with a duplicate listing_id"
             ),
         )
@@ -289,7 +323,7 @@ def resolve_duplicates(
             listing_id,
             copy.image_uris[0],
             stage,
-            f"listings: duplicate listing_id ({len(listings)} rows); every copy rejected",
+            f"listings: duplicate listing_id ({copies} rows); every copy rejected",
         )
         for copy in listings
     ]
