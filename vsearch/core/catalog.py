@@ -86,7 +86,7 @@ class Listing:
     listing_id: str
     image_uris: tuple[str, ...]  # resolved full URIs, first = primary
     title: str | None
-    category: str  # taxonomy path "a/b/c"
+    category: str  # taxonomy path of 2+ levels, "a/b" or "a/b/c"
     color: str | None = None
     shape: str | None = None
     material: str | None = None
