@@ -80,7 +80,7 @@ def from_id_maps(id_maps: list[pa.Table]) -> Attributes:
     """Listings and their predicted category from the shard id maps (no catalog)."""
     if id_maps:
         t = pa.concat_tables([m.select(["listing_id", "category_pred"]) for m in id_maps])
-        t = t.group_by("listing_id").aggregate([("category_pred", "first")])
+        t = t.group_by("listing_id", use_threads=False).aggregate([("category_pred", "first")])
         ids, cats = t.column("listing_id").combine_chunks(), t.column(1).to_pylist()
     else:
         ids, cats = pa.array([], pa.string()), []
