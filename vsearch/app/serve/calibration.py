@@ -69,6 +69,8 @@ def calibrate(
 ) -> Calibration:
     if fixed is not None:
         return Calibration(fixed, "set by the operator (--no-match-threshold)")
+    if max_photos <= 0:
+        return Calibration(None, "not calibrated: --calibration-photos 0")
     indexed = set(search.attributes.listing_ids.to_pylist())
     usable = sorted((r for r in reviews if r.listing_id in indexed), key=lambda r: r.review_id)
     picked = usable[:: max(1, len(usable) // max_photos)][:max_photos]
