@@ -58,20 +58,23 @@ def read_runs(workdir: str, days: int) -> list[StageRun]:
 def sparkline(
     values: list[float | None], marks: list[bool], width: int = 140, height: int = 28
 ) -> str:
-    """Inline SVG: a line through the known values (oldest left), red dots where ``marks``."""
+    """Inline SVG, oldest day left: a line and a dot per known value (scaled min..max), a red
+    dot where ``marks`` (dead letters or an unreadable summary; at the baseline if no value)."""
     known = [v for v in values if v is not None]
-    top = max(known) if known else 1.0
-    top = top or 1.0
-    step = width / max(1, len(values) - 1)
+    low, high = (min(known), max(known)) if known else (0.0, 1.0)
+    step = (width - 6) / max(1, len(values) - 1)
 
-    def xy(i: int, v: float) -> tuple[float, float]:
-        return round(i * step, 1), round(height - 3 - (height - 6) * v / top, 1)
+    def xy(i: int, v: float | None) -> tuple[float, float]:
+        if v is None:
+            return round(3 + i * step, 1), height - 3
+        share = (v - low) / (high - low) if high > low else 0.5
+        return round(3 + i * step, 1), round(height - 3 - (height - 6) * share, 1)
 
-    points = " ".join(
-        f"{x},{y}" for i, v in enumerate(values) if v is not None for x, y in [xy(i, v)]
-    )
-    dots = "".join(
-        f'<circle cx="{xy(i, v or 0)[0]}" cy="{xy(i, v or 0)[1]}" r="2.5" fill="#c0392b"/>'
+    pts = [xy(i, v) for i, v in enumerate(values) if v is not None]
+    line = " ".join(f"{x},{y}" for x, y in pts)
+    dots = "".join(f'<circle cx="{x}" cy="{y}" r="1.8" fill="#2c7be5"/>' for x, y in pts)
+    dots += "".join(
+        f'<circle class="flag" cx="{xy(i, v)[0]}" cy="{xy(i, v)[1]}" r="2.8" fill="#c0392b"/>'
         for i, (v, m) in enumerate(zip(values, marks, strict=True))
         if m
     )
@@ -79,7 +82,7 @@ def sparkline(
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="ok per day: {label}"><title>ok per day: {label}</title>'
-        f'<polyline fill="none" stroke="#2c7be5" stroke-width="1.5" points="{points}"/>{dots}</svg>'
+        f'<polyline fill="none" stroke="#2c7be5" stroke-width="1.5" points="{line}"/>{dots}</svg>'
     )
 
 
