@@ -230,3 +230,29 @@ def test_without_catalog_only_predicted_category_filters(
         r = c.post("/search", content=jpeg(1), headers={"content-type": "image/jpeg"})
         assert r.status_code == 200 and r.json()["no_match"] is None
         assert np.isfinite(r.json()["results"][0]["score"])
+
+
+def test_query_cli_reports_each_bad_photo_and_answers_the_good_ones(
+    served: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from vsearch.app import query
+
+    workdir, _ = served
+    good, text, bomb = tmp_path / "good.jpg", tmp_path / "notes.jpg", tmp_path / "bomb.png"
+    good.write_bytes(jpeg(9))
+    text.write_bytes(b"just text, named .jpg")
+    bomb.write_bytes(png_bomb())
+    missing = tmp_path / "missing.jpg"
+    argv = [str(good), str(text), str(missing), str(bomb), str(good), "--workdir", workdir]
+    assert query.main([*argv, "--k", "2", "--json"]) == 1  # some photos failed
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in out.out.strip().splitlines()]
+    assert [x["image"] for x in lines] == argv[:5]
+    assert lines[0]["hits"][0]["listing_id"] == synthetic.listing_id(9)
+    assert lines[4]["hits"] == lines[0]["hits"]
+    assert "not an image" in lines[1]["error"]
+    assert "cannot read" in lines[2]["error"] and "missing.jpg" in lines[2]["error"]
+    assert "pixels" in lines[3]["error"]
+    assert out.err.count("error:") == 3 and str(text) in out.err
