@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: help install airflow-env run test bench lint clean
+.PHONY: help install chromium airflow-env run test bench lint clean
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,14 +26,26 @@ $(AIRFLOW_STAMP): requirements-airflow.in constraints-airflow.txt $(STAMP)
 	$(BIN)/uv pip install --python $(AIRFLOW_VENV)/bin/python -c constraints-airflow.txt -r requirements-airflow.in
 	touch $(AIRFLOW_STAMP)
 
-install: $(STAMP)  ## Create .venv and install everything, pinned by constraints.txt.
+install: $(STAMP) chromium  ## Create .venv and install everything, pinned by constraints.txt.
+
+# The browser tests (the service's /health page) drive Debian's chromium through playwright.
+# Installed with apt as root on a fresh machine; skipped when /usr/bin/chromium is there.
+chromium:  ## Install Debian's chromium for the browser tests (root; skipped if present).
+	@if [ -x /usr/bin/chromium ]; then \
+	  echo "chromium: /usr/bin/chromium is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	else \
+	  echo "chromium: /usr/bin/chromium is missing; as root run: apt-get install -y chromium chromium-driver" >&2; \
+	fi
 
 airflow-env: $(AIRFLOW_STAMP)  ## Create .venv-airflow (Airflow + Beam/Google providers) for the DAG.
 
 run: $(STAMP)  ## Run the whole pipeline on a generated catalog (vsearch demo).
 	$(BIN)/vsearch demo --workdir demo-output
 
-test: $(STAMP) $(AIRFLOW_STAMP)  ## Run the whole test suite.
+test: $(STAMP) $(AIRFLOW_STAMP) chromium  ## Run the whole test suite.
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.

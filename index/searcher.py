@@ -446,3 +446,23 @@ def _search_preassigned(
         params,
     )
     return distances, labels
+
+
+# ------------------------------------------------------------------ hook: filtered search
+# Read-only views for vsearch/app/serve/filtered.py, which owns the filter logic (attribute
+# masks, over-fetch, exact search over a filtered subset). Nothing above depends on these.
+
+
+def id_maps(searcher: Searcher) -> list[pa.Table]:
+    """Each shard's id map; row i is the vector with row number i of that shard."""
+    return [s.ids for s in searcher._shards]
+
+
+def faiss_indexes(searcher: Searcher) -> list[tuple[int | None, Any]]:
+    """The faiss indexes that answer searches: (shard number, index); None = all shards merged.
+
+    IVF indexes hold shard-tagged ids (sharding.tag_ids); other indexes hold row numbers.
+    """
+    if searcher._merged is not None:
+        return [(None, searcher._merged)]
+    return [(no, s.index) for no, s in enumerate(searcher._shards)]

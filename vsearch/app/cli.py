@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "publish": ("index.publish", "flip indexes/CURRENT to a validated manifest (compare-and-swap)"),
     "query": ("vsearch.app.query", "search by photo: top-k listings for an image file"),
+    "serve": (
+        "vsearch.app.serve.command",
+        "HTTP search by photo with filters, following each publish (hot swap); /health page",
+    ),
     "backfill": (
         "vsearch.app.backfill",
         "run the stages for every date in a range, resuming after failure",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
+from index.searcher import Hit
+from vsearch.app.per_photo import embed_each
 from vsearch.app.photo_search import PhotoSearch
 from vsearch.core import storage
 
@@ -20,11 +23,31 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    photos = [storage.read_bytes(uri) for uri in args.images]
+    # One bad photo (unreadable, not an image) is reported on its own; the others are answered.
+    errors: dict[int, str] = {}
+    photos: dict[int, bytes] = {}
+    for i, uri in enumerate(args.images):
+        try:
+            photos[i] = storage.read_bytes(uri)
+        except storage.StorageError as e:
+            errors[i] = str(e)
+    results: dict[int, list[Hit]] = {}
     with PhotoSearch.open(args.workdir, cache_dir=args.cache_dir) as searcher:
-        results = searcher.search(photos, args.k)
+        order = sorted(photos)
+        vectors, bad = embed_each(searcher, [photos[i] for i in order])
+        errors.update({i: e for i, e in zip(order, bad, strict=True) if e is not None})
+        good = [j for j, i in enumerate(order) if i not in errors]
+        if good:
+            found = searcher.searcher.search_vectors(vectors[good], args.k)
+            results = {order[j]: hits for j, hits in zip(good, found, strict=True)}
         build = searcher.manifest.build_id
-    for uri, hits in zip(args.images, results, strict=True):
+    for i, uri in enumerate(args.images):
+        if i in errors:
+            if args.json:
+                print(json.dumps({"image": uri, "index_build": build, "error": errors[i]}))
+            print(f"vsearch query: {uri}: error: {errors[i]}", file=sys.stderr)
+            continue
+        hits = results[i]
         if args.json:
             print(
                 json.dumps({"image": uri, "index_build": build, "hits": [asdict(h) for h in hits]})
@@ -33,4 +56,4 @@ def main(argv: list[str]) -> int:
         print(f"{uri}  (index {build})")
         for rank, h in enumerate(hits, 1):
             print(f"  {rank:>3}. {h.listing_id}  {h.score:.4f}  {h.category or '-'}")
-    return 0
+    return 1 if errors else 0
