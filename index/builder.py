@@ -13,6 +13,7 @@ in memory at once):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -201,6 +202,7 @@ def build_index(
         factory=factory,
         shards=tuple(entries),
         ntotal=ntotal,
+        pca_sha256=hashlib.sha256(pca_bytes).hexdigest() if pca is not None else None,
     )
 
     # 4. Ground truth (exact, input space, one streaming pass), 5. tune, validate.

@@ -18,18 +18,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import hashlib
+import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from index import builder, factory, manifest, sharding, shards, source, training
+from index import builder, factory, manifest, shards, source, training
 from index.builder import IndexSettings
 from index.shards import AddShards
 from index.source import BatchesFactory
@@ -119,7 +118,9 @@ class _AddAndWriteShardFn(beam.DoFn):
         self._pca = training.pca_from_bytes(self._pca_bytes)
         self._added = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "vectors_added")
 
-    def process(self, element: tuple[int, Sequence[pa.RecordBatch | None]]) -> Iterator[int]:
+    def process(
+        self, element: tuple[int, Sequence[pa.RecordBatch | None]]
+    ) -> Iterator[manifest.ShardEntry]:
         shard_no, parts = element
         batches = [b for b in parts if b is not None]
         if batches:
@@ -127,9 +128,12 @@ class _AddAndWriteShardFn(beam.DoFn):
             index, ids = shards.fill_shard(self._trained, self._pca, table, shard_no)
         else:  # an empty shard is still written, so every shard the manifest lists exists
             index, ids = self._trained, shards.EMPTY_IDS
-        shards.write_shard(self._build_dir, shard_no, index, ids)
+        entry = shards.write_shard(self._build_dir, shard_no, index, ids)
+        # The worker that wrote the shard hands its entry (sha256s of the bytes it wrote) to the
+        # driver through a small file: the driver never re-reads a shard to hash it.
+        storage.write_text(entry_uri(self._build_dir, shard_no), json.dumps(asdict(entry)))
         self._added.inc(int(index.ntotal))
-        yield shard_no
+        yield entry
 
 
 def add_shards_with_beam(
@@ -158,28 +162,31 @@ def add_shards_with_beam(
             >> beam.ParDo(_AddAndWriteShardFn(trained_bytes, pca_bytes, build_dir))
         )
         p.run().wait_until_finish()
-        return [shard_entry(build_dir, s) for s in range(num_shards)]
+        return collect_entries(build_dir, num_shards)
 
     return run
 
 
-def shard_entry(build_dir: str, shard_no: int) -> manifest.ShardEntry:
-    """The manifest entry of a written shard: sha256 of its bytes as stored, row count of its ids."""
-    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
-    uri = storage.join(build_dir, name)
-    h = hashlib.sha256()
-    try:
-        with storage.open_read(uri) as f:
-            while chunk := f.read(8 << 20):
-                h.update(chunk)
-        ntotal = pq.ParquetFile(
-            storage.open_read(storage.join(build_dir, ids_name))
-        ).metadata.num_rows
-    except Exception as e:
-        raise source.IndexBuildError(
-            f"shard {shard_no} was not written completely ({uri}): {e}"
-        ) from e
-    return manifest.ShardEntry(name, h.hexdigest(), int(ntotal), ids_name)
+ENTRIES_DIR = "_entries"  # workers' shard entries; removed once the driver has read them
+
+
+def entry_uri(build_dir: str, shard_no: int) -> str:
+    return storage.join(build_dir, ENTRIES_DIR, f"{shard_no:05d}.json")
+
+
+def collect_entries(build_dir: str, num_shards: int) -> list[manifest.ShardEntry]:
+    """The shard entries the workers wrote, in shard order; removes them from the build."""
+    out = []
+    for s in range(num_shards):
+        uri = entry_uri(build_dir, s)
+        try:
+            out.append(manifest.ShardEntry(**json.loads(storage.read_text(uri))))
+        except (storage.StorageError, ValueError, TypeError) as e:
+            raise source.IndexBuildError(
+                f"shard {s} was not written completely ({uri}): {e}"
+            ) from e
+    storage.delete_prefix(storage.join(build_dir, ENTRIES_DIR))
+    return out
 
 
 # ------------------------------------------------------------------ the stage

@@ -76,9 +76,14 @@ def test_manifest_round_trip_and_checks(tmp_path) -> None:  # type: ignore[no-un
         dim=32,
         factory="IVF16,Flat",
         search_params={"nprobe": 4},
-        shards=(manifest.ShardEntry("shard-00000.faiss", "a" * 64, 10, "shard-00000.ids.parquet"),),
+        shards=(
+            manifest.ShardEntry(
+                "shard-00000.faiss", "a" * 64, 10, "shard-00000.ids.parquet", "b" * 64
+            ),
+        ),
         ntotal=10,
         validation=manifest.Validation(0.97, 100, 0.2, 0.9),
+        pca_sha256="c" * 64,
     )
     uri = str(tmp_path / "manifest.json")
     manifest.write(uri, m)
