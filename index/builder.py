@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from index import autopca, sharding, training, tuning
 from index import factory as factory_mod
 from index import manifest as manifest_mod
-from index import sharding, training, tuning
 from index.searcher import Searcher
 from index.shards import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
@@ -40,8 +40,9 @@ class IndexSettings:
     # recall@10 vs exact search that tuning must reach and validation confirm.
     target_recall: float = 0.95
     memory_budget_bytes: int = 16 << 30  # what "auto" may spend on the whole index (all shards)
-    pca_dim: int = 0  # 0: smallest multiple of 16 keeping pca_energy (no cut if it saves < 25%)
-    pca_energy: float = 0.99  # share of the squared norm the PCA must keep when pca_dim=0
+    # 0: auto, the smallest multiple of 16 whose measured recall keeps half the target's
+    # allowed loss (index/autopca.py), or no PCA; a cut saving under 25% is not worth its cost.
+    pca_dim: int = 0
     max_train_size: int = 200_000  # sample held in driver memory for training (~200 MB at D=256)
     # Held-out database vectors used as queries (half tune, half validate).
     validation_queries: int = 1000
@@ -122,6 +123,33 @@ def _choose_factory(
     return chosen, info
 
 
+def _cause(
+    factory: str,
+    dim: int,
+    input_dim: int,
+    pca_choice: autopca.PcaChoice | None,
+    tried: tuple[tuple[int, float], ...],
+) -> str:
+    """One sentence naming what kept the recall down, and what to change."""
+    if dim < input_dim and pca_choice is None:
+        return (
+            f"Cause: --pca-dim {dim} discards neighbour information (exact search after the cut "
+            f"cannot reach the target); use --pca-dim 0 (auto) or {input_dim} (none)."
+        )
+    if dim < input_dim and pca_choice is not None:
+        return (
+            f"Cause: likely the PCA cut ({pca_choice.describe()}): at full size neighbours are "
+            f"denser than in the sample; rerun with --pca-dim {input_dim} (none)."
+        )
+    if factory_mod.factory_kind(factory) == "flat":
+        return "Cause: exact search missed it, so the queries' own truth is inconsistent."
+    return (
+        f"Cause: {factory}'s search knob plateaued before the target (largest tried "
+        f"{tried[-1][0] if tried else '-'}); use --factory HNSW32 or Flat, or a lower "
+        "--target-recall."
+    )
+
+
 def build_index(
     batches_factory: BatchesFactory,
     settings: IndexSettings,
@@ -166,8 +194,15 @@ def build_index(
     groups = {g: v for g, v in groups.items() if len(v[0])}
     tune_q = np.concatenate([_split(v)[0] for v, _ in groups.values()])
 
-    # 1. PCA, trained once on the sample.
-    dim = settings.pca_dim or training.auto_pca_dim(sample.train, settings.pca_energy)
+    # 1. PCA, chosen by measured recall (auto) and trained once on the sample.
+    pca_choice = None
+    if settings.pca_dim:
+        dim = settings.pca_dim
+    else:
+        pca_choice = autopca.choose_pca_dim(sample.train, tune_q, settings.target_recall)
+        dim = pca_choice.dim
+        report["pca"] = {"dim": dim, "required": pca_choice.required, "tried": pca_choice.tried}
+        log.info("auto PCA: %d -> %d (%s)", input_dim, dim, pca_choice.describe())
     if dim > input_dim:
         raise IndexBuildError(f"--pca-dim {dim} exceeds the embedding dim {input_dim}")
     # No reduction -> no PCA: a full-dimension rotation preserves inner products but costs a
@@ -253,10 +288,11 @@ def build_index(
     report["validation"] = validation
     if recall < settings.target_recall:
         raise IndexBuildError(
-            f"index {factory} with {tuned.search_params or 'exact search'} reaches recall@10 "
-            f"{recall:.4f} on held-out queries ({per_kind}), below the target "
-            f"{settings.target_recall:.4f}; no manifest was written (try --factory HNSW32, a larger "
-            "--pca-dim or a lower --target-recall)"
+            f"index {factory} (dim {input_dim}->{dim}) with "
+            f"{tuned.search_params or 'exact search'} reaches recall@10 {recall:.4f} on held-out "
+            f"queries ({per_kind}), below the target {settings.target_recall:.4f}; no manifest "
+            f"was written. Tried {factory} knob values (value, recall): {tuned.tried or 'exact'}. "
+            + _cause(factory, dim, input_dim, pca_choice, tuned.tried)
         )
     final = replace(draft, search_params=tuned.search_params, validation=validation)
     uri = storage.join(build_dir, sharding.MANIFEST_FILE)

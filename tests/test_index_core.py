@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import vectors
-from index import factory, manifest, sharding, training, tuning
+from index import autopca, factory, manifest, sharding, training, tuning
 from index.validate import exact_topk, recall_at_k
 
 
@@ -105,7 +105,7 @@ def test_pca_keeps_inner_products_and_reduces() -> None:
     y = training.apply_pca(full, x[:50])
     np.testing.assert_allclose(y @ y.T, x[:50] @ x[:50].T, atol=1e-4)  # a pure rotation
     m = vectors.manifold(3000, dim=256)
-    dim = training.auto_pca_dim(m, 0.9)
+    dim = autopca.choose_pca_dim(m[200:], m[:200], 0.8).dim
     assert dim % 16 == 0 and dim < 256
     back = training.pca_from_bytes(training.pca_to_bytes(training.train_pca(m, dim)))
     assert (back.d_in, back.d_out) == (256, dim)
