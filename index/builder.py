@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -123,6 +124,23 @@ def _choose_factory(
     return chosen, info
 
 
+GroundTruthFn = Callable[[np.ndarray, int], np.ndarray]  # (queries, k) -> exact top-k row keys
+
+
+def streamed_ground_truth(batches_factory: BatchesFactory | None) -> GroundTruthFn:
+    """Exact top-k in one streaming pass over the input (the single-process build)."""
+
+    def run(queries: np.ndarray, k: int) -> np.ndarray:
+        assert batches_factory is not None
+        chunks = (
+            (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
+            for b, v in iter_database(batches_factory)
+        )
+        return exact_topk(queries, chunks, k).keys
+
+    return run
+
+
 def _cause(
     factory: str,
     dim: int,
@@ -151,7 +169,7 @@ def _cause(
 
 
 def build_index(
-    batches_factory: BatchesFactory,
+    batches_factory: BatchesFactory | None,
     settings: IndexSettings,
     build_dir: str,
     model_version: str,
@@ -160,6 +178,8 @@ def build_index(
     extra_queries: np.ndarray | None = None,
     add_shards: AddShards | None = None,
     cache_dir: str | None = None,
+    sample: Sample | None = None,
+    ground_truth: GroundTruthFn | None = None,
 ) -> BuildResult:
     """Train, add per shard, validate; write ``manifest.json`` last and only if validation passes.
 
@@ -167,15 +187,25 @@ def build_index(
     image_uri, image_index, embedding, category_pred). ``extra_queries`` are more validation
     queries in the input space (e.g. review-photo embeddings). Raises IndexBuildError when the
     input is bad or recall@10 stays below ``settings.target_recall``.
+
+    A distributed caller (the Beam job) passes ``sample`` (a bounded sample it drew),
+    ``add_shards`` and ``ground_truth`` (exact top-k keys of the queries, computed per shard)
+    instead, and no ``batches_factory``: then the driver never reads the input itself.
     """
     report: dict[str, Any] = {}
-    sample = scan(
-        batches_factory,
-        settings.max_train_size,
-        settings.validation_queries,
-        settings.seed,
-        model_version,
-    )
+    if batches_factory is None and (sample is None or add_shards is None or ground_truth is None):
+        raise ValueError(
+            "build_index needs batches_factory, or sample, add_shards and ground_truth"
+        )
+    if sample is None:
+        assert batches_factory is not None
+        sample = scan(
+            batches_factory,
+            settings.max_train_size,
+            settings.validation_queries,
+            settings.seed,
+            model_version,
+        )
     input_dim = sample.input_dim
     extra = [sample.review_queries]
     if extra_queries is not None and len(extra_queries):
@@ -223,7 +253,7 @@ def build_index(
     pca_bytes = training.pca_to_bytes(pca)
     if pca is not None:
         storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
-    adder = add_shards or add_shards_in_process(batches_factory)
+    adder = add_shards or add_shards_in_process(batches_factory)  # type: ignore[arg-type]
     entries = adder(training.index_to_bytes(trained), pca_bytes, build_dir, settings.shards)
     ntotal = sum(e.ntotal for e in entries)
     if ntotal != sample.ntotal:
@@ -242,14 +272,8 @@ def build_index(
 
     # 4. Ground truth (exact, input space, one streaming pass), 5. tune, validate.
     all_q = np.concatenate([v for v, _ in groups.values()])
-    truth = exact_topk(
-        all_q,
-        (
-            (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
-            for b, v in iter_database(batches_factory)
-        ),
-        11,  # one more than recall@10 needs: a database query's own row is dropped
-    ).keys
+    # k=11: one more than recall@10 needs, since a database query's own row is dropped.
+    truth = (ground_truth or streamed_ground_truth(batches_factory))(all_q, 11)
     tune_sets, val_sets, at = [], [], 0
     for name, (v, own) in groups.items():
         t_rows = slice(at, at + len(_split(v)[0]))
