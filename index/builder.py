@@ -13,15 +13,17 @@ in memory at once):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from index import autopca, sharding, training, tuning
 from index import factory as factory_mod
 from index import manifest as manifest_mod
-from index import sharding, training, tuning
 from index.searcher import Searcher
 from index.shards import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
@@ -39,8 +41,9 @@ class IndexSettings:
     # recall@10 vs exact search that tuning must reach and validation confirm.
     target_recall: float = 0.95
     memory_budget_bytes: int = 16 << 30  # what "auto" may spend on the whole index (all shards)
-    pca_dim: int = 0  # 0: smallest multiple of 16 keeping pca_energy (no cut if it saves < 25%)
-    pca_energy: float = 0.99  # share of the squared norm the PCA must keep when pca_dim=0
+    # 0: auto, the smallest multiple of 16 whose measured recall keeps half the target's
+    # allowed loss (index/autopca.py), or no PCA; a cut saving under 25% is not worth its cost.
+    pca_dim: int = 0
     max_train_size: int = 200_000  # sample held in driver memory for training (~200 MB at D=256)
     # Held-out database vectors used as queries (half tune, half validate).
     validation_queries: int = 1000
@@ -121,8 +124,52 @@ def _choose_factory(
     return chosen, info
 
 
+GroundTruthFn = Callable[[np.ndarray, int], np.ndarray]  # (queries, k) -> exact top-k row keys
+
+
+def streamed_ground_truth(batches_factory: BatchesFactory | None) -> GroundTruthFn:
+    """Exact top-k in one streaming pass over the input (the single-process build)."""
+
+    def run(queries: np.ndarray, k: int) -> np.ndarray:
+        assert batches_factory is not None
+        chunks = (
+            (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
+            for b, v in iter_database(batches_factory)
+        )
+        return exact_topk(queries, chunks, k).keys
+
+    return run
+
+
+def _cause(
+    factory: str,
+    dim: int,
+    input_dim: int,
+    pca_choice: autopca.PcaChoice | None,
+    tried: tuple[tuple[int, float], ...],
+) -> str:
+    """One sentence naming what kept the recall down, and what to change."""
+    if dim < input_dim and pca_choice is None:
+        return (
+            f"Cause: --pca-dim {dim} discards neighbour information (exact search after the cut "
+            f"cannot reach the target); use --pca-dim 0 (auto) or {input_dim} (none)."
+        )
+    if dim < input_dim and pca_choice is not None:
+        return (
+            f"Cause: likely the PCA cut ({pca_choice.describe()}): at full size neighbours are "
+            f"denser than in the sample; rerun with --pca-dim {input_dim} (none)."
+        )
+    if factory_mod.factory_kind(factory) == "flat":
+        return "Cause: exact search missed it, so the queries' own truth is inconsistent."
+    return (
+        f"Cause: {factory}'s search knob plateaued before the target (largest tried "
+        f"{tried[-1][0] if tried else '-'}); use --factory HNSW32 or Flat, or a lower "
+        "--target-recall."
+    )
+
+
 def build_index(
-    batches_factory: BatchesFactory,
+    batches_factory: BatchesFactory | None,
     settings: IndexSettings,
     build_dir: str,
     model_version: str,
@@ -131,6 +178,8 @@ def build_index(
     extra_queries: np.ndarray | None = None,
     add_shards: AddShards | None = None,
     cache_dir: str | None = None,
+    sample: Sample | None = None,
+    ground_truth: GroundTruthFn | None = None,
 ) -> BuildResult:
     """Train, add per shard, validate; write ``manifest.json`` last and only if validation passes.
 
@@ -138,15 +187,25 @@ def build_index(
     image_uri, image_index, embedding, category_pred). ``extra_queries`` are more validation
     queries in the input space (e.g. review-photo embeddings). Raises IndexBuildError when the
     input is bad or recall@10 stays below ``settings.target_recall``.
+
+    A distributed caller (the Beam job) passes ``sample`` (a bounded sample it drew),
+    ``add_shards`` and ``ground_truth`` (exact top-k keys of the queries, computed per shard)
+    instead, and no ``batches_factory``: then the driver never reads the input itself.
     """
     report: dict[str, Any] = {}
-    sample = scan(
-        batches_factory,
-        settings.max_train_size,
-        settings.validation_queries,
-        settings.seed,
-        model_version,
-    )
+    if batches_factory is None and (sample is None or add_shards is None or ground_truth is None):
+        raise ValueError(
+            "build_index needs batches_factory, or sample, add_shards and ground_truth"
+        )
+    if sample is None:
+        assert batches_factory is not None
+        sample = scan(
+            batches_factory,
+            settings.max_train_size,
+            settings.validation_queries,
+            settings.seed,
+            model_version,
+        )
     input_dim = sample.input_dim
     extra = [sample.review_queries]
     if extra_queries is not None and len(extra_queries):
@@ -165,8 +224,15 @@ def build_index(
     groups = {g: v for g, v in groups.items() if len(v[0])}
     tune_q = np.concatenate([_split(v)[0] for v, _ in groups.values()])
 
-    # 1. PCA, trained once on the sample.
-    dim = settings.pca_dim or training.auto_pca_dim(sample.train, settings.pca_energy)
+    # 1. PCA, chosen by measured recall (auto) and trained once on the sample.
+    pca_choice = None
+    if settings.pca_dim:
+        dim = settings.pca_dim
+    else:
+        pca_choice = autopca.choose_pca_dim(sample.train, tune_q, settings.target_recall)
+        dim = pca_choice.dim
+        report["pca"] = {"dim": dim, "required": pca_choice.required, "tried": pca_choice.tried}
+        log.info("auto PCA: %d -> %d (%s)", input_dim, dim, pca_choice.describe())
     if dim > input_dim:
         raise IndexBuildError(f"--pca-dim {dim} exceeds the embedding dim {input_dim}")
     # No reduction -> no PCA: a full-dimension rotation preserves inner products but costs a
@@ -187,7 +253,7 @@ def build_index(
     pca_bytes = training.pca_to_bytes(pca)
     if pca is not None:
         storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
-    adder = add_shards or add_shards_in_process(batches_factory)
+    adder = add_shards or add_shards_in_process(batches_factory)  # type: ignore[arg-type]
     entries = adder(training.index_to_bytes(trained), pca_bytes, build_dir, settings.shards)
     ntotal = sum(e.ntotal for e in entries)
     if ntotal != sample.ntotal:
@@ -201,18 +267,13 @@ def build_index(
         factory=factory,
         shards=tuple(entries),
         ntotal=ntotal,
+        pca_sha256=hashlib.sha256(pca_bytes).hexdigest() if pca is not None else None,
     )
 
     # 4. Ground truth (exact, input space, one streaming pass), 5. tune, validate.
     all_q = np.concatenate([v for v, _ in groups.values()])
-    truth = exact_topk(
-        all_q,
-        (
-            (v, row_keys(b.column("listing_id").to_pylist(), b.column("image_index").to_pylist()))
-            for b, v in iter_database(batches_factory)
-        ),
-        11,  # one more than recall@10 needs: a database query's own row is dropped
-    ).keys
+    # k=11: one more than recall@10 needs, since a database query's own row is dropped.
+    truth = (ground_truth or streamed_ground_truth(batches_factory))(all_q, 11)
     tune_sets, val_sets, at = [], [], 0
     for name, (v, own) in groups.items():
         t_rows = slice(at, at + len(_split(v)[0]))
@@ -251,10 +312,11 @@ def build_index(
     report["validation"] = validation
     if recall < settings.target_recall:
         raise IndexBuildError(
-            f"index {factory} with {tuned.search_params or 'exact search'} reaches recall@10 "
-            f"{recall:.4f} on held-out queries ({per_kind}), below the target "
-            f"{settings.target_recall:.4f}; no manifest was written (try --factory HNSW32, a larger "
-            "--pca-dim or a lower --target-recall)"
+            f"index {factory} (dim {input_dim}->{dim}) with "
+            f"{tuned.search_params or 'exact search'} reaches recall@10 {recall:.4f} on held-out "
+            f"queries ({per_kind}), below the target {settings.target_recall:.4f}; no manifest "
+            f"was written. Tried {factory} knob values (value, recall): {tuned.tried or 'exact'}. "
+            + _cause(factory, dim, input_dim, pca_choice, tuned.tried)
         )
     final = replace(draft, search_params=tuned.search_params, validation=validation)
     uri = storage.join(build_dir, sharding.MANIFEST_FILE)

@@ -15,7 +15,10 @@ from typing import Any
 
 from vsearch.core import storage
 
-FORMAT_VERSION = 1
+# 2: id maps and pca.bin carry a sha256 too (``ids_sha256``, ``pca_sha256``). Version 1
+# manifests (shard sha256 only) are still read; their id maps and PCA are not verifiable.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METRIC = "inner_product"
 
 
@@ -29,6 +32,7 @@ class ShardEntry:
     sha256: str
     ntotal: int
     ids_path: str  # e.g. "shard-00000.ids.parquet"
+    ids_sha256: str = ""  # of the id map's bytes ("" only in format_version 1 manifests)
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,23 @@ class Manifest:
     validation: Validation | None = None
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
+    pca_sha256: str | None = None  # of pca.bin; None when there is no PCA (or format 1)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = [asdict(s) for s in self.shards]
-        return {k: d[k] for k in _FIELD_ORDER}
+        if self.format_version < 2:  # rewrite an old manifest as it was (no checksums to add)
+            d.pop("pca_sha256")
+            for s in d["shards"]:
+                s.pop("ids_sha256")
+        return {k: d[k] for k in _FIELD_ORDER if k in d}
 
     def check(self) -> None:
         """Raise ManifestError unless the manifest is internally consistent."""
         problems = []
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in READABLE_VERSIONS:
             problems.append(
-                f"format_version {self.format_version} (this code reads {FORMAT_VERSION})"
+                f"format_version {self.format_version} (this code reads {READABLE_VERSIONS})"
             )
         if self.metric != METRIC:
             problems.append(f"metric {self.metric!r} (expected {METRIC!r})")
@@ -74,9 +83,18 @@ class Manifest:
             problems.append(f"ntotal {self.ntotal} != sum of shard ntotal")
         if not 0 < self.dim <= self.input_dim:
             problems.append(f"dim {self.dim} not in 1..input_dim {self.input_dim}")
+        verified = self.format_version >= 2  # format 2 checksums every file it lists
         for s in self.shards:
             if len(s.sha256) != 64 or "/" in s.path or "/" in s.ids_path:
                 problems.append(f"bad shard entry {s}")
+            if verified and len(s.ids_sha256) != 64:
+                problems.append(f"shard {s.path}: id map {s.ids_path} has no sha256")
+        if verified and (self.dim < self.input_dim) != (self.pca_sha256 is not None):
+            problems.append(
+                f"pca_sha256 {self.pca_sha256!r} does not match dim {self.input_dim}->{self.dim}"
+            )
+        if self.pca_sha256 is not None and len(self.pca_sha256) != 64:
+            problems.append(f"pca_sha256 {self.pca_sha256!r} is not a sha256")
         if problems:
             raise ManifestError(f"manifest of build {self.build_id}: " + "; ".join(problems))
 
@@ -88,6 +106,7 @@ _FIELD_ORDER = (
     "created_at",
     "input_dim",
     "dim",
+    "pca_sha256",
     "metric",
     "factory",
     "search_params",
@@ -121,11 +140,18 @@ def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
             factory=str(d["factory"]),
             search_params={str(k): int(x) for k, x in dict(d["search_params"]).items()},
             shards=tuple(
-                ShardEntry(str(s["path"]), str(s["sha256"]), int(s["ntotal"]), str(s["ids_path"]))
+                ShardEntry(
+                    str(s["path"]),
+                    str(s["sha256"]),
+                    int(s["ntotal"]),
+                    str(s["ids_path"]),
+                    str(s.get("ids_sha256", "")),
+                )
                 for s in d["shards"]
             ),
             ntotal=int(d["ntotal"]),
             validation=Validation(**v) if v is not None else None,
+            pca_sha256=None if d.get("pca_sha256") is None else str(d["pca_sha256"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(

@@ -1,9 +1,8 @@
 """Search a published (or freshly built) sharded index: load once, verify, search in parallel.
 
-Loading: every shard's bytes are hashed and compared with the manifest's sha256 *before* faiss
-reads them, so a corrupted or truncated file is a clear error naming it, never a crash inside
-faiss or a silently wrong answer. Local shards are memory-mapped in place; gs:// shards are
-downloaded (streamed and hashed) into a local cache first, then memory-mapped.
+Loading: every file (shards, id maps, pca.bin) is checked against the manifest's sha256 before
+it is parsed (index/verify.py); local shards are memory-mapped in place, gs:// shards from a
+verified local cache.
 
 Searching: the query goes through the build's PCA (if any), then every shard is searched on a
 thread pool (faiss releases the GIL), the per-shard top lists are merged, and hits are grouped by
@@ -15,9 +14,7 @@ and searched one by one.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,22 +23,18 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from index import manifest as manifest_mod
 from index import sharding, training
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
+from index.verify import ShardError, default_cache_dir, local_shard, read_id_map, verified_bytes
 from vsearch.core import paths, storage
 
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
-_CHUNK = 8 << 20
-
-
-class ShardError(RuntimeError):
-    """A shard or id map is missing, corrupted, truncated or inconsistent; names the file."""
+__all__ = ["Hit", "Searcher", "ShardError", "default_cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -57,20 +50,6 @@ class Hit:
 class _Shard:
     index: Any  # a faiss index (faiss' type stubs do not know its subclasses' members)
     ids: pa.Table  # listing_id, image_uri, image_index, category_pred; row i = faiss id i
-
-
-def sha256_of_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("VSEARCH_INDEX_CACHE") or os.path.join(
-        tempfile.gettempdir(), "vsearch-index-cache"
-    )
 
 
 class Searcher:
@@ -144,7 +123,8 @@ class Searcher:
         uri = storage.join(self.build_dir, sharding.PCA_FILE)
         if self.manifest.dim == self.manifest.input_dim and not storage.exists(uri):
             return None
-        pca = training.pca_from_bytes(storage.read_bytes(uri), source=uri)
+        data = verified_bytes(uri, self.manifest.pca_sha256, "PCA")
+        pca = training.pca_from_bytes(data, source=uri)
         shape = (pca.d_in, pca.d_out) if pca is not None else None
         if shape != (self.manifest.input_dim, self.manifest.dim):
             raise ShardError(
@@ -153,47 +133,9 @@ class Searcher:
             )
         return pca
 
-    def _local_verified(self, entry: manifest_mod.ShardEntry) -> str:
-        """A local path of the shard whose sha256 matches the manifest."""
-        uri = storage.join(self.build_dir, entry.path)
-        if not storage.is_gcs(uri):
-            if not os.path.exists(uri):
-                raise ShardError(f"index shard {uri} is missing")
-            got = sha256_of_file(uri)
-            if got != entry.sha256:
-                raise ShardError(
-                    f"index shard {uri} is corrupted or truncated: sha256 {got[:12]}... "
-                    f"!= manifest {entry.sha256[:12]}... ({os.path.getsize(uri)} bytes)"
-                )
-            return uri
-        local = os.path.join(
-            self._cache_dir, self.manifest.model_version, self.manifest.build_id, entry.path
-        )
-        if os.path.exists(local) and sha256_of_file(local) == entry.sha256:
-            return local
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = f"{local}.tmp-{os.getpid()}"
-        h = hashlib.sha256()
-        try:
-            with storage.open_read(uri) as src, open(tmp, "wb") as dst:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-        except Exception as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise ShardError(f"cannot download index shard {uri}: {e}") from e
-        if h.hexdigest() != entry.sha256:
-            os.remove(tmp)
-            raise ShardError(
-                f"index shard {uri} is corrupted or truncated: sha256 {h.hexdigest()[:12]}... "
-                f"!= manifest {entry.sha256[:12]}..."
-            )
-        os.replace(tmp, local)
-        return local
-
     def _load_shard(self, entry: manifest_mod.ShardEntry) -> _Shard:
-        path = self._local_verified(entry)
+        key = (self.manifest.model_version, self.manifest.build_id)
+        path = local_shard(self.build_dir, entry, self._cache_dir, key)
         self._shard_paths.append(path)
         flags = faiss.IO_FLAG_READ_ONLY
         if self._mmap:
@@ -207,14 +149,7 @@ class Searcher:
                 f"index shard {path} holds {index.ntotal} vectors of dim {index.d}; the manifest "
                 f"says {entry.ntotal} of dim {self.manifest.dim}"
             )
-        ids_uri = storage.join(self.build_dir, entry.ids_path)
-        try:
-            ids = pq.read_table(storage.open_read(ids_uri))
-        except Exception as e:
-            raise ShardError(f"cannot read id map {ids_uri}: {e}") from e
-        if ids.num_rows != entry.ntotal:
-            raise ShardError(f"id map {ids_uri} has {ids.num_rows} rows, shard has {entry.ntotal}")
-        return _Shard(index, ids)
+        return _Shard(index, read_id_map(self.build_dir, entry))
 
     def _shared_quantizer(self) -> Any:
         """The coarse quantizer all IVF shards share (copies of one trained index), or None."""

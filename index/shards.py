@@ -64,7 +64,9 @@ def id_table(rows: pa.Table | pa.RecordBatch) -> pa.Table:
 def write_shard(
     build_dir: str, shard_no: int, index: faiss.Index, ids: pa.Table
 ) -> manifest_mod.ShardEntry:
-    """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; the sha256 is of the bytes written."""
+    """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; each sha256 is of the
+    bytes as written (hashed on the way out, never re-read), so the worker that writes a shard
+    returns its manifest entry."""
     name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
     h = hashlib.sha256()
     with storage.atomic_writer(storage.join(build_dir, name)) as f:
@@ -74,9 +76,14 @@ def write_shard(
             f.write(chunk)
 
         faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
-    with storage.atomic_writer(storage.join(build_dir, ids_name)) as f:
-        pq.write_table(ids, f, compression="zstd")
-    return manifest_mod.ShardEntry(name, h.hexdigest(), int(index.ntotal), ids_name)
+    # The id map is small (~60 bytes a row): serialise in memory, hash, write those bytes.
+    sink = pa.BufferOutputStream()
+    pq.write_table(ids, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    storage.write_bytes(storage.join(build_dir, ids_name), data)
+    return manifest_mod.ShardEntry(
+        name, h.hexdigest(), int(index.ntotal), ids_name, hashlib.sha256(data).hexdigest()
+    )
 
 
 def shard_tables(

@@ -46,7 +46,7 @@ def batch_vectors(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(len(col), t.list_size), dtype=np.float32)
 
 
-def _check_batch(batch: pa.RecordBatch, vectors: np.ndarray, model_version: str | None) -> None:
+def check_batch(batch: pa.RecordBatch, vectors: np.ndarray, model_version: str | None) -> None:
     if model_version is not None and "model_version" in batch.schema.names:
         versions = set(batch.column("model_version").unique().to_pylist())
         if versions - {model_version}:
@@ -132,7 +132,7 @@ def scan(
             raise IndexBuildError(
                 f"embedding dim changed from {dim} to {vectors.shape[1]} mid-input"
             )
-        _check_batch(batch, vectors, model_version)
+        check_batch(batch, vectors, model_version)
         image_index = np.asarray(batch.column("image_index").to_numpy(zero_copy_only=False))
         is_review = image_index < 0
         assert db is not None and reviews is not None

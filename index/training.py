@@ -43,22 +43,6 @@ def train_pca(sample: np.ndarray, dim_out: int) -> faiss.PCAMatrix:
     return pca
 
 
-def auto_pca_dim(sample: np.ndarray, energy: float, min_saving: float = 0.25) -> int:
-    """Smallest dim (multiple of 16) keeping ``energy`` of the squared norm; full dim if the
-    saving would be under ``min_saving`` (a small cut costs recall for little speed)."""
-    d_in = int(sample.shape[1])
-    if 2 * sample.shape[0] < d_in:
-        # Too few vectors to estimate d_in components (faiss then yields only n of them); an
-        # index this small needs no reduction anyway.
-        return d_in
-    full = train_pca(sample, d_in)
-    eig = np.clip(faiss.vector_to_array(full.eigenvalues)[:d_in].astype(np.float64), 0, None)
-    cum = np.cumsum(eig) / max(eig.sum(), 1e-30)
-    k = int(np.searchsorted(cum, energy) + 1)
-    k = min(d_in, -(-k // PCA_DIM_MULTIPLE) * PCA_DIM_MULTIPLE)
-    return d_in if k > d_in * (1 - min_saving) else k
-
-
 def apply_pca(pca: faiss.VectorTransform | None, x: np.ndarray) -> np.ndarray:
     """Project (None: no reduction, keep the input space) and re-normalise, ready for faiss."""
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -1,14 +1,17 @@
 """``vsearch build-index``: the current embeddings of the published model -> a validated index.
 
-    driver: scan (count, sample) -> train PCA (if it reduces) + index once -> pca.bin
-    Beam:   ReadEmbeddings -> SplitByShard (stable hash of listing_id) -> GroupByKey(shard)
-            -> AddAndWriteShard (copy of the trained index + this shard's vectors)
-            -> WORKDIR/indexes/VERSION/BUILD_ID/shard-NNNNN.{faiss,ids.parquet}
-    driver: exact ground truth -> tune nprobe/efSearch -> validate -> manifest.json (last)
+    Beam 1: embedding partitions -> (file, row group) splits read in parallel -> CoGroupByKey
+            with the snapshot's images -> current rows -> the view, grouped by shard (written
+            once) + a bounded seeded sample (Top combiner) + the row count
+    driver: choose and train PCA (auto: by measured recall) + the index once, on the sample
+    Beam 2: per shard: view -> copy of the trained index -> shard-NNNNN.{faiss,ids.parquet},
+            each worker handing back its manifest entry (sha256 of the bytes it wrote)
+    Beam 3: per shard: exact top-k of the validation queries -> merged by a combiner
+    driver: tune nprobe/efSearch -> validate -> manifest.json (last)
 
 This is faiss' distributed recipe (train once, add per shard; contrib/ondisk.py): the driver holds
-only the training sample and the validation queries, never all vectors; each worker holds one
-shard. Shards are written through storage.atomic_writer (never Beam's GCS batch finalisation), so
+only the training sample, the validation queries and their exact answers, never all vectors and
+never a structure of the snapshot's size; each worker holds one shard. Shards are written through storage.atomic_writer (never Beam's GCS batch finalisation), so
 the same job runs on local files, the loopback GCS server and gs://. Below the target recall the
 job fails and no manifest is written, so nothing can be published.
 """
@@ -18,23 +21,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import hashlib
+import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from index import builder, factory, manifest, sharding, shards, source, training
+from index import builder, factory, manifest, sharding, source
 from index.builder import IndexSettings
-from index.shards import AddShards
 from index.source import BatchesFactory
+from transforms import current_embeddings, index_view
 from vsearch.core import paths, runs, storage
-from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
+from vsearch.core.runs import RunSummary
 
 STAGE = "build-index"
 
@@ -81,130 +82,149 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
     return embedder.embed_prepared(clean) if clean else None
 
 
-# ------------------------------------------------------------------ Beam: add per shard
+# ------------------------------------------------------------------ Beam: the build's jobs
 
 
-class _ReadEmbeddingsFn(beam.DoFn):
-    """Stream the current embeddings (database rows only) as RecordBatches."""
+class BeamBuild:
+    """The build's Beam jobs; the driver holds only bounded things (sample, queries, truth).
 
-    def __init__(self, batches_factory: BatchesFactory) -> None:
+    1. ``prepare``: current rows (parallel row-group reads joined with the snapshot in Beam, or
+       a given batches factory) -> the view, grouped by shard, written once; a bounded seeded
+       sample; the row count.
+    2. ``add_shards``: per shard, its view -> a copy of the trained index -> shard files; each
+       worker hands back its manifest entry (sha256s computed where the bytes were written).
+    3. ``ground_truth``: per shard, exact top-k of the validation queries; merged by a combiner.
+    """
+
+    def __init__(
+        self,
+        settings: BuildIndexSettings,
+        version: str,
+        build_dir: str,
+        pipeline_args: list[str] | None,
+        batches_factory: BatchesFactory | None = None,
+    ) -> None:
+        self.settings, self.version, self.build_dir = settings, version, build_dir
+        self.view_dir = storage.join(build_dir, index_view.VIEW_DIR)
+        self._args = pipeline_args or []
         self._factory = batches_factory
 
-    def process(self, _: object) -> Iterator[pa.RecordBatch]:
-        for batch, _vectors in source.iter_database(self._factory):
-            yield batch
+    def _pipeline(self) -> beam.Pipeline:
+        return beam.Pipeline(options=PipelineOptions(self._args))
 
-
-class _SplitByShardFn(beam.DoFn):
-    def __init__(self, num_shards: int) -> None:
-        self._num_shards = num_shards
-
-    def setup(self) -> None:
-        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_sharded")
-
-    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
-        self._rows.inc(batch.num_rows)
-        yield from shards.shard_tables([batch], self._num_shards)
-
-
-class _AddAndWriteShardFn(beam.DoFn):
-    """One shard: a copy of the trained index, its vectors added, written with its id map."""
-
-    def __init__(self, trained_bytes: bytes, pca_bytes: bytes, build_dir: str) -> None:
-        self._trained_bytes, self._pca_bytes, self._build_dir = trained_bytes, pca_bytes, build_dir
-
-    def setup(self) -> None:
-        # Heavy objects are rebuilt once per worker, not per element.
-        self._trained = training.index_from_bytes(self._trained_bytes)
-        self._pca = training.pca_from_bytes(self._pca_bytes)
-        self._added = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "vectors_added")
-
-    def process(self, element: tuple[int, Sequence[pa.RecordBatch | None]]) -> Iterator[int]:
-        shard_no, parts = element
-        batches = [b for b in parts if b is not None]
-        if batches:
-            table = pa.Table.from_batches(batches)
-            index, ids = shards.fill_shard(self._trained, self._pca, table, shard_no)
-        else:  # an empty shard is still written, so every shard the manifest lists exists
-            index, ids = self._trained, shards.EMPTY_IDS
-        shards.write_shard(self._build_dir, shard_no, index, ids)
-        self._added.inc(int(index.ntotal))
-        yield shard_no
-
-
-def add_shards_with_beam(
-    batches_factory: BatchesFactory,
-    pipeline_args: list[str] | None = None,
-    test_pipeline: beam.Pipeline | None = None,
-) -> AddShards:
-    """An ``add_shards`` for builder.build_index that runs the add step as a Beam job."""
-
-    def run(
-        trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
-    ) -> list[manifest.ShardEntry]:
-        p = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args or []))
-        every_shard = p | "ShardNumbers" >> beam.Create([(s, None) for s in range(num_shards)])
-        rows = (
+    def _rows(self, p: beam.Pipeline) -> beam.PCollection:
+        if self._factory is None:
+            snapshot = current_embeddings.snapshot_images_fn(
+                self.settings.catalog, self.settings.date
+            )
+            return p | "ReadCurrent" >> current_embeddings.ReadCurrentEmbeddings(
+                self.settings.workdir, self.version, self.settings.date, snapshot
+            )
+        factory = self._factory  # tests and benchmarks: an in-memory source, already current
+        return (
             p
             | "Start" >> beam.Create([None])
-            | "ReadEmbeddings" >> beam.ParDo(_ReadEmbeddingsFn(batches_factory))
-            | "SplitByShard" >> beam.ParDo(_SplitByShardFn(num_shards))
+            | "ReadFactory"
+            >> beam.FlatMap(
+                lambda _: (r for b in factory() for r in current_embeddings.rows_of(b) if r[2] >= 0)
+            )
         )
-        _ = (
-            (every_shard, rows)
+
+    def prepare(self) -> source.Sample:
+        s = self.settings.index
+        num_shards, size = s.shards, s.max_train_size + s.validation_queries
+        view_dir, seed, version = self.view_dir, s.seed, self.version
+        p = self._pipeline()
+        rows = self._rows(p)
+        every_shard = p | "ShardNumbers" >> beam.Create([(n, None) for n in range(num_shards)])
+        counts = (
+            (
+                rows | "ByShard" >> beam.Map(lambda r: (sharding.shard_of(r[0], num_shards), r)),
+                every_shard,
+            )
             | "WithEveryShard" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "AddAndWriteShard"
-            >> beam.ParDo(_AddAndWriteShardFn(trained_bytes, pca_bytes, build_dir))
+            | "WriteView" >> beam.ParDo(index_view.WriteViewShardFn(view_dir, version))
+        )
+        _ = (
+            counts
+            | "Count" >> beam.CombineGlobally(sum)
+            | "WriteCount"
+            >> beam.Map(
+                lambda n: storage.write_text(storage.join(view_dir, index_view.COUNT_FILE), str(n))
+            )
+        )
+        _ = (
+            rows
+            | "Sample"
+            >> beam.combiners.Top.Of(
+                size, key=functools.partial(index_view.sample_priority, seed), reverse=True
+            )
+            | "WriteSample" >> beam.Map(index_view.write_sample, view_dir)
         )
         p.run().wait_until_finish()
-        return [shard_entry(build_dir, s) for s in range(num_shards)]
+        n = int(storage.read_text(storage.join(view_dir, index_view.COUNT_FILE)))
+        vectors, keys = index_view.read_sample(view_dir)
+        if n == 0:
+            raise source.IndexBuildError(
+                "no embeddings to index (is the model published and embed run?)"
+            )
+        nq = min(s.validation_queries, max(1, n // 5))  # as index.source.scan holds out
+        train = vectors[nq:] if len(vectors) > nq else vectors
+        dim = vectors.shape[1]
+        return source.Sample(train, vectors[:nq], keys[:nq], np.empty((0, dim), np.float32), n, dim)
 
-    return run
+    def add_shards(
+        self, trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
+    ) -> list[manifest.ShardEntry]:
+        p = self._pipeline()
+        _ = (
+            p
+            | "Shards" >> beam.Create(list(range(num_shards)))
+            | "Spread" >> beam.Reshuffle()
+            | "AddAndWriteShard"
+            >> beam.ParDo(
+                index_view.AddViewShardFn(trained_bytes, pca_bytes, build_dir, self.view_dir)
+            )
+        )
+        p.run().wait_until_finish()
+        return index_view.collect_entries(build_dir, num_shards)
 
+    def ground_truth(self, queries: np.ndarray, k: int) -> np.ndarray:
+        view_dir = self.view_dir
+        p = self._pipeline()
 
-def shard_entry(build_dir: str, shard_no: int) -> manifest.ShardEntry:
-    """The manifest entry of a written shard: sha256 of its bytes as stored, row count of its ids."""
-    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
-    uri = storage.join(build_dir, name)
-    h = hashlib.sha256()
-    try:
-        with storage.open_read(uri) as f:
-            while chunk := f.read(8 << 20):
-                h.update(chunk)
-        ntotal = pq.ParquetFile(
-            storage.open_read(storage.join(build_dir, ids_name))
-        ).metadata.num_rows
-    except Exception as e:
-        raise source.IndexBuildError(
-            f"shard {shard_no} was not written completely ({uri}): {e}"
-        ) from e
-    return manifest.ShardEntry(name, h.hexdigest(), int(ntotal), ids_name)
+        def write(acc: tuple[np.ndarray, np.ndarray] | None) -> None:
+            keys = acc[1] if acc is not None else np.empty((len(queries), 0), dtype=object)
+            buf = io.BytesIO()
+            np.save(buf, keys.astype(object), allow_pickle=True)
+            storage.write_bytes(storage.join(view_dir, index_view.TRUTH_FILE), buf.getvalue())
+
+        _ = (
+            p
+            | "Shards" >> beam.Create(list(range(self.settings.index.shards)))
+            | "Spread" >> beam.Reshuffle()
+            | "ShardTruth" >> beam.ParDo(index_view.ShardTruthFn(view_dir, queries, k))
+            | "Merge" >> beam.CombineGlobally(index_view.MergeTopK(k))
+            | "WriteTruth" >> beam.Map(write)
+        )
+        p.run().wait_until_finish()
+        data = storage.read_bytes(storage.join(view_dir, index_view.TRUTH_FILE))
+        keys = np.load(io.BytesIO(data), allow_pickle=True)
+        if keys.shape[1] < k:  # the whole input holds fewer than k rows
+            keys = np.pad(keys, ((0, 0), (0, k - keys.shape[1])), constant_values="")
+        return keys  # type: ignore[no-any-return]
+
+    def cleanup(self) -> None:
+        index_view.remove_dir(self.view_dir)
 
 
 # ------------------------------------------------------------------ the stage
 
 
-def current_embeddings(settings: BuildIndexSettings, model_version: str) -> BatchesFactory:
-    """A picklable factory over the day's current embeddings (the embed stage's reader)."""
-    from vsearch.core import embeddings  # lazily: only this stage needs the catalog join
-
-    keys = embeddings.snapshot_image_keys(settings.catalog, settings.date)  # read the snapshot once
-    return functools.partial(
-        embeddings.read_current_embeddings,
-        settings.catalog,
-        settings.workdir,
-        settings.date,
-        model_version,
-        settings.batch_size,
-        image_keys=keys,
-    )
-
-
 def run(
     settings: BuildIndexSettings,
     pipeline_args: list[str] | None = None,
-    test_pipeline: beam.Pipeline | None = None,
     *,
     batches_factory: BatchesFactory | None = None,
     extra_queries: np.ndarray | None = None,
@@ -225,19 +245,24 @@ def run(
         )
     build_id = settings.build_id or manifest.new_build_id()
     build_dir = paths.index_build_dir(settings.workdir, version, build_id)
-    source = batches_factory or current_embeddings(settings, version)
     if extra_queries is None and batches_factory is None:
         extra_queries = review_photo_queries(settings, version)
+    jobs = BeamBuild(settings, version, build_dir, pipeline_args, batches_factory)
     with runs.stopwatch() as t:
-        result = builder.build_index(
-            source,
-            settings.index,
-            build_dir,
-            version,
-            build_id,
-            extra_queries=extra_queries,
-            add_shards=add_shards_with_beam(source, pipeline_args, test_pipeline),
-        )
+        try:
+            result = builder.build_index(
+                None,
+                settings.index,
+                build_dir,
+                version,
+                build_id,
+                extra_queries=extra_queries,
+                sample=jobs.prepare(),
+                add_shards=jobs.add_shards,
+                ground_truth=jobs.ground_truth,
+            )
+        finally:
+            jobs.cleanup()
     m, v = result.manifest, result.manifest.validation
     assert v is not None
     summary = RunSummary(

@@ -163,3 +163,82 @@ def test_cli_flags_parse() -> None:
         build_index.parse_args(
             ["--catalog", "c", "--workdir", "w", "--date", "2026-01-02", "--factory", "LSH"]
         )
+
+
+def _partition(workdir: str, day: dt.date, rows: list[dict], batch: int = 7) -> None:  # type: ignore[type-arg]
+    """One embedding partition file, several row groups (small batches) to split the read by."""
+    uri = storage.join(
+        paths.embeddings_dir(workdir, MODEL, day), paths.shard_name(0, 1, ".parquet")
+    )
+    batches = [
+        embeddings.to_record_batch(rows[i : i + batch], DIM) for i in range(0, len(rows), batch)
+    ]
+    embeddings.write_parquet(uri, batches, DIM)
+
+
+def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Row-group splits read on 2 processes and joined with the snapshot in Beam give exactly
+    the embed stage's current view: removed listings out, a changed photo's new row in."""
+    workdir, day = str(tmp_path), DATE
+    images = sorted(embeddings.snapshot_images(tiny_catalog, day).items())
+    x = vectors.clustered(len(images) + 3, dim=DIM, point_seed=3)
+
+    def row(i: int, lid: str, ix: int, uri: str, when: dt.date) -> dict:  # type: ignore[type-arg]
+        return {
+            "listing_id": lid,
+            "image_uri": uri,
+            "image_index": ix,
+            "image_sha256": f"{i:064x}",
+            "model_version": MODEL,
+            "embedding": x[i],
+            "category_pred": "home/decor",
+            "category_score": 0.9,
+            "dt": when,
+            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        }
+
+    old, new = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    # Day 1: every image, a third of them under a URI that has since changed, plus a listing
+    # the snapshot no longer has. Day 2: the changed photos' new rows (today's URI).
+    day1 = [
+        row(i, lid, ix, uri if i % 3 else f"{uri}.old", old)
+        for i, ((lid, ix), uri) in enumerate(images)
+    ] + [row(len(images), "gone-listing", 0, "gone.jpg", old)]
+    day2 = [
+        row(i + 1, lid, ix, uri, new) for i, ((lid, ix), uri) in enumerate(images) if i % 3 == 0
+    ]
+    _partition(workdir, old, day1)
+    _partition(workdir, new, day2)
+    expected = embeddings.read_current_table(tiny_catalog, workdir, day, MODEL, DIM)
+
+    settings = build_index.BuildIndexSettings(
+        tiny_catalog,
+        workdir,
+        day,
+        builder.IndexSettings(factory="Flat", shards=3, validation_queries=20, latency_queries=5),
+        model_version=MODEL,
+        review_queries=0,
+    )
+    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    summary = build_index.run(settings, args)
+    assert summary.ok == expected.num_rows == len(images)
+    with Searcher.from_manifest_uri(str(summary.extra["manifest"])) as s:
+        got = sorted(
+            (r["listing_id"], r["image_index"], r["image_uri"])
+            for shard in s._shards
+            for r in shard.ids.to_pylist()
+        )
+        want = sorted(
+            zip(
+                expected.column("listing_id").to_pylist(),
+                expected.column("image_index").to_pylist(),
+                expected.column("image_uri").to_pylist(),
+                strict=True,
+            )
+        )
+        assert got == want and not any(u.endswith(".old") for _, _, u in got)
+        # Each current vector finds its own image first (the right row's vector was indexed).
+        v = source.batch_vectors(expected)
+        hits = s.search_vectors(v[:10], 1)
+        assert [h[0].listing_id for h in hits] == expected.column("listing_id").to_pylist()[:10]
+    assert not storage.exists(storage.join(storage.parent(str(summary.extra["manifest"])), "_view"))
