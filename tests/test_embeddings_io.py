@@ -27,7 +27,6 @@ def _row(lid: str, idx: int, sha: str, day: dt.date, seed: int) -> dict:
         "embedding": v / np.linalg.norm(v),
         "category_pred": "home/decor",
         "category_score": 0.5,
-        "dt": day,
         "created_at": NOW,
     }
 
@@ -65,13 +64,14 @@ def test_schema_is_the_contract() -> None:
         "embedding",
         "category_pred",
         "category_score",
-        "dt",
         "created_at",
     ]
+    # The day is the hive key of the path, never a file column; readers return it from the path.
+    assert embeddings.current_schema(DIM).names == [*s.names, "dt"]
+    assert embeddings.current_schema(DIM).field("dt").type == pa.date32()
     assert s.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert pa.types.is_fixed_size_list(s.field("embedding").type)
     assert s.field("image_index").type == pa.int16()
-    assert s.field("dt").type == pa.date32()
     assert s.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert s.field("category_score").type == pa.float32()
 
@@ -185,5 +185,5 @@ def test_gcs_round_trip(gcs_bucket: str) -> None:
             "unused", gcs_bucket, D2, V, image_keys={("a", 1), ("c", 0)}
         )
     )
-    assert table.schema.equals(embeddings.schema(DIM))
+    assert table.schema.equals(embeddings.current_schema(DIM))
     assert sorted(table.column("image_sha256").to_pylist()) == ["a1-new", "c0"]
