@@ -358,3 +358,112 @@ def test_real_export_through_the_job(tmp_path) -> None:
     _check_contract(t, version, D1)
     assert set(t["category_pred"].to_pylist()) <= {"home/decor", "art/prints", ""}
     assert all(0.0 < x <= 1.0 for x in t["category_score"].to_pylist())
+
+
+# ------------------------------------------------------------------ change detection from metadata
+
+
+def _catalog_at_fixed_uris(
+    root: str, date: dt.date, images: dict[str, bytes], rewrite: set[str], mtime: int
+) -> dict[str, str]:
+    """listings.parquet whose listing L has the one photo images/L.png at the same URI every day;
+    the photos in ``rewrite`` are (re)written (mtime set to ``mtime`` locally). Returns L -> URI."""
+    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+
+    uris = {}
+    for lid, data in images.items():
+        rel = f"images/{lid}.png"
+        full = storage.join(root, rel)
+        if lid in rewrite:
+            storage.write_bytes(full, data)
+            if not storage.is_gcs(full):
+                os.utime(full, ns=(mtime, mtime))
+        uris[lid] = full if storage.is_gcs(full) else os.path.normpath(full)
+        images[lid] = data
+    ids = sorted(images)
+    n = len(ids)
+    table = pa.table(
+        {
+            "listing_id": ids,
+            "image_uris": [[f"images/{i}.png"] for i in ids],
+            "title": ["t"] * n,
+            "category": ["home/decor"] * n,
+            "color": [None] * n,
+            "shape": [None] * n,
+            "material": [None] * n,
+            "updated_at": [None] * n,
+        },
+        schema=LISTINGS_SCHEMA,
+    )
+    with storage.atomic_writer(
+        storage.join(paths.catalog_day(root, date), "listings.parquet")
+    ) as f:
+        pq.write_table(table, f)
+    return uris
+
+
+def _day1_day2_reads(catalog: str, workdir: str, version: str, monkeypatch) -> dict:
+    """Day 1 -> day 2 with added (L6), changed at the same URI (L2), removed (L3), rewritten with
+    identical bytes (L4) and untouched (L1, L5) photos; returns what each day read."""
+    from transforms import read_images
+
+    reads: list[str] = []
+    real = read_images.read_limited
+
+    def counting(uri: str, max_bytes: int) -> bytes:
+        reads.append(uri)
+        return real(uri, max_bytes)
+
+    monkeypatch.setattr(read_images, "read_limited", counting)
+    photos = {f"L{i}": _png((30 * i, 90, 200 - 30 * i), stripe=2 + i % 3) for i in range(1, 6)}
+    day1 = _catalog_at_fixed_uris(catalog, D1, dict(photos), set(photos), mtime=10**18)
+    s1 = embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
+    out: dict = {"s1": s1, "reads1": sorted(reads), "day1": day1}
+    reads.clear()
+    day2_photos = {k: v for k, v in photos.items() if k != "L3"}
+    day2_photos["L2"] = _png((5, 250, 5), stripe=3)  # new bytes at the same URI
+    day2_photos["L6"] = _png((250, 250, 0), stripe=4)  # a new listing
+    uris = _catalog_at_fixed_uris(
+        catalog, D2, day2_photos, {"L2", "L4", "L6"}, mtime=10**18 + 86_400 * 10**9
+    )
+    out.update(s2=embed.run(_settings(catalog, workdir, D2), BEAM_ARGS), reads2=sorted(reads))
+    out.update(uris=uris, current=embeddings.read_current_table(catalog, workdir, D2, version))
+    out["p2"] = _partition(workdir, version, D2)
+    return out
+
+
+def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
+    uris = r["uris"]
+    assert r["reads1"] == sorted(r["day1"].values())  # day 1: every photo, once
+    assert r["reads2"] == sorted(uris[k] for k in read_on_day2)
+    s2 = r["s2"]
+    # Embedded: the added and the changed photo; the identical rewrite was read but not embedded.
+    assert sorted(r["p2"]["listing_id"].to_pylist()) == ["L2", "L6"]
+    assert (s2.read, s2.ok, s2.skipped) == (5, 2, 3)
+    assert s2.extra["skipped_by_metadata"] == 5 - len(read_on_day2)
+    assert s2.extra["images_read"] == len(read_on_day2)
+    cur = r["current"]
+    assert sorted(cur["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]  # L3 removed
+    new_l2 = [row for row in cur.to_pylist() if row["listing_id"] == "L2"][0]
+    assert new_l2["dt"] == D2 and new_l2["image_uri"] == uris["L2"]
+
+
+def test_unchanged_photos_are_not_read_local(fake_model_dir, tmp_path, monkeypatch) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    # Locally the rewrite of L4 changes its mtime: read, recognised by sha256, not re-embedded.
+    _expect_day2(r, {"L2", "L4", "L6"})
+    # The metadata state lives outside the embeddings folder: pandas opens the folder as before.
+    import pandas as pd
+
+    df = pd.read_parquet(paths.embeddings_root(workdir, version))
+    assert len(df) == 5 + 2 and "meta_key" not in df.columns
+
+
+def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:
+    catalog, workdir = storage.join(gcs_bucket, "cat"), storage.join(gcs_bucket, "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    # On GCS the key is the object's MD5: the identical re-upload of L4 is not even read.
+    _expect_day2(r, {"L2", "L6"})
