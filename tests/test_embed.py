@@ -8,6 +8,7 @@ built once per session and copied into each test's workdir.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -364,7 +365,12 @@ def test_real_export_through_the_job(tmp_path) -> None:
 
 
 def _catalog_at_fixed_uris(
-    root: str, date: dt.date, images: dict[str, bytes], rewrite: set[str], mtime: int
+    root: str,
+    date: dt.date,
+    images: dict[str, bytes],
+    rewrite: set[str],
+    mtime: int,
+    checksums: bool = False,
 ) -> dict[str, str]:
     """listings.parquet whose listing L has the one photo images/L.png at the same URI every day;
     the photos in ``rewrite`` are (re)written (mtime set to ``mtime`` locally). Returns L -> URI."""
@@ -395,6 +401,9 @@ def _catalog_at_fixed_uris(
         },
         schema=LISTINGS_SCHEMA,
     )
+    if checksums:  # the optional catalog column: a content checksum per image
+        sums = [[hashlib.md5(images[i]).hexdigest()] for i in ids]
+        table = table.append_column("image_checksums", pa.array(sums, pa.list_(pa.string())))
     with storage.atomic_writer(
         storage.join(paths.catalog_day(root, date), "listings.parquet")
     ) as f:
@@ -402,7 +411,9 @@ def _catalog_at_fixed_uris(
     return uris
 
 
-def _day1_day2_reads(catalog: str, workdir: str, version: str, monkeypatch) -> dict:
+def _day1_day2_reads(
+    catalog: str, workdir: str, version: str, monkeypatch, checksums: bool = False
+) -> dict:
     """Day 1 -> day 2 with added (L6), changed at the same URI (L2), removed (L3), rewritten with
     identical bytes (L4) and untouched (L1, L5) photos; returns what each day read."""
     from transforms import read_images
@@ -416,7 +427,9 @@ def _day1_day2_reads(catalog: str, workdir: str, version: str, monkeypatch) -> d
 
     monkeypatch.setattr(read_images, "read_limited", counting)
     photos = {f"L{i}": _png((30 * i, 90, 200 - 30 * i), stripe=2 + i % 3) for i in range(1, 6)}
-    day1 = _catalog_at_fixed_uris(catalog, D1, dict(photos), set(photos), mtime=10**18)
+    day1 = _catalog_at_fixed_uris(
+        catalog, D1, dict(photos), set(photos), mtime=10**18, checksums=checksums
+    )
     s1 = embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
     out: dict = {"s1": s1, "reads1": sorted(reads), "day1": day1}
     reads.clear()
@@ -424,7 +437,12 @@ def _day1_day2_reads(catalog: str, workdir: str, version: str, monkeypatch) -> d
     day2_photos["L2"] = _png((5, 250, 5), stripe=3)  # new bytes at the same URI
     day2_photos["L6"] = _png((250, 250, 0), stripe=4)  # a new listing
     uris = _catalog_at_fixed_uris(
-        catalog, D2, day2_photos, {"L2", "L4", "L6"}, mtime=10**18 + 86_400 * 10**9
+        catalog,
+        D2,
+        day2_photos,
+        {"L2", "L4", "L6"},
+        mtime=10**18 + 86_400 * 10**9,
+        checksums=checksums,
     )
     out.update(s2=embed.run(_settings(catalog, workdir, D2), BEAM_ARGS), reads2=sorted(reads))
     out.update(uris=uris, current=embeddings.read_current_table(catalog, workdir, D2, version))
@@ -467,3 +485,57 @@ def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypat
     r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
     # On GCS the key is the object's MD5: the identical re-upload of L4 is not even read.
     _expect_day2(r, {"L2", "L6"})
+
+
+def test_catalog_checksums_need_no_listing_and_no_read(fake_model_dir, tmp_path, monkeypatch):
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch, checksums=True)
+    _expect_day2(r, {"L2", "L6"})  # the identical rewrite keeps its checksum: not read
+    assert r["s2"].extra["objects_listed"] == 0  # no folder was listed at all
+
+
+# ------------------------------------------------------------------ guards
+
+
+def test_empty_or_shrunk_snapshot_is_refused_unless_allowed(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, GOOD)
+    embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
+    _tiny_catalog(catalog, D2, dict(list(GOOD.items())[:2]))  # 6 -> 2 listings: a broken export
+    with pytest.raises(EmbedError, match=r"has 2 rows, 66.7% fewer than the 6 .* --allow-shrink"):
+        embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    assert D2 not in embeddings.partition_files(workdir, version)
+    s = embed.run(_settings(catalog, workdir, D2, allow_shrink=True), BEAM_ARGS)
+    assert s.read == 2
+    # An empty snapshot (zero rows) is refused with the same kind of error, before any work.
+    D3 = dt.date(2026, 1, 3)
+    _tiny_catalog(catalog, D3, {})
+    with pytest.raises(EmbedError, match=r"snapshot of 2026-01-03 .* is empty"):
+        embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
+    assert embed.parse_args(
+        ["--catalog", catalog, "--date", "2026-01-03", "--workdir", workdir, "--allow-shrink"]
+    )[0].allow_shrink
+
+
+def test_lone_surrogate_is_a_dead_letter_not_a_dead_job(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, dict(list(GOOD.items())[:2]))  # writes the images
+    u1, u2 = (f"images/{lid}/0-{D1.isoformat()}.png" for lid in ("L1", "L2"))
+    cat = '"category": "home/decor"'
+    # JSON escapes of lone surrogates: json.loads turns them into str no UTF-8 encoder accepts.
+    lines = [
+        f'{{"listing_id": "L1", "image_uris": ["{u1}"], {cat}}}',
+        f'{{"listing_id": "bad\\ud800id", "image_uris": ["{u2}"], {cat}}}',
+        f'{{"listing_id": "L2", "image_uris": ["{u2}"], {cat}, "color": "r\\udcffd"}}',
+    ]
+    day = paths.catalog_day(catalog, D1)
+    storage.delete([storage.join(day, "listings.parquet")])
+    storage.write_text(storage.join(day, "listings.jsonl"), "\n".join(lines) + "\n")
+    s = embed.run(_settings(catalog, workdir, D1, max_bad_fraction=1.0), BEAM_ARGS)
+    assert (s.ok, s.dead_lettered) == (1, 2)
+    letters = read_dead_letters(workdir, "embed", D1)
+    assert sorted(d["listing_id"] for d in letters) == ["L2", "bad\\ud800id"]
+    assert all("lone surrogate" in d["error"] for d in letters)

@@ -6,7 +6,8 @@
 
 No photo is opened and no object gets its own metadata request: at 500M photos a GET per object
 would cost as much time as reading them. Objects listed but not in the catalog are dropped at the
-join.
+join. A photo whose catalog row carries an ``image_checksums`` entry is keyed by it
+("catalog=<checksum>") and is not listed at all.
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ from vsearch.core.runs import METRICS_NAMESPACE
 PhotoMeta = tuple[int, str, str]  # (image_index, uri, meta_key)
 
 
-def _photos(keyed: tuple[str, Listing]) -> Iterator[tuple[str, tuple[str, int]]]:
-    for ref in listing_images(keyed[1]):
-        yield ref.uri, (ref.listing_id, int(ref.image_index))
+CHECKSUM_TAG = "checksum"
+
+
+def _photos(keyed: tuple[str, Listing]) -> Iterator[Any]:
+    """Photos to look up in listings; those with a catalog checksum are keyed by it directly."""
+    listing = keyed[1]
+    for ref in listing_images(listing):
+        i = int(ref.image_index)
+        checksum = listing.image_checksums[i] if listing.image_checksums else None
+        if checksum:
+            yield beam.pvalue.TaggedOutput(
+                CHECKSUM_TAG, (ref.listing_id, (i, ref.uri, f"catalog={checksum}"))
+            )
+        else:
+            yield ref.uri, (ref.listing_id, i)
 
 
 class _ListUnit(beam.DoFn):
@@ -49,7 +62,8 @@ def _attach(joined: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[str,
 @beam.ptransform_fn
 def AttachMetadataKeys(listings: beam.PCollection) -> beam.PCollection:  # noqa: N802
     """(listing_id, Listing) -> (listing_id, (image_index, uri, meta_key)) per listing photo."""
-    photos = listings | "Photos" >> beam.FlatMap(_photos)
+    split = listings | "Photos" >> beam.FlatMap(_photos).with_outputs(CHECKSUM_TAG, main="look")
+    photos = split.look
     listed = (
         photos
         | "Units" >> beam.Map(lambda kv: objectmeta.listing_unit(kv[0]))
@@ -57,8 +71,9 @@ def AttachMetadataKeys(listings: beam.PCollection) -> beam.PCollection:  # noqa:
         | "SpreadUnits" >> beam.Reshuffle()
         | "ListUnits" >> beam.ParDo(_ListUnit())
     )
-    return (
+    from_listings = (
         {"photo": photos, "meta": listed}
         | "JoinMeta" >> beam.CoGroupByKey()
         | "AttachKeys" >> beam.FlatMap(_attach)
     )
+    return (from_listings, split[CHECKSUM_TAG]) | "AllKeys" >> beam.Flatten()
