@@ -59,7 +59,11 @@ class Timings:
 def _install_model(args: argparse.Namespace, workdir: str) -> tuple[str, str]:
     """Copy the chosen model into the bench workdir; returns (version, description)."""
     src = args.model_workdir
-    if src is None and storage.read_pointer(paths.published_model_pointer("demo-output")).value:
+    if (
+        src is None
+        and not args.fake_model
+        and storage.read_pointer(paths.published_model_pointer("demo-output")).value
+    ):
         src = "demo-output"
     if src is not None:
         version = args.model or storage.read_pointer(paths.published_model_pointer(src)).value
@@ -269,6 +273,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--beam-args", default="", help="Beam flags for the job (default: embed's)")
     ap.add_argument("--out", default="bench-output/embed")
+    ap.add_argument("--catalog-px", type=int, default=128, help="generated photo size")
+    ap.add_argument("--fake-model", action="store_true", help="tests/fake_embedder.py's model")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     ap.add_argument(
         "--report-only", action="store_true", help="re-render from OUT/results.json, run nothing"
@@ -297,7 +303,7 @@ def main(argv: list[str]) -> int:
         listings=max(1, round(args.images / 2.5)),
         days=1,
         seed=1,
-        image_size=128,
+        image_size=args.catalog_px,
         progress_every=0,
     )
     n_images = gen.days[0].images

@@ -539,3 +539,27 @@ def test_lone_surrogate_is_a_dead_letter_not_a_dead_job(fake_model_dir, tmp_path
     letters = read_dead_letters(workdir, "embed", D1)
     assert sorted(d["listing_id"] for d in letters) == ["L2", "bad\\ud800id"]
     assert all("lone surrogate" in d["error"] for d in letters)
+
+
+def test_truncated_earlier_file_is_one_clear_error_before_any_work(fake_model_dir, tmp_path):
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D2, GOOD)
+    row = {
+        "listing_id": "L1",
+        "image_uri": "x",
+        "image_index": 0,
+        "image_sha256": "s",
+        "model_version": version,
+        "embedding": np.ones(16, np.float32) / 4,
+        "category_pred": "a",
+        "category_score": 1.0,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
+    part = storage.join(paths.embeddings_dir(workdir, version, D1), "part-00000-of-00001.parquet")
+    embeddings.write_parquet(part, [embeddings.to_record_batch([row], 16)], 16)
+    with open(part, "r+b") as f:  # a copy that stopped half-way
+        f.truncate(os.path.getsize(part) // 2)
+    with pytest.raises(EmbedError, match=r"earlier embedding file .*part-00000-of-00001.parquet"):
+        embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    assert not storage.list_prefix(storage.join(workdir, "deadletter"))  # nothing ran

@@ -314,3 +314,19 @@ def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(
         np.stack(package["embedding"].to_numpy(zero_copy_only=False)),
     )
     assert {r["image_sha256"] for r in package.to_pylist() if r["listing_id"] == "d"} == {"d0-new"}
+
+
+def test_full_disk_is_one_clear_error_naming_the_file(tmp_path, monkeypatch) -> None:
+    import contextlib
+
+    @contextlib.contextmanager
+    def full_device(uri: str):
+        with open("/dev/full", "wb", buffering=0) as f:  # every write: ENOSPC from the kernel
+            yield f
+
+    monkeypatch.setattr(storage, "atomic_writer", full_device)
+    uri = str(tmp_path / "part-00000-of-00001.parquet")
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*part-00000"):
+        embeddings.write_parquet(
+            uri, [embeddings.to_record_batch([_row("a", 0, "x", D1, 1)], DIM)], DIM
+        )

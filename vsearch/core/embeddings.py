@@ -18,6 +18,7 @@ a later run embeds the new photo (the dead letter names it).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -99,10 +100,18 @@ def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
     Returns the number of rows. An empty input still writes a valid file with the schema.
     """
     n = 0
-    with storage.atomic_writer(uri) as f, pq.ParquetWriter(f, schema(dim), compression="zstd") as w:
-        for b in batches:
-            w.write_batch(b)
-            n += b.num_rows
+    try:
+        with (
+            storage.atomic_writer(uri) as f,
+            pq.ParquetWriter(f, schema(dim), compression="zstd") as w,
+        ):
+            for b in batches:
+                w.write_batch(b)
+                n += b.num_rows
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {uri}") from e
+        raise
     return n
 
 
