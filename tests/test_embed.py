@@ -563,3 +563,31 @@ def test_truncated_earlier_file_is_one_clear_error_before_any_work(fake_model_di
     with pytest.raises(EmbedError, match=r"earlier embedding file .*part-00000-of-00001.parquet"):
         embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
     assert not storage.list_prefix(storage.join(workdir, "deadletter"))  # nothing ran
+
+
+@pytest.mark.parametrize("stage", ["check-catalog", "preprocess", "embed"])
+def test_lone_surrogates_become_dead_letters_in_the_shared_catalog_reader(tmp_path, stage):
+    """check-catalog, preprocess and embed all read the snapshot through ReadCatalog."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.read_catalog import ReadCatalog
+
+    catalog = str(tmp_path)
+    day = paths.catalog_day(catalog, D1)
+    cat = '"category": "home/decor"'
+    lines = [
+        f'{{"listing_id": "ok", "image_uris": ["a.png"], {cat}}}',
+        f'{{"listing_id": "x\\ud800", "image_uris": ["b.png"], {cat}}}',
+        f'{{"listing_id": "lab", "image_uris": ["c.png"], {cat}, "material": "\\udfff"}}',
+        '{"review_id": "r1", "listing_id": "ok", "image_uri": "\\ud801.png"}',
+    ]
+    storage.write_text(storage.join(day, "listings.jsonl"), "\n".join(lines[:3]) + "\n")
+    storage.write_text(storage.join(day, "reviews.jsonl"), lines[3] + "\n")
+    with TestPipeline() as p:
+        out = p | ReadCatalog(catalog, D1, stage=stage)
+        ids = out["listings"] | beam.Map(lambda x: x.listing_id)
+        assert_that(ids, equal_to(["ok"]), label="good")
+        dead = out["dead_letter"] | beam.Map(lambda d: (d.listing_id, "lone surrogate" in d.error))
+        assert_that(dead, equal_to([("x\\ud800", True), ("lab", True), ("ok", True)]), label="dead")
