@@ -277,6 +277,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="bench-output/embed")
     ap.add_argument("--catalog-px", type=int, default=128, help="generated photo size")
     ap.add_argument("--fake-model", action="store_true", help="tests/fake_embedder.py's model")
+    ap.add_argument(
+        "--p2-only", action="store_true", help="skip the raw-model rates (P1) and the profile"
+    )
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     ap.add_argument(
         "--report-only", action="store_true", help="re-render from OUT/results.json, run nothing"
@@ -320,12 +323,15 @@ def main(argv: list[str]) -> int:
     print(f"full run: {full_wall:.1f}s", flush=True)
     inc, inc_wall = _run(catalog, workdir, D2, args.batch_size, beam_args)
     print(f"1% day: {inc_wall:.1f}s", flush=True)
-    raw_one, raw_two = _raw_rates(
-        paths.embedder_dir(workdir, version), _job_pngs(catalog, image_size), args.batch_size
-    )
-    # Profiled idempotent re-run of day 2, single-threaded so that cProfile sees all the work.
+    raw_one = raw_two = float("nan")
     prof_path = os.path.join(out, "incremental.prof")
-    prof_wall = _profile_run(catalog, workdir, D2, args.batch_size, prof_path)
+    prof_wall = float("nan")
+    if not args.p2_only:
+        raw_one, raw_two = _raw_rates(
+            paths.embedder_dir(workdir, version), _job_pngs(catalog, image_size), args.batch_size
+        )
+        # Profiled idempotent re-run of day 2, single-threaded so that cProfile sees all the work.
+        prof_wall = _profile_run(catalog, workdir, D2, args.batch_size, prof_path)
 
     t = Timings(
         n_images,
@@ -347,6 +353,7 @@ def main(argv: list[str]) -> int:
         "inc_extra": inc["extra"],
         "inc_pipeline_s": inc["wall_s"],
         "prof_wall": prof_wall,
+        "catalog_px": args.catalog_px,
     }
     storage.write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2))
     print(
@@ -370,9 +377,10 @@ def _render(out: str, write: bool) -> int:
         r["inc_extra"],
         r["inc_pipeline_s"],
         r["prof_wall"],
-        _top(prof_path, "cumulative"),
-        _top(prof_path, "tottime"),
+        _top(prof_path, "cumulative") if os.path.exists(prof_path) else "(not profiled)",
+        _top(prof_path, "tottime") if os.path.exists(prof_path) else "(not profiled)",
         r.get("note", ""),
+        r.get("catalog_px", 128),
     )
     print(body, flush=True)
     if write:
@@ -394,6 +402,47 @@ def report(
     top_cum: str,
     top_own: str,
     extra_note: str = "",
+    catalog_px: int = 128,
+) -> str:
+    body = _report(
+        t,
+        raw_one,
+        raw_two,
+        beam_args,
+        full_extra,
+        inc_extra,
+        inc_pipeline_s,
+        prof_wall,
+        top_cum,
+        top_own,
+        extra_note,
+        catalog_px,
+    )
+    if not math.isnan(raw_one):
+        return body
+    # --p2-only: no raw-model rates, so no (a) rows or (a) analysis (P1 is measured separately).
+    lines = [ln for ln in body.splitlines() if not ln.startswith("| (a)")]
+    text = "\n".join(lines) + "\n"
+    start = text.find("- (a)")
+    end = text.find("- (b)")
+    if start >= 0 and end > start:
+        text = text[:start] + text[end:]
+    return text.replace("What stops the targets:", "What limits the figure:")
+
+
+def _report(
+    t: Timings,
+    raw_one: float,
+    raw_two: float,
+    beam_args: list[str],
+    full_extra: dict[str, Any],
+    inc_extra: dict[str, Any],
+    inc_pipeline_s: float,
+    prof_wall: float,
+    top_cum: str,
+    top_own: str,
+    extra_note: str,
+    catalog_px: int,
 ) -> str:
     job_rate = t.full_embedded / t.full_wall_s
     marginal = (t.full_embedded - t.inc_embedded) / max(t.full_wall_s - t.inc_wall_s, 1e-9)
@@ -417,7 +466,7 @@ def report(
 
     return f"""## Embed job (`benchmarks/embed_bench.py`)
 
-Model: {t.model}. {t.images} listing images (generated catalog, 128 px JPEG); the job ran on
+Model: {t.model}. {t.images} listing images (generated catalog, {catalog_px} px JPEG); the job ran on
 the DirectRunner with `{" ".join(beam_args)}`, batch size {t.batch_size} (min = max), `nice`d,
 on a machine shared with other jobs (figures are single runs: expect +-15%).
 
