@@ -1,21 +1,24 @@
 """``vsearch embed``: incremental image embeddings with Beam RunInference, written as Parquet.
 
-    ReadCatalog -> JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256)
-    pairs of earlier partitions) -> ReadUnlessKnown (each photo's bytes + sha256; a known pair
-    is skipped here, before any decoding or inference) -> DecodeImages -> EncodePng ->
+    ReadCatalog -> AttachMetadataKeys (folder listings, never one request per photo) ->
+    JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256) pairs of earlier
+    partitions and the earlier runs' metadata state) -> ReadUnlessKnown (a photo whose metadata
+    key and sha256 are known is skipped unread; any other photo is read and hashed, and a known
+    sha256 is skipped before any decoding) -> DecodeImages -> EncodePng ->
     RunInference(KeyedModelHandler) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
+    (+ WriteState: this run's metadata key -> sha256, for the next day)
 
 Why a CoGroupByKey join and not a side input for the skip: the known keys are one row per image
 ever embedded (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every
 worker; the join shuffles only keys and URIs (never image bytes, which are read after the join),
 so it costs the same shape on a laptop and on Dataflow. The key is listing_id (one element per
-listing, known pairs grouped per file) and the comparison on sha256 happens after the read,
-because only the bytes tell the sha256.
+listing, known pairs grouped per file).
 
 Publishing: shards are written to a staging folder; only when the bad fraction (dead letters /
-images) is within ``max_bad_fraction`` are they moved under the day's partition (same
-deterministic names, overwriting) and stale shards of an earlier run of that day removed. A run
-that fails the check leaves the partition as it was and its dead letters for inspection.
+images) is within ``max_bad_fraction`` is the day's partition replaced by them as a whole
+(vsearch/core/partitions.py: a manifest, and an atomic directory swap locally). A run that
+fails the check leaves the partition as it was and its dead letters for inspection. Before any
+work the run refuses an empty or sharply shrunk snapshot and an unreadable earlier file.
 
 Idempotence: a run of day D skips only keys of partitions dt < D, and rewrites partition D, so
 re-running a day gives the same rows and no duplicates. ``--full`` skips nothing (new model).
