@@ -330,3 +330,18 @@ def test_full_disk_is_one_clear_error_naming_the_file(tmp_path, monkeypatch) -> 
         embeddings.write_parquet(
             uri, [embeddings.to_record_batch([_row("a", 0, "x", D1, 1)], DIM)], DIM
         )
+
+
+def test_files_written_before_dt_left_the_files_still_read(tmp_path) -> None:
+    """A partition written by an older version (``dt`` inside the file) reads as before."""
+    workdir = str(tmp_path)
+    batch = embeddings.to_record_batch([_row("a", 0, "a0", D1, 1)], DIM)
+    legacy = pa.Table.from_batches([batch]).append_column("dt", pa.array([D1], pa.date32()))
+    part = storage.join(paths.embeddings_dir(workdir, V, D1), "part-00000-of-00001.parquet")
+    storage.write_bytes(part, b"")
+    pq.write_table(legacy, part)
+    table = pa.Table.from_batches(
+        embeddings.read_current_embeddings("unused", workdir, D1, V, image_keys={("a", 0)})
+    )
+    assert table.schema.equals(embeddings.current_schema(DIM))
+    assert table["dt"].to_pylist() == [D1] and table["image_sha256"].to_pylist() == ["a0"]
