@@ -427,6 +427,9 @@ def report(
     end = text.find("- (b)")
     if start >= 0 and end > start:
         text = text[:start] + text[end:]
+    cut = text.find("Profile of the 1% day")
+    if cut >= 0:
+        text = text[:cut].rstrip() + "\n"
     return text.replace("What stops the targets:", "What limits the figure:")
 
 
