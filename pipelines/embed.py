@@ -1,21 +1,24 @@
 """``vsearch embed``: incremental image embeddings with Beam RunInference, written as Parquet.
 
-    ReadCatalog -> JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256)
-    pairs of earlier partitions) -> ReadUnlessKnown (each photo's bytes + sha256; a known pair
-    is skipped here, before any decoding or inference) -> DecodeImages -> EncodePng ->
+    ReadCatalog -> AttachMetadataKeys (folder listings, never one request per photo) ->
+    JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256) pairs of earlier
+    partitions and the earlier runs' metadata state) -> ReadUnlessKnown (a photo whose metadata
+    key and sha256 are known is skipped unread; any other photo is read and hashed, and a known
+    sha256 is skipped before any decoding) -> DecodeImages -> EncodePng ->
     RunInference(KeyedModelHandler) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
+    (+ WriteState: this run's metadata key -> sha256, for the next day)
 
 Why a CoGroupByKey join and not a side input for the skip: the known keys are one row per image
 ever embedded (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every
 worker; the join shuffles only keys and URIs (never image bytes, which are read after the join),
 so it costs the same shape on a laptop and on Dataflow. The key is listing_id (one element per
-listing, known pairs grouped per file) and the comparison on sha256 happens after the read,
-because only the bytes tell the sha256.
+listing, known pairs grouped per file).
 
 Publishing: shards are written to a staging folder; only when the bad fraction (dead letters /
-images) is within ``max_bad_fraction`` are they moved under the day's partition (same
-deterministic names, overwriting) and stale shards of an earlier run of that day removed. A run
-that fails the check leaves the partition as it was and its dead letters for inspection.
+images) is within ``max_bad_fraction`` is the day's partition replaced by them as a whole
+(vsearch/core/partitions.py: a manifest, and an atomic directory swap locally). A run that
+fails the check leaves the partition as it was and its dead letters for inspection. Before any
+work the run refuses an empty or sharply shrunk snapshot and an unreadable earlier file.
 
 Idempotence: a run of day D skips only keys of partitions dt < D, and rewrites partition D, so
 re-running a day gives the same rows and no duplicates. ``--full`` skips nothing (new model).
@@ -29,20 +32,21 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms import read_images
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
-from transforms.embedding_writer import WriteEmbeddings
+from transforms.embedding_writer import WriteEmbeddings, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
-from vsearch.core import embeddings, images, paths, runs, storage
+from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
 from vsearch.core.catalog import listing_images
 from vsearch.core.deadletter import DeadLetter, clear_dead_letters
 from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
@@ -69,6 +73,8 @@ class EmbedSettings:
     allowed_buckets: tuple[str, ...] = ()
     large_model: bool = False  # one model copy per machine (GPU workers), not one per process
     intra_op_threads: int = 0  # 0: TensorFlow decides
+    allow_shrink: bool = False  # embed an empty or sharply smaller snapshot (a real clear-out)
+    max_shrink_fraction: float = 0.2  # losing >20% of listings in a day is a broken export
 
 
 @dataclass(frozen=True)
@@ -119,25 +125,42 @@ def _is_listing_reject(d: DeadLetter) -> bool:
     return keep
 
 
+STATE_TAG = "state"
+
+
 class _ReadUnlessKnown(beam.DoFn):
-    """(listing_id, {listing, known}) -> ImageBytes of its photos whose sha256 is not known yet.
+    """(listing_id, {listing, known, state, meta}) -> ImageBytes of its photos not embedded yet.
 
     One element per listing, not per photo: the join shuffles ~3x fewer elements, and the known
-    (image_index, sha256) pairs of a listing arrive grouped per file. The read is the same as
-    ``ReadImageBytes`` (size cap, reasons), fused with the skip so that known sha256s never need
-    to travel with image bytes.
+    (image_index, sha256) pairs of a listing arrive grouped per file. A photo is skipped without
+    reading it when today's (slot, URI, metadata key) is in the state of an earlier run *and* that
+    run's sha256 has an embedding row for the slot; otherwise its bytes are read (same size cap
+    and reasons as ``ReadImageBytes``) and a known sha256 is still skipped before any decoding.
+    Every photo read with a metadata key goes to the ``state`` output for the next day.
     """
 
     def setup(self) -> None:
-        self._images = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images")
-        self._skipped = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "skipped_unchanged")
+        counter = beam.metrics.Metrics.counter
+        self._images = counter(METRICS_NAMESPACE, "images")
+        self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
+        self._by_meta = counter(METRICS_NAMESPACE, "skipped_by_metadata")
+        self._reads = counter(METRICS_NAMESPACE, "images_read")
 
     def process(self, joined: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         _, groups = joined
         known = {pair for pairs in groups["known"] for pair in pairs}
+        seen = {(i, u, k): sha for entries in groups["state"] for i, u, k, sha in entries}
+        meta = {(i, u): k for i, u, k in groups["meta"]}
         for listing in groups["listing"]:
             for ref in listing_images(listing):
                 self._images.inc()
+                key = meta.get((ref.image_index, ref.uri), "")
+                was = seen.get((ref.image_index, ref.uri, key)) if key else None
+                if was is not None and (ref.image_index, was) in known:
+                    self._skipped.inc()
+                    self._by_meta.inc()
+                    continue
+                self._reads.inc()
                 try:
                     data = read_images.read_limited(ref.uri, read_images.DEFAULT_MAX_BYTES)
                 except (storage.StorageError, ValueError) as e:
@@ -146,6 +169,17 @@ class _ReadUnlessKnown(beam.DoFn):
                     )
                     continue
                 sha = images.sha256_hex(data)
+                if key:
+                    yield beam.pvalue.TaggedOutput(
+                        STATE_TAG,
+                        {
+                            "listing_id": ref.listing_id,
+                            "image_index": ref.image_index,
+                            "image_uri": ref.uri,
+                            "meta_key": key,
+                            "image_sha256": sha,
+                        },
+                    )
                 if (ref.image_index, sha) in known:
                     self._skipped.inc()
                     continue
@@ -163,8 +197,8 @@ def _encode(decoded: read_images.DecodedImage) -> tuple[EmbedKey, bytes]:
 class _ToRows(beam.DoFn):
     """Model outputs -> contract rows; failures, NaN and zero-norm vectors -> dead letters."""
 
-    def __init__(self, version: str, date: dt.date, created_at: dt.datetime) -> None:
-        self._version, self._date, self._created_at = version, date, created_at
+    def __init__(self, version: str, created_at: dt.datetime) -> None:
+        self._version, self._created_at = version, created_at
 
     def process(self, keyed: tuple[EmbedKey, PredictionResult]) -> Iterator[Any]:
         key, result = keyed
@@ -191,7 +225,6 @@ class _ToRows(beam.DoFn):
             "embedding": (v / norm).astype(np.float32),
             "category_pred": p.category,
             "category_score": p.category_score,
-            "dt": self._date,
             "created_at": self._created_at,
         }
 
@@ -212,9 +245,17 @@ def _count_dead(d: DeadLetter) -> DeadLetter:
 
 
 def build(
-    p: beam.Pipeline, s: EmbedSettings, model: ModelInfo, key_files: list[str], staging: str
+    p: beam.Pipeline,
+    s: EmbedSettings,
+    model: ModelInfo,
+    key_files: list[str],
+    staging: str,
+    state_files: Sequence[str] = (),
+    state_staging: str | None = None,
 ) -> None:
-    """Add the embed job's steps to ``p``."""
+    """Add the embed job's steps to ``p``; ``state_files`` are earlier runs' metadata states,
+    ``state_staging`` where this run's goes (None: no metadata skip and no state written)."""
+    from transforms.change_detection import AttachMetadataKeys
     from transforms.read_catalog import ReadCatalog
 
     catalog = p | "ReadCatalog" >> ReadCatalog(s.catalog, s.date, s.allowed_buckets, stage=STAGE)
@@ -225,12 +266,25 @@ def build(
         | "SpreadFiles" >> beam.Reshuffle()
         | "ReadKeys" >> beam.FlatMap(embeddings.iter_listing_keys)
     )
+    state = (
+        p
+        | "StateFiles" >> beam.Create(list(state_files))
+        | "SpreadStateFiles" >> beam.Reshuffle()
+        | "ReadState" >> beam.FlatMap(embedstate.iter_listing_state)
+    )
+    meta = (
+        listings | "AttachMetadataKeys" >> AttachMetadataKeys()
+        if state_staging
+        else p | "NoMetadata" >> beam.Create([])
+    )
     read = (
-        {"listing": listings, "known": known}
+        {"listing": listings, "known": known, "state": state, "meta": meta}
         | "JoinKnownKeys" >> beam.CoGroupByKey()
         | "ReadUnlessKnown"
-        >> beam.ParDo(_ReadUnlessKnown()).with_outputs(DEAD_LETTER_TAG, main="images")
+        >> beam.ParDo(_ReadUnlessKnown()).with_outputs(DEAD_LETTER_TAG, STATE_TAG, main="images")
     )
+    if state_staging:
+        _ = read[STATE_TAG] | "WriteState" >> WriteState(state_staging)
     decoded = read.images | "DecodeImages" >> read_images.DecodeImages(STAGE, model.image_size)
     handler = keyed_handler(
         model.uri,
@@ -245,9 +299,9 @@ def build(
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    rows = predictions | "ToRows" >> beam.ParDo(
-        _ToRows(model.version, s.date, created_at)
-    ).with_outputs(DEAD_LETTER_TAG, main="rows")
+    rows = predictions | "ToRows" >> beam.ParDo(_ToRows(model.version, created_at)).with_outputs(
+        DEAD_LETTER_TAG, main="rows"
+    )
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
         s.workdir, model.version, s.date, model.dim, s.num_shards, directory=staging
     )
@@ -272,25 +326,25 @@ def run(
     s = settings
     if not 0.0 <= s.max_bad_fraction <= 1.0:
         raise ValueError(f"--max-bad-fraction must be in 0..1, got {s.max_bad_fraction}")
+    if not 0.0 <= s.max_shrink_fraction <= 1.0:
+        raise ValueError(f"--max-shrink-fraction must be in 0..1, got {s.max_shrink_fraction}")
     model = resolve_model(s.workdir, s.model_version)
-    key_files = (
-        []
-        if s.full
-        else [
-            u
-            for _, files in embeddings.files_through(
-                s.workdir, model.version, s.date, inclusive=False
-            )
-            for u in files
-        ]
-    )
-    staging = paths.staging_dir(s.workdir, STAGE, s.date, uuid.uuid4().hex[:12])
+    earlier = embeddings.files_through(s.workdir, model.version, s.date, inclusive=False)
+    if not s.allow_shrink:
+        check_shrink(s.catalog, s.date, [d for d, _ in earlier], s.max_shrink_fraction)
+    key_files = [] if s.full else [u for _, files in earlier for u in files]
+    state_files = [] if s.full else embedstate.files_before(s.workdir, model.version, s.date)
+    check_readable([*key_files, *state_files])  # a truncated earlier file: one clear error, now
+    attempt = uuid.uuid4().hex[:12]
+    staging = paths.staging_dir(s.workdir, STAGE, s.date, attempt)
+    storage.delete_prefix(storage.parent(staging))  # what crashed runs of this day left behind
+    staged_rows, staged_state = storage.join(staging, "rows"), storage.join(staging, "state")
     clear_dead_letters(s.workdir, STAGE, s.date)
     with runs.stopwatch() as t:
         p = test_pipeline or beam.Pipeline(
             options=PipelineOptions(default_pipeline_args(pipeline_args))
         )
-        build(p, s, model, key_files, staging)
+        build(p, s, model, key_files, staged_rows, state_files, staged_state)
         try:
             result = p.run()
             result.wait_until_finish()
@@ -311,6 +365,9 @@ def run(
         "full": s.full,
         "earlier_files": len(key_files),
         "catalog_rejected": c.get("catalog_rejected", 0),
+        "images_read": c.get("images_read", 0),
+        "skipped_by_metadata": c.get("skipped_by_metadata", 0),
+        "objects_listed": c.get("metadata_listed", 0),
         "bad_fraction": round(bad_fraction, 6),
         "published": not failed,
         **_distributions(result),
@@ -324,8 +381,64 @@ def run(
             f"{s.max_bad_fraction:.2%}); partition {paths.embeddings_dir(s.workdir, model.version, s.date)} "
             f"left unchanged. Reasons: {paths.deadletter_dir(s.workdir, STAGE, s.date)}"
         )
-    publish_partition(staging, paths.embeddings_dir(s.workdir, model.version, s.date))
+    publish_partition(staged_rows, paths.embeddings_dir(s.workdir, model.version, s.date), attempt)
+    publish_partition(
+        staged_state, paths.embed_state_dir(s.workdir, model.version, s.date), attempt
+    )
+    storage.delete_prefix(staging)
     return summary
+
+
+def count_listings(catalog: str, date: dt.date) -> int | None:
+    """Rows of a day's listings table from metadata (Parquet footer) or lines (JSONL)."""
+    from vsearch.core import snapshot
+
+    table = snapshot.find_table(catalog, date, "listings")
+    if table is None:
+        return None
+    with storage.open_read(table.uri) as f:
+        if table.fmt == "parquet":
+            try:
+                return int(pq.ParquetFile(f).metadata.num_rows)
+            except Exception as e:
+                raise EmbedError(f"cannot read {table.uri}: {type(e).__name__}: {e}") from e
+        return sum(1 for line in f if line.strip())
+
+
+def check_shrink(
+    catalog: str, date: dt.date, earlier_days: Sequence[dt.date], max_shrink: float
+) -> None:
+    """Refuse a day whose snapshot is empty or lost more than ``max_shrink`` of the listings of
+    the last embedded day: a broken upstream export must not empty the index."""
+    today = count_listings(catalog, date)
+    if today == 0:
+        raise EmbedError(
+            f"the listings snapshot of {date} ({paths.catalog_day(catalog, date)}) is empty; "
+            "refusing to publish an empty day (pass --allow-shrink if that is intended)"
+        )
+    before = next((n for d in earlier_days if (n := count_listings(catalog, d))), None)
+    if today is None or before is None:
+        return
+    if today < before * (1.0 - max_shrink):
+        raise EmbedError(
+            f"the listings snapshot of {date} has {today} rows, {1 - today / before:.1%} fewer "
+            f"than the {before} of the last embedded day (> --max-shrink-fraction {max_shrink:.0%}); "
+            "refusing it as a broken export (pass --allow-shrink if the catalog really shrank)"
+        )
+
+
+def check_readable(uris: Sequence[str]) -> None:
+    """Open every earlier Parquet file's footer before any work: a truncated file of an earlier
+    day is one clear error naming it, not a worker traceback in the middle of the job."""
+    for uri in uris:
+        try:
+            with storage.open_read(uri) as f:
+                pq.ParquetFile(f).metadata  # noqa: B018 (reading the footer is the check)
+        except Exception as e:
+            raise EmbedError(
+                f"earlier embedding file {uri} is unreadable ({type(e).__name__}: {e}); "
+                "restore it or delete its day's partition and re-run that day"
+            ) from e
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
@@ -344,15 +457,14 @@ def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
     return [*args, "--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
 
 
-def publish_partition(staging: str, partition: str) -> None:
-    """Move staged shards under the partition (overwriting same names), then drop stale ones."""
-    staged = [u for u in storage.list_prefix(staging) if u.endswith(".parquet")]
-    names = {storage.basename(u) for u in staged}
-    for u in staged:
-        storage.rename(u, storage.join(partition, storage.basename(u)))
-    stale = [u for u in storage.list_prefix(partition) if storage.basename(u) not in names]
-    storage.delete(stale)
-    storage.delete_prefix(staging)
+def publish_partition(staged: str, partition: str, attempt: str) -> None:
+    """Commit the staged files as the whole partition (vsearch/core/partitions.py)."""
+    files = []
+    for uri in storage.list_prefix(staged):
+        if uri.endswith(".parquet"):
+            with storage.open_read(uri) as f:
+                files.append((uri, int(pq.ParquetFile(f).metadata.num_rows)))
+    partitions.publish(staged, partition, attempt, files)
 
 
 def _distributions(result: Any) -> dict[str, Any]:
@@ -413,6 +525,7 @@ def parse_args(argv: list[str]) -> tuple[EmbedSettings, list[str]]:
     ap.add_argument(
         "--intra-op-threads", type=int, default=0, help="TensorFlow threads (0: TF decides)"
     )
+    ap.add_argument("--allow-shrink", action="store_true", help="embed an empty/shrunk snapshot")
     a, beam_args = ap.parse_known_args(argv)
     s = EmbedSettings(
         catalog=a.catalog,
@@ -427,6 +540,7 @@ def parse_args(argv: list[str]) -> tuple[EmbedSettings, list[str]]:
         allowed_buckets=tuple(a.allowed_buckets),
         large_model=a.large_model,
         intra_op_threads=a.intra_op_threads,
+        allow_shrink=a.allow_shrink,
     )
     return s, beam_args
 

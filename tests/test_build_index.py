@@ -88,7 +88,6 @@ def test_real_embedding_reader(tmp_path) -> None:  # type: ignore[no-untyped-def
             "embedding": x[i],
             "category_pred": "home/decor",
             "category_score": 0.9,
-            "dt": DATE,
             "created_at": dt.datetime(2026, 1, 3, tzinfo=dt.UTC),
         }
         for i in range(600)

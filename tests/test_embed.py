@@ -8,6 +8,7 @@ built once per session and copied into each test's workdir.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -83,12 +84,14 @@ def _snapshot_images(catalog: str, date: dt.date) -> dict[tuple[str, int], str]:
 
 
 def _check_contract(t: pa.Table, version: str, date: dt.date) -> None:
+    if "dt" in t.schema.names:  # a reader's table: the hive key comes from the partition path
+        assert set(t["dt"].to_pylist()) == {date}
+        t = t.drop_columns(["dt"])
     assert t.schema.equals(embeddings.schema(16))
     vectors = np.stack(t["embedding"].to_numpy(zero_copy_only=False))
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert set(t["model_version"].to_pylist()) == {version}
-    assert set(t["dt"].to_pylist()) == {date}
 
 
 # ------------------------------------------------------------------ generated catalog
@@ -356,3 +359,235 @@ def test_real_export_through_the_job(tmp_path) -> None:
     _check_contract(t, version, D1)
     assert set(t["category_pred"].to_pylist()) <= {"home/decor", "art/prints", ""}
     assert all(0.0 < x <= 1.0 for x in t["category_score"].to_pylist())
+
+
+# ------------------------------------------------------------------ change detection from metadata
+
+
+def _catalog_at_fixed_uris(
+    root: str,
+    date: dt.date,
+    images: dict[str, bytes],
+    rewrite: set[str],
+    mtime: int,
+    checksums: bool = False,
+) -> dict[str, str]:
+    """listings.parquet whose listing L has the one photo images/L.png at the same URI every day;
+    the photos in ``rewrite`` are (re)written (mtime set to ``mtime`` locally). Returns L -> URI."""
+    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+
+    uris = {}
+    for lid, data in images.items():
+        rel = f"images/{lid}.png"
+        full = storage.join(root, rel)
+        if lid in rewrite:
+            storage.write_bytes(full, data)
+            if not storage.is_gcs(full):
+                os.utime(full, ns=(mtime, mtime))
+        uris[lid] = full if storage.is_gcs(full) else os.path.normpath(full)
+        images[lid] = data
+    ids = sorted(images)
+    n = len(ids)
+    table = pa.table(
+        {
+            "listing_id": ids,
+            "image_uris": [[f"images/{i}.png"] for i in ids],
+            "title": ["t"] * n,
+            "category": ["home/decor"] * n,
+            "color": [None] * n,
+            "shape": [None] * n,
+            "material": [None] * n,
+            "updated_at": [None] * n,
+        },
+        schema=LISTINGS_SCHEMA,
+    )
+    if checksums:  # the optional catalog column: a content checksum per image
+        sums = [[hashlib.md5(images[i]).hexdigest()] for i in ids]
+        table = table.append_column("image_checksums", pa.array(sums, pa.list_(pa.string())))
+    with storage.atomic_writer(
+        storage.join(paths.catalog_day(root, date), "listings.parquet")
+    ) as f:
+        pq.write_table(table, f)
+    return uris
+
+
+def _day1_day2_reads(
+    catalog: str, workdir: str, version: str, monkeypatch, checksums: bool = False
+) -> dict:
+    """Day 1 -> day 2 with added (L6), changed at the same URI (L2), removed (L3), rewritten with
+    identical bytes (L4) and untouched (L1, L5) photos; returns what each day read."""
+    from transforms import read_images
+
+    reads: list[str] = []
+    real = read_images.read_limited
+
+    def counting(uri: str, max_bytes: int) -> bytes:
+        reads.append(uri)
+        return real(uri, max_bytes)
+
+    monkeypatch.setattr(read_images, "read_limited", counting)
+    photos = {f"L{i}": _png((30 * i, 90, 200 - 30 * i), stripe=2 + i % 3) for i in range(1, 6)}
+    day1 = _catalog_at_fixed_uris(
+        catalog, D1, dict(photos), set(photos), mtime=10**18, checksums=checksums
+    )
+    s1 = embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
+    out: dict = {"s1": s1, "reads1": sorted(reads), "day1": day1}
+    reads.clear()
+    day2_photos = {k: v for k, v in photos.items() if k != "L3"}
+    day2_photos["L2"] = _png((5, 250, 5), stripe=3)  # new bytes at the same URI
+    day2_photos["L6"] = _png((250, 250, 0), stripe=4)  # a new listing
+    uris = _catalog_at_fixed_uris(
+        catalog,
+        D2,
+        day2_photos,
+        {"L2", "L4", "L6"},
+        mtime=10**18 + 86_400 * 10**9,
+        checksums=checksums,
+    )
+    out.update(s2=embed.run(_settings(catalog, workdir, D2), BEAM_ARGS), reads2=sorted(reads))
+    out.update(uris=uris, current=embeddings.read_current_table(catalog, workdir, D2, version))
+    out["p2"] = _partition(workdir, version, D2)
+    return out
+
+
+def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
+    uris = r["uris"]
+    assert r["reads1"] == sorted(r["day1"].values())  # day 1: every photo, once
+    assert r["reads2"] == sorted(uris[k] for k in read_on_day2)
+    s2 = r["s2"]
+    # Embedded: the added and the changed photo; the identical rewrite was read but not embedded.
+    assert sorted(r["p2"]["listing_id"].to_pylist()) == ["L2", "L6"]
+    assert (s2.read, s2.ok, s2.skipped) == (5, 2, 3)
+    assert s2.extra["skipped_by_metadata"] == 5 - len(read_on_day2)
+    assert s2.extra["images_read"] == len(read_on_day2)
+    cur = r["current"]
+    assert sorted(cur["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]  # L3 removed
+    new_l2 = [row for row in cur.to_pylist() if row["listing_id"] == "L2"][0]
+    assert new_l2["dt"] == D2 and new_l2["image_uri"] == uris["L2"]
+
+
+def test_unchanged_photos_are_not_read_local(fake_model_dir, tmp_path, monkeypatch) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    # Locally the rewrite of L4 changes its mtime: read, recognised by sha256, not re-embedded.
+    _expect_day2(r, {"L2", "L4", "L6"})
+    # The metadata state lives outside the embeddings folder: pandas opens the folder as before.
+    import pandas as pd
+
+    df = pd.read_parquet(paths.embeddings_root(workdir, version))
+    assert len(df) == 5 + 2 and "meta_key" not in df.columns
+
+
+def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:
+    catalog, workdir = storage.join(gcs_bucket, "cat"), storage.join(gcs_bucket, "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    # On GCS the key is the object's MD5: the identical re-upload of L4 is not even read.
+    _expect_day2(r, {"L2", "L6"})
+
+
+def test_catalog_checksums_need_no_listing_and_no_read(fake_model_dir, tmp_path, monkeypatch):
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch, checksums=True)
+    _expect_day2(r, {"L2", "L6"})  # the identical rewrite keeps its checksum: not read
+    assert r["s2"].extra["objects_listed"] == 0  # no folder was listed at all
+
+
+# ------------------------------------------------------------------ guards
+
+
+def test_empty_or_shrunk_snapshot_is_refused_unless_allowed(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, GOOD)
+    embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
+    _tiny_catalog(catalog, D2, dict(list(GOOD.items())[:2]))  # 6 -> 2 listings: a broken export
+    with pytest.raises(EmbedError, match=r"has 2 rows, 66.7% fewer than the 6 .* --allow-shrink"):
+        embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    assert D2 not in embeddings.partition_files(workdir, version)
+    s = embed.run(_settings(catalog, workdir, D2, allow_shrink=True), BEAM_ARGS)
+    assert s.read == 2
+    # An empty snapshot (zero rows) is refused with the same kind of error, before any work.
+    D3 = dt.date(2026, 1, 3)
+    _tiny_catalog(catalog, D3, {})
+    with pytest.raises(EmbedError, match=r"snapshot of 2026-01-03 .* is empty"):
+        embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
+    assert embed.parse_args(
+        ["--catalog", catalog, "--date", "2026-01-03", "--workdir", workdir, "--allow-shrink"]
+    )[0].allow_shrink
+
+
+def test_lone_surrogate_is_a_dead_letter_not_a_dead_job(fake_model_dir, tmp_path) -> None:
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D1, dict(list(GOOD.items())[:2]))  # writes the images
+    u1, u2 = (f"images/{lid}/0-{D1.isoformat()}.png" for lid in ("L1", "L2"))
+    cat = '"category": "home/decor"'
+    # JSON escapes of lone surrogates: json.loads turns them into str no UTF-8 encoder accepts.
+    lines = [
+        f'{{"listing_id": "L1", "image_uris": ["{u1}"], {cat}}}',
+        f'{{"listing_id": "bad\\ud800id", "image_uris": ["{u2}"], {cat}}}',
+        f'{{"listing_id": "L2", "image_uris": ["{u2}"], {cat}, "color": "r\\udcffd"}}',
+    ]
+    day = paths.catalog_day(catalog, D1)
+    storage.delete([storage.join(day, "listings.parquet")])
+    storage.write_text(storage.join(day, "listings.jsonl"), "\n".join(lines) + "\n")
+    s = embed.run(_settings(catalog, workdir, D1, max_bad_fraction=1.0), BEAM_ARGS)
+    assert (s.ok, s.dead_lettered) == (1, 2)
+    letters = read_dead_letters(workdir, "embed", D1)
+    assert sorted(d["listing_id"] for d in letters) == ["L2", "bad\\ud800id"]
+    assert all("lone surrogate" in d["error"] for d in letters)
+
+
+def test_truncated_earlier_file_is_one_clear_error_before_any_work(fake_model_dir, tmp_path):
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    _tiny_catalog(catalog, D2, GOOD)
+    row = {
+        "listing_id": "L1",
+        "image_uri": "x",
+        "image_index": 0,
+        "image_sha256": "s",
+        "model_version": version,
+        "embedding": np.ones(16, np.float32) / 4,
+        "category_pred": "a",
+        "category_score": 1.0,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
+    part = storage.join(paths.embeddings_dir(workdir, version, D1), "part-00000-of-00001.parquet")
+    embeddings.write_parquet(part, [embeddings.to_record_batch([row], 16)], 16)
+    with open(part, "r+b") as f:  # a copy that stopped half-way
+        f.truncate(os.path.getsize(part) // 2)
+    with pytest.raises(EmbedError, match=r"earlier embedding file .*part-00000-of-00001.parquet"):
+        embed.run(_settings(catalog, workdir, D2), BEAM_ARGS)
+    assert not storage.list_prefix(storage.join(workdir, "deadletter"))  # nothing ran
+
+
+@pytest.mark.parametrize("stage", ["check-catalog", "preprocess", "embed"])
+def test_lone_surrogates_become_dead_letters_in_the_shared_catalog_reader(tmp_path, stage):
+    """check-catalog, preprocess and embed all read the snapshot through ReadCatalog."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.read_catalog import ReadCatalog
+
+    catalog = str(tmp_path)
+    day = paths.catalog_day(catalog, D1)
+    cat = '"category": "home/decor"'
+    lines = [
+        f'{{"listing_id": "ok", "image_uris": ["a.png"], {cat}}}',
+        f'{{"listing_id": "x\\ud800", "image_uris": ["b.png"], {cat}}}',
+        f'{{"listing_id": "lab", "image_uris": ["c.png"], {cat}, "material": "\\udfff"}}',
+        '{"review_id": "r1", "listing_id": "ok", "image_uri": "\\ud801.png"}',
+    ]
+    storage.write_text(storage.join(day, "listings.jsonl"), "\n".join(lines[:3]) + "\n")
+    storage.write_text(storage.join(day, "reviews.jsonl"), lines[3] + "\n")
+    with TestPipeline() as p:
+        out = p | ReadCatalog(catalog, D1, stage=stage)
+        ids = out["listings"] | beam.Map(lambda x: x.listing_id)
+        assert_that(ids, equal_to(["ok"]), label="good")
+        dead = out["dead_letter"] | beam.Map(lambda d: (d.listing_id, "lone surrogate" in d.error))
+        assert_that(dead, equal_to([("x\\ud800", True), ("lab", True), ("ok", True)]), label="dead")

@@ -27,7 +27,6 @@ def _row(lid: str, idx: int, sha: str, day: dt.date, seed: int) -> dict:
         "embedding": v / np.linalg.norm(v),
         "category_pred": "home/decor",
         "category_score": 0.5,
-        "dt": day,
         "created_at": NOW,
     }
 
@@ -65,13 +64,14 @@ def test_schema_is_the_contract() -> None:
         "embedding",
         "category_pred",
         "category_score",
-        "dt",
         "created_at",
     ]
+    # The day is the hive key of the path, never a file column; readers return it from the path.
+    assert embeddings.current_schema(DIM).names == [*s.names, "dt"]
+    assert embeddings.current_schema(DIM).field("dt").type == pa.date32()
     assert s.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert pa.types.is_fixed_size_list(s.field("embedding").type)
     assert s.field("image_index").type == pa.int16()
-    assert s.field("dt").type == pa.date32()
     assert s.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert s.field("category_score").type == pa.float32()
 
@@ -185,5 +185,163 @@ def test_gcs_round_trip(gcs_bucket: str) -> None:
             "unused", gcs_bucket, D2, V, image_keys={("a", 1), ("c", 0)}
         )
     )
-    assert table.schema.equals(embeddings.schema(DIM))
+    assert table.schema.equals(embeddings.current_schema(DIM))
     assert sorted(table.column("image_sha256").to_pylist()) == ["a1-new", "c0"]
+
+
+# ------------------------------------------------------------------ every reader opens the folder
+
+
+def _publish_day(workdir: str, day: dt.date, rows: list[dict], shards: int) -> None:
+    """Write and commit a partition the way the embed job does (staging + partitions.publish)."""
+    from vsearch.core import partitions
+
+    staged = paths.staging_dir(workdir, "embed", day, f"t{shards}")
+    files = []
+    for s in range(shards):
+        part = rows[s::shards]
+        uri = storage.join(staged, paths.shard_name(s, shards, ".parquet"))
+        files.append(
+            (uri, embeddings.write_parquet(uri, [embeddings.to_record_batch(part, DIM)], DIM))
+        )
+    partitions.publish(staged, paths.embeddings_dir(workdir, V, day), f"t{shards}", files)
+
+
+def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
+    """DuckDB returns the fixed-size embedding as list<float> (Parquet stores it as a list; the
+    size lives in Arrow's own schema metadata) and names UTC "Etc/UTC": the same values."""
+    if got == want:
+        return True
+    if pa.types.is_fixed_size_list(want) and pa.types.is_list(got):
+        return bool(got.value_type == want.value_type)
+    if pa.types.is_timestamp(want) and pa.types.is_timestamp(got):
+        return bool(got.unit == want.unit and {got.tz, want.tz} <= {"UTC", "Etc/UTC"})
+    return False
+
+
+def _readme_sql(catalog: str, workdir: str, day: dt.date) -> str:
+    import os
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    text = open(readme, encoding="utf-8").read()
+    block = text.split("<!-- current-embeddings-sql -->", 1)[1].split("```sql", 1)[1]
+    sql = block.split("```", 1)[0]
+    return sql.format(catalog=catalog, workdir=workdir, version=V, day=day.isoformat())
+
+
+def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(tmp_path) -> None:
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+
+    def row(lid: str, idx: int, sha: str, day: dt.date, seed: int, name: str = "") -> dict:
+        r = _row(lid, idx, sha, day, seed)
+        r["image_uri"] = f"{catalog}/images/{name or f'{lid}-{idx}-{sha}'}.jpg"
+        return r
+
+    _publish_day(
+        workdir,
+        D1,
+        [row("a", 0, "a0", D1, 1), row("a", 1, "a1", D1, 2), row("b", 0, "b0", D1, 3)]
+        + [row("d", 0, "d0", D1, 6, name="d-0")],
+        shards=3,
+    )
+    # Day 2: a#1 re-shot at a new URI, d#0 new bytes at the same URI, c added, b removed.
+    _publish_day(
+        workdir,
+        D2,
+        [
+            row("a", 1, "a1-new", D2, 4),
+            row("c", 0, "c0", D2, 5),
+            row("d", 0, "d0-new", D2, 7, "d-0"),
+        ],
+        shards=2,
+    )
+    snapshot = {
+        "a": ["images/a-0-a0.jpg", "images/a-1-a1-new.jpg"],
+        "c": ["images/c-0-c0.jpg"],
+        "d": ["images/d-0.jpg"],
+    }
+    ids = sorted(snapshot)
+    n = len(ids)
+    listings = pa.table(
+        {
+            "listing_id": ids,
+            "image_uris": [snapshot[i] for i in ids],
+            "title": ["t"] * n,
+            "category": ["home/decor"] * n,
+            "color": [None] * n,
+            "shape": [None] * n,
+            "material": [None] * n,
+            "updated_at": [None] * n,
+        },
+        schema=LISTINGS_SCHEMA,
+    )
+    storage.write_bytes(storage.join(paths.catalog_day(catalog, D2), "listings.parquet"), b"")
+    pq.write_table(listings, storage.join(paths.catalog_day(catalog, D2), "listings.parquet"))
+
+    # Every reader opens the plain folder with no options and they agree.
+    root = paths.embeddings_root(workdir, V)
+    by_pandas = pd.read_parquet(root)
+    by_pq = pq.read_table(root)
+    by_ds = ds.dataset(root, format="parquet", partitioning="hive").to_table()
+    by_duck = duckdb.sql(
+        f"SELECT * FROM read_parquet('{root}/dt=*/*.parquet', hive_partitioning=true)"
+    ).arrow()
+    if not isinstance(by_duck, pa.Table):  # duckdb 1.4+ returns a reader
+        by_duck = by_duck.read_all()
+    assert len(by_pandas) == by_pq.num_rows == by_ds.num_rows == by_duck.num_rows == 7
+    for t in (by_pq, by_ds, by_duck):
+        assert sorted(map(str, set(t["dt"].to_pylist()))) == ["2026-01-01", "2026-01-02"]
+        for f in embeddings.schema(DIM):
+            assert _same_type(t.schema.field(f.name).type, f.type), (f.name, t.schema)
+    assert sorted(by_pandas["listing_id"]) == sorted(by_duck["listing_id"].to_pylist())
+
+    # The README's query returns what the package's one call returns.
+    package = embeddings.read_current_table(catalog, workdir, D2, V)
+    assert package.num_rows == 4 and "b" not in package["listing_id"].to_pylist()
+    sql = duckdb.sql(_readme_sql(catalog, workdir, D2)).arrow()
+    if not isinstance(sql, pa.Table):
+        sql = sql.read_all()
+    cols = ["listing_id", "image_index", "image_uri", "image_sha256", "dt"]
+    assert sql.select(cols).to_pylist() == package.select(cols).to_pylist()
+    np.testing.assert_array_equal(
+        np.stack(sql["embedding"].to_numpy(zero_copy_only=False)),
+        np.stack(package["embedding"].to_numpy(zero_copy_only=False)),
+    )
+    assert {r["image_sha256"] for r in package.to_pylist() if r["listing_id"] == "d"} == {"d0-new"}
+
+
+def test_full_disk_is_one_clear_error_naming_the_file(tmp_path, monkeypatch) -> None:
+    import contextlib
+
+    @contextlib.contextmanager
+    def full_device(uri: str):
+        with open("/dev/full", "wb", buffering=0) as f:  # every write: ENOSPC from the kernel
+            yield f
+
+    monkeypatch.setattr(storage, "atomic_writer", full_device)
+    uri = str(tmp_path / "part-00000-of-00001.parquet")
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*part-00000"):
+        embeddings.write_parquet(
+            uri, [embeddings.to_record_batch([_row("a", 0, "x", D1, 1)], DIM)], DIM
+        )
+
+
+def test_files_written_before_dt_left_the_files_still_read(tmp_path) -> None:
+    """A partition written by an older version (``dt`` inside the file) reads as before."""
+    workdir = str(tmp_path)
+    batch = embeddings.to_record_batch([_row("a", 0, "a0", D1, 1)], DIM)
+    legacy = pa.Table.from_batches([batch]).append_column("dt", pa.array([D1], pa.date32()))
+    part = storage.join(paths.embeddings_dir(workdir, V, D1), "part-00000-of-00001.parquet")
+    storage.write_bytes(part, b"")
+    pq.write_table(legacy, part)
+    table = pa.Table.from_batches(
+        embeddings.read_current_embeddings("unused", workdir, D1, V, image_keys={("a", 0)})
+    )
+    assert table.schema.equals(embeddings.current_schema(DIM))
+    assert table["dt"].to_pylist() == [D1] and table["image_sha256"].to_pylist() == ["a0"]

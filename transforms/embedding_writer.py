@@ -18,7 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from vsearch.core import embeddings, paths, storage
+from vsearch.core import embeddings, embedstate, paths, storage
 from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
@@ -98,4 +98,45 @@ class WriteEmbeddings(beam.PTransform):
             )
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._dim))
+        )
+
+
+STATE_ROWS_PER_SHARD = 1_000_000  # ~60 bytes a row compressed: ~60 MB files
+
+
+class _WriteStateShard(beam.DoFn):
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def process(self, keyed: tuple[tuple[int, int], Iterable[Row]]) -> Iterator[tuple[str, int]]:
+        (shard, total), rows = keyed
+        ordered = sorted(rows, key=lambda r: (r["listing_id"], r["image_index"]))
+        uri = storage.join(self._directory, paths.shard_name(shard, total, ".parquet"))
+        yield uri, embedstate.write(uri, ordered)
+
+
+class WriteState(beam.PTransform):
+    """The embed job's metadata state rows (see vsearch/core/embedstate.py) as Parquet shards."""
+
+    def __init__(self, directory: str, rows_per_shard: int = STATE_ROWS_PER_SHARD) -> None:
+        super().__init__()
+        self._directory = directory
+        self._rows_per_shard = rows_per_shard
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        per_shard = self._rows_per_shard
+        total = (
+            rows
+            | "CountRows" >> beam.combiners.Count.Globally()
+            | "NumShards" >> beam.Map(lambda n: shards_for(n, per_shard))
+        )
+        return (
+            rows
+            | "KeyByShard"
+            >> beam.Map(
+                lambda r, n: ((shard_of(r["listing_id"], n), n), r),
+                n=beam.pvalue.AsSingleton(total),
+            )
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteStateShard(self._directory))
         )

@@ -31,8 +31,16 @@ the day goes on.
 | image URI outside CATALOG and not in an allowed bucket | dead letter | never opened |
 | missing ``category``, or not a taxonomy path: fewer than 2 levels (``toys``) or an empty level (``home//mug``, ``/home/mug``) | dead letter | the label every model head needs; a bare word is a leaf-only export that would split a class in two |
 | non-string title/colour/shape/material (a JSONL row), ``updated_at`` not an ISO timestamp | dead letter | wrong type means a broken export |
+| ``image_checksums`` present but not a list of strings/nulls aligned with ``image_uris`` | dead letter | a wrong checksum would hide a changed photo |
+| a string with a lone surrogate (invalid UTF-8) in any column | dead letter | no later step (Beam coders, Parquet) can encode it |
 | the same ``listing_id`` on several listings rows, valid or rejected for another reason | dead letter for every copy (an invalid copy keeps its own reason; each valid copy gets "duplicate listing_id (N rows)") | we cannot know which copy is right |
 | review whose listing is absent, rejected, or duplicated | dead letter | nothing to attach it to |
+
+Optional ``image_checksums`` (list<string>, aligned with ``image_uris``, null where unknown): a
+per-image content checksum or etag from the marketplace. The marketplace guarantees that an image
+whose bytes change gets a new checksum; the daily embed then treats an image whose (URI, checksum)
+was seen before as unchanged without listing or reading it. A checksum that does not change with
+the bytes keeps the old embedding until the checksum changes or ``--full`` re-embeds.
 
 Accepted as is: empty-string attributes become null; extra columns are ignored; the same image
 twice in one listing is kept (real catalogs do that); blank JSONL lines are skipped (they still
@@ -57,7 +65,7 @@ from vsearch.core.hashing import stable_fraction
 
 MAX_IMAGES = 10
 LISTING_COLUMNS = tuple(
-    "listing_id image_uris title category color shape material updated_at".split()
+    "listing_id image_uris title category color shape material updated_at image_checksums".split()
 )
 REVIEW_COLUMNS = ("review_id", "listing_id", "image_uri")
 REQUIRED_COLUMNS = {"listings": ("listing_id", "image_uris", "category"), "reviews": REVIEW_COLUMNS}
@@ -91,6 +99,9 @@ class Listing:
     shape: str | None = None
     material: str | None = None
     updated_at: dt.datetime | None = None
+    # Optional per-image content checksum or etag aligned with image_uris (None: not provided for
+    # that image): the daily embed then knows an image is unchanged with no listing and no read.
+    image_checksums: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,22 @@ def _optional_str(row: Mapping[str, Any], key: str, listing_id: str) -> str | No
     return value
 
 
+def _check_utf8(row: Mapping[str, Any]) -> None:
+    """A lone surrogate (JSON ``"\\ud800"``) is a str no later step can encode as UTF-8 (Beam's
+    coders, Parquet, TFRecords): reject the row here, named with the surrogate escaped."""
+    lid = row.get("listing_id")
+    named = (
+        lid.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(lid, str) else None
+    )
+    for key, value in row.items():
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidRow(f"{key} is not valid UTF-8 (lone surrogate)", named) from None
+
+
 def _required_id(row: Mapping[str, Any], key: str, listing_id: str | None = None) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -206,6 +233,7 @@ def parse_listing(
     row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
 ) -> Listing:
     """Validate one listings row (see the table above); raises InvalidRow."""
+    _check_utf8(row)
     listing_id = _required_id(row, "listing_id")
     uris = row.get("image_uris")
     if uris is None:
@@ -241,13 +269,25 @@ def parse_listing(
         shape=_optional_str(row, "shape", listing_id),
         material=_optional_str(row, "material", listing_id),
         updated_at=_timestamp(row.get("updated_at"), listing_id),
+        image_checksums=_checksums(row.get("image_checksums"), len(resolved), listing_id),
     )
+
+
+def _checksums(value: Any, n: int, listing_id: str) -> tuple[str | None, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != n:
+        raise InvalidRow("image_checksums must be a list aligned with image_uris", listing_id)
+    if any(c is not None and not isinstance(c, str) for c in value):
+        raise InvalidRow("image_checksums must hold strings or nulls", listing_id)
+    return tuple(c or None for c in value)
 
 
 def parse_review(
     row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
 ) -> Review:
     """Validate one reviews row; raises InvalidRow."""
+    _check_utf8(row)
     raw_listing = row.get("listing_id")
     listing_id = raw_listing if isinstance(raw_listing, str) and raw_listing else None
     review_id = _required_id(row, "review_id", listing_id)

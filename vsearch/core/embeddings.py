@@ -18,6 +18,7 @@ a later run embeds the new photo (the dead letter names it).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -26,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vsearch.core import paths, storage
+from vsearch.core import partitions, paths, storage
 
 KEY_COLUMNS = ("listing_id", "image_index", "image_sha256")
-_DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/([^/]+\.parquet)$")
+_DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
 def schema(dim: int) -> pa.Schema:
@@ -46,10 +47,17 @@ def schema(dim: int) -> pa.Schema:
             pa.field("embedding", pa.list_(pa.field("item", pa.float32()), dim), nullable=False),
             pa.field("category_pred", pa.string()),
             pa.field("category_score", pa.float32()),
-            pa.field("dt", pa.date32(), nullable=False),
             pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
         ]
     )
+
+
+PARTITION_FIELD = pa.field("dt", pa.date32(), nullable=False)  # the hive key: in paths, not files
+
+
+def current_schema(dim: int) -> pa.Schema:
+    """What the readers return: the file schema plus ``dt`` taken from the partition path."""
+    return schema(dim).append(PARTITION_FIELD)
 
 
 def embedding_dim(s: pa.Schema) -> int:
@@ -92,10 +100,18 @@ def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
     Returns the number of rows. An empty input still writes a valid file with the schema.
     """
     n = 0
-    with storage.atomic_writer(uri) as f, pq.ParquetWriter(f, schema(dim), compression="zstd") as w:
-        for b in batches:
-            w.write_batch(b)
-            n += b.num_rows
+    try:
+        with (
+            storage.atomic_writer(uri) as f,
+            pq.ParquetWriter(f, schema(dim), compression="zstd") as w,
+        ):
+            for b in batches:
+                w.write_batch(b)
+                n += b.num_rows
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {uri}") from e
+        raise
     return n
 
 
@@ -103,14 +119,19 @@ def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
 
 
 def partition_files(workdir: str, model_version: str) -> dict[dt.date, list[str]]:
-    """Every complete embedding file of a model version, by partition date (sorted)."""
+    """Every committed embedding file of a model version, by partition date (sorted): the files
+    the partition's ``_manifest.json`` names (see vsearch/core/partitions.py)."""
     root = paths.embeddings_root(workdir, model_version)
-    out: dict[dt.date, list[str]] = {}
+    listed: dict[dt.date, list[str]] = {}
     for uri in storage.list_prefix(root):
         m = _DT_RE.search(uri.replace("\\", "/"))
-        if m and m.group(2).startswith("part-"):  # temp files of a local writer do not match
-            out.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
-    return {d: sorted(out[d]) for d in sorted(out)}
+        if m:
+            listed.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
+    out = {
+        d: partitions.committed_files(paths.embeddings_dir(workdir, model_version, d), listed[d])
+        for d in sorted(listed)
+    }
+    return {d: sorted(f) for d, f in out.items() if f}
 
 
 def files_through(
@@ -240,7 +261,8 @@ def read_current_embeddings(
     longer has are left out; a changed photo's new row wins over its old one, and a photo changed
     back (A -> B -> A, content-addressed URIs) gets A's row again. ``image_keys`` ((listing_id,
     image_index) -> URI; a plain set of keys means "newest row") replaces the snapshot read. Batches have at
-    most ``batch_size`` rows and the contract schema.
+    most ``batch_size`` rows and the contract schema plus ``dt`` (the partition the row comes
+    from), as every hive reader returns it.
 
     Two passes, no sort: pass 1 reads only the key and URI columns and picks the partition of
     each image's current row; pass 2 reads the partitions that hold a current row and keeps those
@@ -262,6 +284,7 @@ def read_current_embeddings(
             continue  # every row of this day was superseded: its embeddings are never read
         for uri in files:
             for b in open_parquet(uri).iter_batches(batch_size=batch_size):
+                b = _without_legacy_dt(b)
                 keys = zip(
                     b.column("listing_id").to_pylist(),
                     b.column("image_index").to_pylist(),
@@ -269,7 +292,11 @@ def read_current_embeddings(
                 )
                 mask = [best.get(k) == day for k in keys]
                 if any(mask):
-                    yield b.filter(pa.array(mask, type=pa.bool_()))
+                    kept = b.filter(pa.array(mask, type=pa.bool_()))
+                    day_column = pa.array([day] * kept.num_rows, type=pa.date32())
+                    yield pa.RecordBatch.from_arrays(
+                        [*kept.columns, day_column], schema=current_schema(embedding_dim(b.schema))
+                    )
 
 
 def read_current_table(
@@ -278,11 +305,20 @@ def read_current_table(
     """The current embeddings as one Table, sorted by (listing_id, image_index): small data only."""
     batches = list(read_current_embeddings(catalog, workdir, date, model_version))
     # An empty result still has the contract's columns (``dim`` only matters for its type).
-    table = pa.Table.from_batches(batches) if batches else schema(dim or 1).empty_table()
+    table = pa.Table.from_batches(batches) if batches else current_schema(dim or 1).empty_table()
     return table.sort_by([("listing_id", "ascending"), ("image_index", "ascending")])
 
 
+def _without_legacy_dt(b: pa.RecordBatch) -> pa.RecordBatch:
+    """Files written before the hive key left the files still carry ``dt``: drop it on read."""
+    if "dt" not in b.schema.names:
+        return b
+    return b.drop_columns(["dt"])
+
+
 def _check_schema(uri: str, s: pa.Schema) -> None:
+    if "dt" in s.names:
+        s = s.remove(s.get_field_index("dt"))
     expected = schema(embedding_dim(s))
     if not s.equals(expected):
         raise ValueError(f"{uri} does not have the embedding schema:\n{s}\nexpected:\n{expected}")

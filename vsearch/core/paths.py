@@ -72,6 +72,15 @@ def embeddings_dir(workdir: str, model_version: str, date: dt.date | str) -> str
     return storage.join(embeddings_root(workdir, model_version), f"dt={_d(date)}")
 
 
+def embed_state_root(workdir: str, model_version: str) -> str:
+    """The embed job's own memory (object metadata key -> sha256), not part of any contract."""
+    return storage.join(workdir, "embed_state", f"model={model_version}")
+
+
+def embed_state_dir(workdir: str, model_version: str, date: dt.date | str) -> str:
+    return storage.join(embed_state_root(workdir, model_version), f"dt={_d(date)}")
+
+
 def staging_dir(workdir: str, stage: str, date: dt.date | str, run_id: str) -> str:
     """Where a run writes output it publishes only after its checks pass (removed afterwards)."""
     return storage.join(workdir, "staging", stage, f"dt={_d(date)}", run_id)
