@@ -34,22 +34,28 @@ let cur=Math.max(0,cards.findIndex(c=>!c.dataset.grade));
 function focusCard(i){if(!cards.length)return;cur=(i+cards.length)%cards.length;
  cards.forEach(c=>c.classList.remove('cur'));cards[cur].classList.add('cur');
  cards[cur].scrollIntoView({block:'nearest'});}
+function nextUnrated(from){
+ for(let j=1;j<=cards.length;j++){const c=cards[(from+j)%cards.length];
+  if(!c.dataset.grade&&!c.dataset.pending)return (from+j)%cards.length;}
+ return -1;}
 async function rate(card,label){
+ // Move on at once (keys may come faster than the server answers); the card turns its
+ // colour only when the server has stored the rating.
+ const at=cards.indexOf(card);card.dataset.pending='1';
+ const next=nextUnrated(at);
+ if(next>=0)focusCard(next);
  const body={rater:RATER,query_id:QUERY,listing_id:card.dataset.listing,label:label};
- let r;
- try{r=await fetch('/api/rate',{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(body)});}
- catch(e){document.getElementById('status').textContent='not saved: the server cannot be reached';return;}
- const d=await r.json();
- if(!r.ok){document.getElementById('status').textContent='not saved: '+d.error;return;}
- document.getElementById('status').textContent='';
+ const status=document.getElementById('status');
+ let r,d;
+ try{r=await fetch('/api/rate',{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(body)});d=await r.json();}
+ catch(e){delete card.dataset.pending;status.textContent='not saved: the server cannot be reached';return;}
+ delete card.dataset.pending;
+ if(!r.ok){status.textContent='not saved: '+d.error;return;}
  for(const c of cards){if(c.dataset.listing===card.dataset.listing){c.dataset.grade=d.grade;
   c.classList.remove('g0','g1','g2');c.classList.add('g'+d.grade);}}
  document.getElementById('rated').textContent=d.rated;
  document.getElementById('barfill').style.width=(100*d.rated/d.total)+'%';
- const next=cards.findIndex((c,i)=>i>cards.indexOf(card)&&!c.dataset.grade);
- const any=cards.findIndex(c=>!c.dataset.grade);
- if(next>=0)focusCard(next);else if(any>=0)focusCard(any);
- else document.getElementById('status').textContent='query done: press n for the next one';
+ status.textContent=cards.every(c=>c.dataset.grade)?'query done: press n for the next one':'';
 }
 cards.forEach((c,i)=>{c.addEventListener('click',()=>focusCard(i));
  c.querySelectorAll('button').forEach(b=>b.addEventListener('click',e=>{e.stopPropagation();focusCard(i);rate(c,b.dataset.label);}));});

@@ -192,6 +192,7 @@ def create_app(settings: RateSettings) -> Starlette:
             Route("/api/rate", rate, methods=["POST"]),
             Route("/img/{n}", image),
             Route("/healthz", healthz),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
         ],
         exception_handlers={Exception: server_error},
     )
