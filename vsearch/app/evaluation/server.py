@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -148,7 +149,8 @@ def create_app(settings: RateSettings) -> Starlette:
         except (ValueError, KeyError, TypeError) as e:
             return JSONResponse({"error": f"bad rating: {e}"}, status_code=400)
         try:
-            state.store.put(rater, q.query_id, listing, grade)
+            # Blocking I/O (fsync, or an upload on gs://) off the event loop: raters share it.
+            await run_in_threadpool(state.store.put, rater, q.query_id, listing, grade)
         except (OSError, storage.StorageError) as e:
             log.error("vsearch rate: cannot save a rating of %s: %s", rater, e)
             return JSONResponse({"error": f"cannot save the rating: {e}"}, status_code=503)
@@ -164,7 +166,9 @@ def create_app(settings: RateSettings) -> Starlette:
         except (ValueError, IndexError):
             return Response("no such image in this task", 404, media_type="text/plain")
         try:
-            pixels = images.decode_image(storage.read_bytes(uri), PHOTO_SIZE)
+            pixels = await run_in_threadpool(
+                lambda: images.decode_image(storage.read_bytes(uri), PHOTO_SIZE)
+            )
         except (storage.StorageError, images.ImageError) as e:
             log.warning("vsearch rate: image missing or unreadable: %s (%s)", uri, e)
             return Response(f"image missing or unreadable: {uri}", 404, media_type="text/plain")
