@@ -46,7 +46,7 @@ def _chart(report: dict[str, Any]) -> str:
     metrics = [f"precision_at_{k}", f"ndcg_at_{k}"]
     models = list(report["metrics"])
     w, h, pad, bar = 460, 220, 40, 36
-    parts = [f'<svg width="{w}" height="{h + 60}" role="img" aria-label="metrics chart">']
+    parts = [f'<svg width="{w}" height="{pad + h + 60}" role="img" aria-label="metrics chart">']
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
         y = pad + h - tick * h
         parts.append(f'<line x1="{pad}" x2="{w - 10}" y1="{y}" y2="{y}" stroke="#eee"/>')

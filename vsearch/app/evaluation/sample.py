@@ -166,6 +166,7 @@ def run(s: SampleSettings) -> str:
     how: dict[str, str] = {}
     for v in versions:
         how[v], results[v] = retrieve.retrieve(catalog, s.workdir, s.date, v, photos, own, s.k)
+    level = strata_level([c.category for c in pool], s.queries)
     queries = []
     for i, c in enumerate(kept):
         qid = query_id(c.uri)
@@ -180,7 +181,7 @@ def run(s: SampleSettings) -> str:
                 kind="review" if c.kind == "review" else "listing",
                 listing_id=c.listing_id,
                 category=c.category,
-                stratum=c.category,
+                stratum="/".join(c.category.split("/")[:level]),
                 results={
                     v: [
                         Result(lid, uri, score, category.get(lid))
