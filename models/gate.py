@@ -9,7 +9,8 @@ in, TFT graph inside), not the in-memory Keras model.
 
 Rules: the candidate's review->listing recall@10 must beat the published model's by at least
 ``margin`` and no other metric may drop by more than ``tolerance``; with no published model the
-candidate must clear every ``floor``.
+candidate must clear every ``floor``. With ``require_human_eval`` it must also have a rated
+blind side-by-side it does not lose significantly (:func:`human_eval_verdict`).
 """
 
 from __future__ import annotations
