@@ -9,6 +9,20 @@ processes the run's data-interval date (``ds``), and every stage is idempotent f
 clearing and re-running a day is safe. Beam stages run through the Apache Beam provider with the
 runner and pipeline options from params: DirectRunner by default; see the README for Dataflow
 with GPU workers.
+
+Human evaluation before a model ships (README "Human evaluation"; nothing here changes by
+default). A team that wants people to approve every new model plugs it in one of two ways:
+
+1. The gate waits for ratings. Set ``gate_args`` to ``--require-human-eval``: the gate then
+   refuses to promote until a blind side-by-side of the candidate against the published model
+   has been rated and reported (``vsearch embed --model CANDIDATE --full``, ``vsearch eval-sample
+   --model CANDIDATE --against PUBLISHED``, ``vsearch rate``, ``vsearch eval-report``) and the
+   candidate does not lose it significantly. Until then each day's run keeps the published model
+   (incremental embed); the day the report exists, clearing that day's gate task promotes.
+2. Promotion becomes a manual step. Keep the automatic gate out of the path (e.g. a very high
+   ``--margin``) and promote by hand after rating: ``vsearch gate --candidate V
+   --require-human-eval`` run by a person, then clear the next day's run (which re-embeds with
+   ``--full`` because the gate promoted).
 """
 
 from __future__ import annotations

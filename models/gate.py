@@ -9,7 +9,8 @@ in, TFT graph inside), not the in-memory Keras model.
 
 Rules: the candidate's review->listing recall@10 must beat the published model's by at least
 ``margin`` and no other metric may drop by more than ``tolerance``; with no published model the
-candidate must clear every ``floor``.
+candidate must clear every ``floor``. With ``require_human_eval`` it must also have a rated
+blind side-by-side it does not lose significantly (:func:`human_eval_verdict`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +57,12 @@ class GateSettings:
     tolerance: float = 0.02
     floors: tuple[tuple[str, float], ...] = DEFAULT_FLOORS
     batch_size: int = 128
+    # Off by default: a human verdict needs people (or a demo's simulated rater) in the loop.
+    # On: refuse unless a blind side-by-side against the published model (or, for a first model,
+    # any rating of it) exists under WORKDIR/eval/ and the candidate does not lose it significantly.
+    require_human_eval: bool = False
+    human_eval_alpha: float = 0.05  # sign-test level for "loses significantly"
+    allow_simulated_ratings: bool = False  # simulated ratings show the loop; they are no verdict
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,63 @@ def decide(
     return ok, reasons
 
 
+def _eval_reports(workdir: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for uri in storage.glob(paths.eval_task_reports(workdir)):
+        try:
+            out.append((uri, json.loads(storage.read_text(uri))))
+        except (storage.StorageError, ValueError):
+            continue  # a report being rewritten or corrupt is not a verdict
+    return out
+
+
+def human_eval_verdict(
+    workdir: str, candidate: str, published: str | None, settings: GateSettings
+) -> tuple[bool, list[str]]:
+    """The ``require_human_eval`` rule, from ``vsearch eval-report``'s report.json files.
+
+    With a published model: the newest report of a blind side-by-side of ``candidate`` against
+    it must have compared at least one query and the candidate must not lose it significantly
+    (more losses than wins, sign test p < alpha). With none: the candidate must have been rated.
+    """
+    how = (
+        f"vsearch eval-sample --model {candidate}"
+        + (f" --against {published}" if published else "")
+        + ", vsearch rate, vsearch eval-report"
+    )
+    found = []
+    for uri, r in _eval_reports(workdir):
+        if r.get("candidate") != candidate:
+            continue
+        if published is not None:
+            sbs = r.get("side_by_side") or {}
+            if r.get("baseline") == published and sbs.get("queries_compared", 0) > 0:
+                found.append((str(r.get("created_at", "")), uri, r))
+        elif (r.get("metrics", {}).get(candidate, {}).get("queries_rated", 0)) > 0:
+            found.append((str(r.get("created_at", "")), uri, r))
+    if not found:
+        against = f"blind side-by-side against {published}" if published else "rating"
+        return False, [
+            f"human eval required: no {against} of {candidate} under "
+            f"{paths.eval_root(workdir)} (run {how})"
+        ]
+    _, uri, report = max(found, key=lambda t: t[:2])
+    if report.get("simulated") and not settings.allow_simulated_ratings:
+        return False, [f"human eval required: the ratings in {uri} are simulated, not a person's"]
+    if published is None:
+        m = report["metrics"][candidate]
+        return True, [f"human eval: {m['queries_rated']} queries rated ({uri})"]
+    sbs = report["side_by_side"]
+    wins, ties, losses, p = sbs["wins"], sbs["ties"], sbs["losses"], float(sbs["p_value"])
+    summary = f"{wins} wins, {ties} ties, {losses} losses vs {published}, sign test p={p:.4f}"
+    if losses > wins and p < settings.human_eval_alpha:
+        return False, [
+            f"human eval: candidate loses the blind side-by-side significantly: {summary} "
+            f"< alpha {settings.human_eval_alpha} ({uri})"
+        ]
+    return True, [f"human eval: {summary} ({uri})"]
+
+
 def run(settings: GateSettings) -> GateDecision:
     with runs.stopwatch() as clock:
         cand_cfg = json.loads(
@@ -158,6 +223,11 @@ def run(settings: GateSettings) -> GateDecision:
             promoted, reasons = False, ["candidate is already the published model"]
         else:
             promoted, reasons = decide(cand, pub, settings)
+            if settings.require_human_eval:
+                human_ok, human = human_eval_verdict(
+                    settings.workdir, settings.candidate, pointer.value, settings
+                )
+                promoted, reasons = promoted and human_ok, [*reasons, *human]
         if promoted:
             storage.compare_and_swap(
                 pointer_uri, settings.candidate, pointer
@@ -214,9 +284,21 @@ def main(argv: list[str]) -> int:
         default=None,
         help=f"metric=value, repeatable (default {dict(DEFAULT_FLOORS)})",
     )
+    p.add_argument(
+        "--require-human-eval",
+        action="store_true",
+        help="also require a rated blind side-by-side (vsearch eval-report) the candidate does not lose",
+    )
+    p.add_argument("--allow-simulated-ratings", action="store_true", help="demo only")
     a = p.parse_args(argv)
     settings = GateSettings(
-        a.workdir, a.candidate, a.margin, a.tolerance, tuple(a.floor) if a.floor else DEFAULT_FLOORS
+        a.workdir,
+        a.candidate,
+        a.margin,
+        a.tolerance,
+        tuple(a.floor) if a.floor else DEFAULT_FLOORS,
+        require_human_eval=a.require_human_eval,
+        allow_simulated_ratings=a.allow_simulated_ratings,
     )
     d = run(settings)
     verdict = "PROMOTED" if d.promoted else "NOT promoted"

@@ -50,5 +50,8 @@ def test_each_command_explains_its_flags(command: str) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage:" in out.stdout
     # Every command that reads a working directory says so in its help.
-    if command not in ("generate-catalog",):
+    # The human-evaluation commands after eval-sample read one task file (under WORKDIR/eval/).
+    if command in ("rate", "eval-report", "eval-simulate"):
+        assert "--task" in out.stdout, out.stdout
+    elif command not in ("generate-catalog",):
         assert "--workdir" in out.stdout, out.stdout

@@ -47,6 +47,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vsearch.app.serve.command",
         "HTTP search by photo with filters, following each publish (hot swap); /health page",
     ),
+    "eval-sample": (
+        "vsearch.app.evaluation.sample",
+        "human eval: draw stratified query photos, retrieve top-k (one model or two), write a task",
+    ),
+    "rate": (
+        "vsearch.app.evaluation.server",
+        "human eval: a local web page to rate a task's results (blind side by side for two models)",
+    ),
+    "eval-simulate": (
+        "vsearch.app.evaluation.simulate",
+        "human eval: rate a task from the generated catalog's ground truth (labelled simulated)",
+    ),
+    "eval-report": (
+        "vsearch.app.evaluation.report",
+        "human eval: precision/nDCG with intervals, rater agreement, side-by-side sign test",
+    ),
     "backfill": (
         "vsearch.app.backfill",
         "run the stages for every date in a range, resuming after failure",

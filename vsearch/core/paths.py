@@ -114,3 +114,30 @@ def completion_marker(workdir: str, stage: str, date: dt.date | str) -> str:
 def shard_name(index: int, total: int, suffix: str) -> str:
     """``part-00003-of-00016.parquet``: zero padded so names sort in shard order."""
     return f"part-{index:05d}-of-{total:05d}{suffix}"
+
+
+# ------------------------------------------------------------------ human evaluation
+
+
+def eval_root(workdir: str) -> str:
+    return storage.join(workdir, "eval")
+
+
+def eval_task(workdir: str, task_id: str) -> str:
+    """``WORKDIR/eval/TASK_ID/task.json``: the rating task (queries and their result lists)."""
+    return storage.join(eval_root(workdir), task_id, "task.json")
+
+
+def eval_task_reports(workdir: str) -> str:
+    """Glob of every task's report, for the gate (``WORKDIR/eval/*/report.json``)."""
+    return storage.join(eval_root(workdir), "*", "report.json")
+
+
+def eval_ratings_dir(task_uri: str) -> str:
+    """``.../TASK_ID/ratings/``: one small JSON file per (rater, query, result), beside the task."""
+    return storage.join(storage.parent(task_uri), "ratings")
+
+
+def eval_report(task_uri: str, suffix: str = ".json") -> str:
+    """``.../TASK_ID/report.json`` (or ``report.html``), beside the task."""
+    return storage.join(storage.parent(task_uri), f"report{suffix}")
