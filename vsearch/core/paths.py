@@ -98,7 +98,7 @@ def run_summary(workdir: str, stage: str, date: dt.date | str) -> str:
 
 
 def completion_marker(workdir: str, stage: str, date: dt.date | str) -> str:
-    """Written last by backfill/DAG when a stage finished for a date."""
+    """Written last by a stage itself when it finished for a date (``runs.complete``)."""
     return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.done")
 
 
