@@ -45,7 +45,7 @@ from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from vsearch.core import embeddings, images, paths, runs, storage
 from vsearch.core.catalog import listing_images
 from vsearch.core.deadletter import DeadLetter
-from vsearch.core.runs import METRICS_NAMESPACE, Counts, RunSummary
+from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
 _log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def run(
         )
     publish_partition(staging, paths.embeddings_dir(s.workdir, model.version, s.date))
     runs.complete(s.workdir, summary)
-    return EmbedResult(model.version, s.full, Counts.of(summary))
+    return EmbedResult(read, embedded, dead, skipped, model.version, s.full)
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:

@@ -90,12 +90,21 @@ class EmbedSettings:
 
 
 @dataclass(frozen=True)
-class EmbedResult:
-    model_version: str
-    full: bool
-    counts: Counts
+class EmbedResult(Counts):
+    """Counts (``ok`` = images embedded, ``skipped`` = unchanged) and which model embedded them."""
+
+    model_version: str = ""
+    full: bool = False  # the partition was re-embedded from scratch
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> EmbedResult:
+        c = Counts.from_summary(summary)
         extra = summary["extra"]
-        return cls(str(extra["model_version"]), bool(extra["full"]), Counts.from_summary(summary))
+        return cls(
+            c.read,
+            c.ok,
+            c.dead_lettered,
+            c.skipped,
+            str(extra["model_version"]),
+            bool(extra["full"]),
+        )

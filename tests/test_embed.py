@@ -21,6 +21,7 @@ from PIL import Image
 from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
+from vsearch.app import cli
 from vsearch.core import catalog as catalog_mod
 from vsearch.core import embeddings, paths, runs, snapshot, storage
 from vsearch.core.deadletter import read_dead_letters
@@ -235,7 +236,17 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(EmbedError, match="no --model given and no published model"):
         embed.run(_settings(str(tmp_path), str(tmp_path), D1), BEAM_ARGS)
     assert (
-        embed.main(["--catalog", str(tmp_path), "--date", "2026-01-01", "--workdir", str(tmp_path)])
+        cli.main(
+            [
+                "embed",
+                "--catalog",
+                str(tmp_path),
+                "--date",
+                "2026-01-01",
+                "--workdir",
+                str(tmp_path),
+            ]
+        )
         == 1
     )
 
@@ -249,8 +260,9 @@ def test_multi_processing_mode(fake_model_dir, tmp_path, large_model: bool) -> N
     version = _install_model(fake_model_dir, workdir)
     _tiny_catalog(catalog, D1, GOOD)
     args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    rc = embed.main(
+    rc = cli.main(
         [
+            "embed",
             "--catalog",
             catalog,
             "--date",

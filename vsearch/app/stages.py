@@ -15,8 +15,11 @@ backfill resumes after a failure, in another process or on another machine.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
+import json
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +148,29 @@ def read_result(name: str, workdir: str, date: dt.date) -> Any:
     except storage.StorageError as e:
         raise StageFailed(f"{name} has no run summary for {date}; run it first ({e})") from e
     return load(stage.result).from_summary(summary)
+
+
+def result_to_json(result: Any) -> dict[str, Any]:
+    """A stage's result as plain JSON values (an Airflow XCom, a log line)."""
+    return dict(json.loads(json.dumps(dataclasses.asdict(result), default=str)))
+
+
+def result_from_json(name: str, value: Mapping[str, Any]) -> Any:
+    """The typed result of stage ``name`` back from ``result_to_json``."""
+    return _from_json(load(STAGES[name].result), value)
+
+
+def _from_json(cls: Any, value: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        v, tp = value[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            v = _from_json(tp, v)
+        elif typing.get_origin(tp) is tuple:
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
