@@ -6,13 +6,16 @@ rest to Beam only when they are Beam pipeline options. Modules load only when th
 runs, and settings live in light modules, so ``vsearch STAGE --help`` never loads TensorFlow.
 
 This is also the one error boundary: a failing command prints ONE line on stderr (``vsearch
-embed: error: ...`` naming the file or flag) and exits 1 (2 for a usage error); ``--debug``
-prints the traceback instead.
+embed: error: ...`` naming the file or flag) and exits 1 (2 for a usage error); its traceback
+goes to a log file in $TMPDIR, named in that line, and ``--debug`` prints it instead.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +101,55 @@ def one_line(error: BaseException) -> str:
     return text if len(text) <= 1000 else text[:1000] + " ..."
 
 
+class _NoTracebacks(logging.Formatter):
+    """Log records as one line each: libraries (Beam) log a failing bundle's traceback."""
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 (logging's name)
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None
+        return " ".join(super().format(record).split("\n", 1)[:1])
+
+
+class _TracebacksToLog:
+    """stderr that moves traceback blocks to a log file and passes everything else through.
+
+    Beam prints a failed bundle's traceback straight to stderr (sdk_worker), once per attempt;
+    without --debug the boundary's one line is what the user sees, and the log file keeps them.
+    """
+
+    def __init__(self, real: object, log_path: str) -> None:
+        self._real, self.log_path = real, log_path
+
+    def write(self, text: str) -> int:
+        if "Traceback (most recent call last)" in text:
+            with open(self.log_path, "a", encoding="utf-8") as log:  # a local temp file
+                log.write(text)
+            return len(text)
+        return int(self._real.write(text))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(logging.BASIC_FORMAT)
+        if debug
+        else _NoTracebacks("%(levelname)s:%(name)s:%(message)s")
+    )
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    if not debug:
+        # Beam logs each failed attempt of a bundle; the boundary prints the error once.
+        for name in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def run_command(name: str, argv: Sequence[str]) -> object:
     c = COMMANDS[name]
     settings, pipeline_args, _ = command_line(name).parse(argv)
@@ -117,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vsearch: error: unknown command {name!r} (see vsearch --help)", file=sys.stderr)
         return 2
+    _configure_logging(debug)
+    real_stderr = sys.stderr
+    log_path = os.path.join(tempfile.gettempdir(), f"vsearch-{name}-{os.getpid()}.log")
+    if not debug:
+        sys.stderr = _TracebacksToLog(real_stderr, log_path)  # type: ignore[assignment]
     try:
         run_command(name, rest)
     except flags.UsageError as e:
@@ -128,12 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug:
             traceback.print_exc()
-        print(
-            f"vsearch {name}: error: {one_line(e)}"
-            + ("" if debug else " (--debug for the traceback)"),
-            file=sys.stderr,
-        )
+        else:
+            with open(log_path, "a", encoding="utf-8") as log:
+                traceback.print_exc(file=log)
+        where = "" if debug else f" (traceback: {log_path}; --debug prints it)"
+        print(f"vsearch {name}: error: {one_line(e)}{where}", file=real_stderr)
         return 1
+    finally:
+        sys.stderr = real_stderr
     return 0
 
 
