@@ -291,4 +291,5 @@ def run(
         },
     )
     runs.complete(settings.workdir, summary)
+    print(f"index manifest: {result.manifest_uri}")
     return BuildIndexResult.from_summary(summary.to_json())

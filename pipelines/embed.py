@@ -310,7 +310,7 @@ def run(
         )
     publish_partition(staging, paths.embeddings_dir(s.workdir, model.version, s.date))
     runs.complete(s.workdir, summary)
-    return EmbedResult(read, embedded, dead, skipped, model.version, s.full)
+    return EmbedResult(**vars(runs.Counts.of(summary)), model_version=model.version, full=s.full)
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:

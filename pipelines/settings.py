@@ -98,13 +98,5 @@ class EmbedResult(Counts):
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> EmbedResult:
-        c = Counts.from_summary(summary)
-        extra = summary["extra"]
-        return cls(
-            c.read,
-            c.ok,
-            c.dead_lettered,
-            c.skipped,
-            str(extra["model_version"]),
-            bool(extra["full"]),
-        )
+        c, extra = Counts.from_summary(summary), summary["extra"]
+        return cls(**vars(c), model_version=str(extra["model_version"]), full=bool(extra["full"]))

@@ -7,6 +7,7 @@ one line on stderr naming the file or flag, a non-zero exit, no traceback.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 import shlex
 import subprocess
@@ -251,3 +252,25 @@ def test_settings_dataclasses_are_frozen() -> None:
     for name in cli.COMMANDS:
         cls = stages.load(cli.COMMANDS[name].settings)
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name
+
+
+def test_results_round_trip_through_summaries_and_xcoms() -> None:
+    """What a resumed backfill and the DAG's XComs read back is the result the stage returned."""
+    from models.settings import GateDecision, TrainResult
+    from pipelines.settings import EmbedResult
+
+    train = TrainResult("20260101-abc", {"review_recall_at_10": 0.9}, "/w/models/20260101-abc")
+    gate = GateDecision(True, train.version, None, ("first model", "floors ok"), {"x": 1.0})
+    for name, result in (("train", train), ("gate", gate)):
+        assert stages.result_from_json(name, stages.result_to_json(result)) == result
+        summary = {"date": "2026-01-01", "extra": dataclasses.asdict(result)}
+        assert stages.load(stages.STAGES[name].result).from_summary(summary) == result
+    summary = {"read": 5, "ok": 3, "dead_lettered": 1, "skipped": 1, "wall_s": 2.0}
+    embed = EmbedResult.from_summary({**summary, "extra": {"model_version": "v", "full": True}})
+    assert (embed.ok, embed.skipped, embed.model_version, embed.full) == (3, 1, "v", True)
+
+    day = stages.DayRun("cat", "/w", dt.date(2026, 1, 1), full=False)
+    assert stages.stage_argv("gate", day, {"train": train})[-2:] == ["--candidate", train.version]
+    assert "--full" in stages.stage_argv("embed", day, {"gate": gate})
+    not_promoted = dataclasses.replace(gate, promoted=False)
+    assert "--full" not in stages.stage_argv("embed", day, {"gate": not_promoted})

@@ -93,10 +93,11 @@ class Counts:
     ok: int
     dead_lettered: int
     skipped: int = 0
+    wall_s: float = 0.0
 
     @classmethod
     def of(cls, summary: RunSummary) -> Counts:
-        return cls(summary.read, summary.ok, summary.dead_lettered, summary.skipped)
+        return cls(summary.read, summary.ok, summary.dead_lettered, summary.skipped, summary.wall_s)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> Counts:
@@ -105,6 +106,7 @@ class Counts:
             int(summary["ok"]),
             int(summary["dead_lettered"]),
             int(summary.get("skipped", 0)),
+            float(summary.get("wall_s", 0.0)),
         )
 
 
