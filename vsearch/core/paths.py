@@ -15,8 +15,9 @@ def parse_date(value: str) -> dt.date:
     """``YYYY-MM-DD`` -> date, with an error that says what was expected."""
     try:
         return dt.date.fromisoformat(value)
-    except ValueError as e:
-        raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from e
+    except ValueError:
+        # The same words for every date flag of every command (the CLI names the flag).
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}") from None
 
 
 def _d(date: dt.date | str) -> str:

@@ -3,15 +3,16 @@
 Every stage and command has a frozen settings dataclass; each field that is a flag carries its
 help in ``field(metadata=doc("..."))``, so the command line (``vsearch.app.flags``), the
 defaults and the documentation come from one place and cannot drift. This module is the
-foundation layer: settings modules of every layer use it without importing argparse or anything
-heavy (``vsearch STAGE --help`` must answer without TensorFlow).
+foundation layer: settings modules of every layer use it without importing argparse or
+TensorFlow (``vsearch STAGE --help`` must answer without it).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from vsearch.core.paths import parse_date
 
 
 def doc(
@@ -47,14 +48,6 @@ def doc(
 def iso_date(value: str) -> str:
     """A date flag kept as its ``YYYY-MM-DD`` string (settings whose date is a string)."""
     return parse_date(value).isoformat()
-
-
-def parse_date(value: str) -> dt.date:
-    """The one date parser of every command: the same message for every stage."""
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}") from None
 
 
 # The flags every stage shares, written once.
