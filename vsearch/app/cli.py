@@ -12,12 +12,13 @@ goes to a log file in $TMPDIR, named in that line, and ``--debug`` prints it ins
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from vsearch.app import flags, stages
@@ -136,18 +137,34 @@ class _TracebacksToLog:
         return getattr(self._real, name)
 
 
-def _configure_logging(debug: bool) -> None:
+@contextlib.contextmanager
+def _logging(debug: bool) -> Iterator[None]:
+    """One-line log records (no tracebacks) unless --debug; restored afterwards (tests call
+    ``main`` in-process, and their captured stderr closes after each test)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    quiet = [
+        logging.getLogger(n)
+        for n in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
+    ]
+    levels = [q.level for q in quiet]
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter(logging.BASIC_FORMAT)
         if debug
         else _NoTracebacks("%(levelname)s:%(name)s:%(message)s")
     )
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    root.handlers, root.level = [handler], logging.WARNING
     if not debug:
         # Beam logs each failed attempt of a bundle; the boundary prints the error once.
-        for name in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for q in quiet:
+            q.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.handlers, root.level = saved
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
 
 
 def run_command(name: str, argv: Sequence[str]) -> object:
@@ -169,13 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vsearch: error: unknown command {name!r} (see vsearch --help)", file=sys.stderr)
         return 2
-    _configure_logging(debug)
     real_stderr = sys.stderr
     log_path = os.path.join(tempfile.gettempdir(), f"vsearch-{name}-{os.getpid()}.log")
     if not debug:
         sys.stderr = _TracebacksToLog(real_stderr, log_path)  # type: ignore[assignment]
     try:
-        run_command(name, rest)
+        with _logging(debug):
+            run_command(name, rest)
     except flags.UsageError as e:
         print(f"vsearch {name}: error: {e}", file=sys.stderr)
         return 2
