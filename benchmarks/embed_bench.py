@@ -205,7 +205,8 @@ def _run(
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.embed",
+        "vsearch",
+        "embed",
         "--catalog",
         catalog,
         "--date",
@@ -476,7 +477,7 @@ on a machine shared with other jobs (figures are single runs: expect +-15%).
 | measure | value |
 |---|---|
 | (a) raw batched `model(...)` on the same PNGs (first {RAW_SAMPLE} of them), 1 caller / 2 concurrent callers | {raw_one:.1f} / {raw_two:.1f} images/s |
-| (a) embed job, end to end (`python -m pipelines.embed` in a fresh process: imports, model load, catalog read, skip join, write included) | {job_rate:.1f} images/s ({t.full_embedded} in {t.full_wall_s:.1f} s) |
+| (a) embed job, end to end (`python -m vsearch embed` in a fresh process: imports, model load, catalog read, skip join, write included) | {job_rate:.1f} images/s ({t.full_embedded} in {t.full_wall_s:.1f} s) |
 | (a) **job / raw** (raw = the better of the two; target >= 0.8) | **{ratio_a:.2f}** ({verdict(ratio_a >= 0.8)}) |
 | (a) job / raw, marginal (fixed costs removed: full minus incremental run) | {marginal / t.raw_images_per_s:.2f} |
 | (a) time inside the model's signature calls, summed over batches (full run) | {model_s:.1f} s ({inf.get("count", 0)} batches, mean {inf.get("mean", 0)} ms) |

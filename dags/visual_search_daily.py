@@ -70,12 +70,12 @@ DAY = {
 }
 
 
-def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPipelineOperator:
-    """A Beam stage run by the Beam provider as `PYTHON -m MODULE --flag=value ...`."""
+def _beam_stage(task_id: str, stage: str, **options: object) -> BeamRunPythonPipelineOperator:
+    """A Beam stage run by the Beam provider as `PYTHON -m vsearch STAGE --flag=value ...`."""
     return BeamRunPythonPipelineOperator(
         task_id=task_id,
-        py_file=module,
-        py_options=["-m"],
+        py_file=stage,
+        py_options=["-m", "vsearch"],
         py_interpreter=PIPELINE_PYTHON,  # not a template field of the operator
         runner="{{ params.runner }}",
         default_pipeline_options="{{ params.beam_options }}",  # type: ignore[arg-type]
@@ -89,12 +89,23 @@ def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPi
 
 
 def _run_stage(
-    stage: str, catalog: str, workdir: str, date: str, train_args: str, gate_args: str
-) -> None:
-    """Runs inside the pipeline environment (ExternalPython): one stage for one date."""
+    stage: str,
+    catalog: str,
+    workdir: str,
+    date: str,
+    train_args: str,
+    gate_args: str,
+    upstream: dict[str, dict[str, object] | None] | None = None,
+) -> dict[str, object]:
+    """Runs inside the pipeline environment (ExternalPython): one stage for one date.
+
+    ``upstream``: results of earlier stages (their XComs), e.g. train's model version for the
+    gate; one that is None (no XCom: the task was marked done by hand) is read from that stage's
+    run summary. Returns this stage's result as JSON (its XCom).
+    """
     import datetime
 
-    from vsearch.app.stages import DayRun, run_stage
+    from vsearch.app.stages import DayRun, result_from_json, result_to_json, run_one
 
     day = DayRun(
         catalog=catalog,
@@ -102,17 +113,26 @@ def _run_stage(
         date=datetime.date.fromisoformat(date),
         stage_args={"train": tuple(train_args.split()), "gate": tuple(gate_args.split())},
     )
-    run_stage(stage, day)
+    results = {
+        name: result_from_json(name, value) for name, value in (upstream or {}).items() if value
+    }
+    return result_to_json(run_one(stage, day, results))
 
 
-def _embed_branch(catalog: str, workdir: str, date: str, train_args: str, gate_args: str) -> str:
-    """Runs inside the pipeline environment: full re-embed after a promotion, else incremental."""
+def _embed_branch(workdir: str, date: str, gate: dict[str, object] | None = None) -> str:
+    """Runs inside the pipeline environment: full re-embed after a promotion, else incremental.
+
+    ``gate`` is the gate's result (its XCom); without one it is read from the gate's run summary.
+    """
     import datetime
 
-    from vsearch.app.stages import summary_extra
+    from vsearch.app.stages import read_result
 
-    gate = summary_extra(workdir, "gate", datetime.date.fromisoformat(date))
-    return "embed_full" if gate.get("promoted") else "embed_incremental"
+    if gate is None:
+        promoted = read_result("gate", workdir, datetime.date.fromisoformat(date)).promoted
+    else:
+        promoted = gate["promoted"]
+    return "embed_full" if promoted else "embed_incremental"
 
 
 with DAG(
@@ -129,17 +149,22 @@ with DAG(
 ) as dag:
     in_pipeline_env = {"python": PIPELINE_PYTHON, "expect_airflow": False}
 
-    preprocess = _beam_stage("preprocess", "pipelines.preprocess")
+    preprocess = _beam_stage("preprocess", "preprocess")
     train = task.external_python(task_id="train", **in_pipeline_env)(_run_stage)
     gate = task.external_python(task_id="gate", **in_pipeline_env)(_run_stage)
     promoted = task.branch_external_python(task_id="promoted", **in_pipeline_env)(_embed_branch)
-    embed_full = _beam_stage("embed_full", "pipelines.embed", full=True)
-    embed_incremental = _beam_stage("embed_incremental", "pipelines.embed")
-    build_index = _beam_stage("build_index", "pipelines.build_index")
+    embed_full = _beam_stage("embed_full", "embed", full=True)
+    embed_incremental = _beam_stage("embed_incremental", "embed")
+    build_index = _beam_stage("build_index", "build-index")
     # After whichever embed ran; the other one is skipped by the branch.
     build_index.trigger_rule = "none_failed_min_one_success"
     publish = task.external_python(task_id="publish", **in_pipeline_env)(_run_stage)
 
-    chain_start = preprocess >> train(stage="train", **DAY) >> gate(stage="gate", **DAY)
-    chain_start >> promoted(**DAY) >> [embed_full, embed_incremental]
+    # Results flow as XComs: train's model version -> gate -> its decision -> the branch (pulled
+    # by template, so a task marked done by hand, with no XCom, falls back to its run summary).
+    # Publish reads build-index's manifest from its run summary (a Beam task returns no XCom).
+    trained = train(stage="train", **DAY)
+    decision = gate(stage="gate", upstream={"train": "{{ ti.xcom_pull(task_ids='train') }}"}, **DAY)
+    branch = promoted(DAY["workdir"], DAY["date"], "{{ ti.xcom_pull(task_ids='gate') }}")
+    preprocess >> trained >> decision >> branch >> [embed_full, embed_incremental]
     [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)

@@ -11,13 +11,16 @@ being written), are never removed.
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from index import manifest as manifest_mod
 from index import sharding
-from vsearch.core import paths, storage
+from vsearch.core import paths, runs, storage
+from vsearch.core.settings import WORKDIR, doc
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +28,36 @@ DEFAULT_RETENTION = 3  # validated builds kept (CURRENT included): room to roll 
 
 
 @dataclass(frozen=True)
+class PublishSettings:
+    workdir: str = field(metadata=WORKDIR)
+    manifest: str | None = field(
+        default=None, metadata=doc("manifest URI (default: newest build of the model version)")
+    )
+    model_version: str | None = field(
+        default=None,
+        metadata=doc("model VERSION whose newest build to publish (default: models/PUBLISHED)"),
+    )
+    retention: int = field(
+        default=DEFAULT_RETENTION, metadata=doc("validated builds kept, the published one included")
+    )
+    min_recall: float = field(default=0.0, metadata=doc("refuse a manifest below this recall@10"))
+    # The day this publish completes: its run summary and completion marker go under it (the
+    # DAG and backfill pass it; by hand without it, nothing is recorded).
+    date: dt.date | None = field(
+        default=None, metadata=doc("day to record this publish under (runs/dt=DATE/publish.*)")
+    )
+
+
+@dataclass(frozen=True)
 class PublishResult:
-    manifest_uri: str
+    manifest_uri: str  # what indexes/CURRENT points at now
     previous: str | None  # the manifest CURRENT pointed at before
     removed_builds: tuple[str, ...]  # build directories deleted by retention
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> PublishResult:
+        e = summary["extra"]
+        return cls(str(e["manifest_uri"]), e.get("previous"), tuple(e.get("removed_builds", ())))
 
 
 def indexes_root(workdir: str) -> str:
@@ -128,25 +157,29 @@ def apply_retention(workdir: str, retention: int, current_manifest: str) -> tupl
     return removed
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vsearch publish", description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--manifest", help="manifest URI (default: newest build of the model version)")
-    p.add_argument("--model-version", help="default: models/PUBLISHED")
-    p.add_argument("--retention", type=int, default=DEFAULT_RETENTION)
-    p.add_argument("--min-recall", type=float, default=0.0, help="refuse below this recall@10")
-    args = p.parse_args(argv)
-    uri = args.manifest
+def run(settings: PublishSettings) -> PublishResult:
+    """``vsearch publish``: the given manifest, or the newest build of the (published) model."""
+    uri = settings.manifest
     if uri is None:
         version = (
-            args.model_version
-            or storage.read_pointer(paths.published_model_pointer(args.workdir)).value
+            settings.model_version
+            or storage.read_pointer(paths.published_model_pointer(settings.workdir)).value
         )
         if not version:
-            raise FileNotFoundError("no --manifest, --model-version or published model")
-        uri = latest_manifest(args.workdir, version)
-    result = publish(args.workdir, uri, args.retention, min_recall=args.min_recall)
+            raise FileNotFoundError(
+                f"no --manifest, --model-version or published model "
+                f"({paths.published_model_pointer(settings.workdir)})"
+            )
+        uri = latest_manifest(settings.workdir, version)
+    with runs.stopwatch() as t:
+        result = publish(settings.workdir, uri, settings.retention, min_recall=settings.min_recall)
     print(
-        f"published {result.manifest_uri} (was {result.previous}); removed {len(result.removed_builds)} old build(s)"
+        f"published {result.manifest_uri} (was {result.previous}); "
+        f"removed {len(result.removed_builds)} old build(s)"
     )
-    return 0
+    if settings.date is not None:
+        summary = runs.RunSummary(
+            "publish", settings.date.isoformat(), 1, 1, 0, wall_s=t["s"], extra=asdict(result)
+        )
+        runs.complete(settings.workdir, summary)
+    return result

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.features import LABEL_KEYS
+from vsearch.core.settings import DATE_STR, WORKDIR, doc
 
 BACKBONES = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50")
 INSTANCE_HEAD = (
@@ -18,52 +18,66 @@ INSTANCE_HEAD = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    workdir: str
-    date: str
+    workdir: str = field(metadata=WORKDIR)
+    date: str = field(metadata=DATE_STR)  # the transformed data of this date
     # A small plain CNN trains from scratch in minutes on 2 CPU cores and meets the quality bar on
     # the generated catalog; mobilenet_v3_small / efficientnet_b0 / resnet50 are for real data/GPUs.
-    backbone: str = "small_cnn"
+    backbone: str = field(default="small_cnn", metadata=doc("the image network", choices=BACKBONES))
     # Must equal the preprocess stage's --image-size (checked against the transformed data).
-    image_size: int = 96
+    image_size: int = field(default=96, metadata=doc("input side in pixels (= preprocess's)"))
     # DESIGN.md: D=256 float32 is what the index and the embeddings Parquet are sized for.
-    embedding_dim: int = 256
+    embedding_dim: int = field(default=256, metadata=doc("embedding size D"))
     # ~10 passes over a 2,000-listing catalog fit the "few minutes on CPU" budget (recall@10 and
     # category precision still rise at epoch 8); the retrieval callback keeps the best epoch, so
     # extra epochs cannot make the exported model worse on the eval split.
-    epochs: int = 10
+    epochs: int = field(default=10, metadata=doc("passes over the train split"))
     # 64 keeps BatchNorm statistics stable while a step stays ~0.2 s on 2 CPU cores.
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=doc("images per training step"))
     # AdamW with a cosine decay from here is robust for from-scratch CNNs with BatchNorm.
-    learning_rate: float = 3e-3
-    weight_decay: float = 5e-4
+    learning_rate: float = field(default=3e-3, metadata=doc("peak AdamW learning rate"))
+    weight_decay: float = field(default=5e-4, metadata=doc("AdamW weight decay"))
     # Warm-up avoids the early BatchNorm/large-LR blow-ups of from-scratch training.
-    warmup_epochs: float = 0.5
+    warmup_epochs: float = field(default=0.5, metadata=doc("linear warm-up, in epochs"))
     # Per-head loss weights. Category is the main proxy (Etsy) and what same-category precision
     # measures: measured on the generated catalog, 2.0+ lifts it from 0.85 to 0.90 at no cost in
     # recall. Colour adds visual structure; shape/material are weakly visible at 96 px, so they get
     # less say. The instance head (listing id) pulls a buyer's phone photo onto its listing's photos;
     # at 0.5 recall@10 is already ~0.95 while it no longer splits categories into listing islands.
-    loss_weights: tuple[tuple[str, float], ...] = (
-        ("category", 2.5),
-        ("color", 1.0),
-        ("shape", 0.25),
-        ("material", 0.25),
-        (INSTANCE_HEAD, 0.5),
+    loss_weights: tuple[tuple[str, float], ...] = field(
+        default=(
+            ("category", 2.5),
+            ("color", 1.0),
+            ("shape", 0.25),
+            ("material", 0.25),
+            (INSTANCE_HEAD, 0.5),
+        ),
+        metadata=doc(
+            "per-head loss weights, e.g. category=1,color=0.5 (unnamed heads keep defaults)",
+            parse=lambda text: parse_loss_weights(text),
+            metavar="HEAD=W,...",
+        ),
     )
     # Logits = scale * cosine(embedding, class centre): aligns the heads with the retrieval metric.
-    cosine_scale: float = 16.0
+    cosine_scale: float = field(default=16.0, metadata=doc("logit scale of the cosine heads"))
     # Augment listing photos so that they look like review photos (crop, light, blur, noise).
-    augment: bool = True
+    augment: bool = field(default=True, metadata=doc("augment listing photos like phone photos"))
     # User-supplied weights file (any URI, Keras ``.weights.h5``) for transfer learning; None = scratch.
-    backbone_weights: str | None = None
+    backbone_weights: str | None = field(
+        default=None, metadata=doc("URI of a Keras .weights.h5 file for the backbone")
+    )
     # With backbone_weights: train only the top N weighted backbone layers; None = all trainable.
-    trainable_layers: int | None = None
+    trainable_layers: int | None = field(
+        default=None, metadata=doc("freeze all but the top N weighted backbone layers")
+    )
     # Mixed precision only helps on GPUs; on CPU it is slower, so "auto" enables it only there.
-    mixed_precision: str = "auto"
-    seed: int = 0
+    mixed_precision: str = field(
+        default="auto", metadata=doc("mixed float16", choices=("auto", "on", "off"))
+    )
+    seed: int = field(default=0, metadata=doc("random seed (weights, shuffling, augmentation)"))
     # Upper bound on steps per epoch (None = whole split); tests use it to stay within seconds.
-    steps_per_epoch: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: int | None = field(
+        default=None, metadata=doc("cap on steps per epoch (default: the whole split)")
+    )
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -72,6 +86,8 @@ class TrainConfig:
             raise ValueError(
                 "embedding_dim >= 2, image_size >= 32, epochs >= 1 and batch_size >= 2 are required"
             )
+        from models.features import LABEL_KEYS  # here, not above: --help must not load TensorFlow
+
         known = (*LABEL_KEYS, INSTANCE_HEAD)
         for name, w in self.loss_weights:
             if name not in known or w < 0:

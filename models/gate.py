@@ -15,10 +15,9 @@ blind side-by-side it does not lose significantly (:func:`human_eval_verdict`).
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -27,15 +26,11 @@ import tensorflow_transform as tft
 
 from models import dataset
 from models.export import load_serving
-from models.retrieval_eval import SELECTION_METRIC, evaluate
+from models.retrieval_eval import evaluate
+from models.settings import DEFAULT_FLOORS, SELECTION_METRIC, GateDecision, GateSettings
 from vsearch.core import paths, runs, storage
 
-# A first model must at least find a buyer's photo's listing in the top 10 half the time and
-# return mostly same-category neighbours; a random-init or shuffled-label model does neither.
-DEFAULT_FLOORS: tuple[tuple[str, float], ...] = (
-    (SELECTION_METRIC, 0.5),
-    ("category_precision_at_10", 0.7),
-)
+__all__ = ["DEFAULT_FLOORS", "GateDecision", "GateSettings", "decide", "measure", "run"]
 GUARDED = (
     "review_recall_at_1",
     "category_precision_at_10",
@@ -45,35 +40,6 @@ GUARDED = (
     "shape_accuracy",
     "material_accuracy",
 )
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    workdir: str
-    candidate: str
-    # 0.0: an equally good candidate is promoted (it was trained on fresher data).
-    margin: float = 0.0
-    # Metrics are measured on a few hundred images: a 2-point wobble is noise, not a regression.
-    tolerance: float = 0.02
-    floors: tuple[tuple[str, float], ...] = DEFAULT_FLOORS
-    batch_size: int = 128
-    # Off by default: a human verdict needs people (or a demo's simulated rater) in the loop.
-    # On: refuse unless a blind side-by-side against the published model (or, for a first model,
-    # any rating of it) exists under WORKDIR/eval/ and the candidate does not lose it significantly.
-    require_human_eval: bool = False
-    human_eval_alpha: float = 0.05  # sign-test level for "loses significantly"
-    allow_simulated_ratings: bool = False  # simulated ratings show the loop; they are no verdict
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promoted: bool
-    candidate: str
-    published: str | None  # the version PUBLISHED held when the gate ran
-    reasons: tuple[str, ...]
-    candidate_metrics: dict[str, float] = field(default_factory=dict)
-    published_metrics: dict[str, float] = field(default_factory=dict)
-    eval_date: str = ""
 
 
 def _embed(embedder_uri: str, pngs: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -239,70 +205,15 @@ def run(settings: GateSettings) -> GateDecision:
         storage.join(paths.model_dir(settings.workdir, settings.candidate), "gate.json"),
         json.dumps(asdict(decision), indent=2, sort_keys=True) + "\n",
     )
-    runs.write_summary(
+    # Written under the candidate's date: the day whose train produced it.
+    runs.complete(
         settings.workdir,
         runs.RunSummary(
-            "gate",
-            date,
-            read=1,
-            ok=1,
-            dead_lettered=0,
-            wall_s=clock["s"],
-            extra={
-                "candidate": settings.candidate,
-                "published_before": pointer.value,
-                "promoted": promoted,
-                "reasons": list(reasons),
-            },
+            "gate", date, read=1, ok=1, dead_lettered=0, wall_s=clock["s"], extra=asdict(decision)
         ),
     )
-    return decision
-
-
-def _floor(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--floor expects metric=value, got {text!r}") from e
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vsearch gate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--candidate", required=True, help="model VERSION under WORKDIR/models/")
-    p.add_argument("--margin", type=float, default=GateSettings.margin)
-    p.add_argument("--tolerance", type=float, default=GateSettings.tolerance)
-    p.add_argument(
-        "--floor",
-        type=_floor,
-        action="append",
-        default=None,
-        help=f"metric=value, repeatable (default {dict(DEFAULT_FLOORS)})",
-    )
-    p.add_argument(
-        "--require-human-eval",
-        action="store_true",
-        help="also require a rated blind side-by-side (vsearch eval-report) the candidate does not lose",
-    )
-    p.add_argument("--allow-simulated-ratings", action="store_true", help="demo only")
-    a = p.parse_args(argv)
-    settings = GateSettings(
-        a.workdir,
-        a.candidate,
-        a.margin,
-        a.tolerance,
-        tuple(a.floor) if a.floor else DEFAULT_FLOORS,
-        require_human_eval=a.require_human_eval,
-        allow_simulated_ratings=a.allow_simulated_ratings,
-    )
-    d = run(settings)
-    verdict = "PROMOTED" if d.promoted else "NOT promoted"
-    print(f"[gate] {d.candidate}: {verdict} (published was {d.published})")
-    for reason in d.reasons:
+    verdict = "PROMOTED" if decision.promoted else "NOT promoted"
+    print(f"[gate] {settings.candidate}: {verdict} (published was {pointer.value})")
+    for reason in reasons:
         print(f"  - {reason}")
-    return 0
+    return decision

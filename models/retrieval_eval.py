@@ -23,8 +23,7 @@ import tensorflow as tf
 from models.dataset import EvalSet
 from models.features import LABEL_KEYS
 from models.model import EMBEDDING
-
-SELECTION_METRIC = "review_recall_at_10"
+from models.settings import SELECTION_METRIC
 
 
 def _scalar(tag: str, value: float) -> None:

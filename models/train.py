@@ -6,11 +6,10 @@ with the same code. The retrieval test runs after every epoch and picks the expo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any
 
 import keras
@@ -18,19 +17,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import dataset
-from models.config import BACKBONES, INSTANCE_HEAD, TrainConfig, parse_loss_weights
+from models.config import INSTANCE_HEAD, TrainConfig
 from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
 from models.model import MaskedAccuracy, build_model, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
+from models.settings import TrainResult
 from vsearch.core import paths, runs, storage
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    version: str
-    metrics: dict[str, Any]  # best epoch's eval metrics
-    model_dir: str
 
 
 def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
@@ -171,7 +164,8 @@ def run(config: TrainConfig) -> TrainResult:
         json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n",
     )
     n_eval = len(eval_set)
-    runs.write_summary(
+    result = TrainResult(version=version, metrics=best_eval, model_dir=out_dir)
+    runs.complete(
         config.workdir,
         runs.RunSummary(
             "train",
@@ -180,64 +174,11 @@ def run(config: TrainConfig) -> TrainResult:
             ok=n_train + n_eval,
             dead_lettered=0,
             wall_s=clock["s"],
-            extra={"version": version, SELECTION_METRIC: best_eval.get(SELECTION_METRIC)},
+            extra={**asdict(result), SELECTION_METRIC: best_eval.get(SELECTION_METRIC)},
         ),
     )
-    return TrainResult(version=version, metrics=best_eval, model_dir=out_dir)
-
-
-def parse_args(argv: list[str]) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="vsearch train", description=__doc__)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--date", required=True, type=lambda s: paths.parse_date(s).isoformat())
-    p.add_argument("--backbone", choices=BACKBONES, default=TrainConfig.backbone)
-    p.add_argument("--image-size", type=int, default=TrainConfig.image_size)
-    p.add_argument("--embedding-dim", type=int, default=TrainConfig.embedding_dim)
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    p.add_argument(
-        "--loss-weights",
-        default="",
-        help="e.g. category=1,color=0.5,instance=1 (unnamed heads keep defaults)",
-    )
-    p.add_argument(
-        "--backbone-weights", default=None, help="URI of a Keras .weights.h5 file for the backbone"
-    )
-    p.add_argument(
-        "--trainable-layers",
-        type=int,
-        default=None,
-        help="freeze all but the top N weighted backbone layers",
-    )
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    return TrainConfig(
-        workdir=a.workdir,
-        date=a.date,
-        backbone=a.backbone,
-        image_size=a.image_size,
-        embedding_dim=a.embedding_dim,
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        learning_rate=a.learning_rate,
-        loss_weights=parse_loss_weights(a.loss_weights),
-        backbone_weights=a.backbone_weights,
-        trainable_layers=a.trainable_layers,
-        augment=not a.no_augment,
-        steps_per_epoch=a.steps_per_epoch,
-        seed=a.seed,
-    )
-
-
-def main(argv: list[str]) -> int:
-    config = parse_args(argv)
-    result = run(config)
     print(
-        f"[train] version {result.version}: "
-        + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}),
+        f"[train] version {version}: " + json.dumps({k: round(v, 4) for k, v in best_eval.items()}),
         flush=True,
     )
-    return 0
+    return result

@@ -18,40 +18,69 @@ job fails and no manifest is written, so nothing can be published.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import io
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from index import builder, factory, manifest, sharding, source
+from index import builder, manifest, sharding, source
 from index.builder import IndexSettings
 from index.source import BatchesFactory
 from transforms import current_embeddings, index_view
 from vsearch.core import paths, runs, storage
 from vsearch.core.runs import RunSummary
+from vsearch.core.settings import CATALOG, DATE, WORKDIR, doc
 
 STAGE = "build-index"
 
 
 @dataclass(frozen=True)
 class BuildIndexSettings:
-    catalog: str  # catalog root: the day's snapshot decides which listings are current
-    workdir: str
-    date: dt.date
+    catalog: str = field(metadata=CATALOG)  # the day's snapshot decides which listings are current
+    workdir: str = field(metadata=WORKDIR)
+    date: dt.date = field(metadata=DATE)
+    # Its fields are flags too (--factory, --shards, --target-recall, --memory-budget, ...).
     index: IndexSettings = field(default_factory=IndexSettings)
-    model_version: str | None = None  # None: models/PUBLISHED
-    batch_size: int = 65536  # rows per RecordBatch read from the embedding Parquet
-    build_id: str | None = None  # None: UTC timestamp + random suffix
+    model_version: str | None = field(
+        default=None, metadata=doc("model VERSION (default: models/PUBLISHED)")
+    )
+    batch_size: int = field(  # ~17 MB of vectors at D=256: large reads, bounded memory
+        default=65536, metadata=doc("rows per RecordBatch read from the embedding Parquet")
+    )
+    build_id: str | None = field(
+        default=None, metadata=doc("build id (default: UTC timestamp + random suffix)")
+    )
     # Buyer review photos embedded as extra validation queries: they are what shoppers send, and
     # unlike database vectors they are never in the index (0: none).
-    review_queries: int = 200
+    review_queries: int = field(
+        default=200, metadata=doc("review photos embedded as extra validation queries (0: none)")
+    )
+
+
+@dataclass(frozen=True)
+class BuildIndexResult:
+    manifest_uri: str  # validated, not yet published: publish flips indexes/CURRENT to it
+    model_version: str
+    build_id: str
+    recall_at_10: float
+    ntotal: int
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> BuildIndexResult:
+        extra = summary["extra"]
+        return cls(
+            str(extra["manifest"]),
+            str(extra["model_version"]),
+            str(extra["build_id"]),
+            float(extra["recall_at_10"]),
+            int(summary["ok"]),
+        )
 
 
 def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarray | None:
@@ -228,8 +257,8 @@ def run(
     *,
     batches_factory: BatchesFactory | None = None,
     extra_queries: np.ndarray | None = None,
-) -> RunSummary:
-    """Build, validate and write one index; returns (and writes) the run summary.
+) -> BuildIndexResult:
+    """Build, validate and write one index; writes its run summary, returns the manifest.
 
     ``batches_factory`` replaces the embedding reader (tests, benchmarks); ``extra_queries`` are
     more validation queries, e.g. review-photo embeddings of the eval split.
@@ -286,68 +315,6 @@ def run(
             "validation_queries": v.sample_size,
         },
     )
-    runs.write_summary(settings.workdir, summary)
-    return summary
-
-
-def parse_args(argv: Sequence[str]) -> tuple[BuildIndexSettings, list[str]]:
-    d = IndexSettings()
-    p = argparse.ArgumentParser(
-        prog="vsearch build-index",
-        description="Train PCA + a faiss index on a sample of the current embeddings, add them "
-        "per shard as a Beam job, validate recall@10 against exact search, write the manifest. "
-        "Unknown flags are Beam pipeline options.",
-    )
-    p.add_argument("--catalog", required=True, help="catalog root URI (the day's snapshot)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--date", required=True, type=paths.parse_date, help="YYYY-MM-DD")
-    p.add_argument("--model-version", help="default: models/PUBLISHED")
-    p.add_argument(
-        "--factory", default=d.factory, help="faiss index_factory string or auto (default)"
-    )
-    p.add_argument("--shards", type=int, default=d.shards)
-    p.add_argument("--target-recall", type=float, default=d.target_recall)
-    p.add_argument("--memory-budget", default="16G", help="index memory budget for auto, e.g. 16G")
-    p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="0: auto (keep 99%% energy)")
-    p.add_argument("--max-train-size", type=int, default=d.max_train_size)
-    p.add_argument("--validation-queries", type=int, default=d.validation_queries)
-    p.add_argument("--build-id", help="default: UTC timestamp + random suffix")
-    p.add_argument(
-        "--review-queries",
-        type=int,
-        default=BuildIndexSettings.review_queries,
-        help="review photos embedded as extra validation queries (0: none)",
-    )
-    args, pipeline_args = p.parse_known_args(list(argv))
-    index_settings = IndexSettings(
-        factory=args.factory,
-        shards=args.shards,
-        target_recall=args.target_recall,
-        memory_budget_bytes=factory.parse_memory(args.memory_budget),
-        pca_dim=args.pca_dim,
-        max_train_size=args.max_train_size,
-        validation_queries=args.validation_queries,
-    )
-    settings = BuildIndexSettings(
-        catalog=args.catalog,
-        workdir=args.workdir,
-        date=args.date,
-        index=index_settings,
-        model_version=args.model_version,
-        build_id=args.build_id,
-        review_queries=args.review_queries,
-    )
-    return settings, pipeline_args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    settings, pipeline_args = parse_args(sys.argv[1:] if argv is None else argv)
-    summary = run(settings, pipeline_args)
-    print(f"index manifest: {summary.extra['manifest']}")
-    return 0
-
-
-if __name__ == "__main__":  # the Airflow Beam operator runs `python -m MODULE --flag=value ...`
-    import sys as _sys
-
-    _sys.exit(main(_sys.argv[1:]))
+    runs.complete(settings.workdir, summary)
+    print(f"index manifest: {result.manifest_uri}")
+    return BuildIndexResult.from_summary(summary.to_json())

@@ -26,7 +26,6 @@ re-running a day gives the same rows and no duplicates. ``--full`` skips nothing
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -40,15 +39,16 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.settings import EmbedResult, EmbedSettings
+from pipelines.stage import run_pipeline
 from transforms import read_images
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
 from vsearch.core.catalog import listing_images
-from vsearch.core.deadletter import DeadLetter, clear_dead_letters
+from vsearch.core.deadletter import DeadLetter
 from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
@@ -57,24 +57,6 @@ _log = logging.getLogger(__name__)
 
 class EmbedError(RuntimeError):
     """The run cannot start (no model) or must not publish (too many bad images)."""
-
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    catalog: str
-    date: dt.date
-    workdir: str
-    model_version: str | None = None  # None: the published model (models/PUBLISHED)
-    full: bool = False  # re-embed everything: the first run of a newly promoted model
-    min_batch_size: int = 8  # BatchElements adapts between these two from measured throughput
-    max_batch_size: int = 64  # 64 x 224^2 RGB floats = 38 MB: fits any CPU or GPU worker
-    max_bad_fraction: float = 0.01  # more dead letters than this means a broken input or model
-    num_shards: int = 0  # 0: one Parquet file per ~50k rows
-    allowed_buckets: tuple[str, ...] = ()
-    large_model: bool = False  # one model copy per machine (GPU workers), not one per process
-    intra_op_threads: int = 0  # 0: TensorFlow decides
-    allow_shrink: bool = False  # embed an empty or sharply smaller snapshot (a real clear-out)
-    max_shrink_fraction: float = 0.2  # losing >20% of listings in a day is a broken export
 
 
 @dataclass(frozen=True)
@@ -321,8 +303,8 @@ def build(
 
 def run(
     settings: EmbedSettings, pipeline_args: list[str] | None = None, test_pipeline: Any = None
-) -> RunSummary:
-    """Embed the new or changed listing photos of ``settings.date``; returns the run summary."""
+) -> EmbedResult:
+    """Embed the new or changed listing photos of ``settings.date``; writes the run summary."""
     s = settings
     if not 0.0 <= s.max_bad_fraction <= 1.0:
         raise ValueError(f"--max-bad-fraction must be in 0..1, got {s.max_bad_fraction}")
@@ -339,19 +321,17 @@ def run(
     staging = paths.staging_dir(s.workdir, STAGE, s.date, attempt)
     storage.delete_prefix(storage.parent(staging))  # what crashed runs of this day left behind
     staged_rows, staged_state = storage.join(staging, "rows"), storage.join(staging, "state")
-    clear_dead_letters(s.workdir, STAGE, s.date)
-    with runs.stopwatch() as t:
-        p = test_pipeline or beam.Pipeline(
-            options=PipelineOptions(default_pipeline_args(pipeline_args))
-        )
-        build(p, s, model, key_files, staged_rows, state_files, staged_state)
-        try:
-            result = p.run()
-            result.wait_until_finish()
-        except BaseException:
-            storage.delete_prefix(staging)  # a crashed run leaves no half-written output behind
-            raise
-    c = runs.counters(result)
+    job = run_pipeline(
+        STAGE,
+        s.workdir,
+        s.date,
+        lambda p: build(p, s, model, key_files, staged_rows, state_files, staged_state),
+        default_pipeline_args(pipeline_args),
+        test_pipeline,
+        # A crashed run leaves no half-written output behind.
+        on_failure=lambda: storage.delete_prefix(staging),
+    )
+    c = job.counters
     read = c.get("images", 0) + c.get("catalog_rejected", 0)
     embedded, skipped, dead = (
         c.get("embedded", 0),
@@ -370,11 +350,13 @@ def run(
         "objects_listed": c.get("metadata_listed", 0),
         "bad_fraction": round(bad_fraction, 6),
         "published": not failed,
-        **_distributions(result),
+        **_distributions(job.result),
     }
-    summary = RunSummary(STAGE, s.date.isoformat(), read, embedded, dead, skipped, t["s"], extra)
-    runs.write_summary(s.workdir, summary)
+    summary = RunSummary(
+        STAGE, s.date.isoformat(), read, embedded, dead, skipped, job.wall_s, extra
+    )
     if failed:
+        runs.write_summary(s.workdir, summary)  # the health record, but no completion marker
         storage.delete_prefix(staging)
         raise EmbedError(
             f"{dead} of {read} images dead-lettered ({bad_fraction:.2%} > --max-bad-fraction "
@@ -386,7 +368,8 @@ def run(
         staged_state, paths.embed_state_dir(s.workdir, model.version, s.date), attempt
     )
     storage.delete_prefix(staging)
-    return summary
+    runs.complete(s.workdir, summary)
+    return EmbedResult(**vars(runs.Counts.of(summary)), model_version=model.version, full=s.full)
 
 
 def count_listings(catalog: str, date: dt.date) -> int | None:
@@ -489,75 +472,3 @@ def _distributions(result: Any) -> dict[str, Any]:
             "mean": round(v.mean, 2),
         }
     return out
-
-
-def parse_args(argv: list[str]) -> tuple[EmbedSettings, list[str]]:
-    ap = argparse.ArgumentParser(
-        prog="vsearch embed",
-        description="Embed the new or changed listing photos of a day with the published model.",
-        epilog="Other flags go to Beam (e.g. --runner=DataflowRunner, --direct_num_workers=4).",
-    )
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("--date", required=True, type=paths.parse_date)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--model", default=None, help="model VERSION (default: models/PUBLISHED)")
-    ap.add_argument("--full", action="store_true", help="re-embed everything (after a new model)")
-    ap.add_argument(
-        "--min-batch-size", type=int, default=EmbedSettings.min_batch_size, help="%(default)s"
-    )
-    ap.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=EmbedSettings.max_batch_size,
-        help="BatchElements adapts between min and max (default %(default)s)",
-    )
-    ap.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=EmbedSettings.max_bad_fraction,
-        help="fail without publishing when more images than this are dead-lettered (default %(default)s)",
-    )
-    ap.add_argument(
-        "--num-shards", type=int, default=0, help="Parquet files (0: one per ~50k rows)"
-    )
-    ap.add_argument("--allowed-bucket", action="append", default=[], dest="allowed_buckets")
-    ap.add_argument("--large-model", action="store_true", help="one model copy per machine (GPU)")
-    ap.add_argument(
-        "--intra-op-threads", type=int, default=0, help="TensorFlow threads (0: TF decides)"
-    )
-    ap.add_argument("--allow-shrink", action="store_true", help="embed an empty/shrunk snapshot")
-    a, beam_args = ap.parse_known_args(argv)
-    s = EmbedSettings(
-        catalog=a.catalog,
-        date=a.date,
-        workdir=a.workdir,
-        model_version=a.model,
-        full=a.full,
-        min_batch_size=a.min_batch_size,
-        max_batch_size=a.max_batch_size,
-        max_bad_fraction=a.max_bad_fraction,
-        num_shards=a.num_shards,
-        allowed_buckets=tuple(a.allowed_buckets),
-        large_model=a.large_model,
-        intra_op_threads=a.intra_op_threads,
-        allow_shrink=a.allow_shrink,
-    )
-    return s, beam_args
-
-
-def main(argv: list[str]) -> int:
-    settings, beam_args = parse_args(argv)
-    try:
-        run(settings, beam_args)
-    except EmbedError as e:
-        print(f"vsearch embed: error: {e}", flush=True)
-        return 1
-    return 0
-
-
-if (
-    __name__ == "__main__"
-):  # the Airflow Beam operator runs `python -m pipelines.embed --flag=value ...`
-    import sys
-
-    sys.exit(main(sys.argv[1:]))

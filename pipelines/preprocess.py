@@ -13,45 +13,24 @@ Outputs under ``WORKDIR/transformed/dt=D/``: ``train-NNNNN-of-NNNNN.tfrecord.gz`
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as F
+from pipelines.settings import PreprocessSettings
+from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from vsearch.core import catalog, paths, runs, storage
-from vsearch.core.deadletter import clear_dead_letters
-from vsearch.core.runs import METRICS_NAMESPACE
+from vsearch.core.runs import METRICS_NAMESPACE, Counts
 
 STAGE = "preprocess"
 _IMAGES = "preprocess_images"
 _ROWS = "preprocess_rows"
 _REJECTED_ROWS = "preprocess_rejected_catalog_rows"
 _BAD_IMAGES = "preprocess_bad_images"
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    catalog: str
-    date: str
-    workdir: str
-    # The model's input size; 96 px keeps CPU training to minutes and still shows pattern detail.
-    image_size: int = F.DEFAULT_IMAGE_SIZE
-    # 20% of listings (and all their reviews) held out for the retrieval test and the gate.
-    eval_fraction: float = 0.2
-    # Classes rarer than this in the train split fold into the OOV ("other") class.
-    min_class_count: int = F.DEFAULT_MIN_CLASS_COUNT
-    allowed_buckets: tuple[str, ...] = ()
-    # Fixed shard counts give deterministic file names, so a re-run replaces every file.
-    train_shards: int = 4
-    eval_shards: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _count(name: str) -> None:
@@ -202,17 +181,20 @@ def run(
     settings: PreprocessSettings,
     pipeline_args: list[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
-) -> runs.RunSummary:
-    # Idempotent for the date: stale shards or dead letters of an earlier run never mix in.
+) -> Counts:
+    """Run the stage for one date; writes its run summary and returns its counts."""
+    # Idempotent for the date: stale shards of an earlier run never mix in.
     storage.delete_prefix(_output_dir(settings))
-    clear_dead_letters(settings.workdir, STAGE, settings.date)
-    with runs.stopwatch() as clock:
-        p = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args or []))
-        build(p, settings)
-        result = p.run()
-        result.wait_until_finish()
+    job = run_pipeline(
+        STAGE,
+        settings.workdir,
+        settings.date,
+        lambda p: build(p, settings),
+        pipeline_args,
+        test_pipeline,
+    )
     _remove_tft_temp(storage.join(_output_dir(settings), "tmp"))
-    c = runs.counters(result)
+    c = job.counters
     rejected, bad, rows = c.get(_REJECTED_ROWS, 0), c.get(_BAD_IMAGES, 0), c.get(_ROWS, 0)
     summary = runs.RunSummary(
         STAGE,
@@ -220,48 +202,12 @@ def run(
         read=c.get(_IMAGES, 0) + rejected,
         ok=rows,
         dead_lettered=rejected + bad,
-        wall_s=clock["s"],
+        wall_s=job.wall_s,
         extra={
             "image_size": settings.image_size,
             "eval_fraction": settings.eval_fraction,
             "output": _output_dir(settings),
         },
     )
-    runs.write_summary(settings.workdir, summary)
-    return summary
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vsearch preprocess",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--catalog", required=True)
-    parser.add_argument("--date", required=True, type=paths.parse_date)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--image-size", type=int, default=PreprocessSettings.image_size)
-    parser.add_argument("--eval-fraction", type=float, default=PreprocessSettings.eval_fraction)
-    parser.add_argument("--min-class-count", type=int, default=PreprocessSettings.min_class_count)
-    parser.add_argument(
-        "--allowed-bucket", action="append", default=[], help="gs:// bucket images may come from"
-    )
-    args, beam_args = parser.parse_known_args(argv)
-    date: dt.date = args.date
-    settings = PreprocessSettings(
-        catalog=args.catalog,
-        date=date.isoformat(),
-        workdir=args.workdir,
-        image_size=args.image_size,
-        eval_fraction=args.eval_fraction,
-        min_class_count=args.min_class_count,
-        allowed_buckets=tuple(args.allowed_bucket),
-    )
-    run(settings, beam_args)
-    return 0
-
-
-if __name__ == "__main__":  # the Airflow Beam operator runs `python -m MODULE --flag=value ...`
-    import sys as _sys
-
-    _sys.exit(main(_sys.argv[1:]))
+    runs.complete(settings.workdir, summary)
+    return Counts.of(summary)

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.conftest import copy_workdir
-from vsearch.app import backfill
+from vsearch.app import backfill, cli
 from vsearch.core import paths, storage
 
 STAGES = "embed,build-index,publish"
@@ -22,7 +22,7 @@ STAGES = "embed,build-index,publish"
 
 def _cmd(catalog: str, workdir: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "vsearch.app.cli", "backfill",
+        sys.executable, "-m", "vsearch", "backfill",
         "--catalog", catalog, "--workdir", workdir,
         "--start", "2026-01-01", "--end", "2026-01-03", "--stages", STAGES, *extra,
     ]  # fmt: skip
@@ -31,8 +31,8 @@ def _cmd(catalog: str, workdir: str, *extra: str) -> list[str]:
 def test_dry_run_prints_the_plan(
     tiny_catalog: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = backfill.main(
-        ["--catalog", tiny_catalog, "--workdir", str(tmp_path), "--start", "2026-01-01",
+    code = cli.main(
+        ["backfill", "--catalog", tiny_catalog, "--workdir", str(tmp_path), "--start", "2026-01-01",
          "--end", "2026-01-02", "--stages", STAGES, "--dry-run"]
     )  # fmt: skip
     assert code == 0

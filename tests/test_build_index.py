@@ -12,6 +12,7 @@ from benchmarks import vectors
 from index import builder, manifest, publish, source, synthetic
 from index.searcher import Searcher, ShardError
 from pipelines import build_index
+from vsearch.app import stages
 from vsearch.core import embeddings, paths, runs, storage
 
 DIM = 32
@@ -38,12 +39,11 @@ def test_beam_build_matches_in_process_build(table, tmp_path) -> None:  # type: 
     summary = build_index.run(
         settings, BEAM_ARGS, batches_factory=synthetic.batches_factory(table, 500)
     )
-    assert summary.read == summary.ok == 4000
+    assert summary.ntotal == 4000
     assert (
-        runs.read_summary(workdir, "build-index", DATE)["extra"]["manifest"]
-        == summary.extra["manifest"]
+        runs.read_summary(workdir, "build-index", DATE)["extra"]["manifest"] == summary.manifest_uri
     )
-    beam_m = manifest.read(str(summary.extra["manifest"]))
+    beam_m = manifest.read(str(summary.manifest_uri))
     assert beam_m.validation is not None and beam_m.validation.recall_at_10 >= 0.95
     local = builder.build_index(
         synthetic.batches_factory(table, 500),
@@ -55,7 +55,7 @@ def test_beam_build_matches_in_process_build(table, tmp_path) -> None:  # type: 
     assert [e.ntotal for e in beam_m.shards] == [e.ntotal for e in local.manifest.shards]
     q = vectors.clustered(30, dim=DIM, point_seed=7)
     with (
-        Searcher.from_manifest_uri(str(summary.extra["manifest"])) as a,
+        Searcher.from_manifest_uri(str(summary.manifest_uri)) as a,
         Searcher.from_manifest_uri(local.manifest_uri) as b,
     ):
         sa, _, _ = a.search_raw(q, 10, {"nprobe": 16})
@@ -70,7 +70,7 @@ def test_beam_build_multi_processing(table, tmp_path) -> None:  # type: ignore[n
         args,
         batches_factory=synthetic.batches_factory(table, 1000),
     )
-    m = manifest.read(str(summary.extra["manifest"]))
+    m = manifest.read(str(summary.manifest_uri))
     assert m.ntotal == 4000 and len(m.shards) == 2
 
 
@@ -104,8 +104,8 @@ def test_real_embedding_reader(tmp_path) -> None:  # type: ignore[no-untyped-def
     summary = build_index.run(
         small_settings(workdir, factory="Flat", shards=2), BEAM_ARGS, batches_factory=source
     )
-    assert summary.ok == 597
-    with Searcher.from_manifest_uri(str(summary.extra["manifest"])) as s:
+    assert summary.ntotal == 597
+    with Searcher.from_manifest_uri(str(summary.manifest_uri)) as s:
         assert s.search_vectors(x[[5]], 1)[0][0].listing_id == "L00000001"
         assert "L00000007" not in {h.listing_id for h in s.search_vectors(x[[21]], 5)[0]}
 
@@ -118,7 +118,7 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
         BEAM_ARGS,
         batches_factory=synthetic.batches_factory(table, 1000),
     )
-    uri = str(summary.extra["manifest"])
+    uri = str(summary.manifest_uri)
     assert uri.startswith("gs://") and storage.exists(uri)
     publish.publish(workdir, uri)
     cache = str(tmp_path / "cache")
@@ -135,7 +135,7 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
 
 
 def test_cli_flags_parse() -> None:
-    settings, beam_args = build_index.parse_args(
+    settings, beam_args, _ = stages.command("build-index").parse(
         [
             "--catalog",
             "c",
@@ -159,7 +159,7 @@ def test_cli_flags_parse() -> None:
     assert settings.index.memory_budget_bytes == 2 << 30 and settings.index.target_recall == 0.9
     assert beam_args == ["--runner", "DirectRunner"]
     with pytest.raises(ValueError, match="unsupported"):
-        build_index.parse_args(
+        stages.command("build-index").parse(
             ["--catalog", "c", "--workdir", "w", "--date", "2026-01-02", "--factory", "LSH"]
         )
 

@@ -17,7 +17,7 @@ from pipelines import check_catalog
 from tests import image_fixtures as fx
 from tests.test_catalog import listing, write_table
 from transforms.read_catalog import ReadCatalog
-from vsearch.app import cli
+from vsearch.app import cli, stages
 from vsearch.core import runs, snapshot, storage
 from vsearch.core.catalog import CatalogError
 from vsearch.core.deadletter import read_dead_letters
@@ -155,7 +155,7 @@ def test_unusable_snapshot_is_a_clear_error(tmp_path, capsys) -> None:
 
 def test_help_explains_flags(capsys) -> None:
     with pytest.raises(SystemExit):
-        check_catalog.main(["--help"])
+        cli.main(["check-catalog", "--help"])
     out = capsys.readouterr().out
     for flag in (
         "--catalog",
@@ -166,7 +166,7 @@ def test_help_explains_flags(capsys) -> None:
         "--max-pixels",
     ):
         assert flag in out
-    settings, beam_args = check_catalog.parse_args(
+    settings, beam_args, _ = stages.command("check-catalog").parse(
         [
             "--catalog",
             "c",
@@ -181,6 +181,7 @@ def test_help_explains_flags(capsys) -> None:
         ]
     )
     assert settings.allowed_buckets == ("b",) and settings.date == dt.date(2026, 1, 2)
+    assert settings.image_size == check_catalog.CheckCatalogSettings.image_size  # no drift
     assert beam_args == ["--runner", "DirectRunner"]
     assert PipelineOptions(beam_args).get_all_options()["runner"] == "DirectRunner"
 

@@ -22,6 +22,7 @@ from PIL import Image
 from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
+from vsearch.app import cli
 from vsearch.core import catalog as catalog_mod
 from vsearch.core import embeddings, paths, runs, snapshot, storage
 from vsearch.core.deadletter import read_dead_letters
@@ -238,7 +239,17 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(EmbedError, match="no --model given and no published model"):
         embed.run(_settings(str(tmp_path), str(tmp_path), D1), BEAM_ARGS)
     assert (
-        embed.main(["--catalog", str(tmp_path), "--date", "2026-01-01", "--workdir", str(tmp_path)])
+        cli.main(
+            [
+                "embed",
+                "--catalog",
+                str(tmp_path),
+                "--date",
+                "2026-01-01",
+                "--workdir",
+                str(tmp_path),
+            ]
+        )
         == 1
     )
 
@@ -252,8 +263,9 @@ def test_multi_processing_mode(fake_model_dir, tmp_path, large_model: bool) -> N
     version = _install_model(fake_model_dir, workdir)
     _tiny_catalog(catalog, D1, GOOD)
     args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    rc = embed.main(
+    rc = cli.main(
         [
+            "embed",
             "--catalog",
             catalog,
             "--date",
@@ -514,9 +526,10 @@ def test_empty_or_shrunk_snapshot_is_refused_unless_allowed(fake_model_dir, tmp_
     _tiny_catalog(catalog, D3, {})
     with pytest.raises(EmbedError, match=r"snapshot of 2026-01-03 .* is empty"):
         embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
-    assert embed.parse_args(
+    parsed, _, _ = cli.command_line("embed").parse(
         ["--catalog", catalog, "--date", "2026-01-03", "--workdir", workdir, "--allow-shrink"]
-    )[0].allow_shrink
+    )
+    assert parsed.allow_shrink
 
 
 def test_lone_surrogate_is_a_dead_letter_not_a_dead_job(fake_model_dir, tmp_path) -> None:

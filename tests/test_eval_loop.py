@@ -127,8 +127,9 @@ def test_gate_requires_a_human_verdict(loop) -> None:  # type: ignore[no-untyped
     assert storage.read_pointer(paths.published_model_pointer(workdir)).value == published
     # The demo's switch: simulated ratings accepted, no significant loss -> promoted.
     assert (
-        gate.main(
+        cli.main(
             [
+                "gate",
                 "--workdir",
                 workdir,
                 "--candidate",

@@ -16,7 +16,8 @@ import pytest
 from benchmarks import vectors
 from index import builder, manifest, publish, synthetic
 from index.searcher import Searcher
-from vsearch.core import paths, storage
+from vsearch.app import cli
+from vsearch.core import paths, runs, storage
 
 MODEL = "20260101-test"
 DIM = 16
@@ -144,7 +145,7 @@ def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> 
     make_build(w, "20260101T000000Z-aaaaaa")
     latest = make_build(w, "20260102T000000Z-bbbbbb")
     storage.write_text(paths.published_model_pointer(w), MODEL + "\n")
-    assert publish.main(["--workdir", w]) == 0
+    assert cli.main(["publish", "--workdir", w]) == 0
     assert storage.read_pointer(paths.current_index_pointer(w)).value == latest
     assert "published" in capsys.readouterr().out
 
@@ -187,7 +188,7 @@ def test_publisher_killed_inside_the_swap_does_not_wedge_publishing(tmp_path) ->
     assert Searcher.open(w).manifest.build_id == "20260103T000000Z-333333"
 
 
-def test_empty_pointers_are_reported_as_empty_not_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_empty_pointers_are_reported_as_empty_not_missing(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     w = str(tmp_path)
     uri = make_build(w, "20260101T000000Z-aaaaaa")
     current = paths.current_index_pointer(w)
@@ -201,5 +202,33 @@ def test_empty_pointers_are_reported_as_empty_not_missing(tmp_path) -> None:  # 
     storage.write_text(published, "\n")
     with pytest.raises(storage.PointerError, match=f"pointer {published} is empty"):
         publish.publish(w, uri)
-    with pytest.raises(storage.PointerError, match="is empty"):
-        publish.main(["--workdir", w])
+    assert cli.main(["publish", "--workdir", w]) == 1
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_a_hand_run_publish_is_done_for_backfill(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A stage run by hand writes its own completion marker: backfill --dry-run will skip it."""
+    w = str(tmp_path)
+    latest = make_build(w, "20260101T000000Z-aaaaaa")
+    storage.write_text(paths.published_model_pointer(w), MODEL + "\n")
+    assert cli.main(["publish", "--workdir", w, "--date", "2026-01-01"]) == 0
+    assert runs.read_summary(w, "publish", "2026-01-01")["extra"]["manifest_uri"] == latest
+    capsys.readouterr()
+    argv = ["backfill", "--catalog", "unused", "--workdir", w, "--start", "2026-01-01"]
+    assert cli.main([*argv, "--end", "2026-01-02", "--stages", "publish", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-01-01  publish      done, will skip",
+        "2026-01-02  publish      will run",
+    ]
+
+
+def test_publish_refuses_a_non_finite_min_recall(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16 point 2: nan compares false with everything, so it would let any index through."""
+    w = str(tmp_path)
+    make_build(w, "20260101T000000Z-aaaaaa")
+    storage.write_text(paths.published_model_pointer(w), MODEL + "\n")
+    for bad in ("nan", "inf", "-inf"):
+        assert cli.main(["publish", "--workdir", w, f"--min-recall={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--min-recall" in err and "finite" in err, err
+    assert storage.read_pointer(paths.current_index_pointer(w)).value is None

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from index import builder, publish, synthetic
-from vsearch.app import query
+from vsearch.app import cli
 from vsearch.app.photo_search import PhotoSearch
 from vsearch.core import paths, storage
 
@@ -86,10 +86,10 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     # A JPEG "phone photo" of listing 7's colour, at another size, finds listing 7 first.
     img = tmp_path / "query.jpg"
     img.write_bytes(photo(COLOURS[7], "JPEG", size=80))
-    assert query.main([str(img), "--workdir", workdir, "--k", "3", "--json"]) == 0
+    assert cli.main(["query", str(img), "--workdir", workdir, "--k", "3", "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert line["hits"][0]["listing_id"] == synthetic.listing_id(7) and len(line["hits"]) == 3
-    assert query.main([str(img), "--workdir", workdir, "--k", "2"]) == 0
+    assert cli.main(["query", str(img), "--workdir", workdir, "--k", "2"]) == 0
     text = capsys.readouterr().out
     assert synthetic.listing_id(7) in text and synthetic.CATEGORIES[7 % 4] in text
 

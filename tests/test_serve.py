@@ -17,8 +17,9 @@ from starlette.testclient import TestClient
 from index import synthetic
 from tests import serve_fixtures as fx
 from tests.test_index_query import photo
+from vsearch.app import cli
 from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings, parse_args
+from vsearch.app.serve.command import ServeSettings
 
 LIMIT = 200_000  # max upload bytes in these tests
 
@@ -206,10 +207,12 @@ def test_metrics_count_requests_latency_errors_and_the_index(client: TestClient)
 
 
 def test_settings_from_flags() -> None:
-    s = parse_args(["--workdir", "w", "--port", "9000", "--max-upload-bytes", "5"])
-    assert (s.workdir, s.port, s.max_upload_bytes, s.host) == ("w", 9000, 5, "127.0.0.1")
+    s, _, _ = cli.command_line("serve").parse(
+        ["--workdir", "w", "--port", "9000", "--max-upload", "5K"]
+    )
+    assert (s.workdir, s.port, s.max_upload_bytes, s.host) == ("w", 9000, 5 << 10, "127.0.0.1")
     with pytest.raises(ValueError, match="--max-k must be >= 1"):
-        parse_args(["--workdir", "w", "--max-k", "0"])
+        cli.command_line("serve").parse(["--workdir", "w", "--max-k", "0"])
 
 
 def test_without_catalog_only_predicted_category_filters(
@@ -237,8 +240,6 @@ def test_query_cli_reports_each_bad_photo_and_answers_the_good_ones(
 ) -> None:
     import json
 
-    from vsearch.app import query
-
     workdir, _ = served
     good, text, bomb = tmp_path / "good.jpg", tmp_path / "notes.jpg", tmp_path / "bomb.png"
     good.write_bytes(jpeg(9))
@@ -246,7 +247,7 @@ def test_query_cli_reports_each_bad_photo_and_answers_the_good_ones(
     bomb.write_bytes(png_bomb())
     missing = tmp_path / "missing.jpg"
     argv = [str(good), str(text), str(missing), str(bomb), str(good), "--workdir", workdir]
-    assert query.main([*argv, "--k", "2", "--json"]) == 1  # some photos failed
+    assert cli.main(["query", *argv, "--k", "2", "--json"]) == 1  # some photos failed
     out = capsys.readouterr()
     lines = [json.loads(x) for x in out.out.strip().splitlines()]
     assert [x["image"] for x in lines] == argv[:5]
@@ -255,4 +256,6 @@ def test_query_cli_reports_each_bad_photo_and_answers_the_good_ones(
     assert "not an image" in lines[1]["error"]
     assert "cannot read" in lines[2]["error"] and "missing.jpg" in lines[2]["error"]
     assert "pixels" in lines[3]["error"]
-    assert out.err.count("error:") == 3 and str(text) in out.err
+    # One line per bad photo, then the command's one-line verdict.
+    assert out.err.count("error:") == 4 and str(text) in out.err
+    assert "3 of 5 photos could not be searched" in out.err.strip().splitlines()[-1]

@@ -8,26 +8,56 @@ idempotent for its date, so a stage killed half-way is simply run again.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from vsearch.app.stages import DAILY_STAGES, DayRun, StageFailed, is_done, run_day
-from vsearch.core import paths
+from vsearch.core.settings import CATALOG, WORKDIR, doc
+
+
+def _stage_list(text: str) -> tuple[str, ...]:
+    """``embed,publish`` -> those stages, in daily order."""
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in DAILY_STAGES]
+    if unknown or not wanted:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(DAILY_STAGES)}")
+    return tuple(s for s in DAILY_STAGES if s in wanted)
+
+
+def _stage_flags(value: str) -> tuple[str, tuple[str, ...]]:
+    stage, sep, flags = value.partition("=")
+    if not sep or stage not in DAILY_STAGES:
+        raise ValueError(f"expected STAGE=FLAGS with STAGE in {DAILY_STAGES}, got {value!r}")
+    return stage, tuple(flags.split())
 
 
 @dataclass(frozen=True)
 class BackfillSettings:
-    catalog: str
-    workdir: str
-    start: dt.date
-    end: dt.date  # inclusive, as Airflow's backfill and most engineers read a date range
-    stages: tuple[str, ...] = DAILY_STAGES
-    full: bool = False
-    pipeline_args: tuple[str, ...] = ()
-    stage_args: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    catalog: str = field(metadata=CATALOG)
+    workdir: str = field(metadata=WORKDIR)
+    start: dt.date = field(metadata=doc("first date, YYYY-MM-DD", metavar="YYYY-MM-DD"))
+    # Inclusive, as Airflow's backfill and most engineers read a date range.
+    end: dt.date = field(metadata=doc("last date (inclusive), YYYY-MM-DD", metavar="YYYY-MM-DD"))
+    stages: tuple[str, ...] = field(
+        default=DAILY_STAGES,
+        metadata=doc("comma-separated subset, run in daily order", parse=_stage_list),
+    )
+    full: bool = field(default=False, metadata=doc("re-embed every image on every date"))
+    dry_run: bool = field(default=False, metadata=doc("print the plan and run nothing"))
+    # Validated when each stage parses them, with that stage's own strict flags.
+    stage_args: tuple[tuple[str, tuple[str, ...]], ...] = field(
+        default=(),
+        metadata=doc(
+            'extra flags for one stage, repeatable, e.g. --stage-flags "train=--epochs 2"',
+            flag="stage-flags",
+            parse=_stage_flags,
+            repeat=True,
+            metavar="STAGE=FLAGS",
+        ),
+    )
+    # Beam pipeline options for every Beam stage (what follows the flags on the command line).
+    pipeline_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if self.end < self.start:
@@ -55,6 +85,9 @@ def run(
 ) -> list[tuple[dt.date, str]]:
     """Run the backfill; returns the (date, stage) steps that ran. Raises StageFailed on failure."""
     ran: list[tuple[dt.date, str]] = []
+    stage_args: dict[str, tuple[str, ...]] = {}
+    for stage, flags in settings.stage_args:  # --stage-flags may name a stage more than once
+        stage_args[stage] = stage_args.get(stage, ()) + flags
     for d in dates(settings.start, settings.end):
         day = DayRun(
             catalog=settings.catalog,
@@ -62,79 +95,21 @@ def run(
             date=d,
             full=settings.full,
             pipeline_args=settings.pipeline_args,
-            stage_args=dict(settings.stage_args),
+            stage_args=stage_args,
         )
         ran += [(d, s) for s in run_day(day, settings.stages, on_event=on_event)]
     return ran
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vsearch backfill",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other flag (e.g. --runner DataflowRunner ...) goes to every Beam stage.",
-    )
-    p.add_argument(
-        "--catalog", required=True, help="catalog root URI (holds dt=YYYY-MM-DD/ snapshots)"
-    )
-    p.add_argument("--workdir", required=True, help="working directory URI for every output")
-    p.add_argument("--start", required=True, type=paths.parse_date, help="first date, YYYY-MM-DD")
-    p.add_argument("--end", required=True, type=paths.parse_date, help="last date (inclusive)")
-    p.add_argument(
-        "--stages",
-        default=",".join(DAILY_STAGES),
-        help=f"comma-separated subset, run in daily order (default: {','.join(DAILY_STAGES)})",
-    )
-    p.add_argument("--full", action="store_true", help="re-embed every image on every date")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
-    p.add_argument(
-        "--stage-flags",
-        action="append",
-        default=[],
-        metavar="STAGE=FLAGS",
-        help='extra flags for one stage, repeatable, e.g. --stage-flags "train=--epochs 2"',
-    )
-    return p
-
-
-def _stage_flags(values: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    out: dict[str, tuple[str, ...]] = {}
-    for value in values:
-        stage, sep, flags = value.partition("=")
-        if not sep or stage not in DAILY_STAGES:
-            raise ValueError(
-                f"--stage-flags wants STAGE=FLAGS with STAGE in {DAILY_STAGES}, got {value!r}"
-            )
-        out[stage] = out.get(stage, ()) + tuple(flags.split())
-    return tuple(out.items())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args, pipeline_args = _parser().parse_known_args(argv)
-    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
-    settings = BackfillSettings(
-        catalog=args.catalog,
-        workdir=args.workdir,
-        start=args.start,
-        end=args.end,
-        stages=tuple(s for s in DAILY_STAGES if s in wanted)
-        + tuple(s for s in wanted if s not in DAILY_STAGES),
-        full=args.full,
-        pipeline_args=tuple(pipeline_args),
-        stage_args=_stage_flags(args.stage_flags),
-    )
-    if args.dry_run:
+def cli_run(settings: BackfillSettings, pipeline_args: list[str]) -> None:
+    """``vsearch backfill``: the plan (``--dry-run``) or the run; Beam options go to Beam stages."""
+    settings = replace(settings, pipeline_args=tuple(pipeline_args))
+    if settings.dry_run:
         for d, stage, done in plan(settings):
             print(f"{d}  {stage:<12} {'done, will skip' if done else 'will run'}")
-        return 0
+        return
     try:
         ran = run(settings)
     except StageFailed as e:
-        print(
-            f"vsearch backfill: {e}\nFix the cause and run the same command again to resume.",
-            file=sys.stderr,
-        )
-        return 1
+        raise StageFailed(f"{e}. Fix the cause and run the same command again to resume.") from e
     print(f"backfill {settings.start}..{settings.end}: ran {len(ran)} step(s)")
-    return 0

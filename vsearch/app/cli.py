@@ -1,114 +1,241 @@
-"""``vsearch``: a thin map from stage names to the library functions that run them.
+"""``vsearch``: a thin map from command names to the library functions that run them.
 
-Each stage module owns its flags (``main(argv)`` parses app flags with ``parse_known_args`` and
-hands every unknown flag to Beam as a pipeline option), exactly as Beam's own examples do. Stage
-modules are imported only when their command runs, so ``vsearch --help`` is instant.
+Every command is ``run(settings)``: its flags are generated from its settings dataclass
+(``vsearch.app.flags``), strict (a misspelt flag is an error, exit 2), and Beam stages hand the
+rest to Beam only when they are Beam pipeline options. Modules load only when their command
+runs, and settings live in light modules, so ``vsearch STAGE --help`` never loads TensorFlow.
+
+This is also the one error boundary: a failing command prints ONE line on stderr (``vsearch
+embed: error: ...`` naming the file or flag) and exits 1 (2 for a usage error); its traceback
+goes to a log file in $TMPDIR, named in that line, and ``--debug`` prints it instead.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
+import logging
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-# name -> (module with a `main(argv) -> int`, one-line help). Order = pipeline order.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "generate-catalog": (
-        "vsearch.synthetic.generate",
+from vsearch.app import flags, stages
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    settings: str  # "module:Class"
+    run: str  # "module:function": run(settings) or, with beam, run(settings, pipeline_args)
+    beam: bool = False
+
+
+# The commands that are not daily stages; stages come from the stage registry.
+_TOOLS: dict[str, Command] = {
+    "generate-catalog": Command(
         "write a synthetic marketplace catalog (K daily snapshots) for demos, tests, benchmarks",
+        "vsearch.synthetic.generate:GenerateSettings",
+        "vsearch.synthetic.generate:run",
     ),
-    "check-catalog": (
-        "pipelines.check_catalog",
-        "Beam: validate a day's snapshot and read every image safely; dead-letter the bad ones",
+    "query": Command(
+        "search by photo: top-k listings for an image file",
+        "vsearch.app.query:QuerySettings",
+        "vsearch.app.query:run",
     ),
-    "preprocess": (
-        "pipelines.preprocess",
-        "Beam + TF Transform: decode, normalise, build label vocabularies, split train/eval",
-    ),
-    "train": (
-        "models.train",
-        "train the multitask embedding model and export a raw-bytes SavedModel",
-    ),
-    "gate": (
-        "models.gate",
-        "promote the candidate model (flip models/PUBLISHED) if it is good enough",
-    ),
-    "embed": (
-        "pipelines.embed",
-        "Beam RunInference: embed new or changed images, write Parquet (incremental by default)",
-    ),
-    "build-index": (
-        "pipelines.build_index",
-        "Beam + faiss: train PCA + index once, add per shard, validate recall, write a manifest",
-    ),
-    "publish": ("index.publish", "flip indexes/CURRENT to a validated manifest (compare-and-swap)"),
-    "query": ("vsearch.app.query", "search by photo: top-k listings for an image file"),
-    "serve": (
-        "vsearch.app.serve.command",
+    "serve": Command(
         "HTTP search by photo with filters, following each publish (hot swap); /health page",
+        "vsearch.app.serve.command:ServeSettings",
+        "vsearch.app.serve.command:run",
     ),
-    "eval-sample": (
-        "vsearch.app.evaluation.sample",
+    "eval-sample": Command(
         "human eval: draw stratified query photos, retrieve top-k (one model or two), write a task",
+        "vsearch.app.evaluation.sample:SampleSettings",
+        "vsearch.app.evaluation.sample:cli_run",
     ),
-    "rate": (
-        "vsearch.app.evaluation.server",
+    "rate": Command(
         "human eval: a local web page to rate a task's results (blind side by side for two models)",
+        "vsearch.app.evaluation.server:RateSettings",
+        "vsearch.app.evaluation.server:run",
     ),
-    "eval-simulate": (
-        "vsearch.app.evaluation.simulate",
+    "eval-simulate": Command(
         "human eval: rate a task from the generated catalog's ground truth (labelled simulated)",
+        "vsearch.app.evaluation.simulate:SimulateSettings",
+        "vsearch.app.evaluation.simulate:cli_run",
     ),
-    "eval-report": (
-        "vsearch.app.evaluation.report",
+    "eval-report": Command(
         "human eval: precision/nDCG with intervals, rater agreement, side-by-side sign test",
+        "vsearch.app.evaluation.report:ReportSettings",
+        "vsearch.app.evaluation.report:cli_run",
     ),
-    "backfill": (
-        "vsearch.app.backfill",
+    "backfill": Command(
         "run the stages for every date in a range, resuming after failure",
+        "vsearch.app.backfill:BackfillSettings",
+        "vsearch.app.backfill:cli_run",
+        beam=True,
     ),
-    "demo": (
-        "vsearch.app.demo",
+    "demo": Command(
         "the whole pipeline on a generated catalog, locally, and a results page",
+        "vsearch.app.demo:DemoSettings",
+        "vsearch.app.demo:run",
     ),
 }
+
+# name -> Command, in pipeline order (generate-catalog first, the tools after the stages).
+COMMANDS: dict[str, Command] = {
+    "generate-catalog": _TOOLS["generate-catalog"],
+    **{n: Command(s.help, s.settings, s.run, s.beam) for n, s in stages.STAGES.items()},
+    **{n: c for n, c in _TOOLS.items() if n != "generate-catalog"},
+}
+
+
+def command_line(name: str) -> flags.Command:
+    """The generated parser of a command (also used by the README test)."""
+    c = COMMANDS[name]
+    return flags.Command(f"vsearch {name}", stages.load(c.settings), c.help, beam=c.beam)
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
         "usage: vsearch COMMAND [flags]   (vsearch COMMAND --help for its flags)",
+        "       python -m vsearch COMMAND [flags]",
         "",
         "Search by photo for marketplaces: the daily batch pipeline.",
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
     lines += [
         "",
-        "Beam stages accept any Beam pipeline option after their own flags, e.g.",
+        "Beam stages accept Beam pipeline options after their own flags, e.g.",
         "  vsearch embed ... --runner DataflowRunner --project P --region R --temp_location gs://...",
+        "Any other unknown flag is an error. --debug prints the traceback of an error.",
     ]
     return "\n".join(lines)
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message, or for a wrapped traceback its last line."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:  # Beam re-raises a worker's traceback
+        text = [line for line in text.splitlines() if line.strip()][-1].strip()
+    text = " ".join(text.split()) or type(error).__name__
+    if not isinstance(error, ValueError | OSError | RuntimeError | LookupError):
+        text = f"{type(error).__name__}: {text}"  # not an expected kind of error: say which
+    return text if len(text) <= 1000 else text[:1000] + " ..."
+
+
+class _NoTracebacks(logging.Formatter):
+    """Log records as one line each: libraries (Beam) log a failing bundle's traceback."""
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 (logging's name)
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None
+        return " ".join(super().format(record).split("\n", 1)[:1])
+
+
+class _TracebacksToLog:
+    """stderr that moves traceback blocks to a log file and passes everything else through.
+
+    Beam prints a failed bundle's traceback straight to stderr (sdk_worker), once per attempt;
+    without --debug the boundary's one line is what the user sees, and the log file keeps them.
+    """
+
+    def __init__(self, real: object, log_path: str) -> None:
+        self._real, self.log_path = real, log_path
+
+    def write(self, text: str) -> int:
+        if "Traceback (most recent call last)" in text:
+            with open(self.log_path, "a", encoding="utf-8") as log:  # a local temp file
+                log.write(text)
+            return len(text)
+        return int(self._real.write(text))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+@contextlib.contextmanager
+def _logging(debug: bool) -> Iterator[None]:
+    """One-line log records (no tracebacks) unless --debug; restored afterwards (tests call
+    ``main`` in-process, and their captured stderr closes after each test)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    quiet = [
+        logging.getLogger(n)
+        for n in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
+    ]
+    levels = [q.level for q in quiet]
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(logging.BASIC_FORMAT)
+        if debug
+        else _NoTracebacks("%(levelname)s:%(name)s:%(message)s")
+    )
+    root.handlers, root.level = [handler], logging.WARNING
+    if not debug:
+        # Beam logs each failed attempt of a bundle; the boundary prints the error once.
+        for q in quiet:
+            q.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.handlers, root.level = saved
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+
+
+def run_command(name: str, argv: Sequence[str]) -> object:
+    c = COMMANDS[name]
+    settings, pipeline_args, _ = command_line(name).parse(argv)
+    fn = stages.load(c.run)
+    return fn(settings, pipeline_args) if c.beam else fn(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if args[:1] == ["--debug"]:  # `vsearch --debug COMMAND ...` works too
+        args = args[1:] + ["--debug"]
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"vsearch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"vsearch: error: unknown command {name!r} (see vsearch --help)", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    real_stderr = sys.stderr
+    log_path = os.path.join(tempfile.gettempdir(), f"vsearch-{name}-{os.getpid()}.log")
+    if not debug:
+        sys.stderr = _TracebacksToLog(real_stderr, log_path)  # type: ignore[assignment]
     try:
-        code: int = module.main(rest)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Bad input gets one clear line, not a traceback from deep inside a library.
+        with _logging(debug):
+            run_command(name, rest)
+    except flags.UsageError as e:
         print(f"vsearch {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vsearch {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        else:
+            with open(log_path, "a", encoding="utf-8") as log:
+                traceback.print_exc(file=log)
+        where = "" if debug else f" (traceback: {log_path}; --debug prints it)"
+        print(f"vsearch {name}: error: {one_line(e)}{where}", file=real_stderr)
         return 1
-    return code
+    finally:
+        sys.stderr = real_stderr
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,18 +8,16 @@ against the published index, and the results are printed and written as an HTML 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
 import json
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vsearch.app.stages import DAILY_STAGES, DayRun, run_day
 from vsearch.core import paths, runs, storage
+from vsearch.core.settings import doc
 
 START = dt.date(2026, 1, 1)
 DAY2_STAGES = ("embed", "build-index", "publish")
@@ -27,14 +25,23 @@ DAY2_STAGES = ("embed", "build-index", "publish")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    workdir: str = "demo-output"
-    listings: int = (
-        800  # enough for retrieval to be fine-grained; trains in a few minutes on 2 cores
+    workdir: str = field(default="demo-output", metadata=doc("where everything is written"))
+    # Enough for retrieval to be fine-grained; trains in a few minutes on 2 cores.
+    listings: int = field(default=800, metadata=doc("catalog size (at least 50)"))
+    seed: int = field(default=7, metadata=doc("catalog seed"))
+    # Printed one by one; recall@10 is measured on every held-out review photo.
+    queries: int = field(default=8, metadata=doc("queries printed one by one"))
+    epochs: int | None = field(  # None: the train stage's default
+        default=None, metadata=doc("training epochs (default: train's default)")
     )
-    seed: int = 7
-    queries: int = 8  # printed one by one; recall@10 is measured on every held-out review photo
-    epochs: int | None = None  # None: the train stage's default
-    corrupt_fraction: float = 0.005  # a few broken images, to show the dead-letter path
+    # A few broken images, to show the dead-letter path.
+    corrupt_fraction: float = field(
+        default=0.005, metadata=doc("fraction of catalog images written broken")
+    )
+
+    def __post_init__(self) -> None:
+        if self.listings < 50:
+            raise ValueError(f"--listings must be at least 50, got {self.listings}")
 
 
 @dataclass(frozen=True)
@@ -194,37 +201,3 @@ returned. Green outline: the photo's own listing. Review photo to listing recall
 held-out review photos: <b>{recall10:.3f}</b>.</p>
 <table>{"".join(rows)}</table>
 """
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsearch demo", description=__doc__)
-    d = DemoSettings()
-    p.add_argument(
-        "--workdir", default=d.workdir, help=f"where everything is written (default {d.workdir})"
-    )
-    p.add_argument(
-        "--listings", type=int, default=d.listings, help=f"catalog size (default {d.listings})"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="catalog seed")
-    p.add_argument("--queries", type=int, default=d.queries, help="queries printed one by one")
-    p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: train's default)"
-    )
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.listings < 50:
-        print("vsearch demo: --listings must be at least 50", file=sys.stderr)
-        return 2
-    run(
-        DemoSettings(
-            workdir=args.workdir,
-            listings=args.listings,
-            seed=args.seed,
-            queries=args.queries,
-            epochs=args.epochs,
-        )
-    )
-    return 0

@@ -1,33 +1,176 @@
-"""Running the daily stages for one date: the glue shared by backfill, the demo and the DAG.
+"""The stage registry, and running the daily stages for one date (backfill, the demo, the DAG).
 
-Each stage is run through its own ``main(argv)`` with the same flags a user would type, so a
-backfill, a DAG task and a hand-typed command do exactly the same thing. Stages hand results to
-the next one through their run summaries (``WORKDIR/runs/dt=D/STAGE.json``): train records the
-model version, gate whether it promoted it, build-index the manifest it wrote. That keeps every
-stage restartable on its own, from any process or machine.
+Every stage is ``run(settings) -> Result`` (Beam stages also take Beam pipeline args): a frozen
+settings dataclass in, a typed result out. ``run_day`` hands each result to the next stage: the
+gate measures train's ``TrainResult.version``, embed re-embeds everything (``--full``) when the
+gate's ``GateDecision.promoted``, publish flips CURRENT to build-index's
+``BuildIndexResult.manifest_uri``. Settings are parsed from the same flags a user would type
+(``vsearch.app.flags``), so a backfill, a DAG task and a hand-typed command do the same thing.
 
-A stage that finished for a date gets a completion marker (``runs/dt=D/STAGE.done``); backfill
-skips stages whose marker exists, which is how it resumes after a failure.
+Each stage writes its run summary (the health record) and, last, its completion marker
+(``runs/dt=D/STAGE.done``) itself. ``run_day`` skips a stage whose marker exists and reads the
+result a later stage needs back from its run summary (``Result.from_summary``), which is how a
+backfill resumes after a failure, in another process or on another machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
+import json
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from vsearch.app import cli
-from vsearch.core import paths, runs, storage
+from vsearch.app import flags
+from vsearch.core import runs, storage
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    settings: str  # "module:Class", a light module: --help must not load TensorFlow
+    run: str  # "module:function": run(settings[, pipeline_args]) -> result
+    result: str  # "module:Class" with from_summary(run summary) -> result
+    beam: bool  # a Beam job: takes Beam pipeline options
+    record: str = ""  # name of its run summary and completion marker (default: name)
+
+    @property
+    def record_name(self) -> str:
+        return self.record or self.name
+
+
+_COUNTS = "vsearch.core.runs:Counts"
+# Registry order = pipeline order.
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "check-catalog",
+            "Beam: validate a day's snapshot and read every image safely; dead-letter the bad ones",
+            "pipelines.settings:CheckCatalogSettings",
+            "pipelines.check_catalog:run",
+            _COUNTS,
+            beam=True,
+            record="catalog",
+        ),
+        Stage(
+            "preprocess",
+            "Beam + TF Transform: decode, normalise, build label vocabularies, split train/eval",
+            "pipelines.settings:PreprocessSettings",
+            "pipelines.preprocess:run",
+            _COUNTS,
+            beam=True,
+        ),
+        Stage(
+            "train",
+            "train the multitask embedding model and export a raw-bytes SavedModel",
+            "models.config:TrainConfig",
+            "models.train:run",
+            "models.settings:TrainResult",
+            beam=False,
+        ),
+        Stage(
+            "gate",
+            "promote the candidate model (flip models/PUBLISHED) if it is good enough",
+            "models.settings:GateSettings",
+            "models.gate:run",
+            "models.settings:GateDecision",
+            beam=False,
+        ),
+        Stage(
+            "embed",
+            "Beam RunInference: embed new or changed images, write Parquet (incremental by default)",
+            "pipelines.settings:EmbedSettings",
+            "pipelines.embed:run",
+            "pipelines.settings:EmbedResult",
+            beam=True,
+        ),
+        Stage(
+            "build-index",
+            "Beam + faiss: train PCA + index once, add per shard, validate recall, write a manifest",
+            "pipelines.build_index:BuildIndexSettings",
+            "pipelines.build_index:run",
+            "pipelines.build_index:BuildIndexResult",
+            beam=True,
+        ),
+        Stage(
+            "publish",
+            "flip indexes/CURRENT to a validated manifest (compare-and-swap)",
+            "index.publish:PublishSettings",
+            "index.publish:run",
+            "index.publish:PublishResult",
+            beam=False,
+        ),
+    )
+}
 
 # The daily order (DESIGN.md). check-catalog is optional: preprocess and embed dead-letter bad
 # inputs themselves, so the daily run does not pay for reading every image one more time.
 DAILY_STAGES: tuple[str, ...] = ("preprocess", "train", "gate", "embed", "build-index", "publish")
-BEAM_STAGES: frozenset[str] = frozenset({"check-catalog", "preprocess", "embed", "build-index"})
 
 
 class StageFailed(RuntimeError):
-    """A stage exited non-zero or raised; the message names the stage and date."""
+    """A stage raised; the message names the stage and date."""
+
+
+def load(ref: str) -> Any:
+    """``"module:attr"`` -> the attribute (stage modules load only when their stage runs)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def command(name: str) -> flags.Command:
+    """The command line of a stage, generated from its settings dataclass."""
+    stage = STAGES[name]
+    return flags.Command(f"vsearch {name}", load(stage.settings), stage.help, beam=stage.beam)
+
+
+def run_stage(name: str, settings: Any, pipeline_args: Sequence[str] = ()) -> Any:
+    """Run one stage with its settings; returns its typed result."""
+    stage = STAGES[name]
+    fn = load(stage.run)
+    return fn(settings, list(pipeline_args)) if stage.beam else fn(settings)
+
+
+def is_done(workdir: str, name: str, date: dt.date) -> bool:
+    return runs.is_done(workdir, STAGES[name].record_name, date)
+
+
+def read_result(name: str, workdir: str, date: dt.date) -> Any:
+    """The result a finished stage returned, read back from its run summary."""
+    stage = STAGES[name]
+    try:
+        summary = runs.read_summary(workdir, stage.record_name, date)
+    except storage.StorageError as e:
+        raise StageFailed(f"{name} has no run summary for {date}; run it first ({e})") from e
+    return load(stage.result).from_summary(summary)
+
+
+def result_to_json(result: Any) -> dict[str, Any]:
+    """A stage's result as plain JSON values (an Airflow XCom, a log line)."""
+    return dict(json.loads(json.dumps(dataclasses.asdict(result), default=str)))
+
+
+def result_from_json(name: str, value: Mapping[str, Any]) -> Any:
+    """The typed result of stage ``name`` back from ``result_to_json``."""
+    return _from_json(load(STAGES[name].result), value)
+
+
+def _from_json(cls: Any, value: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        v, tp = value[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            v = _from_json(tp, v)
+        elif typing.get_origin(tp) is tuple:
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -43,68 +186,32 @@ class DayRun:
     stage_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def is_done(workdir: str, stage: str, date: dt.date) -> bool:
-    return storage.exists(paths.completion_marker(workdir, stage, date))
-
-
-def mark_done(workdir: str, stage: str, date: dt.date) -> None:
-    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    storage.write_text(paths.completion_marker(workdir, stage, date), stamp + "\n")
-
-
-def summary_extra(workdir: str, stage: str, date: dt.date) -> dict[str, object]:
-    """The ``extra`` dict a stage recorded in its run summary for a date."""
-    try:
-        return dict(runs.read_summary(workdir, stage, date).get("extra", {}))
-    except storage.StorageError as e:
-        raise StageFailed(f"{stage} has no run summary for {date}; run it first ({e})") from e
-
-
-def stage_argv(stage: str, day: DayRun) -> list[str]:
-    """The command-line flags for one stage on one date (what a user would type)."""
+def stage_argv(name: str, day: DayRun, results: Mapping[str, Any]) -> list[str]:
+    """The flags of one stage on one date (what a user would type), from earlier results."""
     d = day.date.isoformat()
-    common = ["--workdir", day.workdir, "--date", d]
-    if stage in ("check-catalog", "preprocess"):
-        argv = ["--catalog", day.catalog, *common]
-    elif stage == "train":
-        argv = [*common]
-    elif stage == "gate":
-        version = str(summary_extra(day.workdir, "train", day.date)["version"])
-        argv = ["--workdir", day.workdir, "--candidate", version]  # its date is the candidate's
-    elif stage == "embed":
-        argv = ["--catalog", day.catalog, *common]
-        if day.full or _promoted_on(day.workdir, day.date):
-            argv.append("--full")
-    elif stage == "build-index":
-        argv = ["--catalog", day.catalog, *common]
-    elif stage == "publish":
-        manifest = str(summary_extra(day.workdir, "build-index", day.date)["manifest"])
-        argv = ["--workdir", day.workdir, "--manifest", manifest]
-    else:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(DAILY_STAGES)}")
-    argv += list(day.stage_args.get(stage, ()))
-    if stage in BEAM_STAGES:
-        argv += list(day.pipeline_args)
-    return argv
+    argv = ["--workdir", day.workdir]
+    if name in ("check-catalog", "preprocess", "embed", "build-index"):
+        argv += ["--catalog", day.catalog, "--date", d]
+    elif name == "train":
+        argv += ["--date", d]
+    elif name == "gate":  # its date is the candidate's
+        argv += ["--candidate", _result("train", day, results).version]
+    elif name == "publish":
+        argv += ["--manifest", _result("build-index", day, results).manifest_uri, "--date", d]
+    if name == "embed" and (day.full or _promoted(day, results)):
+        argv.append("--full")
+    return argv + list(day.stage_args.get(name, ()))
 
 
-def _promoted_on(workdir: str, date: dt.date) -> bool:
+def _result(name: str, day: DayRun, results: Mapping[str, Any]) -> Any:
+    return results[name] if name in results else read_result(name, day.workdir, day.date)
+
+
+def _promoted(day: DayRun, results: Mapping[str, Any]) -> bool:
     """True when the gate promoted a new model that day: its embeddings start from scratch."""
-    if not storage.exists(paths.run_summary(workdir, "gate", date)):
+    if "gate" not in results and not is_done(day.workdir, "gate", day.date):
         return False
-    return bool(summary_extra(workdir, "gate", date).get("promoted", False))
-
-
-def run_stage(stage: str, day: DayRun) -> None:
-    """Run one stage for one date through its ``main``; raise StageFailed if it fails."""
-    module = importlib.import_module(cli.COMMANDS[stage][0])
-    argv = stage_argv(stage, day)
-    try:
-        code = module.main(argv)
-    except Exception as e:
-        raise StageFailed(f"{stage} failed for {day.date}: {type(e).__name__}: {e}") from e
-    if code != 0:
-        raise StageFailed(f"{stage} failed for {day.date} (exit {code}); flags: {' '.join(argv)}")
+    return bool(_result("gate", day, results).promoted)
 
 
 def run_day(
@@ -112,17 +219,29 @@ def run_day(
     stages: Sequence[str] = DAILY_STAGES,
     skip_done: bool = True,
     on_event: Callable[[str], None] = print,
-) -> list[str]:
-    """Run ``stages`` in order for one date; returns the stages that actually ran."""
-    ran: list[str] = []
-    for stage in stages:
-        if skip_done and is_done(day.workdir, stage, day.date):
-            on_event(f"[{day.date}] {stage}: already complete, skipped")
+) -> dict[str, Any]:
+    """Run ``stages`` in order for one date; returns the results of the stages that ran."""
+    results: dict[str, Any] = {}
+    for name in stages:
+        if skip_done and is_done(day.workdir, name, day.date):
+            on_event(f"[{day.date}] {name}: already complete, skipped")
             continue
-        on_event(f"[{day.date}] {stage}: running")
+        on_event(f"[{day.date}] {name}: running")
         with runs.stopwatch() as t:
-            run_stage(stage, day)
-        mark_done(day.workdir, stage, day.date)
-        on_event(f"[{day.date}] {stage}: done in {t['s']:.1f}s")
-        ran.append(stage)
-    return ran
+            results[name] = run_one(name, day, results)
+        on_event(f"[{day.date}] {name}: done in {t['s']:.1f}s")
+    return results
+
+
+def run_one(name: str, day: DayRun, results: Mapping[str, Any] | None = None) -> Any:
+    """One stage for one date, its inputs from ``results`` or the earlier stages' summaries."""
+    try:
+        argv = stage_argv(name, day, results or {})
+        if STAGES[name].beam:
+            argv += list(day.pipeline_args)
+        settings, pipeline_args, _ = command(name).parse(argv)
+        return run_stage(name, settings, pipeline_args)
+    except StageFailed:
+        raise
+    except Exception as e:
+        raise StageFailed(f"{name} failed for {day.date}: {type(e).__name__}: {e}") from e

@@ -15,8 +15,9 @@ def parse_date(value: str) -> dt.date:
     """``YYYY-MM-DD`` -> date, with an error that says what was expected."""
     try:
         return dt.date.fromisoformat(value)
-    except ValueError as e:
-        raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from e
+    except ValueError:
+        # The same words for every date flag of every command (the CLI names the flag).
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}") from None
 
 
 def _d(date: dt.date | str) -> str:
@@ -107,7 +108,7 @@ def run_summary(workdir: str, stage: str, date: dt.date | str) -> str:
 
 
 def completion_marker(workdir: str, stage: str, date: dt.date | str) -> str:
-    """Written last by backfill/DAG when a stage finished for a date."""
+    """Written last by a stage itself when it finished for a date (``runs.complete``)."""
     return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.done")
 
 

@@ -1,7 +1,9 @@
-"""Run summaries: ``WORKDIR/runs/dt=D/STAGE.json`` plus a one-line summary on stdout.
+"""Run summaries (``WORKDIR/runs/dt=D/STAGE.json``) and completion markers (``STAGE.done``).
 
 Every stage accounts for every input: ``read == ok + skipped + dead_lettered``. A summary that
-does not add up is a bug in the stage, so writing it raises instead of hiding it.
+does not add up is a bug in the stage, so writing it raises instead of hiding it. A stage that
+finished for a date writes its completion marker last (``complete``), whoever ran it (a user, a
+backfill, the DAG), so a backfill knows what is already done.
 """
 
 from __future__ import annotations
@@ -66,6 +68,46 @@ def write_summary(workdir: str, summary: RunSummary, echo: bool = True) -> str:
     if echo:
         print(summary.one_line(), flush=True)
     return uri
+
+
+def mark_done(workdir: str, stage: str, date: dt.date | str) -> None:
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    storage.write_text(paths.completion_marker(workdir, stage, date), stamp + "\n")
+
+
+def is_done(workdir: str, stage: str, date: dt.date | str) -> bool:
+    return storage.exists(paths.completion_marker(workdir, stage, date))
+
+
+def complete(workdir: str, summary: RunSummary) -> None:
+    """A stage finished: its run summary, then (last) its completion marker."""
+    write_summary(workdir, summary)
+    mark_done(workdir, summary.stage, summary.date)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The result of a stage whose output is files: how many inputs it read, wrote, dropped."""
+
+    read: int
+    ok: int
+    dead_lettered: int
+    skipped: int = 0
+    wall_s: float = 0.0
+
+    @classmethod
+    def of(cls, summary: RunSummary) -> Counts:
+        return cls(summary.read, summary.ok, summary.dead_lettered, summary.skipped, summary.wall_s)
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> Counts:
+        return cls(
+            int(summary["read"]),
+            int(summary["ok"]),
+            int(summary["dead_lettered"]),
+            int(summary.get("skipped", 0)),
+            float(summary.get("wall_s", 0.0)),
+        )
 
 
 def read_summary(workdir: str, stage: str, date: dt.date | str) -> dict[str, Any]:

@@ -20,20 +20,18 @@ them, and the same arguments give byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vsearch.core import paths, storage
+from vsearch.core.settings import doc
 from vsearch.synthetic import products, render
 from vsearch.synthetic.render import listing_id, review_id
 
@@ -329,69 +327,39 @@ def _catalog_json(
 # ---------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vsearch generate-catalog",
-        description=(
-            "Write a synthetic marketplace catalog: procedurally drawn products in 12 categories "
-            "(studio photos) plus buyer review photos of the same products, as daily snapshots "
-            "OUT/dt=YYYY-MM-DD/{listings,reviews}.parquet with images under OUT/images/. "
-            "Later days add, change and remove listings. Same arguments, same bytes."
-        ),
+@dataclass(frozen=True)
+class GenerateSettings:
+    out: str = field(
+        metadata=doc(
+            "output root: a local path or gs://bucket/prefix", positional=True, metavar="OUT"
+        )
     )
-    p.add_argument("out", metavar="OUT", help="output root: a local path or gs://bucket/prefix")
-    p.add_argument(
-        "--listings", type=int, required=True, help="number of listings on the first day"
+    listings: int = field(metadata=doc("number of listings on the first day"))
+    seed: int = field(metadata=doc("random seed; the output is a pure function of it"))
+    # Each later day adds ~5%, re-shoots ~3% and removes ~2% of the listings.
+    days: int = field(default=1, metadata=doc("number of daily snapshots"))
+    start_date: dt.date = field(
+        default=dt.date(2026, 1, 1), metadata=doc("date of the first snapshot, YYYY-MM-DD")
     )
-    p.add_argument(
-        "--days",
-        type=int,
-        default=1,
-        help="number of daily snapshots; each later day adds ~5%%, re-shoots ~3%% and "
-        "removes ~2%% of the listings (default 1)",
+    image_size: int = field(default=128, metadata=doc("width and height of every JPEG in pixels"))
+    # Truncated JPEG, zero bytes, HTML named .jpg: exercises the dead-letter paths.
+    corrupt_fraction: float = field(
+        default=0.0, metadata=doc("fraction of listing images written deliberately broken")
     )
-    p.add_argument(
-        "--seed", type=int, required=True, help="random seed; the output is a pure function of it"
-    )
-    p.add_argument(
-        "--start-date",
-        type=paths.parse_date,
-        default=dt.date(2026, 1, 1),
-        help="date of the first snapshot, YYYY-MM-DD (default 2026-01-01)",
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=128,
-        help="width and height of every JPEG in pixels (default 128)",
-    )
-    p.add_argument(
-        "--corrupt-fraction",
-        type=float,
-        default=0.0,
-        help="fraction of listing images written deliberately broken (truncated JPEG, "
-        "zero bytes, HTML named .jpg) to exercise dead letters (default 0)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=MAX_WORKERS,
-        help=f"rendering processes (default {MAX_WORKERS})",
-    )
-    return p
+    workers: int = field(default=MAX_WORKERS, metadata=doc("rendering processes"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def run(settings: GenerateSettings) -> GeneratedCatalog:
+    """``vsearch generate-catalog``: write the catalog and print one line about it."""
     result = generate_catalog(
-        args.out,
-        args.listings,
-        args.days,
-        args.seed,
-        image_size=args.image_size,
-        start_date=args.start_date,
-        corrupt_fraction=args.corrupt_fraction,
-        workers=args.workers,
+        settings.out,
+        settings.listings,
+        settings.days,
+        settings.seed,
+        image_size=settings.image_size,
+        start_date=settings.start_date,
+        corrupt_fraction=settings.corrupt_fraction,
+        workers=settings.workers,
     )
     last = result.days[-1]
     total_written = sum(d.images_written for d in result.days)
@@ -401,4 +369,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(+{last.added} ~{last.changed} -{last.removed}); {total_written} image files written "
         f"in {result.wall_s:.1f} s ({total_written / max(result.wall_s, 1e-9):.0f} images/s)"
     )
-    return 0
+    return result

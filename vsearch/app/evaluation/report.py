@@ -11,30 +11,33 @@ for the candidate when its list's DCG@k (same grades, same gains) is higher than
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vsearch.app.evaluation import stats
 from vsearch.app.evaluation.ratings import RatingStore
-from vsearch.app.evaluation.task import RatingTask, read_task
+from vsearch.app.evaluation.task import TASK, RatingTask, read_task
 from vsearch.core import paths, storage
+from vsearch.core.settings import doc
 
 REPORT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class ReportSettings:
-    task: str  # URI of task.json
-    alpha: float = 0.05  # sign-test level for "loses (or wins) significantly"
-    bootstrap_samples: int = 2000  # percentile intervals stable to ~0.005 at 50 queries
-    worst: int = 5  # queries shown as pictures in the HTML page
-    seed: int = 0
+    task: str = field(metadata=TASK)
+    alpha: float = field(
+        default=0.05, metadata=doc("sign-test level for 'loses (or wins) significantly'")
+    )
+    bootstrap_samples: int = field(  # percentile intervals stable to ~0.005 at 50 queries
+        default=2000, metadata=doc("bootstrap resamples for the confidence intervals")
+    )
+    worst: int = field(default=5, metadata=doc("worst queries shown as pictures in the page"))
+    seed: int = field(default=0, metadata=doc("seed of the bootstrap"))
 
 
 Grades = dict[tuple[str, str], list[int]]  # (query_id, listing_id) -> every rater's grade
@@ -196,17 +199,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vsearch eval-report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", required=True, help="task.json written by vsearch eval-sample")
-    p.add_argument("--alpha", type=float, default=ReportSettings.alpha)
-    a = p.parse_args(argv)
-    json_uri, html_uri = run(ReportSettings(a.task, a.alpha))
+def cli_run(s: ReportSettings) -> tuple[str, str]:
+    json_uri, html_uri = run(s)
     for line in summary_lines(json.loads(storage.read_text(json_uri))):
         print(f"  {line}")
     print(f"[eval-report] {json_uri}\n[eval-report] {html_uri}")
-    return 0
+    return json_uri, html_uri

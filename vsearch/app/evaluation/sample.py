@@ -11,34 +11,43 @@ rest are listing photos (primary image; at most one query per listing). Same see
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from vsearch.app.evaluation import retrieve
 from vsearch.app.evaluation.task import Query, RatingTask, Result, query_id, write_task
 from vsearch.core import images, paths, snapshot, storage
+from vsearch.core.settings import CATALOG, DATE_STR, WORKDIR, doc
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    workdir: str
-    date: str
-    catalog: str  # the CATALOG root whose day-D snapshot the queries (and ground truth) come from
-    model: str | None = None  # None: the published model (models/PUBLISHED)
-    against: str | None = None  # a second version: side-by-side, blind (None: rate one model)
-    queries: int = 50  # ~30 min of rating at k=10; enough for a sign test to see a clear loss
-    k: int = 10  # what a shopper sees on the first screen
-    seed: int = 0  # same seed, same queries and same left/right order
-    review_fraction: float = 0.5  # review photos are the hard, user-like queries
+    workdir: str = field(metadata=WORKDIR)
+    date: str = field(metadata=DATE_STR)  # the snapshot the queries come from
+    # The CATALOG root whose day-D snapshot the queries (and their ground truth) come from.
+    catalog: str = field(metadata=CATALOG)
+    model: str | None = field(
+        default=None, metadata=doc("model VERSION to rate (default: the published model)")
+    )
+    against: str | None = field(  # None: rate one model
+        default=None, metadata=doc("a second model VERSION: blind side-by-side")
+    )
+    queries: int = field(  # ~30 min of rating at k=10; enough for a sign test to see a clear loss
+        default=50, metadata=doc("query photos to draw (every category gets at least one)")
+    )
+    k: int = field(default=10, metadata=doc("results per query (a shopper's first screen)"))
+    seed: int = field(default=0, metadata=doc("same seed, same queries and left/right order"))
+    review_fraction: float = field(  # review photos are the hard, user-like queries
+        default=0.5, metadata=doc("share of queries that are buyers' review photos")
+    )
 
 
 @dataclass(frozen=True)
@@ -210,24 +219,8 @@ def run(s: SampleSettings) -> str:
     return uri
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vsearch eval-sample",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--date", required=True, help="YYYY-MM-DD: the snapshot queries come from")
-    p.add_argument("--catalog", required=True, help="CATALOG root (dt=D/ folders under it)")
-    p.add_argument("--model", default=None, help="model VERSION to rate (default: published)")
-    p.add_argument("--against", default=None, help="a second VERSION: blind side-by-side")
-    p.add_argument("--queries", type=int, default=SampleSettings.queries)
-    p.add_argument("--k", type=int, default=SampleSettings.k)
-    p.add_argument("--seed", type=int, default=SampleSettings.seed)
-    a = p.parse_args(argv)
-    uri = run(
-        SampleSettings(a.workdir, a.date, a.catalog, a.model, a.against, a.queries, a.k, a.seed)
-    )
+def cli_run(s: SampleSettings) -> str:
+    uri = run(s)
     print(f"[eval-sample] rating task: {uri}")
     print(f"  rate it:  vsearch rate --task {uri}")
-    return 0
+    return uri

@@ -12,11 +12,10 @@ clear message on the page and one line in the log, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,8 +25,9 @@ from starlette.routing import Route
 
 from vsearch.app.evaluation import pages
 from vsearch.app.evaluation.ratings import SIMULATED_PREFIX, RatingStore, check_rater, grade_of
-from vsearch.app.evaluation.task import RatingTask, TaskError, read_task
+from vsearch.app.evaluation.task import TASK, RatingTask, TaskError, read_task
 from vsearch.core import images, storage
+from vsearch.core.settings import doc
 
 log = logging.getLogger("vsearch.rate")
 PHOTO_SIZE = 320  # pixels on the longer side: enough to judge colour, shape and material
@@ -35,11 +35,20 @@ PHOTO_SIZE = 320  # pixels on the longer side: enough to judge colour, shape and
 
 @dataclass(frozen=True)
 class RateSettings:
-    task: str  # URI of task.json
-    port: int = 8765  # any free port; two raters may also run two servers
-    host: str = "127.0.0.1"  # local only: the app has no login
-    rater: str | None = None  # default rater name (None: asked on the first page)
-    simulate: bool = False  # rate with the simulated rater instead of serving a page
+    task: str = field(metadata=TASK)
+    port: int = field(  # any free port; two raters may also run two servers
+        default=8765, metadata=doc("port of the rating page")
+    )
+    host: str = field(  # local only: the app has no login
+        default="127.0.0.1", metadata=doc("address to listen on")
+    )
+    rater: str | None = field(
+        default=None, metadata=doc("your name (default: asked on the first page)")
+    )
+    simulate: bool = field(
+        default=False,
+        metadata=doc("rate from the generated catalog's ground truth (labelled simulated)"),
+    )
 
 
 class _State:
@@ -226,22 +235,3 @@ def run(settings: RateSettings) -> int:
     )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     return 0
-
-
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vsearch rate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", required=True, help="task.json written by vsearch eval-sample")
-    p.add_argument("--port", type=int, default=RateSettings.port)
-    p.add_argument("--host", default=RateSettings.host)
-    p.add_argument("--rater", default=None, help="your name (default: asked on the first page)")
-    p.add_argument(
-        "--simulate",
-        action="store_true",
-        help="rate from the generated catalog's ground truth (labelled simulated)",
-    )
-    a = p.parse_args(argv)
-    return run(RateSettings(a.task, a.port, a.host, a.rater, a.simulate))

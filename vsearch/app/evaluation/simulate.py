@@ -12,23 +12,26 @@ unless told otherwise (``--allow-simulated-ratings``). They measure the pipeline
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from vsearch.app.evaluation.ratings import SIMULATED_PREFIX, RatingStore
-from vsearch.app.evaluation.task import read_task
+from vsearch.app.evaluation.task import TASK, read_task
 from vsearch.core import paths, snapshot
+from vsearch.core.settings import doc
 
 
 @dataclass(frozen=True)
 class SimulateSettings:
-    task: str  # URI of task.json
-    rater: str = "ground-truth"  # stored as "simulated-<rater>"
-    noise: float = 0.0  # share of answers replaced by a random grade (0: exact ground truth)
-    seed: int = 0
+    task: str = field(metadata=TASK)
+    rater: str = field(  # stored as "simulated-<rater>"
+        default="ground-truth", metadata=doc("simulated rater's name (stored as simulated-NAME)")
+    )
+    noise: float = field(  # 0: exact ground truth
+        default=0.0, metadata=doc("share of answers replaced by a random grade")
+    )
+    seed: int = field(default=0, metadata=doc("seed of the noise"))
 
 
 def truth_grade(query_listing: str, query_category: str, listing: str, category: str | None) -> int:
@@ -91,20 +94,8 @@ def run(s: SimulateSettings) -> int:
     return rate_all(s.task, s.rater, s.noise, s.seed)
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vsearch eval-simulate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", required=True)
-    p.add_argument("--rater", default=SimulateSettings.rater)
-    p.add_argument("--noise", type=float, default=SimulateSettings.noise)
-    p.add_argument("--seed", type=int, default=SimulateSettings.seed)
-    a = p.parse_args(argv)
-    s = SimulateSettings(a.task, a.rater, a.noise, a.seed)
+def cli_run(s: SimulateSettings) -> int:
     n = run(s)
-    print(
-        f"[eval-simulate] SIMULATED rater {SIMULATED_PREFIX}{s.rater.removeprefix(SIMULATED_PREFIX)}: {n} ratings"
-    )
-    return 0
+    name = SIMULATED_PREFIX + s.rater.removeprefix(SIMULATED_PREFIX)
+    print(f"[eval-simulate] SIMULATED rater {name}: {n} ratings")
+    return n

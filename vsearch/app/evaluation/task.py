@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from vsearch.core import storage
+from vsearch.core.settings import doc
 
 FORMAT_VERSION = 1
+# The --task flag of rate, eval-simulate and eval-report.
+TASK = doc("rating task URI (task.json written by vsearch eval-sample)")
 QueryKind = Literal["listing", "review"]
 
 

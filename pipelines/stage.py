@@ -1,0 +1,48 @@
+"""The skeleton every Beam stage shares: clear the day's dead letters, build and run the job
+timed, read its counters. The stage then turns the counters into its run summary and calls
+``runs.complete`` (summary, then completion marker) once its output is in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from vsearch.core import runs
+from vsearch.core.deadletter import clear_dead_letters
+
+
+@dataclass(frozen=True)
+class BeamRun:
+    counters: dict[str, int]  # committed counters of the vsearch namespace, by name
+    wall_s: float
+    result: Any  # the PipelineResult, for distributions and other metrics
+
+
+def run_pipeline(
+    stage: str,
+    workdir: str,
+    date: dt.date | str,
+    build: Callable[[beam.Pipeline], None],
+    pipeline_args: list[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    on_failure: Callable[[], None] | None = None,
+) -> BeamRun:
+    """Run one stage's job for one date; ``on_failure`` cleans up if the job raises."""
+    clear_dead_letters(workdir, stage, date)  # idempotent: no stale dead letters mix in
+    with runs.stopwatch() as t:
+        p = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args or []))
+        build(p)
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except BaseException:
+            if on_failure is not None:
+                on_failure()
+            raise
+    return BeamRun(runs.counters(result), t["s"], result)
