@@ -1,33 +1,25 @@
 """Pure shard arithmetic: which shard a listing lives on, and how many shards an index needs.
 
-A listing's shard is a stable hash of its ``listing_id`` (blake2b, not Python's salted ``hash``),
-so every image of a listing lands on one shard, every worker and every day agree, and a
-listing's shard never depends on which other listings exist. The hash is keyed with its own
-personalisation string so that it is independent of the train/eval split hash.
+A listing's shard is ``vsearch.core.hashing.stable_hash`` of its ``listing_id`` (not Python's
+salted ``hash``), so every image of a listing lands on one shard, every worker and every day
+agree, and a listing's shard never depends on which other listings exist.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
-_PERSON = b"vsearch-shard"  # <= 16 bytes; separates this hash from other stable hashes
-
-
-def listing_hash(listing_id: str) -> int:
-    """A stable unsigned 64-bit hash of a listing id."""
-    h = hashlib.blake2b(listing_id.encode("utf-8"), digest_size=8, person=_PERSON)
-    return int.from_bytes(h.digest(), "big")
+from vsearch.core.hashing import stable_hash
 
 
 def shard_of(listing_id: str, num_shards: int) -> int:
     """The shard (0..num_shards-1) that holds every image of ``listing_id``."""
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    return listing_hash(listing_id) % num_shards
+    return stable_hash(listing_id) % num_shards
 
 
 def shards_of(listing_ids: Sequence[str], num_shards: int) -> np.ndarray:
@@ -37,7 +29,7 @@ def shards_of(listing_ids: Sequence[str], num_shards: int) -> np.ndarray:
     if num_shards == 1:
         return np.zeros(len(listing_ids), dtype=np.int32)
     return np.fromiter(
-        (listing_hash(i) % num_shards for i in listing_ids), dtype=np.int32, count=len(listing_ids)
+        (stable_hash(i) % num_shards for i in listing_ids), dtype=np.int32, count=len(listing_ids)
     )
 
 

@@ -6,13 +6,13 @@ The record, its folder and how to clear or read it are ``vsearch.core.deadletter
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from collections.abc import Iterable
 
 import apache_beam as beam
 
 from vsearch.core import paths, storage
 from vsearch.core.deadletter import DeadLetter
+from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
 DEAD_LETTER_TAG = "dead_letter"
@@ -53,7 +53,7 @@ def WriteDeadLetters(  # noqa: N802 - Beam transforms are named like classes
     directory = paths.deadletter_dir(workdir, stage, date)
     return (
         pcoll
-        | "KeyByShard" >> beam.Map(lambda r: (zlib.crc32(r.to_json().encode()) % num_shards, r))
+        | "KeyByShard" >> beam.Map(lambda r: (stable_hash(r.to_json()) % num_shards, r))
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShard" >> beam.ParDo(_WriteShard(directory, num_shards))
     )

@@ -13,13 +13,13 @@ same rows under the same names. ``num_shards=0`` picks one shard per ``rows_per_
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
 
 from vsearch.core import embeddings, paths, storage
+from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
 Row = Mapping[str, Any]
@@ -31,7 +31,7 @@ WRITE_BATCH_ROWS = 4096
 
 def shard_of(listing_id: str, num_shards: int) -> int:
     """Stable across processes and Python versions (unlike ``hash``)."""
-    return zlib.crc32(listing_id.encode("utf-8")) % num_shards
+    return stable_hash(listing_id) % num_shards
 
 
 def shards_for(num_rows: int, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> int:

@@ -41,7 +41,6 @@ checked (reviews carry no label of their own).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -51,6 +50,7 @@ from typing import Any, Literal
 
 from vsearch.core import storage
 from vsearch.core.deadletter import DeadLetter
+from vsearch.core.hashing import stable_fraction
 
 MAX_IMAGES = 10
 LISTING_COLUMNS = tuple(
@@ -307,12 +307,11 @@ def review_image(review: Review) -> ImageRef:
 
 
 def is_eval_listing(listing_id: str, eval_fraction: float = 0.2) -> bool:
-    """Stable train/eval split by listing (sha1, identical in every process and run).
+    """Stable train/eval split by listing (``hashing.stable_fraction``: same in every process and run).
 
     All images and reviews of a listing fall on the same side, so eval never sees a product
     the model trained on. Never Python's hash(): it is salted per process.
     """
     if not 0.0 <= eval_fraction <= 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    digest = hashlib.sha1(listing_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < eval_fraction
+    return stable_fraction(listing_id) < eval_fraction
