@@ -2,8 +2,9 @@
 
     ReadCatalog -> JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256)
     pairs of earlier partitions) -> ReadUnlessKnown (each photo's bytes + sha256; a known pair
-    is skipped here, before any decoding or inference) -> DecodeImages -> EncodePng ->
-    RunInference(KeyedModelHandler) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
+    is skipped here, before any decoding or inference) -> DecodeImages (the safe Pillow decoder,
+    once per photo) -> KeyPixels -> RunInference(KeyedModelHandler: uint8 pixels through the
+    model's pixel signature) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
 
 Why a CoGroupByKey join and not a side input for the skip: the known keys are one row per image
 ever embedded (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import uuid
@@ -38,6 +38,7 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import artifact
 from transforms import read_images
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings
@@ -71,14 +72,6 @@ class EmbedSettings:
     intra_op_threads: int = 0  # 0: TensorFlow decides
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    version: str
-    uri: str
-    dim: int
-    image_size: int
-
-
 class EmbedKey(NamedTuple):
     """What rides along with the image bytes through RunInference."""
 
@@ -88,24 +81,14 @@ class EmbedKey(NamedTuple):
     sha256: str
 
 
-def resolve_model(workdir: str, version: str | None) -> ModelInfo:
-    """--model, else the published version; reads config.json for dim and image size."""
-    if not version:
-        version = storage.read_pointer(paths.published_model_pointer(workdir)).value
-        if not version:
-            raise EmbedError(
-                f"no --model given and no published model at {paths.published_model_pointer(workdir)}; "
-                "train and gate a model first, or pass --model VERSION"
-            )
-    config_uri = storage.join(paths.model_dir(workdir, version), "config.json")
-    if not storage.exists(config_uri):
-        raise EmbedError(f"model {version} has no config.json at {config_uri}")
-    config = json.loads(storage.read_text(config_uri))
+def resolve_model(workdir: str, version: str | None) -> artifact.ModelConfig:
+    """--model, else the published version (``models.artifact``), checked before any work."""
     try:
-        dim, size = int(config["embedding_dim"]), int(config["image_size"])
-    except (KeyError, ValueError) as e:
-        raise EmbedError(f"{config_uri} needs integer embedding_dim and image_size: {e}") from e
-    return ModelInfo(version, paths.embedder_dir(workdir, version), dim, size)
+        config = artifact.resolve(workdir, version)
+        artifact.check_saved_model(paths.embedder_dir(workdir, config.version))
+    except artifact.ModelArtifactError as e:
+        raise EmbedError(str(e)) from e
+    return config
 
 
 # ------------------------------------------------------------------ DoFns
@@ -152,12 +135,10 @@ class _ReadUnlessKnown(beam.DoFn):
                 yield read_images.ImageBytes(ref, data, sha)
 
 
-def _encode(decoded: read_images.DecodedImage) -> tuple[EmbedKey, bytes]:
-    """The model gets the sanitised pixels as PNG: the same bytes training and query feed it."""
+def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
+    """The model gets the sanitised pixels themselves, through its pixel signature."""
     r = decoded.ref
-    return EmbedKey(r.listing_id, int(r.image_index), r.uri, decoded.sha256), images.encode_png(
-        decoded.rgb
-    )
+    return EmbedKey(r.listing_id, int(r.image_index), r.uri, decoded.sha256), decoded.rgb
 
 
 class _ToRows(beam.DoFn):
@@ -212,7 +193,11 @@ def _count_dead(d: DeadLetter) -> DeadLetter:
 
 
 def build(
-    p: beam.Pipeline, s: EmbedSettings, model: ModelInfo, key_files: list[str], staging: str
+    p: beam.Pipeline,
+    s: EmbedSettings,
+    model: artifact.ModelConfig,
+    key_files: list[str],
+    staging: str,
 ) -> None:
     """Add the embed job's steps to ``p``."""
     from transforms.read_catalog import ReadCatalog
@@ -233,7 +218,7 @@ def build(
     )
     decoded = read.images | "DecodeImages" >> read_images.DecodeImages(STAGE, model.image_size)
     handler = keyed_handler(
-        model.uri,
+        paths.embedder_dir(s.workdir, model.version),
         min_batch_size=s.min_batch_size,
         max_batch_size=s.max_batch_size,
         large_model=s.large_model,
@@ -241,7 +226,7 @@ def build(
     )
     predictions, failed = (
         decoded[read_images.MAIN_TAG]
-        | "EncodePng" >> beam.Map(_encode)
+        | "KeyPixels" >> beam.Map(_keyed_pixels)
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -249,7 +234,7 @@ def build(
         _ToRows(model.version, s.date, created_at)
     ).with_outputs(DEAD_LETTER_TAG, main="rows")
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
-        s.workdir, model.version, s.date, model.dim, s.num_shards, directory=staging
+        s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging
     )
     _ = (
         (
@@ -331,7 +316,7 @@ def run(
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
     """The caller's Beam flags; with none about the runner, a DirectRunner using every core.
 
-    Two bundle threads let one thread decode and PNG-encode while the other waits on the model
+    Two bundle threads let one thread read and decode while the other waits on the model
     (TensorFlow releases the GIL), which made the job ~1.5x faster on 2 cores than the
     DirectRunner's single-threaded default; the model is still loaded once per process.
     """
