@@ -29,6 +29,8 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from vsearch.core.images import PAD_COLOR
+
 IMAGE_KEY = "image"
 IMAGE_MEAN_KEY = "image_mean"
 IMAGE_STD_KEY = "image_std"
@@ -45,7 +47,7 @@ DEFAULT_IMAGE_SIZE = 96
 DEFAULT_MIN_CLASS_COUNT = 5
 # Pixels are normalised in [0, 1] first; the std floor keeps a constant channel from dividing by 0.
 _STD_FLOOR = 1e-3
-_PAD = 255.0  # white, as vsearch.core.images.PAD_COLOR
+_PAD = float(PAD_COLOR[0])  # white, the Pillow letterbox's padding
 
 
 def raw_feature_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> dict[str, tf.io.FixedLenFeature]:
