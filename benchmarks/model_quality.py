@@ -12,7 +12,6 @@ Writes its section of BENCHMARKS.md and the training curve to benchmarks/plots/m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 
@@ -29,12 +28,11 @@ KEYS = (
 )
 
 
-def colour_histogram(pngs: np.ndarray, bins: int = 8) -> np.ndarray:
-    from PIL import Image
-
-    out = np.zeros((len(pngs), bins**3), np.float32)
-    for i, data in enumerate(pngs):
-        rgb = np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"), np.int64) * bins // 256
+def colour_histogram(pixels: np.ndarray, bins: int = 8) -> np.ndarray:
+    """uint8 [N, S, S, 3] -> L2-normalised square-rooted colour histograms."""
+    out = np.zeros((len(pixels), bins**3), np.float32)
+    for i, image in enumerate(pixels):
+        rgb = np.asarray(image, np.int64) * bins // 256
         idx = (rgb[..., 0] * bins + rgb[..., 1]) * bins + rgb[..., 2]
         out[i] = np.bincount(idx.ravel(), minlength=bins**3)
     out = np.sqrt(out / out.sum(axis=1, keepdims=True))
@@ -118,14 +116,12 @@ def main(argv: list[str]) -> int:
         storage.read_text(storage.join(paths.model_dir(work, result.version), "metrics.json"))
     )
 
-    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(work, DATE))
-    eval_set = dataset.load_eval_set(
-        dataset.split_files(work, DATE, dataset.EVAL), tft_output, with_png=True
-    )
-    assert eval_set.pngs is not None
+    tft_output = tft.TFTransformOutput(paths.transformed_dir(work, DATE))
+    eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output)
+    pixels = np.concatenate(list(dataset.eval_pixels(eval_set, tft_output)))
     baselines = {
         "untrained": metrics["untrained"],
-        "colour histogram": retrieval_metrics(colour_histogram(eval_set.pngs), eval_set),
+        "colour histogram": retrieval_metrics(colour_histogram(pixels), eval_set),
     }
     rows = {"ours (trained)": metrics["eval"], **baselines}
     report.PLOTS.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""Transformed TFRecords (the preprocess stage's output) -> tf.data pipelines for training and evaluation."""
+"""Transformed TFRecords (the preprocess stage's output) -> tf.data pipelines for training and evaluation.
+
+The records hold each image once, as uint8 pixels; ``_network_input`` normalises them in the
+input pipeline with TFT's statistics (``features.normalize_pixels``, as the serving graph does).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import tensorflow_transform as tft
 from models.config import INSTANCE_HEAD
 from models.features import (
     IMAGE_KEY,
-    IMAGE_PNG_KEY,
+    IMAGE_MEAN_KEY,
+    IMAGE_STD_KEY,
     KIND_KEY,
     KIND_REVIEW,
     LABEL_KEYS,
     LISTING_ID_KEY,
+    normalize_pixels,
 )
 from vsearch.core import paths, storage
 
@@ -51,6 +57,13 @@ def _spec(
 ) -> dict[str, tf.io.FixedLenFeature]:
     full = tft_output.transformed_feature_spec()
     return {k: full[k] for k in keys}
+
+
+_IMAGE_KEYS = (IMAGE_KEY, IMAGE_MEAN_KEY, IMAGE_STD_KEY)
+
+
+def _network_input(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    return normalize_pixels(batch[IMAGE_KEY], batch[IMAGE_MEAN_KEY], batch[IMAGE_STD_KEY])
 
 
 def scan_train(files: list[str], tft_output: tft.TFTransformOutput) -> tuple[list[str], int]:
@@ -154,7 +167,7 @@ def train_dataset(
         default_value=-1,
     )
     label_keys = tuple(h for h in heads if h in LABEL_KEYS)
-    spec = _spec(tft_output, (IMAGE_KEY, LISTING_ID_KEY, KIND_KEY, *label_keys))
+    spec = _spec(tft_output, (*_IMAGE_KEYS, LISTING_ID_KEY, KIND_KEY, *label_keys))
     ds = tf.data.TFRecordDataset(
         files, compression_type="GZIP", num_parallel_reads=min(4, len(files))
     )
@@ -168,7 +181,8 @@ def train_dataset(
         if INSTANCE_HEAD in heads:
             y[INSTANCE_HEAD] = table.lookup(tf.reshape(b[LISTING_ID_KEY], [-1]))
         is_listing = tf.not_equal(tf.reshape(b[KIND_KEY], [-1]), KIND_REVIEW)
-        x = augment(b[IMAGE_KEY], is_listing) if do_augment else b[IMAGE_KEY]
+        x = _network_input(b)
+        x = augment(x, is_listing) if do_augment else x
         return x, y
 
     return ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
@@ -182,16 +196,13 @@ class EvalSet:
     listing_ids: np.ndarray  # str, one per image
     is_review: np.ndarray  # bool
     labels: dict[str, np.ndarray]  # int64, -1 = missing
-    pngs: np.ndarray | None = None  # raw bytes (object), for re-embedding with a serving signature
 
     def __len__(self) -> int:
         return len(self.listing_ids)
 
 
-def load_eval_set(
-    files: list[str], tft_output: tft.TFTransformOutput, with_png: bool = False
-) -> EvalSet:
-    keys = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS) + ((IMAGE_PNG_KEY,) if with_png else ())
+def load_eval_set(files: list[str], tft_output: tft.TFTransformOutput) -> EvalSet:
+    keys = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in _parsed(files, _spec(tft_output, keys), 512):
         for k in keys:
@@ -202,13 +213,20 @@ def load_eval_set(
         listing_ids=np.array([b.decode() for b in arr[LISTING_ID_KEY]]),
         is_review=np.array([b.decode() == KIND_REVIEW for b in arr[KIND_KEY]], bool),
         labels={k: arr[k].astype(np.int64) for k in LABEL_KEYS},
-        pngs=arr[IMAGE_PNG_KEY] if with_png else None,
     )
 
 
 def eval_images(
     eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
 ) -> Iterator[tf.Tensor]:
-    """Transformed image batches in the same order as the EvalSet's metadata."""
+    """Network-input image batches in the same order as the EvalSet's metadata."""
+    for batch in _parsed(list(eval_set.files), _spec(tft_output, _IMAGE_KEYS), batch_size):
+        yield _network_input(batch)
+
+
+def eval_pixels(
+    eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
+) -> Iterator[np.ndarray]:
+    """The stored uint8 pixels [N, S, S, 3] in the EvalSet's order (for a serving signature)."""
     for batch in _parsed(list(eval_set.files), _spec(tft_output, (IMAGE_KEY,)), batch_size):
-        yield batch[IMAGE_KEY]
+        yield batch[IMAGE_KEY].numpy().astype(np.uint8)

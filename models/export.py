@@ -1,9 +1,13 @@
-"""Export: one SavedModel that takes raw encoded image bytes and contains the TF Transform graph.
+"""Export: one SavedModel with two serving signatures and the TF Transform graph inside.
 
-Serving signature ``serving_default``: ``images`` tf.string [N] -> ``embedding`` float32 [N, D]
-(L2-normalised) and, per label head, ``<label>`` (string class name; ``""`` for the OOV/"other"
-bucket) and ``<label>_score`` (softmax probability of that class). Query-time preprocessing is the
-training-time preprocessing because it is the same graph (``transform_features_layer``).
+``serving_default``: ``images`` tf.string [N] (encoded JPEG/PNG/GIF/BMP bytes), decoded and
+letterboxed in the graph by ``features.decode_letterboxed`` (the pipelines' Pillow rule);
+``serving_pixels``: ``pixels`` uint8 [N, S, S, 3], for callers that already decoded the photo
+safely (``vsearch.core.images.decode_image``), as the embed job does. Both return ``embedding``
+float32 [N, D] (L2-normalised) and, per label head, ``<label>`` (string class name; ``""`` for the
+OOV/"other" bucket) and ``<label>_score`` (softmax probability of that class). Both normalise the
+pixels with the TFT graph (``transform_features_layer``), so serving is training's preprocessing.
+Load it through ``models.artifact``.
 """
 
 from __future__ import annotations
@@ -11,17 +15,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any
 
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.features import IMAGE_KEY, LABEL_KEYS, vocab_name
+from models.features import (
+    IMAGE_KEY,
+    IMAGE_MEAN_KEY,
+    IMAGE_STD_KEY,
+    LABEL_KEYS,
+    decode_letterboxed,
+    normalize_pixels,
+    vocab_name,
+)
 from models.model import EMBEDDING
 from vsearch.core import storage
 
-SIGNATURE = "serving_default"
+SIGNATURE = "serving_default"  # raw encoded bytes in
+PIXELS_SIGNATURE = "serving_pixels"  # decoded uint8 pixels in
 OTHER_CLASS = ""  # the OOV bucket: rare or unseen classes
 
 
@@ -46,11 +58,23 @@ class ServingModule(tf.Module):
         self.vocabularies = {
             h: tf.constant(head_vocabulary(tft_output, h)) for h in self.label_heads
         }
+        self.image_size = int(tft_output.transformed_feature_spec()[IMAGE_KEY].shape[0])
+        size = self.image_size
+        self.serve_pixels = tf.function(
+            self._outputs,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")],
+        )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        transformed = self.tft_layer({IMAGE_KEY: images})
-        out = self.model(transformed[IMAGE_KEY], training=False)
+        return self._outputs(decode_letterboxed(images, self.image_size))
+
+    def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        transformed = self.tft_layer({IMAGE_KEY: tf.cast(pixels, tf.int64)})
+        x = normalize_pixels(
+            transformed[IMAGE_KEY], transformed[IMAGE_MEAN_KEY], transformed[IMAGE_STD_KEY]
+        )
+        out = self.model(x, training=False)
         result = {EMBEDDING: tf.cast(out[EMBEDDING], tf.float32)}
         for head in self.label_heads:
             probs = tf.nn.softmax(tf.cast(out[head], tf.float32), axis=-1)
@@ -64,7 +88,10 @@ def export_embedder(
 ) -> None:
     """Write the SavedModel to ``out_uri`` (any URI); appears complete or not at all locally."""
     module = ServingModule(tft_output, embedder, heads)
-    signatures = {SIGNATURE: module.serve.get_concrete_function()}
+    signatures = {
+        SIGNATURE: module.serve.get_concrete_function(),
+        PIXELS_SIGNATURE: module.serve_pixels.get_concrete_function(),
+    }
     if storage.is_gcs(out_uri):
         # tf.saved_model writes gs:// itself; a re-export of the same version replaces the old one.
         storage.delete_prefix(out_uri)
@@ -81,8 +108,3 @@ def export_embedder(
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_serving(uri: str) -> Any:
-    """The exported model's ``serving_default`` function (call it with ``images=<tf.string [N]>``)."""
-    return tf.saved_model.load(storage.local_dir(uri)).signatures[SIGNATURE]

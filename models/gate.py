@@ -1,10 +1,10 @@
 """`vsearch gate`: promote a candidate model (flip models/PUBLISHED) only when it is better.
 
 Fixed eval data: both models are measured *now*, through their exported serving signatures, on
-the same images: the eval split of the candidate's training date (raw PNG bytes kept in the
-transformed eval TFRecords). The split is a stable hash of listing_id, so these listings were in
+the same images: the eval split of the candidate's training date (the uint8 pixels the transformed
+eval TFRecords hold, through each model's pixel signature). The split is a stable hash of listing_id, so these listings were in
 neither model's training data, and re-measuring the published model on them avoids comparing
-numbers taken on different days' eval sets. It also tests the exported artifact itself (raw bytes
+numbers taken on different days' eval sets. It also tests the exported artifact itself (pixels
 in, TFT graph inside), not the in-memory Keras model.
 
 Rules: the candidate's review->listing recall@10 must beat the published model's by at least
@@ -16,16 +16,13 @@ blind side-by-side it does not lose significantly (:func:`human_eval_verdict`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import dataset
-from models.export import load_serving
+from models import artifact, dataset
 from models.retrieval_eval import evaluate
 from models.settings import DEFAULT_FLOORS, SELECTION_METRIC, GateDecision, GateSettings
 from vsearch.core import paths, runs, storage
@@ -42,25 +39,30 @@ GUARDED = (
 )
 
 
-def _embed(embedder_uri: str, pngs: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    serve = load_serving(embedder_uri)
-    for start in range(0, len(pngs), batch_size):
-        out = serve(images=tf.constant(list(pngs[start : start + batch_size]), tf.string))
-        # Head outputs are class names here; accuracies need indices, so only the embedding is used
-        # and head accuracies are compared through names below.
-        yield {k: v.numpy() for k, v in out.items()}
+def _embed(embedder: artifact.Embedder, pixels: np.ndarray) -> artifact.Outputs:
+    """Pixels in; a published model of another image size gets them as lossless PNGs instead,
+    which its raw-bytes signature letterboxes (square to square: a plain resize) to its size."""
+    if embedder.image_size == pixels.shape[1]:
+        return embedder.embed_pixels(pixels)
+    from vsearch.core import images
+
+    return embedder.embed_bytes([images.encode_png(p) for p in pixels])
 
 
 def measure(
     workdir: str,
     version: str,
     eval_set: dataset.EvalSet,
+    tft_output: tft.TFTransformOutput,
     vocabularies: dict[str, list[str]],
     batch_size: int,
 ) -> dict[str, float]:
     """Retrieval metrics and head accuracies of an exported model on the given eval images."""
-    assert eval_set.pngs is not None
-    batches = list(_embed(paths.embedder_dir(workdir, version), eval_set.pngs, batch_size))
+    embedder = artifact.Embedder.open(workdir, version)
+    # Head outputs are class names; accuracies compare them with the candidate's vocabularies.
+    batches = [
+        _embed(embedder, pixels) for pixels in dataset.eval_pixels(eval_set, tft_output, batch_size)
+    ]
     metrics = evaluate(({"embedding": b["embedding"]} for b in batches), eval_set)
     for label, vocab in vocabularies.items():
         y = eval_set.labels[label]
@@ -164,26 +166,36 @@ def human_eval_verdict(
 
 def run(settings: GateSettings) -> GateDecision:
     with runs.stopwatch() as clock:
-        cand_cfg = json.loads(
-            storage.read_text(
-                storage.join(paths.model_dir(settings.workdir, settings.candidate), "config.json")
+        cand_cfg = artifact.read_config(settings.workdir, settings.candidate)
+        date = cand_cfg.date
+        if not date:
+            raise artifact.ModelArtifactError(
+                f"{artifact.config_uri(settings.workdir, settings.candidate)} names no training date"
             )
-        )
-        date = cand_cfg["date"]
-        tft_output = tft.TFTransformOutput(paths.transform_fn_dir(settings.workdir, date))
+        tft_output = tft.TFTransformOutput(paths.transformed_dir(settings.workdir, date))
         eval_set = dataset.load_eval_set(
-            dataset.split_files(settings.workdir, date, dataset.EVAL), tft_output, with_png=True
+            dataset.split_files(settings.workdir, date, dataset.EVAL), tft_output
         )
         pointer_uri = paths.published_model_pointer(settings.workdir)
         pointer = storage.read_pointer(pointer_uri)
-        vocabularies = cand_cfg["vocabularies"]
+        vocabularies = cand_cfg.vocabularies
         cand = measure(
-            settings.workdir, settings.candidate, eval_set, vocabularies, settings.batch_size
+            settings.workdir,
+            settings.candidate,
+            eval_set,
+            tft_output,
+            vocabularies,
+            settings.batch_size,
         )
         pub = None
         if pointer.value and pointer.value != settings.candidate:
             pub = measure(
-                settings.workdir, pointer.value, eval_set, vocabularies, settings.batch_size
+                settings.workdir,
+                pointer.value,
+                eval_set,
+                tft_output,
+                vocabularies,
+                settings.batch_size,
             )
         if pointer.value == settings.candidate:
             promoted, reasons = False, ["candidate is already the published model"]

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import dataset
+from models import artifact, dataset
 from models.config import INSTANCE_HEAD, TrainConfig
 from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
@@ -66,7 +66,7 @@ def _schedule(
 def run(config: TrainConfig) -> TrainResult:
     with runs.stopwatch() as clock:
         keras.utils.set_random_seed(config.seed)
-        tft_output = tft.TFTransformOutput(paths.transform_fn_dir(config.workdir, config.date))
+        tft_output = tft.TFTransformOutput(paths.transformed_dir(config.workdir, config.date))
         shape = tft_output.transformed_feature_spec()[IMAGE_KEY].shape
         if tuple(shape) != (config.image_size, config.image_size, 3):
             raise ValueError(
@@ -159,8 +159,9 @@ def run(config: TrainConfig) -> TrainResult:
         "vocabularies": vocabularies,
         "train_config": config.to_json(),
     }
+    # Read back by models.artifact.read_config (the fields of artifact.ModelConfig).
     storage.write_text(
-        storage.join(out_dir, "config.json"),
+        artifact.config_uri(config.workdir, version),
         json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n",
     )
     n_eval = len(eval_set)

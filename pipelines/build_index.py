@@ -89,7 +89,7 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
     A deterministic spread over the reviews of current listings; unreadable photos are left out
     (they are the embed stage's dead letters to report, not this stage's).
     """
-    from models.embedder import PhotoEmbedder
+    from models.artifact import Embedder
     from vsearch.core.images import ImageError
     from vsearch.core.snapshot import read_snapshot
 
@@ -101,14 +101,14 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
         (r for r in snapshot.reviews if r.listing_id in current), key=lambda r: r.review_id
     )
     step = max(1, len(reviews) // settings.review_queries)
-    embedder = PhotoEmbedder(settings.workdir, version)
-    clean = []
+    embedder = Embedder.open(settings.workdir, version)
+    decoded = []
     for review in reviews[::step][: settings.review_queries]:
         try:
-            clean.append(embedder.prepare(storage.read_bytes(review.image_uri)))
+            decoded.append(embedder.decode(storage.read_bytes(review.image_uri)))
         except (storage.StorageError, ImageError):
             continue
-    return embedder.embed_prepared(clean) if clean else None
+    return embedder.embed_decoded(decoded) if decoded else None
 
 
 # ------------------------------------------------------------------ Beam: the build's jobs

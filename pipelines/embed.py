@@ -4,8 +4,9 @@
     JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256) pairs of earlier
     partitions and the earlier runs' metadata state) -> ReadUnlessKnown (a photo whose metadata
     key and sha256 are known is skipped unread; any other photo is read and hashed, and a known
-    sha256 is skipped before any decoding) -> DecodeImages -> EncodePng ->
-    RunInference(KeyedModelHandler) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
+    sha256 is skipped before any decoding) -> DecodeImages (the safe Pillow decoder, once per
+    photo) -> KeyPixels -> RunInference(KeyedModelHandler: uint8 pixels through the model's pixel
+    signature) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
     (+ WriteState: this run's metadata key -> sha256, for the next day)
 
 Why a CoGroupByKey join and not a side input for the skip: the known keys are one row per image
@@ -27,12 +28,10 @@ re-running a day gives the same rows and no duplicates. ``--full`` skips nothing
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -40,6 +39,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
+from models import artifact
 from pipelines.settings import EmbedResult, EmbedSettings
 from pipelines.stage import run_pipeline
 from transforms import read_images
@@ -59,14 +59,6 @@ class EmbedError(RuntimeError):
     """The run cannot start (no model) or must not publish (too many bad images)."""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    version: str
-    uri: str
-    dim: int
-    image_size: int
-
-
 class EmbedKey(NamedTuple):
     """What rides along with the image bytes through RunInference."""
 
@@ -76,24 +68,14 @@ class EmbedKey(NamedTuple):
     sha256: str
 
 
-def resolve_model(workdir: str, version: str | None) -> ModelInfo:
-    """--model, else the published version; reads config.json for dim and image size."""
-    if not version:
-        version = storage.read_pointer(paths.published_model_pointer(workdir)).value
-        if not version:
-            raise EmbedError(
-                f"no --model given and no published model at {paths.published_model_pointer(workdir)}; "
-                "train and gate a model first, or pass --model VERSION"
-            )
-    config_uri = storage.join(paths.model_dir(workdir, version), "config.json")
-    if not storage.exists(config_uri):
-        raise EmbedError(f"model {version} has no config.json at {config_uri}")
-    config = json.loads(storage.read_text(config_uri))
+def resolve_model(workdir: str, version: str | None) -> artifact.ModelConfig:
+    """--model, else the published version (``models.artifact``), checked before any work."""
     try:
-        dim, size = int(config["embedding_dim"]), int(config["image_size"])
-    except (KeyError, ValueError) as e:
-        raise EmbedError(f"{config_uri} needs integer embedding_dim and image_size: {e}") from e
-    return ModelInfo(version, paths.embedder_dir(workdir, version), dim, size)
+        config = artifact.resolve(workdir, version)
+        artifact.check_saved_model(paths.embedder_dir(workdir, config.version))
+    except artifact.ModelArtifactError as e:
+        raise EmbedError(str(e)) from e
+    return config
 
 
 # ------------------------------------------------------------------ DoFns
@@ -168,12 +150,10 @@ class _ReadUnlessKnown(beam.DoFn):
                 yield read_images.ImageBytes(ref, data, sha)
 
 
-def _encode(decoded: read_images.DecodedImage) -> tuple[EmbedKey, bytes]:
-    """The model gets the sanitised pixels as PNG: the same bytes training and query feed it."""
+def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
+    """The model gets the sanitised pixels themselves, through its pixel signature."""
     r = decoded.ref
-    return EmbedKey(r.listing_id, int(r.image_index), r.uri, decoded.sha256), images.encode_png(
-        decoded.rgb
-    )
+    return EmbedKey(r.listing_id, int(r.image_index), r.uri, decoded.sha256), decoded.rgb
 
 
 class _ToRows(beam.DoFn):
@@ -229,7 +209,7 @@ def _count_dead(d: DeadLetter) -> DeadLetter:
 def build(
     p: beam.Pipeline,
     s: EmbedSettings,
-    model: ModelInfo,
+    model: artifact.ModelConfig,
     key_files: list[str],
     staging: str,
     state_files: Sequence[str] = (),
@@ -269,7 +249,7 @@ def build(
         _ = read[STATE_TAG] | "WriteState" >> WriteState(state_staging)
     decoded = read.images | "DecodeImages" >> read_images.DecodeImages(STAGE, model.image_size)
     handler = keyed_handler(
-        model.uri,
+        paths.embedder_dir(s.workdir, model.version),
         min_batch_size=s.min_batch_size,
         max_batch_size=s.max_batch_size,
         large_model=s.large_model,
@@ -277,7 +257,7 @@ def build(
     )
     predictions, failed = (
         decoded[read_images.MAIN_TAG]
-        | "EncodePng" >> beam.Map(_encode)
+        | "KeyPixels" >> beam.Map(_keyed_pixels)
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -285,7 +265,7 @@ def build(
         DEAD_LETTER_TAG, main="rows"
     )
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
-        s.workdir, model.version, s.date, model.dim, s.num_shards, directory=staging
+        s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging
     )
     _ = (
         (
@@ -427,7 +407,7 @@ def check_readable(uris: Sequence[str]) -> None:
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
     """The caller's Beam flags; with none about the runner, a DirectRunner using every core.
 
-    Two bundle threads let one thread decode and PNG-encode while the other waits on the model
+    Two bundle threads let one thread read and decode while the other waits on the model
     (TensorFlow releases the GIL), which made the job ~1.5x faster on 2 cores than the
     DirectRunner's single-threaded default; the model is still loaded once per process.
     """

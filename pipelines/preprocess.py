@@ -3,9 +3,10 @@
 One row per image (listing photos and buyer review photos alike, labelled with their listing's
 labels), split by listing (``catalog.is_eval_listing``: a listing's photos and its reviews never
 straddle train and eval). ``AnalyzeAndTransformDataset`` on train, ``TransformDataset`` on eval,
-``WriteTransformFn``. Images enter TFT as the PNG of the sanitised image (``images.decode_image``
--> ``images.encode_png``), the same bytes the embed and query stages feed the exported model, so
-the TFT graph decodes training and serving images identically.
+``WriteTransformFn``. Images enter TFT as the uint8 pixels of the sanitised image
+(``images.decode_image``: decoded once, letterboxed), the same pixels the embed stage feeds the
+exported model's pixel signature; the TFRecords store them once and the TFT graph's statistics
+normalise them in training and serving alike.
 
 Outputs under ``WORKDIR/transformed/dt=D/``: ``train-NNNNN-of-NNNNN.tfrecord.gz``,
 ``eval-NNNNN-of-NNNNN.tfrecord.gz``, ``transform_fn/``, ``transformed_metadata/``.
@@ -51,12 +52,12 @@ def _counted_ref(ref: catalog.ImageRef) -> catalog.ImageRef:
 
 
 class _JoinLabels(beam.DoFn):
-    """(listing_id, {labels: [..], images: [(kind, png, uri)]}) -> TFT raw rows, orphans -> dead letters."""
+    """(listing_id, {labels: [..], images: [(kind, pixels, uri)]}) -> TFT raw rows, orphans -> dead letters."""
 
     def process(self, keyed: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         listing_id, groups = keyed
         labels = list(groups["labels"])
-        for kind, png, uri in groups["images"]:
+        for kind, pixels, uri in groups["images"]:
             if not labels:
                 yield dead_letter(
                     STAGE, "review of a listing that is not in the snapshot", listing_id, uri
@@ -64,18 +65,16 @@ class _JoinLabels(beam.DoFn):
                 continue
             _count(_ROWS)
             yield {
-                F.IMAGE_KEY: png,
+                F.IMAGE_KEY: pixels,
                 F.LISTING_ID_KEY: listing_id.encode(),
                 F.KIND_KEY: kind.encode(),
                 **labels[0],
             }
 
 
-def _image_row(decoded: Any) -> tuple[str, tuple[str, bytes, str]]:
-    from vsearch.core import images
-
+def _image_row(decoded: Any) -> tuple[str, tuple[str, Any, str]]:
     ref = decoded.ref
-    return ref.listing_id, (ref.kind, images.encode_png(decoded.rgb), ref.uri)
+    return ref.listing_id, (ref.kind, decoded.rgb, ref.uri)
 
 
 def _count_dead(letter: Any, counter: str) -> Any:
@@ -83,7 +82,7 @@ def _count_dead(letter: Any, counter: str) -> Any:
     return letter
 
 
-def _split(row: dict[str, bytes], num_partitions: int, eval_fraction: float) -> int:
+def _split(row: dict[str, Any], num_partitions: int, eval_fraction: float) -> int:
     """Partition 1 = eval: the stable per-listing hash split shared with every other stage."""
     return int(catalog.is_eval_listing(row[F.LISTING_ID_KEY].decode(), eval_fraction))
 
@@ -101,7 +100,7 @@ def transform_and_write(
 
     out_dir = _output_dir(settings)
     metadata = dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(F.raw_feature_spec())
+        schema_utils.schema_from_feature_spec(F.raw_feature_spec(settings.image_size))
     )
     fn = F.make_preprocessing_fn(settings.image_size, settings.min_class_count)
     with tft_beam.Context(temp_dir=storage.join(out_dir, "tmp")):
@@ -150,7 +149,7 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     labels = cat["listings"] | "KeyLabels" >> beam.Map(
         lambda listing: (listing.listing_id, _labels(listing))
     )
-    keyed_images = images | "EncodePNG" >> beam.Map(_image_row)
+    keyed_images = images | "KeyByListing" >> beam.Map(_image_row)
     joined = (
         {"labels": labels, "images": keyed_images}
         | "JoinByListing" >> beam.CoGroupByKey()

@@ -1,9 +1,10 @@
-"""A small stand-in for the exported embedder, with the same serving signature.
+"""A small stand-in for the exported embedder, with the same two serving signatures.
 
-``images``: tf.string [None] (encoded PNG/JPEG bytes) -> {"embedding": float32 [N, D]
-L2-normalised, "category": string [N], "category_score": float32 [N]}. It decodes, resizes, pools
-the pixels to 4x4x3 and projects them to D dims with a fixed seeded matrix: deterministic, fast,
-and different images get different vectors.
+``serving_default``: ``images`` tf.string [None] (encoded PNG/JPEG bytes) and ``serving_pixels``:
+``pixels`` uint8 [None, S, S, 3] -> {"embedding": float32 [N, D] L2-normalised, "category": string
+[N], "category_score": float32 [N]}. It decodes (bytes only), resizes, pools the pixels to 4x4x3
+and projects them to D dims with a fixed seeded matrix: deterministic, fast, and different images
+get different vectors.
 
 On purpose it divides by the norm without an epsilon, so an all-black image (all-zero pooled
 pixels) yields a NaN embedding: that is how tests drive the pipeline's NaN dead-letter path.
@@ -53,6 +54,17 @@ def build_fake_model(
                 images,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
             )
+            return self.outputs(x)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")
+            ]
+        )
+        def serve_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+            return self.outputs(tf.cast(pixels, tf.float32) / 255.0)
+
+        def outputs(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
             pooled = tf.reshape(tf.image.resize(x, [4, 4], method="area"), [-1, 48])
             e = tf.matmul(pooled, self.proj)
             e = e / tf.norm(e, axis=1, keepdims=True)  # NaN for an all-zero input, see module doc
@@ -70,7 +82,8 @@ def build_fake_model(
     if storage.is_gcs(local):
         raise ValueError("build the fake locally, then copy it")
     os.makedirs(local, exist_ok=True)
-    tf.saved_model.save(module, local, signatures={"serving_default": module.serve})
+    signatures = {"serving_default": module.serve, "serving_pixels": module.serve_pixels}
+    tf.saved_model.save(module, local, signatures=signatures)
     config = {"version": version, "embedding_dim": dim, "image_size": image_size}
     storage.write_text(storage.join(model_dir, "config.json"), json.dumps(config))
     if publish:

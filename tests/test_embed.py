@@ -236,7 +236,7 @@ def test_bad_images_dead_lettered_and_bad_fraction_gate(fake_model_dir, tmp_path
 
 
 def test_missing_model_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(EmbedError, match="no --model given and no published model"):
+    with pytest.raises(EmbedError, match="no published model at"):
         embed.run(_settings(str(tmp_path), str(tmp_path), D1), BEAM_ARGS)
     assert (
         cli.main(
@@ -322,6 +322,7 @@ def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
     from models.export import export_embedder
     from models.model import build_model
     from pipelines.preprocess import PreprocessSettings, transform_and_write
+    from vsearch.core.images import decode_image
 
     rng = np.random.default_rng(1)
     rows = []
@@ -329,7 +330,7 @@ def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         rows.append(
             {
-                F.IMAGE_KEY: _png(color, size=size, stripe=2 + i % 3),
+                F.IMAGE_KEY: decode_image(_png(color, size=size, stripe=2 + i % 3), size),
                 F.LISTING_ID_KEY: f"L{i // 2}".encode(),
                 F.KIND_KEY: b"listing",
                 "category": [b"home/decor", b"art/prints"][i % 2],
@@ -346,7 +347,7 @@ def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
         transform_and_write(
             p | "Train" >> beam.Create(rows[:8]), p | "Eval" >> beam.Create(rows[8:]), settings
         )
-    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(workdir, "2026-01-01"))
+    tft_output = tft.TFTransformOutput(paths.transformed_dir(workdir, "2026-01-01"))
     classes = {k: tft_output.vocabulary_size_by_name(F.vocab_name(k)) + 1 for k in F.LABEL_KEYS} | {
         "instance": 6
     }
@@ -604,3 +605,43 @@ def test_lone_surrogates_become_dead_letters_in_the_shared_catalog_reader(tmp_pa
         assert_that(ids, equal_to(["ok"]), label="good")
         dead = out["dead_letter"] | beam.Map(lambda d: (d.listing_id, "lone surrogate" in d.error))
         assert_that(dead, equal_to([("x\\ud800", True), ("lab", True), ("ok", True)]), label="dead")
+
+
+def test_missing_saved_model_is_a_clear_error_before_the_job(tmp_path) -> None:
+    workdir = str(tmp_path / "work")
+    storage.write_text(
+        storage.join(paths.model_dir(workdir, "v1"), "config.json"),
+        json.dumps({"version": "v1", "embedding_dim": 8, "image_size": 32}),
+    )
+    with pytest.raises(EmbedError, match=f"no SavedModel at {paths.embedder_dir(workdir, 'v1')}"):
+        embed.run(_settings(str(tmp_path), workdir, D1, model_version="v1"), BEAM_ARGS)
+
+
+def test_raw_bytes_pixels_and_the_job_agree_on_a_non_square_jpeg(tmp_path) -> None:
+    """One image path: a non-square JPEG through the raw-bytes signature (decoded and letterboxed
+    in the graph), the pixel signature (Pillow's safe decode) and the embed job: cosine >= 0.999."""
+    from models.artifact import Embedder
+
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _build_real_export(workdir)
+    rng = np.random.default_rng(4)
+    photos = {}
+    for i, (w, h) in enumerate(((160, 90), (70, 130), (300, 200))):
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + 2 * yy) % 256], -1).astype(np.uint8)
+        rgb[h // 4 : h // 2, w // 3 : w // 2] = rng.integers(0, 256, 3)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=92)
+        photos[f"J{i}"] = buf.getvalue()
+    _tiny_catalog(catalog, D1, {k: [v] for k, v in photos.items()})
+    s = embed.run(_settings(catalog, workdir, D1, model_version=version), BEAM_ARGS)
+    assert (s.ok, s.dead_lettered) == (3, 0)
+    t = _partition(workdir, version, D1).sort_by("listing_id")
+    by_job = np.array(t["embedding"].to_pylist(), np.float32)
+    ordered = [photos[k] for k in t["listing_id"].to_pylist()]
+    embedder = Embedder.open(workdir, version)
+    by_bytes = embedder.embed_bytes(ordered)["embedding"]
+    by_pixels = embedder.embed_photos(ordered)
+    np.testing.assert_allclose(np.sum(by_job * by_pixels, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(by_job * by_bytes, axis=1)
+    assert np.all(cosine >= 0.999), cosine

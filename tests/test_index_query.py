@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from index import builder, publish, synthetic
+from models.artifact import Embedder
 from vsearch.app import cli
 from vsearch.app.photo_search import PhotoSearch
 from vsearch.core import paths, storage
@@ -42,13 +43,21 @@ def save_tiny_model(workdir: str) -> None:
                 img = tf.cast(tf.io.decode_png(x, channels=3), tf.float32) / 255.0
                 return tf.reduce_mean(img, axis=[0, 1])
 
-            mean = tf.map_fn(one, images, fn_output_signature=tf.float32)
+            return self.outputs(tf.map_fn(one, images, fn_output_signature=tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="pixels")])
+        def serve_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+            return self.outputs(tf.reduce_mean(tf.cast(pixels, tf.float32) / 255.0, axis=[1, 2]))
+
+        def outputs(self, mean: tf.Tensor) -> dict[str, tf.Tensor]:
             emb = tf.math.l2_normalize(tf.matmul(mean - 0.5, w) + b, axis=1)
-            return {"embedding": emb, "category": tf.fill(tf.shape(images), "home/decor")}
+            return {"embedding": emb, "category": tf.fill(tf.shape(mean)[:1], "home/decor")}
 
     m = Tiny()
     tf.saved_model.save(
-        m, paths.embedder_dir(workdir, VERSION), signatures={"serving_default": m.serve}
+        m,
+        paths.embedder_dir(workdir, VERSION),
+        signatures={"serving_default": m.serve, "serving_pixels": m.serve_pixels},
     )
     config = {"version": VERSION, "embedding_dim": DIM, "image_size": 32}
     storage.write_text(
@@ -65,14 +74,13 @@ def workdir(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    # Embed the catalog photos with the model itself (PNG, one per listing), then index them.
-    import tensorflow as tf
-
+    # Embed the catalog photos with the model itself (one per listing), then index them.
     from vsearch.core import images
 
-    model = tf.saved_model.load(paths.embedder_dir(workdir, VERSION)).signatures["serving_default"]
-    clean = [images.encode_png(images.decode_image(photo(c), 32)) for c in COLOURS]
-    emb = model(images=tf.constant(clean))["embedding"].numpy()
+    embedder = Embedder.open(workdir, VERSION)
+    emb = embedder.embed_pixels(np.stack([images.decode_image(photo(c), 32) for c in COLOURS]))[
+        "embedding"
+    ]
     table = synthetic.embedding_table(emb, 1, VERSION)
     out = paths.index_build_dir(workdir, VERSION, "20260101T000000Z-q")
     settings = builder.IndexSettings(

@@ -13,8 +13,9 @@ import keras  # noqa: E402
 
 from models import dataset  # noqa: E402
 from models import features as F  # noqa: E402
+from models.artifact import Embedder  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
-from models.export import export_embedder, load_serving  # noqa: E402
+from models.export import export_embedder  # noqa: E402
 from models.model import EMBEDDING, build_model, masked_sparse_ce  # noqa: E402
 
 SIZE = 32
@@ -27,11 +28,11 @@ def _config(tmp_path, **kw) -> TrainConfig:
     )
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def _encoded(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    Image.fromarray(rgb).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 
@@ -98,7 +99,7 @@ def _rows(n: int) -> list[dict[str, bytes]]:
         rgb[: SIZE // 2] = rng.integers(0, 256, 3)
         rows.append(
             {
-                F.IMAGE_KEY: _png(rgb),
+                F.IMAGE_KEY: rgb,
                 F.LISTING_ID_KEY: f"L{i // 2}".encode(),
                 F.KIND_KEY: b"review" if i % 2 else b"listing",
                 "category": cats[i % 3],
@@ -110,14 +111,16 @@ def _rows(n: int) -> list[dict[str, bytes]]:
     return rows
 
 
-def test_export_takes_raw_bytes_and_matches_the_trained_model(tmp_path) -> None:
-    """Same image: raw PNG bytes -> SavedModel, and TFT-transformed features -> Keras model."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[str, object, object, object]:
+    """Preprocess 24 rows, export an untrained model: (SavedModel dir, model, eval set, TFT output)."""
     import apache_beam as beam
     import tensorflow_transform as tft
 
     from pipelines.preprocess import PreprocessSettings, transform_and_write
     from vsearch.core import paths
 
+    tmp_path = tmp_path_factory.mktemp("export")
     settings = PreprocessSettings(
         catalog="unused",
         date="2026-01-01",
@@ -130,9 +133,9 @@ def test_export_takes_raw_bytes_and_matches_the_trained_model(tmp_path) -> None:
         transform_and_write(
             p | "Train" >> beam.Create(rows[:16]), p | "Eval" >> beam.Create(rows[16:]), settings
         )
-    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(str(tmp_path), "2026-01-01"))
+    tft_output = tft.TFTransformOutput(paths.transformed_dir(str(tmp_path), "2026-01-01"))
     eval_files = dataset.split_files(str(tmp_path), "2026-01-01", dataset.EVAL)
-    eval_set = dataset.load_eval_set(eval_files, tft_output, with_png=True)
+    eval_set = dataset.load_eval_set(eval_files, tft_output)
     classes = {k: tft_output.vocabulary_size_by_name(F.vocab_name(k)) + 1 for k in F.LABEL_KEYS} | {
         "instance": 8
     }
@@ -140,17 +143,80 @@ def test_export_takes_raw_bytes_and_matches_the_trained_model(tmp_path) -> None:
     _ = model.embedder(np.zeros((1, SIZE, SIZE, 3), "float32"))
     out_dir = str(tmp_path / "models" / "v1" / "embedder")
     export_embedder(tft_output, model.embedder, model.heads, out_dir)
+    return out_dir, model, eval_set, tft_output
 
+
+def test_export_serves_pixels_and_bytes_like_the_trained_model(exported) -> None:
+    """Same image: stored pixels -> pixel signature, PNG -> raw-bytes signature, TFT features -> Keras."""
+    out_dir, model, eval_set, tft_output = exported
     expected = np.concatenate(
         [
             model.embedder(x, training=False)[EMBEDDING].numpy()
             for x in dataset.eval_images(eval_set, tft_output)
         ]
     )
-    served = load_serving(out_dir)(images=tf.constant(list(eval_set.pngs)))
-    np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(served["embedding"].numpy(), axis=1), 1.0, atol=1e-5)
-    assert served["category"].dtype == tf.string and served["category"].shape == (8,)
-    assert set(served["category"].numpy()) <= {b"mug", b"vase", b"lamp", b""}
-    assert np.all((served["category_score"].numpy() > 0) & (served["category_score"].numpy() <= 1))
+    pixels = np.concatenate(list(dataset.eval_pixels(eval_set, tft_output)))
+    assert pixels.dtype == np.uint8 and pixels.shape == (8, SIZE, SIZE, 3)
+    embedder = Embedder.load(out_dir)
+    served = embedder.embed_pixels(pixels)
+    np.testing.assert_allclose(served["embedding"], expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served["embedding"], axis=1), 1.0, atol=1e-5)
+    assert served["category"].dtype == object and served["category"].shape == (8,)
+    assert set(served["category"]) <= {b"mug", b"vase", b"lamp", b""}
+    assert np.all((served["category_score"] > 0) & (served["category_score"] <= 1))
     assert "instance" not in served  # a training aid, not a product output
+    # A lossless PNG of the same pixels through the raw-bytes signature: the same embedding.
+    by_bytes = embedder.embed_bytes([_encoded(p) for p in pixels])
+    np.testing.assert_allclose(by_bytes["embedding"], expected, atol=1e-5)
+
+
+def test_transformed_records_store_each_image_once_as_pixels(exported) -> None:
+    _, _, _, tft_output = exported
+    spec = tft_output.transformed_feature_spec()
+    images = {k: v for k, v in spec.items() if k.startswith(F.IMAGE_KEY)}
+    assert images[F.IMAGE_KEY].dtype == tf.int64 and tuple(images[F.IMAGE_KEY].shape) == (
+        SIZE,
+        SIZE,
+        3,
+    )
+    # Besides the pixels only the 3+3 normalisation statistics: no float copy, no PNG copy.
+    assert {k: tuple(v.shape) for k, v in images.items() if k != F.IMAGE_KEY} == {
+        F.IMAGE_MEAN_KEY: (3,),
+        F.IMAGE_STD_KEY: (3,),
+    }
+
+
+def test_raw_bytes_pixels_and_pillow_agree_on_a_non_square_jpeg(exported) -> None:
+    """A non-square JPEG: raw bytes (decoded + letterboxed in the graph) vs Pillow's safe decode
+    + the pixel signature (what the embed job and search do): cosine >= 0.999."""
+    from vsearch.core import images
+
+    embedder = Embedder.load(exported[0])
+    rng = np.random.default_rng(3)
+    photos = []
+    for w, h in ((120, 70), (45, 110), (400, 260)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx * yy) % 200], -1).astype(np.uint8)
+        rgb[h // 4 : h // 2, w // 3 : w // 2] = rng.integers(0, 256, 3)
+        photos.append(_encoded(rgb, "JPEG"))
+    by_bytes = embedder.embed_bytes(photos)["embedding"]
+    by_pixels = embedder.embed_photos(photos)
+    assert [images.decode_image(p, SIZE).shape for p in photos] == [(SIZE, SIZE, 3)] * 3
+    cosine = np.sum(by_bytes * by_pixels, axis=1)
+    assert np.all(cosine >= 0.999), cosine
+
+
+def test_a_missing_or_truncated_saved_model_is_one_clear_error(exported, tmp_path) -> None:
+    import shutil
+
+    from models.artifact import ModelArtifactError
+
+    missing = str(tmp_path / "nothing" / "embedder")
+    with pytest.raises(ModelArtifactError, match=f"no SavedModel at {missing}"):
+        Embedder.load(missing)
+    out_dir = str(tmp_path / "copy" / "embedder")
+    shutil.copytree(exported[0], out_dir)
+    pb = tmp_path / "copy" / "embedder" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:200])
+    with pytest.raises(ModelArtifactError, match=f"cannot load SavedModel at {out_dir}"):
+        Embedder.load(out_dir)

@@ -10,28 +10,18 @@ tf = pytest.importorskip("tensorflow")
 from models import features as F  # noqa: E402
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _rows() -> list[dict[str, bytes]]:
+def _rows() -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     rows = []
     for i in range(12):
         # Solid colour images with known channel statistics: red channel 0 or 255, others random.
-        rgb = np.zeros((16, 16, 3), np.uint8)
+        rgb = np.zeros((8, 8, 3), np.uint8)
         rgb[..., 0] = 255 if i % 2 else 0
         rgb[..., 1] = rng.integers(0, 256)
         rgb[..., 2] = 128
         rows.append(
             {
-                F.IMAGE_KEY: _png(rgb),
+                F.IMAGE_KEY: rgb,  # the safe decoder's uint8 pixels
                 F.LISTING_ID_KEY: f"L{i}".encode(),
                 F.KIND_KEY: b"listing" if i % 3 else b"review",
                 # "mug" x6, "vase" x5, "rare" x1 -> rare is folded into OOV with min_class_count=2.
@@ -50,7 +40,7 @@ def _transform(tmp_path, rows):
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
     metadata = dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(F.raw_feature_spec())
+        schema_utils.schema_from_feature_spec(F.raw_feature_spec(8))
     )
     with tft_beam.Context(temp_dir=str(tmp_path / "tmp"), force_tf_compat_v1=False):
         (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
@@ -63,7 +53,18 @@ def test_preprocessing_fn_normalises_and_builds_vocabularies(tmp_path) -> None:
     rows = _rows()
     transformed, _ = _transform(tmp_path, rows)
     assert len(transformed) == len(rows)
-    img = np.stack([np.asarray(r[F.IMAGE_KEY], np.float32).reshape(8, 8, 3) for r in transformed])
+    stored = np.stack([np.asarray(r[F.IMAGE_KEY]).reshape(8, 8, 3) for r in transformed])
+    # The pixels are stored as they came in (once; no float or PNG copy) ...
+    by_order = {
+        bytes(np.asarray(r[F.LISTING_ID_KEY]).ravel()[0]): i for i, r in enumerate(transformed)
+    }
+    for row in rows:
+        np.testing.assert_array_equal(stored[by_order[row[F.LISTING_ID_KEY]]], row[F.IMAGE_KEY])
+    # ... and normalised in the graph with the statistics every row carries.
+    mean = np.stack([np.asarray(r[F.IMAGE_MEAN_KEY]) for r in transformed])
+    std = np.stack([np.asarray(r[F.IMAGE_STD_KEY]) for r in transformed])
+    assert np.allclose(mean, mean[0]) and np.allclose(std, std[0])
+    img = F.normalize_pixels(tf.constant(stored), tf.constant(mean), tf.constant(std)).numpy()
     # Full-pass statistics: every channel ends up with mean 0 and std 1 over the whole dataset,
     # a constant channel (blue) has mean 0 without dividing by zero.
     np.testing.assert_allclose(img[..., :2].mean(axis=(0, 1, 2)), 0.0, atol=1e-4)

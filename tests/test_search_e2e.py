@@ -25,7 +25,7 @@ def _recall_at_10(ranked: list[list[str]], truth: list[str]) -> float:
 def test_index_answers_as_the_model_does(
     tiny_catalog: str, trained_workdir: str, tmp_path: Path
 ) -> None:
-    from models.embedder import PhotoEmbedder
+    from models.artifact import Embedder
     from vsearch.app.photo_search import PhotoSearch
     from vsearch.core.embeddings import read_current_table
     from vsearch.core.snapshot import read_snapshot
@@ -47,7 +47,7 @@ def test_index_answers_as_the_model_does(
     table = read_current_table(tiny_catalog, workdir, DAY, version)
     db = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
     db_ids = np.array(table.column("listing_id").to_pylist())
-    queries = PhotoEmbedder(workdir, version).embed(
+    queries = Embedder.open(workdir, version).embed_photos(
         [storage.read_bytes(r.image_uri) for r in reviews]
     )
     exact: list[list[str]] = []

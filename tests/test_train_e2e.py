@@ -13,8 +13,8 @@ import tensorflow_transform as tft  # noqa: E402
 
 from models import dataset  # noqa: E402
 from models import gate as gate_mod  # noqa: E402
+from models.artifact import Embedder  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
-from models.export import load_serving  # noqa: E402
 from models.train import run as train  # noqa: E402
 from pipelines.preprocess import PreprocessSettings  # noqa: E402
 from pipelines.preprocess import run as preprocess  # noqa: E402
@@ -47,7 +47,7 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert len(dead) == summary.dead_lettered > 0
     assert all(d["stage"] == "preprocess" and d["error"] for d in dead)
     # Split by listing: a listing's photos and its reviews are all on one side, the stable hash's side.
-    tft_output = tft.TFTransformOutput(paths.transform_fn_dir(work, DATE))
+    tft_output = tft.TFTransformOutput(paths.transformed_dir(work, DATE))
     train_ids, _ = dataset.scan_train(dataset.split_files(work, DATE, dataset.TRAIN), tft_output)
     eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output)
     assert train_ids and len(eval_set) and not set(train_ids) & set(eval_set.listing_ids)
@@ -75,13 +75,17 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
         assert 0.0 <= metrics["eval"][key] <= 1.0
     assert storage.list_prefix(storage.join(model_dir, "logs"))  # TensorBoard event files
 
-    # The export takes any catalog image as raw bytes, sanitised the way embed/query do it.
+    # The export takes a catalog photo as raw bytes, or as the pixels embed/search decode it to,
+    # and embeds it the same way both times.
     listing = snapshot.read_snapshot(cat, DATE).listings[0]
-    png = images.encode_png(images.decode_image(storage.read_bytes(listing.image_uris[0]), SIZE))
-    served = load_serving(paths.embedder_dir(work, result.version))(images=tf.constant([png, png]))
+    photo = storage.read_bytes(listing.image_uris[0])
+    embedder = Embedder.open(work, result.version)
+    served = embedder.embed_bytes([photo, photo])
     assert served["embedding"].shape == (2, 32)
-    np.testing.assert_allclose(np.linalg.norm(served["embedding"].numpy(), axis=1), 1.0, atol=1e-5)
-    assert served["category"].numpy()[0].decode() in set(cfg["vocabularies"]["category"])
+    np.testing.assert_allclose(np.linalg.norm(served["embedding"], axis=1), 1.0, atol=1e-5)
+    assert served["category"][0].decode() in set(cfg["vocabularies"]["category"])
+    by_pixels = embedder.embed_pixels(images.decode_image(photo, SIZE)[None])["embedding"]
+    assert float(np.dot(by_pixels[0], served["embedding"][0])) >= 0.999
 
     # The first model is promoted when it clears the floors; the pointer names it.
     decision = gate_mod.run(

@@ -1,7 +1,9 @@
-"""A RunInference ModelHandler for the exported embedder SavedModel.
+"""A RunInference ModelHandler for the exported embedder SavedModel (``models.artifact``).
 
-The SavedModel's ``serving_default`` signature takes ``images``: tf.string [None] (encoded image
-bytes) and returns ``embedding`` [N, D] float32 plus the category head. The handler:
+Elements are photos the pipeline already decoded safely (``vsearch.core.images.decode_image``):
+uint8 [S, S, 3] pixels. A batch is stacked and fed to the model's ``serving_pixels`` signature,
+which returns ``embedding`` [N, D] float32 plus the category head: no re-encode, no second decode.
+The handler:
 
 * loads the model once per worker process (RunInference keeps it in ``shared.Shared``, so every
   thread of a process uses one copy); with ``large_model=True`` one copy is shared by all
@@ -27,11 +29,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
-from vsearch.core import storage
+from models.artifact import Embedder, ModelArtifactError
 from vsearch.core.runs import METRICS_NAMESPACE
 
-SIGNATURE = "serving_default"
-INPUT_KEY = "images"
 OUTPUT_KEYS = ("embedding", "category", "category_score")
 
 _log = logging.getLogger(__name__)
@@ -53,27 +53,8 @@ class InferenceFailure:
     error: str
 
 
-class LoadedEmbedder:
-    """The loaded SavedModel behind one method.
-
-    Only methods cross a process boundary: with ``large_model`` RunInference hands out a proxy
-    (``MultiProcessShared``) to an object living in another process, so attribute access such as
-    ``model.signatures`` would fail there. ``predict`` takes and returns plain Python/numpy.
-    """
-
-    def __init__(self, saved_model: Any) -> None:
-        self._saved_model = saved_model  # keeps the signature's variables alive
-        self._serve = saved_model.signatures[SIGNATURE]
-
-    def predict(self, batch: list[bytes]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        out = self._serve(**{INPUT_KEY: tf.constant(batch, dtype=tf.string)})
-        return {k: out[k].numpy() for k in OUTPUT_KEYS if k in out}
-
-
-class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, LoadedEmbedder]):
-    """Encoded image bytes -> PredictionResult(inference=Prediction | InferenceFailure)."""
+class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder]):
+    """uint8 pixels [S, S, 3] -> PredictionResult(inference=Prediction | InferenceFailure)."""
 
     def __init__(
         self,
@@ -95,21 +76,22 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, LoadedEmbedder]
         self._model_uri = model_uri
         self._intra_op_threads = intra_op_threads
 
-    def load_model(self) -> LoadedEmbedder:
+    def load_model(self) -> Embedder:
         import tensorflow as tf
 
         _configure_tensorflow(tf, self._intra_op_threads)
-        start = time.perf_counter()
-        model = tf.saved_model.load(_localize(self._model_uri))
-        if SIGNATURE not in model.signatures:
-            raise ValueError(f"{self._model_uri} has no {SIGNATURE!r} signature")
-        _log.info("loaded %s in %.1fs", self._model_uri, time.perf_counter() - start)
-        return LoadedEmbedder(model)
+        model = Embedder.load(self._model_uri)
+        if not model.has_pixel_signature():
+            raise ModelArtifactError(
+                f"SavedModel at {self._model_uri} has no pixel signature: re-export it with "
+                "this version of `vsearch train`"
+            )
+        return model
 
     def run_inference(
         self,
-        batch: Sequence[bytes],
-        model: LoadedEmbedder,
+        batch: Sequence[np.ndarray],
+        model: Embedder,
         inference_args: Mapping[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         Metrics = beam.metrics.Metrics  # noqa: N806 - Beam's spelling
@@ -125,21 +107,21 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, LoadedEmbedder]
         )
         return [PredictionResult(x, p) for x, p in zip(batch, predictions, strict=True)]
 
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         # The default pickles the whole batch just to measure it.
-        return sum(len(x) for x in batch)
+        return sum(int(x.nbytes) for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
 
 def keyed_handler(model_uri: str, **kwargs: Any) -> KeyedModelHandler:
-    """The handler RunInference gets: (key, image bytes) in, (key, PredictionResult) out."""
+    """The handler RunInference gets: (key, uint8 pixels) in, (key, PredictionResult) out."""
     return KeyedModelHandler(EmbedderModelHandler(model_uri, **kwargs))
 
 
-def _predict(model: LoadedEmbedder, batch: Sequence[bytes]) -> Iterable[Prediction]:
-    out = model.predict(list(batch))
+def _predict(model: Embedder, batch: Sequence[np.ndarray]) -> Iterable[Prediction]:
+    out = model.embed_pixels(np.stack(batch))
     emb = out["embedding"]
     if emb.ndim != 2 or emb.shape[0] != len(batch):
         raise ValueError(f"model returned embedding of shape {emb.shape} for {len(batch)} images")
@@ -155,7 +137,7 @@ def _predict(model: LoadedEmbedder, batch: Sequence[bytes]) -> Iterable[Predicti
         )
 
 
-def _predict_one(model: LoadedEmbedder, x: bytes) -> Prediction | InferenceFailure:
+def _predict_one(model: Embedder, x: np.ndarray) -> Prediction | InferenceFailure:
     try:
         return next(iter(_predict(model, [x])))
     except Exception as e:
@@ -172,11 +154,3 @@ def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # the runtime already started in this process: keep its settings
         pass
-
-
-def _localize(model_uri: str) -> str:
-    """A local directory holding the SavedModel (downloaded once per process when remote)."""
-    try:
-        return storage.local_dir(model_uri)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no SavedModel at {model_uri}") from e

@@ -13,15 +13,19 @@ from typing import Any
 import numpy as np
 
 from index.searcher import Hit, Searcher
-from models.embedder import PhotoEmbedder
+from models.artifact import Embedder
 
 
 class PhotoSearch:
-    """``search(photos, k)``: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each."""
+    """``search(photos, k)``: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each.
+
+    Photos are decoded by the safe Pillow decoder (an uploaded photo is untrusted: bombs, CMYK,
+    EXIF orientation) and fed to the model's pixel signature, exactly as the embed job does.
+    """
 
     def __init__(self, searcher: Searcher, workdir: str) -> None:
         self.searcher = searcher
-        self.embedder = PhotoEmbedder(workdir, searcher.manifest.model_version)
+        self.embedder = Embedder.open(workdir, searcher.manifest.model_version)
 
     @classmethod
     def open(cls, workdir: str, **kwargs: Any) -> PhotoSearch:
@@ -43,7 +47,7 @@ class PhotoSearch:
 
     def embed(self, photos: Sequence[bytes]) -> np.ndarray:
         """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
-        emb = self.embedder.embed(photos)
+        emb = self.embedder.embed_photos(photos)
         if emb.shape[1] != self.manifest.input_dim:
             raise ValueError(
                 f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "

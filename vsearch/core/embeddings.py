@@ -212,11 +212,6 @@ def snapshot_images(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
     }
 
 
-def snapshot_image_keys(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
-    """The snapshot's images as ``image_keys`` for ``read_current_embeddings`` (read it once)."""
-    return snapshot_images(catalog, date)
-
-
 def _winners(
     wanted: Mapping[ImageKey, str | None], parts: list[tuple[dt.date, list[str]]], batch_size: int
 ) -> dict[ImageKey, dt.date]:

@@ -41,12 +41,8 @@ def catalog_table(catalog: str, date: dt.date | str, table: str) -> list[str]:
 
 
 def transformed_dir(workdir: str, date: dt.date | str) -> str:
+    """TFT's output: the TFRecords, ``transform_fn/`` and ``transformed_metadata/``."""
     return storage.join(workdir, "transformed", f"dt={_d(date)}")
-
-
-def transform_fn_dir(workdir: str, date: dt.date | str) -> str:
-    """TFT's output dir (``transform_fn/`` and ``transformed_metadata/`` live inside)."""
-    return transformed_dir(workdir, date)
 
 
 def models_root(workdir: str) -> str:
