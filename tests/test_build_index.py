@@ -180,7 +180,7 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
     the embed stage's current view: removed listings out, a changed photo's new row in."""
     workdir, day = str(tmp_path), DATE
     images = sorted(embeddings.snapshot_images(tiny_catalog, day).items())
-    x = vectors.clustered(len(images) + 3, dim=DIM, point_seed=3)
+    x = vectors.clustered(2 * len(images) + 3, dim=DIM, point_seed=3)
 
     def row(i: int, lid: str, ix: int, uri: str, when: dt.date) -> dict:  # type: ignore[type-arg]
         return {
@@ -203,8 +203,11 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
         row(i, lid, ix, uri if i % 3 else f"{uri}.old", old)
         for i, ((lid, ix), uri) in enumerate(images)
     ] + [row(len(images), "gone-listing", 0, "gone.jpg", old)]
+    # (A changed photo gets a vector of its own: no two current rows may tie in the search below.)
     day2 = [
-        row(i + 1, lid, ix, uri, new) for i, ((lid, ix), uri) in enumerate(images) if i % 3 == 0
+        row(len(images) + 1 + i, lid, ix, uri, new)
+        for i, ((lid, ix), uri) in enumerate(images)
+        if i % 3 == 0
     ]
     _partition(workdir, old, day1)
     _partition(workdir, new, day2)
