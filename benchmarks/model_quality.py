@@ -22,21 +22,11 @@ from benchmarks import report
 DATE = "2026-01-01"
 KEYS = (
     "review_recall_at_1",
-    "review_recall_at_10",
+    "review_recall_at_10",  # whole catalog (the shopper's figure)
+    "heldout_review_recall_at_10",  # gallery = held-out listings only (earlier runs' figure)
     "category_precision_at_10",
     "color_precision_at_10",
 )
-
-
-def colour_histogram(pixels: np.ndarray, bins: int = 8) -> np.ndarray:
-    """uint8 [N, S, S, 3] -> L2-normalised square-rooted colour histograms."""
-    out = np.zeros((len(pixels), bins**3), np.float32)
-    for i, image in enumerate(pixels):
-        rgb = np.asarray(image, np.int64) * bins // 256
-        idx = (rgb[..., 0] * bins + rgb[..., 1]) * bins + rgb[..., 2]
-        out[i] = np.bincount(idx.ravel(), minlength=bins**3)
-    out = np.sqrt(out / out.sum(axis=1, keepdims=True))
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def plot(
@@ -88,6 +78,7 @@ def main(argv: list[str]) -> int:
     import tensorflow_transform as tft
 
     from models import dataset
+    from models.baselines import colour_histogram
     from models.config import TrainConfig
     from models.retrieval_eval import retrieval_metrics
     from models.train import run as train
@@ -117,7 +108,12 @@ def main(argv: list[str]) -> int:
     )
 
     tft_output = tft.TFTransformOutput(paths.transformed_dir(work, DATE))
-    eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output)
+    # The training run's retrieval-test images: held-out listings + training listings' photos.
+    eval_set = dataset.load_eval_set(
+        dataset.split_files(work, DATE, dataset.EVAL),
+        tft_output,
+        gallery_files=dataset.split_files(work, DATE, dataset.TRAIN),
+    )
     pixels = np.concatenate(list(dataset.eval_pixels(eval_set, tft_output)))
     baselines = {
         "untrained": metrics["untrained"],

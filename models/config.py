@@ -73,6 +73,13 @@ class TrainConfig:
     mixed_precision: str = field(
         default="auto", metadata=doc("mixed float16", choices=("auto", "on", "off"))
     )
+    # The instance head cannot have one class per listing at marketplace scale (100M x 256
+    # weights, most classes seen once a year): at most this many listings get a class per run,
+    # those with buyer review photos first (models/instances.py). Above the 2,000-listing
+    # benchmark catalog, so every listing there keeps its class.
+    max_instance_classes: int = field(
+        default=50_000, metadata=doc("listings given an instance-head class per training run")
+    )
     seed: int = field(default=0, metadata=doc("random seed (weights, shuffling, augmentation)"))
     # Upper bound on steps per epoch (None = whole split); tests use it to stay within seconds.
     steps_per_epoch: int | None = field(
@@ -92,6 +99,8 @@ class TrainConfig:
         for name, w in self.loss_weights:
             if name not in known or w < 0:
                 raise ValueError(f"loss weight {name}={w}: names must be in {known}, weights >= 0")
+        if self.max_instance_classes < 1:
+            raise ValueError("--max-instance-classes must be >= 1")
         if self.trainable_layers is not None and self.trainable_layers < 0:
             raise ValueError("--trainable-layers must be >= 0")
 

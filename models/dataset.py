@@ -66,18 +66,21 @@ def _network_input(batch: dict[str, tf.Tensor]) -> tf.Tensor:
     return normalize_pixels(batch[IMAGE_KEY], batch[IMAGE_MEAN_KEY], batch[IMAGE_STD_KEY])
 
 
-def scan_train(files: list[str], tft_output: tft.TFTransformOutput) -> tuple[list[str], int]:
-    """(sorted distinct listing ids, number of images) of the train split, in one pass.
-
-    The listing ids are the classes of the instance head.
-    """
+def scan_train(
+    files: list[str], tft_output: tft.TFTransformOutput
+) -> tuple[list[str], set[str], int]:
+    """(sorted distinct listing ids, the ids with review photos, number of images) of the train
+    split, in one pass: the candidates for the instance head's classes (models/instances.py)."""
     ids: set[bytes] = set()
+    reviewed: set[bytes] = set()
     count = 0
-    for batch in _parsed(files, _spec(tft_output, (LISTING_ID_KEY,)), 1024):
-        values = batch[LISTING_ID_KEY].numpy().ravel().tolist()
-        ids.update(values)
+    for batch in _parsed(files, _spec(tft_output, (LISTING_ID_KEY, KIND_KEY)), 1024):
+        values = batch[LISTING_ID_KEY].numpy().ravel()
+        kinds = batch[KIND_KEY].numpy().ravel()
+        ids.update(values.tolist())
+        reviewed.update(values[kinds == KIND_REVIEW.encode()].tolist())
         count += len(values)
-    return sorted(i.decode() for i in ids), count
+    return sorted(i.decode() for i in ids), {i.decode() for i in reviewed}, count
 
 
 def _random_backgrounds(n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -188,39 +191,99 @@ def train_dataset(
     return ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
+# The whole-catalog gallery is bounded: at marketplace scale the retrieval test samples the
+# training listings' photos (the distractors a shopper's photo meets) instead of embedding them all.
+MAX_GALLERY_IMAGES = 50_000
+
+
 @dataclass(frozen=True)
 class EvalSet:
-    """The eval split's metadata in memory; images are streamed through the model on demand."""
+    """The retrieval test's images, metadata in memory, pixels streamed through the model on demand.
 
-    files: tuple[str, ...]
+    In order: every image of the eval split (held-out listings: their listing photos and their
+    review photos, the queries), then up to ``MAX_GALLERY_IMAGES`` listing photos of training
+    listings, which join the gallery so that a query is searched against the whole catalog, as a
+    shopper's photo is (``models/retrieval_metrics.py``).
+    """
+
+    files: tuple[str, ...]  # eval split
+    gallery_files: tuple[str, ...]  # train split (listing photos only are used)
     listing_ids: np.ndarray  # str, one per image
     is_review: np.ndarray  # bool
+    held_out: np.ndarray  # bool: the image's listing is in the eval split
     labels: dict[str, np.ndarray]  # int64, -1 = missing
+    gallery_size: int  # training listing photos included (the first ones of gallery_files)
 
     def __len__(self) -> int:
         return len(self.listing_ids)
 
 
-def load_eval_set(files: list[str], tft_output: tft.TFTransformOutput) -> EvalSet:
-    keys = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for batch in _parsed(files, _spec(tft_output, keys), 512):
-        for k in keys:
-            cols[k].append(batch[k].numpy().reshape(-1))
-    arr = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+_META = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS)
+
+
+def _read_meta(
+    files: list[str], tft_output: tft.TFTransformOutput, listing_photos_only: bool, limit: int
+) -> dict[str, np.ndarray]:
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in _META}
+    n = 0
+    for batch in _parsed(files, _spec(tft_output, _META), 512):
+        keep = np.ones(len(batch[LISTING_ID_KEY].numpy().reshape(-1)), bool)
+        if listing_photos_only:
+            keep = batch[KIND_KEY].numpy().reshape(-1) != KIND_REVIEW.encode()
+        for k in _META:
+            cols[k].append(batch[k].numpy().reshape(-1)[keep][: limit - n])
+        n += int(min(keep.sum(), limit - n))
+        if n >= limit:
+            break
+    return {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+
+
+def load_eval_set(
+    files: list[str],
+    tft_output: tft.TFTransformOutput,
+    gallery_files: list[str] = (),  # type: ignore[assignment]
+    max_gallery: int = MAX_GALLERY_IMAGES,
+) -> EvalSet:
+    held = _read_meta(list(files), tft_output, False, 1 << 62)
+    gal = _read_meta(list(gallery_files), tft_output, True, max_gallery) if gallery_files else None
+    arr = {k: np.concatenate([held[k], gal[k]]) if gal else held[k] for k in _META}
+    n_held = len(held[LISTING_ID_KEY])
     return EvalSet(
         files=tuple(files),
+        gallery_files=tuple(gallery_files),
         listing_ids=np.array([b.decode() for b in arr[LISTING_ID_KEY]]),
         is_review=np.array([b.decode() == KIND_REVIEW for b in arr[KIND_KEY]], bool),
+        held_out=np.arange(len(arr[LISTING_ID_KEY])) < n_held,
         labels={k: arr[k].astype(np.int64) for k in LABEL_KEYS},
+        gallery_size=len(arr[LISTING_ID_KEY]) - n_held,
     )
+
+
+def _stream(
+    eval_set: EvalSet, tft_output: tft.TFTransformOutput, keys: tuple[str, ...], batch_size: int
+) -> Iterator[dict[str, tf.Tensor]]:
+    """Batches of ``keys`` in the EvalSet's order: the eval split, then the gallery photos."""
+    yield from _parsed(list(eval_set.files), _spec(tft_output, keys), batch_size)
+    left = eval_set.gallery_size
+    if not left:
+        return
+    for batch in _parsed(
+        list(eval_set.gallery_files), _spec(tft_output, (*keys, KIND_KEY)), batch_size
+    ):
+        keep = tf.not_equal(tf.reshape(batch[KIND_KEY], [-1]), KIND_REVIEW)
+        kept = {k: tf.boolean_mask(batch[k], keep)[:left] for k in keys}
+        left -= int(kept[keys[0]].shape[0])
+        if kept[keys[0]].shape[0]:
+            yield kept
+        if left <= 0:
+            return
 
 
 def eval_images(
     eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
 ) -> Iterator[tf.Tensor]:
     """Network-input image batches in the same order as the EvalSet's metadata."""
-    for batch in _parsed(list(eval_set.files), _spec(tft_output, _IMAGE_KEYS), batch_size):
+    for batch in _stream(eval_set, tft_output, _IMAGE_KEYS, batch_size):
         yield _network_input(batch)
 
 
@@ -228,5 +291,5 @@ def eval_pixels(
     eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
 ) -> Iterator[np.ndarray]:
     """The stored uint8 pixels [N, S, S, 3] in the EvalSet's order (for a serving signature)."""
-    for batch in _parsed(list(eval_set.files), _spec(tft_output, (IMAGE_KEY,)), batch_size):
+    for batch in _stream(eval_set, tft_output, (IMAGE_KEY,), batch_size):
         yield batch[IMAGE_KEY].numpy().astype(np.uint8)

@@ -7,10 +7,15 @@ neither model's training data, and re-measuring the published model on them avoi
 numbers taken on different days' eval sets. It also tests the exported artifact itself (pixels
 in, TFT graph inside), not the in-memory Keras model.
 
-Rules: the candidate's review->listing recall@10 must beat the published model's by at least
-``margin`` and no other metric may drop by more than ``tolerance``; with no published model the
-candidate must clear every ``floor``. With ``require_human_eval`` it must also have a rated
-blind side-by-side it does not lose significantly (:func:`human_eval_verdict`).
+Rules. A first model (nothing published) must beat the best of two baselines measured in the
+same run on the same images (a colour histogram, and the untrained network of its own
+architecture) on review->listing recall@10 and same-category precision@10, by ``baseline_margin``
+or two standard errors of the baseline, whichever is larger: no absolute floor tuned to one
+catalog. A later model must beat the published one's recall@10 by ``margin`` with no other metric
+dropping by more than ``tolerance``. ``--floor`` adds a check to either rule. The metrics are the
+shopper's: held-out review photos against the whole catalog (``models/retrieval_metrics.py``).
+With ``require_human_eval`` it must also have a rated blind side-by-side it does not lose
+significantly (:func:`human_eval_verdict`). The last reason says what to do next.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ import numpy as np
 import tensorflow_transform as tft
 
 from models import artifact, dataset
+from models.baselines import colour_histogram, required_gain
 from models.retrieval_eval import evaluate
-from models.settings import DEFAULT_FLOORS, SELECTION_METRIC, GateDecision, GateSettings
+from models.retrieval_metrics import shopper_metrics
+from models.settings import (
+    BASELINE_METRICS,
+    DEFAULT_FLOORS,
+    SELECTION_METRIC,
+    GateDecision,
+    GateSettings,
+)
 from vsearch.core import paths, runs, storage
 
 __all__ = ["DEFAULT_FLOORS", "GateDecision", "GateSettings", "decide", "measure", "run"]
@@ -66,7 +79,7 @@ def measure(
     metrics = evaluate(({"embedding": b["embedding"]} for b in batches), eval_set)
     for label, vocab in vocabularies.items():
         y = eval_set.labels[label]
-        present = y >= 0
+        present = (y >= 0) & eval_set.held_out  # never the training listings' photos
         if label in batches[0] and present.any():
             pred = np.concatenate([b[label] for b in batches])
             truth = np.array([vocab[i].encode() for i in y[present]])
@@ -74,37 +87,118 @@ def measure(
     return metrics
 
 
-def decide(
-    candidate: dict[str, float], published: dict[str, float] | None, settings: GateSettings
+def measure_baselines(
+    workdir: str,
+    candidate: str,
+    eval_set: dataset.EvalSet,
+    tft_output: tft.TFTransformOutput,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """The same-run baselines on the candidate's retrieval-test images: a colour histogram
+    (computed here) and the untrained network of the candidate's architecture (measured by
+    ``vsearch train`` before step 1 on these same images, in its metrics.json)."""
+    pixels = np.concatenate(list(dataset.eval_pixels(eval_set, tft_output, batch_size)))
+    out = {
+        "colour histogram": shopper_metrics(
+            colour_histogram(pixels),
+            eval_set.listing_ids,
+            eval_set.is_review,
+            eval_set.held_out,
+            eval_set.labels,
+        )
+    }
+    metrics_uri = storage.join(paths.model_dir(workdir, candidate), "metrics.json")
+    if storage.exists(metrics_uri):
+        untrained = json.loads(storage.read_text(metrics_uri)).get("untrained")
+        if untrained:
+            out["untrained network"] = {k: float(v) for k, v in untrained.items()}
+    return out
+
+
+def _baseline_checks(
+    candidate: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+    queries: int,
+    settings: GateSettings,
 ) -> tuple[bool, list[str]]:
-    """The promotion rule, pure: (promote?, human-readable reasons)."""
+    ok, reasons = True, []
+    for metric in BASELINE_METRICS:
+        known = {name: b[metric] for name, b in baselines.items() if metric in b}
+        if not known:
+            continue
+        name, best = max(known.items(), key=lambda kv: kv[1])
+        need = best + required_gain(best, queries, settings.baseline_margin)
+        value = candidate.get(metric, 0.0)
+        passed = value >= need
+        ok &= passed
+        reasons.append(
+            f"{metric} {value:.4f} {'>=' if passed else '<'} {need:.4f} "
+            f"(best baseline: {name} {best:.4f} + margin)"
+        )
+    return ok, reasons
+
+
+def decide(
+    candidate: dict[str, float],
+    published: dict[str, float] | None,
+    settings: GateSettings,
+    baselines: dict[str, dict[str, float]] | None = None,
+    queries: int = 0,
+) -> tuple[bool, list[str]]:
+    """The promotion rule, pure: (promote?, human-readable reasons, ending with what to do next).
+
+    A first model must beat the best of the same-run ``baselines`` by a margin on each of
+    BASELINE_METRICS; a later one must beat the published model by ``margin`` with no other
+    metric dropping by more than ``tolerance``. User floors add a check to either rule.
+    """
     reasons: list[str] = []
     ok = True
     if published is None:
-        for metric, floor in settings.floors:
-            value = candidate.get(metric, 0.0)
-            passed = value >= floor
+        reasons.append("no published model: the first model is judged against same-run baselines")
+        if settings.beat_baselines:
+            passed, why = _baseline_checks(candidate, baselines or {}, queries, settings)
             ok &= passed
-            reasons.append(f"{metric} {value:.4f} {'>=' if passed else '<'} floor {floor:.4f}")
-        return ok, ["no published model: first model must clear the floors", *reasons]
-    gain = candidate.get(SELECTION_METRIC, 0.0) - published.get(SELECTION_METRIC, 0.0)
-    if gain + 1e-12 < settings.margin:
-        ok = False
-        reasons.append(
-            f"{SELECTION_METRIC} {candidate.get(SELECTION_METRIC, 0.0):.4f} vs published "
-            f"{published.get(SELECTION_METRIC, 0.0):.4f}: gain {gain:+.4f} < margin {settings.margin:.4f}"
-        )
+            reasons += why
     else:
-        reasons.append(f"{SELECTION_METRIC} gain {gain:+.4f} >= margin {settings.margin:.4f}")
-    for metric in GUARDED:
-        if metric in candidate and metric in published:
-            drop = published[metric] - candidate[metric]
-            if drop > settings.tolerance:
-                ok = False
-                reasons.append(
-                    f"{metric} dropped {drop:.4f} ({published[metric]:.4f} -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}"
-                )
+        gain = candidate.get(SELECTION_METRIC, 0.0) - published.get(SELECTION_METRIC, 0.0)
+        if gain + 1e-12 < settings.margin:
+            ok = False
+            reasons.append(
+                f"{SELECTION_METRIC} {candidate.get(SELECTION_METRIC, 0.0):.4f} vs published "
+                f"{published.get(SELECTION_METRIC, 0.0):.4f}: gain {gain:+.4f} < margin {settings.margin:.4f}"
+            )
+        else:
+            reasons.append(f"{SELECTION_METRIC} gain {gain:+.4f} >= margin {settings.margin:.4f}")
+        for metric in GUARDED:
+            if metric in candidate and metric in published:
+                drop = published[metric] - candidate[metric]
+                if drop > settings.tolerance:
+                    ok = False
+                    reasons.append(
+                        f"{metric} dropped {drop:.4f} ({published[metric]:.4f} -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}"
+                    )
+    for metric, floor in settings.floors:
+        value = candidate.get(metric, 0.0)
+        passed = value >= floor
+        ok &= passed
+        reasons.append(f"{metric} {value:.4f} {'>=' if passed else '<'} floor {floor:.4f}")
+    reasons.append(_next_step(ok, published is None))
     return ok, reasons
+
+
+def _next_step(ok: bool, first: bool) -> str:
+    if ok:
+        return "next: embed --full with the new model, then build-index and publish"
+    if first:
+        return (
+            "next: the model is not clearly better than a model that learnt nothing: check the "
+            "catalog (labels, review photos per listing: runs/dt=D/preprocess.json), train longer "
+            "(--epochs) or with more data, then run the gate again"
+        )
+    return (
+        "next: keep the published model (embed runs incrementally with it); to replace it, "
+        "retrain (more epochs, fresher data) or lower --margin / raise --tolerance on purpose"
+    )
 
 
 def _eval_reports(workdir: str) -> list[tuple[str, dict[str, Any]]]:
@@ -173,8 +267,12 @@ def run(settings: GateSettings) -> GateDecision:
                 f"{artifact.config_uri(settings.workdir, settings.candidate)} names no training date"
             )
         tft_output = tft.TFTransformOutput(paths.transformed_dir(settings.workdir, date))
+        # The same images the candidate's retrieval test used: its held-out listings plus its
+        # training listings' photos as the whole-catalog gallery.
         eval_set = dataset.load_eval_set(
-            dataset.split_files(settings.workdir, date, dataset.EVAL), tft_output
+            dataset.split_files(settings.workdir, date, dataset.EVAL),
+            tft_output,
+            gallery_files=dataset.split_files(settings.workdir, date, dataset.TRAIN),
         )
         pointer_uri = paths.published_model_pointer(settings.workdir)
         pointer = storage.read_pointer(pointer_uri)
@@ -188,6 +286,7 @@ def run(settings: GateSettings) -> GateDecision:
             settings.batch_size,
         )
         pub = None
+        baselines: dict[str, dict[str, float]] = {}
         if pointer.value and pointer.value != settings.candidate:
             pub = measure(
                 settings.workdir,
@@ -200,7 +299,13 @@ def run(settings: GateSettings) -> GateDecision:
         if pointer.value == settings.candidate:
             promoted, reasons = False, ["candidate is already the published model"]
         else:
-            promoted, reasons = decide(cand, pub, settings)
+            if pub is None and settings.beat_baselines:
+                baselines = measure_baselines(
+                    settings.workdir, settings.candidate, eval_set, tft_output, settings.batch_size
+                )
+            promoted, reasons = decide(
+                cand, pub, settings, baselines, int(cand.get("eval_reviews", 0))
+            )
             if settings.require_human_eval:
                 human_ok, human = human_eval_verdict(
                     settings.workdir, settings.candidate, pointer.value, settings
@@ -211,7 +316,14 @@ def run(settings: GateSettings) -> GateDecision:
                 pointer_uri, settings.candidate, pointer
             )  # PointerConflict if raced
     decision = GateDecision(
-        promoted, settings.candidate, pointer.value, tuple(reasons), cand, pub or {}, date
+        promoted,
+        settings.candidate,
+        pointer.value,
+        tuple(reasons),
+        cand,
+        pub or {},
+        date,
+        baselines,
     )
     storage.write_text(
         storage.join(paths.model_dir(settings.workdir, settings.candidate), "gate.json"),

@@ -1,12 +1,10 @@
 """Retrieval test run while training (Etsy): classification accuracy alone does not say whether
 similar things are near each other, so after every epoch the eval split is embedded and searched.
 
-Metrics (exact inner-product search over L2-normalised embeddings):
-  review_recall_at_1 / _at_10   review photo -> its own listing among the eval listings' photos
-                                (neighbours deduplicated by listing: a listing's best photo counts)
-  category_precision_at_10      listing photo -> 10 nearest photos of *other* listings: share with the
-  color_precision_at_10         same category / colour (colour only where both are labelled)
-  <label>_accuracy              head top-1 accuracy on labelled eval images
+The metrics are ``models/retrieval_metrics.py``'s: held-out review photos searched against the
+whole catalog's listing photos (training listings included: what a shopper's photo meets), beside
+the older held-out-gallery figures (``heldout_`` prefix). ``<label>_accuracy`` is each head's top-1
+accuracy on labelled held-out images.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ import tensorflow as tf
 from models.dataset import EvalSet
 from models.features import LABEL_KEYS
 from models.model import EMBEDDING
+from models.retrieval_metrics import shopper_metrics
 from models.settings import SELECTION_METRIC
 
 
@@ -38,43 +37,10 @@ def _scalar(tag: str, value: float) -> None:
 
 
 def retrieval_metrics(emb: np.ndarray, eval_set: EvalSet, k: int = 10) -> dict[str, float]:
-    emb = np.asarray(emb, np.float32)
-    ids = eval_set.listing_ids
-    gallery = np.flatnonzero(~eval_set.is_review)
-    queries = np.flatnonzero(eval_set.is_review)
-    out: dict[str, float] = {"eval_images": float(len(ids)), "eval_reviews": float(len(queries))}
-    if len(gallery) == 0:
-        raise ValueError("the eval split has no listing photos: cannot measure retrieval")
-    order = gallery[np.argsort(ids[gallery], kind="stable")]
-    gallery_listings, starts = np.unique(ids[order], return_index=True)
-    if len(queries):
-        scores = emb[queries] @ emb[order].T  # [Q, G]
-        per_listing = np.maximum.reduceat(scores, starts, axis=1)  # best photo of each listing
-        own = np.searchsorted(gallery_listings, ids[queries])
-        own_score = per_listing[np.arange(len(queries)), np.clip(own, 0, len(gallery_listings) - 1)]
-        rank = (per_listing > own_score[:, None]).sum(axis=1)  # 0 = first
-        known = (own < len(gallery_listings)) & (
-            gallery_listings[np.clip(own, 0, len(gallery_listings) - 1)] == ids[queries]
-        )
-        out["review_recall_at_1"] = float(np.mean((rank < 1) & known))
-        out[f"review_recall_at_{k}"] = float(np.mean((rank < k) & known))
-    g = emb[gallery] @ emb[gallery].T
-    g[ids[gallery][:, None] == ids[gallery][None, :]] = -np.inf  # other listings only
-    kk = min(k, max(len(gallery) - 1, 1))
-    nn = (
-        np.argpartition(-g, kk - 1, axis=1)[:, :kk]
-        if len(gallery) > 1
-        else np.zeros((len(gallery), 0), int)
+    """Shopper-view metrics (whole-catalog gallery) beside the held-out-gallery ones."""
+    return shopper_metrics(
+        emb, eval_set.listing_ids, eval_set.is_review, eval_set.held_out, eval_set.labels, k
     )
-    for label in ("category", "color"):
-        lab = eval_set.labels[label][gallery]
-        both = (lab[:, None] >= 0) & (lab[nn] >= 0)
-        same = (lab[:, None] == lab[nn]) & both
-        rows = both.sum(axis=1) > 0
-        out[f"{label}_precision_at_{k}"] = (
-            float(np.mean(same[rows].sum(1) / both[rows].sum(1))) if rows.any() else 0.0
-        )
-    return out
 
 
 def head_accuracies(logits: dict[str, np.ndarray], eval_set: EvalSet) -> dict[str, float]:
@@ -82,7 +48,7 @@ def head_accuracies(logits: dict[str, np.ndarray], eval_set: EvalSet) -> dict[st
     for label in LABEL_KEYS:
         if label in logits:
             y = eval_set.labels[label]
-            present = y >= 0
+            present = (y >= 0) & eval_set.held_out  # never the training listings' photos
             if present.any():
                 out[f"{label}_accuracy"] = float(
                     np.mean(np.argmax(logits[label][present], axis=1) == y[present])

@@ -17,12 +17,14 @@ from vsearch.core.settings import WORKDIR, doc
 # The metric that picks the best epoch and decides promotion: a buyer's photo finds its listing.
 SELECTION_METRIC = "review_recall_at_10"
 
-# A first model must at least find a buyer's photo's listing in the top 10 half the time and
-# return mostly same-category neighbours; a random-init or shuffled-label model does neither.
-DEFAULT_FLOORS: tuple[tuple[str, float], ...] = (
-    (SELECTION_METRIC, 0.5),
-    ("category_precision_at_10", 0.7),
-)
+# What a first model must beat the same-run baselines on (models/baselines.py): the shopper's
+# figure, and neighbours that share the category. Not colour precision: a colour histogram is a
+# colour descriptor and may win there on any catalog (BENCHMARKS.md).
+BASELINE_METRICS: tuple[str, ...] = (SELECTION_METRIC, "category_precision_at_10")
+
+# No absolute floors by default: a floor tuned to one catalog refuses good models on another
+# (a user's --floor adds a check, it replaces nothing).
+DEFAULT_FLOORS: tuple[tuple[str, float], ...] = ()
 
 
 def parse_floor(text: str) -> tuple[str, float]:
@@ -62,10 +64,20 @@ class GateSettings:
     tolerance: float = field(
         default=0.02, metadata=doc("largest drop of any other metric that still promotes")
     )
+    # A first model must beat the best same-run baseline (an untrained network of its own
+    # architecture, a colour histogram) by this much on each of BASELINE_METRICS, or by two
+    # binomial standard errors of the baseline when the eval set is small (models/baselines.py).
+    baseline_margin: float = field(
+        default=0.05, metadata=doc("gain a first model needs over the best same-run baseline")
+    )
+    beat_baselines: bool = field(
+        default=True,
+        metadata=doc("judge a first model against the same-run baselines (off: floors only)"),
+    )
     floors: tuple[tuple[str, float], ...] = field(
         default=DEFAULT_FLOORS,
         metadata=doc(
-            "metric=value a first model must reach, repeatable",
+            "metric=value every candidate must also reach, repeatable (adds to the other rules)",
             flag="floor",
             parse=parse_floor,
             repeat=True,
@@ -100,6 +112,8 @@ class GateDecision:
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     published_metrics: dict[str, float] = field(default_factory=dict)
     eval_date: str = ""
+    # A first model's same-run baselines, measured on the same images: name -> metrics.
+    baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> GateDecision:
@@ -112,4 +126,5 @@ class GateDecision:
             dict(e.get("candidate_metrics", {})),
             dict(e.get("published_metrics", {})),
             str(e.get("eval_date", summary.get("date", ""))),
+            dict(e.get("baseline_metrics", {})),
         )

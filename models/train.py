@@ -20,6 +20,7 @@ from models import artifact, dataset
 from models.config import INSTANCE_HEAD, TrainConfig
 from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
+from models.instances import instance_classes
 from models.model import MaskedAccuracy, build_model, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
 from models.settings import TrainResult
@@ -74,8 +75,12 @@ def run(config: TrainConfig) -> TrainResult:
             )
         train_files = dataset.split_files(config.workdir, config.date, dataset.TRAIN)
         eval_files = dataset.split_files(config.workdir, config.date, dataset.EVAL)
-        listing_ids, n_train = dataset.scan_train(train_files, tft_output)
-        eval_set = dataset.load_eval_set(eval_files, tft_output)
+        all_listings, reviewed, n_train = dataset.scan_train(train_files, tft_output)
+        listing_ids = instance_classes(
+            all_listings, reviewed, config.max_instance_classes, config.seed
+        )
+        # Held-out images plus the training listings' photos: the whole-catalog retrieval test.
+        eval_set = dataset.load_eval_set(eval_files, tft_output, gallery_files=train_files)
         vocabularies = {label: head_vocabulary(tft_output, label) for label in LABEL_KEYS}
         num_classes = {label: len(v) for label, v in vocabularies.items()} | {
             INSTANCE_HEAD: len(listing_ids)
@@ -118,7 +123,9 @@ def run(config: TrainConfig) -> TrainResult:
         )
         untrained = callback.measure()  # the random-init baseline, measured on the same eval data
         print(
-            f"[train] {version}: {n_train} train images, {len(eval_set)} eval images, {len(listing_ids)} train listings, "
+            f"[train] {version}: {n_train} train images of {len(all_listings)} listings "
+            f"({len(listing_ids)} instance classes), {len(eval_set)} retrieval-test images "
+            f"({eval_set.gallery_size} of them training listing photos), "
             f"{steps} steps/epoch x {config.epochs} epochs, backbone {config.backbone}",
             flush=True,
         )

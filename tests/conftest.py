@@ -60,8 +60,9 @@ TINY_IMAGE_SIZE = 64
 TINY_STAGE_FLAGS: dict[str, tuple[str, ...]] = {
     "preprocess": ("--image-size", str(TINY_IMAGE_SIZE)),
     "train": ("--epochs", "1", "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "32"),
-    # A one-epoch model cannot clear the production floors: let the first model through.
-    "gate": ("--floor", "review_recall_at_10=0", "--floor", "category_precision_at_10=0"),
+    # A one-epoch model on 40 listings is not clearly better than the same-run baselines: let
+    # the first model through (the gate's own tests judge real models against the baselines).
+    "gate": ("--no-beat-baselines",),
 }
 
 

@@ -278,3 +278,11 @@ def test_results_round_trip_through_summaries_and_xcoms() -> None:
     assert "--full" in stages.stage_argv("embed", day, {"gate": gate})
     not_promoted = dataclasses.replace(gate, promoted=False)
     assert "--full" not in stages.stage_argv("embed", day, {"gate": not_promoted})
+
+
+def test_demo_refuses_a_catalog_too_small_to_train(tmp_path: Path) -> None:
+    out = _vsearch("demo", "--listings", "120", "--workdir", str(tmp_path / "d"))
+    assert out.returncode == 2
+    line = _one_error_line(out, "demo")
+    assert "--listings 120 is too small" in line and "--listings 300" in line
+    assert not (tmp_path / "d").exists()  # refused before generating anything

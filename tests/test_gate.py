@@ -20,11 +20,41 @@ def _settings(**kw) -> GateSettings:
     return GateSettings(workdir="unused", candidate="v2", **kw)
 
 
-def test_first_model_needs_to_clear_every_floor() -> None:
-    ok, reasons = decide(GOOD, None, _settings())
-    assert ok and "first model" in reasons[0]
-    ok, reasons = decide({**GOOD, "category_precision_at_10": 0.5}, None, _settings())
-    assert not ok and any("category_precision_at_10 0.5000 < floor" in r for r in reasons)
+BASELINES = {
+    "colour histogram": {"review_recall_at_10": 0.30, "category_precision_at_10": 0.40},
+    "untrained network": {"review_recall_at_10": 0.10, "category_precision_at_10": 0.55},
+}
+
+
+def test_first_model_must_clearly_beat_the_same_run_baselines() -> None:
+    ok, reasons = decide(GOOD, None, _settings(), BASELINES, queries=500)
+    assert ok and "first model" in reasons[0] and reasons[-1].startswith("next: embed --full")
+    # Category precision 0.58 is above every baseline but not by the margin over the best (0.55).
+    weak = {**GOOD, "category_precision_at_10": 0.58}
+    ok, reasons = decide(weak, None, _settings(), BASELINES, queries=500)
+    assert not ok
+    assert any("untrained network 0.5500 + margin" in r for r in reasons)
+    assert reasons[-1].startswith("next: the model is not clearly better")
+    # No absolute floor tuned to one catalog: a catalog where everything scores low still
+    # promotes a model that clearly beats what learns nothing there.
+    low = {k: v / 3 for k, v in BASELINES["colour histogram"].items()}
+    hard_catalog = {"review_recall_at_10": 0.25, "category_precision_at_10": 0.30}
+    assert decide(hard_catalog, None, _settings(), {"colour histogram": low}, 500)[0]
+
+
+def test_a_small_eval_set_needs_a_larger_gain() -> None:
+    close = {**GOOD, "review_recall_at_10": 0.36, "category_precision_at_10": 0.70}
+    assert decide(close, None, _settings(), BASELINES, queries=5000)[0]
+    assert not decide(close, None, _settings(), BASELINES, queries=40)[0]  # 2 s.e. of 0.30 > 0.06
+
+
+def test_user_floors_add_a_check_and_replace_nothing() -> None:
+    floors = (("category_accuracy", 0.95),)
+    ok, reasons = decide(GOOD, None, _settings(floors=floors), BASELINES, queries=500)
+    assert not ok and any("category_accuracy 0.9000 < floor 0.9500" in r for r in reasons)
+    assert any("best baseline" in r for r in reasons)  # the baseline rule still applied
+    ok, reasons = decide(GOOD, GOOD, _settings(floors=floors))
+    assert not ok and any("< floor" in r for r in reasons)  # later models too
 
 
 def test_recall_must_beat_published_by_the_margin() -> None:
@@ -106,8 +136,10 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
         "augment": False,
     }
     real = train(TrainConfig(date="2026-01-01", **common))
-    first = gate.run(GateSettings(work, real.version, floors=(("category_accuracy", 0.25),)))
+    # Judged with the defaults: against the same-run baselines, measured on the same images.
+    first = gate.run(GateSettings(work, real.version))
     assert first.promoted, first.reasons
+    assert set(first.baseline_metrics) == {"colour histogram", "untrained network"}
 
     noise = train(TrainConfig(date="2026-01-02", **common))
     decision = gate.run(GateSettings(work, noise.version))
