@@ -25,6 +25,7 @@ from pipelines.settings import PreprocessSettings
 from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from vsearch.core import catalog, paths, runs, storage
+from vsearch.core.hashing import stable_fraction
 from vsearch.core.runs import METRICS_NAMESPACE, Counts
 
 STAGE = "preprocess"
@@ -32,6 +33,28 @@ _IMAGES = "preprocess_images"
 _ROWS = "preprocess_rows"
 _REJECTED_ROWS = "preprocess_rejected_catalog_rows"
 _BAD_IMAGES = "preprocess_bad_images"
+_UNSAMPLED = "preprocess_images_not_sampled"
+
+
+def _in_sample(listing_id: str, max_listings: int, total: int) -> bool:
+    """The day's training sample: a stable hash of the listing id under max/total, so a listing
+    and its review photos are in or out together, on every worker, and mostly the same listings
+    from one day to the next."""
+    return total <= max_listings or stable_fraction(f"sample:{listing_id}") < max_listings / total
+
+
+def _keep_listing(listing: catalog.Listing, max_listings: int, total: int) -> bool:
+    keep = _in_sample(listing.listing_id, max_listings, total)
+    if not keep:
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, _UNSAMPLED).inc(len(listing.image_uris))
+    return keep
+
+
+def _keep_review(review: catalog.Review, max_listings: int, total: int) -> bool:
+    keep = _in_sample(review.listing_id, max_listings, total)
+    if not keep:
+        _count(_UNSAMPLED)
+    return keep
 
 
 def _count(name: str) -> None:
@@ -137,8 +160,17 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     cat = p | "ReadCatalog" >> ReadCatalog(
         settings.catalog, settings.date, settings.allowed_buckets, stage=STAGE
     )
-    listing_refs = cat["listings"] | "ListingImages" >> beam.FlatMap(_refs)
-    review_refs = cat["reviews"] | "ReviewImages" >> beam.Map(catalog.review_image)
+    total = beam.pvalue.AsSingleton(
+        cat["listings"] | "CountListings" >> beam.combiners.Count.Globally()
+    )
+    listings = cat["listings"] | "SampleListings" >> beam.Filter(
+        _keep_listing, settings.max_listings, total
+    )
+    reviews = cat["reviews"] | "SampleReviews" >> beam.Filter(
+        _keep_review, settings.max_listings, total
+    )
+    listing_refs = listings | "ListingImages" >> beam.FlatMap(_refs)
+    review_refs = reviews | "ReviewImages" >> beam.Map(catalog.review_image)
     refs = (
         (listing_refs, review_refs)
         | "AllImages" >> beam.Flatten()
@@ -146,7 +178,7 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     )
     decoded = refs | "ReadImages" >> ReadImages(STAGE, settings.image_size)
     images = decoded[MAIN_TAG]
-    labels = cat["listings"] | "KeyLabels" >> beam.Map(
+    labels = listings | "KeyLabels" >> beam.Map(
         lambda listing: (listing.listing_id, _labels(listing))
     )
     keyed_images = images | "KeyByListing" >> beam.Map(_image_row)
@@ -195,14 +227,17 @@ def run(
     _remove_tft_temp(storage.join(_output_dir(settings), "tmp"))
     c = job.counters
     rejected, bad, rows = c.get(_REJECTED_ROWS, 0), c.get(_BAD_IMAGES, 0), c.get(_ROWS, 0)
+    unsampled = c.get(_UNSAMPLED, 0)
     summary = runs.RunSummary(
         STAGE,
         settings.date,
-        read=c.get(_IMAGES, 0) + rejected,
+        read=c.get(_IMAGES, 0) + unsampled + rejected,
         ok=rows,
         dead_lettered=rejected + bad,
+        skipped=unsampled,  # outside the day's training sample (--max-listings)
         wall_s=job.wall_s,
         extra={
+            "max_listings": settings.max_listings,
             "image_size": settings.image_size,
             "eval_fraction": settings.eval_fraction,
             "output": _output_dir(settings),

@@ -55,6 +55,13 @@ class PreprocessSettings:
         default=MIN_CLASS_COUNT, metadata=doc("classes rarer than this become 'other'")
     )
     allowed_buckets: tuple[str, ...] = field(default=(), metadata=ALLOWED_BUCKETS)
+    # The daily training budget: training reads a stable sample of at most this many listings of
+    # the day's snapshot (all of them below it), not the whole catalog. 200k listings x ~5 photos
+    # is ~1M images, about a day of training on one GPU; the embed stage still embeds everything.
+    max_listings: int = field(
+        default=200_000,
+        metadata=doc("listings sampled from the day's snapshot for training (stable sample)"),
+    )
     # Fixed shard counts give deterministic file names, so a re-run replaces every file.
     train_shards: int = field(default=4, metadata=doc("TFRecord files of the train split"))
     eval_shards: int = field(default=1, metadata=doc("TFRecord files of the eval split"))
