@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from vsearch.app import quiet
+
 # name -> (module with a `main(argv) -> int`, one-line help). Order = pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate-catalog": (
@@ -57,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: vsearch COMMAND [flags]   (vsearch COMMAND --help for its flags)",
+        "usage: vsearch COMMAND [flags] [--verbose]   (vsearch COMMAND --help for its flags)",
         "",
         "Search by photo for marketplaces: the daily batch pipeline.",
         "",
@@ -68,12 +70,13 @@ def _usage() -> str:
         "",
         "Beam stages accept any Beam pipeline option after their own flags, e.g.",
         "  vsearch embed ... --runner DataflowRunner --project P --region R --temp_location gs://...",
+        "--verbose keeps TensorFlow's and absl's start-up logs (off by default).",
     ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args, verbose = quiet.configure(list(sys.argv[1:] if argv is None else argv))
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -81,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vsearch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    with quiet.native_stderr_muted(enabled=not verbose):
+        module = importlib.import_module(COMMANDS[name][0])
     try:
         code: int = module.main(rest)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
