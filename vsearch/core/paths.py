@@ -1,4 +1,4 @@
-"""The one place that knows the path layout of ../shared/DESIGN.md.
+"""The one place that knows the path layout of docs/DESIGN.md.
 
 Every stage asks this module where to read and write; no other module builds a WORKDIR or
 CATALOG path by hand. All functions take and return URIs (local, ``file://`` or ``gs://``).
