@@ -79,6 +79,10 @@ DEFAULT_PARAMS = {
     # {"temp_location": "gs://...", "requirements_file": "deploy/requirements-worker.txt",
     #  "setup_file": "./setup.py"}; see the README for GPU workers.
     "beam_options": Param({}, type="object"),
+    # Beam options for the two embed tasks only, applied over beam_options: the GPU workers
+    # (machine type, accelerator, the GPU image). A null value removes an option, e.g.
+    # {"setup_file": null, "requirements_file": null} when the image already holds the code.
+    "embed_beam_options": Param({}, type="object"),
     # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --image-size 224".
     "train_args": Param(os.environ.get("VSEARCH_TRAIN_ARGS", ""), type="string"),
     # Extra flags for `vsearch gate`, e.g. "--margin 0.01 --tolerance 0.02".
@@ -139,6 +143,12 @@ DAY = {
 }
 
 
+def beam_options(params: Mapping[str, Any], task_id: str) -> dict[str, Any]:
+    """The pipeline options a Beam task starts from; the stage's own flags are added after."""
+    extra = params["embed_beam_options"] if task_id.startswith("embed") else {}
+    return {**params["beam_options"], **extra}  # None values: the provider drops the option
+
+
 def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPipelineOperator:
     """A Beam stage run by the Beam provider as `PYTHON -m MODULE --flag=value ...`."""
     return BeamRunPythonPipelineOperator(
@@ -147,7 +157,7 @@ def _beam_stage(task_id: str, module: str, **options: object) -> BeamRunPythonPi
         py_options=["-m"],
         py_interpreter=PIPELINE_PYTHON,  # not a template field of the operator
         runner="{{ params.runner }}",
-        default_pipeline_options="{{ params.beam_options }}",  # type: ignore[arg-type]
+        default_pipeline_options="{{ beam_options(params, task.task_id) }}",  # type: ignore[arg-type]
         pipeline_options={
             "catalog": "{{ params.catalog }}",
             "workdir": "{{ params.workdir }}",
@@ -200,7 +210,11 @@ with DAG(
     default_args=DEFAULT_ARGS,
     params=DEFAULT_PARAMS,
     render_template_as_native_obj=True,  # beam_options and dataflow_config stay dicts
-    user_defined_macros={"run_date": run_date, "dataflow_config": dataflow_config},
+    user_defined_macros={
+        "run_date": run_date,
+        "dataflow_config": dataflow_config,
+        "beam_options": beam_options,
+    },
     tags=["visual-search"],
 ) as dag:
     in_pipeline_env: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}

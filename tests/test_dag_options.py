@@ -31,6 +31,20 @@ DATAFLOW = {
         "requirements_file": "deploy/requirements-worker.txt",
         "experiments": ["use_runner_v2"],
         "region": "us-east1",  # ignored: the provider sets --region from dataflow_config
+        "setup_file": "/opt/vs/setup.py",
+        "machine_type": "n1-standard-4",
+    },
+    # GPU workers for embedding only; the image holds the code, so no setup/requirements file.
+    "embed_beam_options": {
+        "machine_type": "n1-standard-8",
+        "dataflow_service_options": [
+            "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+        ],
+        "sdk_container_image": "us-docker.pkg.dev/p/r/vsearch-worker-gpu:abc123",
+        "setup_file": None,
+        "requirements_file": None,
+        "large-model": True,  # the embed stage's own flags travel the same way
+        "max-batch-size": 64,
     },
 }
 
@@ -86,7 +100,6 @@ def test_dataflow_runner_tasks_send_project_region_job_name_and_beam_options(ren
         assert flags["region"] == "europe-west4"  # the param, not the provider's default
         assert argv.count("--region=europe-west4") == 1 and "--region=us-east1" not in argv
         assert flags["temp_location"] == "gs://b/tmp"
-        assert flags["requirements_file"] == "deploy/requirements-worker.txt"
         assert flags["experiments"] == "use_runner_v2"
         assert flags["date"] == "2026-01-02"
         # One job per task and day, unique per attempt (a retry never meets its own old name).
@@ -96,6 +109,21 @@ def test_dataflow_runner_tasks_send_project_region_job_name_and_beam_options(ren
         assert task["wait_until_finished"] is True and task["drain_pipeline"] is False
         assert task["cancel_timeout"] == 600
         assert task["gcp_conn_id"] == "google_cloud_default"
+        gpu = task_id.startswith("embed")
+        assert flags["machine_type"] == ("n1-standard-8" if gpu else "n1-standard-4")
+        assert ("sdk_container_image" in flags) == gpu
+        assert ("dataflow_service_options" in flags) == gpu
+        if gpu:  # null in embed_beam_options removed them: the image holds code and pins
+            assert not {"setup_file", "requirements_file"} & flags.keys()
+        else:
+            assert flags["requirements_file"] == "deploy/requirements-worker.txt"
+            assert flags["setup_file"] == "/opt/vs/setup.py"
+        assert argv.count("--machine_type=n1-standard-8") <= 1
+        assert ("large-model" in flags) == gpu and flags.get("max-batch-size", "64") == "64"
+    assert (
+        "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
+        "install-nvidia-driver" in tasks["embed_full"]["argv"]
+    )
 
 
 def test_dataflow_without_a_project_fails_naming_the_param(rendered) -> None:
