@@ -24,8 +24,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.progress import LogProgress
 from transforms.read_catalog import ReadCatalog
-from transforms.read_images import ReadImages
+from transforms.read_images import MAIN_TAG, ReadImages
 from vsearch.core import catalog as cat
 from vsearch.core import images, paths, runs
 from vsearch.core.deadletter import clear_dead_letters
@@ -67,6 +68,7 @@ def build(p: beam.Pipeline, settings: CheckCatalogSettings) -> None:
         | "ImageRefs" >> beam.ParDo(_ImageRefsFn())
         | "ReadImages" >> ReadImages(STAGE, settings.image_size, settings.max_pixels)
     )
+    _ = decoded[MAIN_TAG] | "Progress" >> LogProgress(STAGE, "images read")
     _ = (
         (snapshot[DEAD_LETTER_TAG], decoded[DEAD_LETTER_TAG])
         | "AllDeadLetters" >> beam.Flatten()

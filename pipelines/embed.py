@@ -42,6 +42,7 @@ from transforms import read_images
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
+from transforms.progress import LogProgress
 from vsearch.core import embeddings, images, paths, runs, storage
 from vsearch.core.catalog import listing_images
 from vsearch.core.deadletter import DeadLetter, clear_dead_letters
@@ -244,6 +245,7 @@ def build(
         | "EncodePng" >> beam.Map(_encode)
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
+    _ = predictions | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rows = predictions | "ToRows" >> beam.ParDo(
         _ToRows(model.version, s.date, created_at)

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as F
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from transforms.progress import LogProgress
 from vsearch.core import catalog, paths, runs, storage
 from vsearch.core.deadletter import clear_dead_letters
 from vsearch.core.runs import METRICS_NAMESPACE
@@ -168,6 +169,7 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     )
     decoded = refs | "ReadImages" >> ReadImages(STAGE, settings.image_size)
     images = decoded[MAIN_TAG]
+    _ = images | "Progress" >> LogProgress(STAGE, "images decoded")
     labels = cat["listings"] | "KeyLabels" >> beam.Map(
         lambda listing: (listing.listing_id, _labels(listing))
     )
