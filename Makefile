@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: help install chromium airflow-env run test bench lint clean
+.PHONY: help install chromium airflow-env run test bench lint worker-requirements clean
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter).
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy vsearch pipelines transforms models index
 	$(BIN)/lint-imports
+
+worker-requirements: $(STAMP)  ## Regenerate deploy/requirements-worker*.txt (Dataflow workers) from setup.py + constraints.txt.
+	$(BIN)/python deploy/worker_requirements.py
 
 clean:  ## Remove the virtualenv and generated outputs.
 	rm -rf $(VENV) $(AIRFLOW_VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -5,10 +5,19 @@ preprocess -> train -> gate -> (promoted: embed --full | not promoted: increment
 
 Settings come from one place, the DAG params below (defaults from environment variables so a
 deployment sets them once; override per run with ``airflow dags trigger --conf``). Every task
-processes the run's data-interval date (``ds``), and every stage is idempotent for its date, so
-clearing and re-running a day is safe. Beam stages run through the Apache Beam provider with the
-runner and pipeline options from params: DirectRunner by default; see the README for Dataflow
-with GPU workers.
+processes the run's date (``params.date`` if given, else the logical date), and every stage is
+idempotent for its date, so clearing and re-running a day is safe. A run triggered without a
+logical date must pass ``{"date": "YYYY-MM-DD"}`` in its conf; otherwise its first task fails
+with a message saying so.
+
+Beam stages run through the Apache Beam provider with the runner and pipeline options from
+params: DirectRunner by default. With ``runner=DataflowRunner`` the provider's
+``dataflow_config`` (project, region, job name, wait and cancel behaviour) is built from the
+params too, so the provider never substitutes its own defaults (it sets ``--region`` from
+``dataflow_config``, overriding any ``region`` in ``beam_options``). Beam stages share the
+``vsearch_beam`` pool (create it once: ``airflow pools set vsearch_beam 2 "visual-search Beam
+stages"``), and every task has a timeout. See the README for Dataflow with GPU workers and for
+running train/gate off the Airflow worker.
 
 Human evaluation before a model ships (README "Human evaluation"; nothing here changes by
 default). A team that wants people to approve every new model plugs it in one of two ways:
@@ -29,7 +38,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.sdk import DAG, Param, task
@@ -40,15 +51,52 @@ PIPELINE_PYTHON = os.environ.get(
     "VSEARCH_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
 )
 
+# Beam stages take a slot in this pool: a backfill or a cleared range cannot start more Beam jobs
+# (each a DirectRunner on this machine, or a Dataflow job with its quota) than the pool allows.
+BEAM_POOL = os.environ.get("VSEARCH_BEAM_POOL", "vsearch_beam")
+
+# Hard limits per task (Airflow kills the task and, on Dataflow, cancels the job): a hung stage
+# fails and retries instead of holding the day. Sized well above the 100M-listing plan's runs.
+TIMEOUTS = {
+    "preprocess": dt.timedelta(hours=4),
+    "train": dt.timedelta(hours=12),  # retries resume from the last epoch's checkpoint
+    "gate": dt.timedelta(hours=1),
+    "promoted": dt.timedelta(minutes=10),
+    "embed_full": dt.timedelta(hours=8),
+    "embed_incremental": dt.timedelta(hours=3),
+    "build_index": dt.timedelta(hours=4),
+    "publish": dt.timedelta(minutes=15),
+}
+
 DEFAULT_PARAMS = {
     "catalog": Param(os.environ.get("VSEARCH_CATALOG", "gs://YOUR-BUCKET/catalog"), type="string"),
     "workdir": Param(
         os.environ.get("VSEARCH_WORKDIR", "gs://YOUR-BUCKET/visual-search"), type="string"
     ),
-    "runner": Param(os.environ.get("VSEARCH_RUNNER", "DirectRunner"), type="string"),
+    # The day to process; empty = the run's logical date. Required for runs without one.
+    "date": Param(None, type=["null", "string"], format="date"),
+    "runner": Param(
+        os.environ.get("VSEARCH_RUNNER", "DirectRunner"),
+        type="string",
+        enum=["DirectRunner", "DataflowRunner"],
+    ),
+    # Dataflow only: where the jobs run. The Beam provider sets --project and --region from these
+    # (through dataflow_config), so they are params of their own, not beam_options entries.
+    "gcp_project": Param(os.environ.get("VSEARCH_GCP_PROJECT", ""), type="string"),
+    "gcp_region": Param(os.environ.get("VSEARCH_GCP_REGION", "us-central1"), type="string"),
+    # Dataflow only: Airflow's GCP connection and the workers' service account ("" = default).
+    "gcp_conn_id": Param(
+        os.environ.get("VSEARCH_GCP_CONN_ID", "google_cloud_default"), type="string"
+    ),
+    "service_account": Param(os.environ.get("VSEARCH_SERVICE_ACCOUNT", ""), type="string"),
     # Extra Beam pipeline options for every Beam stage, e.g. for Dataflow:
-    # {"project": "p", "region": "r", "temp_location": "gs://...", "setup_file": "./setup.py"}
+    # {"temp_location": "gs://...", "requirements_file": "deploy/requirements-worker.txt",
+    #  "setup_file": "./setup.py"}; see the README for GPU workers.
     "beam_options": Param({}, type="object"),
+    # Beam options for the two embed tasks only, applied over beam_options: the GPU workers
+    # (machine type, accelerator, the GPU image). A null value removes an option, e.g.
+    # {"setup_file": null, "requirements_file": null} when the image already holds the code.
+    "embed_beam_options": Param({}, type="object"),
     # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --image-size 224".
     "train_args": Param(os.environ.get("VSEARCH_TRAIN_ARGS", ""), type="string"),
     # Extra flags for `vsearch gate`, e.g. "--margin 0.01 --tolerance 0.02".
@@ -60,14 +108,59 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(minutes=5),
 }
 
-# What every non-Beam task gets: the run's settings, rendered from params and the data interval.
+
+def run_date(params: Mapping[str, Any], dag_run: Any) -> str:
+    """The day a run processes: ``params.date``, else the logical date (what ``ds`` would be)."""
+    if params.get("date"):
+        return dt.date.fromisoformat(str(params["date"])).isoformat()
+    if dag_run.logical_date is None:
+        raise ValueError(
+            "this run has no logical date (triggered without one): pass the day to process, "
+            'e.g. airflow dags trigger visual_search_daily --conf \'{"date": "2026-01-01"}\''
+        )
+    return str(dag_run.logical_date.strftime("%Y-%m-%d"))
+
+
+def dataflow_config(params: Mapping[str, Any], task_id: str, date: str) -> dict[str, Any]:
+    """The Beam provider's DataflowConfiguration, as a dict, for one Beam task of one run."""
+    if params["runner"] != "DataflowRunner":
+        return {}  # the provider ignores it for other runners
+    if not params["gcp_project"]:
+        raise ValueError(
+            "runner DataflowRunner needs the gcp_project param (or VSEARCH_GCP_PROJECT)"
+        )
+    return {
+        "project_id": params["gcp_project"],
+        "location": params["gcp_region"],
+        "gcp_conn_id": params["gcp_conn_id"],
+        # vsearch-embed-full-20260102-<8 random chars>: the job is findable by stage and day,
+        # and a retry never collides with a job of the same name still shutting down.
+        "job_name": f"vsearch-{task_id.replace('_', '-')}-{date.replace('-', '')}",
+        "append_job_name": True,
+        # The next task reads this job's output: the task ends when the job ends, with its state.
+        "wait_until_finished": True,
+        # A killed task (timeout, marked failed) cancels its job; batch jobs cancel, not drain.
+        "drain_pipeline": False,
+        "cancel_timeout": 600,
+        "service_account": params["service_account"] or None,
+    }
+
+
+# What every non-Beam task gets: the run's settings, rendered from params and the run's date.
+DATE = "{{ run_date(params, dag_run) }}"
 DAY = {
     "catalog": "{{ params.catalog }}",
     "workdir": "{{ params.workdir }}",
-    "date": "{{ ds }}",
+    "date": DATE,
     "train_args": "{{ params.train_args }}",
     "gate_args": "{{ params.gate_args }}",
 }
+
+
+def beam_options(params: Mapping[str, Any], task_id: str) -> dict[str, Any]:
+    """The pipeline options a Beam task starts from; the stage's own flags are added after."""
+    extra = params["embed_beam_options"] if task_id.startswith("embed") else {}
+    return {**params["beam_options"], **extra}  # None values: the provider drops the option
 
 
 def _beam_stage(task_id: str, stage: str, **options: object) -> BeamRunPythonPipelineOperator:
@@ -78,13 +171,19 @@ def _beam_stage(task_id: str, stage: str, **options: object) -> BeamRunPythonPip
         py_options=["-m", "vsearch"],
         py_interpreter=PIPELINE_PYTHON,  # not a template field of the operator
         runner="{{ params.runner }}",
-        default_pipeline_options="{{ params.beam_options }}",  # type: ignore[arg-type]
+        default_pipeline_options="{{ beam_options(params, task.task_id) }}",  # type: ignore[arg-type]
         pipeline_options={
             "catalog": "{{ params.catalog }}",
             "workdir": "{{ params.workdir }}",
-            "date": "{{ ds }}",
+            "date": DATE,
             **options,
         },
+        dataflow_config=(
+            "{{ dataflow_config(params, task.task_id, run_date(params, dag_run)) }}"  # type: ignore[arg-type]
+        ),
+        gcp_conn_id="{{ params.gcp_conn_id }}",
+        pool=BEAM_POOL,
+        execution_timeout=TIMEOUTS[task_id],
     )
 
 
@@ -144,21 +243,29 @@ with DAG(
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params=DEFAULT_PARAMS,
-    render_template_as_native_obj=True,  # beam_options stays a dict
+    render_template_as_native_obj=True,  # beam_options and dataflow_config stay dicts
+    user_defined_macros={
+        "run_date": run_date,
+        "dataflow_config": dataflow_config,
+        "beam_options": beam_options,
+    },
     tags=["visual-search"],
 ) as dag:
-    in_pipeline_env = {"python": PIPELINE_PYTHON, "expect_airflow": False}
+    in_pipeline_env: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}
+
+    def _limits(task_id: str) -> dict[str, Any]:
+        return {"task_id": task_id, "execution_timeout": TIMEOUTS[task_id], **in_pipeline_env}
 
     preprocess = _beam_stage("preprocess", "preprocess")
-    train = task.external_python(task_id="train", **in_pipeline_env)(_run_stage)
-    gate = task.external_python(task_id="gate", **in_pipeline_env)(_run_stage)
-    promoted = task.branch_external_python(task_id="promoted", **in_pipeline_env)(_embed_branch)
+    train = task.external_python(**_limits("train"))(_run_stage)
+    gate = task.external_python(**_limits("gate"))(_run_stage)
+    promoted = task.branch_external_python(**_limits("promoted"))(_embed_branch)
     embed_full = _beam_stage("embed_full", "embed", full=True)
     embed_incremental = _beam_stage("embed_incremental", "embed")
     build_index = _beam_stage("build_index", "build-index")
     # After whichever embed ran; the other one is skipped by the branch.
     build_index.trigger_rule = "none_failed_min_one_success"
-    publish = task.external_python(task_id="publish", **in_pipeline_env)(_run_stage)
+    publish = task.external_python(**_limits("publish"))(_run_stage)
 
     # Results flow as XComs: train's model version -> gate -> its decision -> the branch (pulled
     # by template, so a task marked done by hand, with no XCom, falls back to its run summary).

@@ -1,4 +1,4 @@
-"""The index manifest (``manifest.json``) of ../shared/DESIGN.md: frozen dataclasses, read/write.
+"""The index manifest (``manifest.json``) of docs/DESIGN.md: frozen dataclasses, read/write.
 
 A manifest is written last, and only for a build whose validation passed; ``CURRENT`` points at
 one. Shard and id-map paths are relative to the manifest's directory, so a build can be copied

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import asdict
 from typing import Any
 
@@ -113,24 +112,33 @@ def run(config: TrainConfig) -> TrainResult:
             config.augment,
             config.seed,
         )
-        log_dir = (
-            tempfile.mkdtemp(prefix="vsearch-tb-")
-            if storage.is_gcs(out_dir)
-            else storage.join(out_dir, "logs")
-        )
+        # TensorBoard logs under WORKDIR, local or gs:// (TensorFlow's own GCS client writes them).
+        log_dir = paths.train_logs_dir(config.workdir, version)
         callback = RetrievalEvalCallback(
             model.embedder, eval_set, lambda: dataset.eval_images(eval_set, tft_output), log_dir
         )
         untrained = callback.measure()  # the random-init baseline, measured on the same eval data
+        # Saved after every epoch and removed at the end: a retried task (preemption, timeout)
+        # resumes after the last finished epoch instead of from scratch. It comes first so an
+        # epoch is saved before any later callback can fail. On resume, the best-epoch choice
+        # covers the epochs run since then (earlier epochs' weights are not kept).
+        backup_dir = paths.train_backup_dir(config.workdir, version)
+        backup = keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=True)
+        resumed = storage.exists(storage.join(backup_dir, "training_metadata.json"))
         print(
             f"[train] {version}: {n_train} train images of {len(all_listings)} listings "
             f"({len(listing_ids)} instance classes), {len(eval_set)} retrieval-test images "
             f"({eval_set.gallery_size} of them training listing photos), "
-            f"{steps} steps/epoch x {config.epochs} epochs, backbone {config.backbone}",
+            f"{steps} steps/epoch x {config.epochs} epochs, backbone {config.backbone}"
+            + (" (resuming from the last saved epoch)" if resumed else ""),
             flush=True,
         )
         model.trainer.fit(
-            train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=[callback], verbose=2
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=[backup, callback],
+            verbose=2,
         )
         best = dict(callback.best or {})
         export_embedder(

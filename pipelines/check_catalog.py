@@ -21,8 +21,9 @@ import apache_beam as beam
 from pipelines.settings import CheckCatalogSettings
 from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.progress import LogProgress
 from transforms.read_catalog import ReadCatalog
-from transforms.read_images import ReadImages
+from transforms.read_images import MAIN_TAG, ReadImages
 from vsearch.core import catalog as cat
 from vsearch.core import paths, runs
 from vsearch.core.runs import METRICS_NAMESPACE, Counts, RunSummary
@@ -53,6 +54,7 @@ def build(p: beam.Pipeline, settings: CheckCatalogSettings) -> None:
         | "ImageRefs" >> beam.ParDo(_ImageRefsFn())
         | "ReadImages" >> ReadImages(STAGE, settings.image_size, settings.max_pixels)
     )
+    _ = decoded[MAIN_TAG] | "Progress" >> LogProgress(STAGE, "images read")
     _ = (
         (snapshot[DEAD_LETTER_TAG], decoded[DEAD_LETTER_TAG])
         | "AllDeadLetters" >> beam.Flatten()

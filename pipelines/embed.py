@@ -46,6 +46,7 @@ from transforms import read_images
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
+from transforms.progress import LogProgress
 from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
 from vsearch.core.catalog import listing_images
 from vsearch.core.deadletter import DeadLetter
@@ -260,6 +261,7 @@ def build(
         | "KeyPixels" >> beam.Map(_keyed_pixels)
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
+    _ = predictions | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rows = predictions | "ToRows" >> beam.ParDo(_ToRows(model.version, created_at)).with_outputs(
         DEAD_LETTER_TAG, main="rows"

@@ -24,6 +24,7 @@ from models import features as F
 from pipelines.settings import PreprocessSettings
 from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from transforms.progress import LogProgress
 from vsearch.core import catalog, paths, runs, storage
 from vsearch.core.hashing import stable_fraction
 from vsearch.core.runs import METRICS_NAMESPACE, Counts
@@ -178,6 +179,7 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     )
     decoded = refs | "ReadImages" >> ReadImages(STAGE, settings.image_size)
     images = decoded[MAIN_TAG]
+    _ = images | "Progress" >> LogProgress(STAGE, "images decoded")
     labels = listings | "KeyLabels" >> beam.Map(
         lambda listing: (listing.listing_id, _labels(listing))
     )

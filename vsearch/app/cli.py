@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from vsearch.app import flags, stages
+from vsearch.app import flags, quiet, stages
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def command_line(name: str) -> flags.Command:
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: vsearch COMMAND [flags]   (vsearch COMMAND --help for its flags)",
+        "usage: vsearch COMMAND [flags] [--verbose]   (vsearch COMMAND --help for its flags)",
         "       python -m vsearch COMMAND [flags]",
         "",
         "Search by photo for marketplaces: the daily batch pipeline.",
@@ -112,6 +112,7 @@ def _usage() -> str:
         "Beam stages accept Beam pipeline options after their own flags, e.g.",
         "  vsearch embed ... --runner DataflowRunner --project P --region R --temp_location gs://...",
         "Any other unknown flag is an error. --debug prints the traceback of an error.",
+        "--verbose keeps TensorFlow's and absl's start-up logs (off by default).",
     ]
     return "\n".join(lines)
 
@@ -192,15 +193,17 @@ def _logging(debug: bool) -> Iterator[None]:
             q.setLevel(level)
 
 
-def run_command(name: str, argv: Sequence[str]) -> object:
+def run_command(name: str, argv: Sequence[str], verbose: bool = True) -> object:
     c = COMMANDS[name]
     settings, pipeline_args, _ = command_line(name).parse(argv)
-    fn = stages.load(c.run)
+    # Importing a stage loads TensorFlow, whose native start-up logs bypass Python's logging.
+    with quiet.native_stderr_muted(enabled=not verbose):
+        fn = stages.load(c.run)
     return fn(settings, pipeline_args) if c.beam else fn(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args, verbose = quiet.configure(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     if args[:1] == ["--debug"]:  # `vsearch --debug COMMAND ...` works too
         args = args[1:] + ["--debug"]
@@ -217,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr = _TracebacksToLog(real_stderr, log_path)  # type: ignore[assignment]
     try:
         with _logging(debug):
-            run_command(name, rest)
+            run_command(name, rest, verbose)
     except flags.UsageError as e:
         print(f"vsearch {name}: error: {e}", file=sys.stderr)
         return 2

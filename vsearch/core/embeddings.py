@@ -1,4 +1,4 @@
-"""The Embedding Parquet contract of ../shared/DESIGN.md: schema, writer helpers, readers.
+"""The Embedding Parquet contract of docs/DESIGN.md: schema, writer helpers, readers.
 
 Layout: ``WORKDIR/embeddings/model=VERSION/dt=D/part-NNNNN-of-NNNNN.parquet``. A day's partition
 holds only images whose (listing_id, image_index, image_sha256) had no row yet for that model

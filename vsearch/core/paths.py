@@ -1,4 +1,4 @@
-"""The one place that knows the path layout of ../shared/DESIGN.md.
+"""The one place that knows the path layout of docs/DESIGN.md.
 
 Every stage asks this module where to read and write; no other module builds a WORKDIR or
 CATALOG path by hand. All functions take and return URIs (local, ``file://`` or ``gs://``).
@@ -55,6 +55,20 @@ def model_dir(workdir: str, version: str) -> str:
 
 def embedder_dir(workdir: str, version: str) -> str:
     return storage.join(model_dir(workdir, version), "embedder")
+
+
+def train_logs_dir(workdir: str, version: str) -> str:
+    """TensorBoard event files of a training run (``tensorboard --logdir`` this, gs:// too)."""
+    return storage.join(model_dir(workdir, version), "logs")
+
+
+def train_backup_dir(workdir: str, version: str) -> str:
+    """The last finished epoch's weights and optimizer state; a retry resumes from here.
+
+    Removed by Keras when training ends; a version's settings and data are in its name, so a
+    retry with the same settings on the same data finds its own backup.
+    """
+    return storage.join(model_dir(workdir, version), "backup")
 
 
 def published_model_pointer(workdir: str) -> str:
