@@ -13,11 +13,11 @@ import pytest
 
 from tests.test_dag import REPO, _airflow
 
-BEAM = {
-    "preprocess": "pipelines.preprocess",
-    "embed_full": "pipelines.embed",
-    "embed_incremental": "pipelines.embed",
-    "build_index": "pipelines.build_index",
+BEAM = {  # task -> the `vsearch` command it runs (`python -m vsearch STAGE ...`)
+    "preprocess": "preprocess",
+    "embed_full": "embed",
+    "embed_incremental": "embed",
+    "build_index": "build-index",
 }
 PYTHON_TASKS = ("train", "gate", "promoted", "publish")
 DAY = {"catalog": "gs://b/catalog", "workdir": "gs://b/vs"}
@@ -68,14 +68,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
-    return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv[2:])
+    return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv[3:])
 
 
 def test_direct_runner_tasks_send_the_day_and_no_dataflow_options(rendered) -> None:
     tasks = rendered[0]
     for task_id, module in BEAM.items():
         argv = tasks[task_id]["argv"]
-        assert argv[:3] == ["-m", module, "--runner=DirectRunner"], argv
+        assert argv[:4] == ["-m", "vsearch", module, "--runner=DirectRunner"], argv
         flags = _flags(argv)
         assert flags["catalog"] == "gs://b/catalog" and flags["workdir"] == "gs://b/vs"
         assert flags["date"] == "2026-01-02"
@@ -94,7 +94,7 @@ def test_dataflow_runner_tasks_send_project_region_job_name_and_beam_options(ren
         task = tasks[task_id]
         assert task["is_dataflow"] is True
         argv = task["argv"]
-        assert argv[:3] == ["-m", module, "--runner=DataflowRunner"], argv
+        assert argv[:4] == ["-m", "vsearch", module, "--runner=DataflowRunner"], argv
         flags = _flags(argv)
         assert flags["project"] == "my-project"
         assert flags["region"] == "europe-west4"  # the param, not the provider's default
