@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from models import artifact
+from pipelines.embed_checks import EmbedError, check_readable, check_shrink
 from pipelines.settings import EmbedResult, EmbedSettings
 from pipelines.stage import run_pipeline
 from transforms import read_images
@@ -54,10 +55,6 @@ from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
 _log = logging.getLogger(__name__)
-
-
-class EmbedError(RuntimeError):
-    """The run cannot start (no model) or must not publish (too many bad images)."""
 
 
 class EmbedKey(NamedTuple):
@@ -352,58 +349,6 @@ def run(
     storage.delete_prefix(staging)
     runs.complete(s.workdir, summary)
     return EmbedResult(**vars(runs.Counts.of(summary)), model_version=model.version, full=s.full)
-
-
-def count_listings(catalog: str, date: dt.date) -> int | None:
-    """Rows of a day's listings table from metadata (Parquet footer) or lines (JSONL)."""
-    from vsearch.core import snapshot
-
-    table = snapshot.find_table(catalog, date, "listings")
-    if table is None:
-        return None
-    with storage.open_read(table.uri) as f:
-        if table.fmt == "parquet":
-            try:
-                return int(pq.ParquetFile(f).metadata.num_rows)
-            except Exception as e:
-                raise EmbedError(f"cannot read {table.uri}: {type(e).__name__}: {e}") from e
-        return sum(1 for line in f if line.strip())
-
-
-def check_shrink(
-    catalog: str, date: dt.date, earlier_days: Sequence[dt.date], max_shrink: float
-) -> None:
-    """Refuse a day whose snapshot is empty or lost more than ``max_shrink`` of the listings of
-    the last embedded day: a broken upstream export must not empty the index."""
-    today = count_listings(catalog, date)
-    if today == 0:
-        raise EmbedError(
-            f"the listings snapshot of {date} ({paths.catalog_day(catalog, date)}) is empty; "
-            "refusing to publish an empty day (pass --allow-shrink if that is intended)"
-        )
-    before = next((n for d in earlier_days if (n := count_listings(catalog, d))), None)
-    if today is None or before is None:
-        return
-    if today < before * (1.0 - max_shrink):
-        raise EmbedError(
-            f"the listings snapshot of {date} has {today} rows, {1 - today / before:.1%} fewer "
-            f"than the {before} of the last embedded day (> --max-shrink-fraction {max_shrink:.0%}); "
-            "refusing it as a broken export (pass --allow-shrink if the catalog really shrank)"
-        )
-
-
-def check_readable(uris: Sequence[str]) -> None:
-    """Open every earlier Parquet file's footer before any work: a truncated file of an earlier
-    day is one clear error naming it, not a worker traceback in the middle of the job."""
-    for uri in uris:
-        try:
-            with storage.open_read(uri) as f:
-                pq.ParquetFile(f).metadata  # noqa: B018 (reading the footer is the check)
-        except Exception as e:
-            raise EmbedError(
-                f"earlier embedding file {uri} is unreadable ({type(e).__name__}: {e}); "
-                "restore it or delete its day's partition and re-run that day"
-            ) from e
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
