@@ -94,9 +94,13 @@ def read_config(workdir: str, version: str) -> ModelConfig:
 
 
 def published_version(workdir: str) -> str:
-    """The version ``models/PUBLISHED`` names; ModelArtifactError when none or empty."""
+    """The version ``models/PUBLISHED`` names; ModelArtifactError when none, empty or garbled
+    (an empty pointer is reported as such, with the command that clears it)."""
     pointer = paths.published_model_pointer(workdir)
-    version = storage.read_pointer(pointer).value
+    try:
+        version = storage.read_pointer(pointer).value
+    except storage.PointerError as e:
+        raise ModelArtifactError(str(e)) from e
     if not version:
         raise ModelArtifactError(
             f"no published model at {pointer}: train and gate a model first, or name one with --model"

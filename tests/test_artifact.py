@@ -39,9 +39,10 @@ def test_nothing_published_is_a_clear_error(tmp_path) -> None:
     pointer = paths.published_model_pointer(str(tmp_path))
     with pytest.raises(artifact.ModelArtifactError, match=f"no published model at {pointer}"):
         artifact.published_version(str(tmp_path))
-    storage.write_text(pointer, "\n")  # an empty pointer is the same as none
-    with pytest.raises(artifact.ModelArtifactError, match="no published model"):
+    storage.write_text(pointer, "\n")  # an empty pointer is reported as empty, not as missing
+    with pytest.raises(artifact.ModelArtifactError, match=f"pointer {pointer} is empty") as e:
         artifact.resolve(str(tmp_path))
+    assert "does not exist" not in str(e.value)
 
 
 def test_a_missing_or_bad_config_names_the_file(tmp_path) -> None:
