@@ -223,8 +223,8 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
     )
     args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     summary = build_index.run(settings, args)
-    assert summary.ok == expected.num_rows == len(images)
-    with Searcher.from_manifest_uri(str(summary.extra["manifest"])) as s:
+    assert summary.ntotal == expected.num_rows == len(images)
+    with Searcher.from_manifest_uri(summary.manifest_uri) as s:
         got = sorted(
             (r["listing_id"], r["image_index"], r["image_uri"])
             for shard in s._shards
@@ -243,4 +243,4 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
         v = source.batch_vectors(expected)
         hits = s.search_vectors(v[:10], 1)
         assert [h[0].listing_id for h in hits] == expected.column("listing_id").to_pylist()[:10]
-    assert not storage.exists(storage.join(storage.parent(str(summary.extra["manifest"])), "_view"))
+    assert not storage.exists(storage.join(storage.parent(summary.manifest_uri), "_view"))
