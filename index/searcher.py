@@ -248,7 +248,9 @@ class Searcher:
         k_factor = p.get("k_factor", self.manifest.search_params.get("k_factor"))
         _, shard_no, rows = self._candidates(x, k * int(k_factor or refine.K_FACTORS[0]), sp)
         scores, shard_no, rows = refine.rerank(x, shard_no, rows, self._vectors, k)
-        return self._top_k(scores, rows, shard_no, k)
+        if scores.shape[1] < k:  # fewer candidates than k: pad
+            return self._top_k(scores, rows, shard_no, k)
+        return scores, shard_no, rows
 
     def _candidates(
         self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
