@@ -77,11 +77,13 @@ class Searcher:
         self._shard_paths: list[str] = []
         self._refined: list[Any] = []  # refined shards (each owns its IVF part and vectors)
         self._shards = [self._load_shard(e) for e in manifest.shards]
-        self._vectors = [refine.stored_vectors(r) for r in self._refined]
+        self._stores = refine.Stores([refine.store(r) for r in self._refined])
         self._quantizer = self._shared_quantizer()
         self._merged = self._merged_ivf(merge_ivf)
         if self._merged is not None:
             self._quantizer = self._merged.quantizer
+            if len(self._refined) > 1:  # merged lists: the vectors in one store too
+                self._stores = refine.Stores.concatenated(self._stores.flats)
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -247,7 +249,7 @@ class Searcher:
             return self._candidates(x, k, sp)
         k_factor = p.get("k_factor", self.manifest.search_params.get("k_factor"))
         _, shard_no, rows = self._candidates(x, k * int(k_factor or refine.K_FACTORS[0]), sp)
-        scores, shard_no, rows = refine.rerank(x, shard_no, rows, self._vectors, k)
+        scores, shard_no, rows = refine.rerank(x, shard_no, rows, self._stores, k)
         if scores.shape[1] < k:  # fewer candidates than k: pad
             return self._top_k(scores, rows, shard_no, k)
         return scores, shard_no, rows
@@ -432,10 +434,10 @@ def faiss_indexes(searcher: Searcher) -> list[tuple[int | None, Any]]:
     return [(no, s.index) for no, s in enumerate(searcher._shards)]
 
 
-def refine_vectors(searcher: Searcher) -> list[np.ndarray] | None:
-    """Each shard's stored vectors (row order) for a refined layout; None for other layouts.
+def refine_stores(searcher: Searcher) -> refine.Stores | None:
+    """The refine stores (index/refine.py) for a refined layout; None for other layouts.
 
     The IVF indexes above then score with 4-bit PQ codes: exact scores need a re-rank
     (index.refine.rerank) of ``k * refine.K_FACTORS[-1]`` candidates.
     """
-    return searcher._vectors if searcher._refined else None
+    return searcher._stores if searcher._refined else None

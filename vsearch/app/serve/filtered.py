@@ -194,7 +194,7 @@ class FilteredSearch:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact top image hits over the filtered subset only (enough for k listings)."""
         x = self.searcher.project(vectors)
-        stored = searcher_mod.refine_vectors(self.searcher)
+        stored = searcher_mod.refine_stores(self.searcher)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for (no, index), (sel, ids) in zip(self._indexes, subset.selectors, strict=True):
             kk = min(len(ids), k * MAX_IMAGES_PER_LISTING)
