@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import faiss
 import numpy as np
 
 from index import autopca, sharding, training, tuning
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexSettings:
-    # A faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, HNSW32) or "auto".
+    # A faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, IVF4096,PQ64x4fs,RFlat,
+    # HNSW32) or "auto".
     factory: str = "auto"
     shards: int = 1  # S; a listing's shard is a stable hash of its id
     # recall@10 vs exact search that tuning must reach and validation confirm.
@@ -81,47 +84,72 @@ def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _choose_factory(
     settings: IndexSettings, sample: Sample, train_x: np.ndarray, query_x: np.ndarray, dim: int
 ) -> tuple[str, dict[str, Any]]:
-    """Explicit factory as given; for "auto", the preferred candidate unless it is IVF and a
-    trial on the training sample shows it needs to probe too much of the data (then HNSW).
-    Returns (factory, report).
+    """Explicit factory as given; for "auto", the candidates in order (index/factory.py), each
+    IVF one kept only if a trial on the training sample reaches the target probing at most its
+    share of the lists: IVF-Flat 1/32, the refined IVF 1/2; the last candidate (HNSW32) needs no
+    trial. Returns (factory, report).
     """
     if settings.factory != "auto":
         return settings.factory, {}
     candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
-    first = candidates[0]
-    hnsw = [c for c in candidates if factory_mod.factory_kind(c) == "hnsw"]
-    if factory_mod.factory_kind(first) != "ivf_flat" or not hnsw or len(query_x) == 0:
-        return first, {"candidates": candidates}
-    # Trial at a small scale: an IVF of the same recipe (4*sqrt(n) lists) over part of the
+    trials: list[dict[str, Any]] = []
+    info: dict[str, Any] = {"candidates": candidates, "trials": trials}
+    limits = {"ivf_flat": settings.ivf_max_probe_fraction, "ivf_refine": 1 / 2}
+    if len(candidates) == 1 or len(query_x) == 0:
+        return candidates[0], info
+    # Trials at a small scale: an index of the same recipe (4*sqrt(n) lists) over part of the
     # sample, its knob tuned on the held-out queries. What fraction of the lists must be probed
     # carries over across scales; a full-size trial would cost a second full k-means.
     data = train_x[: settings.trial_size]
-    trial_factory = f"IVF{factory_mod.nlist_for(len(data))},Flat"
-    nlist = factory_mod.ivf_nlist(trial_factory)
-    trial = training.train_index(trial_factory, data, settings.use_gpu)
-    trial.add(data)
     keys = np.arange(len(data)).astype(str).astype(object)
     truth = exact_topk(query_x, [(data, keys)], 10).keys  # the queries are not in the sample
-    limit = max(1, int(nlist * settings.ivf_max_probe_fraction))
+    nlist = factory_mod.nlist_for(len(data))
+    for factory in candidates:
+        kind = factory_mod.factory_kind(factory)
+        if kind not in limits or factory is candidates[-1]:
+            return factory, info  # nothing to try (HNSW32, the last resort)
+        trial_factory = re.sub(r"^IVF\d+", f"IVF{nlist}", factory)
+        limit = max(1, int(nlist * limits[kind]))
+        t = _trial(trial_factory, data, query_x, truth, settings, limit)
+        trials.append(
+            {
+                "factory": trial_factory,
+                "vectors": len(data),
+                "reached": t.reached,
+                "tried": t.tried,
+                "max_nprobe": limit,
+            }
+        )
+        log.info("auto index trial: %s reached=%s within nprobe<=%d", factory, t.reached, limit)
+        if t.reached:
+            return factory, info
+    return candidates[-1], info
+
+
+def _trial(
+    factory: str,
+    data: np.ndarray,
+    query_x: np.ndarray,
+    truth: np.ndarray,
+    settings: IndexSettings,
+    limit: int,
+) -> tuning.TuneResult:
+    """Tune ``factory`` built over ``data`` against ``truth``, probing at most ``limit`` lists."""
+    trial = training.train_index(factory, data, settings.use_gpu)
+    trial.add(data)  # row ids: faiss' own refine step can look them up
 
     def measure(params: dict[str, int]) -> float:
-        _, i = trial.search(query_x, 10, params=tuning.search_parameters(params))
+        ivf = tuning.search_parameters({"nprobe": params["nprobe"]})
+        sp: Any = ivf  # ivf stays referenced: the refine parameters only point at it
+        if "k_factor" in params:
+            sp = faiss.IndexRefineSearchParameters(
+                k_factor=params["k_factor"],
+                base_index_params=ivf,  # type: ignore[call-arg]
+            )
+        _, i = trial.search(query_x, 10, params=sp)
         return recall_at_k(np.where(i >= 0, i.astype(str), "").astype(object), truth)
 
-    t = tuning.tune(trial_factory, measure, settings.target_recall, max_value=limit)
-    chosen = first if t.reached else hnsw[0]
-    info = {
-        "candidates": candidates,
-        "ivf_trial": {
-            "factory": trial_factory,
-            "vectors": len(data),
-            "reached": t.reached,
-            "tried": t.tried,
-            "max_nprobe": limit,
-        },
-    }
-    log.info("auto index: %s (IVF trial reached=%s within nprobe<=%d)", chosen, t.reached, limit)
-    return chosen, info
+    return tuning.tune(factory, measure, settings.target_recall, max_value=limit)
 
 
 GroundTruthFn = Callable[[np.ndarray, int], np.ndarray]  # (queries, k) -> exact top-k row keys

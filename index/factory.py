@@ -5,9 +5,15 @@ Preference order, and why:
 * ``Flat`` below ``FLAT_MAX`` vectors: exact, and already fast enough at that size.
 * ``IVF{nlist},Flat`` when raw vectors fit the budget: shards cleanly (every shard shares the one
   trained quantizer, so S shards scan the same number of codes as one), memory-maps, trains fast.
-* ``HNSW32`` as the fallback for data whose neighbours IVF cannot find cheaply (DESIGN.md's
-  ``manifold`` set: IVF needs to scan a large part of the data there, HNSW does not). It costs
-  more memory, a slower build, and every shard is searched in full, so it is never the default.
+* ``IVF{nlist},PQ{dim/4}x4fs,RFlat`` as the fallback for data whose neighbours IVF-Flat cannot
+  find cheaply (DESIGN.md's ``manifold`` set: IVF has to probe a large part of the lists there).
+  4-bit fast-scan PQ codes (dim/8 bytes) make scanning many lists cheap, and the stored vectors
+  re-rank ``k * k_factor`` candidates exactly (index/refine.py). It stays an IVF layout: shards
+  are partitions of one coarse quantizer and merge into one index, so they cost nothing
+  (HNSW32 was this fallback before; each HNSW shard has to be searched in full).
+* ``HNSW32`` as the last resort, where 4-bit codes cannot rank the neighbours at all (measured:
+  a set whose vectors share one dominant direction plateaus at recall 0.69 even probing every
+  list with 16x re-ranking). Every HNSW shard is searched in full, so it is never preferred.
 * ``IVF{nlist},PQ{m}`` when raw vectors do not fit: 100M vectors x 64 bytes of codes.
 
 ``nlist`` follows faiss' guideline of 4..16 x sqrt(N), rounded to a power of two, with at least
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import math
 import re
+
+from index import refine
 
 FLAT_MAX = 20_000  # below this an exact scan takes well under a millisecond per query
 HNSW_M = 32
@@ -69,6 +77,9 @@ def estimated_bytes(factory: str, n: int, dim: int) -> int:
     if kind == "ivf_pq":
         m = int(re.search(r"PQ(\d+)", factory).group(1))  # type: ignore[union-attr]
         return n * (m + IVF_ID_BYTES) + centroids
+    if kind == "ivf_refine":  # 4-bit codes + id in the lists, float vectors in the refine store
+        m = int(re.search(r"PQ(\d+)", factory).group(1))  # type: ignore[union-attr]
+        return n * ((m + 1) // 2 + IVF_ID_BYTES + dim * 4) + centroids
     return n * (dim * 4 + IVF_ID_BYTES) + centroids
 
 
@@ -78,12 +89,23 @@ def candidate_factories(n: int, dim: int, memory_budget_bytes: int) -> list[str]
         return ["Flat"]
     nlist = nlist_for(n)
     out: list[str] = []
-    for f in (f"IVF{nlist},Flat", f"HNSW{HNSW_M}"):
+    m = refine_pq_m(dim)
+    refined = [f"IVF{nlist},PQ{m}x4fs,RFlat"] if m else []
+    for f in (f"IVF{nlist},Flat", *refined, f"HNSW{HNSW_M}"):
         if estimated_bytes(f, n, dim) <= memory_budget_bytes:
             out.append(f)
     if not out:  # raw vectors do not fit: compress
         out.append(f"IVF{nlist},PQ{pq_m_for(dim, n, memory_budget_bytes)}")
     return out
+
+
+def refine_pq_m(dim: int) -> int | None:
+    """PQ sub-quantizers for the refined layout: the largest even divisor of ``dim`` up to
+    dim/4 (4 dims per 4-bit code: the codes rank candidates, the stored vectors decide)."""
+    for m in range(dim // 4, 1, -1):
+        if dim % m == 0 and m % 2 == 0:
+            return m
+    return None
 
 
 def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
@@ -92,20 +114,25 @@ def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
 
 
 def factory_kind(factory: str) -> str:
-    """ "flat", "ivf_flat", "ivf_pq", "ivf_other" or "hnsw" (what decides the tuned parameter)."""
+    """ "flat", "ivf_flat", "ivf_pq", "ivf_refine", "ivf_other" or "hnsw" (decides the knobs)."""
     f = factory.replace(" ", "")
     if f == "Flat":
         return "flat"
     if f.startswith("HNSW"):
         return "hnsw"
     if re.match(r"IVF\d+(_HNSW\d+)?,", f):
+        if re.fullmatch(r"IVF\d+(_HNSW\d+)?,PQ\d+x4fs,RFlat", f):
+            return "ivf_refine"
+        if f.endswith(",RFlat"):
+            raise ValueError(f"unsupported refined factory {factory!r}: use IVF<n>,PQ<m>x4fs,RFlat")
         if re.search(r",PQ\d+", f):
             return "ivf_pq"
         if f.endswith(",Flat"):
             return "ivf_flat"
         return "ivf_other"
     raise ValueError(
-        f"unsupported index factory {factory!r}: use Flat, IVF<n>,Flat, IVF<n>,PQ<m> or HNSW<M> "
+        f"unsupported index factory {factory!r}: use Flat, IVF<n>,Flat, IVF<n>,PQ<m>, "
+        "IVF<n>,PQ<m>x4fs,RFlat or HNSW<M> "
         "(PCA is added separately by the build)"
     )
 
@@ -121,6 +148,14 @@ def search_param_name(factory: str) -> str | None:
     """The knob that trades recall for speed: nprobe (IVF), efSearch (HNSW), none (Flat)."""
     kind = factory_kind(factory)
     return {"flat": None, "hnsw": "efSearch"}.get(kind, "nprobe")
+
+
+def fixed_search_params(factory: str) -> list[dict[str, int]]:
+    """Settings tried in turn beside the tuned knob ([{}] when there are none): the refined
+    layout's candidate factor (index/refine.py), the next one only if the first plateaus."""
+    if factory_kind(factory) == "ivf_refine":
+        return [{"k_factor": f} for f in refine.K_FACTORS]
+    return [{}]
 
 
 def param_grid(factory: str) -> list[int]:
@@ -142,6 +177,6 @@ def training_size(factory: str, n: int, cap: int) -> int:
     if kind in ("flat", "hnsw"):
         return 0
     need = ivf_nlist(factory) * 64
-    if kind == "ivf_pq":
+    if kind in ("ivf_pq", "ivf_refine"):
         need = max(need, 256 * 100)  # PQ codebooks: 256 centroids per sub-quantizer
     return int(min(n, cap, need))

@@ -9,7 +9,8 @@ thread pool (faiss releases the GIL), the per-shard top lists are merged, and hi
 listing (best image per listing). IVF shards, which share one trained quantizer, are by default
 stacked at load into one in-memory index instead (same answers, one coarse assignment, no
 per-shard cost: S shards search as fast as one); ``merge_ivf=False`` keeps them memory-mapped
-and searched one by one.
+and searched one by one. Refined layouts (index/refine.py) are searched through their IVF part
+the same way, for ``k * k_factor`` candidates, which their stored vectors then re-rank.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from index import manifest as manifest_mod
-from index import sharding, training
+from index import refine, sharding, training
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
@@ -74,11 +75,15 @@ class Searcher:
         self._mmap = mmap
         self.pca = self._load_pca()
         self._shard_paths: list[str] = []
+        self._refined: list[Any] = []  # refined shards (each owns its IVF part and vectors)
         self._shards = [self._load_shard(e) for e in manifest.shards]
+        self._stores = refine.Stores([refine.store(r) for r in self._refined])
         self._quantizer = self._shared_quantizer()
         self._merged = self._merged_ivf(merge_ivf)
         if self._merged is not None:
             self._quantizer = self._merged.quantizer
+            if len(self._refined) > 1:  # merged lists: the vectors in one store too
+                self._stores = refine.Stores.concatenated(self._stores.flats)
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -149,6 +154,9 @@ class Searcher:
                 f"index shard {path} holds {index.ntotal} vectors of dim {index.d}; the manifest "
                 f"says {entry.ntotal} of dim {self.manifest.dim}"
             )
+        if refine.is_refine(index):  # searched through its IVF part, re-ranked here
+            self._refined.append(index)
+            index = refine.base_ivf(index)
         return _Shard(index, read_id_map(self.build_dir, entry))
 
     def _shared_quantizer(self) -> Any:
@@ -180,6 +188,15 @@ class Searcher:
         """
         if self._quantizer is None or not merge:
             return None
+        if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
+            # Fast-scan lists are packed in blocks of 32 codes: faiss' merge_from keeps the
+            # packing (and the tagged ids, add_id=0); the sources are emptied, then dropped.
+            packed: Any = faiss.clone_index(self._shards[0].index)
+            for shard in self._shards[1:]:
+                packed.merge_from(shard.index, 0)
+            for shard in self._shards:
+                shard.index = None
+            return packed
         merged: Any = faiss.clone_index(self._shards[0].index)  # quantizer, type, parameters
         base = self._shards[0].index
         target = faiss.ArrayInvertedLists(base.nlist, base.code_size)
@@ -226,7 +243,21 @@ class Searcher:
         the manifest's search_params (tuning uses it).
         """
         x = self.project(vectors)
-        sp = self._params(self.manifest.search_params if params is None else params)
+        p = self.manifest.search_params if params is None else params
+        sp = self._params({n: v for n, v in p.items() if n != "k_factor"})
+        if not self._refined:
+            return self._candidates(x, k, sp)
+        k_factor = p.get("k_factor", self.manifest.search_params.get("k_factor"))
+        _, shard_no, rows = self._candidates(x, k * int(k_factor or refine.K_FACTORS[0]), sp)
+        scores, shard_no, rows = refine.rerank(x, shard_no, rows, self._stores, k)
+        if scores.shape[1] < k:  # fewer candidates than k: pad
+            return self._top_k(scores, rows, shard_no, k)
+        return scores, shard_no, rows
+
+    def _candidates(
+        self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """search_raw on projected queries, without re-ranking."""
         if self._merged is not None or len(self._shards) == 1:
             # One index answers everything: faiss' results are already merged and sorted.
             index = self._merged if self._merged is not None else self._shards[0].index
@@ -401,3 +432,12 @@ def faiss_indexes(searcher: Searcher) -> list[tuple[int | None, Any]]:
     if searcher._merged is not None:
         return [(None, searcher._merged)]
     return [(no, s.index) for no, s in enumerate(searcher._shards)]
+
+
+def refine_stores(searcher: Searcher) -> refine.Stores | None:
+    """The refine stores (index/refine.py) for a refined layout; None for other layouts.
+
+    The IVF indexes above then score with 4-bit PQ codes: exact scores need a re-rank
+    (index.refine.rerank) of ``k * refine.K_FACTORS[-1]`` candidates.
+    """
+    return searcher._stores if searcher._refined else None

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index import manifest as manifest_mod
-from index import sharding, training
+from index import refine, sharding, training
 from index.source import BatchesFactory, batch_vectors, iter_database
 from vsearch.core import storage
 
@@ -26,7 +26,10 @@ ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
 
 def add_rows(index: faiss.Index, vectors: np.ndarray, shard_no: int) -> None:
     """Append vectors to a shard; IVF shards get shard-tagged ids (row = id & (2**40 - 1))."""
-    if isinstance(index, faiss.IndexIVF):
+    if refine.is_refine(index):
+        tagged = sharding.tag_ids(shard_no, index.ntotal, len(vectors))
+        refine.add_rows(index, vectors, tagged)
+    elif isinstance(index, faiss.IndexIVF):
         index.add_with_ids(vectors, sharding.tag_ids(shard_no, index.ntotal, len(vectors)))
     else:
         index.add(vectors)

@@ -40,7 +40,29 @@ def search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
 def tune(
     factory: str, measure: Measure, target_recall: float, max_value: int | None = None
 ) -> TuneResult:
-    """The cheapest knob value whose measured recall reaches ``target_recall``."""
+    """The cheapest knob value whose measured recall reaches ``target_recall``.
+
+    Layouts with a fixed setting beside the knob (the refined layout's k_factor) are tuned with
+    each setting in turn (factory.fixed_search_params), stopping at the first that reaches it.
+    """
+    best: TuneResult | None = None
+    for fixed in factory_mod.fixed_search_params(factory):
+        result = _tune_knob(factory, measure, target_recall, max_value, fixed)
+        if result.reached:
+            return result
+        if best is None or result.recall_at_10 > best.recall_at_10:
+            best = result
+    assert best is not None
+    return best
+
+
+def _tune_knob(
+    factory: str,
+    measure: Measure,
+    target_recall: float,
+    max_value: int | None,
+    fixed: dict[str, int],
+) -> TuneResult:
     name = factory_mod.search_param_name(factory)
     if name is None:
         r = measure({})
@@ -51,25 +73,24 @@ def tune(
     tried: list[tuple[int, float]] = []
     best = (grid[0], -1.0)
     prev: int | None = None
+    knob = lambda value: {name: value, **fixed}  # noqa: E731
     for value in grid:
-        params = {name: value}
-        r = measure(params)
+        r = measure(knob(value))
         tried.append((value, r))
         if r > best[1] + 1e-9:
             best = (value, r)
         if r >= target_recall:
             if prev is not None:  # the grid is coarse: land on the target, not past it
-                value, r = _bisect(name, measure, target_recall, prev, value, r, tried)
-            return TuneResult({name: value}, r, True, tuple(tried))
+                value, r = _bisect(lambda v: measure(knob(v)), target_recall, prev, value, r, tried)
+            return TuneResult(knob(value), r, True, tuple(tried))
         prev = value
         if len(tried) >= 4 and r <= tried[-4][1] + 1e-4:
             break  # recall has plateaued (e.g. PQ's ceiling): more probes only cost time
-    return TuneResult({name: best[0]}, best[1], False, tuple(tried))
+    return TuneResult(knob(best[0]), best[1], False, tuple(tried))
 
 
 def _bisect(
-    name: str,
-    measure: Measure,
+    measure: Callable[[int], float],
     target: float,
     lo: int,
     hi: int,
@@ -83,7 +104,7 @@ def _bisect(
     """
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        r = measure({name: mid})
+        r = measure(mid)
         tried.append((mid, r))
         if r >= target:
             hi, hi_recall = mid, r

@@ -121,11 +121,11 @@ def test_auto_on_small_data_is_exact(table, tmp_path) -> None:  # type: ignore[n
     assert build(table, tmp_path, "auto").manifest.factory == "Flat"
 
 
-def test_auto_falls_back_to_hnsw_on_hard_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_auto_falls_back_to_refined_ivf_on_hard_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
     t = synthetic.embedding_table(vectors.manifold(24_000, dim=64), 2, MODEL)
     result = build(t, tmp_path, "auto", memory_budget_bytes=1 << 30)
-    assert result.manifest.factory == "HNSW32"
-    assert result.report["ivf_trial"]["reached"] is False
+    assert result.manifest.factory == "IVF512,PQ16x4fs,RFlat"
+    assert [t["reached"] for t in result.report["trials"]] == [False, True]
 
 
 def test_below_target_fails_and_writes_no_manifest(table, tmp_path) -> None:  # type: ignore[no-untyped-def]

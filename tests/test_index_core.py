@@ -45,8 +45,12 @@ def test_choose_factory(n: int, budget: int, expected: str) -> None:
     assert factory.choose_factory(n, 256, budget) == expected
 
 
-def test_candidates_offer_hnsw_when_memory_allows() -> None:
-    assert factory.candidate_factories(1_000_000, 256, 16 << 30) == ["IVF4096,Flat", "HNSW32"]
+def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
+    assert factory.candidate_factories(1_000_000, 256, 16 << 30) == [
+        "IVF4096,Flat",
+        "IVF4096,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
+        "HNSW32",  # last resort: where 4-bit codes cannot rank neighbours
+    ]
     assert "HNSW32" not in factory.candidate_factories(1_000_000, 256, 1_100 << 20)
     with pytest.raises(ValueError, match="memory-budget"):
         factory.choose_factory(1_000_000_000, 256, 1 << 30)

@@ -52,7 +52,13 @@ def exact_filtered(
 
 
 @pytest.mark.parametrize(
-    ("factory", "shards", "n"), [("IVF64,Flat", 3, 12000), ("HNSW32", 2, 6000), ("Flat", 2, 4000)]
+    ("factory", "shards", "n"),
+    [
+        ("IVF64,Flat", 3, 12000),
+        ("IVF64,PQ16x4fs,RFlat", 3, 12000),
+        ("HNSW32", 2, 6000),
+        ("Flat", 2, 4000),
+    ],
 )
 def test_filtered_recall_vs_exact_filtered_search(
     tmp_path: Path, factory: str, shards: int, n: int

@@ -26,6 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index import refine
 from index import searcher as searcher_mod
 from index.searcher import Searcher
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT, tag_ids
@@ -193,6 +194,7 @@ class FilteredSearch:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact top image hits over the filtered subset only (enough for k listings)."""
         x = self.searcher.project(vectors)
+        stored = searcher_mod.refine_stores(self.searcher)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for (no, index), (sel, ids) in zip(self._indexes, subset.selectors, strict=True):
             kk = min(len(ids), k * MAX_IMAGES_PER_LISTING)
@@ -205,7 +207,14 @@ class FilteredSearch:
                 d, i = np.take_along_axis(sims, top, axis=1), ids[top]
             elif isinstance(index, faiss.IndexIVF):
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=index.nlist)  # type: ignore[call-arg]
-                d, i = index.search(x, kk, params=params)
+                if stored is None:
+                    d, i = index.search(x, kk, params=params)
+                else:  # refined layout: PQ-scored candidates, re-ranked on the stored vectors
+                    fetch = min(len(ids), kk * refine.K_FACTORS[-1])
+                    _, i = index.search(x, fetch, params=params)
+                    shard = np.where(i >= 0, i >> SHARD_ID_SHIFT, -1)
+                    d, shard, i = refine.rerank(x, shard, i & ROW_MASK, stored, kk)
+                    i = np.where(shard >= 0, (shard.astype(np.int64) << SHARD_ID_SHIFT) | i, -1)
             else:
                 flat_params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
                 d, i = index.search(x, kk, params=flat_params)
