@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from index import manifest as manifest_mod
 from index import refine, sharding, training
+from index.ivf_lists import ids_tagged, search_preassigned
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
@@ -173,7 +174,7 @@ class Searcher:
                 q.reconstruct_n(0, q.ntotal), centroids
             ):
                 return None  # not trained together: search each shard on its own
-            if not _ids_tagged(shard.index, no):
+            if not ids_tagged(shard.index, no):
                 return None
         return first
 
@@ -290,7 +291,7 @@ class Searcher:
             if kk == 0:
                 return (np.empty((len(x), 0), np.float32), np.empty((len(x), 0), np.int64))
             if coarse is not None:
-                d, i = _search_preassigned(shard.index, x, kk, coarse, sp)
+                d, i = search_preassigned(shard.index, x, kk, coarse, sp)
                 return d, np.where(i >= 0, i & ROW_MASK, -1)
             if sp is None:
                 return shard.index.search(x, kk)  # type: ignore[no-any-return]
@@ -375,43 +376,6 @@ class Searcher:
                     break
             out.append(hits)
         return out
-
-
-def _ids_tagged(index: Any, shard_no: int) -> bool:
-    """Whether an IVF shard's ids carry its shard number (builds by this code do)."""
-    invlists = index.invlists
-    for lst in range(index.nlist):
-        if invlists.list_size(lst):
-            first = int(faiss.rev_swig_ptr(invlists.get_ids(lst), 1)[0])
-            return first >> SHARD_ID_SHIFT == shard_no
-    return True  # an empty shard has nothing to mislabel
-
-
-def _search_preassigned(
-    index: Any, x: np.ndarray, k: int, coarse: tuple[np.ndarray, np.ndarray], params: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """IVF search with a given coarse assignment and per-call parameters.
-
-    faiss' Python wrapper of search_preassigned refuses per-call parameters (it would need the
-    index's own nprobe changed, which is not thread-safe); the C++ method takes them.
-    """
-    dq = np.ascontiguousarray(coarse[0], dtype=np.float32)
-    iq = np.ascontiguousarray(coarse[1], dtype=np.int64)
-    n = x.shape[0]
-    distances = np.empty((n, k), dtype=np.float32)
-    labels = np.empty((n, k), dtype=np.int64)
-    index.search_preassigned_c(
-        n,
-        faiss.swig_ptr(x),
-        k,
-        faiss.swig_ptr(iq),
-        faiss.swig_ptr(dq),
-        faiss.swig_ptr(distances),
-        faiss.swig_ptr(labels),
-        False,
-        params,
-    )
-    return distances, labels
 
 
 # ------------------------------------------------------------------ hook: filtered search
