@@ -272,6 +272,8 @@ with DAG(
     # Publish reads build-index's manifest from its run summary (a Beam task returns no XCom).
     trained = train(stage="train", **DAY)
     decision = gate(stage="gate", upstream={"train": "{{ ti.xcom_pull(task_ids='train') }}"}, **DAY)
-    branch = promoted(DAY["workdir"], DAY["date"], "{{ ti.xcom_pull(task_ids='gate') }}")
+    branch = promoted(
+        workdir=DAY["workdir"], date=DAY["date"], gate="{{ ti.xcom_pull(task_ids='gate') }}"
+    )
     preprocess >> trained >> decision >> branch >> [embed_full, embed_incremental]
     [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)

@@ -28,6 +28,8 @@ def _render(task: Any, dag: Any, params: dict[str, Any], logical: dt.datetime | 
         "dag": dag,
         "task": task,
         "dag_run": SimpleNamespace(logical_date=logical, conf={}),
+        # Upstream results arrive as XComs; rendering alone has none (as a task marked done).
+        "ti": SimpleNamespace(xcom_pull=lambda **_: None),
     }
     if logical is not None:  # as Airflow's task runner: these keys exist only with a logical date
         context |= {"ds": logical.strftime("%Y-%m-%d"), "logical_date": logical}
