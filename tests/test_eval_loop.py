@@ -13,7 +13,7 @@ from tests.conftest import copy_workdir
 from vsearch.app import cli
 from vsearch.app.evaluation.simulate import simulate_loop
 from vsearch.app.evaluation.task import read_task
-from vsearch.app.stages import DayRun, run_day, run_stage
+from vsearch.app.stages import DayRun, run_day, run_one
 from vsearch.core import paths, snapshot, storage
 
 DAY = dt.date(2026, 1, 1)
@@ -30,7 +30,10 @@ def loop(
     assert published
     # A candidate with no index of its own: the same network under another version, embedded.
     shutil.copytree(paths.model_dir(workdir, published), paths.model_dir(workdir, CANDIDATE))
-    run_stage(
+    config_uri = storage.join(paths.model_dir(workdir, CANDIDATE), "config.json")
+    config = json.loads(storage.read_text(config_uri))
+    storage.write_text(config_uri, json.dumps({**config, "version": CANDIDATE}))
+    run_one(
         "embed", DayRun(tiny_catalog, workdir, DAY, stage_args={"embed": ("--model", CANDIDATE)})
     )
     out = simulate_loop(

@@ -27,9 +27,15 @@ class Embedder(Protocol):
 
 def load_embedder(workdir: str, version: str) -> Embedder:
     """The one place this package loads a model (swap the import here when the artifact changes)."""
-    from models.embedder import PhotoEmbedder
+    from models.artifact import Embedder as ModelEmbedder
 
-    return PhotoEmbedder(workdir, version)
+    model = ModelEmbedder.open(workdir, version)
+
+    class _Photos:
+        def embed(self, photos: Sequence[bytes]) -> np.ndarray:
+            return model.embed_photos(photos)  # the safe Pillow decode, then pixels
+
+    return _Photos()
 
 
 Hit = tuple[str, str, float]  # (listing_id, image_uri, score)
