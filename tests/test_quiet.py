@@ -38,7 +38,7 @@ def test_a_tensorflow_stage_prints_only_its_error_unless_verbose(tmp_path: Path)
     ]
     (_, quiet_err), (_, verbose_err) = (r.communicate(timeout=500) for r in runs)
     assert [r.returncode for r in runs] == [1, 1]
-    error = "vsearch gate: error: cannot read"
+    error = "vsearch gate: error: model nope has no config.json"
     assert quiet_err.startswith(error) and len(quiet_err.strip().splitlines()) == 1, quiet_err
     lines = verbose_err.strip().splitlines()
     assert lines[-1].startswith(error) and len(lines) > 1  # TensorFlow's own start-up lines

@@ -48,7 +48,7 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert all(d["stage"] == "preprocess" and d["error"] for d in dead)
     # Split by listing: a listing's photos and its reviews are all on one side, the stable hash's side.
     tft_output = tft.TFTransformOutput(paths.transformed_dir(work, DATE))
-    train_ids, _ = dataset.scan_train(dataset.split_files(work, DATE, dataset.TRAIN), tft_output)
+    train_ids, _, _ = dataset.scan_train(dataset.split_files(work, DATE, dataset.TRAIN), tft_output)
     eval_set = dataset.load_eval_set(dataset.split_files(work, DATE, dataset.EVAL), tft_output)
     assert train_ids and len(eval_set) and not set(train_ids) & set(eval_set.listing_ids)
     assert all(catalog.is_eval_listing(i) for i in eval_set.listing_ids)
