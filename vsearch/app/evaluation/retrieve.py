@@ -14,41 +14,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
+from index.source import batch_vectors
+from models.artifact import Embedder
 from vsearch.core import embeddings, paths, storage
-
-
-class Embedder(Protocol):
-    def embed(self, photos: Sequence[bytes]) -> np.ndarray: ...
-
-
-def load_embedder(workdir: str, version: str) -> Embedder:
-    """The one place this package loads a model (swap the import here when the artifact changes)."""
-    from models.artifact import Embedder as ModelEmbedder
-
-    model = ModelEmbedder.open(workdir, version)
-
-    class _Photos:
-        def embed(self, photos: Sequence[bytes]) -> np.ndarray:
-            return model.embed_photos(photos)  # the safe Pillow decode, then pixels
-
-    return _Photos()
-
 
 Hit = tuple[str, str, float]  # (listing_id, image_uri, score)
 
 
 def published_index_version(workdir: str) -> str | None:
     """The model version of the index ``indexes/CURRENT`` points at, if any."""
-    import json
+    from index import manifest
 
     pointer = storage.read_pointer(paths.current_index_pointer(workdir))
-    if not pointer.value:
-        return None
-    return str(json.loads(storage.read_text(pointer.value))["model_version"])
+    return manifest.read(pointer.value).model_version if pointer.value else None
 
 
 def _drop_own(hits: list[Hit], own: str | None, k: int) -> list[Hit]:
@@ -87,11 +68,11 @@ def search_exact(
             f"{paths.embeddings_root(workdir, version)}: run "
             f"`vsearch embed --model {version} --full` for that date first"
         )
-    matrix = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32)
-    matrix = matrix.reshape(table.num_rows, -1)
+    matrix = batch_vectors(table)
     ids = table.column("listing_id").to_pylist()
     uris = table.column("image_uri").to_pylist()
-    queries = load_embedder(workdir, version).embed(list(photos))
+    # The safe Pillow decode, then the pixel signature: as search by photo embeds a query.
+    queries = Embedder.open(workdir, version).embed_photos(list(photos))
     out: list[list[Hit]] = []
     for vec, o in zip(queries, own, strict=True):
         scores = matrix @ vec
