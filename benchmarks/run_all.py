@@ -12,6 +12,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.embed_bench", []),
     ("benchmarks.serve_bench", ["--write"]),
     ("benchmarks.model_quality", []),
+    ("benchmarks.model_quality", ["--style", "bazaar"]),
     ("benchmarks.index_bench", ["--n", "1000000", "--write"]),
 )
 

@@ -57,6 +57,7 @@ def test_bad_range_and_stage_are_clear_errors(tiny_catalog: str, tmp_path: Path)
         )
 
 
+@pytest.mark.slow
 def test_killed_backfill_resumes_without_duplicates(
     tiny_catalog: str, trained_workdir: str, tmp_path: Path
 ) -> None:

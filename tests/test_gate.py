@@ -75,6 +75,7 @@ def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
     assert decide(better_recall_worse_category, GOOD, _settings(tolerance=0.1))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     """Train a real model, publish it, then really train one on shuffled labels: refused, pointer kept."""
@@ -126,12 +127,14 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
                 p | "Train" >> beam.Create(data), p | "Eval" >> beam.Create(eval_rows), settings
             )
 
-    # No augmentation and a dozen short epochs: enough for the real labels to be learnt at this scale.
+    # No augmentation and 20 short epochs: at 12 the real model's whole-catalog review recall@10
+    # sat within 0.01 of the bar (colour histogram + 2 s.e. of 113 queries) on one CPU and under it
+    # on another; at 20 it clears the bar by ~0.1.
     common = {
         "workdir": work,
         "image_size": size,
         "embedding_dim": 32,
-        "epochs": 12,
+        "epochs": 20,
         "batch_size": 32,
         "augment": False,
     }

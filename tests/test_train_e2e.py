@@ -26,6 +26,7 @@ DATE = "2026-01-01"
 SIZE = 48
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_preprocess_train_export_gate(tmp_path) -> None:
     cat, work = str(tmp_path / "catalog"), str(tmp_path / "work")
