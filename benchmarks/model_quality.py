@@ -107,6 +107,31 @@ def _ablation_table(path: str) -> str:
     return "\n".join(lines)
 
 
+def _record_ablation(args: argparse.Namespace, change: str, ours: dict, train_s: float) -> None:
+    """Every run (the defaults too) is one row of the ablation table in BENCHMARKS.md."""
+    log = storage.join(args.out, "ablation.jsonl")
+    row = {
+        "style": args.style,
+        "listings": args.listings,
+        "change": change,
+        "metrics": ours,
+        "train_s": train_s,
+    }
+    old = storage.read_text(log) if storage.exists(log) else ""
+    storage.write_text(log, old + json.dumps(row) + "\n")
+    body = f"""## Model quality: ablations (`python -m benchmarks.model_quality --set FIELD=VALUE`)
+
+Each row is one training run; `(defaults)` rows are the style's default run, the others change one
+TrainConfig default, on the same catalog and eval split. `review_recall_*`: a held-out buyer photo
+against the whole catalog's listing photos (what a shopper sees); `heldout_review_recall_at_10`:
+against the held-out listings only. Training wall time on a shared 2-core machine.
+
+{_ablation_table(log)}
+"""
+    report.write_section("model_ablation", body)
+    print(body)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,30 +185,8 @@ def main(argv: list[str]) -> int:
     )
     ours = metrics["eval"]
     train_s = metrics["wall_s"]
+    _record_ablation(args, change, ours, train_s)
     if change:
-        log = storage.join(args.out, "ablation.jsonl")
-        line = json.dumps(
-            {
-                "style": args.style,
-                "listings": args.listings,
-                "change": change,
-                "metrics": ours,
-                "train_s": train_s,
-            }
-        )
-        old = storage.read_text(log) if storage.exists(log) else ""
-        storage.write_text(log, old + line + "\n")
-        body = f"""## Model quality: ablations (`python -m benchmarks.model_quality --set FIELD=VALUE`)
-
-Each row is one training run with one change from the defaults, on the same catalog and the same
-eval split as the defaults' row. Same columns as the model-quality tables: `review_recall_*` is a
-held-out buyer photo against the whole catalog's listing photos (what a shopper sees),
-`heldout_review_recall_at_10` against the held-out listings only.
-
-{_ablation_table(log)}
-"""
-        report.write_section("model_ablation", body)
-        print(body)
         return 0
 
     tft_output = tft.TFTransformOutput(paths.transformed_dir(work, DATE))
