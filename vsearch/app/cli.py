@@ -69,6 +69,11 @@ _TOOLS: dict[str, Command] = {
         "vsearch.app.evaluation.report:ReportSettings",
         "vsearch.app.evaluation.report:cli_run",
     ),
+    "upgrade-embeddings": Command(
+        "rewrite embedding partitions of earlier versions (dt column in the files) for every reader",
+        "vsearch.app.upgrade_embeddings:UpgradeSettings",
+        "vsearch.app.upgrade_embeddings:run",
+    ),
     "backfill": Command(
         "run the stages for every date in a range, resuming after failure",
         "vsearch.app.backfill:BackfillSettings",
