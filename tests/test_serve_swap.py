@@ -36,7 +36,9 @@ def test_in_flight_request_finishes_on_the_old_index(served: tuple[str, str, np.
     workdir, catalog, emb = served
     holder = IndexHolder(
         workdir,
-        lambda uri: load_index(uri, LoadOptions(workdir, catalog, calibration_photos=0)),
+        lambda uri, previous: load_index(
+            uri, LoadOptions(workdir, catalog, calibration_photos=0), previous
+        ),
         poll_s=60,
         listener=lambda *_: None,
     )
@@ -48,6 +50,8 @@ def test_in_flight_request_finishes_on_the_old_index(served: tuple[str, str, np.
         fx.build_and_publish(workdir, catalog, "20260101T000001Z-bbbbbb", emb, keep=30)
         assert holder.check_once() == "swapped"
         assert holder.current is not None and holder.current.build_id == "20260101T000001Z-bbbbbb"
+        # Same model version: the new index shares the loaded model (no second SavedModel load).
+        assert holder.current.photos.embedder is old.photos.embedder
         # The request that took the old index still searches it (listing 35 is only there).
         found, _ = old.search.search(old.photos.embed([jpeg(35)]), 1, Filter())
         assert old.build_id == FIRST and found[0][0].listing_id == fx.synthetic.listing_id(35)

@@ -14,6 +14,7 @@ import numpy as np
 
 from index.searcher import Hit, Searcher
 from models.artifact import Embedder
+from vsearch.core import paths
 
 
 class PhotoSearch:
@@ -23,9 +24,13 @@ class PhotoSearch:
     EXIF orientation) and fed to the model's pixel signature, exactly as the embed job does.
     """
 
-    def __init__(self, searcher: Searcher, workdir: str) -> None:
+    def __init__(self, searcher: Searcher, workdir: str, embedder: Embedder | None = None) -> None:
+        """``embedder``: an already loaded model of the manifest's version (else it is loaded)."""
         self.searcher = searcher
-        self.embedder = Embedder.open(workdir, searcher.manifest.model_version)
+        version = searcher.manifest.model_version
+        if embedder is not None and embedder.uri != paths.embedder_dir(workdir, version):
+            raise ValueError(f"embedder {embedder.uri} is not the index's model {version}")
+        self.embedder = embedder or Embedder.open(workdir, version)
 
     @classmethod
     def open(cls, workdir: str, **kwargs: Any) -> PhotoSearch:

@@ -140,7 +140,10 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
             metrics.refused.inc()
 
     holder = IndexHolder(
-        settings.workdir, loader or (lambda uri: load_index(uri, opts)), settings.poll_s, on_event
+        settings.workdir,
+        loader or (lambda uri, previous: load_index(uri, opts, previous)),
+        settings.poll_s,
+        on_event,
     )
 
     @asynccontextmanager

@@ -75,13 +75,23 @@ class LoadOptions:
     max_fetch: int = 4096
 
 
-def load_index(manifest_uri: str, opts: LoadOptions) -> ServedIndex:
-    """Load and verify one published index with its model, attributes and calibration."""
+def load_index(
+    manifest_uri: str, opts: LoadOptions, previous: ServedIndex | None = None
+) -> ServedIndex:
+    """Load and verify one published index with its model, attributes and calibration.
+
+    The daily publish usually keeps the model: when ``previous`` (the index in service) has the
+    same model version, its loaded model is shared instead of loaded again (a SavedModel load is
+    most of a swap's time). A model is immutable once published, so sharing it is safe.
+    """
     searcher = Searcher.from_manifest_uri(
         manifest_uri, workdir=opts.workdir, cache_dir=opts.cache_dir
     )
+    reuse = None
+    if previous is not None and previous.model_version == searcher.manifest.model_version:
+        reuse = previous.photos.embedder
     try:
-        photos = PhotoSearch(searcher, opts.workdir)
+        photos = PhotoSearch(searcher, opts.workdir, embedder=reuse)
         attrs, reviews = attributes.load(
             opts.workdir, opts.catalog, searcher.manifest, searcher_mod.id_maps(searcher)
         )
@@ -95,7 +105,7 @@ def load_index(manifest_uri: str, opts: LoadOptions) -> ServedIndex:
     return ServedIndex(manifest_uri, photos, search, attrs, calib)
 
 
-Loader = Callable[[str], ServedIndex]
+Loader = Callable[[str, ServedIndex | None], ServedIndex]  # (manifest URI, index in service)
 Listener = Callable[[str, ServedIndex | None, str], None]  # (event, index, detail)
 
 
@@ -143,7 +153,7 @@ class IndexHolder:
         if (current is not None and current.manifest_uri == uri) or uri == self._refused:
             return "unchanged"
         try:
-            fresh = self._load(uri)
+            fresh = self._load(uri, current)
         except Exception as e:  # any load failure: keep serving the old index
             self._refused = uri
             self.last_error = f"refused index {uri}: {type(e).__name__}: {e}"
