@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -230,7 +231,8 @@ def main(argv: list[str]) -> int:
 preprocess {pre.ok} images in {pre.wall_s:.0f} s (TF Transform, DirectRunner); training
 {metrics["train_images"]} images (listing + review photos), {config.epochs} epochs, batch {config.batch_size},
 best epoch {metrics["best_epoch"]} by whole-catalog review->listing recall@10, {train_s:.0f} s wall including the
-per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted).
+per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted; load average
+{os.getloadavg()[1]:.1f} over the last 5 minutes of the run on a shared 2-core machine).
 Queries: {int(ours["eval_reviews"])} buyer review photos of held-out listings; gallery: the listing photos of all
 {int(ours.get("gallery_listings", 0))} listings (training listings included), exact search. All three embeddings are
 measured in the same run on the same images.
