@@ -47,10 +47,12 @@ run: $(STAMP)  ## Run the whole pipeline on a generated catalog (vsearch demo).
 
 # Two workers, one test file each at a time: most tests wait on subprocesses (Airflow, Beam
 # workers, the GCS emulator) or run one Python thread, so two overlap well on a 2-core machine.
+# Files are handed out in collection order (tests/conftest.py puts files with a slow test first),
+# not xdist's default of the most tests first, which started the DAG tests last.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) $(AIRFLOW_STAMP) chromium  ## Run the whole test suite.
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
 	$(BIN)/python -m benchmarks.run_all

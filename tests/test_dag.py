@@ -97,7 +97,9 @@ def _assert_index_answers(catalog: str, workdir: str, date: dt.date) -> None:
     assert hits and hits[0].listing_id == listing.listing_id  # its own photo finds it first
 
 
+# Two days of every stage, each a fresh process: ~9 min beside another test worker on 2 cores.
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_two_days_full_then_incremental(tiny_catalog: str, tmp_path: Path) -> None:
     workdir = str(tmp_path / "work")
     conf = {

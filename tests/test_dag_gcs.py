@@ -24,6 +24,7 @@ def _upload_tree(local: str, uri: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_daily_flow_on_gcs(
     tiny_catalog: str, trained_workdir: str, gcs_bucket: str, tmp_path: Path
 ) -> None:
