@@ -1,12 +1,14 @@
-"""Model quality on the generated catalog: does training buy retrieval quality, and how much?
+"""Model quality on a generated catalog (either style): does training buy retrieval quality?
 
-One run, side by side on the same eval split (listings never trained on):
+One run, side by side on the same images (held-out buyer photos against the whole catalog):
   * ours         the trained multitask model (best epoch by review->listing recall@10)
   * untrained    the same network at random init (measured by `vsearch train` before step 1)
   * colour-hist  an 8x8x8 RGB histogram embedding (Hellinger-normalised), a classic baseline
-Writes its section of BENCHMARKS.md and the training curve to benchmarks/plots/model_training_curve.png.
+Writes the style's section of BENCHMARKS.md, a row of the ablation table, and the training curve
+to benchmarks/plots/model_training_curve_STYLE.png.
 
-    python -m benchmarks.model_quality [--listings 2000] [--image-size 96] [--epochs N] [--out DIR]
+    python -m benchmarks.model_quality [--style generated|bazaar] [--listings 2000]
+        [--image-size 96] [--set FIELD=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
