@@ -74,6 +74,7 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
     """Runs the retrieval test after each epoch, logs it, and keeps the best weights by recall@10.
 
     ``images``: a callable returning a fresh iterator of transformed eval image batches.
+    ``patience``: stop training after this many epochs without a better metric (0: never).
     """
 
     def __init__(
@@ -82,8 +83,11 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
         eval_set: EvalSet,
         images: Callable[[], Iterable[tf.Tensor]],
         log_dir: str | None,
+        patience: int = 0,
     ) -> None:
         super().__init__()
+        self.patience = patience
+        self.stopped_early_at: int | None = None
         self.embedder = embedder
         self.eval_set = eval_set
         self.images = images
@@ -125,6 +129,16 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
             + json.dumps({k: round(v, 4) for k, v in metrics.items()}),
             flush=True,
         )
+        since_best = record["epoch"] - self.best["epoch"]
+        if self.patience and since_best >= self.patience and self.model is not None:
+            self.model.stop_training = True
+            self.stopped_early_at = record["epoch"]
+            print(
+                f"[retrieval] stopping early: {SELECTION_METRIC} has not improved for "
+                f"{since_best} epochs (best {self.best[SELECTION_METRIC]:.4f} at epoch "
+                f"{self.best['epoch']})",
+                flush=True,
+            )
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         # Checkpoint selection by the retrieval metric, not by loss.

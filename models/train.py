@@ -115,7 +115,11 @@ def run(config: TrainConfig) -> TrainResult:
         # TensorBoard logs under WORKDIR, local or gs:// (TensorFlow's own GCS client writes them).
         log_dir = paths.train_logs_dir(config.workdir, version)
         callback = RetrievalEvalCallback(
-            model.embedder, eval_set, lambda: dataset.eval_images(eval_set, tft_output), log_dir
+            model.embedder,
+            eval_set,
+            lambda: dataset.eval_images(eval_set, tft_output),
+            log_dir,
+            patience=config.early_stopping_patience,
         )
         untrained = callback.measure()  # the random-init baseline, measured on the same eval data
         # Saved after every epoch and removed at the end: a retried task (preemption, timeout)
@@ -154,6 +158,7 @@ def run(config: TrainConfig) -> TrainResult:
         "version": version,
         "selection_metric": SELECTION_METRIC,
         "best_epoch": best.get("epoch"),
+        "stopped_early_at": callback.stopped_early_at,
         "eval": best_eval,
         "untrained": untrained,
         "history": callback.history,
