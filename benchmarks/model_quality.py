@@ -99,40 +99,48 @@ def _override(config: object, pairs: list[str]) -> object:
 
 def _ablation_table(path: str) -> str:
     rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
-    head = "| catalog | change from the defaults | " + " | ".join(KEYS) + " | train s |"
-    lines = [head, "|---|---|" + "---:|" * (len(KEYS) + 1)]
+    head = "| catalog | change from the defaults then | epochs run (best) | " + " | ".join(KEYS)
+    lines = [head + " | train s |", "|---|---|---:|" + "---:|" * (len(KEYS) + 1)]
     for r in rows:
+        run = f"{r['epochs_run']} ({r['best_epoch']})" if "epochs_run" in r else "?"
         lines.append(
-            f"| {r['style']} {r['listings']} | {r['change'] or '(defaults)'} | "
+            f"| {r['style']} {r['listings']} | {r['change'] or '(defaults)'} | {run} | "
             + " | ".join(f"{r['metrics'].get(k, float('nan')):.3f}" for k in KEYS)
             + f" | {r['train_s']:.0f} |"
         )
     return "\n".join(lines)
 
 
-def _record_ablation(args: argparse.Namespace, change: str, ours: dict, train_s: float) -> None:
+def write_ablation_section(log: str) -> None:
+    body = f"""## Model quality: ablations (`python -m benchmarks.model_quality --set FIELD=VALUE`)
+
+Each row is one training run; `(defaults)` rows are the style's default run, the others change one
+TrainConfig default of that time, on the same catalog and eval split. `review_recall_*`: a held-out
+buyer photo against the whole catalog's listing photos (what a shopper sees);
+`heldout_review_recall_at_10`: against the held-out listings only. Training wall time on a shared
+2-core machine.
+
+{_ablation_table(log)}
+"""
+    report.write_section("model_ablation", body)
+    print(body)
+
+
+def _record_ablation(args: argparse.Namespace, change: str, metrics: dict) -> None:
     """Every run (the defaults too) is one row of the ablation table in BENCHMARKS.md."""
     log = storage.join(args.out, "ablation.jsonl")
     row = {
         "style": args.style,
         "listings": args.listings,
         "change": change,
-        "metrics": ours,
-        "train_s": train_s,
+        "metrics": metrics["eval"],
+        "train_s": metrics["wall_s"],
+        "epochs_run": len(metrics["history"]),
+        "best_epoch": metrics["best_epoch"],
     }
     old = storage.read_text(log) if storage.exists(log) else ""
     storage.write_text(log, old + json.dumps(row) + "\n")
-    body = f"""## Model quality: ablations (`python -m benchmarks.model_quality --set FIELD=VALUE`)
-
-Each row is one training run; `(defaults)` rows are the style's default run, the others change one
-TrainConfig default, on the same catalog and eval split. `review_recall_*`: a held-out buyer photo
-against the whole catalog's listing photos (what a shopper sees); `heldout_review_recall_at_10`:
-against the held-out listings only. Training wall time on a shared 2-core machine.
-
-{_ablation_table(log)}
-"""
-    report.write_section("model_ablation", body)
-    print(body)
+    write_ablation_section(log)
 
 
 def main(argv: list[str]) -> int:
@@ -187,8 +195,7 @@ def main(argv: list[str]) -> int:
         storage.read_text(storage.join(paths.model_dir(work, result.version), "metrics.json"))
     )
     ours = metrics["eval"]
-    train_s = metrics["wall_s"]
-    _record_ablation(args, change, ours, train_s)
+    _record_ablation(args, change, metrics)
     if change:
         return 0
 
@@ -231,8 +238,9 @@ def main(argv: list[str]) -> int:
 
 `python -m benchmarks.model_quality --style {args.style} --listings {args.listings}` - catalog seed {args.seed};
 preprocess {pre.ok} images in {pre.wall_s:.0f} s (TF Transform, DirectRunner); training
-{metrics["train_images"]} images (listing + review photos), {config.epochs} epochs, batch {config.batch_size},
-best epoch {metrics["best_epoch"]} by whole-catalog review->listing recall@10, {train_s:.0f} s wall including the
+{metrics["train_images"]} images (listing + review photos), {len(metrics["history"])} of at most {config.epochs} epochs
+(early-stopping patience {config.early_stopping_patience}), batch {config.batch_size},
+best epoch {metrics["best_epoch"]} by whole-catalog review->listing recall@10, {metrics["wall_s"]:.0f} s wall including the
 per-epoch retrieval test and export (catalog generation {t_gen:.0f} s, not counted; load average
 {os.getloadavg()[1]:.1f} over the last 5 minutes of the run on a shared 2-core machine).
 Queries: {int(ours["eval_reviews"])} buyer review photos of held-out listings; gallery: the listing photos of all
