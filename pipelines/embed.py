@@ -1,19 +1,18 @@
 """``vsearch embed``: incremental image embeddings with Beam RunInference, written as Parquet.
 
-    ReadCatalog -> AttachMetadataKeys (folder listings, never one request per photo) ->
-    JoinKnownKeys (CoGroupByKey on listing_id with the (image_index, sha256) pairs of earlier
-    partitions and the earlier runs' metadata state) -> ReadUnlessKnown (a photo whose metadata
-    key and sha256 are known is skipped unread; any other photo is read and hashed, and a known
-    sha256 is skipped before any decoding) -> DecodeImages (the safe Pillow decoder, once per
-    photo) -> KeyPixels -> RunInference(KeyedModelHandler: uint8 pixels through the model's pixel
-    signature) -> ToRows (NaN / zero-norm -> dead letter) -> WriteEmbeddings
+    ReadCatalog -> PhotosToRead (transforms/change_detection.py: the catalog's photos, folder
+    listings, the earlier partitions' keys and the earlier runs' metadata state, joined as Arrow
+    tables in hash buckets; never a byte of an unchanged photo, never an element per unchanged
+    photo) -> ReadPhotos (read and hash; a sha256 the slot already has is skipped before any
+    decoding) -> DecodeImages (the safe Pillow decoder, once per photo) -> KeyPixels ->
+    RunInference(KeyedModelHandler: uint8 pixels through the model's pixel signature) -> ToRows
+    (NaN / zero-norm -> dead letter) -> WriteEmbeddings
     (+ WriteState: this run's metadata key -> sha256, for the next day)
 
-Why a CoGroupByKey join and not a side input for the skip: the known keys are one row per image
-ever embedded (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every
-worker; the join shuffles only keys and URIs (never image bytes, which are read after the join),
-so it costs the same shape on a laptop and on Dataflow. The key is listing_id (one element per
-listing, known pairs grouped per file).
+Why joins and not a side input for the skip: the known keys are one row per image ever embedded
+(~100 bytes each; 30 GB at 300M images). A side input would have to fit on every worker; the
+bucketed joins shuffle only keys and URIs (never image bytes, which are read after the join), so
+they cost the same shape on a laptop and on Dataflow.
 
 Publishing: shards are written to a staging folder; only when the bad fraction (dead letters /
 images) is within ``max_bad_fraction`` is the day's partition replaced by them as a whole
@@ -31,7 +30,7 @@ import datetime as dt
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -40,16 +39,17 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from models import artifact
-from pipelines.embed_checks import EmbedError, check_readable, check_shrink
+from pipelines.embed_checks import EmbedError, check_readable, check_shrink, count_listings
 from pipelines.settings import EmbedResult, EmbedSettings
 from pipelines.stage import run_pipeline
 from transforms import read_images
+from transforms.change_detection import PhotosToRead, PhotoToRead, buckets_for
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from transforms.progress import LogProgress
 from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
-from vsearch.core.catalog import listing_images
+from vsearch.core.catalog import ImageRef
 from vsearch.core.deadletter import DeadLetter
 from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
@@ -90,62 +90,42 @@ def _is_listing_reject(d: DeadLetter) -> bool:
 STATE_TAG = "state"
 
 
-class _ReadUnlessKnown(beam.DoFn):
-    """(listing_id, {listing, known, state, meta}) -> ImageBytes of its photos not embedded yet.
+class _ReadPhoto(beam.DoFn):
+    """PhotoToRead -> ImageBytes, unless its bytes hash to a sha256 the slot already has.
 
-    One element per listing, not per photo: the join shuffles ~3x fewer elements, and the known
-    (image_index, sha256) pairs of a listing arrive grouped per file. A photo is skipped without
-    reading it when today's (slot, URI, metadata key) is in the state of an earlier run *and* that
-    run's sha256 has an embedding row for the slot; otherwise its bytes are read (same size cap
-    and reasons as ``ReadImageBytes``) and a known sha256 is still skipped before any decoding.
-    Every photo read with a metadata key goes to the ``state`` output for the next day.
+    Same size cap and dead-letter reasons as ``ReadImageBytes``. Every photo read under a
+    metadata key goes to the ``state`` output, for the next day's skip.
     """
 
     def setup(self) -> None:
         counter = beam.metrics.Metrics.counter
-        self._images = counter(METRICS_NAMESPACE, "images")
         self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
-        self._by_meta = counter(METRICS_NAMESPACE, "skipped_by_metadata")
         self._reads = counter(METRICS_NAMESPACE, "images_read")
 
-    def process(self, joined: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
-        _, groups = joined
-        known = {pair for pairs in groups["known"] for pair in pairs}
-        seen = {(i, u, k): sha for entries in groups["state"] for i, u, k, sha in entries}
-        meta = {(i, u): k for i, u, k in groups["meta"]}
-        for listing in groups["listing"]:
-            for ref in listing_images(listing):
-                self._images.inc()
-                key = meta.get((ref.image_index, ref.uri), "")
-                was = seen.get((ref.image_index, ref.uri, key)) if key else None
-                if was is not None and (ref.image_index, was) in known:
-                    self._skipped.inc()
-                    self._by_meta.inc()
-                    continue
-                self._reads.inc()
-                try:
-                    data = read_images.read_limited(ref.uri, read_images.DEFAULT_MAX_BYTES)
-                except (storage.StorageError, ValueError) as e:
-                    yield dead_letter(
-                        STAGE, f"{ref.kind} image: {e}"[:500], ref.listing_id, ref.uri
-                    )
-                    continue
-                sha = images.sha256_hex(data)
-                if key:
-                    yield beam.pvalue.TaggedOutput(
-                        STATE_TAG,
-                        {
-                            "listing_id": ref.listing_id,
-                            "image_index": ref.image_index,
-                            "image_uri": ref.uri,
-                            "meta_key": key,
-                            "image_sha256": sha,
-                        },
-                    )
-                if (ref.image_index, sha) in known:
-                    self._skipped.inc()
-                    continue
-                yield read_images.ImageBytes(ref, data, sha)
+    def process(self, photo: PhotoToRead) -> Iterator[Any]:
+        self._reads.inc()
+        try:
+            data = read_images.read_limited(photo.uri, read_images.DEFAULT_MAX_BYTES)
+        except (storage.StorageError, ValueError) as e:
+            yield dead_letter(STAGE, f"listing image: {e}"[:500], photo.listing_id, photo.uri)
+            return
+        sha = images.sha256_hex(data)
+        if photo.meta_key:
+            yield beam.pvalue.TaggedOutput(
+                STATE_TAG,
+                {
+                    "listing_id": photo.listing_id,
+                    "image_index": photo.image_index,
+                    "image_uri": photo.uri,
+                    "meta_key": photo.meta_key,
+                    "image_sha256": sha,
+                },
+            )
+        if sha in photo.known_sha256:
+            self._skipped.inc()  # new metadata, same bytes: the embedding row already exists
+            return
+        ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
+        yield read_images.ImageBytes(ref, data, sha)
 
 
 def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
@@ -212,36 +192,19 @@ def build(
     staging: str,
     state_files: Sequence[str] = (),
     state_staging: str | None = None,
+    buckets: int = 1,
 ) -> None:
     """Add the embed job's steps to ``p``; ``state_files`` are earlier runs' metadata states,
-    ``state_staging`` where this run's goes (None: no metadata skip and no state written)."""
-    from transforms.change_detection import AttachMetadataKeys
+    ``state_staging`` where this run's goes (None: no metadata skip and no state written),
+    ``buckets`` the change detection's hash buckets (``change_detection.buckets_for``)."""
     from transforms.read_catalog import ReadCatalog
 
     catalog = p | "ReadCatalog" >> ReadCatalog(s.catalog, s.date, s.allowed_buckets, stage=STAGE)
-    listings = catalog["listings"] | "KeyListings" >> beam.Map(lambda x: (x.listing_id, x))
-    known = (
-        p
-        | "KeyFiles" >> beam.Create(key_files)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadKeys" >> beam.FlatMap(embeddings.iter_listing_keys)
+    to_read = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
+        key_files, state_files if state_staging else (), buckets, bool(state_staging)
     )
-    state = (
-        p
-        | "StateFiles" >> beam.Create(list(state_files))
-        | "SpreadStateFiles" >> beam.Reshuffle()
-        | "ReadState" >> beam.FlatMap(embedstate.iter_listing_state)
-    )
-    meta = (
-        listings | "AttachMetadataKeys" >> AttachMetadataKeys()
-        if state_staging
-        else p | "NoMetadata" >> beam.Create([])
-    )
-    read = (
-        {"listing": listings, "known": known, "state": state, "meta": meta}
-        | "JoinKnownKeys" >> beam.CoGroupByKey()
-        | "ReadUnlessKnown"
-        >> beam.ParDo(_ReadUnlessKnown()).with_outputs(DEAD_LETTER_TAG, STATE_TAG, main="images")
+    read = to_read | "ReadPhotos" >> beam.ParDo(_ReadPhoto()).with_outputs(
+        DEAD_LETTER_TAG, STATE_TAG, main="images"
     )
     if state_staging:
         _ = read[STATE_TAG] | "WriteState" >> WriteState(state_staging)
@@ -291,8 +254,11 @@ def run(
         raise ValueError(f"--max-shrink-fraction must be in 0..1, got {s.max_shrink_fraction}")
     model = resolve_model(s.workdir, s.model_version)
     earlier = embeddings.files_through(s.workdir, model.version, s.date, inclusive=False)
+    listings_today = count_listings(s.catalog, s.date)
     if not s.allow_shrink:
-        check_shrink(s.catalog, s.date, [d for d, _ in earlier], s.max_shrink_fraction)
+        days = [d for d, _ in earlier]
+        check_shrink(s.catalog, s.date, listings_today, days, s.max_shrink_fraction)
+    buckets = buckets_for(listings_today)
     key_files = [] if s.full else [u for _, files in earlier for u in files]
     state_files = [] if s.full else embedstate.files_before(s.workdir, model.version, s.date)
     check_readable([*key_files, *state_files])  # a truncated earlier file: one clear error, now
@@ -304,7 +270,7 @@ def run(
         STAGE,
         s.workdir,
         s.date,
-        lambda p: build(p, s, model, key_files, staged_rows, state_files, staged_state),
+        lambda p: build(p, s, model, key_files, staged_rows, state_files, staged_state, buckets),
         default_pipeline_args(pipeline_args),
         test_pipeline,
         # A crashed run leaves no half-written output behind.
@@ -327,6 +293,7 @@ def run(
         "images_read": c.get("images_read", 0),
         "skipped_by_metadata": c.get("skipped_by_metadata", 0),
         "objects_listed": c.get("metadata_listed", 0),
+        "change_buckets": buckets,
         "bad_fraction": round(bad_fraction, 6),
         "published": not failed,
         **_distributions(job.result),

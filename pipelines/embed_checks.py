@@ -33,11 +33,15 @@ def count_listings(catalog: str, date: dt.date) -> int | None:
 
 
 def check_shrink(
-    catalog: str, date: dt.date, earlier_days: Sequence[dt.date], max_shrink: float
+    catalog: str,
+    date: dt.date,
+    today: int | None,
+    earlier_days: Sequence[dt.date],
+    max_shrink: float,
 ) -> None:
-    """Refuse a day whose snapshot is empty or lost more than ``max_shrink`` of the listings of
-    the last embedded day: a broken upstream export must not empty the index."""
-    today = count_listings(catalog, date)
+    """Refuse a day whose snapshot (``today`` rows, ``count_listings``) is empty or lost more than
+    ``max_shrink`` of the listings of the last embedded day: a broken upstream export must not
+    empty the index."""
     if today == 0:
         raise EmbedError(
             f"the listings snapshot of {date} ({paths.catalog_day(catalog, date)}) is empty; "

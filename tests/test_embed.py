@@ -480,10 +480,18 @@ def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
     assert new_l2["dt"] == D2 and new_l2["image_uri"] == uris["L2"]
 
 
-def test_unchanged_photos_are_not_read_local(fake_model_dir, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("listings_per_bucket", [100_000, 2], ids=["one-bucket", "3-buckets"])
+def test_unchanged_photos_are_not_read_local(
+    fake_model_dir, tmp_path, monkeypatch, listings_per_bucket: int
+) -> None:
+    from transforms import change_detection
+
+    # 2 listings a bucket splits the 5-listing days into 3 hash buckets, as a big catalog would.
+    monkeypatch.setattr(change_detection, "LISTINGS_PER_BUCKET", listings_per_bucket)
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
     version = _install_model(fake_model_dir, workdir)
     r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    assert r["extra2"]["change_buckets"] == -(-5 // listings_per_bucket)
     # Locally the rewrite of L4 changes its mtime: read, recognised by sha256, not re-embedded.
     _expect_day2(r, {"L2", "L4", "L6"})
     # The metadata state lives outside the embeddings folder: pandas opens the folder as before.

@@ -1,79 +1,279 @@
-"""AttachMetadataKeys: each listing photo's object metadata key, from prefix listings only.
+"""PhotosToRead: which listing photos the daily embed must read, decided in hash buckets.
 
-    listings -> photo URIs -> their listing units (distinct) -> ListUnits (one list call per
-    unit, spread over workers) -> CoGroupByKey on URI with the photos -> (listing_id, (image_index,
-    uri, meta_key)) with ``meta_key`` "" when the object was not listed (the photo is then read).
+    listings ─► PhotoTables ──────────────(uri bucket, photos)──┐
+              └► units ─► Distinct ─► ListUnits ─(uri bucket, listed keys)─┴► CoGroupByKey
+                 ─► AttachKeys ─(listing bucket, photos + metadata keys)──┐
+    earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
+    earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
+                 ─► Select ─► one PhotoToRead per photo that must be read
 
-No photo is opened and no object gets its own metadata request: at 500M photos a GET per object
-would cost as much time as reading them. Objects listed but not in the catalog are dropped at the
-join. A photo whose catalog row carries an ``image_checksums`` entry is keyed by it
-("catalog=<checksum>") and is not listed at all.
+Every element before ``Select`` is an Arrow table holding one bucket's share of a file, a
+listing batch or a folder listing, and the joins are Arrow hash joins: an unchanged photo costs
+a few column operations, never a Beam element of its own (at 500M photos a per-photo element,
+shuffled twice, cost as much as the rest of a 1% day). Buckets are ``hashing.stable_hash`` of
+the listing id (or of the URI, for the join with folder listings, which know no listing ids),
+so a bucket's tables meet on one worker; ``buckets`` is chosen from the catalog size
+(``buckets_for``) so that one bucket stays a few hundred thousand photos.
+
+A photo is skipped without reading it when today's (slot, URI, metadata key) is in the state of
+an earlier run *and* that run's sha256 has an embedding row for the slot. Every other photo is
+read (``PhotoToRead`` carries the slot's known sha256s, so a photo whose metadata changed but
+whose bytes did not is still recognised after the read and not embedded again). The metadata key
+is the catalog's ``image_checksums`` entry when there is one ("catalog=<checksum>": that photo is
+never listed), else the folder listing's (``vsearch/core/objectmeta.py``), else "" (not listed:
+always read). No photo is opened here and no object gets its own metadata request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from vsearch.core import objectmeta
-from vsearch.core.catalog import Listing, listing_images
+from vsearch.core import embeddings, objectmeta, storage
+from vsearch.core.catalog import Listing
+from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
-PhotoMeta = tuple[int, str, str]  # (image_index, uri, meta_key)
+# A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
+# 100k listings (~500k photos) is ~50 MB of keys, and 100M listings make 1,000 buckets.
+LISTINGS_PER_BUCKET = 100_000
+MAX_BUCKETS = 4096
+
+SLOT = ["listing_id", "image_index"]
+PHOTOS = pa.schema(
+    [
+        ("listing_id", pa.string()),
+        ("image_index", pa.int32()),
+        ("image_uri", pa.string()),
+        ("meta_key", pa.string()),
+    ]
+)
+LISTED = pa.schema([("image_uri", pa.string()), ("listed_key", pa.string())])
+KNOWN = pa.schema(
+    [("listing_id", pa.string()), ("image_index", pa.int32()), ("image_sha256", pa.string())]
+)
+STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
 
 
-CHECKSUM_TAG = "checksum"
+class PhotoToRead(NamedTuple):
+    listing_id: str
+    image_index: int
+    uri: str
+    meta_key: str  # "" when the photo has none (it is read, and no state row is written)
+    known_sha256: tuple[str, ...]  # the slot's sha256s that already have an embedding row
 
 
-def _photos(keyed: tuple[str, Listing]) -> Iterator[Any]:
-    """Photos to look up in listings; those with a catalog checksum are keyed by it directly."""
-    listing = keyed[1]
-    for ref in listing_images(listing):
-        i = int(ref.image_index)
-        checksum = listing.image_checksums[i] if listing.image_checksums else None
-        if checksum:
-            yield beam.pvalue.TaggedOutput(
-                CHECKSUM_TAG, (ref.listing_id, (i, ref.uri, f"catalog={checksum}"))
-            )
-        else:
-            yield ref.uri, (ref.listing_id, i)
+def buckets_for(listings: int | None) -> int:
+    """How many hash buckets a catalog of ``listings`` rows is split into (1 for a small one)."""
+    n = math.ceil((listings or 0) / LISTINGS_PER_BUCKET)
+    return max(1, min(MAX_BUCKETS, n))
+
+
+def split_by_bucket(table: pa.Table, column: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, rows of ``table`` in it) for every non-empty bucket of ``column``'s values."""
+    if table.num_rows == 0:
+        return
+    if buckets == 1:
+        yield 0, table
+        return
+    of = np.fromiter(
+        (stable_hash(v) % buckets for v in table.column(column).to_pylist()),
+        dtype=np.int64,
+        count=table.num_rows,
+    )
+    order = np.argsort(of, kind="stable")
+    ids, starts = np.unique(of[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    for b, start, end in zip(ids, starts, ends, strict=True):
+        yield int(b), table.take(pa.array(order[start:end]))
+
+
+def _photo_tables(batch: Sequence[Listing], buckets: int, list_objects: bool) -> Iterator[Any]:
+    """A batch of listings -> (uri bucket, photo table); the folders to list go to ``units``."""
+    lids: list[str] = []
+    idxs: list[int] = []
+    uris: list[str] = []
+    keys: list[str] = []
+    units: set[str] = set()
+    for listing in batch:
+        for i, uri in enumerate(listing.image_uris):
+            checksum = listing.image_checksums[i] if listing.image_checksums else None
+            lids.append(listing.listing_id)
+            idxs.append(i)
+            uris.append(uri)
+            keys.append(f"catalog={checksum}" if checksum else "")
+            if not checksum and list_objects:
+                units.add(objectmeta.listing_unit(uri))
+    table = pa.Table.from_arrays(
+        [pa.array(lids, pa.string()), pa.array(idxs, pa.int32()), pa.array(uris), pa.array(keys)],
+        schema=PHOTOS,
+    )
+    yield from split_by_bucket(table, "image_uri", buckets)
+    for unit in units:
+        yield beam.pvalue.TaggedOutput("units", unit)
 
 
 class _ListUnit(beam.DoFn):
+    """One folder (or gs:// prefix) listing -> (uri bucket, table of its objects' keys)."""
+
+    def __init__(self, buckets: int) -> None:
+        self._buckets = buckets
+
     def setup(self) -> None:
         self._listed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_listed")
 
-    def process(self, unit: str) -> Iterator[tuple[str, str]]:
+    def process(self, unit: str) -> Iterator[tuple[int, pa.Table]]:
+        uris: list[str] = []
+        keys: list[str] = []
         for uri, key in objectmeta.list_unit(unit):
-            self._listed.inc()
-            yield uri, key
+            uris.append(uri)
+            keys.append(key)
+        self._listed.inc(len(uris))
+        table = pa.Table.from_arrays([pa.array(uris, pa.string()), pa.array(keys)], schema=LISTED)
+        yield from split_by_bucket(table, "image_uri", self._buckets)
 
 
-def _attach(joined: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, PhotoMeta]]:
-    uri, groups = joined
-    keys = list(groups["meta"])
-    key = keys[0] if keys else ""
-    for listing_id, index in groups["photo"]:
-        yield listing_id, (index, uri, key)
+def _concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    parts = [t.cast(schema) for t in tables]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _attach_keys(
+    joined: tuple[int, dict[str, Iterable[pa.Table]]], buckets: int
+) -> Iterator[tuple[int, pa.Table]]:
+    """One uri bucket's photos get their listed metadata key, then go to their listing bucket."""
+    _, groups = joined
+    photos = _concat(groups["photos"], PHOTOS)
+    if photos.num_rows == 0:
+        return
+    listed = _concat(groups["listed"], LISTED)
+    if listed.num_rows:
+        photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
+        unkeyed = pc.equal(photos.column("meta_key"), "")
+        key = pc.if_else(unkeyed, pc.fill_null(photos.column("listed_key"), ""), photos["meta_key"])
+        photos = photos.set_column(photos.schema.get_field_index("meta_key"), "meta_key", key)
+        photos = photos.select(PHOTOS.names)
+    yield from split_by_bucket(photos, "listing_id", buckets)
+
+
+def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """An earlier partition's key columns (never the embeddings), split by listing bucket."""
+    batches = list(embeddings.iter_key_batches(uri))
+    table = pa.Table.from_batches(batches) if batches else KNOWN.empty_table()
+    yield from split_by_bucket(table.cast(KNOWN), "listing_id", buckets)
+
+
+def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """An earlier run's state file (vsearch/core/embedstate.py), split by listing bucket."""
+    with storage.open_read(uri) as f:
+        table = pq.read_table(f)
+    yield from split_by_bucket(table.select(STATE.names).cast(STATE), "listing_id", buckets)
+
+
+class _Select(beam.DoFn):
+    """One listing bucket: photos, earlier keys and state -> the photos that must be read."""
+
+    def setup(self) -> None:
+        counter = beam.metrics.Metrics.counter
+        self._images = counter(METRICS_NAMESPACE, "images")
+        self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
+        self._by_meta = counter(METRICS_NAMESPACE, "skipped_by_metadata")
+
+    def process(self, joined: tuple[int, dict[str, Iterable[pa.Table]]]) -> Iterator[PhotoToRead]:
+        _, groups = joined
+        photos = _concat(groups["photos"], PHOTOS)
+        if photos.num_rows == 0:
+            return
+        known = _concat(groups["known"], KNOWN).group_by(KNOWN.names).aggregate([])
+        state = _concat(groups["state"], STATE)
+        # (slot, URI, key) -> the sha256 an earlier run read under that key.
+        was = state.group_by(PHOTOS.names).aggregate([("image_sha256", "max")])
+        was = was.rename_columns([*PHOTOS.names, "was_sha256"])
+        rows = photos.join(was, PHOTOS.names, join_type="left outer", use_threads=False)
+        known_flag = known.append_column("known", pa.repeat(True, known.num_rows))
+        rows = rows.join(
+            known_flag,
+            [*SLOT, "was_sha256"],
+            [*SLOT, "image_sha256"],
+            join_type="left outer",
+            use_threads=False,
+        )
+        skip = pc.and_(
+            pc.fill_null(rows.column("known"), False), pc.not_equal(rows["meta_key"], "")
+        )
+        to_read = rows.filter(pc.invert(skip)).select(PHOTOS.names)
+        n_skip = rows.num_rows - to_read.num_rows
+        self._images.inc(photos.num_rows)
+        self._skipped.inc(n_skip)
+        self._by_meta.inc(n_skip)
+        if to_read.num_rows == 0:
+            return
+        # The slot's known sha256s ride along: new metadata over old bytes is caught after the read.
+        slots = to_read.select(SLOT).group_by(SLOT).aggregate([])
+        shas: dict[tuple[str, int], list[str]] = {}
+        ours = known.join(slots, SLOT, join_type="left semi", use_threads=False)
+        for lid, i, sha in zip(*(ours.column(n).to_pylist() for n in KNOWN.names), strict=True):
+            shas.setdefault((lid, i), []).append(sha)
+        for lid, i, uri, key in zip(
+            *(to_read.column(n).to_pylist() for n in PHOTOS.names), strict=True
+        ):
+            yield PhotoToRead(lid, i, uri, key, tuple(shas.get((lid, i), ())))
 
 
 @beam.ptransform_fn
-def AttachMetadataKeys(listings: beam.PCollection) -> beam.PCollection:  # noqa: N802
-    """(listing_id, Listing) -> (listing_id, (image_index, uri, meta_key)) per listing photo."""
-    split = listings | "Photos" >> beam.FlatMap(_photos).with_outputs(CHECKSUM_TAG, main="look")
-    photos = split.look
+def PhotosToRead(  # noqa: N802
+    listings: beam.PCollection,
+    key_files: Sequence[str],
+    state_files: Sequence[str],
+    buckets: int,
+    list_objects: bool,
+) -> beam.PCollection:
+    """Listing -> PhotoToRead for each photo not known unchanged (see the module docstring).
+
+    ``key_files``: earlier partitions of this model version; ``state_files``: earlier runs'
+    metadata states; ``list_objects``: list the photos' folders (off: every photo is read).
+    """
+    p = listings.pipeline
+    split = (
+        listings
+        | "BatchListings" >> beam.BatchElements(min_batch_size=1000, max_batch_size=50_000)
+        | "PhotoTables"
+        >> beam.FlatMap(_photo_tables, buckets, list_objects).with_outputs("units", main="photos")
+    )
     listed = (
-        photos
-        | "Units" >> beam.Map(lambda kv: objectmeta.listing_unit(kv[0]))
+        split.units
         | "DistinctUnits" >> beam.Distinct()
         | "SpreadUnits" >> beam.Reshuffle()
-        | "ListUnits" >> beam.ParDo(_ListUnit())
+        | "ListUnits" >> beam.ParDo(_ListUnit(buckets))
     )
-    from_listings = (
-        {"photo": photos, "meta": listed}
-        | "JoinMeta" >> beam.CoGroupByKey()
-        | "AttachKeys" >> beam.FlatMap(_attach)
+    with_keys = (
+        {"photos": split.photos, "listed": listed}
+        | "JoinListed" >> beam.CoGroupByKey()
+        | "AttachKeys" >> beam.FlatMap(_attach_keys, buckets)
     )
-    return (from_listings, split[CHECKSUM_TAG]) | "AllKeys" >> beam.Flatten()
+    known = (
+        p
+        | "KeyFiles" >> beam.Create(list(key_files))
+        | "SpreadKeyFiles" >> beam.Reshuffle()
+        | "KnownTables" >> beam.FlatMap(_known_tables, buckets)
+    )
+    state = (
+        p
+        | "StateFiles" >> beam.Create(list(state_files))
+        | "SpreadStateFiles" >> beam.Reshuffle()
+        | "StateTables" >> beam.FlatMap(_state_tables, buckets)
+    )
+    return (
+        {"photos": with_keys, "known": known, "state": state}
+        | "JoinKnown" >> beam.CoGroupByKey()
+        | "Select" >> beam.ParDo(_Select())
+        # A bucket yields up to all its photos (a full run): spread the reads over workers.
+        | "SpreadReads" >> beam.Reshuffle()
+    )

@@ -163,18 +163,6 @@ def iter_keys(uri: str, batch_size: int = 65536) -> Iterator[tuple[str, int, str
         )
 
 
-def iter_listing_keys(
-    uri: str, batch_size: int = 65536
-) -> Iterator[tuple[str, tuple[tuple[int, str], ...]]]:
-    """(listing_id, ((image_index, image_sha256), ...)) per listing of one file (a file holds
-    ~50k rows, so grouping it in memory is cheap; the embed job joins on listing_id)."""
-    grouped: dict[str, list[tuple[int, str]]] = {}
-    for lid, idx, sha in iter_keys(uri, batch_size):
-        grouped.setdefault(lid, []).append((idx, sha))
-    for lid, pairs in grouped.items():
-        yield lid, tuple(pairs)
-
-
 def existing_keys(
     workdir: str,
     model_version: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +29,6 @@ SCHEMA = pa.schema(
         pa.field("image_sha256", pa.string(), nullable=False),
     ]
 )
-StateEntry = tuple[int, str, str, str]  # (image_index, image_uri, meta_key, image_sha256)
 _DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
@@ -52,15 +51,3 @@ def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
     for day, listed in sorted(by_day.items()):
         out += partitions.committed_files(storage.join(root, f"dt={day}"), listed)
     return out
-
-
-def iter_listing_state(uri: str) -> Iterator[tuple[str, tuple[StateEntry, ...]]]:
-    """(listing_id, entries) per listing of one state file (the embed job joins on listing_id)."""
-    grouped: dict[str, list[StateEntry]] = {}
-    with storage.open_read(uri) as f:
-        t = pq.read_table(f)
-    cols: Iterable[Any] = (t.column(n).to_pylist() for n in SCHEMA.names)
-    for lid, idx, u, key, sha in zip(*cols, strict=True):
-        grouped.setdefault(lid, []).append((idx, u, key, sha))
-    for lid, entries in grouped.items():
-        yield lid, tuple(entries)
