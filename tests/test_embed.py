@@ -120,7 +120,7 @@ def test_incremental_day1_day2_idempotent_and_full(generated, fake_model_dir, tm
     new_or_changed = {k for k, uri in day2.items() if day1.get(k) != uri}
     removed = {lid for lid, _ in day1} - {lid for lid, _ in day2}
     assert new_or_changed and removed and len(new_or_changed) < len(day2)
-    # No Beam flags: the default, a DirectRunner with bundle threads.
+    # No Beam flags: the default, the DirectRunner in memory.
     s2 = embed.run(_settings(generated, workdir, D2))
     assert s2.read == len(day2) == s2.ok + s2.skipped + s2.dead_lettered
     assert (s2.ok, s2.skipped) == (len(new_or_changed), len(day2) - len(new_or_changed))
@@ -304,7 +304,7 @@ def test_gcs_workdir_on_loopback_server(fake_model_dir, gcs_bucket, tmp_path) ->
     assert current.num_rows == 3
     # Day 2 moves the same photos to new URIs: same bytes, same sha256, nothing re-embedded.
     _tiny_catalog(catalog, D2, dict(list(GOOD.items())[:3]))
-    s2 = embed.run(_settings(catalog, workdir, D2))  # default flags: bundle threads on gs://
+    s2 = embed.run(_settings(catalog, workdir, D2))  # default flags on gs://
     assert (s2.read, s2.ok, s2.skipped) == (3, 0, 3)
     assert embeddings.read_current_table(catalog, workdir, D2, version).num_rows == 3
 
