@@ -76,7 +76,8 @@ def _publish_in_subprocess(workdir: str, tag: str, shards: int, kill_at: str) ->
 
 def _package_ids(workdir: str) -> list[str]:
     files = embeddings.partition_files(workdir, V).get(DAY, [])
-    return sorted(lid for u in files for lid, _, _ in embeddings.iter_keys(u))
+    batches = (b for u in files for b in embeddings.iter_key_batches(u))
+    return sorted(lid for b in batches for lid in b.column("listing_id").to_pylist())
 
 
 OLD = sorted(f"old{i:03d}" for i in range(12))

@@ -165,8 +165,7 @@ def _attach_keys(
 
 def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
     """An earlier partition's key columns (never the embeddings), split by listing bucket."""
-    batches = list(embeddings.iter_key_batches(uri))
-    table = pa.Table.from_batches(batches) if batches else KNOWN.empty_table()
+    table = embeddings.open_parquet(uri).read(columns=list(embeddings.KEY_COLUMNS))
     yield from split_by_bucket(table.cast(KNOWN), "listing_id", buckets)
 
 
@@ -205,9 +204,8 @@ class _Select(beam.DoFn):
             join_type="left outer",
             use_threads=False,
         )
-        skip = pc.and_(
-            pc.fill_null(rows.column("known"), False), pc.not_equal(rows["meta_key"], "")
-        )
+        # State rows always carry a key, so a photo without one never matches and is read.
+        skip = pc.fill_null(rows.column("known"), False)
         to_read = rows.filter(pc.invert(skip)).select(PHOTOS.names)
         n_skip = rows.num_rows - to_read.num_rows
         self._images.inc(photos.num_rows)

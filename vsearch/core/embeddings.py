@@ -155,14 +155,6 @@ def iter_key_batches(uri: str, batch_size: int = 65536) -> Iterator[pa.RecordBat
     yield from open_parquet(uri).iter_batches(batch_size=batch_size, columns=list(KEY_COLUMNS))
 
 
-def iter_keys(uri: str, batch_size: int = 65536) -> Iterator[tuple[str, int, str]]:
-    """(listing_id, image_index, image_sha256) tuples of one file."""
-    for b in iter_key_batches(uri, batch_size):
-        yield from zip(
-            b.column(0).to_pylist(), b.column(1).to_pylist(), b.column(2).to_pylist(), strict=True
-        )
-
-
 def existing_keys(
     workdir: str,
     model_version: str,
