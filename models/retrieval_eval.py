@@ -75,6 +75,9 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
 
     ``images``: a callable returning a fresh iterator of transformed eval image batches.
     ``patience``: stop training after this many epochs without a better metric (0: never).
+    ``min_epochs``: never stop before this epoch. Early epochs at a high learning rate are noisy on
+    a small eval split: a lucky first epoch must not end training before the model has learnt
+    (Keras's ``EarlyStopping(start_from_epoch=...)`` guards the same thing).
     """
 
     def __init__(
@@ -84,9 +87,11 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
         images: Callable[[], Iterable[tf.Tensor]],
         log_dir: str | None,
         patience: int = 0,
+        min_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.patience = patience
+        self.min_epochs = min_epochs
         self.stopped_early_at: int | None = None
         self.embedder = embedder
         self.eval_set = eval_set
@@ -130,7 +135,12 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
             flush=True,
         )
         since_best = record["epoch"] - self.best["epoch"]
-        if self.patience and since_best >= self.patience and self.model is not None:
+        if (
+            self.patience
+            and since_best >= self.patience
+            and record["epoch"] >= self.min_epochs
+            and self.model is not None
+        ):
             self.model.stop_training = True
             self.stopped_early_at = record["epoch"]
             print(

@@ -120,6 +120,7 @@ def run(config: TrainConfig) -> TrainResult:
             lambda: dataset.eval_images(eval_set, tft_output),
             log_dir,
             patience=config.early_stopping_patience,
+            min_epochs=config.early_stopping_min_epochs,
         )
         untrained = callback.measure()  # the random-init baseline, measured on the same eval data
         # Saved after every epoch and removed at the end: a retried task (preemption, timeout)

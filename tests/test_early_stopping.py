@@ -19,8 +19,17 @@ from models.settings import SELECTION_METRIC  # noqa: E402
 class ScriptedRetrieval(RetrievalEvalCallback):
     """The real callback, with the retrieval test's answers scripted per epoch."""
 
-    def __init__(self, model: keras.Model, recalls: list[float], patience: int) -> None:
-        super().__init__(model, eval_set=None, images=lambda: [], log_dir=None, patience=patience)  # type: ignore[arg-type]
+    def __init__(
+        self, model: keras.Model, recalls: list[float], patience: int, min_epochs: int
+    ) -> None:
+        super().__init__(
+            model,
+            eval_set=None,  # type: ignore[arg-type]
+            images=lambda: [],
+            log_dir=None,
+            patience=patience,
+            min_epochs=min_epochs,
+        )
         self.recalls = list(recalls)
         self.weights_seen: list[list[np.ndarray]] = []
 
@@ -29,12 +38,14 @@ class ScriptedRetrieval(RetrievalEvalCallback):
         return {SELECTION_METRIC: self.recalls.pop(0)}
 
 
-def _fit(recalls: list[float], patience: int, epochs: int) -> tuple[Any, ScriptedRetrieval]:
+def _fit(
+    recalls: list[float], patience: int, epochs: int, min_epochs: int = 0
+) -> tuple[Any, ScriptedRetrieval]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x, y = np.random.rand(32, 4), np.random.rand(32, 2)
-    callback = ScriptedRetrieval(model, recalls, patience)
+    callback = ScriptedRetrieval(model, recalls, patience, min_epochs)
     history = model.fit(x, y, epochs=epochs, batch_size=8, callbacks=[callback], verbose=0)
     return history, callback
 
@@ -56,6 +67,27 @@ def test_a_metric_that_keeps_rising_trains_every_epoch_and_zero_patience_never_s
 
     history, callback = _fit([0.5, 0.1, 0.1, 0.1, 0.1], patience=0, epochs=5)
     assert len(history.history["loss"]) == 5 and callback.stopped_early_at is None
+
+
+def test_a_lucky_first_epoch_does_not_stop_training_before_half_the_budget() -> None:
+    # What a 200-listing catalog did in CI: chance recall at epoch 1, lower for a few epochs, and
+    # then the model learns. Stopping at epoch 5 kept the chance weights and the gate refused them.
+    # With the default 20 epochs it may stop from epoch 10 on; this model beats its lucky start
+    # at epoch 10 and keeps improving, so it trains all 20.
+    recalls = [0.115, 0.044, 0.044, 0.053, 0.08, 0.09, 0.1, 0.1, 0.11, 0.12]
+    recalls += [0.12 + 0.02 * i for i in range(1, 11)]
+    config = TrainConfig(workdir="w", date="2026-01-01")
+    assert config.epochs == len(recalls)
+    history, callback = _fit(
+        recalls, patience=4, epochs=len(recalls), min_epochs=config.early_stopping_min_epochs
+    )
+    assert len(history.history["loss"]) == len(recalls) and callback.stopped_early_at is None
+    assert callback.best is not None and callback.best["epoch"] == len(recalls)
+
+    # A plateau after half the budget still stops: best at epoch 2, stopped at epoch 5 (not 6).
+    plateau = [0.2, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+    history, callback = _fit(plateau, patience=3, epochs=10, min_epochs=5)
+    assert callback.stopped_early_at == 5 and len(history.history["loss"]) == 5
 
 
 def test_a_negative_patience_is_refused_naming_the_flag() -> None:
