@@ -78,12 +78,10 @@ def resolve_model(workdir: str, version: str | None) -> artifact.ModelConfig:
 # ------------------------------------------------------------------ DoFns
 
 
-def _is_listing_reject(d: DeadLetter) -> bool:
-    """Catalog rejections that concern listing photos (review rows are not this stage's input)."""
-    keep = not d.error.startswith("reviews:")
-    if keep:
-        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "catalog_rejected").inc()
-    return keep
+def _count_catalog_reject(d: DeadLetter) -> DeadLetter:
+    """A listing row the catalog reader rejected (embed reads no review rows)."""
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, "catalog_rejected").inc()
+    return d
 
 
 STATE_TAG = "state"
@@ -198,7 +196,9 @@ def build(
     ``buckets`` the change detection's hash buckets (``change_detection.buckets_for``)."""
     from transforms.read_catalog import ReadCatalog
 
-    catalog = p | "ReadCatalog" >> ReadCatalog(s.catalog, s.date, s.allowed_buckets, stage=STAGE)
+    catalog = p | "ReadCatalog" >> ReadCatalog(
+        s.catalog, s.date, s.allowed_buckets, stage=STAGE, reviews=False
+    )
     to_read = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
         key_files, state_files if state_staging else (), buckets, bool(state_staging)
     )
@@ -230,7 +230,7 @@ def build(
     )
     _ = (
         (
-            catalog[DEAD_LETTER_TAG] | "ListingRejects" >> beam.Filter(_is_listing_reject),
+            catalog[DEAD_LETTER_TAG] | "CatalogRejects" >> beam.Map(_count_catalog_reject),
             read[DEAD_LETTER_TAG],
             decoded[DEAD_LETTER_TAG],
             failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_letters),

@@ -616,6 +616,34 @@ def test_lone_surrogates_become_dead_letters_in_the_shared_catalog_reader(tmp_pa
         assert_that(dead, equal_to([("x\\ud800", True), ("lab", True), ("ok", True)]), label="dead")
 
 
+def test_embed_reads_no_review_rows(tmp_path) -> None:
+    """Embed's catalog read skips the reviews table: bad review rows are check-catalog's and
+    preprocess's dead letters, not embed's, and no review row is parsed or shuffled."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.read_catalog import ReadCatalog
+
+    catalog = str(tmp_path)
+    day = paths.catalog_day(catalog, D1)
+    listing = '{"listing_id": "ok", "image_uris": ["a.png"], "category": "home/decor"}'
+    reviews = ['{"review_id": "r1", "listing_id": "gone", "image_uri": "r.png"}', "{not json"]
+    storage.write_text(storage.join(day, "listings.jsonl"), listing + "\n")
+    storage.write_text(storage.join(day, "reviews.jsonl"), "\n".join(reviews) + "\n")
+    with TestPipeline() as p:
+        both = p | "Both" >> ReadCatalog(catalog, D1)
+        dead = both["dead_letter"] | "BothDead" >> beam.Map(lambda d: d.error.split(":")[0])
+        assert_that(dead, equal_to(["reviews", "reviews"]), label="both_dead")
+        listings_only = p | "ListingsOnly" >> ReadCatalog(
+            catalog, D1, stage=embed.STAGE, reviews=False
+        )
+        ids = listings_only["listings"] | beam.Map(lambda x: x.listing_id)
+        assert_that(ids, equal_to(["ok"]), label="listings")
+        assert_that(listings_only["reviews"], equal_to([]), label="no_reviews")
+        assert_that(listings_only["dead_letter"], equal_to([]), label="no_dead")
+
+
 def test_missing_saved_model_is_a_clear_error_before_the_job(tmp_path) -> None:
     workdir = str(tmp_path / "work")
     storage.write_text(

@@ -222,8 +222,12 @@ class ReadCatalog(beam.PTransform):
         allowed_buckets: Iterable[str] = (),
         stage: str = "catalog",
         jsonl_split_bytes: int = DEFAULT_JSONL_SPLIT_BYTES,
+        reviews: bool = True,
     ) -> None:
         super().__init__()
+        # False: the reviews table is not read ("reviews" is empty). A stage that never uses
+        # review rows (embed) should not parse and shuffle them every day.
+        self._reviews = reviews
         if jsonl_split_bytes < 1:
             raise ValueError(f"jsonl_split_bytes must be positive, got {jsonl_split_bytes}")
         self._catalog = storage.normalize(catalog)
@@ -233,7 +237,8 @@ class ReadCatalog(beam.PTransform):
         self._split = jsonl_split_bytes
 
     def _parsed(self, pbegin: beam.pvalue.PBegin, table_name: str) -> Any:
-        table = snapshot.find_table(self._catalog, self._date, table_name)
+        wanted = table_name == LISTINGS or self._reviews
+        table = snapshot.find_table(self._catalog, self._date, table_name) if wanted else None
         if table is None:
             if table_name == LISTINGS:
                 raise cat.CatalogError(
