@@ -132,6 +132,19 @@ def _photo_tables(batch: Sequence[Listing], buckets: int, list_objects: bool) ->
         yield beam.pvalue.TaggedOutput("units", (stable_hash(unit) % groups, unit))
 
 
+def _list_all(units: Sequence[str]) -> Iterator[list[tuple[str, str]]]:
+    """Each unit's listing: gs:// prefixes LIST_THREADS at a time (each call waits on the
+    network), local folders one after another (a scandir is a fast system call, and a thread
+    pool's per-task locks cost more than the 40k scandirs of a 112k-photo catalog)."""
+    remote = [u for u in units if storage.is_gcs(u)]
+    for unit in units:
+        if not storage.is_gcs(unit):
+            yield list(objectmeta.list_unit(unit))
+    if remote:
+        with ThreadPoolExecutor(min(LIST_THREADS, len(remote))) as pool:
+            yield from pool.map(lambda u: list(objectmeta.list_unit(u)), remote)
+
+
 class _ListUnits(beam.DoFn):
     """One group of folders (or gs:// prefixes) -> (uri bucket, table of their objects' keys)."""
 
@@ -145,11 +158,10 @@ class _ListUnits(beam.DoFn):
         units = sorted(set(group[1]))  # a folder named by several listing batches is listed once
         uris: list[str] = []
         keys: list[str] = []
-        with ThreadPoolExecutor(min(LIST_THREADS, len(units))) as pool:
-            for listed in pool.map(lambda u: list(objectmeta.list_unit(u)), units):
-                for uri, key in listed:
-                    uris.append(uri)
-                    keys.append(key)
+        for listed in _list_all(units):
+            for uri, key in listed:
+                uris.append(uri)
+                keys.append(key)
         self._listed.inc(len(uris))
         table = pa.Table.from_arrays([pa.array(uris, pa.string()), pa.array(keys)], schema=LISTED)
         yield from split_by_bucket(table, "image_uri", self._buckets)
