@@ -138,11 +138,11 @@ class RetrievalEvalCallback(keras.callbacks.Callback):
         if (
             self.patience
             and since_best >= self.patience
-            and record["epoch"] >= self.min_epochs
+            and epoch + 1 >= self.min_epochs
             and self.model is not None
         ):
             self.model.stop_training = True
-            self.stopped_early_at = record["epoch"]
+            self.stopped_early_at = epoch + 1
             print(
                 f"[retrieval] stopping early: {SELECTION_METRIC} has not improved for "
                 f"{since_best} epochs (best {self.best[SELECTION_METRIC]:.4f} at epoch "
