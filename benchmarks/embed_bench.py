@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
     if keep:
         day1 = pq.read_table(storage.join(paths.catalog_day(catalog, D1), "listings.parquet"))
         n_images = sum(len(u) for u in day1.column("image_uris").to_pylist())
-        n_changed = -1  # not recounted
+        n_changed = None  # the reused day 2 is not recounted
     else:
         # ~2.5 photos per generated listing; the report uses the real count.
         gen = generate_catalog(
@@ -330,7 +330,8 @@ def main(argv: list[str]) -> int:
         n_images = gen.days[0].images
         n_changed = _make_day2(catalog, CHANGE_FRACTION)
     print(
-        f"catalog: {n_images} images, day 2 changes {n_changed} ({time.perf_counter() - t0:.0f}s)",
+        f"catalog: {n_images} images, day 2 changes "
+        f"{'(reused catalog)' if n_changed is None else n_changed} ({time.perf_counter() - t0:.0f}s)",
         flush=True,
     )
 

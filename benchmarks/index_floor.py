@@ -21,24 +21,7 @@ import faiss
 import numpy as np
 
 from benchmarks import vectors
-from benchmarks.index_bench import ROOT
-
-K = 10
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
-
-
-def _qps(index: faiss.Index, queries: np.ndarray, params: faiss.SearchParameters) -> float:
-    faiss.omp_set_num_threads(1)
-    times = []
-    for x in queries[:100]:
-        start = time.perf_counter()
-        index.search(x[None], K, params=params)
-        times.append(time.perf_counter() - start)
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    return 1.0 / float(np.median(times))
+from benchmarks.index_bench import ROOT, K, median_qps, recall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 k_factor=args.k_factor, base_index_params=params
             )
         _, found = index.search(queries, K, params=params)
+        qps = median_qps(lambda x, p=params: index.search(x, K, params=p), queries[:100])
         print(
             f"  nprobe {nprobe} k_factor {args.k_factor or '-'}: recall@10 "
-            f"{_recall(found, truth):.4f}, {_qps(index, queries, params):.0f} QPS (1 thread)"
+            f"{recall(found, truth):.4f}, {qps:.0f} QPS (1 thread)"
         )
     return 0
 
