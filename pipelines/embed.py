@@ -1,9 +1,10 @@
 """``vsearch embed``: incremental image embeddings with Beam RunInference, written as Parquet.
 
-    ReadCatalog -> PhotosToRead (transforms/change_detection.py: the catalog's photos, folder
-    listings, the earlier partitions' keys and the earlier runs' metadata state, joined as Arrow
-    tables in hash buckets; never a byte of an unchanged photo, never an element per unchanged
-    photo) -> ReadPhotos (read and hash; a sha256 the slot already has is skipped before any
+    ReadListingTables (transforms/read_listing_tables.py: Arrow tables of valid listings, no
+    object per listing) -> PhotosToRead (transforms/change_detection.py: the catalog's photos,
+    folder listings, the earlier partitions' keys and the earlier runs' metadata state, joined as
+    Arrow tables in hash buckets; never a byte of an unchanged photo, never an element per
+    unchanged photo) -> ReadPhotos (read and hash; a sha256 the slot already has is skipped before any
     decoding) -> DecodeImages (the safe Pillow decoder, once per photo) -> KeyPixels ->
     RunInference(KeyedModelHandler: uint8 pixels through the model's pixel signature) -> ToRows
     (NaN / zero-norm -> dead letter) -> WriteEmbeddings
@@ -194,10 +195,10 @@ def build(
     """Add the embed job's steps to ``p``; ``state_files`` are earlier runs' metadata states,
     ``state_staging`` where this run's goes (None: no metadata skip and no state written),
     ``buckets`` the change detection's hash buckets (``change_detection.buckets_for``)."""
-    from transforms.read_catalog import ReadCatalog
+    from transforms.read_listing_tables import ReadListingTables
 
-    catalog = p | "ReadCatalog" >> ReadCatalog(
-        s.catalog, s.date, s.allowed_buckets, stage=STAGE, reviews=False
+    catalog = p | "ReadListings" >> ReadListingTables(
+        s.catalog, s.date, s.allowed_buckets, stage=STAGE, buckets=buckets
     )
     to_read = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
         key_files, state_files if state_staging else (), buckets, bool(state_staging)

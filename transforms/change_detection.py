@@ -42,7 +42,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vsearch.core import embeddings, objectmeta, storage
-from vsearch.core.catalog import Listing
 from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
@@ -105,31 +104,48 @@ def split_by_bucket(table: pa.Table, column: str, buckets: int) -> Iterator[tupl
         yield int(b), table.take(pa.array(order[start:end]))
 
 
-def _photo_tables(batch: Sequence[Listing], buckets: int, list_objects: bool) -> Iterator[Any]:
-    """A batch of listings -> (uri bucket, photo table); the folders to list go to ``units``,
-    as (unit group, folder)."""
-    lids: list[str] = []
-    idxs: list[int] = []
-    uris: list[str] = []
-    keys: list[str] = []
-    units: set[str] = set()
-    for listing in batch:
-        for i, uri in enumerate(listing.image_uris):
-            checksum = listing.image_checksums[i] if listing.image_checksums else None
-            lids.append(listing.listing_id)
-            idxs.append(i)
-            uris.append(uri)
-            keys.append(f"catalog={checksum}" if checksum else "")
-            if not checksum and list_objects:
-                units.add(objectmeta.listing_unit(uri))
+def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
+    """A table of listings (``catalog_columns.LISTING_TABLE``) -> (uri bucket, photo table); the
+    folders to list go to ``units``, as (unit group, folders of this table in that group)."""
+    lengths = pc.list_value_length(listings["image_uris"]).to_numpy(zero_copy_only=False)
+    uris = pc.list_flatten(listings["image_uris"])
+    starts = np.cumsum(lengths) - lengths
+    index = np.arange(len(uris)) - np.repeat(starts, lengths)
+    owner = pa.array(np.repeat(np.arange(listings.num_rows), lengths))
+    checksums = _photo_checksums(listings["image_checksums"], lengths)
+    given = pc.fill_null(pc.not_equal(checksums, ""), False)
+    keys = pc.if_else(given, pc.binary_join_element_wise("catalog=", checksums, ""), "")
     table = pa.Table.from_arrays(
-        [pa.array(lids, pa.string()), pa.array(idxs, pa.int32()), pa.array(uris), pa.array(keys)],
+        [listings["listing_id"].take(owner), pa.array(index, pa.int32()), uris, keys],
         schema=PHOTOS,
     )
     yield from split_by_bucket(table, "image_uri", buckets)
+    if not list_objects:
+        return
     groups = buckets * UNIT_GROUPS_PER_BUCKET
-    for unit in units:
-        yield beam.pvalue.TaggedOutput("units", (stable_hash(unit) % groups, unit))
+    by_group: dict[int, list[str]] = {}
+    for unit in _units(uris.filter(pc.invert(given))).to_pylist():
+        by_group.setdefault(stable_hash(unit) % groups, []).append(unit)
+    for group, units in by_group.items():
+        yield beam.pvalue.TaggedOutput("units", (group, units))
+
+
+def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> pa.Array:
+    """Per-listing checksum lists (null: none given) -> one checksum per photo, null where none."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    given = np.asarray(pc.is_valid(lists).to_numpy(zero_copy_only=False), dtype=bool)
+    values = pc.list_flatten(lists)  # the given lists only, each as long as its image_uris
+    where = np.full(int(lengths.sum()), -1, dtype=np.int64)
+    where[np.flatnonzero(np.repeat(given, lengths))] = np.arange(len(values))
+    return values.take(pa.array(where, mask=where < 0))
+
+
+def _units(uris: pa.Array) -> pa.Array:
+    """``objectmeta.listing_unit`` of each (resolved) URI, on the whole column, deduplicated."""
+    gcs = pc.replace_substring_regex(uris, objectmeta.GCS_UNIT_PATTERN, r"\1")
+    local = pc.replace_substring_regex(uris, r"^(.*)/[^/]*$", r"\1")
+    local = pc.if_else(pc.equal(local, ""), "/", local)
+    return pc.unique(pc.if_else(pc.starts_with(uris, storage.GCS_PREFIX), gcs, local))
 
 
 def _list_all(units: Sequence[str]) -> Iterator[list[tuple[str, str]]]:
@@ -154,8 +170,9 @@ class _ListUnits(beam.DoFn):
     def setup(self) -> None:
         self._listed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_listed")
 
-    def process(self, group: tuple[int, Iterable[str]]) -> Iterator[tuple[int, pa.Table]]:
-        units = sorted(set(group[1]))  # a folder named by several listing batches is listed once
+    def process(self, group: tuple[int, Iterable[list[str]]]) -> Iterator[tuple[int, pa.Table]]:
+        # A folder named by several listing tables is listed once.
+        units = sorted({unit for part in group[1] for unit in part})
         uris: list[str] = []
         keys: list[str] = []
         for listed in _list_all(units):
@@ -260,18 +277,16 @@ def PhotosToRead(  # noqa: N802
     buckets: int,
     list_objects: bool,
 ) -> beam.PCollection:
-    """Listing -> PhotoToRead for each photo not known unchanged (see the module docstring).
+    """Listing tables (``catalog_columns.LISTING_TABLE``, from ``ReadListingTables``) ->
+    PhotoToRead for each photo not known unchanged (see the module docstring).
 
     ``key_files``: earlier partitions of this model version; ``state_files``: earlier runs'
     metadata states; ``list_objects``: list the photos' folders (off: every photo is read).
     """
     p = listings.pipeline
-    split = (
-        listings
-        | "BatchListings" >> beam.BatchElements(min_batch_size=1000, max_batch_size=50_000)
-        | "PhotoTables"
-        >> beam.FlatMap(_photo_tables, buckets, list_objects).with_outputs("units", main="photos")
-    )
+    split = listings | "PhotoTables" >> beam.FlatMap(
+        _photo_tables, buckets, list_objects
+    ).with_outputs("units", main="photos")
     listed = (
         split.units
         | "GroupUnits" >> beam.GroupByKey()

@@ -1,0 +1,196 @@
+"""``ReadListingTables``: a day's listings as Arrow tables of valid rows, for the daily embed.
+
+The same outcome as ``ReadCatalog(reviews=False)`` (same rows kept, same dead letters with the
+same reasons, same counters), without a Python object per listing. A Parquet table is read a row
+group at a time (``ReadFromParquetBatched``); ``vsearch.core.catalog_columns.split_listings``
+checks each batch on whole columns, and only the rows its conservative rules do not accept are
+parsed one at a time by ``catalog.parse_listing``. Duplicate ids are found per hash bucket of
+``listing_id`` with one Arrow group-by count, so at 100M listings a bucket is one element of the
+shuffle, not 100k. A JSON Lines table has no columns to check: it goes through ``ReadCatalog``'s
+row reader and its listings are then batched into the same tables.
+
+    out = p | ReadListingTables(catalog, date, stage="embed", buckets=1)
+    out["listings"]     # pa.Table, catalog_columns.LISTING_TABLE: valid, unique listing ids
+    out["dead_letter"]  # DeadLetter: every rejected row, with the reason
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
+from transforms.read_catalog import LISTINGS, ReadCatalog
+from vsearch.core import catalog as cat
+from vsearch.core import snapshot, storage
+from vsearch.core.catalog_columns import LISTING_TABLE, listing_table, split_listings
+from vsearch.core.hashing import stable_hash
+from vsearch.core.runs import METRICS_NAMESPACE
+
+# LISTING_TABLE plus the rejected rows that name an id (they still count as copies of it).
+_CHECKED = pa.schema([*LISTING_TABLE, ("valid", pa.bool_())])
+
+
+def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    if table.num_rows == 0:
+        return
+    if buckets == 1:
+        yield 0, table
+        return
+    of = np.fromiter(
+        (stable_hash(v) % buckets for v in table.column("listing_id").to_pylist()),
+        dtype=np.int64,
+        count=table.num_rows,
+    )
+    for b in np.unique(of):
+        yield int(b), table.filter(pa.array(of == b))
+
+
+class _CheckBatchFn(beam.DoFn):
+    """A row group of raw listings -> (listing bucket, checked rows), and dead letters."""
+
+    def __init__(
+        self,
+        table: snapshot.TableFile,
+        catalog: str,
+        allowed: tuple[str, ...],
+        stage: str,
+        buckets: int,
+    ) -> None:
+        self._table = table
+        self._catalog = catalog
+        self._allowed = allowed
+        self._stage = stage
+        self._buckets = buckets
+
+    def setup(self) -> None:
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+        self._by_row = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "listing_rows_parsed_alone")
+
+    def process(self, batch: pa.Table) -> Iterator[Any]:
+        fast, rest = split_listings(batch, self._catalog, self._allowed)
+        parsed: list[cat.Listing] = []
+        invalid_ids: list[str] = []
+        self._by_row.inc(rest.num_rows)
+        for row in rest.to_pylist():
+            try:
+                parsed.append(cat.parse_listing(row, self._catalog, self._allowed))
+            except cat.InvalidRow as e:
+                self._rejected.inc()
+                yield dead_letter(
+                    self._stage, f"{LISTINGS}: {e.reason}", e.listing_id, e.uri or self._table.uri
+                )
+                if e.listing_id is not None:
+                    invalid_ids.append(e.listing_id)
+        invalid = pa.Table.from_arrays(
+            [
+                pa.array(invalid_ids, pa.string()),
+                pa.nulls(len(invalid_ids), pa.list_(pa.string())),
+                pa.nulls(len(invalid_ids), pa.list_(pa.string())),
+            ],
+            schema=LISTING_TABLE,
+        )
+        parts = [(fast, True), (listing_table(parsed), True), (invalid, False)]
+        checked = pa.concat_tables(
+            [t.append_column("valid", pa.repeat(valid, t.num_rows)) for t, valid in parts]
+        )
+        yield from _by_bucket(checked, self._buckets)
+
+
+class _RejectDuplicatesFn(beam.DoFn):
+    """(bucket, checked tables) -> the valid listings whose id is on one row only, as one table;
+    every valid copy of a repeated id -> a dead letter (``catalog.resolve_duplicates``'s reason)."""
+
+    def __init__(self, stage: str) -> None:
+        self._stage = stage
+
+    def setup(self) -> None:
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+        self._listings = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "listings_ok")
+
+    def process(self, grouped: tuple[int, Iterable[pa.Table]]) -> Iterator[Any]:
+        parts = list(grouped[1])
+        table = pa.concat_tables(parts) if parts else _CHECKED.empty_table()
+        counts = table.group_by("listing_id").aggregate([("listing_id", "count")])
+        repeated = counts.filter(pc.greater(counts["listing_id_count"], 1))
+        valid = table.filter(table["valid"]).drop_columns(["valid"])
+        if repeated.num_rows:
+            copies = dict(zip(*(repeated.column(i).to_pylist() for i in range(2)), strict=True))
+            is_copy = pc.is_in(valid["listing_id"], value_set=repeated["listing_id"])
+            for lid, uris in zip(
+                *(
+                    valid.filter(is_copy).column(n).to_pylist()
+                    for n in ("listing_id", "image_uris")
+                ),
+                strict=True,
+            ):
+                self._rejected.inc()
+                error = (
+                    f"{LISTINGS}: duplicate listing_id ({copies[lid]} rows); every copy rejected"
+                )
+                yield dead_letter(self._stage, error, lid, uris[0])
+            valid = valid.filter(pc.invert(is_copy))
+        self._listings.inc(valid.num_rows)
+        if valid.num_rows:
+            yield valid
+
+
+class ReadListingTables(beam.PTransform):
+    """A day's listings -> {"listings": pa.Table (LISTING_TABLE), "dead_letter": DeadLetter}.
+
+    Raises CatalogError while the pipeline is being built when the snapshot is unusable as a
+    whole (the same checks as ``ReadCatalog``).
+    """
+
+    def __init__(
+        self,
+        catalog: str,
+        date: dt.date | str,
+        allowed_buckets: Iterable[str] = (),
+        stage: str = "catalog",
+        buckets: int = 1,
+    ) -> None:
+        super().__init__()
+        self._catalog = storage.normalize(catalog)
+        self._date = date if isinstance(date, str) else date.isoformat()
+        self._allowed = tuple(sorted(cat.bucket_names(allowed_buckets)))
+        self._stage = stage
+        self._buckets = buckets
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        table = snapshot.find_table(self._catalog, self._date, LISTINGS)
+        if table is None or table.fmt != "parquet":
+            rows = pbegin | "ReadRows" >> ReadCatalog(
+                self._catalog, self._date, self._allowed, self._stage, reviews=False
+            )
+            listings = (
+                rows[LISTINGS]
+                | "Batch" >> beam.BatchElements(min_batch_size=1000, max_batch_size=50_000)
+                | "ToTables" >> beam.Map(listing_table)
+            )
+            return {LISTINGS: listings, DEAD_LETTER_TAG: rows[DEAD_LETTER_TAG]}
+        columns = snapshot.check_table(table)
+        checked = (
+            pbegin
+            | "ReadParquet" >> beam.io.ReadFromParquetBatched(table.uri, columns=columns)
+            | "Check"
+            >> beam.ParDo(
+                _CheckBatchFn(table, self._catalog, self._allowed, self._stage, self._buckets)
+            ).with_outputs(DEAD_LETTER_TAG, main="rows")
+        )
+        resolved = (
+            checked.rows
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "RejectDuplicates"
+            >> beam.ParDo(_RejectDuplicatesFn(self._stage)).with_outputs(
+                DEAD_LETTER_TAG, main=LISTINGS
+            )
+        )
+        dead = (checked[DEAD_LETTER_TAG], resolved[DEAD_LETTER_TAG]) | "MergeDead" >> beam.Flatten()
+        return {LISTINGS: resolved[LISTINGS], DEAD_LETTER_TAG: dead}
