@@ -208,7 +208,9 @@ def build(
     )
     if state_staging:
         _ = read[STATE_TAG] | "WriteState" >> WriteState(state_staging)
-    decoded = read.images | "DecodeImages" >> read_images.DecodeImages(STAGE, model.image_size)
+    decoded = read.images | "DecodeImages" >> read_images.DecodeImages(
+        STAGE, model.image_size, threads=s.decode_threads
+    )
     handler = keyed_handler(
         paths.embedder_dir(s.workdir, model.version),
         min_batch_size=s.min_batch_size,

@@ -94,6 +94,11 @@ class EmbedSettings:
         default=False, metadata=doc("one model copy per machine, shared by its processes (GPU)")
     )
     intra_op_threads: int = field(default=0, metadata=doc("TensorFlow threads (0: TF decides)"))
+    # Pillow releases the GIL: a decode thread works on the next photos while the model runs.
+    decode_threads: int = field(
+        default=1,
+        metadata=doc("threads decoding photos ahead while the model runs (0: decode in line)"),
+    )
     # A broken upstream export must not empty the index: an empty snapshot, or one that lost
     # more than max_shrink_fraction of the last embedded day's listings, is refused.
     allow_shrink: bool = field(

@@ -106,3 +106,39 @@ def test_oversized_file_is_dead_lettered(tmp_path) -> None:
             equal_to(["listing image: file larger than 1000 bytes"]),
             label="Dead",
         )
+
+
+def test_decoding_ahead_in_threads_gives_what_decoding_in_line_gives(tmp_path) -> None:
+    """Embed decodes in a background thread while the model runs: the same pixels as the safe
+    decoder in line, the same dead letters, nothing lost at the bundle's end (more photos than
+    the look-ahead), and outputs a grouping step downstream accepts."""
+    from transforms.read_images import DecodeImages, ReadImageBytes, _DecodeFn
+    from vsearch.core import images
+
+    files: dict[str, bytes | None] = {
+        f"p{i:03d}.jpg": fx.noisy_jpeg(seed=i) for i in range(_DecodeFn.LOOKAHEAD + 72)
+    }
+    want = {n: images.decode_image(d, SIZE).tobytes() for n, d in files.items() if d}
+    files["truncated.jpg"] = fx.truncated_jpeg()
+    files["text.jpg"] = fx.text_named_jpg()
+    refs = _refs(files, str(tmp_path))
+
+    def same_pixels(got: list[dict[str, bytes]]) -> None:
+        assert len(got) == 1 and got[0].keys() == want.keys()
+        assert all(got[0][n] == want[n] for n in want)
+
+    with beam.Pipeline(options=PipelineOptions(["--direct_num_workers=1"])) as p:
+        raw = p | beam.Create(refs) | ReadImageBytes("test")
+        out = raw["images"] | DecodeImages("test", SIZE, threads=2)
+        pixels = (
+            out["images"]
+            | beam.Map(lambda d: ("all", (d.ref.listing_id, d.rgb.tobytes())))
+            | beam.GroupByKey()
+            | beam.MapTuple(lambda _, xs: dict(xs))
+        )
+        assert_that(pixels, same_pixels, label="Pixels")
+        assert_that(
+            out["dead_letter"] | beam.Map(lambda d: d.listing_id),
+            equal_to(["text.jpg", "truncated.jpg"]),
+            label="Dead",
+        )

@@ -52,7 +52,7 @@ def list_unit(unit: str) -> Iterator[tuple[str, str]]:
             for e in it:
                 if e.is_file(follow_symlinks=True):
                     st = e.stat(follow_symlinks=True)
-                    yield os.path.join(unit, e.name), f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
+                    yield e.path, f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
     except (FileNotFoundError, NotADirectoryError):
         return
 
