@@ -124,10 +124,10 @@ class _DecodeFn(beam.DoFn):
         for out in self._outputs(item, future.result()):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(
-                    out.tag, WindowedValue(out.value, timestamp, [window])
+                    out.tag, WindowedValue(out.value, timestamp, (window,))
                 )
             else:
-                yield WindowedValue(out, timestamp, [window])
+                yield WindowedValue(out, timestamp, (window,))
 
     def process(
         self,
