@@ -292,6 +292,8 @@ def run(
         "full": s.full,
         "earlier_files": len(key_files),
         "catalog_rejected": c.get("catalog_rejected", 0),
+        # Listings rows the column rules left to the one-row-at-a-time parser (the slow path).
+        "listing_rows_parsed_alone": c.get("listing_rows_parsed_alone", 0),
         "images_read": c.get("images_read", 0),
         "skipped_by_metadata": c.get("skipped_by_metadata", 0),
         "objects_listed": c.get("metadata_listed", 0),

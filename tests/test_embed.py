@@ -474,6 +474,8 @@ def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
     assert (s2.read, s2.ok, s2.skipped) == (5, 2, 3)
     assert r["extra2"]["skipped_by_metadata"] == 5 - len(read_on_day2)
     assert r["extra2"]["images_read"] == len(read_on_day2)
+    # A clean Parquet snapshot is checked on whole columns: no row took the per-row parser.
+    assert r["extra2"]["listing_rows_parsed_alone"] == 0
     cur = r["current"]
     assert sorted(cur["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]  # L3 removed
     new_l2 = [row for row in cur.to_pylist() if row["listing_id"] == "L2"][0]
