@@ -97,7 +97,7 @@ def _choose_factory(
     limits = {"ivf_flat": settings.ivf_max_probe_fraction, "ivf_refine": 1 / 2}
     if len(candidates) == 1 or len(query_x) == 0:
         return candidates[0], info
-    # Trials at a small scale: an index of the same recipe (4*sqrt(n) lists) over part of the
+    # Trials at a small scale: an index of the same recipe (2*sqrt(n) lists) over part of the
     # sample, its knob tuned on the held-out queries. What fraction of the lists must be probed
     # carries over across scales; a full-size trial would cost a second full k-means.
     data = train_x[: settings.trial_size]

@@ -35,10 +35,10 @@ def test_shards_for_size() -> None:
     ("n", "budget", "expected"),
     [
         (5_000, 16 << 30, "Flat"),
-        (1_000_000, 16 << 30, "IVF4096,Flat"),
-        (10_000_000, 64 << 30, "IVF16384,Flat"),
-        (100_000_000, 16 << 30, "IVF32768,PQ128"),  # raw vectors (100 GB) do not fit 16 GiB
-        (100_000_000, 8 << 30, "IVF32768,PQ64"),
+        (1_000_000, 16 << 30, "IVF2048,Flat"),
+        (10_000_000, 64 << 30, "IVF8192,Flat"),
+        (100_000_000, 16 << 30, "IVF16384,PQ128"),  # raw vectors (100 GB) do not fit 16 GiB
+        (100_000_000, 8 << 30, "IVF16384,PQ64"),
     ],
 )
 def test_choose_factory(n: int, budget: int, expected: str) -> None:
@@ -47,8 +47,8 @@ def test_choose_factory(n: int, budget: int, expected: str) -> None:
 
 def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
     assert factory.candidate_factories(1_000_000, 256, 16 << 30) == [
-        "IVF4096,Flat",
-        "IVF4096,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
+        "IVF2048,Flat",
+        "IVF2048,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
         "HNSW32",  # last resort: where 4-bit codes cannot rank neighbours
     ]
     assert "HNSW32" not in factory.candidate_factories(1_000_000, 256, 1_100 << 20)
@@ -61,7 +61,7 @@ def test_factory_helpers() -> None:
     assert factory.parse_memory("512MiB") == 512 << 20
     with pytest.raises(ValueError):
         factory.parse_memory("lots")
-    assert factory.nlist_for(1_000_000) == 4096
+    assert factory.nlist_for(1_000_000) == 2048
     assert factory.nlist_for(100) == 1
     assert factory.search_param_name("HNSW32") == "efSearch"
     assert factory.search_param_name("IVF256,PQ16") == "nprobe"

@@ -51,9 +51,9 @@ def test_refined_factory_is_a_small_function_of_size_and_dim() -> None:
     assert factory.fixed_search_params("IVF1024,PQ64x4fs,RFlat")[0] == {"k_factor": 8}
     # vectors + 4-bit codes + ids: more than IVF-Flat, so a tight budget keeps IVF-Flat only
     n = 1_000_000
-    flat = factory.estimated_bytes("IVF4096,Flat", n, 256)
-    assert flat < factory.estimated_bytes("IVF4096,PQ64x4fs,RFlat", n, 256) < flat + n * 33
-    assert factory.candidate_factories(n, 256, flat + 1000) == ["IVF4096,Flat"]
+    flat = factory.estimated_bytes("IVF2048,Flat", n, 256)
+    assert flat < factory.estimated_bytes("IVF2048,PQ64x4fs,RFlat", n, 256) < flat + n * 33
+    assert factory.candidate_factories(n, 256, flat + 1000) == ["IVF2048,Flat"]
 
 
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
