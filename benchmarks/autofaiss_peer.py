@@ -13,9 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
 def main(argv: list[str]) -> int:
@@ -50,7 +57,8 @@ def main(argv: list[str]) -> int:
         saved = json.load(f)
     result = {
         "build_s": build_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) parent's fork.
+        "peak_rss_mb": _vm_hwm_mb(),
         "index_path": index_path,
         "index_key": saved.get("index_key"),
         "index_param": saved.get("index_param"),

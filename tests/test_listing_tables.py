@@ -25,6 +25,17 @@ from vsearch.core.catalog_columns import split_listings
 
 DATE = "2026-01-01"
 ALLOWED = ("shop-photos",)
+# updated_at as strings: the ISO-string form of the contract, the one the column rules parse.
+SCHEMA = pa.schema(
+    [
+        ("listing_id", pa.string()),
+        ("image_uris", pa.list_(pa.string())),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("updated_at", pa.string()),
+        ("image_checksums", pa.list_(pa.string())),
+    ]
+)
 
 GOOD: dict[str, Any] = {
     "listing_id": "L1",
@@ -112,19 +123,9 @@ def _rows(root: str) -> list[dict[str, Any]]:
 
 
 def _write(catalog: str, rows: list[dict[str, Any]], row_group_size: int = 7) -> None:
-    schema = pa.schema(
-        [
-            ("listing_id", pa.string()),
-            ("image_uris", pa.list_(pa.string())),
-            ("title", pa.string()),
-            ("category", pa.string()),
-            ("updated_at", pa.string()),
-            ("image_checksums", pa.list_(pa.string())),
-        ]
-    )
     path = storage.join(paths.catalog_day(catalog, DATE), "listings.parquet")
     os.makedirs(storage.parent(path), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=row_group_size)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, row_group_size=row_group_size)
 
 
 def test_every_row_the_column_rules_accept_parses_identically(tmp_path) -> None:
@@ -132,19 +133,7 @@ def test_every_row_the_column_rules_accept_parses_identically(tmp_path) -> None:
     the same resolved URIs and checksums; and the plain rows take no per-row parse."""
     root = str(tmp_path)
     rows = [r for r in _rows(root) if r["listing_id"] not in ("twice", "half", "bad2")]
-    schema_rows = pa.Table.from_pylist(rows).cast(
-        pa.schema(
-            [
-                ("listing_id", pa.string()),
-                ("image_uris", pa.list_(pa.string())),
-                ("title", pa.string()),
-                ("category", pa.string()),
-                ("updated_at", pa.string()),
-                ("image_checksums", pa.list_(pa.string())),
-            ]
-        )
-    )
-    fast, rest = split_listings(schema_rows, root, ALLOWED)
+    fast, rest = split_listings(pa.Table.from_pylist(rows, schema=SCHEMA), root, ALLOWED)
     assert fast.num_rows + rest.num_rows == len(rows)
     by_id = {}
     for row in rows:

@@ -21,35 +21,19 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.change_detection import split_by_bucket
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
 from transforms.read_catalog import LISTINGS, ReadCatalog
 from vsearch.core import catalog as cat
 from vsearch.core import snapshot, storage
 from vsearch.core.catalog_columns import LISTING_TABLE, listing_table, split_listings
-from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
 
 # LISTING_TABLE plus the rejected rows that name an id (they still count as copies of it).
 _CHECKED = pa.schema([*LISTING_TABLE, ("valid", pa.bool_())])
-
-
-def _by_bucket(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
-    if table.num_rows == 0:
-        return
-    if buckets == 1:
-        yield 0, table
-        return
-    of = np.fromiter(
-        (stable_hash(v) % buckets for v in table.column("listing_id").to_pylist()),
-        dtype=np.int64,
-        count=table.num_rows,
-    )
-    for b in np.unique(of):
-        yield int(b), table.filter(pa.array(of == b))
 
 
 class _CheckBatchFn(beam.DoFn):
@@ -100,7 +84,7 @@ class _CheckBatchFn(beam.DoFn):
         checked = pa.concat_tables(
             [t.append_column("valid", pa.repeat(valid, t.num_rows)) for t, valid in parts]
         )
-        yield from _by_bucket(checked, self._buckets)
+        yield from split_by_bucket(checked, "listing_id", self._buckets)
 
 
 class _RejectDuplicatesFn(beam.DoFn):
