@@ -81,8 +81,8 @@ class _ParseRowsFn(beam.DoFn):
                 yield cat.parse_review(row, self._catalog, self._allowed)
         except cat.InvalidRow as e:
             self._rejected.inc()
-            error = f"{self._table.table}: {e.reason}"
-            yield dead_letter(self._stage, error, e.listing_id, e.uri or self._table.uri)
+            d = snapshot.row_dead_letter(e, self._table, self._stage)
+            yield dead_letter(d.stage, d.error, d.listing_id, d.uri)
             if self._table.table == LISTINGS and e.listing_id is not None:
                 yield beam.pvalue.TaggedOutput(_INVALID_IDS, e.listing_id)
 

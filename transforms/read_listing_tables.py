@@ -67,9 +67,8 @@ class _CheckBatchFn(beam.DoFn):
                 parsed.append(cat.parse_listing(row, self._catalog, self._allowed))
             except cat.InvalidRow as e:
                 self._rejected.inc()
-                yield dead_letter(
-                    self._stage, f"{LISTINGS}: {e.reason}", e.listing_id, e.uri or self._table.uri
-                )
+                d = snapshot.row_dead_letter(e, self._table, self._stage)
+                yield dead_letter(d.stage, d.error, d.listing_id, d.uri)
                 if e.listing_id is not None:
                     invalid_ids.append(e.listing_id)
         invalid = pa.Table.from_arrays(
@@ -89,7 +88,7 @@ class _CheckBatchFn(beam.DoFn):
 
 class _RejectDuplicatesFn(beam.DoFn):
     """(bucket, checked tables) -> the valid listings whose id is on one row only, as one table;
-    every valid copy of a repeated id -> a dead letter (``catalog.resolve_duplicates``'s reason)."""
+    every valid copy of a repeated id -> a dead letter (``catalog.duplicate_reason``)."""
 
     def __init__(self, stage: str) -> None:
         self._stage = stage
@@ -115,10 +114,7 @@ class _RejectDuplicatesFn(beam.DoFn):
                 strict=True,
             ):
                 self._rejected.inc()
-                error = (
-                    f"{LISTINGS}: duplicate listing_id ({copies[lid]} rows); every copy rejected"
-                )
-                yield dead_letter(self._stage, error, lid, uris[0])
+                yield dead_letter(self._stage, cat.duplicate_reason(copies[lid]), lid, uris[0])
             valid = valid.filter(pc.invert(is_copy))
         self._listings.inc(valid.num_rows)
         if valid.num_rows:

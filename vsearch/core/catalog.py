@@ -363,11 +363,16 @@ def resolve_duplicates(
             listing_id,
             copy.image_uris[0],
             stage,
-            f"listings: duplicate listing_id ({copies} rows); every copy rejected",
+            duplicate_reason(copies),
         )
         for copy in listings
     ]
     return [], [], dead
+
+
+def duplicate_reason(copies: int) -> str:
+    """The dead-letter reason of each valid copy of a listing_id found on ``copies`` rows."""
+    return f"listings: duplicate listing_id ({copies} rows); every copy rejected"
 
 
 def listing_images(listing: Listing) -> list[ImageRef]:

@@ -100,12 +100,11 @@ def split_listings(
         return LISTING_TABLE.empty_table(), batch
     lengths = pc.list_value_length(uris)
     ok &= _mask(pc.and_(pc.greater_equal(lengths, 1), pc.less_equal(lengths, MAX_IMAGES)))
-    flat = pc.list_flatten(uris)
+    flat = pc.list_flatten(uris)  # null lists contribute nothing
     parents = pc.list_parent_indices(uris).to_numpy()
     root = storage.normalize(catalog)
     relative = _mask(pc.match_substring_regex(flat, _RELATIVE))
-    good = relative | _absolute_ok(flat, root, allowed_buckets)
-    ok[parents[~good]] = False
+    ok[parents[~(relative | _absolute_ok(flat, root, allowed_buckets))]] = False
 
     if checksums is not None and not pa.types.is_null(checksums.type):
         aligned = pc.or_kleene(
@@ -116,16 +115,14 @@ def split_listings(
     if updated is not None and pa.types.is_string(updated.type):
         ok &= _iso_or_empty(updated)
 
-    rows = pa.array(np.flatnonzero(ok))
-    kept_uris = uris.take(rows)
+    # Resolve every URI once (a relative one goes under the root), then keep the accepted rows.
     prefix = root if root.endswith("/") else root + "/"
-    values = pc.list_flatten(kept_uris)
-    is_relative = pc.match_substring_regex(values, _RELATIVE)
-    resolved_values = pc.if_else(
-        is_relative, pc.binary_join_element_wise(prefix, values, ""), values
+    resolved_flat = pc.if_else(
+        pa.array(relative), pc.binary_join_element_wise(prefix, flat, ""), flat
     )
-    offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(kept_uris).to_numpy())])
-    resolved = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), resolved_values)
+    offsets = np.concatenate([[0], np.cumsum(pc.fill_null(lengths, 0).to_numpy())])
+    rows = pa.array(np.flatnonzero(ok))
+    resolved = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), resolved_flat).take(rows)
     if checksums is None or pa.types.is_null(checksums.type):
         kept_checksums = pa.nulls(len(rows), pa.list_(pa.string()))
     else:
@@ -137,19 +134,17 @@ def split_listings(
 def _absolute_ok(flat: pa.Array, root: str, allowed_buckets: Iterable[str]) -> np.ndarray:
     """Full URIs that ``resolve_image_uri`` returns unchanged: a clean gs:// URI in an allowed
     bucket or under a gs:// root; a clean absolute path under a local root."""
-    prefixes = [f"gs://{b}/" for b in sorted(bucket_names(allowed_buckets))]
+    gcs_roots = [f"gs://{b}/" for b in sorted(bucket_names(allowed_buckets))]
     if storage.is_gcs(root):
-        prefixes.append(root.rstrip("/") + "/")
-        shape = _GCS
-    else:
-        shape = f"({_GCS})|({_LOCAL_ABSOLUTE})"
-    under = np.zeros(len(flat), dtype=bool)
-    for p in prefixes:
-        under |= _mask(pc.starts_with(flat, p))
+        gcs_roots.append(root.rstrip("/") + "/")
+    gcs = np.zeros(len(flat), dtype=bool)
+    for p in gcs_roots:
+        gcs |= _mask(pc.starts_with(flat, p))
+    ok = gcs & _mask(pc.match_substring_regex(flat, _GCS))
     if not storage.is_gcs(root):
-        local = _mask(pc.match_substring_regex(flat, _LOCAL_ABSOLUTE))
-        under |= local & _mask(pc.starts_with(flat, root.rstrip("/") + "/"))
-    return under & _mask(pc.match_substring_regex(flat, shape))
+        under = _mask(pc.starts_with(flat, root.rstrip("/") + "/"))
+        ok |= under & _mask(pc.match_substring_regex(flat, _LOCAL_ABSOLUTE))
+    return ok
 
 
 def _iso_or_empty(values: pa.Array) -> np.ndarray:

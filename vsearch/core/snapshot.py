@@ -230,7 +230,7 @@ def read_snapshot(
                 raise row
             listing = parse_listing(row, catalog, allowed_buckets)
         except InvalidRow as e:
-            rejected.append(_row_dead_letter(e, listings_table, stage))
+            rejected.append(row_dead_letter(e, listings_table, stage))
             if e.listing_id is not None:
                 invalid_ids[e.listing_id] += 1
             continue
@@ -244,7 +244,7 @@ def read_snapshot(
             review = parse_review(row, catalog, allowed_buckets)
         except InvalidRow as e:
             assert reviews_table is not None
-            rejected.append(_row_dead_letter(e, reviews_table, stage))
+            rejected.append(row_dead_letter(e, reviews_table, stage))
             continue
         reviews_by_id[review.listing_id].append(review)
     listings: list[Listing] = []
@@ -263,5 +263,6 @@ def read_snapshot(
     return Snapshot(storage.normalize(catalog), date_s, listings, reviews, rejected)
 
 
-def _row_dead_letter(e: InvalidRow, table: TableFile, stage: str) -> DeadLetter:
+def row_dead_letter(e: InvalidRow, table: TableFile, stage: str) -> DeadLetter:
+    """A rejected row's dead letter: ``table: reason``, at the row's URI or else the table's."""
     return DeadLetter(e.listing_id, e.uri or table.uri, stage, f"{table.table}: {e.reason}")
