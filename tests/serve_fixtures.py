@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from index import builder, synthetic
@@ -136,8 +138,11 @@ def build_and_publish(
     emb: np.ndarray,
     keep: int = N_LISTINGS,
     shards: int = 2,
+    before_publish: Callable[[str], None] | None = None,
 ) -> str:
-    """Index the first ``keep`` listings as build ``build_id``, record its run, publish it."""
+    """Index the first ``keep`` listings as build ``build_id``, record its run, publish it.
+    ``before_publish(manifest_uri)`` runs between the build and the publish (a server polling
+    the pointer must never see the build before it)."""
     import os
 
     import pyarrow as pa
@@ -160,6 +165,8 @@ def build_and_publish(
         "build-index", SERVE_DAY, keep, keep, 0, wall_s=1.5, extra={"build_id": build_id}
     )
     runs.write_summary(workdir, summary, echo=False)
+    if before_publish is not None:
+        before_publish(result.manifest_uri)
     publish.publish(workdir, result.manifest_uri)
     return result.manifest_uri
 

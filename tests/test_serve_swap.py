@@ -124,8 +124,10 @@ def test_publish_under_load_swaps_without_a_failed_request_and_refuses_a_corrupt
         assert set(builds) == {old, new} and builds[-1] == new
 
         # A corrupt build is published: refused and logged, the old one keeps serving.
-        bad = fx.build_and_publish(workdir, catalog, "20260101T000003Z-dddddd", emb)
-        corrupt(bad)
+        # Corrupted before its pointer is written: the watcher polls every 0.1 s.
+        fx.build_and_publish(
+            workdir, catalog, "20260101T000003Z-dddddd", emb, before_publish=corrupt
+        )
         refused = wait_refused(url)
         assert (
             "corrupted or truncated" in refused["last_error"]
