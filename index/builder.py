@@ -23,39 +23,83 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index import autopca, sharding, training, tuning
+from index import autopca, ondisk, sharding, training, tuning
 from index import factory as factory_mod
 from index import manifest as manifest_mod
 from index.searcher import Searcher
 from index.shards import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
 from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
+from index.verify import default_cache_dir
 from vsearch.core import storage
+from vsearch.core.settings import doc
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IndexSettings:
-    # A faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, IVF4096,PQ64x4fs,RFlat,
-    # HNSW32) or "auto".
-    factory: str = "auto"
-    shards: int = 1  # S; a listing's shard is a stable hash of its id
-    # recall@10 vs exact search that tuning must reach and validation confirm.
-    target_recall: float = 0.95
-    memory_budget_bytes: int = 16 << 30  # what "auto" may spend on the whole index (all shards)
-    # 0: auto, the smallest multiple of 16 whose measured recall keeps half the target's
-    # allowed loss (index/autopca.py), or no PCA; a cut saving under 25% is not worth its cost.
-    pca_dim: int = 0
-    max_train_size: int = 200_000  # sample held in driver memory for training (~200 MB at D=256)
-    # Held-out database vectors used as queries (half tune, half validate).
-    validation_queries: int = 1000
-    tune_margin: float = 0.005  # tune for target + margin, so validation's other queries pass too
-    latency_queries: int = 300  # single queries timed for p50/p99
-    ivf_max_probe_fraction: float = 1 / 32  # auto: IVF must reach the target probing at most this
-    trial_size: int = 50_000  # auto: sample vectors of the small IVF trial
-    seed: int = 0
-    use_gpu: bool | None = None  # None: k-means on GPU when faiss sees one
+    factory: str = field(
+        default="auto",
+        metadata=doc(
+            "faiss index_factory string (Flat, IVF4096,Flat, IVF4096,PQ32, "
+            "IVF4096,PQ64x4fs,RFlat, HNSW32) or auto: the cheapest layout that fits "
+            "--memory-budget and reaches --target-recall in a trial",
+            metavar="FACTORY",
+        ),
+    )
+    shards: int = field(default=1, metadata=doc("S; a listing's shard is a stable hash of its id"))
+    target_recall: float = field(
+        default=0.95,
+        metadata=doc("recall@10 vs exact search that tuning must reach and validation confirm"),
+    )
+    memory_budget_bytes: int = field(
+        default=16 << 30,
+        metadata=doc(
+            "bytes auto may spend on the whole index (all shards)",
+            flag="memory-budget",
+            metavar="BYTES",
+        ),
+    )
+    pca_dim: int = field(
+        default=0,
+        metadata=doc(
+            "dimension after PCA; 0: auto, the smallest multiple of 16 whose measured recall "
+            "keeps half the target's allowed loss, or none (a cut saving under a quarter is not "
+            "worth its cost)"
+        ),
+    )
+    max_train_size: int = field(
+        default=200_000,
+        metadata=doc("training sample held in driver memory (~200 MB at D=256)"),
+    )
+    validation_queries: int = field(
+        default=1000,
+        metadata=doc("held-out database vectors used as queries (half tune, half validate)"),
+    )
+    tune_margin: float = field(
+        default=0.005,
+        metadata=doc("tune for target + margin, so validation's other queries pass too"),
+    )
+    latency_queries: int = field(default=300, metadata=doc("single queries timed for p50/p99"))
+    ivf_max_probe_fraction: float = field(
+        default=1 / 32,
+        metadata=doc("auto: IVF-Flat must reach the target probing at most this share of lists"),
+    )
+    trial_size: int = field(default=50_000, metadata=doc("auto: sample vectors of the IVF trial"))
+    seed: int = field(default=0, metadata=doc("seed of the samples"))
+    use_gpu: bool | None = field(
+        default=None, metadata=doc("k-means on GPU (default: when faiss sees one)")
+    )
+    # An index larger than RAM: shards filled one per pass, then merged into one index whose
+    # lists are a file the searcher memory-maps (index/ondisk.py; manifest format 3).
+    on_disk: bool = field(
+        default=False,
+        metadata=doc(
+            "build an index larger than RAM: fill one shard at a time, merge the shards into "
+            "merged.faiss + merged.ivfdata, serve the lists memory-mapped (plain IVF layouts)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -64,6 +108,8 @@ class IndexSettings:
             raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
         if self.factory != "auto":
             factory_mod.factory_kind(self.factory)
+            if self.on_disk:
+                ondisk.check_layout(self.factory)
 
 
 @dataclass(frozen=True)
@@ -91,6 +137,8 @@ def _choose_factory(
     """
     if settings.factory != "auto":
         return settings.factory, {}
+    if settings.on_disk:  # the lists live on disk, not in the RAM budget: exact codes
+        return f"IVF{factory_mod.nlist_for(sample.ntotal)},Flat", {"on_disk": True}
     candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
     trials: list[dict[str, Any]] = []
     info: dict[str, Any] = {"candidates": candidates, "trials": trials}
@@ -281,11 +329,19 @@ def build_index(
     pca_bytes = training.pca_to_bytes(pca)
     if pca is not None:
         storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
-    adder = add_shards or add_shards_in_process(batches_factory)  # type: ignore[arg-type]
+    adder = add_shards or add_shards_in_process(
+        batches_factory,  # type: ignore[arg-type]
+        one_per_pass=settings.on_disk,
+    )
     entries = adder(training.index_to_bytes(trained), pca_bytes, build_dir, settings.shards)
     ntotal = sum(e.ntotal for e in entries)
     if ntotal != sample.ntotal:
         raise IndexBuildError(f"shards hold {ntotal} vectors but the input has {sample.ntotal}")
+    merged = None
+    if settings.on_disk:
+        log.info("merging %d shards on disk into %s", len(entries), ondisk.MERGED_LISTS)
+        key = (model_version, build_id)
+        merged = ondisk.merge_build(build_dir, entries, cache_dir or default_cache_dir(), key)
     draft = manifest_mod.Manifest(
         model_version=model_version,
         build_id=build_id,
@@ -296,6 +352,10 @@ def build_index(
         shards=tuple(entries),
         ntotal=ntotal,
         pca_sha256=hashlib.sha256(pca_bytes).hexdigest() if pca is not None else None,
+        merged=merged,
+        format_version=(
+            manifest_mod.ON_DISK_FORMAT_VERSION if merged else manifest_mod.FORMAT_VERSION
+        ),
     )
 
     # 4. Ground truth (exact, input space, one streaming pass), 5. tune, validate.

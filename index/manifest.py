@@ -17,8 +17,12 @@ from vsearch.core import storage
 
 # 2: id maps and pca.bin carry a sha256 too (``ids_sha256``, ``pca_sha256``). Version 1
 # manifests (shard sha256 only) are still read; their id maps and PCA are not verifiable.
+# 3: an on-disk build (``--on-disk``): the shards are also merged into one index whose lists
+# live in a file (``merged``), which is what a reader must serve. Written only for such builds,
+# so that a version-2 reader refuses one (it would otherwise load every shard into RAM).
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+ON_DISK_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 METRIC = "inner_product"
 
 
@@ -33,6 +37,17 @@ class ShardEntry:
     ntotal: int
     ids_path: str  # e.g. "shard-00000.ids.parquet"
     ids_sha256: str = ""  # of the id map's bytes ("" only in format_version 1 manifests)
+
+
+@dataclass(frozen=True)
+class MergedEntry:
+    """The shards merged on disk (index/ondisk.py): an index file and its inverted-list file,
+    side by side in the build directory; the index finds its lists by name beside it."""
+
+    index_path: str  # e.g. "merged.faiss" (quantizer + list sizes; small)
+    index_sha256: str
+    lists_path: str  # e.g. "merged.ivfdata" (every code and id; memory-mapped when served)
+    lists_sha256: str
 
 
 @dataclass(frozen=True)
@@ -58,15 +73,25 @@ class Manifest:
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
     pca_sha256: str | None = None  # of pca.bin; None when there is no PCA (or format 1)
+    merged: MergedEntry | None = None  # format 3 only: serve this, not the shards' indexes
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = [asdict(s) for s in self.shards]
+        if self.merged is None:
+            d.pop("merged")
         if self.format_version < 2:  # rewrite an old manifest as it was (no checksums to add)
             d.pop("pca_sha256")
             for s in d["shards"]:
                 s.pop("ids_sha256")
         return {k: d[k] for k in _FIELD_ORDER if k in d}
+
+    def files(self) -> list[str]:
+        """Every file the build lists, relative to the manifest's directory (not pca.bin)."""
+        names = [n for s in self.shards for n in (s.path, s.ids_path)]
+        if self.merged is not None:
+            names += [self.merged.index_path, self.merged.lists_path]
+        return names
 
     def check(self) -> None:
         """Raise ManifestError unless the manifest is internally consistent."""
@@ -93,6 +118,19 @@ class Manifest:
             problems.append(
                 f"pca_sha256 {self.pca_sha256!r} does not match dim {self.input_dim}->{self.dim}"
             )
+        on_disk = self.format_version == ON_DISK_FORMAT_VERSION
+        if on_disk != (self.merged is not None):
+            problems.append(
+                f"format_version {self.format_version} with merged={self.merged is not None} "
+                f"(an on-disk build is format {ON_DISK_FORMAT_VERSION} and only that)"
+            )
+        m = self.merged
+        if m is not None and (
+            len(m.index_sha256) != 64
+            or len(m.lists_sha256) != 64
+            or "/" in m.index_path + m.lists_path
+        ):
+            problems.append(f"bad merged entry {m}")
         if self.pca_sha256 is not None and len(self.pca_sha256) != 64:
             problems.append(f"pca_sha256 {self.pca_sha256!r} is not a sha256")
         if problems:
@@ -111,6 +149,7 @@ _FIELD_ORDER = (
     "factory",
     "search_params",
     "shards",
+    "merged",
     "ntotal",
     "validation",
 )
@@ -129,6 +168,7 @@ def utc_now_iso() -> str:
 def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
     try:
         v = d.get("validation")
+        merged = d.get("merged")
         m = Manifest(
             format_version=int(d["format_version"]),
             model_version=str(d["model_version"]),
@@ -152,6 +192,9 @@ def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
             ntotal=int(d["ntotal"]),
             validation=Validation(**v) if v is not None else None,
             pca_sha256=None if d.get("pca_sha256") is None else str(d["pca_sha256"]),
+            merged=None
+            if merged is None
+            else MergedEntry(**{k: str(x) for k, x in merged.items()}),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(

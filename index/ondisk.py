@@ -14,13 +14,60 @@ IVF-PQ): fast-scan lists are packed in blocks, which OnDiskInvertedLists does no
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from typing import Any
 
 import faiss
 from faiss.contrib.ondisk import merge_ondisk
 
+from index import manifest as manifest_mod
+from index.factory import factory_kind
+from index.verify import local_shard, sha256_of_file
+from vsearch.core import storage
+
 MERGED_INDEX = "merged.faiss"
 MERGED_LISTS = "merged.ivfdata"
+
+
+def check_layout(factory: str) -> None:
+    """ValueError unless ``factory`` is a layout whose lists can live on disk (plain IVF)."""
+    kind = factory_kind(factory)
+    if kind not in ("ivf_flat", "ivf_pq") or re.search(r"x4fs\b", factory):
+        raise ValueError(
+            f"--on-disk needs a plain IVF layout (e.g. IVF4096,Flat or IVF4096,PQ32), not "
+            f"{factory}: HNSW graphs, fast-scan blocks and refine stores are not list files"
+        )
+
+
+def merge_build(
+    build_dir: str,
+    entries: tuple[manifest_mod.ShardEntry, ...] | list[manifest_mod.ShardEntry],
+    cache_dir: str,
+    cache_key: tuple[str, str],
+) -> manifest_mod.MergedEntry:
+    """Merge a build's shards into ``build_dir``'s merged.faiss + merged.ivfdata; their entry.
+
+    Local builds merge in place. A gs:// build's shards come through the verified local cache
+    (verify.local_shard), are merged in a local folder, and both files are uploaded.
+    """
+    shard_paths = [local_shard(build_dir, e, cache_dir, cache_key) for e in entries]
+    local = not storage.is_gcs(build_dir)
+    out_dir = build_dir if local else tempfile.mkdtemp(prefix="vsearch-merge-", dir=cache_dir)
+    try:
+        merge_on_disk(shard_paths, out_dir)
+        files = (MERGED_INDEX, MERGED_LISTS)
+        sums = [sha256_of_file(os.path.join(out_dir, f)) for f in files]
+        if not local:
+            for f in files:  # the lists file last-but-one, the manifest (not here) last
+                with open(os.path.join(out_dir, f), "rb") as src:
+                    with storage.atomic_writer(storage.join(build_dir, f)) as dst:
+                        shutil.copyfileobj(src, dst, 8 << 20)
+    finally:
+        if not local:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return manifest_mod.MergedEntry(MERGED_INDEX, sums[0], MERGED_LISTS, sums[1])
 
 
 def merge_on_disk(shard_paths: list[str], out_dir: str) -> str:

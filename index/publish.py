@@ -112,10 +112,9 @@ def publish(
     m = manifest_mod.read(manifest_uri)
     manifest_mod.require_validated(m, manifest_uri, min_recall)
     build_dir = storage.parent(manifest_uri)
-    for entry in m.shards:
-        for name in (entry.path, entry.ids_path):
-            if not storage.exists(storage.join(build_dir, name)):
-                raise manifest_mod.ManifestError(f"{manifest_uri} lists {name}, which is missing")
+    for name in m.files():
+        if not storage.exists(storage.join(build_dir, name)):
+            raise manifest_mod.ManifestError(f"{manifest_uri} lists {name}, which is missing")
     published = storage.read_pointer(paths.published_model_pointer(workdir)).value
     if published is not None and published != m.model_version:
         raise manifest_mod.ManifestError(

@@ -26,12 +26,19 @@ import numpy as np
 import pyarrow as pa
 
 from index import manifest as manifest_mod
-from index import refine, sharding, training
+from index import ondisk, refine, sharding, training
 from index.ivf_lists import ids_tagged, search_preassigned
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
-from index.verify import ShardError, default_cache_dir, local_shard, read_id_map, verified_bytes
+from index.verify import (
+    ShardError,
+    default_cache_dir,
+    local_file,
+    local_shard,
+    read_id_map,
+    verified_bytes,
+)
 from vsearch.core import paths, storage
 
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
@@ -77,11 +84,16 @@ class Searcher:
         self.pca = self._load_pca()
         self._shard_paths: list[str] = []
         self._refined: list[Any] = []  # refined shards (each owns its IVF part and vectors)
-        self._shards = [self._load_shard(e) for e in manifest.shards]
+        if manifest.merged is not None:  # on-disk build: one index, its lists memory-mapped
+            self._shards = [_Shard(None, read_id_map(build_dir, e)) for e in manifest.shards]
+            self._merged = self._open_merged(manifest.merged)
+        else:
+            self._shards = [self._load_shard(e) for e in manifest.shards]
         self._stores = refine.Stores([refine.store(r) for r in self._refined])
         self._quantizer = self._shared_quantizer()
-        self._merged = self._merged_ivf(merge_ivf)
-        if self._merged is not None:
+        if manifest.merged is None:
+            self._merged = self._merged_ivf(merge_ivf)
+        if self._merged is not None and manifest.merged is None:
             self._quantizer = self._merged.quantizer
             if len(self._refined) > 1:  # merged lists: the vectors in one store too
                 self._stores = refine.Stores.concatenated(self._stores.flats)
@@ -160,8 +172,31 @@ class Searcher:
             index = refine.base_ivf(index)
         return _Shard(index, read_id_map(self.build_dir, entry))
 
+    def _open_merged(self, entry: manifest_mod.MergedEntry) -> Any:
+        """The on-disk merged index (index/ondisk.py), both files verified first."""
+        key = (self.manifest.model_version, self.manifest.build_id)
+        index_path = local_file(
+            self.build_dir, entry.index_path, entry.index_sha256, self._cache_dir, key, "index"
+        )
+        local_file(
+            self.build_dir, entry.lists_path, entry.lists_sha256, self._cache_dir, key, "lists"
+        )
+        try:
+            index = ondisk.open_merged(index_path)
+        except RuntimeError as e:
+            raise ShardError(f"faiss cannot read merged index {index_path}: {e}") from e
+        if index.ntotal != self.manifest.ntotal or index.d != self.manifest.dim:
+            raise ShardError(
+                f"merged index {index_path} holds {index.ntotal} vectors of dim {index.d}; the "
+                f"manifest says {self.manifest.ntotal} of dim {self.manifest.dim}"
+            )
+        self._shard_paths.append(index_path)
+        return index
+
     def _shared_quantizer(self) -> Any:
         """The coarse quantizer all IVF shards share (copies of one trained index), or None."""
+        if self.manifest.merged is not None:
+            return None
         if len(self._shards) < 2 or not all(
             isinstance(s.index, faiss.IndexIVF) for s in self._shards
         ):

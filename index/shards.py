@@ -104,12 +104,14 @@ def shard_tables(
 AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
 
 
-def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
+def add_shards_in_process(batches_factory: BatchesFactory, one_per_pass: bool = False) -> AddShards:
     """The single-process ``add_shards``: streams batches straight into per-shard indexes.
 
     Memory: the indexes and their id maps, plus one batch (no grouping copy of the vectors).
-    Rows are added in input order (the Beam path sorts each shard instead; both are
-    deterministic for a given input).
+    ``one_per_pass`` (on-disk builds, larger than RAM) fills and writes one shard per pass over
+    the input instead, so memory holds one shard, at the cost of S reads of the input. Rows are
+    added in input order (the Beam path sorts each shard instead; both are deterministic for a
+    given input).
     """
 
     def run(
@@ -117,25 +119,27 @@ def add_shards_in_process(batches_factory: BatchesFactory) -> AddShards:
     ) -> list[manifest_mod.ShardEntry]:
         trained = training.index_from_bytes(trained_bytes)
         pca = training.pca_from_bytes(pca_bytes)
-        indexes = [faiss.clone_index(trained) for _ in range(num_shards)]
-        ids: list[list[pa.Table]] = [[] for _ in range(num_shards)]
-        for batch, vectors in iter_database(batches_factory):
-            if num_shards == 1:
-                parts = [(0, batch, vectors)]
-            else:
-                shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
-                parts = [
-                    (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
-                    for s in np.unique(shard)
-                ]
-            for s, rows, v in parts:
-                add_rows(indexes[s], training.apply_pca(pca, v), s)
-                ids[s].append(id_table(rows))
+        groups = [[s] for s in range(num_shards)] if one_per_pass else [list(range(num_shards))]
         entries = []
-        for s in range(num_shards):
-            table = pa.concat_tables(ids[s]) if ids[s] else EMPTY_IDS
-            entries.append(write_shard(build_dir, s, indexes[s], table))
-            indexes[s] = None  # type: ignore[call-overload]  # free each shard once written
+        for group in groups:
+            indexes = {s: faiss.clone_index(trained) for s in group}
+            ids: dict[int, list[pa.Table]] = {s: [] for s in group}
+            for batch, vectors in iter_database(batches_factory):
+                if num_shards == 1:
+                    parts = [(0, batch, vectors)]
+                else:
+                    shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+                    parts = [
+                        (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
+                        for s in np.unique(shard)
+                        if int(s) in indexes
+                    ]
+                for s, rows, v in parts:
+                    add_rows(indexes[s], training.apply_pca(pca, v), s)
+                    ids[s].append(id_table(rows))
+            for s in group:
+                table = pa.concat_tables(ids.pop(s)) if ids[s] else EMPTY_IDS
+                entries.append(write_shard(build_dir, s, indexes.pop(s), table))
         return entries
 
     return run

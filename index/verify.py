@@ -79,17 +79,25 @@ def local_shard(
     build_dir: str, entry: manifest_mod.ShardEntry, cache_dir: str, cache_key: tuple[str, str]
 ) -> str:
     """A local path of the shard whose sha256 matches the manifest (gs://: a verified copy)."""
-    uri = storage.join(build_dir, entry.path)
+    return local_file(build_dir, entry.path, entry.sha256, cache_dir, cache_key, "index shard")
+
+
+def local_file(
+    build_dir: str, name: str, sha256: str, cache_dir: str, cache_key: tuple[str, str], what: str
+) -> str:
+    """A local path of the build file ``name`` whose sha256 matches (gs://: a verified copy
+    in ``cache_dir/<cache_key>/``, so a build's files share one local folder)."""
+    uri = storage.join(build_dir, name)
     if not storage.is_gcs(uri):
         if not os.path.exists(uri):
-            raise ShardError(f"index shard {uri} is missing")
+            raise ShardError(f"{what} {uri} is missing")
         got = sha256_of_file(uri)
-        if got != entry.sha256:
+        if got != sha256:
             size = f" ({os.path.getsize(uri)} bytes)"
-            raise _corrupted(f"index shard {uri}", got, entry.sha256, size)
+            raise _corrupted(f"{what} {uri}", got, sha256, size)
         return uri
-    local = os.path.join(cache_dir, *cache_key, entry.path)
-    if os.path.exists(local) and sha256_of_file(local) == entry.sha256:
+    local = os.path.join(cache_dir, *cache_key, name)
+    if os.path.exists(local) and sha256_of_file(local) == sha256:
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
     tmp = f"{local}.tmp-{os.getpid()}"
@@ -102,9 +110,9 @@ def local_shard(
     except Exception as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise ShardError(f"cannot download index shard {uri}: {e}") from e
-    if h.hexdigest() != entry.sha256:
+        raise ShardError(f"cannot download {what} {uri}: {e}") from e
+    if h.hexdigest() != sha256:
         os.remove(tmp)
-        raise _corrupted(f"index shard {uri}", h.hexdigest(), entry.sha256)
+        raise _corrupted(f"{what} {uri}", h.hexdigest(), sha256)
     os.replace(tmp, local)
     return local

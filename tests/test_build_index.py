@@ -134,6 +134,29 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
         Searcher.open(workdir, cache_dir=str(tmp_path / "fresh-cache"))
 
 
+def test_on_disk_build_on_gcs_is_merged_uploaded_and_served_from_the_cache(  # type: ignore[no-untyped-def]
+    table, gcs_bucket: str, tmp_path
+) -> None:
+    workdir = f"{gcs_bucket}/vs-ondisk"
+    storage.write_text(paths.published_model_pointer(workdir), MODEL + "\n")
+    summary = build_index.run(
+        small_settings(workdir, factory="IVF16,Flat", shards=3, on_disk=True),
+        BEAM_ARGS,
+        batches_factory=synthetic.batches_factory(table, 1000),
+    )
+    m = manifest.read(str(summary.manifest_uri))
+    build = storage.parent(str(summary.manifest_uri))
+    assert m.format_version == 3 and m.merged is not None
+    assert storage.exists(storage.join(build, "merged.ivfdata"))
+    cache = tmp_path / "cache"
+    x = source.batch_vectors(table)
+    with Searcher.from_manifest_uri(str(summary.manifest_uri), cache_dir=str(cache)) as s:
+        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == synthetic.listing_id(10, 2)
+    # Both merged files were fetched into one local folder (the index finds its lists beside it).
+    local = [p.name for p in cache.rglob("merged.*")]
+    assert sorted(local) == ["merged.faiss", "merged.ivfdata"]
+
+
 def test_cli_flags_parse() -> None:
     settings, beam_args, _ = stages.command("build-index").parse(
         [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import vectors
-from index import builder, ondisk, synthetic
+from index import builder, ondisk, publish, synthetic
 from index.searcher import Searcher
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
@@ -50,3 +50,71 @@ def test_fast_scan_shards_are_refused(tmp_path) -> None:  # type: ignore[no-unty
     )
     with pytest.raises(ValueError, match="fast-scan"):
         ondisk.merge_on_disk([str(tmp_path / "b" / result.manifest.shards[0].path)], str(tmp_path))
+
+
+def test_on_disk_build_serves_its_merged_lists_and_answers_as_the_in_memory_build(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    import faiss
+
+    from index import manifest
+    from index.searcher import faiss_indexes
+    from index.verify import ShardError
+
+    table = synthetic.embedding_table(vectors.clustered(20_000, dim=32), 2, MODEL)
+    built = {}
+    for flag in (False, True):
+        settings = builder.IndexSettings(
+            factory="IVF64,Flat", shards=3, validation_queries=200, latency_queries=10, on_disk=flag
+        )
+        out = str(tmp_path / f"b-{flag}")
+        built[flag] = builder.build_index(
+            synthetic.batches_factory(table, 4_000), settings, out, MODEL, f"b{flag:d}"
+        )
+    r = built[True]
+    m = manifest.read(r.manifest_uri)  # round trip through JSON
+    assert m.format_version == 3 and m.merged is not None and m == r.manifest
+    assert json.loads((tmp_path / "b-True" / "manifest.json").read_text())["merged"] == {
+        "index_path": "merged.faiss",
+        "index_sha256": m.merged.index_sha256,
+        "lists_path": "merged.ivfdata",
+        "lists_sha256": m.merged.lists_sha256,
+    }
+    assert built[False].manifest.format_version == 2 and built[False].manifest.merged is None
+    assert r.manifest.validation is not None and r.manifest.validation.recall_at_10 >= 0.95
+    # Publishing checks every listed file, the merged pair too.
+    (tmp_path / "b-True" / "merged.ivfdata").rename(tmp_path / "aside")
+    with pytest.raises(manifest.ManifestError, match="lists merged.ivfdata, which is missing"):
+        publish.publish(str(tmp_path / "work"), r.manifest_uri)
+    (tmp_path / "aside").rename(tmp_path / "b-True" / "merged.ivfdata")
+
+    queries = vectors.clustered(100, dim=32, point_seed=9)
+    with (
+        Searcher.from_manifest_uri(r.manifest_uri) as on_disk,
+        Searcher.from_manifest_uri(built[False].manifest_uri) as in_memory,
+    ):
+        ((_, index),) = faiss_indexes(on_disk)
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)  # type: ignore[arg-type]
+        assert isinstance(lists, faiss.OnDiskInvertedLists)  # served from the file, not RAM
+        params = {"nprobe": 8}
+        a, b = on_disk.search_keys(queries, 10, params), in_memory.search_keys(queries, 10, params)
+        assert (a == b).mean() > 0.99  # ties aside
+        hits = on_disk.search_vectors(queries[:3], k=5)
+        assert [len(h) for h in hits] == [5, 5, 5]
+
+    # A flipped byte in the lists file: refused by name before faiss maps it.
+    lists_file = tmp_path / "b-True" / "merged.ivfdata"
+    data = bytearray(lists_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lists_file.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"lists .*merged\.ivfdata is corrupted"):
+        Searcher.from_manifest_uri(r.manifest_uri)
+
+
+def test_on_disk_needs_a_plain_ivf_layout() -> None:
+    for factory in ("HNSW32", "IVF64,PQ8x4fs,RFlat", "IVF64,PQ8x4fs", "Flat"):
+        with pytest.raises(ValueError, match="--on-disk needs a plain IVF layout"):
+            builder.IndexSettings(factory=factory, on_disk=True)
+    builder.IndexSettings(factory="IVF64,PQ8", on_disk=True)  # IVF-PQ lists are files too
