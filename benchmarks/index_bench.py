@@ -79,7 +79,7 @@ def npy_batches(path: str, batch: int = 65536) -> Callable[[], Iterator[pa.Recor
     return make
 
 
-def _build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, queue: Any) -> None:
+def build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, queue: Any) -> None:
     from index import builder
 
     # Validation queries from outside the database (as review photos are in production), drawn
@@ -108,7 +108,7 @@ def build_ours(npy: str, out: str, set_name: str, **settings: Any) -> dict[str, 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     settings.setdefault("memory_budget_bytes", MEMORY_BUDGET)
-    p = ctx.Process(target=_build_child, args=(npy, out, settings, set_name, q))
+    p = ctx.Process(target=build_child, args=(npy, out, settings, set_name, q))
     p.start()
     try:
         result: dict[str, Any] = q.get(timeout=3600)
@@ -480,13 +480,11 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(section: str, path: str) -> None:
+def write_markdown(section: str, path: str, start: str = MARK_START, end: str = MARK_END) -> None:
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        text = re.sub(
-            re.escape(MARK_START) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S
-        )
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:

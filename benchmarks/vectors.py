@@ -13,6 +13,9 @@ chunks of 65,536 rows (bounded memory at 1M; the chunking is part of the recipe)
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import numpy as np
 
 DIM = 256
@@ -27,38 +30,68 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def clustered(
+def _clustered_chunks(
     n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
-) -> np.ndarray:
+) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((N_CENTRES, dim), dtype=np.float32)
     prng = rng if point_seed is None else np.random.default_rng(point_seed)
-    out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
         k = prng.integers(0, N_CENTRES, m)
-        out[start : start + m] = _normalise(
-            centres[k] + 0.6 * prng.standard_normal((m, dim), dtype=np.float32)
-        )
+        yield _normalise(centres[k] + 0.6 * prng.standard_normal((m, dim), dtype=np.float32))
+
+
+def _manifold_chunks(
+    n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
+) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((LATENT, dim), dtype=np.float32)
+    prng = rng if point_seed is None else np.random.default_rng(point_seed)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        z = prng.standard_normal((m, LATENT), dtype=np.float32)
+        x = np.tanh(z @ a / 4) + 0.05 * prng.standard_normal((m, dim), dtype=np.float32)
+        yield _normalise(x)
+
+
+_CHUNKS = {"clustered": _clustered_chunks, "manifold": _manifold_chunks}
+
+
+def _filled(out: np.ndarray, chunks: Iterator[np.ndarray]) -> np.ndarray:
+    at = 0
+    for c in chunks:
+        out[at : at + len(c)] = c
+        at += len(c)
     return out
+
+
+def clustered(
+    n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
+) -> np.ndarray:
+    out = np.empty((n, dim), dtype=np.float32)
+    return _filled(out, _clustered_chunks(n, seed, point_seed, dim))
 
 
 def manifold(
     n: int, seed: int = DATABASE_SEED, point_seed: int | None = None, dim: int = DIM
 ) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((LATENT, dim), dtype=np.float32)
-    prng = rng if point_seed is None else np.random.default_rng(point_seed)
     out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
-        z = prng.standard_normal((m, LATENT), dtype=np.float32)
-        x = np.tanh(z @ a / 4) + 0.05 * prng.standard_normal((m, dim), dtype=np.float32)
-        out[start : start + m] = _normalise(x)
-    return out
+    return _filled(out, _manifold_chunks(n, seed, point_seed, dim))
 
 
 SETS = {"clustered": clustered, "manifold": manifold}
+
+
+def write_npy(name: str, n: int, path: str, seed: int = DATABASE_SEED) -> None:
+    """The set's first ``n`` database vectors written straight into a .npy (rows identical to
+    ``SETS[name](n, seed)``, without holding them in memory: 10M x 256 is 10 GB)."""
+    tmp = path + ".tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, DIM))
+    _filled(out, _CHUNKS[name](n, seed))
+    out.flush()
+    del out
+    os.replace(tmp, path)
 
 
 def database_and_queries(name: str, n: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
