@@ -102,6 +102,9 @@ class Searcher:
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
         )
         self._param_cache: dict[tuple[tuple[str, int], ...], Any] = {}
+        # The manifest's own setting, resolved once: a single query costs ~150 us at 1M vectors,
+        # so a few us of per-call dict work is measurable.
+        self._default_sp = self._params(manifest.search_params)
 
     # ------------------------------------------------------------------ construction
 
@@ -264,10 +267,11 @@ class Searcher:
         return training.apply_pca(self.pca, v)
 
     def _params(self, params: dict[str, int]) -> faiss.SearchParameters | None:
-        """Per-call faiss parameters, built once per distinct setting (a hot path)."""
+        """Per-call faiss parameters (k_factor is ours), built once per distinct setting."""
         key = tuple(sorted(params.items()))
         if key not in self._param_cache:
-            self._param_cache[key] = search_parameters(params)
+            knobs = {n: v for n, v in params.items() if n != "k_factor"}
+            self._param_cache[key] = search_parameters(knobs)
         return self._param_cache[key]
 
     def search_raw(
@@ -280,7 +284,7 @@ class Searcher:
         """
         x = self.project(vectors)
         p = self.manifest.search_params if params is None else params
-        sp = self._params({n: v for n, v in p.items() if n != "k_factor"})
+        sp = self._default_sp if params is None else self._params(params)
         if not self._refined:
             return self._candidates(x, k, sp)
         k_factor = p.get("k_factor", self.manifest.search_params.get("k_factor"))
@@ -306,15 +310,14 @@ class Searcher:
                     k,
                 )
             d, i = index.search(x, kk, params=sp) if sp is not None else index.search(x, kk)
-            missing = i < 0
-            if isinstance(index, faiss.IndexIVF):
-                shard = (i >> SHARD_ID_SHIFT).astype(np.int32)
-                i = i & ROW_MASK
-            else:
-                shard = np.zeros(i.shape, dtype=np.int32)
-            if kk < k or missing.any():
-                return self._top_k(d, np.where(missing, -1, i), shard, k)
-            return d, shard, i
+            # faiss puts missing hits (-1) last in each row: the last column tells.
+            complete = kk == k and int(i[:, -1].min(initial=0)) >= 0
+            ivf = isinstance(index, faiss.IndexIVF)
+            shard = (i >> SHARD_ID_SHIFT).astype(np.int32) if ivf else np.zeros(i.shape, np.int32)
+            if complete:
+                return d, shard, i & ROW_MASK if ivf else i
+            rows = np.where(i < 0, -1, i & ROW_MASK if ivf else i)
+            return self._top_k(d, rows, shard, k)
 
         coarse: tuple[np.ndarray, np.ndarray] | None = None
         if self._quantizer is not None and sp is not None:
