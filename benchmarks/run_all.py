@@ -14,6 +14,8 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.model_quality", []),
     ("benchmarks.model_quality", ["--style", "bazaar"]),
     ("benchmarks.index_bench", ["--n", "1000000", "--write"]),
+    # 10M x 256 on disk (~30 GB of disk, ~15 minutes on 2 cores): last, the longest.
+    ("benchmarks.index_scale", ["--n", "10000000", "--write"]),
 )
 
 
