@@ -60,7 +60,7 @@ def merge_build(
         files = (MERGED_INDEX, MERGED_LISTS)
         sums = [sha256_of_file(os.path.join(out_dir, f)) for f in files]
         if not local:
-            for f in files:  # the lists file last-but-one, the manifest (not here) last
+            for f in files:  # both before the manifest, which the build writes last
                 with open(os.path.join(out_dir, f), "rb") as src:
                     with storage.atomic_writer(storage.join(build_dir, f)) as dst:
                         shutil.copyfileobj(src, dst, 8 << 20)

@@ -9,8 +9,10 @@ thread pool (faiss releases the GIL), the per-shard top lists are merged, and hi
 listing (best image per listing). IVF shards, which share one trained quantizer, are by default
 stacked at load into one in-memory index instead (same answers, one coarse assignment, no
 per-shard cost: S shards search as fast as one); ``merge_ivf=False`` keeps them memory-mapped
-and searched one by one. Refined layouts (index/refine.py) are searched through their IVF part
-the same way, for ``k * k_factor`` candidates, which their stored vectors then re-rank.
+and searched one by one. An ``--on-disk`` build (manifest format 3) is served from its merged
+index, whose lists file is memory-mapped (index/ondisk.py). Refined layouts (index/refine.py)
+are searched through their IVF part the same way, for ``k * k_factor`` candidates, which their
+stored vectors then re-rank.
 """
 
 from __future__ import annotations
@@ -86,17 +88,18 @@ class Searcher:
         self._refined: list[Any] = []  # refined shards (each owns its IVF part and vectors)
         if manifest.merged is not None:  # on-disk build: one index, its lists memory-mapped
             self._shards = [_Shard(None, read_id_map(build_dir, e)) for e in manifest.shards]
+            self._stores = refine.Stores([])
+            self._quantizer = None
             self._merged = self._open_merged(manifest.merged)
         else:
             self._shards = [self._load_shard(e) for e in manifest.shards]
-        self._stores = refine.Stores([refine.store(r) for r in self._refined])
-        self._quantizer = self._shared_quantizer()
-        if manifest.merged is None:
+            self._stores = refine.Stores([refine.store(r) for r in self._refined])
+            self._quantizer = self._shared_quantizer()
             self._merged = self._merged_ivf(merge_ivf)
-        if self._merged is not None and manifest.merged is None:
-            self._quantizer = self._merged.quantizer
-            if len(self._refined) > 1:  # merged lists: the vectors in one store too
-                self._stores = refine.Stores.concatenated(self._stores.flats)
+            if self._merged is not None:
+                self._quantizer = self._merged.quantizer
+                if len(self._refined) > 1:  # merged lists: the vectors in one store too
+                    self._stores = refine.Stores.concatenated(self._stores.flats)
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -198,8 +201,6 @@ class Searcher:
 
     def _shared_quantizer(self) -> Any:
         """The coarse quantizer all IVF shards share (copies of one trained index), or None."""
-        if self.manifest.merged is not None:
-            return None
         if len(self._shards) < 2 or not all(
             isinstance(s.index, faiss.IndexIVF) for s in self._shards
         ):
