@@ -43,6 +43,15 @@ VALIDATION_SEED = 2
 # ------------------------------------------------------------------ building (child processes)
 
 
+def status_kb(pid: int, field: str) -> int:
+    """A memory field of ``/proc/PID/status`` (VmHWM, RssAnon, RssFile...), in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status (not Linux?)")
+
+
 def peak_rss_mb() -> float:
     """This process's own peak resident memory (Linux ``VmHWM``), in MB.
 
@@ -50,11 +59,7 @@ def peak_rss_mb() -> float:
     large parent (this benchmark holds the database and the exact index) reports the parent's
     peak. That inflated the clustered build's figure to 7.6 GB in an earlier run.
     """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+    return status_kb(os.getpid(), "VmHWM") / 1024
 
 
 def npy_batches(path: str, batch: int = 65536) -> Callable[[], Iterator[pa.RecordBatch]]:

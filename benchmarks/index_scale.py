@@ -31,18 +31,10 @@ import faiss
 import numpy as np
 
 from benchmarks import vectors
-from benchmarks.index_bench import ROOT, build_child, median_qps, write_markdown
+from benchmarks.index_bench import ROOT, build_child, median_qps, status_kb, write_markdown
 
 K = 10
 CGROUP = "/sys/fs/cgroup/memory/vsearch-index-scale"
-
-
-def _status_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def _cap(pid: int, cap_bytes: int) -> str | None:
@@ -89,8 +81,8 @@ def build(npy: str, out: str, settings: dict[str, Any], cap_bytes: int) -> dict[
     def sample() -> None:
         while not done.is_set():
             try:
-                peak_anon[0] = max(peak_anon[0], _status_kb(pid, "RssAnon"))
-            except OSError:
+                peak_anon[0] = max(peak_anon[0], status_kb(pid, "RssAnon"))
+            except (OSError, RuntimeError):  # gone, or a zombie (no memory fields)
                 return
             time.sleep(0.2)
 
@@ -154,7 +146,7 @@ def measure(manifest: str, npy: str, nq: int) -> dict[str, Any]:
     flat.add(np.ascontiguousarray(db[:part]))
     exact_qps = median_qps(lambda x: flat.search(x, K), queries[:20]) * part / len(db)
     flat.reset()  # before the resident figures: the exact index is the benchmark's, not ours
-    resident = {f: _status_kb(os.getpid(), f) / 1024 for f in ("RssAnon", "RssFile")}
+    resident = {f: status_kb(os.getpid(), f) / 1024 for f in ("RssAnon", "RssFile")}
     id_map_bytes = sum(t.nbytes for t in id_maps(searcher))
     return {
         "recall_at_10": rec,
