@@ -138,7 +138,8 @@ def _choose_factory(
     if settings.factory != "auto":
         return settings.factory, {}
     if settings.on_disk:  # the lists live on disk, not in the RAM budget: exact codes
-        return f"IVF{factory_mod.nlist_for(sample.ntotal)},Flat", {"on_disk": True}
+        nlist = factory_mod.nlist_for(sample.ntotal)
+        return f"{factory_mod.ivf_prefix(nlist)},Flat", {"on_disk": True}
     candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
     trials: list[dict[str, Any]] = []
     info: dict[str, Any] = {"candidates": candidates, "trials": trials}
@@ -156,7 +157,7 @@ def _choose_factory(
         kind = factory_mod.factory_kind(factory)
         if kind not in limits or factory is candidates[-1]:
             return factory, info  # nothing to try (HNSW32, the last resort)
-        trial_factory = re.sub(r"^IVF\d+", f"IVF{nlist}", factory)
+        trial_factory = re.sub(r"^IVF\d+(_HNSW\d+)?", factory_mod.ivf_prefix(nlist), factory)
         limit = max(1, int(nlist * limits[kind]))
         t = _trial(trial_factory, data, query_x, truth, settings, limit)
         trials.append(

@@ -35,10 +35,11 @@ def test_shards_for_size() -> None:
     ("n", "budget", "expected"),
     [
         (5_000, 16 << 30, "Flat"),
-        (1_000_000, 16 << 30, "IVF2048,Flat"),
-        (10_000_000, 64 << 30, "IVF8192,Flat"),
-        (100_000_000, 16 << 30, "IVF16384,PQ128"),  # raw vectors (100 GB) do not fit 16 GiB
-        (100_000_000, 8 << 30, "IVF16384,PQ64"),
+        (200_000, 16 << 30, "IVF1024,Flat"),  # few centroids: compare with each
+        (1_000_000, 16 << 30, "IVF2048_HNSW32,Flat"),  # from 2,048 lists: a graph over them
+        (10_000_000, 64 << 30, "IVF8192_HNSW32,Flat"),
+        (100_000_000, 16 << 30, "IVF16384_HNSW32,PQ128"),  # raw vectors (100 GB) do not fit
+        (100_000_000, 8 << 30, "IVF16384_HNSW32,PQ64"),
     ],
 )
 def test_choose_factory(n: int, budget: int, expected: str) -> None:
@@ -47,7 +48,7 @@ def test_choose_factory(n: int, budget: int, expected: str) -> None:
 
 def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
     assert factory.candidate_factories(1_000_000, 256, 16 << 30) == [
-        "IVF2048,Flat",
+        "IVF2048_HNSW32,Flat",
         "IVF2048,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
         "HNSW32",  # last resort: where 4-bit codes cannot rank neighbours
     ]

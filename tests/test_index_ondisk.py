@@ -16,10 +16,14 @@ from index.tuning import search_parameters
 MODEL = "test-model"
 
 
-def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+# The second layout is what auto builds from 2,048 lists up (a graph over the centroids as the
+# coarse quantizer): shards must still share it, merge in memory and on disk, and be searched
+# apart with one coarse assignment.
+@pytest.mark.parametrize("factory", ["IVF256,Flat", "IVF256_HNSW32,Flat"])
+def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path, factory: str) -> None:  # type: ignore[no-untyped-def]
     table = synthetic.embedding_table(vectors.clustered(50_000, dim=32), 2, MODEL)
     settings = builder.IndexSettings(
-        factory="IVF256,Flat", shards=4, validation_queries=200, latency_queries=10
+        factory=factory, shards=4, validation_queries=200, latency_queries=10
     )
     result = builder.build_index(
         synthetic.batches_factory(table, 10_000), settings, str(tmp_path / "b"), MODEL, "b1"
@@ -31,13 +35,19 @@ def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path) -> None:  # ty
     index = ondisk.open_merged(str(tmp_path / "moved" / ondisk.MERGED_INDEX))
     assert index.ntotal == 50_000
     queries = vectors.clustered(100, dim=32, point_seed=9)
-    with Searcher.from_manifest_uri(result.manifest_uri) as searcher:
+    assert result.manifest.validation is not None
+    assert result.manifest.validation.recall_at_10 >= 0.95
+    with (
+        Searcher.from_manifest_uri(result.manifest_uri) as searcher,
+        Searcher.from_manifest_uri(result.manifest_uri, merge_ivf=False) as apart,
+    ):
         for params in ({"nprobe": 4}, dict(result.manifest.search_params)):
             scores, shard, rows = searcher.search_raw(queries, 10, params)
             d, i = index.search(searcher.project(queries), 10, params=search_parameters(params))
             np.testing.assert_allclose(d, scores, atol=1e-5)
             assert (shard == (i >> SHARD_ID_SHIFT)).mean() > 0.99  # ties aside
             assert (rows == (i & ROW_MASK)).mean() > 0.99
+            np.testing.assert_allclose(apart.search_raw(queries, 10, params)[0], d, atol=1e-5)
 
 
 def test_fast_scan_shards_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]

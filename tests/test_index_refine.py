@@ -53,7 +53,7 @@ def test_refined_factory_is_a_small_function_of_size_and_dim() -> None:
     n = 1_000_000
     flat = factory.estimated_bytes("IVF2048,Flat", n, 256)
     assert flat < factory.estimated_bytes("IVF2048,PQ64x4fs,RFlat", n, 256) < flat + n * 33
-    assert factory.candidate_factories(n, 256, flat + 1000) == ["IVF2048,Flat"]
+    assert factory.candidate_factories(n, 256, flat + 1000) == ["IVF2048_HNSW32,Flat"]
 
 
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
