@@ -89,7 +89,9 @@ def build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, que
 
     # Validation queries from outside the database (as review photos are in production), drawn
     # with their own seed: neither database rows nor the benchmark's queries.
-    extra = vectors.SETS[set_name](1000, vectors.DATABASE_SEED, point_seed=VALIDATION_SEED)
+    # (catalog: the build's own held-out sample queries; no generator to draw more from.)
+    make = vectors.SETS.get(set_name)
+    extra = make(1000, vectors.DATABASE_SEED, point_seed=VALIDATION_SEED) if make else None
     t = time.perf_counter()
     r = builder.build_index(
         npy_batches(npy), builder.IndexSettings(**settings), out, "bench", "b", extra_queries=extra
@@ -152,10 +154,13 @@ def cached_vectors(name: str, n: int, nq: int, work: str, npy: str) -> tuple[np.
     qpath = os.path.join(work, name, f"queries-{nq}.npy")
     if os.path.exists(npy) and os.path.exists(qpath):
         db = np.load(npy, mmap_mode="r")
-        if db.shape[0] == n:
+        if db.shape[0] == n or name == "catalog":
             print(f"  vectors: cached {npy}", flush=True)
             return np.asarray(db), np.load(qpath)
-    db, q = vectors.database_and_queries(name, n, nq)
+    if name == "catalog":  # real embeddings: as many as the embed benchmark left
+        db, q = vectors.catalog(os.path.join(ROOT, vectors.CATALOG_RUN), nq)
+    else:
+        db, q = vectors.database_and_queries(name, n, nq)
     np.save(npy + ".tmp.npy", db)
     os.replace(npy + ".tmp.npy", npy)
     np.save(qpath, q)
@@ -303,12 +308,13 @@ def run_set(
 ) -> dict[str, Any]:
     from index.searcher import Searcher
 
-    print(f"[{name}] n={n}", flush=True)
     res: dict[str, Any] = {"set": name, "n": n, "nq": nq}
     emb_dir = os.path.join(work, name, "embeddings")
     os.makedirs(emb_dir, exist_ok=True)
     npy = os.path.join(emb_dir, "db.npy")
     db, q = cached_vectors(name, n, nq, work, npy)
+    n = res["n"] = len(db)  # catalog: what the embed benchmark left, whatever --n says
+    print(f"[{name}] n={n}", flush=True)
     n_time = 30 if n >= 500_000 else 150  # single queries timed per point
     q_time = q[:n_time]
 
@@ -546,7 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.index_bench")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--nq", type=int, default=1000)
-    p.add_argument("--sets", default="clustered,manifold")
+    p.add_argument(
+        "--sets",
+        default="clustered,manifold",
+        help="clustered, manifold (DESIGN.md's recipes, --n vectors) and catalog (the trained "
+        "model's real embeddings left by benchmarks.embed_bench, ~112k, queries held out)",
+    )
     p.add_argument("--shards", type=int, default=8)
     p.add_argument(
         "--shard-sets", default=None, help="sets that get the S-shard build (default all)"

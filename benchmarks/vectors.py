@@ -94,6 +94,33 @@ def write_npy(name: str, n: int, path: str, seed: int = DATABASE_SEED) -> None:
     os.replace(tmp, path)
 
 
+CATALOG_RUN = os.path.join("bench-output", "embed-100k")  # embed_bench's run: ~112k real photos
+
+
+def catalog(run_dir: str, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries) of real embeddings: the trained model's current rows for the newest
+    day of ``run_dir`` (``catalog/`` + ``work/`` as ``benchmarks.embed_bench`` leaves them),
+    shuffled with seed 0; the first ``nq`` are the queries, held out of the database."""
+    import glob
+
+    from vsearch.core.embeddings import read_current_embeddings
+
+    days = sorted(glob.glob(os.path.join(run_dir, "catalog", "dt=*")))
+    models = sorted(glob.glob(os.path.join(run_dir, "work", "embeddings", "model=*")))
+    if not days or not models:
+        raise SystemExit(f"{run_dir}: no catalog days or embeddings: run benchmarks.embed_bench")
+    date = os.path.basename(days[-1]).removeprefix("dt=")
+    model = os.path.basename(models[-1]).removeprefix("model=")
+    parts = [
+        np.asarray(b.column("embedding").flatten(), dtype=np.float32).reshape(len(b), -1)
+        for b in read_current_embeddings(
+            os.path.join(run_dir, "catalog"), os.path.join(run_dir, "work"), date, model
+        )
+    ]
+    x = _normalise(np.concatenate(parts))[np.random.default_rng(0).permutation(sum(map(len, parts)))]
+    return np.ascontiguousarray(x[nq:]), np.ascontiguousarray(x[:nq])
+
+
 def database_and_queries(name: str, n: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
     """(database [n, D], queries [nq, D]) of a named set: same parameters, other point seed."""
     make = SETS[name]
