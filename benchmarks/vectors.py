@@ -117,7 +117,9 @@ def catalog(run_dir: str, nq: int) -> tuple[np.ndarray, np.ndarray]:
             os.path.join(run_dir, "catalog"), os.path.join(run_dir, "work"), date, model
         )
     ]
-    x = _normalise(np.concatenate(parts))[np.random.default_rng(0).permutation(sum(map(len, parts)))]
+    x = _normalise(np.concatenate(parts))[
+        np.random.default_rng(0).permutation(sum(map(len, parts)))
+    ]
     return np.ascontiguousarray(x[nq:]), np.ascontiguousarray(x[:nq])
 
 
