@@ -46,16 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.factory:
         ap.error("--factory is required (or --searcher MANIFEST)")
 
-    npy = os.path.join(ROOT, "bench-output", "index", args.set, "embeddings", "db.npy")
-    if not os.path.exists(npy):
-        raise SystemExit(f"{npy} not found: run benchmarks.index_bench --sets {args.set} first")
-    db = np.ascontiguousarray(np.load(npy, mmap_mode="r"))
-    queries = vectors.SETS[args.set](args.queries, vectors.DATABASE_SEED, vectors.QUERY_SEED)
-    exact = faiss.IndexFlatIP(db.shape[1])
-    exact.add(db)
-    _, truth = exact.search(queries, K)
+    db, queries, exact, truth = cached_set(args.set, args.queries)
     del exact
-    sample = db[np.random.default_rng(0).choice(len(db), min(args.train, len(db)), replace=False)]
+    sample = training_sample(db, args.train)
     start = time.perf_counter()
     index = faiss.index_factory(db.shape[1], args.factory, faiss.METRIC_INNER_PRODUCT)
     index.train(sample)
@@ -76,17 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
-    """Exact, plain faiss and our Searcher on the same queries, interleaved; medians and ratios."""
-    from index.searcher import Searcher, faiss_indexes, refine_stores
-    from index.tuning import search_parameters
-
+def cached_set(set_name: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
+    """(database, queries, exact index, exact top-k ids) of a set index_bench has cached."""
     npy = os.path.join(ROOT, "bench-output", "index", set_name, "embeddings", "db.npy")
+    if not os.path.exists(npy):
+        raise SystemExit(f"{npy} not found: run benchmarks.index_bench --sets {set_name} first")
     db = np.ascontiguousarray(np.load(npy, mmap_mode="r"))
     queries = vectors.SETS[set_name](n_queries, vectors.DATABASE_SEED, vectors.QUERY_SEED)
     exact = faiss.IndexFlatIP(db.shape[1])
     exact.add(db)
     _, truth = exact.search(queries, K)
+    return db, queries, exact, truth
+
+
+def training_sample(db: np.ndarray, size: int) -> np.ndarray:
+    """The seeded training sample every layout of these scripts is trained on."""
+    return db[np.random.default_rng(0).choice(len(db), min(size, len(db)), replace=False)]
+
+
+def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
+    """Exact, plain faiss and our Searcher on the same queries, interleaved; medians and ratios."""
+    from index.searcher import Searcher, faiss_indexes, refine_stores
+    from index.tuning import search_parameters
+
+    _, queries, exact, truth = cached_set(set_name, n_queries)
     searcher = Searcher.from_manifest_uri(manifest)
     params = searcher.manifest.search_params
     found = searcher.search_raw(queries, K)[2]  # one shard: faiss row ids are the db rows

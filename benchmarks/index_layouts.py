@@ -15,7 +15,6 @@ one layout, for the question "which layout", on a machine whose speed drifts bet
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -23,20 +22,24 @@ import faiss
 import numpy as np
 
 from benchmarks import vectors
-from benchmarks.index_bench import ROOT, K, median_qps, recall
+from benchmarks.index_bench import K, median_qps, recall
+from benchmarks.index_floor import cached_set, training_sample
 
 
 def parameters(spec: str) -> Any:
     """``nprobe[/k_factor[/efSearch]]`` -> faiss search parameters (sub-objects kept alive)."""
     nprobe, k_factor, ef = ([int(v) for v in spec.split("/")] + [0, 0])[:3]
-    params: Any = faiss.SearchParametersIVF(nprobe=nprobe)
+    params: Any = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
     if ef:
-        quantizer = faiss.SearchParametersHNSW(efSearch=ef)
+        quantizer = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
         params.quantizer_params = quantizer
         params.keep = quantizer  # faiss holds a raw pointer
     if k_factor:
         base = params
-        params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
+        params = faiss.IndexRefineSearchParameters(
+            k_factor=k_factor,
+            base_index_params=base,  # type: ignore[call-arg]
+        )
         params.keep = base
     return params
 
@@ -50,15 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
 
-    npy = os.path.join(ROOT, "bench-output", "index", args.set, "embeddings", "db.npy")
-    if not os.path.exists(npy):
-        raise SystemExit(f"{npy} not found: run benchmarks.index_bench --sets {args.set} first")
-    db = np.ascontiguousarray(np.load(npy, mmap_mode="r"))
-    queries = vectors.SETS[args.set](args.queries, vectors.DATABASE_SEED, vectors.QUERY_SEED)
-    exact = faiss.IndexFlatIP(db.shape[1])
-    exact.add(db)
-    _, truth = exact.search(queries, K)
-    sample = db[np.random.default_rng(0).choice(len(db), min(args.train, len(db)), replace=False)]
+    db, queries, exact, truth = cached_set(args.set, args.queries)
+    sample = training_sample(db, args.train)
 
     runs: list[tuple[str, Any, Any, float]] = []
     for layout in args.layouts:
@@ -79,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         exact_qps.append(median_qps(lambda x: exact.search(x, K), timed[:10]))
         for name, index, params, _ in runs:
-            qps[name].append(
-                median_qps(lambda x, i=index, p=params: i.search(x, K, params=p), timed)
-            )
+
+            def one(x: np.ndarray, i: Any = index, p: Any = params) -> Any:
+                return i.search(x, K, params=p)
+
+            qps[name].append(median_qps(one, timed))
     e = float(np.median(exact_qps))
     print(f"exact: {e:.1f} QPS (median of {args.rounds} rounds)")
     for name, _, _, rec in runs:

@@ -151,7 +151,7 @@ def factory_kind(factory: str) -> str:
         return "ivf_other"
     raise ValueError(
         f"unsupported index factory {factory!r}: use Flat, IVF<n>,Flat, IVF<n>,PQ<m>, "
-        "IVF<n>,PQ<m>x4fs,RFlat or HNSW<M> "
+        "IVF<n>,PQ<m>x4fs,RFlat or HNSW<M>; IVF<n>_HNSW<M>,... for an HNSW coarse quantizer "
         "(PCA is added separately by the build)"
     )
 
