@@ -103,6 +103,7 @@ def catalog(run_dir: str, nq: int) -> tuple[np.ndarray, np.ndarray]:
     shuffled with seed 0; the first ``nq`` are the queries, held out of the database."""
     import glob
 
+    from index.source import batch_vectors
     from vsearch.core.embeddings import read_current_embeddings
 
     days = sorted(glob.glob(os.path.join(run_dir, "catalog", "dt=*")))
@@ -112,7 +113,7 @@ def catalog(run_dir: str, nq: int) -> tuple[np.ndarray, np.ndarray]:
     date = os.path.basename(days[-1]).removeprefix("dt=")
     model = os.path.basename(models[-1]).removeprefix("model=")
     parts = [
-        np.asarray(b.column("embedding").flatten(), dtype=np.float32).reshape(len(b), -1)
+        batch_vectors(b)
         for b in read_current_embeddings(
             os.path.join(run_dir, "catalog"), os.path.join(run_dir, "work"), date, model
         )

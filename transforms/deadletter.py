@@ -5,6 +5,7 @@ The record, its folder and how to clear or read it are ``vsearch.core.deadletter
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 
@@ -22,9 +23,14 @@ def dead_letter(
     stage: str, error: str, listing_id: str | None = None, uri: str | None = None
 ) -> beam.pvalue.TaggedOutput:
     """A tagged output for a DoFn's dead-letter stream; also counts it in Beam metrics."""
+    return tagged_dead_letter(DeadLetter(listing_id, uri, stage, error))
+
+
+def tagged_dead_letter(record: DeadLetter) -> beam.pvalue.TaggedOutput:
+    """``dead_letter`` for a record built elsewhere (e.g. ``snapshot.row_dead_letter``)."""
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_lettered").inc()
     return beam.pvalue.TaggedOutput(
-        DEAD_LETTER_TAG, DeadLetter(listing_id, uri, stage, error[:2000])
+        DEAD_LETTER_TAG, dataclasses.replace(record, error=record.error[:2000])
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
+from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 from vsearch.core import catalog as cat
 from vsearch.core import snapshot, storage
 from vsearch.core.deadletter import DeadLetter
@@ -81,8 +81,7 @@ class _ParseRowsFn(beam.DoFn):
                 yield cat.parse_review(row, self._catalog, self._allowed)
         except cat.InvalidRow as e:
             self._rejected.inc()
-            d = snapshot.row_dead_letter(e, self._table, self._stage)
-            yield dead_letter(d.stage, d.error, d.listing_id, d.uri)
+            yield tagged_dead_letter(snapshot.row_dead_letter(e, self._table, self._stage))
             if self._table.table == LISTINGS and e.listing_id is not None:
                 yield beam.pvalue.TaggedOutput(_INVALID_IDS, e.listing_id)
 
@@ -150,7 +149,7 @@ class _RejectDuplicatesFn(beam.DoFn):
         )
         for d in dead:
             self._rejected.inc()
-            yield dead_letter(d.stage, d.error, d.listing_id, d.uri)
+            yield tagged_dead_letter(d)
         for listing in listings:
             self._listings.inc()
             yield listing

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.change_detection import split_by_bucket
-from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
+from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 from transforms.read_catalog import LISTINGS, ReadCatalog
 from vsearch.core import catalog as cat
 from vsearch.core import snapshot, storage
@@ -67,8 +67,7 @@ class _CheckBatchFn(beam.DoFn):
                 parsed.append(cat.parse_listing(row, self._catalog, self._allowed))
             except cat.InvalidRow as e:
                 self._rejected.inc()
-                d = snapshot.row_dead_letter(e, self._table, self._stage)
-                yield dead_letter(d.stage, d.error, d.listing_id, d.uri)
+                yield tagged_dead_letter(snapshot.row_dead_letter(e, self._table, self._stage))
                 if e.listing_id is not None:
                     invalid_ids.append(e.listing_id)
         invalid = pa.Table.from_arrays(
