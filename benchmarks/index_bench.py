@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def npy_batches(path: str, batch: int = 65536) -> Callable[[], Iterator[pa.Recor
     return make
 
 
-def build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, queue: Any) -> None:
+def build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, results: Any) -> None:
     from index import builder
 
     # Validation queries from outside the database (as review photos are in production), drawn
@@ -96,7 +97,7 @@ def build_child(npy: str, out: str, settings: dict[str, Any], set_name: str, que
     r = builder.build_index(
         npy_batches(npy), builder.IndexSettings(**settings), out, "bench", "b", extra_queries=extra
     )
-    queue.put(
+    results.put(
         {
             "build_s": time.perf_counter() - t,
             "peak_rss_mb": peak_rss_mb(),
@@ -118,10 +119,17 @@ def build_ours(npy: str, out: str, set_name: str, **settings: Any) -> dict[str, 
     p = ctx.Process(target=build_child, args=(npy, out, settings, set_name, q))
     p.start()
     try:
-        result: dict[str, Any] = q.get(timeout=3600)
+        while True:
+            try:
+                result: dict[str, Any] = q.get(timeout=5)
+                return result
+            except queue.Empty:
+                if not p.is_alive():  # a crash (e.g. a segfault) would otherwise wait forever
+                    raise RuntimeError(
+                        f"the {set_name} build in {out} died (exit code {p.exitcode})"
+                    ) from None
     finally:
         p.join()
-    return result
 
 
 def build_autofaiss(emb_dir: str, out: str) -> dict[str, Any] | None:

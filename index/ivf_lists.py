@@ -49,3 +49,47 @@ def search_preassigned(
         params,
     )
     return distances, labels
+
+
+def merged_fast_scan(indexes: list[Any]) -> Any:
+    """Fast-scan IVF shards of one trained index merged list by list into a new index.
+
+    Each merged list is packed once, from every shard's unpacked codes, into an empty list.
+    faiss' own ``merge_from`` is not safe here: appending to a list that already holds a
+    multiple of ``block_size`` codes takes a whole-block memcpy sized for the merged list, not
+    for the appended part (faiss 1.15 ``BlockInvertedLists::add_entries``), and writes past the
+    list's end; at 1M vectors over 8 shards that crashed the searcher (segfault in merge_from).
+    """
+    out = faiss.clone_index(indexes[0])  # quantizer, PQ, parameters
+    out.invlists.reset()  # same packing, empty lists
+    packer = out.get_CodePacker()
+    nvec, code_size, block_size = int(packer.nvec), int(packer.code_size), int(packer.block_size)
+    one = np.empty(nvec * code_size, dtype=np.uint8)
+    for lst in range(out.nlist):
+        sizes = [int(ix.invlists.list_size(lst)) for ix in indexes]
+        total = sum(sizes)
+        if not total:
+            continue
+        blocks = -(-total // nvec)
+        flat = np.zeros((blocks * nvec, code_size), dtype=np.uint8)
+        ids = np.empty(total, dtype=np.int64)
+        at = 0
+        for ix, n in zip(indexes, sizes, strict=True):
+            if not n:
+                continue
+            src = faiss.rev_swig_ptr(ix.invlists.get_codes(lst), -(-n // nvec) * block_size)
+            for b in range(-(-n // nvec)):
+                packer.unpack_all(faiss.swig_ptr(src[b * block_size :]), faiss.swig_ptr(one))
+                m = min(nvec, n - b * nvec)
+                flat[at + b * nvec : at + b * nvec + m] = one.reshape(nvec, code_size)[:m]
+            ids[at : at + n] = faiss.rev_swig_ptr(ix.invlists.get_ids(lst), n)
+            at += n
+        packed = np.zeros(blocks * block_size, dtype=np.uint8)
+        for b in range(blocks):
+            packer.pack_all(
+                faiss.swig_ptr(flat[b * nvec : (b + 1) * nvec]),
+                faiss.swig_ptr(packed[b * block_size :]),
+            )
+        out.invlists.add_entries(lst, total, faiss.swig_ptr(ids), faiss.swig_ptr(packed))
+    out.ntotal = sum(int(ix.ntotal) for ix in indexes)
+    return out

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from index import manifest as manifest_mod
 from index import ondisk, refine, sharding, training
-from index.ivf_lists import ids_tagged, search_preassigned
+from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 from index.validate import KEY_SEP
@@ -229,11 +229,8 @@ class Searcher:
         if self._quantizer is None or not merge:
             return None
         if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
-            # Fast-scan lists are packed in blocks of 32 codes: faiss' merge_from keeps the
-            # packing (and the tagged ids, add_id=0); the sources are emptied, then dropped.
-            packed: Any = faiss.clone_index(self._shards[0].index)
-            for shard in self._shards[1:]:
-                packed.merge_from(shard.index, 0)
+            # Fast-scan lists are packed in blocks of 32 codes: repacked list by list.
+            packed = merged_fast_scan([s.index for s in self._shards])
             for shard in self._shards:
                 shard.index = None
             return packed

@@ -3,11 +3,12 @@ data, and shards that cost nothing (8 shards answer what 1 answers, from one mer
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
 from benchmarks import vectors
-from index import builder, factory, source, synthetic
+from index import builder, factory, ivf_lists, source, synthetic
 from index.searcher import Searcher
 from index.validate import exact_topk, recall_at_k, row_keys
 
@@ -54,6 +55,29 @@ def test_refined_factory_is_a_small_function_of_size_and_dim() -> None:
     flat = factory.estimated_bytes("IVF2048,Flat", n, 256)
     assert flat < factory.estimated_bytes("IVF2048,PQ64x4fs,RFlat", n, 256) < flat + n * 33
     assert factory.candidate_factories(n, 256, flat + 1000) == ["IVF2048_HNSW32,Flat"]
+
+
+@pytest.mark.parametrize("sizes", [(128, 256, 100), (31, 0, 97, 1)])
+def test_fast_scan_shards_merge_into_what_one_index_holds(sizes: tuple[int, ...]) -> None:
+    # (128, 256, 100): the merged list holds whole blocks (32 codes x 4 bytes) before each
+    # append, where faiss' own merge_from copies past the list's end (ivf_lists.merged_fast_scan)
+    x = vectors.manifold(sum(sizes), dim=16)
+    trained = faiss.index_factory(16, "IVF1,PQ8x4fs", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors.manifold(2000, dim=16, point_seed=3))
+    whole, shards, at = faiss.clone_index(trained), [], 0
+    whole.add_with_ids(x, np.arange(len(x)))
+    for n in sizes:
+        shard = faiss.clone_index(trained)
+        shard.add_with_ids(x[at : at + n], np.arange(at, at + n))
+        shards.append(shard)
+        at += n
+    merged = ivf_lists.merged_fast_scan(shards)
+    assert merged.ntotal == len(x) and merged.invlists.list_size(0) == len(x)
+    q = vectors.manifold(20, dim=16, point_seed=4)
+    dw, iw = whole.search(q, 50)
+    dm, im = merged.search(q, 50)
+    np.testing.assert_array_equal(im, iw)
+    np.testing.assert_array_equal(dm, dw)
 
 
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
