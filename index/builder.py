@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -146,19 +145,18 @@ def _choose_factory(
     limits = {"ivf_flat": settings.ivf_max_probe_fraction, "ivf_refine": 1 / 2}
     if len(candidates) == 1 or len(query_x) == 0:
         return candidates[0], info
-    # Trials at a small scale: an index of the same recipe (2*sqrt(n) lists) over part of the
+    # Trials at a small scale: an index of the same recipe (factory.at_scale) over part of the
     # sample, its knob tuned on the held-out queries. What fraction of the lists must be probed
     # carries over across scales; a full-size trial would cost a second full k-means.
     data = train_x[: settings.trial_size]
     keys = np.arange(len(data)).astype(str).astype(object)
     truth = exact_topk(query_x, [(data, keys)], 10).keys  # the queries are not in the sample
-    nlist = factory_mod.nlist_for(len(data))
     for factory in candidates:
         kind = factory_mod.factory_kind(factory)
         if kind not in limits or factory is candidates[-1]:
             return factory, info  # nothing to try (HNSW32, the last resort)
-        trial_factory = re.sub(r"^IVF\d+(_HNSW\d+)?", factory_mod.ivf_prefix(nlist), factory)
-        limit = max(1, int(nlist * limits[kind]))
+        trial_factory = factory_mod.at_scale(factory, len(data))
+        limit = max(1, int(factory_mod.ivf_nlist(trial_factory) * limits[kind]))
         t = _trial(trial_factory, data, query_x, truth, settings, limit)
         trials.append(
             {

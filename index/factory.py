@@ -20,15 +20,17 @@ Preference order, and why:
   list with 16x re-ranking). Every HNSW shard is searched in full, so it is never preferred.
 * ``IVF{nlist},PQ{m}`` when raw vectors do not fit: 100M vectors x 64 bytes of codes.
 
-``nlist`` is about 2 x sqrt(N), rounded to a power of two, with at least 39 training points per
-centroid available. faiss' guideline is 4..16 x sqrt(N); for single-query latency at a fixed
-recall, fewer lists measured faster at N=1M on both benchmark sets (BENCHMARKS.md, index): a
-query compares with every centroid (a small, cache-resident matrix) and then scans the probed
+``nlist`` is about 2 x sqrt(N) for IVF-Flat, rounded to a power of two, with at least 39 training
+points per centroid available. faiss' guideline is 4..16 x sqrt(N); for single-query latency at a
+fixed recall, fewer lists measured faster at N=1M on both benchmark sets (BENCHMARKS.md, index):
+a query compares with every centroid (a small, cache-resident matrix) and then scans the probed
 lists (memory-bound, ~10x the cost per vector here), and the tuner raises nprobe until the
 target recall holds whatever nlist is. clustered: IVF2048 nprobe 1 answered 10,901 QPS at recall
 0.980 against IVF4096 nprobe 2's 6,168 (and IVF1024's 6,735 at nprobe 1, where the scan
-dominates); manifold (refined fast-scan): IVF2048 reached 0.949 at 1,433 QPS, IVF4096 0.955 at
-810.
+dominates). The refined layout takes half as many again, about sqrt(N): it probes ~10% of its
+lists, so the centroid comparison is paid in full while its 4-bit scan is cheap per code, and at
+manifold 1M, recall ~0.95, IVF512/IVF1024 answered 1,281-1,457 QPS where IVF2048 answered
+1,144-1,229 and IVF256 1,173 (BENCHMARKS.md, fourth series).
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ def parse_memory(value: str | int) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def nlist_for(n: int) -> int:
-    """IVF list count for ``n`` vectors: power of two near 2*sqrt(n), >= 39 points per list."""
+def nlist_for(n: int, refined: bool = False) -> int:
+    """IVF list count for ``n`` vectors: power of two near 2*sqrt(n) (sqrt(n) for the refined
+    layout), >= 39 points per list."""
     if n < MIN_POINTS_PER_CENTROID * 4:
         return 1
-    target = 2 ** round(math.log2(2 * math.sqrt(n)))
+    target = 2 ** round(math.log2((1 if refined else 2) * math.sqrt(n)))
     cap = 2 ** int(math.log2(n // MIN_POINTS_PER_CENTROID))
     return int(max(1, min(target, cap, 1 << 18)))
 
@@ -109,7 +112,9 @@ def candidate_factories(n: int, dim: int, memory_budget_bytes: int) -> list[str]
     nlist = nlist_for(n)
     out: list[str] = []
     m = refine_pq_m(dim)
-    refined = [f"IVF{nlist},PQ{m}x4fs,RFlat"] if m else []
+    # the refined layout keeps a flat quantizer: it probes ~10% of the lists, and an HNSW graph
+    # asked for that many nearest centroids returned the wrong ones (recall 0.88 at 1M manifold)
+    refined = [f"IVF{nlist_for(n, refined=True)},PQ{m}x4fs,RFlat"] if m else []
     for f in (f"{ivf_prefix(nlist)},Flat", *refined, f"HNSW{HNSW_M}"):
         if estimated_bytes(f, n, dim) <= memory_budget_bytes:
             out.append(f)
@@ -154,6 +159,15 @@ def factory_kind(factory: str) -> str:
         "IVF<n>,PQ<m>x4fs,RFlat or HNSW<M>; IVF<n>_HNSW<M>,... for an HNSW coarse quantizer "
         "(PCA is added separately by the build)"
     )
+
+
+def at_scale(factory: str, n: int) -> str:
+    """The same IVF recipe sized for ``n`` vectors (its list count, and quantizer, recomputed)."""
+    if factory_kind(factory) == "ivf_refine":
+        prefix = f"IVF{nlist_for(n, refined=True)}"
+    else:
+        prefix = ivf_prefix(nlist_for(n))
+    return re.sub(r"^IVF\d+(_HNSW\d+)?", prefix, factory.replace(" ", ""))
 
 
 def ivf_nlist(factory: str) -> int:

@@ -124,7 +124,7 @@ def test_auto_on_small_data_is_exact(table, tmp_path) -> None:  # type: ignore[n
 def test_auto_falls_back_to_refined_ivf_on_hard_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
     t = synthetic.embedding_table(vectors.manifold(24_000, dim=64), 2, MODEL)
     result = build(t, tmp_path, "auto", memory_budget_bytes=1 << 30)
-    assert result.manifest.factory == "IVF256,PQ16x4fs,RFlat"  # 2*sqrt(24k) lists
+    assert result.manifest.factory == "IVF128,PQ16x4fs,RFlat"  # about sqrt(24k) lists
     assert [t["reached"] for t in result.report["trials"]] == [False, True]
 
 

@@ -49,7 +49,7 @@ def test_choose_factory(n: int, budget: int, expected: str) -> None:
 def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
     assert factory.candidate_factories(1_000_000, 256, 16 << 30) == [
         "IVF2048_HNSW32,Flat",
-        "IVF2048,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
+        "IVF1024,PQ64x4fs,RFlat",  # hard data: IVF-Flat would probe too many lists
         "HNSW32",  # last resort: where 4-bit codes cannot rank neighbours
     ]
     assert "HNSW32" not in factory.candidate_factories(1_000_000, 256, 1_100 << 20)
@@ -63,7 +63,12 @@ def test_factory_helpers() -> None:
     with pytest.raises(ValueError):
         factory.parse_memory("lots")
     assert factory.nlist_for(1_000_000) == 2048
+    assert factory.nlist_for(1_000_000, refined=True) == 1024  # about sqrt(N): fewer, longer lists
     assert factory.nlist_for(100) == 1
+    # a trial's recipe at its own size: list count and quantizer follow N
+    assert factory.at_scale("IVF2048_HNSW32,Flat", 50_000) == "IVF512,Flat"
+    assert factory.at_scale("IVF512,Flat", 1_000_000) == "IVF2048_HNSW32,Flat"
+    assert factory.at_scale("IVF1024,PQ64x4fs,RFlat", 50_000) == "IVF256,PQ64x4fs,RFlat"
     assert factory.search_param_name("HNSW32") == "efSearch"
     assert factory.search_param_name("IVF256,PQ16") == "nprobe"
     assert factory.search_param_name("Flat") is None
