@@ -28,9 +28,10 @@ lists (memory-bound, ~10x the cost per vector here), and the tuner raises nprobe
 target recall holds whatever nlist is. clustered: IVF2048 nprobe 1 answered 10,901 QPS at recall
 0.980 against IVF4096 nprobe 2's 6,168 (and IVF1024's 6,735 at nprobe 1, where the scan
 dominates). The refined layout takes half as many again, about sqrt(N): it probes ~10% of its
-lists, so the centroid comparison is paid in full while its 4-bit scan is cheap per code, and at
-manifold 1M, recall ~0.95, IVF512/IVF1024 answered 1,281-1,457 QPS where IVF2048 answered
-1,144-1,229 and IVF256 1,173 (BENCHMARKS.md, fourth series).
+lists, so the centroid comparison is paid in full while its 4-bit scan is cheap per code. At
+manifold 1M (k_factor 8, 7 interleaved rounds, single queries): IVF2048 nprobe 192 answered 90x
+exact at recall 0.953, IVF1024 nprobe 128 97x at 0.956, IVF512 nprobe 80 99x at 0.960
+(BENCHMARKS.md, fourth series).
 """
 
 from __future__ import annotations
