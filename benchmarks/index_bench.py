@@ -244,10 +244,11 @@ def curve_ours(
                 "qps": median_qps(lambda x: searcher.search_raw(x, K, {}), q_time),
             }
         ]
-    # The tuned knob (nprobe / efSearch) is swept; a fixed setting beside it (the refined
-    # layout's k_factor) stays as built.
-    ((name, chosen),) = [(k, v) for k, v in params.items() if k != "k_factor"]
-    fixed = {k: v for k, v in params.items() if k == "k_factor"}
+    # The tuned knob (nprobe / efSearch) is swept; settings beside it (the refined layout's
+    # k_factor, an HNSW quantizer's walk) stay as built.
+    beside = ("k_factor", "quantizer_efSearch")
+    ((name, chosen),) = [(k, v) for k, v in params.items() if k not in beside]
+    fixed = {k: v for k, v in params.items() if k in beside}
     out = []
     for v in sweep_values(name, chosen):
         p = {name: v, **fixed}

@@ -192,6 +192,18 @@ def fixed_search_params(factory: str) -> list[dict[str, int]]:
     return [{}]
 
 
+HNSW_DEFAULT_EF_SEARCH = 16  # faiss' efSearch when none is given
+
+
+def quantizer_ef_grid(factory: str, nprobe: int) -> list[int]:
+    """Graph-walk efforts below faiss' default worth trying for an HNSW coarse quantizer,
+    cheapest first ([] for a flat quantizer, or when nprobe lists already need a longer walk:
+    faiss walks max(efSearch, nprobe) centroids)."""
+    if nprobe >= HNSW_DEFAULT_EF_SEARCH or not re.match(r"IVF\d+_HNSW\d+,", factory):
+        return []
+    return sorted({max(nprobe, ef) for ef in (4, 8, 12)})
+
+
 def param_grid(factory: str) -> list[int]:
     """Values of the search knob, cheapest first (latency grows with each)."""
     name = search_param_name(factory)

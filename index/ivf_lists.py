@@ -60,7 +60,7 @@ def merged_fast_scan(indexes: list[Any]) -> Any:
     for the appended part (faiss 1.15 ``BlockInvertedLists::add_entries``), and writes past the
     list's end; at 1M vectors over 8 shards that crashed the searcher (segfault in merge_from).
     """
-    out = faiss.clone_index(indexes[0])  # quantizer, PQ, parameters
+    out: Any = faiss.clone_index(indexes[0])  # quantizer, PQ, parameters
     out.invlists.reset()  # same packing, empty lists
     packer = out.get_CodePacker()
     nvec, code_size, block_size = int(packer.nvec), int(packer.code_size), int(packer.block_size)

@@ -320,7 +320,11 @@ class Searcher:
         coarse: tuple[np.ndarray, np.ndarray] | None = None
         if self._quantizer is not None and sp is not None:
             # Separate IVF shards: one coarse assignment for all of them, not one per shard.
-            coarse = self._quantizer.search(x, int(sp.nprobe))  # type: ignore[attr-defined]
+            coarse = self._quantizer.search(
+                x,
+                int(sp.nprobe),  # type: ignore[attr-defined]
+                params=sp.quantizer_params,  # type: ignore[attr-defined]
+            )
 
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
             kk = min(k, shard.index.ntotal)

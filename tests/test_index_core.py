@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -150,3 +151,31 @@ def test_tuning_reaches_target_at_lowest_setting() -> None:
     assert all(rec < 0.95 for v, rec in r.tried if v < chosen)  # every cheaper value missed it
     assert chosen - 1 in [v for v, _ in r.tried] or chosen == 1  # bisected to the exact value
     assert recall_at_k(search(q, 10, {"nprobe": 64}), truth.keys) == pytest.approx(1.0)
+
+
+def test_tuning_lowers_an_hnsw_quantizers_walk_while_the_target_holds() -> None:
+    def measure(p: dict[str, int]) -> float:
+        if p["nprobe"] < 2:
+            return 0.90
+        return {4: 0.93, 8: 0.952}.get(p.get("quantizer_efSearch", 16), 0.97)
+
+    r = tuning.tune("IVF64_HNSW32,Flat", measure, 0.95)
+    assert r.reached and r.search_params == {"nprobe": 2, "quantizer_efSearch": 8}
+    assert r.recall_at_10 == pytest.approx(0.952)
+    assert tuning.tune("IVF64,Flat", measure, 0.95).search_params == {"nprobe": 2}  # flat: no walk
+    # faiss walks max(efSearch, nprobe) centroids: nothing below nprobe, nothing from 16 up
+    assert factory.quantizer_ef_grid("IVF64_HNSW32,Flat", 6) == [6, 8, 12]
+    assert factory.quantizer_ef_grid("IVF64_HNSW32,Flat", 16) == []
+
+
+def test_quantizer_walk_setting_reaches_faiss() -> None:
+    x = vectors.clustered(8000, dim=32)
+    q = vectors.clustered(200, dim=32, point_seed=5)
+    index = training.train_index("IVF256_HNSW32,Flat", x)
+    index.add(x)
+    visited = []
+    for walk in ({"quantizer_efSearch": 4}, {}, {"quantizer_efSearch": 64}):  # {}: faiss' 16
+        faiss.cvar.hnsw_stats.reset()
+        index.search(q, 10, params=tuning.search_parameters({"nprobe": 1, **walk}))
+        visited.append(faiss.cvar.hnsw_stats.ndis)
+    assert 0 < visited[0] < visited[1] < visited[2]  # centroids compared during the walk
