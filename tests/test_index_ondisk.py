@@ -41,7 +41,8 @@ def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path, factory: str) 
         Searcher.from_manifest_uri(result.manifest_uri) as searcher,
         Searcher.from_manifest_uri(result.manifest_uri, merge_ivf=False) as apart,
     ):
-        for params in ({"nprobe": 4}, dict(result.manifest.search_params)):
+        walks = [{"nprobe": 1, "quantizer_efSearch": 4}] if "HNSW" in factory else []
+        for params in ({"nprobe": 4}, dict(result.manifest.search_params), *walks):
             scores, shard, rows = searcher.search_raw(queries, 10, params)
             d, i = index.search(searcher.project(queries), 10, params=search_parameters(params))
             np.testing.assert_allclose(d, scores, atol=1e-5)
