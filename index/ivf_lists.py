@@ -64,6 +64,11 @@ def merged_fast_scan(indexes: list[Any]) -> Any:
     out.invlists.reset()  # same packing, empty lists
     packer = out.get_CodePacker()
     nvec, code_size, block_size = int(packer.nvec), int(packer.code_size), int(packer.block_size)
+    if nvec != 32:  # faiss 1.15's CodePackerPQ4 does not round-trip other block sizes (measured)
+        raise ValueError(
+            f"fast-scan shards with {nvec}-code blocks cannot be merged; build with faiss' "
+            "default 32-code blocks (PQ<m>x4fs, not PQ<m>x4fs_<block>)"
+        )
     one = np.empty(nvec * code_size, dtype=np.uint8)
     for lst in range(out.nlist):
         sizes = [int(ix.invlists.list_size(lst)) for ix in indexes]

@@ -80,6 +80,14 @@ def test_fast_scan_shards_merge_into_what_one_index_holds(sizes: tuple[int, ...]
     np.testing.assert_array_equal(dm, dw)
 
 
+def test_fast_scan_shards_in_other_block_sizes_are_refused_not_garbled() -> None:
+    # faiss' code packer garbles 64-code blocks: a merge would return wrong neighbours silently
+    trained = faiss.index_factory(16, "IVF1,PQ8x4fs_64", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors.manifold(2000, dim=16, point_seed=3))
+    with pytest.raises(ValueError, match="64-code blocks"):
+        ivf_lists.merged_fast_scan([trained, faiss.clone_index(trained)])
+
+
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
     table, queries, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
