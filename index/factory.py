@@ -146,7 +146,7 @@ def factory_kind(factory: str) -> str:
     if f.startswith("HNSW"):
         return "hnsw"
     if re.match(r"IVF\d+(_HNSW\d+)?,", f):
-        if re.fullmatch(r"IVF\d+(_HNSW\d+)?,PQ\d+x4fs,RFlat", f):
+        if re.fullmatch(r"IVF\d+(_HNSW\d+)?,PQ\d+x4fs(_\d+)?,RFlat", f):
             return "ivf_refine"
         if f.endswith(",RFlat"):
             raise ValueError(f"unsupported refined factory {factory!r}: use IVF<n>,PQ<m>x4fs,RFlat")

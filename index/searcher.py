@@ -17,6 +17,7 @@ stored vectors then re-rank.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,8 @@ from vsearch.core import paths, storage
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
 __all__ = ["Hit", "Searcher", "ShardError", "default_cache_dir"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,11 @@ class Searcher:
         if self._quantizer is None or not merge:
             return None
         if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
+            if int(self._shards[0].index.bbs) != 32:  # faiss cannot repack these blocks
+                _log.warning(
+                    "%s: fast-scan shards not in 32-code blocks: searched apart", self.build_dir
+                )
+                return None
             # Fast-scan lists are packed in blocks of 32 codes: repacked list by list.
             packed = merged_fast_scan([s.index for s in self._shards])
             for shard in self._shards:

@@ -88,6 +88,13 @@ def test_fast_scan_shards_in_other_block_sizes_are_refused_not_garbled() -> None
         ivf_lists.merged_fast_scan([trained, faiss.clone_index(trained)])
 
 
+def test_shards_of_64_code_blocks_are_searched_apart(table, queries, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    four = build(table, tmp_path / "four", "IVF64,PQ16x4fs_64,RFlat", shards=4)
+    with Searcher.from_manifest_uri(four.manifest_uri) as s:
+        assert s._merged is None  # not merged (faiss would garble the blocks), still right:
+        assert recall_at_k(s.search_keys(queries, 10), exact(table, queries)) >= 0.9
+
+
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
     table, queries, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
