@@ -18,6 +18,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.sharding import tag_ids
+
 # Candidates fetched per wanted hit. 4-bit PQ keeps the neighbourhood only roughly; 8x was the
 # smallest factor that reached 0.95 on the manifold set (4x plateaued at 0.946, measured at
 # 200k), 16x is the fallback tuning tries when 8x plateaus. Re-ranking 80 vectors costs far less
@@ -69,6 +71,24 @@ class Stores:
                 end = min(n, start + 65536)
                 merged.add(flat.reconstruct_n(start, end - start))
         return cls([merged], offsets)
+
+
+def merged_by_encoding(ivfs: list[Any], stores: list[Any]) -> Any:
+    """Refined shards' IVF parts merged into one index by encoding their stored vectors again.
+
+    For fast-scan blocks faiss cannot repack (other than 32 codes; ivf_lists.merged_fast_scan):
+    every shard holds the vectors its codes were made from, and the shards share one trained
+    quantizer and PQ, so adding row r of shard s again, under its tagged id, gives the same list
+    and the same code it has in the shard.
+    """
+    merged: Any = faiss.clone_index(ivfs[0])  # quantizer, PQ, parameters
+    merged.reset()
+    for no, flat in enumerate(stores):
+        n = int(flat.ntotal)
+        for start in range(0, n, 65536):  # bounded copies out of the (mapped) store
+            count = min(65536, n - start)
+            merged.add_with_ids(flat.reconstruct_n(start, count), tag_ids(no, start, count))
+    return merged
 
 
 def rerank(

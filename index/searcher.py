@@ -232,13 +232,17 @@ class Searcher:
         if self._quantizer is None or not merge:
             return None
         if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
-            if int(self._shards[0].index.bbs) != 32:  # faiss cannot repack these blocks
+            ivfs = [s.index for s in self._shards]
+            if int(ivfs[0].bbs) == 32:  # blocks of 32 codes: repacked list by list
+                packed = merged_fast_scan(ivfs)
+            elif len(self._refined) == len(ivfs):  # faiss cannot repack: encode the vectors again
+                packed = refine.merged_by_encoding(ivfs, self._stores.flats)
+            else:
                 _log.warning(
-                    "%s: fast-scan shards not in 32-code blocks: searched apart", self.build_dir
+                    "%s: fast-scan blocks faiss cannot repack: shards searched apart",
+                    self.build_dir,
                 )
                 return None
-            # Fast-scan lists are packed in blocks of 32 codes: repacked list by list.
-            packed = merged_fast_scan([s.index for s in self._shards])
             for shard in self._shards:
                 shard.index = None
             return packed

@@ -88,11 +88,21 @@ def test_fast_scan_shards_in_other_block_sizes_are_refused_not_garbled() -> None
         ivf_lists.merged_fast_scan([trained, faiss.clone_index(trained)])
 
 
-def test_shards_of_64_code_blocks_are_searched_apart(table, queries, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    four = build(table, tmp_path / "four", "IVF64,PQ16x4fs_64,RFlat", shards=4)
-    with Searcher.from_manifest_uri(four.manifest_uri) as s:
-        assert s._merged is None  # not merged (faiss would garble the blocks), still right:
-        assert recall_at_k(s.search_keys(queries, 10), exact(table, queries)) >= 0.9
+def test_refined_shards_of_64_code_blocks_merge_by_encoding_again(table, queries, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    factory_s = "IVF64,PQ16x4fs_64,RFlat"
+    one = build(table, tmp_path / "one", factory_s)
+    four = build(table, tmp_path / "four", factory_s, shards=4)
+    params = dict(one.manifest.search_params)
+    with (
+        Searcher.from_manifest_uri(one.manifest_uri) as a,
+        Searcher.from_manifest_uri(four.manifest_uri) as b,
+        Searcher.from_manifest_uri(four.manifest_uri, merge_ivf=False) as c,
+    ):
+        assert b._merged is not None and int(b._merged.bbs) == 64
+        ka, kb, kc = (s.search_keys(queries, 10, params) for s in (a, b, c))
+        assert recall_at_k(kb, exact(table, queries)) >= 0.9
+        assert (kb == kc).mean() > 0.99  # merged or shard by shard: the same answers
+        assert (ka == kb).mean() > 0.97  # as one shard (ties on PQ scores aside)
 
 
 def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
