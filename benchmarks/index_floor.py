@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks import vectors
 from benchmarks.index_bench import ROOT, K, median_qps, recall
+from index.tuning import faiss_search_parameters, search_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     index.add(db)
     print(f"{args.set} N={len(db)} {args.factory}: built in {time.perf_counter() - start:.0f} s")
     for nprobe in (int(v) for v in args.nprobe.split(",")):
-        params: faiss.SearchParameters = faiss.SearchParametersIVF(nprobe=nprobe)
-        if args.k_factor:
-            params = faiss.IndexRefineSearchParameters(
-                k_factor=args.k_factor, base_index_params=params
-            )
+        knobs = {"nprobe": nprobe, **({"k_factor": args.k_factor} if args.k_factor else {})}
+        params = faiss_search_parameters(knobs)
         _, found = index.search(queries, K, params=params)
         qps = median_qps(lambda x, p=params: index.search(x, K, params=p), queries[:100])
         print(
@@ -90,7 +88,6 @@ def training_sample(db: np.ndarray, size: int) -> np.ndarray:
 def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
     """Exact, plain faiss and our Searcher on the same queries, interleaved; medians and ratios."""
     from index.searcher import Searcher, faiss_indexes, refine_stores
-    from index.tuning import search_parameters
 
     _, queries, exact, truth = cached_set(set_name, n_queries)
     searcher = Searcher.from_manifest_uri(manifest)

@@ -24,24 +24,15 @@ import numpy as np
 from benchmarks import vectors
 from benchmarks.index_bench import K, median_qps, recall
 from benchmarks.index_floor import cached_set, training_sample
+from index.tuning import faiss_search_parameters
 
 
 def parameters(spec: str) -> Any:
-    """``nprobe[/k_factor[/efSearch]]`` -> faiss search parameters (sub-objects kept alive)."""
-    nprobe, k_factor, ef = ([int(v) for v in spec.split("/")] + [0, 0])[:3]
-    params: Any = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-    if ef:
-        quantizer = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
-        params.quantizer_params = quantizer
-        params.keep = quantizer  # faiss holds a raw pointer
-    if k_factor:
-        base = params
-        params = faiss.IndexRefineSearchParameters(
-            k_factor=k_factor,
-            base_index_params=base,  # type: ignore[call-arg]
-        )
-        params.keep = base
-    return params
+    """``nprobe[/k_factor[/quantizer_efSearch]]`` (0 = faiss' default) -> faiss search parameters."""
+    names = ("nprobe", "k_factor", "quantizer_efSearch")
+    return faiss_search_parameters(
+        {n: int(v) for n, v in zip(names, spec.split("/"), strict=False) if int(v)}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import faiss
 import numpy as np
 
 from index import autopca, ondisk, sharding, training, tuning
@@ -137,8 +136,7 @@ def _choose_factory(
     if settings.factory != "auto":
         return settings.factory, {}
     if settings.on_disk:  # the lists live on disk, not in the RAM budget: exact codes
-        nlist = factory_mod.nlist_for(sample.ntotal)
-        return f"{factory_mod.ivf_prefix(nlist)},Flat", {"on_disk": True}
+        return f"{factory_mod.ivf_prefix(sample.ntotal)},Flat", {"on_disk": True}
     candidates = factory_mod.candidate_factories(sample.ntotal, dim, settings.memory_budget_bytes)
     trials: list[dict[str, Any]] = []
     info: dict[str, Any] = {"candidates": candidates, "trials": trials}
@@ -186,14 +184,7 @@ def _trial(
     trial.add(data)  # row ids: faiss' own refine step can look them up
 
     def measure(params: dict[str, int]) -> float:
-        ivf = tuning.search_parameters({"nprobe": params["nprobe"]})
-        sp: Any = ivf  # ivf stays referenced: the refine parameters only point at it
-        if "k_factor" in params:
-            sp = faiss.IndexRefineSearchParameters(
-                k_factor=params["k_factor"],
-                base_index_params=ivf,  # type: ignore[call-arg]
-            )
-        _, i = trial.search(query_x, 10, params=sp)
+        _, i = trial.search(query_x, 10, params=tuning.faiss_search_parameters(params))
         return recall_at_k(np.where(i >= 0, i.astype(str), "").astype(object), truth)
 
     return tuning.tune(factory, measure, settings.target_recall, max_value=limit)

@@ -69,9 +69,13 @@ def nlist_for(n: int, refined: bool = False) -> int:
     return int(max(1, min(target, cap, 1 << 18)))
 
 
-def ivf_prefix(nlist: int) -> str:
-    """``IVF{nlist}``, with an HNSW32 coarse quantizer from HNSW_QUANTIZER_MIN_NLIST lists up."""
-    if nlist >= HNSW_QUANTIZER_MIN_NLIST:
+def ivf_prefix(n: int, refined: bool = False) -> str:
+    """The coarse quantizer for ``n`` vectors: ``IVF{nlist}`` (nlist_for), an HNSW32 graph over
+    the centroids from HNSW_QUANTIZER_MIN_NLIST lists up. The refined layout keeps a flat one: it
+    probes ~10% of the lists, and an HNSW graph asked for that many nearest centroids returned
+    the wrong ones (recall 0.88 at 1M manifold)."""
+    nlist = nlist_for(n, refined)
+    if nlist >= HNSW_QUANTIZER_MIN_NLIST and not refined:
         return f"IVF{nlist}_HNSW{HNSW_M}"
     return f"IVF{nlist}"
 
@@ -110,17 +114,14 @@ def candidate_factories(n: int, dim: int, memory_budget_bytes: int) -> list[str]
     """Index factories worth building for this size, most preferred first (never empty)."""
     if n <= FLAT_MAX and estimated_bytes("Flat", n, dim) <= memory_budget_bytes:
         return ["Flat"]
-    nlist = nlist_for(n)
     out: list[str] = []
     m = refine_pq_m(dim)
-    # the refined layout keeps a flat quantizer: it probes ~10% of the lists, and an HNSW graph
-    # asked for that many nearest centroids returned the wrong ones (recall 0.88 at 1M manifold)
-    refined = [f"IVF{nlist_for(n, refined=True)},PQ{m}x4fs,RFlat"] if m else []
-    for f in (f"{ivf_prefix(nlist)},Flat", *refined, f"HNSW{HNSW_M}"):
+    refined = [f"{ivf_prefix(n, refined=True)},PQ{m}x4fs,RFlat"] if m else []
+    for f in (f"{ivf_prefix(n)},Flat", *refined, f"HNSW{HNSW_M}"):
         if estimated_bytes(f, n, dim) <= memory_budget_bytes:
             out.append(f)
     if not out:  # raw vectors do not fit: compress
-        out.append(f"{ivf_prefix(nlist)},PQ{pq_m_for(dim, n, memory_budget_bytes)}")
+        out.append(f"{ivf_prefix(n)},PQ{pq_m_for(dim, n, memory_budget_bytes)}")
     return out
 
 
@@ -164,10 +165,7 @@ def factory_kind(factory: str) -> str:
 
 def at_scale(factory: str, n: int) -> str:
     """The same IVF recipe sized for ``n`` vectors (its list count, and quantizer, recomputed)."""
-    if factory_kind(factory) == "ivf_refine":
-        prefix = f"IVF{nlist_for(n, refined=True)}"
-    else:
-        prefix = ivf_prefix(nlist_for(n))
+    prefix = ivf_prefix(n, refined=factory_kind(factory) == "ivf_refine")
     return re.sub(r"^IVF\d+(_HNSW\d+)?", prefix, factory.replace(" ", ""))
 
 

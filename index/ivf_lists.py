@@ -82,8 +82,9 @@ def merged_fast_scan(indexes: list[Any]) -> Any:
         for ix, n in zip(indexes, sizes, strict=True):
             if not n:
                 continue
-            src = faiss.rev_swig_ptr(ix.invlists.get_codes(lst), -(-n // nvec) * block_size)
-            for b in range(-(-n // nvec)):
+            n_blocks = -(-n // nvec)
+            src = faiss.rev_swig_ptr(ix.invlists.get_codes(lst), n_blocks * block_size)
+            for b in range(n_blocks):
                 packer.unpack_all(faiss.swig_ptr(src[b * block_size :]), faiss.swig_ptr(one))
                 m = min(nvec, n - b * nvec)
                 flat[at + b * nvec : at + b * nvec + m] = one.reshape(nvec, code_size)[:m]

@@ -44,6 +44,20 @@ def search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
     raise ValueError(f"unknown search params {params}")
 
 
+def faiss_search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
+    """``search_parameters`` for a plain faiss index, whose own refine step takes ``k_factor``
+    (the Searcher re-ranks itself, index/refine.py, and passes the knobs alone)."""
+    base = search_parameters({k: v for k, v in params.items() if k != "k_factor"})
+    if "k_factor" not in params:
+        return base
+    refined: Any = faiss.IndexRefineSearchParameters(
+        k_factor=int(params["k_factor"]),
+        base_index_params=base,  # type: ignore[call-arg]
+    )
+    refined.keep = base  # faiss holds a raw pointer
+    return refined  # type: ignore[no-any-return]
+
+
 def tune(
     factory: str, measure: Measure, target_recall: float, max_value: int | None = None
 ) -> TuneResult:
