@@ -100,9 +100,17 @@ def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
         "Searcher": (lambda x: searcher.search_raw(x, K), timed),
     }
     (_, index), *more = faiss_indexes(searcher)
-    if not more and refine_stores(searcher) is None:  # one plain faiss index answers alone
+    stores = refine_stores(searcher)
+    if not more and stores is None:  # one plain faiss index answers alone
         sp = search_parameters(params)
         runs["faiss"] = (lambda x: index.search(x, K, params=sp), timed)
+    elif not more and stores is not None and stores.offsets is None and len(stores.flats) == 1:
+        # One refined shard: its tagged ids are its row numbers, so faiss' own IndexRefine over
+        # the same IVF part and store is the plain-faiss floor of the Searcher's re-ranking.
+        plain = faiss.IndexRefine(index, stores.flats[0])
+        plain.own_fields = False
+        rsp = faiss_search_parameters(params)
+        runs["faiss"] = (lambda x: plain.search(x, K, params=rsp), timed)
     qps: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(n_rounds):
         for name, (search, qs) in runs.items():

@@ -11,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.sharding import SHARD_ID_SHIFT
+from index.sharding import SHARD_ID_SHIFT, positions
 
 
 def ids_tagged(index: Any, shard_no: int) -> bool:
@@ -51,8 +51,11 @@ def search_preassigned(
     return distances, labels
 
 
-def merged_fast_scan(indexes: list[Any]) -> Any:
+def merged_fast_scan(indexes: list[Any], offsets: np.ndarray | None = None) -> Any:
     """Fast-scan IVF shards of one trained index merged list by list into a new index.
+
+    Ids are kept (shard-tagged), or with ``offsets`` (sharding.first_rows) become positions in
+    all shards' rows laid end to end (a refined layout's merged store).
 
     Each merged list is packed once, from every shard's unpacked codes, into an empty list.
     faiss' own ``merge_from`` is not safe here: appending to a list that already holds a
@@ -88,7 +91,8 @@ def merged_fast_scan(indexes: list[Any]) -> Any:
                 packer.unpack_all(faiss.swig_ptr(src[b * block_size :]), faiss.swig_ptr(one))
                 m = min(nvec, n - b * nvec)
                 flat[at + b * nvec : at + b * nvec + m] = one.reshape(nvec, code_size)[:m]
-            ids[at : at + n] = faiss.rev_swig_ptr(ix.invlists.get_ids(lst), n)
+            tagged = faiss.rev_swig_ptr(ix.invlists.get_ids(lst), n)
+            ids[at : at + n] = tagged if offsets is None else positions(tagged, offsets)
             at += n
         packed = np.zeros(blocks * block_size, dtype=np.uint8)
         for b in range(blocks):

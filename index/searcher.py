@@ -12,7 +12,8 @@ per-shard cost: S shards search as fast as one); ``merge_ivf=False`` keeps them 
 and searched one by one. An ``--on-disk`` build (manifest format 3) is served from its merged
 index, whose lists file is memory-mapped (index/ondisk.py). Refined layouts (index/refine.py)
 are searched through their IVF part the same way, for ``k * k_factor`` candidates, which their
-stored vectors then re-rank.
+stored vectors then re-rank: in faiss' own IndexRefine when one index answers (one shard, or
+shards merged), here when shards are searched apart.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from index import manifest as manifest_mod
 from index import ondisk, refine, sharding, training
 from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
 from index.sharding import ROW_MASK, SHARD_ID_SHIFT
-from index.tuning import search_parameters
+from index.tuning import faiss_search_parameters, search_parameters
 from index.validate import KEY_SEP
 from index.verify import (
     ShardError,
@@ -89,6 +90,10 @@ class Searcher:
         self.pca = self._load_pca()
         self._shard_paths: list[str] = []
         self._refined: list[Any] = []  # refined shards (each owns its IVF part and vectors)
+        # With refined shards searched as one index: faiss' IndexRefine over it, whose ids are
+        # positions in one store of every shard's vectors (first rows in _positions).
+        self._refine_index: Any = None
+        self._positions: np.ndarray | None = None
         if manifest.merged is not None:  # on-disk build: one index, its lists memory-mapped
             self._shards = [_Shard(None, read_id_map(build_dir, e)) for e in manifest.shards]
             self._stores = refine.Stores([])
@@ -103,6 +108,10 @@ class Searcher:
                 self._quantizer = self._merged.quantizer
                 if len(self._refined) > 1:  # merged lists: the vectors in one store too
                     self._stores = refine.Stores.concatenated(self._stores.flats)
+            if self._refined and (self._merged is not None or len(self._shards) == 1):
+                answering = self._merged if self._merged is not None else self._shards[0].index
+                self._positions = sharding.first_rows([int(f.ntotal) for f in self._refined])
+                self._refine_index = refine.searchable(answering, self._stores.flats[0])
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -231,12 +240,16 @@ class Searcher:
         """
         if self._quantizer is None or not merge:
             return None
+        # Refined shards: ids become positions in one store of every shard's vectors.
+        offsets = (
+            sharding.first_rows([int(f.ntotal) for f in self._refined]) if self._refined else None
+        )
         if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
             ivfs = [s.index for s in self._shards]
             if int(ivfs[0].bbs) == 32:  # blocks of 32 codes: repacked list by list
-                packed = merged_fast_scan(ivfs)
+                packed = merged_fast_scan(ivfs, offsets)
             elif len(self._refined) == len(ivfs):  # faiss cannot repack: encode the vectors again
-                packed = refine.merged_by_encoding(ivfs, self._stores.flats)
+                packed = refine.merged_by_encoding(ivfs, self._stores.flats, offsets)
             else:
                 _log.warning(
                     "%s: fast-scan blocks faiss cannot repack: shards searched apart",
@@ -257,7 +270,11 @@ class Searcher:
                 n = src.list_size(lst)
                 if n:
                     ids, codes = src.get_ids(lst), src.get_codes(lst)
-                    target.add_entries(lst, n, ids, codes)
+                    if offsets is None:
+                        target.add_entries(lst, n, ids, codes)
+                    else:
+                        pos = sharding.positions(faiss.rev_swig_ptr(ids, n), offsets)
+                        target.add_entries(lst, n, faiss.swig_ptr(pos), codes)
                     src.release_ids(lst, ids)
                     src.release_codes(lst, codes)
         merged.ntotal = sum(s.index.ntotal for s in self._shards)
@@ -277,12 +294,22 @@ class Searcher:
         return training.apply_pca(self.pca, v)
 
     def _params(self, params: dict[str, int]) -> faiss.SearchParameters | None:
-        """Per-call faiss parameters (k_factor is ours), built once per distinct setting."""
+        """Per-call faiss parameters, built once per distinct setting (k_factor goes to faiss'
+        IndexRefine when it re-ranks, and is ours when shards are searched apart)."""
         key = tuple(sorted(params.items()))
         if key not in self._param_cache:
             knobs = {n: v for n, v in params.items() if n != "k_factor"}
-            self._param_cache[key] = search_parameters(knobs)
+            if self._refine_index is None:
+                self._param_cache[key] = search_parameters(knobs)
+            else:
+                knobs["k_factor"] = self._k_factor(params)
+                self._param_cache[key] = faiss_search_parameters(knobs)
         return self._param_cache[key]
+
+    def _k_factor(self, params: dict[str, int]) -> int:
+        """Candidates per wanted hit of a refined layout: the call's, else the build's."""
+        k_factor = params.get("k_factor", self.manifest.search_params.get("k_factor"))
+        return int(k_factor or refine.K_FACTORS[0])
 
     def search_raw(
         self, vectors: np.ndarray, k: int, params: dict[str, int] | None = None
@@ -295,14 +322,40 @@ class Searcher:
         x = self.project(vectors)
         p = self.manifest.search_params if params is None else params
         sp = self._default_sp if params is None else self._params(params)
+        if self._refine_index is not None:
+            return self._refined_search(x, k, sp)
         if not self._refined:
             return self._candidates(x, k, sp)
-        k_factor = p.get("k_factor", self.manifest.search_params.get("k_factor"))
-        _, shard_no, rows = self._candidates(x, k * int(k_factor or refine.K_FACTORS[0]), sp)
+        _, shard_no, rows = self._candidates(x, k * self._k_factor(p), sp)
         scores, shard_no, rows = refine.rerank(x, shard_no, rows, self._stores, k)
         if scores.shape[1] < k:  # fewer candidates than k: pad
             return self._top_k(scores, rows, shard_no, k)
         return scores, shard_no, rows
+
+    def _refined_search(
+        self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """search_raw through faiss' IndexRefine: candidates and exact re-ranking in one call.
+
+        After a scan of ~100k codes the interpreter's own code and data are out of the CPU
+        caches, so each numpy call costs several us: the common case takes one here.
+        """
+        assert self._positions is not None
+        kk = min(k, self.manifest.ntotal)
+        if kk == 0:
+            return self._top_k(
+                np.empty((len(x), 0), np.float32),
+                np.empty((len(x), 0), np.int64),
+                np.empty((len(x), 0), np.int32),
+                k,
+            )
+        d, i = self._refine_index.search(x, kk, params=sp)
+        if kk == k and int(i[:, -1].min(initial=0)) >= 0:  # faiss puts missing hits last
+            if len(self._positions) == 1:  # one shard: the ids are its rows
+                return d, np.zeros(i.shape, np.int32), i
+            return (d, *sharding.shard_rows(i, self._positions))
+        shard, rows = sharding.shard_rows(i, self._positions)
+        return self._top_k(d, rows, shard, k)
 
     def _candidates(
         self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
@@ -443,11 +496,37 @@ def id_maps(searcher: Searcher) -> list[pa.Table]:
 def faiss_indexes(searcher: Searcher) -> list[tuple[int | None, Any]]:
     """The faiss indexes that answer searches: (shard number, index); None = all shards merged.
 
-    IVF indexes hold shard-tagged ids (sharding.tag_ids); other indexes hold row numbers.
+    Their ids: ``index_ids`` / ``shard_rows`` below translate (shard-tagged for IVF shards,
+    positions in one store for refined shards merged, row numbers otherwise).
     """
     if searcher._merged is not None:
         return [(None, searcher._merged)]
     return [(no, s.index) for no, s in enumerate(searcher._shards)]
+
+
+def index_ids(searcher: Searcher, no: int | None, shard: int, rows: np.ndarray) -> np.ndarray:
+    """The ids faiss index ``no`` of faiss_indexes holds for ``rows`` of shard ``shard``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    index = searcher._merged if no is None else searcher._shards[no].index
+    if no is None and searcher._positions is not None:  # refined shards merged: positions
+        return searcher._positions[shard] + rows
+    if isinstance(index, faiss.IndexIVF):
+        return (np.int64(shard) << SHARD_ID_SHIFT) | rows
+    return rows
+
+
+def shard_rows(
+    searcher: Searcher, no: int | None, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """faiss ids from index ``no`` of faiss_indexes -> (shard numbers int32, rows); -1 where
+    an id is -1 (a missing hit)."""
+    index = searcher._merged if no is None else searcher._shards[no].index
+    if no is None and searcher._positions is not None:
+        return sharding.shard_rows(ids, searcher._positions)
+    if isinstance(index, faiss.IndexIVF):
+        shard = np.where(ids >= 0, ids >> SHARD_ID_SHIFT, -1).astype(np.int32)
+        return shard, np.where(ids >= 0, ids & ROW_MASK, -1)
+    return np.where(ids >= 0, int(no or 0), -1).astype(np.int32), ids
 
 
 def refine_stores(searcher: Searcher) -> refine.Stores | None:

@@ -69,5 +69,29 @@ def tag_ids(shard_no: int, first_row: int, count: int) -> np.ndarray:
     return np.arange(start, start + count, dtype=np.int64)
 
 
+# A refined layout's shards merged for searching number their vectors by position in all shards'
+# rows laid end to end instead (row r of shard s is offsets[s] + r): faiss' own re-ranking
+# (IndexRefine) looks each candidate up by its id in one store of every shard's vectors.
+
+
+def first_rows(counts: Sequence[int]) -> np.ndarray:
+    """Each shard's first position in all shards' rows laid end to end (int64)."""
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)[:-1]]).astype(np.int64)
+
+
+def positions(tagged: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Shard-tagged ids -> positions (``offsets`` from first_rows)."""
+    return offsets[tagged >> SHARD_ID_SHIFT] + (tagged & ROW_MASK)
+
+
+def shard_rows(pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions -> (shard numbers int32, rows); both -1 where ``pos`` is -1 (a missing hit)."""
+    if len(offsets) == 1:  # one shard: positions are its rows
+        return np.where(pos < 0, -1, 0).astype(np.int32), pos
+    shard = (np.searchsorted(offsets, pos, side="right") - 1).astype(np.int32)
+    missing = pos < 0
+    return np.where(missing, -1, shard), np.where(missing, -1, pos - offsets[shard])
+
+
 PCA_FILE = "pca.bin"
 MANIFEST_FILE = "manifest.json"

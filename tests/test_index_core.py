@@ -25,6 +25,20 @@ def test_shard_is_stable_and_spreads_listings() -> None:
         sharding.shard_of("x", 0)
 
 
+def test_merged_refined_ids_are_positions_that_round_trip_to_shard_and_row() -> None:
+    # shards of 3, 0 and 5 rows laid end to end: shard 2's row 4 is position 7
+    offsets = sharding.first_rows([3, 0, 5])
+    assert offsets.tolist() == [0, 3, 3]
+    tagged = np.concatenate([sharding.tag_ids(0, 0, 3), sharding.tag_ids(2, 0, 5)])
+    pos = sharding.positions(tagged, offsets)
+    assert pos.tolist() == list(range(8))
+    shard, rows = sharding.shard_rows(np.append(pos, -1), offsets)
+    assert shard.tolist() == [0, 0, 0, 2, 2, 2, 2, 2, -1]  # the empty shard owns no position
+    assert rows.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, -1]  # -1: a missing hit stays missing
+    one_shard, one_rows = sharding.shard_rows(np.array([[4, -1]]), sharding.first_rows([9]))
+    assert one_shard.tolist() == [[0, -1]] and one_rows.tolist() == [[4, -1]]
+
+
 def test_shards_for_size() -> None:
     assert sharding.shards_for_size(100_000_000, 72, max_shard_bytes=1 << 30) == 7
     assert sharding.shards_for_size(500, 1024) == 1

@@ -121,6 +121,9 @@ def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
         Searcher.from_manifest_uri(eight.manifest_uri, merge_ivf=False) as c,
     ):
         assert b._merged is not None  # the 8 shards are searched as one merged index
+        # re-ranked by faiss' own IndexRefine (one shard, or shards merged); apart: by ours
+        assert a._refine_index is not None and b._refine_index is not None
+        assert c._refine_index is None
         ka, kb, kc = (s.search_keys(queries, 10, params) for s in (a, b, c))
         ra, rb = recall_at_k(ka, truth), recall_at_k(kb, truth)
         # Fresh queries from outside the database: the build tuned to 0.955 on held-out

@@ -29,7 +29,6 @@ import numpy as np
 from index import refine
 from index import searcher as searcher_mod
 from index.searcher import Searcher
-from index.sharding import ROW_MASK, SHARD_ID_SHIFT, tag_ids
 from vsearch.app.serve import filters
 from vsearch.app.serve.attributes import Attributes
 
@@ -175,16 +174,15 @@ class FilteredSearch:
                 self._cache.popitem(last=False)
         return subset
 
-    @staticmethod
-    def _selector(no: int | None, index: Any, allowed: list[np.ndarray]) -> tuple[Any, Any]:
+    def _selector(self, no: int | None, index: Any, allowed: list[np.ndarray]) -> tuple[Any, Any]:
         shards = range(len(allowed)) if no is None else [no]
-        if isinstance(index, faiss.IndexIVF):  # shard-tagged ids
-            ids = np.concatenate(
-                [tag_ids(s, 0, len(allowed[s]))[allowed[s]] for s in shards]
-                or [np.empty(0, np.int64)]
-            )
-        else:
-            ids = np.nonzero(allowed[shards[0]])[0].astype(np.int64)
+        ids = np.concatenate(
+            [
+                searcher_mod.index_ids(self.searcher, no, s, np.nonzero(allowed[s])[0])
+                for s in shards
+            ]
+            or [np.empty(0, np.int64)]
+        )
         if isinstance(index, faiss.IndexHNSW):
             return None, ids  # scanned from reconstructed vectors instead
         return faiss.IDSelectorBatch(ids), ids
@@ -212,18 +210,15 @@ class FilteredSearch:
                 else:  # refined layout: PQ-scored candidates, re-ranked on the stored vectors
                     fetch = min(len(ids), kk * refine.K_FACTORS[-1])
                     _, i = index.search(x, fetch, params=params)
-                    shard = np.where(i >= 0, i >> SHARD_ID_SHIFT, -1)
-                    d, shard, i = refine.rerank(x, shard, i & ROW_MASK, stored, kk)
-                    i = np.where(shard >= 0, (shard.astype(np.int64) << SHARD_ID_SHIFT) | i, -1)
+                    shard, rows = searcher_mod.shard_rows(self.searcher, no, i)
+                    d, shard, rows = refine.rerank(x, shard, rows, stored, kk)
+                    parts.append((d.astype(np.float32), shard.astype(np.int32), rows))
+                    continue
             else:
                 flat_params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
                 d, i = index.search(x, kk, params=flat_params)
-            if isinstance(index, faiss.IndexIVF):
-                shard = np.where(i >= 0, i >> SHARD_ID_SHIFT, -1)
-                i = np.where(i >= 0, i & ROW_MASK, -1)
-            else:
-                shard = np.where(i >= 0, int(no or 0), -1)
-            parts.append((d.astype(np.float32), shard.astype(np.int32), i))
+            shard, i = searcher_mod.shard_rows(self.searcher, no, i)
+            parts.append((d.astype(np.float32), shard, i))
         if not parts:
             empty = np.empty((len(x), 0))
             return empty.astype(np.float32), empty.astype(np.int32), empty.astype(np.int64)
