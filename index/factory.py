@@ -184,7 +184,8 @@ def search_param_name(factory: str) -> str | None:
 
 def fixed_search_params(factory: str) -> list[dict[str, int]]:
     """Settings tried in turn beside the tuned knob ([{}] when there are none): the refined
-    layout's candidate factor (index/refine.py), the next one only if the first plateaus."""
+    layout's candidate factors (index/refine.py; tuning.tune keeps the fastest that reaches
+    the target, or the first when it has no timings)."""
     if factory_kind(factory) == "ivf_refine":
         return [{"k_factor": f} for f in refine.K_FACTORS]
     return [{}]

@@ -182,6 +182,29 @@ def test_tuning_lowers_an_hnsw_quantizers_walk_while_the_target_holds() -> None:
     assert factory.quantizer_ef_grid("IVF64_HNSW32,Flat", 16) == []
 
 
+def test_tuning_keeps_the_fastest_candidate_factor_that_reaches_the_target() -> None:
+    # recall grows with lists probed and, less, with candidates re-ranked; the cost is the
+    # lists scanned plus the candidates re-ranked (a larger factor needs fewer lists)
+    def measure(p: dict[str, int]) -> float:
+        return min(1.0, 0.5 + p["nprobe"] / 200 + p["k_factor"] / 100)
+
+    def latency(p: dict[str, int]) -> float:
+        return p["nprobe"] * 4.0 + p["k_factor"] * 10 * 1.0
+
+    refined = "IVF256,PQ16x4fs,RFlat"
+    first = tuning.tune(refined, measure, 0.95)  # no timings: the first factor that reaches it
+    assert first.search_params == {"nprobe": 74, "k_factor": 8}
+    timed = tuning.tune(refined, measure, 0.95, latency=latency)
+    # 8: nprobe 74 (376), 12: nprobe 66 (384), 16: nprobe 58 (392) -> 8; a cheaper re-rank
+    # (below) makes the largest factor the fastest
+    assert timed.search_params == {"nprobe": 74, "k_factor": 8} and timed.reached
+    cheap_rerank = tuning.tune(
+        refined, measure, 0.95, latency=lambda p: p["nprobe"] * 4.0 + p["k_factor"] * 0.1
+    )
+    assert cheap_rerank.search_params == {"nprobe": 58, "k_factor": 16}
+    assert measure(cheap_rerank.search_params) >= 0.95
+
+
 def test_quantizer_walk_setting_reaches_faiss() -> None:
     x = vectors.clustered(8000, dim=32)
     q = vectors.clustered(200, dim=32, point_seed=5)
