@@ -93,6 +93,7 @@ class Searcher:
         # With refined shards searched as one index: faiss' IndexRefine over it, whose ids are
         # positions in one store of every shard's vectors (first rows in _positions).
         self._refine_index: Any = None
+        self._refine_one: Any = None  # the same, for one query at a time (refine.single_query_view)
         self._positions: np.ndarray | None = None
         if manifest.merged is not None:  # on-disk build: one index, its lists memory-mapped
             self._shards = [_Shard(None, read_id_map(build_dir, e)) for e in manifest.shards]
@@ -112,6 +113,9 @@ class Searcher:
                 answering = self._merged if self._merged is not None else self._shards[0].index
                 self._positions = sharding.first_rows([int(f.ntotal) for f in self._refined])
                 self._refine_index = refine.searchable(answering, self._stores.flats[0])
+                self._refine_one = refine.searchable(
+                    refine.single_query_view(answering), self._stores.flats[0]
+                )
         # faiss releases the GIL; more threads than cores only adds switching.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or max(1, min(len(self._shards), os.cpu_count() or 1))
@@ -349,7 +353,8 @@ class Searcher:
                 np.empty((len(x), 0), np.int32),
                 k,
             )
-        d, i = self._refine_index.search(x, kk, params=sp)
+        index = self._refine_one if len(x) == 1 else self._refine_index
+        d, i = index.search(x, kk, params=sp)
         if kk == k and int(i[:, -1].min(initial=0)) >= 0:  # faiss puts missing hits last
             if len(self._positions) == 1:  # one shard: the ids are its rows
                 return d, np.zeros(i.shape, np.int32), i

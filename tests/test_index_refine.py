@@ -133,6 +133,9 @@ def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
         # within a list differs with sharding, so candidates tied on their PQ score may swap).
         assert abs(ra - rb) <= 0.01 and (ka == kb).mean() > 0.97
         assert (kb == kc).mean() > 0.99  # merged or shard by shard: the same answers
+        # one query at a time goes through faiss' per-query loop: the same answers
+        alone = np.concatenate([b.search_keys(queries[i : i + 1], 10, params) for i in range(50)])
+        assert (alone == kb[:50]).mean() > 0.99
         sa, _, _ = a.search_raw(queries, 10, params)
         sb, _, _ = b.search_raw(queries, 10, params)
         assert np.all(np.diff(sa, axis=1) <= 1e-6)  # exact scores, best first
