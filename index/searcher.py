@@ -380,6 +380,8 @@ class Searcher:
             d, i = index.search(x, kk, params=sp) if sp is not None else index.search(x, kk)
             # faiss puts missing hits (-1) last in each row: the last column tells.
             complete = kk == k and int(i[:, -1].min(initial=0)) >= 0
+            if complete and self._merged is None:  # one shard: its ids are its rows (shard 0)
+                return d, np.zeros(i.shape, np.int32), i
             ivf = isinstance(index, faiss.IndexIVF)
             shard = (i >> SHARD_ID_SHIFT).astype(np.int32) if ivf else np.zeros(i.shape, np.int32)
             if complete:
