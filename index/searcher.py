@@ -326,8 +326,9 @@ class Searcher:
         x = self.project(vectors)
         p = self.manifest.search_params if params is None else params
         sp = self._default_sp if params is None else self._params(params)
-        if self._refine_index is not None:
-            return self._refined_search(x, k, sp)
+        if self._refine_index is not None:  # faiss' IndexRefine: candidates and re-ranking
+            index = self._refine_one if len(x) == 1 else self._refine_index
+            return self._one_index(index, x, k, sp)
         if not self._refined:
             return self._candidates(x, k, sp)
         _, shard_no, rows = self._candidates(x, k * self._k_factor(p), sp)
@@ -336,15 +337,15 @@ class Searcher:
             return self._top_k(scores, rows, shard_no, k)
         return scores, shard_no, rows
 
-    def _refined_search(
-        self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
+    def _one_index(
+        self, index: Any, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """search_raw through faiss' IndexRefine: candidates and exact re-ranking in one call.
+        """search_raw when one faiss index answers everything (its results already merged and
+        sorted): one shard, the shards merged, or faiss' IndexRefine over either.
 
         After a scan of ~100k codes the interpreter's own code and data are out of the CPU
-        caches, so each numpy call costs several us: the common case takes one here.
+        caches and each numpy call costs several us, so the common case takes one here.
         """
-        assert self._positions is not None
         kk = min(k, self.manifest.ntotal)
         if kk == 0:
             return self._top_k(
@@ -353,41 +354,21 @@ class Searcher:
                 np.empty((len(x), 0), np.int32),
                 k,
             )
-        index = self._refine_one if len(x) == 1 else self._refine_index
-        d, i = index.search(x, kk, params=sp)
-        if kk == k and int(i[:, -1].min(initial=0)) >= 0:  # faiss puts missing hits last
-            if len(self._positions) == 1:  # one shard: the ids are its rows
-                return d, np.zeros(i.shape, np.int32), i
-            return (d, *sharding.shard_rows(i, self._positions))
-        shard, rows = sharding.shard_rows(i, self._positions)
-        return self._top_k(d, rows, shard, k)
+        d, i = index.search(x, kk, params=sp) if sp is not None else index.search(x, kk)
+        # faiss puts missing hits (-1) last in each row: the last column tells.
+        complete = kk == k and int(i[:, -1].min(initial=0)) >= 0
+        if complete and len(self._shards) == 1:  # one shard: its ids are its rows
+            return d, np.zeros(i.shape, np.int32), i
+        shard, rows = shard_rows(self, None if self._merged is not None else 0, i)
+        return (d, shard, rows) if complete else self._top_k(d, rows, shard, k)
 
     def _candidates(
         self, x: np.ndarray, k: int, sp: faiss.SearchParameters | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """search_raw on projected queries, without re-ranking."""
         if self._merged is not None or len(self._shards) == 1:
-            # One index answers everything: faiss' results are already merged and sorted.
             index = self._merged if self._merged is not None else self._shards[0].index
-            kk = min(k, self.manifest.ntotal)
-            if kk == 0:
-                return self._top_k(
-                    np.empty((len(x), 0), np.float32),
-                    np.empty((len(x), 0), np.int64),
-                    np.empty((len(x), 0), np.int32),
-                    k,
-                )
-            d, i = index.search(x, kk, params=sp) if sp is not None else index.search(x, kk)
-            # faiss puts missing hits (-1) last in each row: the last column tells.
-            complete = kk == k and int(i[:, -1].min(initial=0)) >= 0
-            if complete and self._merged is None:  # one shard: its ids are its rows (shard 0)
-                return d, np.zeros(i.shape, np.int32), i
-            ivf = isinstance(index, faiss.IndexIVF)
-            shard = (i >> SHARD_ID_SHIFT).astype(np.int32) if ivf else np.zeros(i.shape, np.int32)
-            if complete:
-                return d, shard, i & ROW_MASK if ivf else i
-            rows = np.where(i < 0, -1, i & ROW_MASK if ivf else i)
-            return self._top_k(d, rows, shard, k)
+            return self._one_index(index, x, k, sp)
 
         coarse: tuple[np.ndarray, np.ndarray] | None = None
         if self._quantizer is not None and sp is not None:
