@@ -87,6 +87,7 @@ def training_sample(db: np.ndarray, size: int) -> np.ndarray:
 
 def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
     """Exact, plain faiss and our Searcher on the same queries, interleaved; medians and ratios."""
+    from index.refine import searchable
     from index.searcher import Searcher, faiss_indexes, refine_stores
 
     _, queries, exact, truth = cached_set(set_name, n_queries)
@@ -107,8 +108,7 @@ def rounds(set_name: str, manifest: str, n_rounds: int, n_queries: int) -> int:
     elif not more and stores is not None and stores.offsets is None and len(stores.flats) == 1:
         # One refined shard: its tagged ids are its row numbers, so faiss' own IndexRefine over
         # the same IVF part and store is the plain-faiss floor of the Searcher's re-ranking.
-        plain = faiss.IndexRefine(index, stores.flats[0])
-        plain.own_fields = False
+        plain = searchable(index, stores.flats[0])
         rsp = faiss_search_parameters(params)
         runs["faiss"] = (lambda x: plain.search(x, K, params=rsp), timed)
     qps: dict[str, list[float]] = {name: [] for name in runs}

@@ -367,8 +367,9 @@ def build_index(
             """The lowest recall over the query kinds: each kind must reach the target."""
             return min(q.recall(lambda x, k: searcher.search_keys(x, k, params)) for q in sets)
 
+        timed_tune = np.concatenate([q.vectors for q in tune_sets])[: settings.latency_queries]
+
         def p50_ms(params: dict[str, int]) -> float:
-            timed_tune = np.concatenate([q.vectors for q in tune_sets])[: settings.latency_queries]
             return latency_ms(lambda q: searcher.search_raw(q, 10, params), timed_tune)[0]
 
         tuned = tuning.tune(

@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.sharding import first_rows, tag_ids
+from index.sharding import first_rows, positions, tag_ids
 
 # Candidates fetched per wanted hit. 4-bit PQ keeps the neighbourhood only roughly: 8x was the
 # smallest factor that reached 0.95 on the manifold set (4x plateaued at 0.946, measured at
@@ -117,11 +117,9 @@ def merged_by_encoding(
         n = int(flat.ntotal)
         for start in range(0, n, 65536):  # bounded copies out of the (mapped) store
             count = min(65536, n - start)
-            ids = (
-                tag_ids(no, start, count)
-                if offsets is None
-                else np.arange(count, dtype=np.int64) + offsets[no] + start
-            )
+            ids = tag_ids(no, start, count)
+            if offsets is not None:
+                ids = positions(ids, offsets)
             merged.add_with_ids(flat.reconstruct_n(start, count), ids)
     return merged
 

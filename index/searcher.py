@@ -104,14 +104,17 @@ class Searcher:
             self._shards = [self._load_shard(e) for e in manifest.shards]
             self._stores = refine.Stores([refine.store(r) for r in self._refined])
             self._quantizer = self._shared_quantizer()
-            self._merged = self._merged_ivf(merge_ivf)
+            # Refined shards merged: their ids become positions in one store of every shard's
+            # vectors (row r of shard s at offsets[s] + r), what faiss' IndexRefine looks up.
+            offsets = sharding.first_rows([int(r.ntotal) for r in self._refined])
+            self._merged = self._merged_ivf(merge_ivf, offsets if self._refined else None)
             if self._merged is not None:
                 self._quantizer = self._merged.quantizer
                 if len(self._refined) > 1:  # merged lists: the vectors in one store too
                     self._stores = refine.Stores.concatenated(self._stores.flats)
             if self._refined and (self._merged is not None or len(self._shards) == 1):
                 answering = self._merged if self._merged is not None else self._shards[0].index
-                self._positions = sharding.first_rows([int(f.ntotal) for f in self._refined])
+                self._positions = offsets
                 self._refine_index = refine.searchable(answering, self._stores.flats[0])
                 self._refine_one = refine.searchable(
                     refine.single_query_view(answering), self._stores.flats[0]
@@ -233,7 +236,7 @@ class Searcher:
                 return None
         return first
 
-    def _merged_ivf(self, merge: bool) -> Any:
+    def _merged_ivf(self, merge: bool, offsets: np.ndarray | None) -> Any:
         """IVF shards copied into one in-memory index (the searcher's working copy).
 
         IVF shards are copies of one trained index whose ids carry their shard number, so their
@@ -244,10 +247,6 @@ class Searcher:
         """
         if self._quantizer is None or not merge:
             return None
-        # Refined shards: ids become positions in one store of every shard's vectors.
-        offsets = (
-            sharding.first_rows([int(f.ntotal) for f in self._refined]) if self._refined else None
-        )
         if isinstance(self._shards[0].index, faiss.IndexIVFFastScan):
             ivfs = [s.index for s in self._shards]
             if int(ivfs[0].bbs) == 32:  # blocks of 32 codes: repacked list by list

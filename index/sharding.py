@@ -86,8 +86,6 @@ def positions(tagged: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def shard_rows(pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions -> (shard numbers int32, rows); both -1 where ``pos`` is -1 (a missing hit)."""
-    if len(offsets) == 1:  # one shard: positions are its rows
-        return np.where(pos < 0, -1, 0).astype(np.int32), pos
     shard = (np.searchsorted(offsets, pos, side="right") - 1).astype(np.int32)
     missing = pos < 0
     return np.where(missing, -1, shard), np.where(missing, -1, pos - offsets[shard])

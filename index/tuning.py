@@ -48,8 +48,8 @@ def search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
 
 
 def faiss_search_parameters(params: dict[str, int]) -> faiss.SearchParameters | None:
-    """``search_parameters`` for a plain faiss index, whose own refine step takes ``k_factor``
-    (the Searcher re-ranks itself, index/refine.py, and passes the knobs alone)."""
+    """``search_parameters`` for a faiss index whose own refine step (IndexRefine) takes
+    ``k_factor``; without one, the same as ``search_parameters``."""
     base = search_parameters({k: v for k, v in params.items() if k != "k_factor"})
     if "k_factor" not in params:
         return base
