@@ -394,7 +394,7 @@ def main(argv: list[str]) -> int:
         help="a second catalog of this size (default: --images / 4; 0: none) whose 1%% day runs "
         "beside the first, to separate a run's fixed cost from its cost per photo",
     )
-    ap.add_argument("--rounds", type=int, default=3, help="1%% day runs per size (medians)")
+    ap.add_argument("--rounds", type=int, default=5, help="1%% day runs per size (medians)")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
