@@ -503,6 +503,27 @@ def test_unchanged_photos_are_not_read_local(
     assert len(df) == 5 + 2 and "meta_key" not in df.columns
 
 
+@pytest.mark.parametrize("with_gcs", [False, True], ids=["local-only", "mixed"])
+def test_folders_to_list_match_the_per_uri_rule(with_gcs: bool) -> None:
+    """PhotosToRead lists the folders (gs:// name prefixes) computed on whole columns; they must
+    be exactly ``objectmeta.listing_unit``'s, or a photo is never listed and is read every day."""
+    from transforms import change_detection
+    from vsearch.core import objectmeta
+
+    uris = ["/top.jpg", "/cat/images/L1/0-a.jpg", "/cat/images/L1/1-b.jpg", "/cat/é/ü.png"]
+    if with_gcs:
+        uris += [
+            "gs://b/flat/ab1.jpg",
+            "gs://b/flat/ab2.jpg",
+            "gs://b/flat/a.jpg",
+            "gs://b/x/é€abc.jpg",
+            "gs://b/top.jpg",
+            "gs://b/d/e/f/g",
+        ]
+    got = change_detection._units(pa.array(uris)).to_pylist()
+    assert sorted(got) == sorted({objectmeta.listing_unit(u) for u in uris})
+
+
 def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:
     catalog, workdir = storage.join(gcs_bucket, "cat"), storage.join(gcs_bucket, "work")
     version = _install_model(fake_model_dir, workdir)

@@ -28,8 +28,6 @@ from vsearch.core import storage
 
 GCS_PREFIX_CHARS = 2  # 36^2 prefixes per flat folder: enough parallel listings, few tiny ones
 GCS_PAGE_SIZE = 1000  # the API's maximum page
-# ``listing_unit`` of a gs:// URI as an RE2 pattern, for whole Arrow columns (its group 1).
-GCS_UNIT_PATTERN = rf"^(.*/[^/]{{0,{GCS_PREFIX_CHARS}}})[^/]*$"
 
 
 def listing_unit(uri: str) -> str:
