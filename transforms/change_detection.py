@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -52,8 +51,6 @@ MAX_BUCKETS = 4096
 # Folder listings are done in this many groups per bucket, each group on one worker: enough
 # parallel work for a cluster, few enough elements to cost nothing per folder.
 UNIT_GROUPS_PER_BUCKET = 8
-# Folder (or gs:// prefix) listings in flight at once within a group: they wait on I/O.
-LIST_THREADS = 16
 
 SLOT = ["listing_id", "image_index"]
 PHOTOS = pa.schema(
@@ -156,19 +153,6 @@ def _units(uris: pa.Array) -> pa.Array:
     return pc.unique(units)
 
 
-def _list_all(units: Sequence[str]) -> Iterator[list[tuple[str, str]]]:
-    """Each unit's listing: gs:// prefixes LIST_THREADS at a time (each call waits on the
-    network), local folders one after another (a scandir is a fast system call, and a thread
-    pool's per-task locks cost more than the 40k scandirs of a 112k-photo catalog)."""
-    remote = [u for u in units if storage.is_gcs(u)]
-    for unit in units:
-        if not storage.is_gcs(unit):
-            yield list(objectmeta.list_unit(unit))
-    if remote:
-        with ThreadPoolExecutor(min(LIST_THREADS, len(remote))) as pool:
-            yield from pool.map(lambda u: list(objectmeta.list_unit(u)), remote)
-
-
 class _ListUnits(beam.DoFn):
     """One group of folders (or gs:// prefixes) -> (uri bucket, table of their objects' keys)."""
 
@@ -181,14 +165,9 @@ class _ListUnits(beam.DoFn):
     def process(self, group: tuple[int, Iterable[list[str]]]) -> Iterator[tuple[int, pa.Table]]:
         # A folder named by several listing tables is listed once.
         units = sorted({unit for part in group[1] for unit in part})
-        uris: list[str] = []
-        keys: list[str] = []
-        for listed in _list_all(units):
-            for uri, key in listed:
-                uris.append(uri)
-                keys.append(key)
+        uris, keys = objectmeta.list_units(units)
         self._listed.inc(len(uris))
-        table = pa.Table.from_arrays([pa.array(uris, pa.string()), pa.array(keys)], schema=LISTED)
+        table = pa.Table.from_arrays([uris, keys], schema=LISTED)
         yield from split_by_bucket(table, "image_uri", self._buckets)
 
 

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from vsearch.core import storage
 
 GCS_PREFIX_CHARS = 2  # 36^2 prefixes per flat folder: enough parallel listings, few tiny ones
 GCS_PAGE_SIZE = 1000  # the API's maximum page
+LIST_THREADS = 16  # gs:// prefix listings in flight at once: they wait on the network
 
 
 def listing_unit(uri: str) -> str:
@@ -39,20 +44,50 @@ def listing_unit(uri: str) -> str:
     return os.path.dirname(uri)
 
 
-def list_unit(unit: str) -> Iterator[tuple[str, str]]:
-    """(uri, metadata key) of every object directly under a listing unit; a missing folder or
-    prefix lists nothing (its photos are then read, and dead-lettered when they are missing)."""
-    if storage.is_gcs(unit):
-        yield from _list_gcs(unit)
-        return
-    try:
-        with os.scandir(unit) as it:
-            for e in it:
-                if e.is_file(follow_symlinks=True):
-                    st = e.stat(follow_symlinks=True)
-                    yield e.path, f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
-    except (FileNotFoundError, NotADirectoryError):
-        return
+def list_units(units: Sequence[str]) -> tuple[pa.Array, pa.Array]:
+    """(URIs, metadata keys) of every object directly under each listing unit; a missing folder
+    or prefix lists nothing (its photos are then read, and dead-lettered when they are missing).
+
+    Local folders are listed one after another (a scandir is a fast system call, and a thread
+    pool's per-task locks cost more than the 40k scandirs of a 112k-photo catalog), their keys
+    built on whole columns; gs:// prefixes ``LIST_THREADS`` at a time (each call waits on the
+    network).
+    """
+    paths_, sizes, mtimes = _scan_local([u for u in units if not storage.is_gcs(u)])
+    key = pc.binary_join_element_wise(
+        "size=",
+        pa.array(sizes, pa.int64()).cast(pa.string()),
+        ";mtime_ns=",
+        pa.array(mtimes, pa.int64()).cast(pa.string()),
+        "",
+    )
+    uris, keys = [pa.array(paths_, pa.string())], [key]
+    remote = [u for u in units if storage.is_gcs(u)]
+    if remote:
+        with ThreadPoolExecutor(min(LIST_THREADS, len(remote))) as pool:
+            for listed in pool.map(lambda u: list(_list_gcs(u)), remote):
+                uris.append(pa.array([uri for uri, _ in listed], pa.string()))
+                keys.append(pa.array([k for _, k in listed], pa.string()))
+    return pa.concat_arrays(uris), pa.concat_arrays(keys)
+
+
+def _scan_local(folders: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
+    """Paths, sizes and mtimes (ns) of the files in each folder: one scandir and a stat each."""
+    paths_: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    if e.is_file(follow_symlinks=True):
+                        st = e.stat(follow_symlinks=True)
+                        paths_.append(e.path)
+                        sizes.append(st.st_size)
+                        mtimes.append(st.st_mtime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return paths_, sizes, mtimes
 
 
 def _list_gcs(unit: str) -> Iterator[tuple[str, str]]:
