@@ -11,7 +11,8 @@
     times (medians), interleaved with the same day on a second, smaller catalog
     (``--small-images``): the two sizes separate the fixed cost of a run (start-up, model load,
     pipeline set-up) from the cost per catalog photo, so the report can say what the ratio tends
-    to as the catalog grows and at what size it would reach 2%.
+    to as the catalog grows and at what size it would reach 2%. ``--replicate K`` lists each
+    generated photo K times under new listings (hard links), for catalogs too big to render.
 
 Then a cProfile of the incremental run (top functions by cumulative and own time).
 
@@ -215,16 +216,20 @@ def _prepare(
         n_images = sum(len(u) for u in day1.column("image_uris").to_pylist())
         changes = "(reused catalog)"
     else:
+        copies = max(1, args.replicate)
+        source = catalog if copies == 1 else os.path.join(base, "source")
         # ~2.5 photos per generated listing; the report uses the real count.
         gen = generate_catalog(
-            catalog,
-            listings=max(1, round(images / 2.5)),
+            source,
+            listings=max(1, round(images / copies / 2.5)),
             days=1,
             seed=seed,
             image_size=args.catalog_px,
             progress_every=0,
         )
         n_images = gen.days[0].images
+        if copies > 1:
+            n_images = _replicate(source, catalog, copies)
         changes = str(_make_day2(catalog, CHANGE_FRACTION))
     print(
         f"catalog {catalog}: {n_images} images, day 2 changes {changes} "
@@ -232,6 +237,46 @@ def _prepare(
         flush=True,
     )
     return catalog, workdir, n_images, version, model_desc
+
+
+def _replicate(source: str, catalog: str, copies: int) -> int:
+    """``catalog`` = ``source``'s day 1 ``copies`` times over, each copy under new listing ids and
+    photo paths (hard links to the same JPEGs); returns its photo count.
+
+    Generating photos is the slow part of a big catalog (~8 ms each here); a copy costs the embed
+    job what a new photo costs (every URI is read, hashed, decoded and embedded, and listed on
+    later days), so a large catalog can be measured without rendering it.
+    """
+    import pyarrow.compute as pc
+
+    os.makedirs(paths.catalog_day(catalog, D1))
+    shutil.copy(os.path.join(source, "catalog.json"), catalog)
+    reviews = os.path.join(paths.catalog_day(source, D1), "reviews.parquet")
+    if os.path.exists(reviews):  # the source's reviews, of its listings (the first copy)
+        shutil.copy(reviews, paths.catalog_day(catalog, D1))
+    day1 = pq.read_table(storage.join(paths.catalog_day(source, D1), "listings.parquet"))
+    uris = day1.column("image_uris").to_pylist()
+    parts = []
+    for k in range(copies):
+        folder = "images" if k == 0 else f"images-r{k}"
+        new = [[folder + u[len("images") :] for u in us] for us in uris]
+        for us, ns in zip(uris, new, strict=True):
+            for u, n in zip(us, ns, strict=True):
+                os.makedirs(os.path.dirname(os.path.join(catalog, n)), exist_ok=True)
+                os.link(os.path.join(source, u), os.path.join(catalog, n))
+        ids = day1["listing_id"]
+        if k:
+            ids = pc.binary_join_element_wise(ids, f"R{k}", "")
+        copy = day1.set_column(0, day1.schema.field(0), ids)
+        field = day1.schema.field("image_uris")
+        parts.append(
+            copy.set_column(
+                copy.schema.get_field_index("image_uris"), field, pa.array(new, field.type)
+            )
+        )
+    table = pa.concat_tables(parts)
+    pq.write_table(table, storage.join(paths.catalog_day(catalog, D1), "listings.parquet"))
+    return sum(len(u) for u in table.column("image_uris").to_pylist())
 
 
 def _job_pixels(catalog: str, image_size: int, limit: int = RAW_SAMPLE) -> list[np.ndarray]:
@@ -393,6 +438,13 @@ def main(argv: list[str]) -> int:
         default=None,
         help="a second catalog of this size (default: --images / 4; 0: none) whose 1%% day runs "
         "beside the first, to separate a run's fixed cost from its cost per photo",
+    )
+    ap.add_argument(
+        "--replicate",
+        type=int,
+        default=1,
+        help="generate --images / K distinct photos and list each K times under new listings "
+        "(hard links): a big catalog without the ~8 ms per photo of rendering it",
     )
     ap.add_argument("--rounds", type=int, default=5, help="1%% day runs per size (medians)")
     args = ap.parse_args(argv)
