@@ -38,10 +38,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vsearch.core import paths, storage
@@ -197,12 +198,20 @@ def _make_day2(catalog: str, fraction: float, seed: int = 5) -> int:
 RAW_SAMPLE = 4096  # a rate: 128 batches of 32 measure it well; all 20k would add minutes
 
 
-def _prepare(
-    base: str, images: int, seed: int, args: argparse.Namespace
-) -> tuple[str, str, int, str, str]:
+class Prepared(NamedTuple):
+    """A benchmark catalog and its fresh workdir, with the model installed there."""
+
+    catalog: str
+    workdir: str
+    images: int  # day 1's photos
+    version: str
+    model_desc: str
+
+
+def _prepare(base: str, images: int, seed: int, args: argparse.Namespace) -> Prepared:
     """A generated catalog (day 1, and day 2 with 1% changes) and a fresh workdir with the model
-    under ``base``; returns (catalog, workdir, day-1 images, model version, model description).
-    With ``--keep-catalog`` an existing catalog there is reused and only the workdir is new."""
+    under ``base``. With ``--keep-catalog`` an existing catalog there is reused and only the
+    workdir is new."""
     catalog, workdir = os.path.join(base, "catalog"), os.path.join(base, "work")
     day2 = storage.join(paths.catalog_day(catalog, D2), "listings.parquet")
     keep = args.keep_catalog and storage.exists(day2)
@@ -236,7 +245,7 @@ def _prepare(
         f"({time.perf_counter() - t0:.0f}s)",
         flush=True,
     )
-    return catalog, workdir, n_images, version, model_desc
+    return Prepared(catalog, workdir, n_images, version, model_desc)
 
 
 def _replicate(source: str, catalog: str, copies: int) -> int:
@@ -247,8 +256,6 @@ def _replicate(source: str, catalog: str, copies: int) -> int:
     job what a new photo costs (every URI is read, hashed, decoded and embedded, and listed on
     later days), so a large catalog can be measured without rendering it.
     """
-    import pyarrow.compute as pc
-
     os.makedirs(paths.catalog_day(catalog, D1))
     shutil.copy(os.path.join(source, "catalog.json"), catalog)
     reviews = os.path.join(paths.catalog_day(source, D1), "reviews.parquet")
@@ -458,34 +465,30 @@ def main(argv: list[str]) -> int:
     beam_args = default_pipeline_args(args.beam_args.split())
 
     out = os.path.abspath(args.out)
-    catalog, workdir, n_images, version, model_desc = _prepare(out, args.images, 1, args)
     small_images = args.images // 4 if args.small_images is None else args.small_images
-    small = None
+    sizes = [_prepare(out, args.images, 1, args)]
     if small_images > 0:
-        small = _prepare(os.path.join(out, "small"), small_images, 2, args)
+        sizes.append(_prepare(os.path.join(out, "small"), small_images, 2, args))
+    catalog, workdir, n_images, version, model_desc = sizes[0]
     from models import artifact
 
     image_size = artifact.read_config(workdir, version).image_size
 
     print(f"bytecode cache warm-up: {_warm_imports():.1f}s", flush=True)
-    full, full_wall = _run(catalog, workdir, D1, args.batch_size, beam_args)
-    print(f"full run: {full_wall:.1f}s", flush=True)
-    small_full_wall = float("nan")
-    if small is not None:
-        _, small_full_wall = _run(small[0], small[1], D1, args.batch_size, beam_args)
-        print(f"full run, {small[2]} images: {small_full_wall:.1f}s", flush=True)
-    # The 1% days of both sizes interleaved, so that the machine's drift hits both alike.
-    inc_walls: list[float] = []
-    small_inc_walls: list[float] = []
+    fulls = []
+    for size in sizes:
+        fulls.append(_run(size.catalog, size.workdir, D1, args.batch_size, beam_args))
+        print(f"full run, {size.images} images: {fulls[-1][1]:.1f}s", flush=True)
+    full, full_wall = fulls[0]
+    # The 1% days of every size interleaved, so that the machine's drift hits them alike.
+    inc_walls: list[list[float]] = [[] for _ in sizes]
+    incs: list[dict[str, Any]] = [{} for _ in sizes]  # each size's latest 1% day summary
     for r in range(args.rounds):
-        inc, inc_wall = _run(catalog, workdir, D2, args.batch_size, beam_args)
-        inc_walls.append(inc_wall)
-        print(f"1% day, round {r + 1}: {inc_wall:.1f}s", flush=True)
-        if small is not None:
-            _, wall = _run(small[0], small[1], D2, args.batch_size, beam_args)
-            small_inc_walls.append(wall)
-            print(f"1% day, {small[2]} images, round {r + 1}: {wall:.1f}s", flush=True)
-    inc_wall = float(np.median(inc_walls))
+        for i, size in enumerate(sizes):
+            incs[i], wall = _run(size.catalog, size.workdir, D2, args.batch_size, beam_args)
+            inc_walls[i].append(wall)
+            print(f"1% day, {size.images} images, round {r + 1}: {wall:.1f}s", flush=True)
+    inc, inc_wall = incs[0], float(np.median(inc_walls[0]))
     raw_one = raw_two = float("nan")
     prof_path = os.path.join(out, "incremental.prof")
     prof_wall = float("nan")
@@ -518,12 +521,8 @@ def main(argv: list[str]) -> int:
         "prof_wall": prof_wall,
         "catalog_px": args.catalog_px,
         "scales": [
-            asdict(Scale(n_images, full_wall, inc_walls)),
-            *(
-                [asdict(Scale(small[2], small_full_wall, small_inc_walls))]
-                if small is not None
-                else []
-            ),
+            asdict(Scale(size.images, wall, walls))
+            for size, (_, wall), walls in zip(sizes, fulls, inc_walls, strict=True)
         ],
     }
     storage.write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2))
