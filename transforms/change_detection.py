@@ -10,7 +10,7 @@
 Every element before ``Select`` is an Arrow table holding one bucket's share of a file, a
 listing batch or a folder listing, and the joins are Arrow hash joins: an unchanged photo costs
 a few column operations, never a Beam element of its own (at 500M photos a per-photo element,
-shuffled twice, cost as much as the rest of a 1% day). Buckets are ``hashing.stable_hash`` of
+shuffled twice, cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of
 the listing id (or of the URI, for the join with folder listings, which know no listing ids),
 so a bucket's tables meet on one worker; ``buckets`` is chosen from the catalog size
 (``buckets_for``) so that one bucket stays a few hundred thousand photos. Folders to list are
@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vsearch.core import embeddings, objectmeta, storage
-from vsearch.core.hashing import stable_hash
+from vsearch.core.hashing import column_hashes
 from vsearch.core.runs import METRICS_NAMESPACE
 
 # A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
@@ -89,11 +89,7 @@ def split_by_bucket(table: pa.Table, column: str, buckets: int) -> Iterator[tupl
     if buckets == 1:
         yield 0, table
         return
-    of = np.fromiter(
-        (stable_hash(v) % buckets for v in table.column(column).to_pylist()),
-        dtype=np.int64,
-        count=table.num_rows,
-    )
+    of = column_hashes(table.column(column)) % np.uint64(buckets)
     order = np.argsort(of, kind="stable")
     ids, starts = np.unique(of[order], return_index=True)
     ends = [*starts[1:], len(order)]
@@ -119,12 +115,9 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
     yield from split_by_bucket(table, "image_uri", buckets)
     if not list_objects:
         return
-    groups = buckets * UNIT_GROUPS_PER_BUCKET
-    by_group: dict[int, list[str]] = {}
-    for unit in _units(uris.filter(pc.invert(given))).to_pylist():
-        by_group.setdefault(stable_hash(unit) % groups, []).append(unit)
-    for group, units in by_group.items():
-        yield beam.pvalue.TaggedOutput("units", (group, units))
+    units = pa.table({"unit": _units(uris.filter(pc.invert(given)))})
+    for group, part in split_by_bucket(units, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
+        yield beam.pvalue.TaggedOutput("units", (group, part.column("unit").to_pylist()))
 
 
 def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> pa.Array:
