@@ -118,6 +118,12 @@ class Fit:
     inc_per_image_ms: float
 
     @property
+    def usable(self) -> bool:
+        """Both lines rise with the catalog; on tiny, noisy catalogs a slope can come out <= 0,
+        and then the limit and the 2% size mean nothing."""
+        return self.full_per_image_ms > 0 and self.inc_per_image_ms > 0
+
+    @property
     def ratio_limit(self) -> float:
         """1% day / full run as the catalog grows without bound (the fixed parts fade)."""
         return self.inc_per_image_ms / self.full_per_image_ms
@@ -709,6 +715,13 @@ def _scale_rows(scales: list[Scale]) -> tuple[str, str]:
         return "\n".join(rows) + ("\n" if rows else ""), ""
     big, small = max(scales, key=lambda s: s.images), min(scales, key=lambda s: s.images)
     f = fit(small, big)
+    if not f.usable:
+        rows.append(
+            f"| (b) fit through the two sizes | no fit: a slope came out <= 0 (full run "
+            f"{f.full_per_image_ms:.4f} ms, 1% day {f.inc_per_image_ms:.4f} ms per photo), the "
+            f"sizes are too close or the runs too noisy |"
+        )
+        return "\n".join(rows) + "\n", ""
     reach = f.images_for(0.02)
     where = "no catalog size" if reach is None else f"~{reach:,.0f} images"
     rows += [
