@@ -1,14 +1,15 @@
 """PhotosToRead: which listing photos the daily embed must read, decided in hash buckets.
 
     listings ─► PhotoTables ──────────────(uri bucket, photos)──┐
-              └► (unit group, unit) ─► GroupByKey ─► ListUnits ─(uri bucket, keys)─┴► CoGroupByKey
+              └► (unit group, units) ─► GroupByKey ─► ListUnits ─(uri bucket, keys)─┴► CoGroupByKey
                  ─► AttachKeys ─(listing bucket, photos + metadata keys)──┐
     earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
     earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
                  ─► Select ─► one PhotoToRead per photo that must be read
 
 Every element before ``Select`` is an Arrow table holding one bucket's share of a file, a
-listing batch or a folder listing, and the joins are Arrow hash joins: an unchanged photo costs
+listing batch or a folder listing (a ``PackedTable``: it crosses the shuffle as compressed Arrow
+IPC, not as a pickle of its buffers), and the joins are Arrow hash joins: an unchanged photo costs
 a few column operations, never a Beam element of its own (at 500M photos a per-photo element,
 shuffled twice, cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of
 the listing id (or of the URI, for the join with folder listings, which know no listing ids),
@@ -40,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from transforms.packed_table import PackedTable
 from vsearch.core import embeddings, objectmeta, storage
 from vsearch.core.hashing import column_hashes
 from vsearch.core.runs import METRICS_NAMESPACE
@@ -82,24 +84,27 @@ def buckets_for(listings: int | None) -> int:
     return max(1, min(MAX_BUCKETS, n))
 
 
-def split_by_bucket(table: pa.Table, column: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
-    """(bucket, rows of ``table`` in it) for every non-empty bucket of ``column``'s values."""
+def split_by_bucket(
+    table: pa.Table, column: str, buckets: int
+) -> Iterator[tuple[int, PackedTable]]:
+    """(bucket, rows of ``table`` in it) for every non-empty bucket of ``column``'s values, each
+    packed for the shuffle that brings a bucket's tables together."""
     if table.num_rows == 0:
         return
     if buckets == 1:
-        yield 0, table
+        yield 0, PackedTable(table)
         return
     of = column_hashes(table.column(column)) % np.uint64(buckets)
     order = np.argsort(of, kind="stable")
     ids, starts = np.unique(of[order], return_index=True)
     ends = [*starts[1:], len(order)]
     for b, start, end in zip(ids, starts, ends, strict=True):
-        yield int(b), table.take(pa.array(order[start:end]))
+        yield int(b), PackedTable(table.take(pa.array(order[start:end])))
 
 
 def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
     """A table of listings (``catalog_columns.LISTING_TABLE``) -> (uri bucket, photo table); the
-    folders to list go to ``units``, as (unit group, folders of this table in that group)."""
+    folders to list go to ``units``, as (unit group, table of this table's folders in it)."""
     lengths = pc.list_value_length(listings["image_uris"]).to_numpy(zero_copy_only=False)
     uris = pc.list_flatten(listings["image_uris"])
     starts = np.cumsum(lengths) - lengths
@@ -117,7 +122,7 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
         return
     units = pa.table({"unit": _units(uris.filter(pc.invert(given)))})
     for group, part in split_by_bucket(units, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
-        yield beam.pvalue.TaggedOutput("units", (group, part.column("unit").to_pylist()))
+        yield beam.pvalue.TaggedOutput("units", (group, part))
 
 
 def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> pa.Array:
@@ -155,23 +160,25 @@ class _ListUnits(beam.DoFn):
     def setup(self) -> None:
         self._listed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_listed")
 
-    def process(self, group: tuple[int, Iterable[list[str]]]) -> Iterator[tuple[int, pa.Table]]:
+    def process(
+        self, group: tuple[int, Iterable[PackedTable]]
+    ) -> Iterator[tuple[int, PackedTable]]:
         # A folder named by several listing tables is listed once.
-        units = sorted({unit for part in group[1] for unit in part})
+        units = sorted({u for part in group[1] for u in part.table.column("unit").to_pylist()})
         uris, keys = objectmeta.list_units(units)
         self._listed.inc(len(uris))
         table = pa.Table.from_arrays([uris, keys], schema=LISTED)
         yield from split_by_bucket(table, "image_uri", self._buckets)
 
 
-def _concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
-    parts = [t.cast(schema) for t in tables]
+def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
+    parts = [t.table.cast(schema) for t in tables]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def _attach_keys(
-    joined: tuple[int, dict[str, Iterable[pa.Table]]], buckets: int
-) -> Iterator[tuple[int, pa.Table]]:
+    joined: tuple[int, dict[str, Iterable[PackedTable]]], buckets: int
+) -> Iterator[tuple[int, PackedTable]]:
     """One uri bucket's photos get their listed metadata key, then go to their listing bucket."""
     _, groups = joined
     photos = _concat(groups["photos"], PHOTOS)
@@ -187,13 +194,13 @@ def _attach_keys(
     yield from split_by_bucket(photos, "listing_id", buckets)
 
 
-def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
     """An earlier partition's key columns (never the embeddings), split by listing bucket."""
     table = embeddings.open_parquet(uri).read(columns=list(embeddings.KEY_COLUMNS))
     yield from split_by_bucket(table.cast(KNOWN), "listing_id", buckets)
 
 
-def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
     """An earlier run's state file (vsearch/core/embedstate.py), split by listing bucket."""
     with storage.open_read(uri) as f:
         table = pq.read_table(f)
@@ -209,7 +216,9 @@ class _Select(beam.DoFn):
         self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
         self._by_meta = counter(METRICS_NAMESPACE, "skipped_by_metadata")
 
-    def process(self, joined: tuple[int, dict[str, Iterable[pa.Table]]]) -> Iterator[PhotoToRead]:
+    def process(
+        self, joined: tuple[int, dict[str, Iterable[PackedTable]]]
+    ) -> Iterator[PhotoToRead]:
         _, groups = joined
         photos = _concat(groups["photos"], PHOTOS)
         if photos.num_rows == 0:

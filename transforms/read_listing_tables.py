@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from transforms.change_detection import split_by_bucket
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
+from transforms.packed_table import PackedTable
 from transforms.read_catalog import LISTINGS, ReadCatalog
 from vsearch.core import catalog as cat
 from vsearch.core import snapshot, storage
@@ -96,8 +97,8 @@ class _RejectDuplicatesFn(beam.DoFn):
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
         self._listings = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "listings_ok")
 
-    def process(self, grouped: tuple[int, Iterable[pa.Table]]) -> Iterator[Any]:
-        parts = list(grouped[1])
+    def process(self, grouped: tuple[int, Iterable[PackedTable]]) -> Iterator[Any]:
+        parts = [packed.table for packed in grouped[1]]
         table = pa.concat_tables(parts) if parts else _CHECKED.empty_table()
         counts = table.group_by("listing_id").aggregate([("listing_id", "count")])
         repeated = counts.filter(pc.greater(counts["listing_id_count"], 1))
