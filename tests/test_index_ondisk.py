@@ -115,11 +115,16 @@ def test_on_disk_build_serves_its_merged_lists_and_answers_as_the_in_memory_buil
         hits = on_disk.search_vectors(queries[:3], k=5)
         assert [len(h) for h in hits] == [5, 5, 5]
 
-    # A flipped byte in the lists file: refused by name before faiss maps it.
+    # A flipped byte in the lists file: refused by name before faiss maps it. The corrupted copy
+    # replaces the file by rename, as a publisher would: truncating a file that faiss still has
+    # mapped (``index`` above, or a prefetch thread) is a SIGBUS, which once killed this worker.
+    del lists, index
     lists_file = tmp_path / "b-True" / "merged.ivfdata"
     data = bytearray(lists_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    lists_file.write_bytes(bytes(data))
+    corrupted = lists_file.with_name("merged.ivfdata.corrupted")
+    corrupted.write_bytes(bytes(data))
+    os.replace(corrupted, lists_file)
     with pytest.raises(ShardError, match=r"lists .*merged\.ivfdata is corrupted"):
         Searcher.from_manifest_uri(r.manifest_uri)
 

@@ -16,8 +16,8 @@ index shards move. ``tests/test_hashing.py`` pins a few values so that such a ch
 
 ``column_hashes`` is a second, vectorised hash for whole Arrow string columns, used where a job
 sends rows to hash buckets that live only inside one run (``transforms.change_detection``): one
-BLAKE2b call per row costs ~0.6 us in Python, which at 500M photos and several splits per row is
-most of a quiet day's metadata work. It is as stable across processes and machines (fixed
+BLAKE2b call per row costs ~0.6 us in Python, against ~0.16 us per row here, and a photo passes
+through about six splits a day. It is as stable across processes and machines (fixed
 uint64 arithmetic), but its values differ from ``stable_hash``'s, so never use it for anything
 that is written down (splits, shards, file names).
 """
