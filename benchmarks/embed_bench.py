@@ -228,7 +228,7 @@ def _prepare(base: str, images: int, seed: int, args: argparse.Namespace) -> Pre
     t0 = time.perf_counter()
     if keep:
         day1 = pq.read_table(storage.join(paths.catalog_day(catalog, D1), "listings.parquet"))
-        n_images = sum(len(u) for u in day1.column("image_uris").to_pylist())
+        n_images = _photo_count(day1)
         changes = "(reused catalog)"
     else:
         copies = max(1, args.replicate)
@@ -289,7 +289,12 @@ def _replicate(source: str, catalog: str, copies: int) -> int:
         )
     table = pa.concat_tables(parts)
     pq.write_table(table, storage.join(paths.catalog_day(catalog, D1), "listings.parquet"))
-    return sum(len(u) for u in table.column("image_uris").to_pylist())
+    return _photo_count(table)
+
+
+def _photo_count(listings: pa.Table) -> int:
+    """The photos of a listings table (the sum of its ``image_uris`` lengths)."""
+    return int(pc.sum(pc.list_value_length(listings["image_uris"])).as_py() or 0)
 
 
 def _job_pixels(catalog: str, image_size: int, limit: int = RAW_SAMPLE) -> list[np.ndarray]:
