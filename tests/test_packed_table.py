@@ -41,3 +41,21 @@ def test_an_empty_table_keeps_its_schema() -> None:
     schema = pa.schema([("listing_id", pa.string()), ("image_index", pa.int32())])
     back = pickle.loads(pickle.dumps(PackedTable(schema.empty_table())))
     assert back.table.num_rows == 0 and back.table.schema == schema
+
+
+def test_a_table_is_packed_once_however_often_beam_pickles_it(monkeypatch) -> None:
+    """Beam encodes an element again at every output it passes (to sample its size): the
+    compression must run once per table, and a table that came out of a shuffle must not be
+    compressed again when it goes into the next one."""
+    from transforms import packed_table
+
+    calls: list[int] = []
+    real_pack = packed_table.pack
+    monkeypatch.setattr(packed_table, "pack", lambda t: calls.append(t.num_rows) or real_pack(t))
+    element = PackedTable(_rows(1_000))
+    first = pickle.dumps(element)
+    assert pickle.dumps(element) == first
+    received = pickle.loads(first)
+    assert pickle.dumps(received) == first
+    assert received.table.equals(element.table)
+    assert calls == [1_000]
