@@ -505,8 +505,9 @@ def test_unchanged_photos_are_not_read_local(
 
 @pytest.mark.parametrize("with_gcs", [False, True], ids=["local-only", "mixed"])
 def test_folders_to_list_match_the_per_uri_rule(with_gcs: bool) -> None:
-    """PhotosToRead lists the folders (gs:// name prefixes) computed on whole columns; they must
-    be exactly ``objectmeta.listing_unit``'s, or a photo is never listed and is read every day."""
+    """PhotosToRead groups photos by folder (gs:// name prefix) computed on whole columns; each
+    must be exactly ``objectmeta.listing_unit``'s, or a photo's folder is never listed (or listed
+    in a group without the photo) and the photo is read every day."""
     from transforms import change_detection
     from vsearch.core import objectmeta
 
@@ -521,7 +522,7 @@ def test_folders_to_list_match_the_per_uri_rule(with_gcs: bool) -> None:
             "gs://b/d/e/f/g",
         ]
     got = change_detection._units(pa.array(uris)).to_pylist()
-    assert sorted(got) == sorted({objectmeta.listing_unit(u) for u in uris})
+    assert got == [objectmeta.listing_unit(u) for u in uris]
 
 
 def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:

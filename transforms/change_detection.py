@@ -1,23 +1,26 @@
 """PhotosToRead: which listing photos the daily embed must read, decided in hash buckets.
 
-    listings ─► PhotoTables ──────────────(uri bucket, photos)──┐
-              └► (unit group, units) ─► GroupByKey ─► ListUnits ─(uri bucket, keys)─┴► CoGroupByKey
-                 ─► AttachKeys ─(listing bucket, photos + metadata keys)──┐
+    listings ─► PhotoTables ─(folder group, photos)─► GroupByKey ─► ListAndAttach
+                 ─(listing bucket, photos + metadata keys)────────────────┐
     earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
     earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
                  ─► Select ─► one PhotoToRead per photo that must be read
 
-Every element before ``Select`` is an Arrow table holding one bucket's share of a file, a
-listing batch or a folder listing (a ``PackedTable``: it crosses the shuffle as compressed Arrow
-IPC, not as a pickle of its buffers), and the joins are Arrow hash joins: an unchanged photo costs
-a few column operations, never a Beam element of its own (at 500M photos a per-photo element,
-shuffled twice, cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of
-the listing id (or of the URI, for the join with folder listings, which know no listing ids),
+Every element before ``Select`` is an Arrow table holding one bucket's share of a file or a
+listing batch (a ``PackedTable``: it crosses the shuffle as compressed Arrow IPC, not as a pickle
+of its buffers), and the joins are Arrow hash joins: an unchanged photo costs a few column
+operations, never a Beam element of its own (at 500M photos a per-photo element, shuffled twice,
+cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of the listing id,
 so a bucket's tables meet on one worker; ``buckets`` is chosen from the catalog size
-(``buckets_for``) so that one bucket stays a few hundred thousand photos. Folders to list are
-grouped the same way (``UNIT_GROUPS_PER_BUCKET`` groups per bucket): a catalog that keeps each
-listing's photos in its own folder has as many folders as listings, and one Beam element (and
-one keys table) per folder cost more than the rest of a 1% day (0.48 ms per unchanged photo at
+(``buckets_for``) so that one bucket stays a few hundred thousand photos.
+
+Photos first go to the group of their *folder* (``objectmeta.listing_unit``; ``buckets x
+UNIT_GROUPS_PER_BUCKET`` groups), and the worker holding a group lists its folders and joins the
+listing to its photos in memory: every photo of a folder is in the folder's group, so a folder
+is listed once and its listing never crosses a shuffle. (Before, folder listings were shuffled to
+URI buckets and joined there: one shuffle and one table of 630k URIs more, ~10% of a 1% day at
+627k photos.) A catalog that keeps each listing's photos in its own folder has as many folders as
+listings, so folders are grouped, never one Beam element each (0.48 ms per unchanged photo at
 112k photos, most of it pickling one small table per folder).
 
 A photo is skipped without reading it when today's (slot, URI, metadata key) is in the state of
@@ -103,8 +106,8 @@ def split_by_bucket(
 
 
 def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
-    """A table of listings (``catalog_columns.LISTING_TABLE``) -> (uri bucket, photo table); the
-    folders to list go to ``units``, as (unit group, table of this table's folders in it)."""
+    """A table of listings (``catalog_columns.LISTING_TABLE``) -> (folder group, photo table),
+    or, when no folder is listed, straight to (listing bucket, photo table)."""
     lengths = pc.list_value_length(listings["image_uris"]).to_numpy(zero_copy_only=False)
     uris = pc.list_flatten(listings["image_uris"])
     starts = np.cumsum(lengths) - lengths
@@ -117,12 +120,15 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
         [listings["listing_id"].take(owner), pa.array(index, pa.int32()), uris, keys],
         schema=PHOTOS,
     )
-    yield from split_by_bucket(table, "image_uri", buckets)
     if not list_objects:
+        yield from split_by_bucket(table, "listing_id", buckets)
         return
-    units = pa.table({"unit": _units(uris.filter(pc.invert(given)))})
-    for group, part in split_by_bucket(units, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
-        yield beam.pvalue.TaggedOutput("units", (group, part))
+    folders = table.append_column("unit", _units(uris))
+    for group, part in split_by_bucket(folders, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
+        # The folder is recomputed where it is listed: cheaper than shuffling it.
+        yield beam.pvalue.TaggedOutput(
+            "by_folder", (group, PackedTable(part.table.select(PHOTOS.names)))
+        )
 
 
 def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> pa.Array:
@@ -135,8 +141,8 @@ def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) ->
     return values.take(pa.array(where, mask=where < 0))
 
 
-def _units(uris: pa.Array) -> pa.Array:
-    """``objectmeta.listing_unit`` of each (resolved) URI, on the whole column, deduplicated.
+def _units(uris: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``objectmeta.listing_unit`` of each (resolved) URI, on the whole column.
 
     Patterns without capture groups: RE2 then runs its DFA, ~9x faster than one
     ``^(.*)/[^/]*$`` capture per URI (0.05 vs 0.46 s for 112k URIs).
@@ -148,11 +154,17 @@ def _units(uris: pa.Array) -> pa.Array:
         name = pc.replace_substring_regex(uris, r"^.*/", "")
         prefix = pc.utf8_slice_codeunits(name, 0, objectmeta.GCS_PREFIX_CHARS)
         units = pc.if_else(gcs, pc.binary_join_element_wise(folder, prefix, "/"), units)
-    return pc.unique(units)
+    return units
 
 
-class _ListUnits(beam.DoFn):
-    """One group of folders (or gs:// prefixes) -> (uri bucket, table of their objects' keys)."""
+def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
+    parts = [t.table.cast(schema) for t in tables]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+class _ListAndAttach(beam.DoFn):
+    """One folder group: list its photos' folders (those without a catalog checksum), give each
+    photo its listed metadata key, then send the photos to their listing bucket."""
 
     def __init__(self, buckets: int) -> None:
         self._buckets = buckets
@@ -163,35 +175,22 @@ class _ListUnits(beam.DoFn):
     def process(
         self, group: tuple[int, Iterable[PackedTable]]
     ) -> Iterator[tuple[int, PackedTable]]:
-        # A folder named by several listing tables is listed once.
-        units = sorted({u for part in group[1] for u in part.table.column("unit").to_pylist()})
-        uris, keys = objectmeta.list_units(units)
-        self._listed.inc(len(uris))
-        table = pa.Table.from_arrays([uris, keys], schema=LISTED)
-        yield from split_by_bucket(table, "image_uri", self._buckets)
-
-
-def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
-    parts = [t.table.cast(schema) for t in tables]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
-
-
-def _attach_keys(
-    joined: tuple[int, dict[str, Iterable[PackedTable]]], buckets: int
-) -> Iterator[tuple[int, PackedTable]]:
-    """One uri bucket's photos get their listed metadata key, then go to their listing bucket."""
-    _, groups = joined
-    photos = _concat(groups["photos"], PHOTOS)
-    if photos.num_rows == 0:
-        return
-    listed = _concat(groups["listed"], LISTED)
-    if listed.num_rows:
-        photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
+        photos = _concat(group[1], PHOTOS)
         unkeyed = pc.equal(photos.column("meta_key"), "")
-        key = pc.if_else(unkeyed, pc.fill_null(photos.column("listed_key"), ""), photos["meta_key"])
-        photos = photos.set_column(photos.schema.get_field_index("meta_key"), "meta_key", key)
-        photos = photos.select(PHOTOS.names)
-    yield from split_by_bucket(photos, "listing_id", buckets)
+        units = pc.unique(_units(photos.column("image_uri").filter(unkeyed))).to_pylist()
+        if units:
+            uris, keys = objectmeta.list_units(sorted(units))
+            self._listed.inc(len(uris))
+            listed = pa.Table.from_arrays([uris, keys], schema=LISTED)
+            photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
+            keyed = pc.if_else(
+                pc.equal(photos.column("meta_key"), ""),
+                pc.fill_null(photos.column("listed_key"), ""),
+                photos.column("meta_key"),
+            )
+            photos = photos.set_column(photos.schema.get_field_index("meta_key"), "meta_key", keyed)
+            photos = photos.select(PHOTOS.names)
+        yield from split_by_bucket(photos, "listing_id", self._buckets)
 
 
 def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
@@ -275,17 +274,13 @@ def PhotosToRead(  # noqa: N802
     p = listings.pipeline
     split = listings | "PhotoTables" >> beam.FlatMap(
         _photo_tables, buckets, list_objects
-    ).with_outputs("units", main="photos")
-    listed = (
-        split.units
-        | "GroupUnits" >> beam.GroupByKey()
-        | "ListUnits" >> beam.ParDo(_ListUnits(buckets))
+    ).with_outputs("by_folder", main="photos")
+    keyed = (
+        split.by_folder
+        | "GroupByFolder" >> beam.GroupByKey()
+        | "ListAndAttach" >> beam.ParDo(_ListAndAttach(buckets))
     )
-    with_keys = (
-        {"photos": split.photos, "listed": listed}
-        | "JoinListed" >> beam.CoGroupByKey()
-        | "AttachKeys" >> beam.FlatMap(_attach_keys, buckets)
-    )
+    photos = (split.photos, keyed) | "AllPhotos" >> beam.Flatten()
     known = (
         p
         | "KeyFiles" >> beam.Create(list(key_files))
@@ -299,7 +294,7 @@ def PhotosToRead(  # noqa: N802
         | "StateTables" >> beam.FlatMap(_state_tables, buckets)
     )
     return (
-        {"photos": with_keys, "known": known, "state": state}
+        {"photos": photos, "known": known, "state": state}
         | "JoinKnown" >> beam.CoGroupByKey()
         | "Select" >> beam.ParDo(_Select())
         # A bucket yields up to all its photos (a full run): spread the reads over workers.
