@@ -8,7 +8,8 @@
     decoding) -> DecodeImages (the safe Pillow decoder, once per photo) -> KeyPixels ->
     RunInference(KeyedModelHandler: uint8 pixels through the model's pixel signature) -> ToRows
     (NaN / zero-norm -> dead letter) -> WriteEmbeddings
-    (+ WriteState: this run's metadata key -> sha256, for the next day)
+    (+ WriteState: this run's state snapshot, metadata key -> sha256 of every photo that has an
+    embedding row: those skipped, those recognised after the read, those embedded today)
 
 Why joins and not a side input for the skip: the known keys are one row per image ever embedded
 (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every worker; the
@@ -45,7 +46,7 @@ from pipelines.stage import run_pipeline
 from transforms import read_images
 from transforms.change_detection import PhotosToRead, PhotoToRead, buckets_for
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
-from transforms.embedding_writer import WriteEmbeddings, WriteState
+from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from transforms.progress import LogProgress
 from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
@@ -85,14 +86,17 @@ def _count_catalog_reject(d: DeadLetter) -> DeadLetter:
     return d
 
 
-STATE_TAG = "state"
+STATE_TAG = "state"  # state rows whose embedding row exists already
+PENDING_TAG = "pending"  # ((slot, sha256), state row): kept only if the photo gets its row today
 
 
 class _ReadPhoto(beam.DoFn):
     """PhotoToRead -> ImageBytes, unless its bytes hash to a sha256 the slot already has.
 
-    Same size cap and dead-letter reasons as ``ReadImageBytes``. Every photo read under a
-    metadata key goes to the ``state`` output, for the next day's skip.
+    Same size cap and dead-letter reasons as ``ReadImageBytes``. A photo read under a metadata
+    key gets a state row: at once when its sha256 is known (``state``), else once it is embedded
+    (``pending``, joined with the rows written), so a photo dead-lettered after the read is read
+    again the next day rather than remembered.
     """
 
     def setup(self) -> None:
@@ -108,22 +112,37 @@ class _ReadPhoto(beam.DoFn):
             yield dead_letter(STAGE, f"listing image: {e}"[:500], photo.listing_id, photo.uri)
             return
         sha = images.sha256_hex(data)
+        known = sha in photo.known_sha256
         if photo.meta_key:
-            yield beam.pvalue.TaggedOutput(
-                STATE_TAG,
-                {
-                    "listing_id": photo.listing_id,
-                    "image_index": photo.image_index,
-                    "image_uri": photo.uri,
-                    "meta_key": photo.meta_key,
-                    "image_sha256": sha,
-                },
+            row = {
+                "listing_id": photo.listing_id,
+                "image_index": photo.image_index,
+                "image_uri": photo.uri,
+                "meta_key": photo.meta_key,
+                "image_sha256": sha,
+            }
+            key = (photo.listing_id, photo.image_index, sha)
+            yield (
+                beam.pvalue.TaggedOutput(STATE_TAG, row)
+                if known
+                else beam.pvalue.TaggedOutput(PENDING_TAG, (key, row))
             )
-        if sha in photo.known_sha256:
+        if known:
             self._skipped.inc()  # new metadata, same bytes: the embedding row already exists
             return
         ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
         yield read_images.ImageBytes(ref, data, sha)
+
+
+def _embedded_slot(row: dict[str, Any]) -> tuple[tuple[str, int, str], None]:
+    return (row["listing_id"], row["image_index"], row["image_sha256"]), None
+
+
+def _embedded_state(joined: tuple[Any, dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
+    """A pending state row whose photo got its embedding row today."""
+    _, groups = joined
+    if any(True for _ in groups["embedded"]):
+        yield from groups["read"]
 
 
 def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
@@ -191,8 +210,10 @@ def build(
     state_files: Sequence[str] = (),
     state_staging: str | None = None,
     buckets: int = 1,
+    state_checked: bool = False,
 ) -> None:
-    """Add the embed job's steps to ``p``; ``state_files`` are earlier runs' metadata states,
+    """Add the embed job's steps to ``p``; ``state_files`` are earlier runs' metadata states
+    (``state_checked``: one snapshot on unchanged partitions, see ``SkipPlan``),
     ``state_staging`` where this run's goes (None: no metadata skip and no state written),
     ``buckets`` the change detection's hash buckets (``change_detection.buckets_for``)."""
     from transforms.read_listing_tables import ReadListingTables
@@ -200,14 +221,16 @@ def build(
     catalog = p | "ReadListings" >> ReadListingTables(
         s.catalog, s.date, s.allowed_buckets, stage=STAGE, buckets=buckets
     )
-    to_read = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
-        key_files, state_files if state_staging else (), buckets, bool(state_staging)
+    to_read, kept = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
+        key_files,
+        state_files if state_staging else (),
+        buckets,
+        bool(state_staging),
+        state_checked=state_checked and bool(state_staging),
     )
     read = to_read | "ReadPhotos" >> beam.ParDo(_ReadPhoto()).with_outputs(
-        DEAD_LETTER_TAG, STATE_TAG, main="images"
+        DEAD_LETTER_TAG, STATE_TAG, PENDING_TAG, main="images"
     )
-    if state_staging:
-        _ = read[STATE_TAG] | "WriteState" >> WriteState(state_staging)
     decoded = read.images | "DecodeImages" >> read_images.DecodeImages(
         STAGE, model.image_size, threads=s.decode_threads
     )
@@ -231,6 +254,21 @@ def build(
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
         s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging
     )
+    if state_staging:
+        embedded = (
+            {
+                "read": read[PENDING_TAG],
+                "embedded": rows.rows | "EmbeddedSlots" >> beam.Map(_embedded_slot),
+            }
+            | "JoinEmbedded" >> beam.CoGroupByKey()
+            | "EmbeddedState" >> beam.FlatMap(_embedded_state)
+        )
+        _ = (
+            (read[STATE_TAG], embedded)
+            | "ReadState" >> beam.Flatten()
+            | "WriteState" >> WriteState(state_staging)
+        )
+        _ = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(state_staging, buckets))
     _ = (
         (
             catalog[DEAD_LETTER_TAG] | "CatalogRejects" >> beam.Map(_count_catalog_reject),
@@ -243,6 +281,44 @@ def build(
         | "CountDeadLetters" >> beam.Map(_count_dead)
         | "WriteDeadLetters" >> WriteDeadLetters(s.workdir, STAGE, s.date)
     )
+
+
+class SkipPlan(NamedTuple):
+    """What the change detection reads to know which photos are unchanged."""
+
+    key_files: list[str]  # earlier partitions' files, for their keys
+    state_files: list[str]
+    checked: bool  # state_files are one snapshot on unchanged partitions: no key file needed
+    basis: dict[str, str]  # the earlier partitions (day -> commit id), for today's snapshot
+    how: str  # for the run summary
+
+
+def plan_skip(s: EmbedSettings, version: str, earlier: list[tuple[dt.date, list[str]]]) -> SkipPlan:
+    """The newest state snapshot alone when the partitions it was made on are exactly today's
+    earlier partitions (``vsearch/core/embedstate.py``); else the state checked against every
+    earlier partition's keys."""
+    basis = {
+        d.isoformat(): partitions.commit_id(paths.embeddings_dir(s.workdir, version, d))
+        for d, _ in earlier
+    }
+    if s.full:
+        return SkipPlan([], [], False, basis, "none (--full)")
+    snap = embedstate.latest_snapshot(s.workdir, version, s.date)
+    if snap is not None and snap.basis == basis:
+        return SkipPlan([], snap.files, True, basis, f"state snapshot of {snap.day}")
+    if snap is None:
+        why = "no state snapshot"
+    else:
+        changed = sorted({d for d, _ in set(snap.basis.items()) ^ set(basis.items())})
+        why = f"partitions changed since the state of {snap.day}: {', '.join(changed)}"
+    key_files = [u for _, files in earlier for u in files]
+    # A snapshot still serves, checked against the keys; older snapshots add only photos that
+    # left the catalog since, so they are not read (state from before snapshots is: every day).
+    if snap is not None:
+        state_files = snap.files
+    else:
+        state_files = embedstate.files_before(s.workdir, version, s.date)
+    return SkipPlan(key_files, state_files, False, basis, f"every earlier partition ({why})")
 
 
 def run(
@@ -261,8 +337,8 @@ def run(
         days = [d for d, _ in earlier]
         check_shrink(s.catalog, s.date, listings_today, days, s.max_shrink_fraction)
     buckets = buckets_for(listings_today)
-    key_files = [] if s.full else [u for _, files in earlier for u in files]
-    state_files = [] if s.full else embedstate.files_before(s.workdir, model.version, s.date)
+    plan = plan_skip(s, model.version, earlier)
+    key_files, state_files = plan.key_files, plan.state_files
     check_readable([*key_files, *state_files])  # a truncated earlier file: one clear error, now
     attempt = uuid.uuid4().hex[:12]
     staging = paths.staging_dir(s.workdir, STAGE, s.date, attempt)
@@ -272,7 +348,9 @@ def run(
         STAGE,
         s.workdir,
         s.date,
-        lambda p: build(p, s, model, key_files, staged_rows, state_files, staged_state, buckets),
+        lambda p: build(
+            p, s, model, key_files, staged_rows, state_files, staged_state, buckets, plan.checked
+        ),
         default_pipeline_args(pipeline_args),
         test_pipeline,
         # A crashed run leaves no half-written output behind.
@@ -291,6 +369,7 @@ def run(
         "model_version": model.version,
         "full": s.full,
         "earlier_files": len(key_files),
+        "skip_check": plan.how,
         "catalog_rejected": c.get("catalog_rejected", 0),
         # Listings rows the column rules left to the one-row-at-a-time parser (the slow path).
         "listing_rows_parsed_alone": c.get("listing_rows_parsed_alone", 0),
@@ -313,9 +392,17 @@ def run(
             f"{s.max_bad_fraction:.2%}); partition {paths.embeddings_dir(s.workdir, model.version, s.date)} "
             f"left unchanged. Reasons: {paths.deadletter_dir(s.workdir, STAGE, s.date)}"
         )
-    publish_partition(staged_rows, paths.embeddings_dir(s.workdir, model.version, s.date), attempt)
+    published = publish_partition(
+        staged_rows, paths.embeddings_dir(s.workdir, model.version, s.date), attempt
+    )
+    # Today's state holds only photos with a row in these partitions (a day without files is
+    # not listed as a partition, so it is not named either).
+    basis = {**plan.basis, **({s.date.isoformat(): attempt} if published else {})}
     publish_partition(
-        staged_state, paths.embed_state_dir(s.workdir, model.version, s.date), attempt
+        staged_state,
+        paths.embed_state_dir(s.workdir, model.version, s.date),
+        attempt,
+        extra={"basis": basis},
     )
     storage.delete_prefix(staging)
     runs.complete(s.workdir, summary)
@@ -340,14 +427,18 @@ def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
     return [*args, "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-def publish_partition(staged: str, partition: str, attempt: str) -> None:
-    """Commit the staged files as the whole partition (vsearch/core/partitions.py)."""
+def publish_partition(
+    staged: str, partition: str, attempt: str, extra: dict[str, Any] | None = None
+) -> int:
+    """Commit the staged files as the whole partition (vsearch/core/partitions.py); returns how
+    many files it now holds."""
     files = []
     for uri in storage.list_prefix(staged):
         if uri.endswith(".parquet"):
             with storage.open_read(uri) as f:
                 files.append((uri, int(pq.ParquetFile(f).metadata.num_rows)))
-    partitions.publish(staged, partition, attempt, files)
+    partitions.publish(staged, partition, attempt, files, extra=extra)
+    return len(files)
 
 
 def _distributions(result: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
 from vsearch.app import cli
 from vsearch.core import catalog as catalog_mod
-from vsearch.core import embeddings, paths, runs, snapshot, storage
+from vsearch.core import embeddings, partitions, paths, runs, snapshot, storage
 from vsearch.core.deadletter import read_dead_letters
 
 pytestmark = pytest.mark.timeout(300)
@@ -425,10 +426,16 @@ def _catalog_at_fixed_uris(
 
 
 def _day1_day2_reads(
-    catalog: str, workdir: str, version: str, monkeypatch, checksums: bool = False
+    catalog: str,
+    workdir: str,
+    version: str,
+    monkeypatch,
+    checksums: bool = False,
+    between: Callable[[], None] = lambda: None,
 ) -> dict:
     """Day 1 -> day 2 with added (L6), changed at the same URI (L2), removed (L3), rewritten with
-    identical bytes (L4) and untouched (L1, L5) photos; returns what each day read."""
+    identical bytes (L4) and untouched (L1, L5) photos; returns what each day read. ``between``
+    runs after day 1."""
     from transforms import read_images
 
     reads: list[str] = []
@@ -445,6 +452,7 @@ def _day1_day2_reads(
     )
     s1 = embed.run(_settings(catalog, workdir, D1), BEAM_ARGS)
     out: dict = {"s1": s1, "reads1": sorted(reads), "day1": day1}
+    between()
     reads.clear()
     day2_photos = {k: v for k, v in photos.items() if k != "L3"}
     day2_photos["L2"] = _png((5, 250, 5), stripe=3)  # new bytes at the same URI
@@ -461,7 +469,19 @@ def _day1_day2_reads(
     out["extra2"] = runs.read_summary(workdir, "embed", D2)["extra"]  # the day's health record
     out.update(uris=uris, current=embeddings.read_current_table(catalog, workdir, D2, version))
     out["p2"] = _partition(workdir, version, D2)
+    out["state2"] = _state(workdir, version, D2)
+    out["photos2"] = day2_photos
+    out["reads"] = reads  # keeps counting: a test may run more days
     return out
+
+
+def _state(workdir: str, version: str, date: dt.date) -> dict[str, str]:
+    """The committed embed state of ``date``: listing id -> sha256."""
+    folder = paths.embed_state_dir(workdir, version, date)
+    files = partitions.committed_files(folder, storage.list_prefix(folder))
+    rows = pa.concat_tables([pq.read_table(storage.open_read(u)) for u in files]).to_pylist()
+    assert len({r["listing_id"] for r in rows}) == len(rows)  # one row per photo
+    return {r["listing_id"]: r["image_sha256"] for r in rows}
 
 
 def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
@@ -480,6 +500,10 @@ def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
     assert sorted(cur["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]  # L3 removed
     new_l2 = [row for row in cur.to_pylist() if row["listing_id"] == "L2"][0]
     assert new_l2["dt"] == D2 and new_l2["image_uri"] == uris["L2"]
+    # Day 2's state is a snapshot of every current photo with an embedding row (skipped, read
+    # and recognised, embedded), each with the sha256 of its bytes; L3 left with its listing.
+    photos = r["photos2"]
+    assert r["state2"] == {k: hashlib.sha256(photos[k]).hexdigest() for k in photos}
 
 
 @pytest.mark.parametrize("listings_per_bucket", [100_000, 2], ids=["one-bucket", "3-buckets"])
@@ -542,6 +566,92 @@ def test_catalog_checksums_need_no_listing_and_no_read(fake_model_dir, tmp_path,
 
 
 # ------------------------------------------------------------------ guards
+
+
+D3 = D2 + dt.timedelta(days=1)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_day_three_runs_on_the_state_snapshot_alone(fake_model_dir, tmp_path, monkeypatch):
+    """Day 2 and day 3 each need only the day before's state snapshot: no earlier partition's
+    keys are read, only the photo whose bytes changed is, and each day's snapshot names every
+    current photo with the sha256 of its bytes."""
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    assert (r["extra2"]["skip_check"], r["extra2"]["earlier_files"]) == (
+        f"state snapshot of {D1}",
+        0,
+    )
+    photos = dict(r["photos2"])
+    photos["L5"] = _png((1, 120, 3), stripe=2)
+    uris = _catalog_at_fixed_uris(catalog, D3, photos, {"L5"}, mtime=10**18 + 2 * 86_400 * 10**9)
+    r["reads"].clear()
+    s3 = embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
+    extra = runs.read_summary(workdir, "embed", D3)["extra"]
+    assert (extra["skip_check"], extra["earlier_files"]) == (f"state snapshot of {D2}", 0)
+    assert r["reads"] == [uris["L5"]]
+    assert (s3.read, s3.ok, s3.skipped) == (5, 1, 4)
+    assert _partition(workdir, version, D3)["listing_id"].to_pylist() == ["L5"]
+    assert _state(workdir, version, D3) == {k: _sha(v) for k, v in photos.items()}
+
+
+def test_a_deleted_partition_sends_the_next_day_back_to_the_full_check(
+    fake_model_dir, tmp_path, monkeypatch
+):
+    """A snapshot is trusted only on the partitions it was made on. With day 1's partition
+    deleted (retention, a mistake), day 3 checks the snapshot against the partitions left and
+    embeds again the photos whose rows went with day 1, which the snapshot alone would skip."""
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
+    storage.delete_prefix(paths.embeddings_dir(workdir, version, D1))
+    photos = dict(r["photos2"])
+    uris = _catalog_at_fixed_uris(catalog, D3, photos, set(), mtime=0)
+    r["reads"].clear()
+    s3 = embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
+    extra = runs.read_summary(workdir, "embed", D3)["extra"]
+    assert extra["skip_check"] == (
+        f"every earlier partition (partitions changed since the state of {D2}: {D1})"
+    )
+    assert extra["earlier_files"] == len(embeddings.partition_files(workdir, version)[D2])
+    # L1, L4 and L5 had their rows in day 1's partition; L2 and L6 have theirs in day 2's.
+    assert sorted(r["reads"]) == sorted(uris[k] for k in ("L1", "L4", "L5"))
+    assert (s3.read, s3.ok, s3.skipped) == (5, 3, 2)
+    assert sorted(_partition(workdir, version, D3)["listing_id"].to_pylist()) == ["L1", "L4", "L5"]
+    current = embeddings.read_current_table(catalog, workdir, D3, version)
+    assert sorted(current["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]
+    assert _state(workdir, version, D3) == {k: _sha(v) for k, v in photos.items()}
+
+
+def test_state_from_before_snapshots_is_checked_against_every_partition(
+    fake_model_dir, tmp_path, monkeypatch
+):
+    """A state written before snapshots existed (no ``basis`` in its manifest) still saves the
+    reads, checked against the partitions' keys, and the day after runs on a snapshot again."""
+    catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
+    version = _install_model(fake_model_dir, workdir)
+
+    def forget_basis() -> None:
+        folder = paths.embed_state_dir(workdir, version, D1)
+        manifest = partitions.read_manifest(folder)
+        assert manifest is not None and manifest.pop("basis") == {
+            D1.isoformat(): manifest["attempt"]
+        }
+        storage.write_text(storage.join(folder, partitions.MANIFEST), json.dumps(manifest))
+
+    r = _day1_day2_reads(catalog, workdir, version, monkeypatch, between=forget_basis)
+    _expect_day2(r, {"L2", "L4", "L6"})
+    assert r["extra2"]["skip_check"] == "every earlier partition (no state snapshot)"
+    assert r["extra2"]["earlier_files"] == len(embeddings.partition_files(workdir, version)[D1])
+    _catalog_at_fixed_uris(catalog, D3, dict(r["photos2"]), set(), mtime=0)
+    r["reads"].clear()
+    embed.run(_settings(catalog, workdir, D3), BEAM_ARGS)
+    extra = runs.read_summary(workdir, "embed", D3)["extra"]
+    assert extra["skip_check"] == f"state snapshot of {D2}" and r["reads"] == []
 
 
 def test_empty_or_shrunk_snapshot_is_refused_unless_allowed(fake_model_dir, tmp_path) -> None:

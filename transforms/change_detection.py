@@ -5,6 +5,7 @@
     earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
     earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
                  ─► Select ─► one PhotoToRead per photo that must be read
+                          └► (listing bucket, the skipped photos' state rows), for today's state
 
 Every element before ``Select`` is an Arrow table holding one bucket's share of a file or a
 listing batch (a ``PackedTable``: it crosses the shuffle as compressed Arrow IPC, not as a pickle
@@ -24,7 +25,9 @@ listings, so folders are grouped, never one Beam element each (0.48 ms per uncha
 112k photos, most of it pickling one small table per folder).
 
 A photo is skipped without reading it when today's (slot, URI, metadata key) is in the state of
-an earlier run *and* that run's sha256 has an embedding row for the slot. Every other photo is
+an earlier run *and* that run's sha256 has an embedding row for the slot: checked against every
+earlier partition's keys, or known from the state itself when it is a snapshot whose partitions
+are unchanged (``vsearch/core/embedstate.py``; then no partition is read). Every other photo is
 read (``PhotoToRead`` carries the slot's known sha256s, so a photo whose metadata changed but
 whose bytes did not is still recognised after the read and not embedded again). The metadata key
 is the catalog's ``image_checksums`` entry when there is one ("catalog=<checksum>": that photo is
@@ -71,6 +74,7 @@ KNOWN = pa.schema(
     [("listing_id", pa.string()), ("image_index", pa.int32()), ("image_sha256", pa.string())]
 )
 STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
+KEPT = "kept"  # Select's output of the skipped photos' state rows
 
 
 class PhotoToRead(NamedTuple):
@@ -207,7 +211,15 @@ def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
 
 
 class _Select(beam.DoFn):
-    """One listing bucket: photos, earlier keys and state -> the photos that must be read."""
+    """One listing bucket: photos, earlier keys and state -> the photos that must be read, and
+    (``KEPT``) the state rows of those skipped, for this run's snapshot.
+
+    ``state_checked``: the state is a snapshot whose embedding partitions are unchanged
+    (``embedstate``), so its rows need no check against the partitions' keys (none are given).
+    """
+
+    def __init__(self, state_checked: bool) -> None:
+        self._state_checked = state_checked
 
     def setup(self) -> None:
         counter = beam.metrics.Metrics.counter
@@ -215,46 +227,51 @@ class _Select(beam.DoFn):
         self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
         self._by_meta = counter(METRICS_NAMESPACE, "skipped_by_metadata")
 
-    def process(
-        self, joined: tuple[int, dict[str, Iterable[PackedTable]]]
-    ) -> Iterator[PhotoToRead]:
-        _, groups = joined
+    def process(self, joined: tuple[int, dict[str, Iterable[PackedTable]]]) -> Iterator[Any]:
+        bucket, groups = joined
         photos = _concat(groups["photos"], PHOTOS)
         if photos.num_rows == 0:
             return
-        known = _concat(groups["known"], KNOWN).group_by(KNOWN.names).aggregate([])
         state = _concat(groups["state"], STATE)
         # (slot, URI, key) -> the sha256 an earlier run read under that key.
         was = state.group_by(PHOTOS.names).aggregate([("image_sha256", "max")])
         was = was.rename_columns([*PHOTOS.names, "was_sha256"])
         rows = photos.join(was, PHOTOS.names, join_type="left outer", use_threads=False)
-        known_flag = known.append_column("known", pa.repeat(True, known.num_rows))
-        rows = rows.join(
-            known_flag,
-            [*SLOT, "was_sha256"],
-            [*SLOT, "image_sha256"],
-            join_type="left outer",
-            use_threads=False,
-        )
+        if self._state_checked:
+            known = state.select(KNOWN.names)
+            skip = pc.is_valid(rows.column("was_sha256"))
+        else:
+            known = _concat(groups["known"], KNOWN).group_by(KNOWN.names).aggregate([])
+            known_flag = known.append_column("known", pa.repeat(True, known.num_rows))
+            rows = rows.join(
+                known_flag,
+                [*SLOT, "was_sha256"],
+                [*SLOT, "image_sha256"],
+                join_type="left outer",
+                use_threads=False,
+            )
+            skip = pc.fill_null(rows.column("known"), False)
         # State rows always carry a key, so a photo without one never matches and is read.
-        skip = pc.fill_null(rows.column("known"), False)
+        kept = rows.filter(skip)
         to_read = rows.filter(pc.invert(skip)).select(PHOTOS.names)
-        n_skip = rows.num_rows - to_read.num_rows
         self._images.inc(photos.num_rows)
-        self._skipped.inc(n_skip)
-        self._by_meta.inc(n_skip)
+        self._skipped.inc(kept.num_rows)
+        self._by_meta.inc(kept.num_rows)
+        if kept.num_rows:
+            kept = kept.select([*PHOTOS.names, "was_sha256"]).rename_columns(STATE.names)
+            yield beam.pvalue.TaggedOutput(KEPT, (bucket, PackedTable(kept)))
         if to_read.num_rows == 0:
             return
         # The slot's known sha256s ride along: new metadata over old bytes is caught after the read.
         slots = to_read.select(SLOT).group_by(SLOT).aggregate([])
-        shas: dict[tuple[str, int], list[str]] = {}
         ours = known.join(slots, SLOT, join_type="left semi", use_threads=False)
+        shas: dict[tuple[str, int], set[str]] = {}
         for lid, i, sha in zip(*(ours.column(n).to_pylist() for n in KNOWN.names), strict=True):
-            shas.setdefault((lid, i), []).append(sha)
+            shas.setdefault((lid, i), set()).add(sha)
         for lid, i, uri, key in zip(
             *(to_read.column(n).to_pylist() for n in PHOTOS.names), strict=True
         ):
-            yield PhotoToRead(lid, i, uri, key, tuple(shas.get((lid, i), ())))
+            yield PhotoToRead(lid, i, uri, key, tuple(sorted(shas.get((lid, i), ()))))
 
 
 @beam.ptransform_fn
@@ -264,12 +281,16 @@ def PhotosToRead(  # noqa: N802
     state_files: Sequence[str],
     buckets: int,
     list_objects: bool,
-) -> beam.PCollection:
+    state_checked: bool = False,
+) -> tuple[beam.PCollection, beam.PCollection]:
     """Listing tables (``catalog_columns.LISTING_TABLE``, from ``ReadListingTables``) ->
-    PhotoToRead for each photo not known unchanged (see the module docstring).
+    (PhotoToRead for each photo not known unchanged, (bucket, table of the skipped photos' state
+    rows)); see the module docstring.
 
     ``key_files``: earlier partitions of this model version; ``state_files``: earlier runs'
-    metadata states; ``list_objects``: list the photos' folders (off: every photo is read).
+    metadata states (``state_checked``: one snapshot that needs no key files, see
+    ``vsearch/core/embedstate.py``); ``list_objects``: list the photos' folders (off: every
+    photo is read).
     """
     p = listings.pipeline
     split = listings | "PhotoTables" >> beam.FlatMap(
@@ -293,10 +314,10 @@ def PhotosToRead(  # noqa: N802
         | "SpreadStateFiles" >> beam.Reshuffle()
         | "StateTables" >> beam.FlatMap(_state_tables, buckets)
     )
-    return (
+    selected = (
         {"photos": photos, "known": known, "state": state}
         | "JoinKnown" >> beam.CoGroupByKey()
-        | "Select" >> beam.ParDo(_Select())
-        # A bucket yields up to all its photos (a full run): spread the reads over workers.
-        | "SpreadReads" >> beam.Reshuffle()
+        | "Select" >> beam.ParDo(_Select(state_checked)).with_outputs(KEPT, main="to_read")
     )
+    # A bucket yields up to all its photos (a full run): spread the reads over workers.
+    return selected.to_read | "SpreadReads" >> beam.Reshuffle(), selected[KEPT]

@@ -115,6 +115,22 @@ class _WriteStateShard(beam.DoFn):
         yield uri, embedstate.write(uri, ordered)
 
 
+class WriteKeptState(beam.DoFn):
+    """(bucket, table of state rows) -> ``kept-BBBBB-of-NNNNN.parquet``: the state rows of the
+    photos skipped on their metadata, one file per change-detection bucket, written as the
+    table came (never a Beam element per row: they are ~99% of a day's photos)."""
+
+    def __init__(self, directory: str, buckets: int) -> None:
+        self._directory = directory
+        self._buckets = buckets
+
+    def process(self, element: tuple[int, Any]) -> Iterator[tuple[str, int]]:
+        bucket, packed = element
+        name = f"kept-{bucket:05d}-of-{self._buckets:05d}.parquet"
+        uri = storage.join(self._directory, name)
+        yield uri, embedstate.write_table(uri, packed.table)
+
+
 class WriteState(beam.PTransform):
     """The embed job's metadata state rows (see vsearch/core/embedstate.py) as Parquet shards."""
 

@@ -1,11 +1,23 @@
 """The embed job's state: which object metadata key had which sha256 (per model version).
 
-``WORKDIR/embed_state/model=VERSION/dt=D/part-*.parquet`` with (listing_id, image_index,
-image_uri, meta_key, image_sha256): one row per photo whose bytes a run of day D read. It lives
-beside, not inside, the Embedding Parquet folder, so no downstream reader ever sees it, and it is
-only a cache: a photo is skipped on its metadata alone when the state names its (slot, URI, key)
-*and* an embedding row with that slot and sha256 exists in an earlier partition. Losing the
-state costs one day of reading every photo again, never a wrong or missing embedding.
+``WORKDIR/embed_state/model=VERSION/dt=D/*.parquet`` with (listing_id, image_index, image_uri,
+meta_key, image_sha256), committed like a partition (``_manifest.json``). It lives beside, not
+inside, the Embedding Parquet folder, so no downstream reader ever sees it, and it is only a
+cache: losing it costs one day of reading every photo again, never a wrong or missing embedding.
+
+A run of day D writes a *snapshot*: one row for every photo of day D's catalog whose (slot,
+sha256) had an embedding row once partition D was committed (the photos skipped on their
+metadata, those read and recognised by their sha256, and those embedded; never one that was
+dead-lettered). Its manifest's ``basis`` names the embedding partitions, by commit
+(``partitions.commit_id``), that were there. So the next run needs only the newest snapshot,
+and while those partitions are unchanged it needs no partition at all: a photo is skipped when
+the snapshot names its (slot, URI, key). The daily cost then stays one catalog's worth of rows,
+where reading every earlier partition and state grows by a day's changes every day (~1% of
+the catalog: twice the rows after 100 days). When a partition of the basis was re-run or
+deleted, or a later one exists (a day that committed its partition but not its state), the run
+falls back to the full check: the snapshot's rows are skipped only when every earlier partition's
+keys confirm them. State written before snapshots (no ``basis``): every earlier day's, checked
+the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,22 +44,56 @@ SCHEMA = pa.schema(
 _DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
+class Snapshot(NamedTuple):
+    """The newest committed state before a day, when it is a snapshot."""
+
+    day: dt.date
+    files: list[str]
+    basis: dict[str, str]  # embedding partition day (ISO) -> its commit id when state was made
+
+
 def write(uri: str, rows: Sequence[Mapping[str, Any]]) -> int:
-    table = pa.Table.from_pylist([dict(r) for r in rows], schema=SCHEMA)
+    return write_table(uri, pa.Table.from_pylist([dict(r) for r in rows], schema=SCHEMA))
+
+
+def write_table(uri: str, table: pa.Table) -> int:
+    table = table.select(SCHEMA.names).cast(SCHEMA)
     with storage.atomic_writer(uri) as f:
         pq.write_table(table, f, compression="zstd")
     return table.num_rows
 
 
-def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
-    """Committed state files of days before ``date``."""
-    root = paths.embed_state_root(workdir, model_version)
+def _listed_days(workdir: str, model_version: str, date: dt.date) -> dict[str, list[str]]:
     by_day: dict[str, list[str]] = {}
-    for uri in storage.list_prefix(root):
+    for uri in storage.list_prefix(paths.embed_state_root(workdir, model_version)):
         m = _DT_RE.search(uri.replace("\\", "/"))
         if m and dt.date.fromisoformat(m.group(1)) < date:
             by_day.setdefault(m.group(1), []).append(uri)
+    return by_day
+
+
+def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
+    """Committed state files of every day before ``date`` (the full check reads them all)."""
+    root = paths.embed_state_root(workdir, model_version)
     out: list[str] = []
-    for day, listed in sorted(by_day.items()):
+    for day, listed in sorted(_listed_days(workdir, model_version, date).items()):
         out += partitions.committed_files(storage.join(root, f"dt={day}"), listed)
     return out
+
+
+def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot | None:
+    """The newest committed state before ``date``, if it is a snapshot (has a ``basis``)."""
+    root = paths.embed_state_root(workdir, model_version)
+    for day, listed in sorted(_listed_days(workdir, model_version, date).items(), reverse=True):
+        folder = storage.join(root, f"dt={day}")
+        manifest = partitions.read_manifest(folder)
+        if manifest is None:
+            continue  # not committed (a crashed run): an older day may be
+        basis = manifest.get("basis")
+        if not isinstance(basis, dict):
+            return None
+        files = partitions.committed_files(folder, listed)
+        return Snapshot(
+            dt.date.fromisoformat(day), files, {str(k): str(v) for k, v in basis.items()}
+        )
+    return None

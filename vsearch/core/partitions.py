@@ -1,7 +1,9 @@
 """Committing a day's partition as a whole: readers see the old file set or the new, never a mix.
 
 The commit record is ``dt=D/_manifest.json`` ({"attempt", "files": [{"name", "rows", "bytes"}],
-"rows"}); hive readers skip it (leading ``_``) and the package's readers follow it. A run always
+"rows"}, plus what the writer adds, e.g. the embed state's ``basis``); hive readers skip it
+(leading ``_``) and the package's readers follow it. Its ``attempt`` names the commit: a re-run
+of the day commits under a new one (``commit_id``). A run always
 writes its files to a staging folder outside the model's folder first (invisible to everyone).
 
 * Local filesystem: a directory swap. The staged folder is completed (files + manifest) and then
@@ -25,9 +27,10 @@ folder waits in staging as ``<attempt>.old``) until the next run of that day pub
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vsearch.core import storage
@@ -70,6 +73,12 @@ def read_manifest(partition: str) -> dict[str, Any] | None:
     return dict(m)
 
 
+def commit_id(partition: str) -> str:
+    """The attempt that committed ``partition`` ("" for one written before manifests existed)."""
+    m = read_manifest(partition)
+    return str(m["attempt"]) if m is not None else ""
+
+
 def committed_files(partition: str, listed: list[str]) -> list[str]:
     """The partition's committed data files: the manifest's, else (an older partition written
     before manifests existed) every ``part-*.parquet`` listed in it."""
@@ -85,19 +94,23 @@ def publish(
     attempt: str,
     files: list[tuple[str, int]],
     *,
+    extra: Mapping[str, Any] | None = None,
     step: StepHook = _no_hook,
 ) -> None:
-    """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically."""
+    """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically;
+    ``extra`` goes into the manifest, committed with the files."""
     sizes = {u: _size(u) for u, _ in files}
+    manifest = functools.partial(_manifest, extra=dict(extra or {}))
     if storage.is_gcs(partition):
-        _publish_gcs(staged, partition, attempt, files, sizes, step)
+        _publish_gcs(staged, partition, attempt, files, sizes, step, manifest)
     else:
-        _publish_local(staged, partition, attempt, files, sizes, step)
+        _publish_local(staged, partition, attempt, files, sizes, step, manifest)
 
 
-def _manifest(attempt: str, entries: list[tuple[str, int, int]]) -> str:
+def _manifest(attempt: str, entries: list[tuple[str, int, int]], extra: dict[str, Any]) -> str:
     return json.dumps(
         {
+            **extra,
             "attempt": attempt,
             "rows": sum(r for _, r, _ in entries),
             "files": [{"name": n, "rows": r, "bytes": b} for n, r, b in entries],
@@ -113,6 +126,7 @@ def _publish_local(
     files: list[tuple[str, int]],
     sizes: dict[str, int],
     step: StepHook,
+    manifest: Callable[[str, list[tuple[str, int, int]]], str],
 ) -> None:
     staged, partition = storage.normalize(staged), storage.normalize(partition)
     entries = [(storage.basename(u), r, sizes[u]) for u, r in sorted(files)]
@@ -121,7 +135,7 @@ def _publish_local(
         if storage.basename(u) not in keep:
             storage.delete([u])
     step("manifest")
-    storage.write_text(os.path.join(staged, MANIFEST), _manifest(attempt, entries))
+    storage.write_text(os.path.join(staged, MANIFEST), manifest(attempt, entries))
     _fsync_dir(staged)
     step("swap")
     os.makedirs(os.path.dirname(partition), exist_ok=True)
@@ -146,6 +160,7 @@ def _publish_gcs(
     files: list[tuple[str, int]],
     sizes: dict[str, int],
     step: StepHook,
+    manifest: Callable[[str, list[tuple[str, int, int]]], str],
 ) -> None:
     entries = []
     for u, rows in sorted(files):
@@ -156,7 +171,7 @@ def _publish_gcs(
         storage.rename(u, storage.join(partition, final))
         entries.append((final, rows, sizes[u]))
     step("manifest")
-    storage.write_text(storage.join(partition, MANIFEST), _manifest(attempt, entries))
+    storage.write_text(storage.join(partition, MANIFEST), manifest(attempt, entries))
     step("cleanup")
     keep = {n for n, _, _ in entries} | {MANIFEST}
     storage.delete([u for u in storage.list_prefix(partition) if storage.basename(u) not in keep])
