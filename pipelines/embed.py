@@ -65,6 +65,7 @@ class EmbedKey(NamedTuple):
     image_index: int
     uri: str
     sha256: str
+    meta_key: str  # "" when the photo has none (then no state row is written)
 
 
 def resolve_model(workdir: str, version: str | None) -> artifact.ModelConfig:
@@ -86,17 +87,16 @@ def _count_catalog_reject(d: DeadLetter) -> DeadLetter:
     return d
 
 
-STATE_TAG = "state"  # state rows whose embedding row exists already
-PENDING_TAG = "pending"  # ((slot, sha256), state row): kept only if the photo gets its row today
+STATE_TAG = "state"
 
 
 class _ReadPhoto(beam.DoFn):
     """PhotoToRead -> ImageBytes, unless its bytes hash to a sha256 the slot already has.
 
     Same size cap and dead-letter reasons as ``ReadImageBytes``. A photo read under a metadata
-    key gets a state row: at once when its sha256 is known (``state``), else once it is embedded
-    (``pending``, joined with the rows written), so a photo dead-lettered after the read is read
-    again the next day rather than remembered.
+    key gets a state row: here when its sha256 is known (``state``), else from ``_ToRows`` once
+    its embedding row is made (the key rides along as ``carry``), so a photo dead-lettered after
+    the read is read again the next day rather than remembered.
     """
 
     def setup(self) -> None:
@@ -112,47 +112,41 @@ class _ReadPhoto(beam.DoFn):
             yield dead_letter(STAGE, f"listing image: {e}"[:500], photo.listing_id, photo.uri)
             return
         sha = images.sha256_hex(data)
-        known = sha in photo.known_sha256
-        if photo.meta_key:
-            row = {
-                "listing_id": photo.listing_id,
-                "image_index": photo.image_index,
-                "image_uri": photo.uri,
-                "meta_key": photo.meta_key,
-                "image_sha256": sha,
-            }
-            key = (photo.listing_id, photo.image_index, sha)
-            yield (
-                beam.pvalue.TaggedOutput(STATE_TAG, row)
-                if known
-                else beam.pvalue.TaggedOutput(PENDING_TAG, (key, row))
-            )
-        if known:
+        if sha in photo.known_sha256:
             self._skipped.inc()  # new metadata, same bytes: the embedding row already exists
+            if photo.meta_key:
+                state = _state_row(
+                    photo.listing_id, photo.image_index, photo.uri, photo.meta_key, sha
+                )
+                yield beam.pvalue.TaggedOutput(STATE_TAG, state)
             return
         ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
-        yield read_images.ImageBytes(ref, data, sha)
+        yield read_images.ImageBytes(ref, data, sha, photo.meta_key)
 
 
-def _embedded_slot(row: dict[str, Any]) -> tuple[tuple[str, int, str], None]:
-    return (row["listing_id"], row["image_index"], row["image_sha256"]), None
-
-
-def _embedded_state(joined: tuple[Any, dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
-    """A pending state row whose photo got its embedding row today."""
-    _, groups = joined
-    if any(True for _ in groups["embedded"]):
-        yield from groups["read"]
+def _state_row(
+    listing_id: str, image_index: int, uri: str, meta_key: str, sha: str
+) -> dict[str, Any]:
+    return {
+        "listing_id": listing_id,
+        "image_index": image_index,
+        "image_uri": uri,
+        "meta_key": meta_key,
+        "image_sha256": sha,
+    }
 
 
 def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
     """The model gets the sanitised pixels themselves, through its pixel signature."""
     r = decoded.ref
-    return EmbedKey(r.listing_id, int(r.image_index), r.uri, decoded.sha256), decoded.rgb
+    return EmbedKey(
+        r.listing_id, int(r.image_index), r.uri, decoded.sha256, decoded.carry
+    ), decoded.rgb
 
 
 class _ToRows(beam.DoFn):
-    """Model outputs -> contract rows; failures, NaN and zero-norm vectors -> dead letters."""
+    """Model outputs -> contract rows (and ``state`` rows); failures, NaN and zero-norm vectors
+    -> dead letters."""
 
     def __init__(self, version: str, created_at: dt.datetime) -> None:
         self._version, self._created_at = version, created_at
@@ -184,6 +178,9 @@ class _ToRows(beam.DoFn):
             "category_score": p.category_score,
             "created_at": self._created_at,
         }
+        if key.meta_key:  # the photo has its row: remember its key for tomorrow's skip
+            state = _state_row(key.listing_id, key.image_index, key.uri, key.meta_key, key.sha256)
+            yield beam.pvalue.TaggedOutput(STATE_TAG, state)
 
 
 def _failed_batch_letters(bad: tuple[Any, Any]) -> Iterator[DeadLetter]:
@@ -229,7 +226,7 @@ def build(
         state_checked=state_checked and bool(state_staging),
     )
     read = to_read | "ReadPhotos" >> beam.ParDo(_ReadPhoto()).with_outputs(
-        DEAD_LETTER_TAG, STATE_TAG, PENDING_TAG, main="images"
+        DEAD_LETTER_TAG, STATE_TAG, main="images"
     )
     decoded = read.images | "DecodeImages" >> read_images.DecodeImages(
         STAGE, model.image_size, threads=s.decode_threads
@@ -249,23 +246,15 @@ def build(
     _ = predictions | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rows = predictions | "ToRows" >> beam.ParDo(_ToRows(model.version, created_at)).with_outputs(
-        DEAD_LETTER_TAG, main="rows"
+        DEAD_LETTER_TAG, STATE_TAG, main="rows"
     )
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
         s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging
     )
     if state_staging:
-        embedded = (
-            {
-                "read": read[PENDING_TAG],
-                "embedded": rows.rows | "EmbeddedSlots" >> beam.Map(_embedded_slot),
-            }
-            | "JoinEmbedded" >> beam.CoGroupByKey()
-            | "EmbeddedState" >> beam.FlatMap(_embedded_state)
-        )
         _ = (
-            (read[STATE_TAG], embedded)
-            | "ReadState" >> beam.Flatten()
+            (read[STATE_TAG], rows[STATE_TAG])
+            | "StateRows" >> beam.Flatten()
             | "WriteState" >> WriteState(state_staging)
         )
         _ = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(state_staging, buckets))

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 
 import numpy as np
@@ -227,6 +228,9 @@ def test_bad_images_dead_lettered_and_bad_fraction_gate(fake_model_dir, tmp_path
     assert summary["extra"]["published"] is True
     assert summary["extra"]["batch_size"]["count"] >= 1 and "inference_ms" in summary["extra"]
     assert _partition(workdir, version, D1).num_rows == 6
+    # The state remembers only photos with a row: both bad ones will be read again tomorrow
+    # (LBLACK was read, decoded and embedded, and lost only at the NaN check).
+    assert sorted(_state(workdir, version, D1)) == sorted(GOOD)
 
     # 2/8 bad is above a 10% threshold: the run fails and the partition stays as it was.
     with pytest.raises(EmbedError, match=r"2 of 8 images dead-lettered .* left unchanged"):
@@ -264,31 +268,46 @@ def test_multi_processing_mode(fake_model_dir, tmp_path, large_model: bool) -> N
     version = _install_model(fake_model_dir, workdir)
     _tiny_catalog(catalog, D1, GOOD)
     args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    rc = cli.main(
-        [
-            "embed",
-            "--catalog",
-            catalog,
-            "--date",
-            "2026-01-01",
-            "--workdir",
-            workdir,
-            "--model",
-            version,
-            "--intra-op-threads",
-            "1",
-            "--num-shards",
-            "3",
-            *args,
-            *(["--large-model"] if large_model else []),
-        ]
-    )
-    assert rc == 0
+
+    def embed_day(day: dt.date) -> dict:
+        rc = cli.main(
+            [
+                "embed",
+                "--catalog",
+                catalog,
+                "--date",
+                day.isoformat(),
+                "--workdir",
+                workdir,
+                "--model",
+                version,
+                "--intra-op-threads",
+                "1",
+                "--num-shards",
+                "3",
+                *args,
+                *(["--large-model"] if large_model else []),
+            ]
+        )
+        assert rc == 0
+        return json.loads(storage.read_text(paths.run_summary(workdir, "embed", day)))
+
+    summary = embed_day(D1)
     t = _partition(workdir, version, D1)
     assert sorted(t["listing_id"].to_pylist()) == sorted(GOOD)
     _check_contract(t, version, D1)
-    summary = json.loads(storage.read_text(paths.run_summary(workdir, "embed", D1)))
     assert (summary["read"], summary["ok"]) == (6, 6)
+    if large_model:
+        return
+    # Day 2 lists the same photos: each is skipped on its metadata, and its state row crosses the
+    # worker processes into day 2's snapshot.
+    shutil.copytree(paths.catalog_day(catalog, D1), paths.catalog_day(catalog, D2))
+    summary = embed_day(D2)
+    assert (summary["read"], summary["ok"], summary["skipped"]) == (6, 0, 6)
+    assert summary["extra"]["skip_check"] == f"state snapshot of {D1}"
+    assert summary["extra"]["images_read"] == 0
+    assert _state(workdir, version, D2) == _state(workdir, version, D1)
+    assert len(_state(workdir, version, D1)) == 6
 
 
 def test_gcs_workdir_on_loopback_server(fake_model_dir, gcs_bucket, tmp_path) -> None:

@@ -40,6 +40,7 @@ class ImageBytes:
     ref: ImageRef
     data: bytes
     sha256: str  # hex of the original bytes (DESIGN.md image_sha256)
+    carry: str = ""  # the caller's, passed to the DecodedImage as is (embed: the metadata key)
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare fields explicitly
@@ -47,6 +48,7 @@ class DecodedImage:
     ref: ImageRef
     sha256: str
     rgb: np.ndarray  # size x size x 3 uint8
+    carry: str = ""
 
 
 def read_limited(uri: str, max_bytes: int) -> bytes:
@@ -117,7 +119,7 @@ class _DecodeFn(beam.DoFn):
             yield dead_letter(self._stage, error, ref.listing_id, ref.uri)
         else:
             self._decoded.inc()
-            yield DecodedImage(item.ref, item.sha256, result)
+            yield DecodedImage(item.ref, item.sha256, result, item.carry)
 
     def _emit_oldest(self) -> Iterator[Any]:
         item, future, window, timestamp = self._pending.popleft()
