@@ -670,6 +670,7 @@ on a machine shared with other jobs (full runs are single runs, expect +-15%; 1%
 | (b) 1% day: {t.inc_embedded} embedded, {t.inc_skipped} skipped unchanged (median of the runs below) | {t.inc_wall_s:.1f} s |
 | (b) **1% day / full run** (target <= 0.02) | **{ratio_b:.3f}** ({verdict(ratio_b <= 0.02)}) |
 | (b) 1% day: photos read / skipped on metadata alone / objects listed | {reads} / {by_meta} / {listed} |
+| (b) 1% day: what the skip was checked against (earlier partition files read for their keys) | {inc_extra.get("skip_check", "every earlier partition (before state snapshots)")} ({inc_extra.get("earlier_files", "?")}) |
 | (b) cost per unchanged image (metadata only: listing, join, skip; an upper bound: all of the pipeline's time except model load and model calls, divided by the unchanged images) | {per_skip_ms:.3f} ms (a full run: {per_full_ms:.2f} ms per image) |
 {rows}
 What stops the targets:
@@ -683,8 +684,10 @@ What stops the targets:
   percent at this size (marginal ratio {marginal / t.raw_images_per_s:.2f}). On GPU workers the
   model gets much faster and the same preprocessing needs more CPU per GPU.
 - (b) The 1% day reads only the photos whose metadata key is new ({reads} of {t.images}): an
-  unchanged photo costs its share of one folder listing, of the bucketed Arrow joins with the
-  earlier days' keys and metadata state (never bytes) and of the catalog parse, at most
+  unchanged photo costs its share of one folder listing, of the bucketed Arrow join with the
+  newest state snapshot (never bytes; and with every earlier partition's keys only when one
+  changed since the snapshot), of writing its row into today's snapshot and of the catalog
+  parse, at most
   ~{per_skip_ms:.3f} ms each here. The fixed part is {outside:.1f} s outside the pipeline
   (interpreter, TF and Beam imports, publish) plus model load {inc_load_s:.1f} s and
   {inc_model_s:.1f} s of model calls for {t.inc_embedded} images, inside a pipeline of
