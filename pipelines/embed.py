@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -282,14 +282,13 @@ class SkipPlan(NamedTuple):
     how: str  # for the run summary
 
 
-def plan_skip(s: EmbedSettings, version: str, earlier: list[tuple[dt.date, list[str]]]) -> SkipPlan:
+def plan_skip(
+    s: EmbedSettings, version: str, earlier: Mapping[dt.date, embeddings.Committed]
+) -> SkipPlan:
     """The newest state snapshot alone when the partitions it was made on are exactly today's
-    earlier partitions (``vsearch/core/embedstate.py``); else the state checked against every
-    earlier partition's keys."""
-    basis = {
-        d.isoformat(): partitions.commit_id(paths.embeddings_dir(s.workdir, version, d))
-        for d, _ in earlier
-    }
+    ``earlier`` partitions (``vsearch/core/embedstate.py``); else the state checked against
+    every earlier partition's keys."""
+    basis = {d.isoformat(): c.commit for d, c in earlier.items()}
     if s.full:
         return SkipPlan([], [], False, basis, "none (--full)")
     snap = embedstate.latest_snapshot(s.workdir, version, s.date)
@@ -300,7 +299,7 @@ def plan_skip(s: EmbedSettings, version: str, earlier: list[tuple[dt.date, list[
     else:
         changed = sorted({d for d, _ in set(snap.basis.items()) ^ set(basis.items())})
         why = f"partitions changed since the state of {snap.day}: {', '.join(changed)}"
-    key_files = [u for _, files in earlier for u in files]
+    key_files = [u for d in sorted(earlier, reverse=True) for u in earlier[d].files]
     # A snapshot still serves, checked against the keys; older snapshots add only photos that
     # left the catalog since, so they are not read (state from before snapshots is: every day).
     if snap is not None:
@@ -320,10 +319,11 @@ def run(
     if not 0.0 <= s.max_shrink_fraction <= 1.0:
         raise ValueError(f"--max-shrink-fraction must be in 0..1, got {s.max_shrink_fraction}")
     model = resolve_model(s.workdir, s.model_version)
-    earlier = embeddings.files_through(s.workdir, model.version, s.date, inclusive=False)
+    committed = embeddings.committed_partitions(s.workdir, model.version)
+    earlier = {d: c for d, c in committed.items() if d < s.date}
     listings_today = count_listings(s.catalog, s.date)
     if not s.allow_shrink:
-        days = [d for d, _ in earlier]
+        days = sorted(earlier, reverse=True)
         check_shrink(s.catalog, s.date, listings_today, days, s.max_shrink_fraction)
     buckets = buckets_for(listings_today)
     plan = plan_skip(s, model.version, earlier)

@@ -21,7 +21,7 @@ import datetime as dt
 import errno
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -118,20 +118,33 @@ def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
 # ------------------------------------------------------------------ listing partitions
 
 
-def partition_files(workdir: str, model_version: str) -> dict[dt.date, list[str]]:
-    """Every committed embedding file of a model version, by partition date (sorted): the files
-    the partition's ``_manifest.json`` names (see vsearch/core/partitions.py)."""
+class Committed(NamedTuple):
+    files: list[str]  # sorted
+    commit: str  # the attempt that committed the partition ("" before manifests)
+
+
+def committed_partitions(workdir: str, model_version: str) -> dict[dt.date, Committed]:
+    """Every partition of a model version that has committed files, by date (sorted): the
+    files its ``_manifest.json`` names and its commit id (see vsearch/core/partitions.py)."""
     root = paths.embeddings_root(workdir, model_version)
     listed: dict[dt.date, list[str]] = {}
     for uri in storage.list_prefix(root):
         m = _DT_RE.search(uri.replace("\\", "/"))
         if m:
             listed.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
-    out = {
-        d: partitions.committed_files(paths.embeddings_dir(workdir, model_version, d), listed[d])
-        for d in sorted(listed)
-    }
-    return {d: sorted(f) for d, f in out.items() if f}
+    out = {}
+    for d in sorted(listed):
+        files, commit = partitions.committed(
+            paths.embeddings_dir(workdir, model_version, d), listed[d]
+        )
+        if files:
+            out[d] = Committed(sorted(files), commit)
+    return out
+
+
+def partition_files(workdir: str, model_version: str) -> dict[dt.date, list[str]]:
+    """Every committed embedding file of a model version, by partition date (sorted)."""
+    return {d: c.files for d, c in committed_partitions(workdir, model_version).items()}
 
 
 def files_through(

@@ -9,7 +9,7 @@ A run of day D writes a *snapshot*: one row for every photo of day D's catalog w
 sha256) had an embedding row once partition D was committed (the photos skipped on their
 metadata, those read and recognised by their sha256, and those embedded; never one that was
 dead-lettered). Its manifest's ``basis`` names the embedding partitions, by commit
-(``partitions.commit_id``), that were there. So the next run needs only the newest snapshot,
+(the ``attempt`` of their manifests), that were there. So the next run needs only the newest snapshot,
 and while those partitions are unchanged it needs no partition at all: a photo is skipped when
 the snapshot names its (slot, URI, key). The daily cost then stays one catalog's worth of rows,
 where reading every earlier partition and state grows by a day's changes every day (~1% of

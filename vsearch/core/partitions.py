@@ -3,7 +3,7 @@
 The commit record is ``dt=D/_manifest.json`` ({"attempt", "files": [{"name", "rows", "bytes"}],
 "rows"}, plus what the writer adds, e.g. the embed state's ``basis``); hive readers skip it
 (leading ``_``) and the package's readers follow it. Its ``attempt`` names the commit: a re-run
-of the day commits under a new one (``commit_id``). A run always
+of the day commits under a new one (the commit id ``committed`` returns). A run always
 writes its files to a staging folder outside the model's folder first (invisible to everyone).
 
 * Local filesystem: a directory swap. The staged folder is completed (files + manifest) and then
@@ -73,19 +73,18 @@ def read_manifest(partition: str) -> dict[str, Any] | None:
     return dict(m)
 
 
-def commit_id(partition: str) -> str:
-    """The attempt that committed ``partition`` ("" for one written before manifests existed)."""
+def committed(partition: str, listed: list[str]) -> tuple[list[str], str]:
+    """(the partition's committed data files, its commit id): the manifest's files and
+    ``attempt``, else (an older partition written before manifests existed) every
+    ``part-*.parquet`` listed in it and ""."""
     m = read_manifest(partition)
-    return str(m["attempt"]) if m is not None else ""
+    if m is None:
+        return sorted(u for u in listed if storage.basename(u).startswith("part-")), ""
+    return [storage.join(partition, f["name"]) for f in m["files"]], str(m["attempt"])
 
 
 def committed_files(partition: str, listed: list[str]) -> list[str]:
-    """The partition's committed data files: the manifest's, else (an older partition written
-    before manifests existed) every ``part-*.parquet`` listed in it."""
-    m = read_manifest(partition)
-    if m is None:
-        return sorted(u for u in listed if storage.basename(u).startswith("part-"))
-    return [storage.join(partition, f["name"]) for f in m["files"]]
+    return committed(partition, listed)[0]
 
 
 def publish(
