@@ -8,10 +8,10 @@ cache: losing it costs one day of reading every photo again, never a wrong or mi
 A run of day D writes a *snapshot*: one row for every photo of day D's catalog whose (slot,
 sha256) had an embedding row once partition D was committed (the photos skipped on their
 metadata, those read and recognised by their sha256, and those embedded; never one that was
-dead-lettered). Its manifest's ``basis`` names the embedding partitions, by commit
-(the ``attempt`` of their manifests), that were there. So the next run needs only the newest snapshot,
-and while those partitions are unchanged it needs no partition at all: a photo is skipped when
-the snapshot names its (slot, URI, key). The daily cost then stays one catalog's worth of rows,
+dead-lettered). Its manifest's ``basis`` names the embedding partitions that were there, by
+commit (the ``attempt`` of their manifests). So the next run needs only the newest snapshot, and
+while those partitions are unchanged it needs no partition at all: a photo is skipped when the
+snapshot names its (slot, URI, key). The daily cost then stays one catalog's worth of rows,
 where reading every earlier partition and state grows by a day's changes every day (~1% of
 the catalog: twice the rows after 100 days). When a partition of the basis was re-run or
 deleted, or a later one exists (a day that committed its partition but not its state), the run
