@@ -18,6 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.packed_table import PackedTable
 from vsearch.core import embeddings, embedstate, paths, storage
 from vsearch.core.hashing import stable_hash
 from vsearch.core.runs import METRICS_NAMESPACE
@@ -124,7 +125,7 @@ class WriteKeptState(beam.DoFn):
         self._directory = directory
         self._buckets = buckets
 
-    def process(self, element: tuple[int, Any]) -> Iterator[tuple[str, int]]:
+    def process(self, element: tuple[int, PackedTable]) -> Iterator[tuple[str, int]]:
         bucket, packed = element
         name = f"kept-{bucket:05d}-of-{self._buckets:05d}.parquet"
         uri = storage.join(self._directory, name)

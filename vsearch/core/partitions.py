@@ -27,7 +27,6 @@ folder waits in staging as ``<attempt>.old``) until the next run of that day pub
 from __future__ import annotations
 
 import ctypes
-import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -99,11 +98,11 @@ def publish(
     """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically;
     ``extra`` goes into the manifest, committed with the files."""
     sizes = {u: _size(u) for u, _ in files}
-    manifest = functools.partial(_manifest, extra=dict(extra or {}))
+    more = dict(extra or {})
     if storage.is_gcs(partition):
-        _publish_gcs(staged, partition, attempt, files, sizes, step, manifest)
+        _publish_gcs(staged, partition, attempt, files, sizes, step, more)
     else:
-        _publish_local(staged, partition, attempt, files, sizes, step, manifest)
+        _publish_local(staged, partition, attempt, files, sizes, step, more)
 
 
 def _manifest(attempt: str, entries: list[tuple[str, int, int]], extra: dict[str, Any]) -> str:
@@ -125,7 +124,7 @@ def _publish_local(
     files: list[tuple[str, int]],
     sizes: dict[str, int],
     step: StepHook,
-    manifest: Callable[[str, list[tuple[str, int, int]]], str],
+    extra: dict[str, Any],
 ) -> None:
     staged, partition = storage.normalize(staged), storage.normalize(partition)
     entries = [(storage.basename(u), r, sizes[u]) for u, r in sorted(files)]
@@ -134,7 +133,7 @@ def _publish_local(
         if storage.basename(u) not in keep:
             storage.delete([u])
     step("manifest")
-    storage.write_text(os.path.join(staged, MANIFEST), manifest(attempt, entries))
+    storage.write_text(os.path.join(staged, MANIFEST), _manifest(attempt, entries, extra))
     _fsync_dir(staged)
     step("swap")
     os.makedirs(os.path.dirname(partition), exist_ok=True)
@@ -159,7 +158,7 @@ def _publish_gcs(
     files: list[tuple[str, int]],
     sizes: dict[str, int],
     step: StepHook,
-    manifest: Callable[[str, list[tuple[str, int, int]]], str],
+    extra: dict[str, Any],
 ) -> None:
     entries = []
     for u, rows in sorted(files):
@@ -170,7 +169,7 @@ def _publish_gcs(
         storage.rename(u, storage.join(partition, final))
         entries.append((final, rows, sizes[u]))
     step("manifest")
-    storage.write_text(storage.join(partition, MANIFEST), manifest(attempt, entries))
+    storage.write_text(storage.join(partition, MANIFEST), _manifest(attempt, entries, extra))
     step("cleanup")
     keep = {n for n, _, _ in entries} | {MANIFEST}
     storage.delete([u for u in storage.list_prefix(partition) if storage.basename(u) not in keep])
