@@ -223,7 +223,7 @@ def build(
         state_files if state_staging else (),
         buckets,
         bool(state_staging),
-        state_checked=state_checked and bool(state_staging),
+        state_checked=state_checked,
     )
     read = to_read | "ReadPhotos" >> beam.ParDo(_ReadPhoto()).with_outputs(
         DEAD_LETTER_TAG, STATE_TAG, main="images"

@@ -84,7 +84,7 @@ def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
 def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot | None:
     """The newest committed state before ``date``, if it is a snapshot (has a ``basis``)."""
     root = paths.embed_state_root(workdir, model_version)
-    for day, listed in sorted(_listed_days(workdir, model_version, date).items(), reverse=True):
+    for day in sorted(_listed_days(workdir, model_version, date), reverse=True):
         folder = storage.join(root, f"dt={day}")
         manifest = partitions.read_manifest(folder)
         if manifest is None:
@@ -92,7 +92,7 @@ def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot
         basis = manifest.get("basis")
         if not isinstance(basis, dict):
             return None
-        files = partitions.committed_files(folder, listed)
+        files = partitions.manifest_files(folder, manifest)  # not a second read of it
         return Snapshot(
             dt.date.fromisoformat(day), files, {str(k): str(v) for k, v in basis.items()}
         )

@@ -79,7 +79,12 @@ def committed(partition: str, listed: list[str]) -> tuple[list[str], str]:
     m = read_manifest(partition)
     if m is None:
         return sorted(u for u in listed if storage.basename(u).startswith("part-")), ""
-    return [storage.join(partition, f["name"]) for f in m["files"]], str(m["attempt"])
+    return manifest_files(partition, m), str(m["attempt"])
+
+
+def manifest_files(partition: str, manifest: Mapping[str, Any]) -> list[str]:
+    """The data files a manifest (``read_manifest``'s) commits in ``partition``."""
+    return [storage.join(partition, f["name"]) for f in manifest["files"]]
 
 
 def committed_files(partition: str, listed: list[str]) -> list[str]:
