@@ -568,6 +568,34 @@ def test_folders_to_list_match_the_per_uri_rule(with_gcs: bool) -> None:
     assert got == [objectmeta.listing_unit(u) for u in uris]
 
 
+def test_photos_with_a_catalog_checksum_skip_the_folder_groups() -> None:
+    """In a catalog where some listings give checksums, their photos go straight to their listing
+    bucket with the catalog's key; only the others go to the folder groups to be listed. Every
+    photo comes out exactly once."""
+    import apache_beam as beam
+
+    from transforms import change_detection
+    from vsearch.core.catalog_columns import LISTING_TABLE
+
+    listings = pa.table(
+        {
+            "listing_id": ["A", "B", "C", "D"],
+            "image_uris": [["/c/A/0.jpg", "/c/A/1.jpg"], ["/c/B/0.jpg"], ["/c/C/0.jpg"], []],
+            "image_checksums": [["ca0", None], None, ["cc0"], None],
+        },
+        schema=LISTING_TABLE,
+    )
+    straight, grouped = [], []
+    for out in change_detection._photo_tables(listings, buckets=3, list_objects=True):
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            grouped += out.value[1].table.to_pylist()
+        else:
+            straight += out[1].table.to_pylist()
+    photo = lambda r: (r["listing_id"], r["image_index"], r["meta_key"])  # noqa: E731
+    assert sorted(map(photo, straight)) == [("A", 0, "catalog=ca0"), ("C", 0, "catalog=cc0")]
+    assert sorted(map(photo, grouped)) == [("A", 1, ""), ("B", 0, "")]
+
+
 def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:
     catalog, workdir = storage.join(gcs_bucket, "cat"), storage.join(gcs_bucket, "work")
     version = _install_model(fake_model_dir, workdir)

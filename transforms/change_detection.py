@@ -1,7 +1,8 @@
 """PhotosToRead: which listing photos the daily embed must read, decided in hash buckets.
 
     listings ─► PhotoTables ─(folder group, photos)─► GroupByKey ─► ListAndAttach
-                 ─(listing bucket, photos + metadata keys)────────────────┐
+                 │           ─(listing bucket, photos + metadata keys)────┐
+                 └─(listing bucket, photos with a catalog checksum)───────┤
     earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
     earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
                  ─► Select ─► one PhotoToRead per photo that must be read
@@ -15,7 +16,7 @@ cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of 
 so a bucket's tables meet on one worker; ``buckets`` is chosen from the catalog size
 (``buckets_for``) so that one bucket stays a few hundred thousand photos.
 
-Photos first go to the group of their *folder* (``objectmeta.listing_unit``; ``buckets x
+Photos without a catalog checksum first go to the group of their *folder* (``objectmeta.listing_unit``; ``buckets x
 UNIT_GROUPS_PER_BUCKET`` groups), and the worker holding a group lists its folders and joins the
 listing to its photos in memory: every photo of a folder is in the folder's group, so a folder
 is listed once and its listing never crosses a shuffle. (Before, folder listings were shuffled to
@@ -110,8 +111,9 @@ def split_by_bucket(
 
 
 def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
-    """A table of listings (``catalog_columns.LISTING_TABLE``) -> (folder group, photo table),
-    or, when no folder is listed, straight to (listing bucket, photo table)."""
+    """A table of listings (``catalog_columns.LISTING_TABLE``) -> (listing bucket, photo table)
+    for the photos that need no listing (a catalog checksum, or no folder is listed), and
+    (``by_folder``: folder group, photo table) for the others."""
     lengths = pc.list_value_length(listings["image_uris"]).to_numpy(zero_copy_only=False)
     uris = pc.list_flatten(listings["image_uris"])
     starts = np.cumsum(lengths) - lengths
@@ -127,7 +129,10 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
     if not list_objects:
         yield from split_by_bucket(table, "listing_id", buckets)
         return
-    folders = table.append_column("unit", _units(uris))
+    # A photo with a catalog checksum is never listed: it skips the folder groups' shuffle.
+    yield from split_by_bucket(table.filter(given), "listing_id", buckets)
+    unkeyed = table.filter(pc.invert(given))
+    folders = unkeyed.append_column("unit", _units(unkeyed.column("image_uri")))
     for group, part in split_by_bucket(folders, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
         # The folder is recomputed where it is listed: cheaper than shuffling it.
         yield beam.pvalue.TaggedOutput(
@@ -167,8 +172,8 @@ def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
 
 
 class _ListAndAttach(beam.DoFn):
-    """One folder group: list its photos' folders (those without a catalog checksum), give each
-    photo its listed metadata key, then send the photos to their listing bucket."""
+    """One folder group (photos without a catalog checksum): list their folders, give each photo
+    its listed metadata key, then send the photos to their listing bucket."""
 
     def __init__(self, buckets: int) -> None:
         self._buckets = buckets
@@ -180,21 +185,14 @@ class _ListAndAttach(beam.DoFn):
         self, group: tuple[int, Iterable[PackedTable]]
     ) -> Iterator[tuple[int, PackedTable]]:
         photos = _concat(group[1], PHOTOS)
-        unkeyed = pc.equal(photos.column("meta_key"), "")
-        units = pc.unique(_units(photos.column("image_uri").filter(unkeyed))).to_pylist()
-        if units:
-            uris, keys = objectmeta.list_units(sorted(units))
-            self._listed.inc(len(uris))
-            listed = pa.Table.from_arrays([uris, keys], schema=LISTED)
-            photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
-            keyed = pc.if_else(
-                pc.equal(photos.column("meta_key"), ""),
-                pc.fill_null(photos.column("listed_key"), ""),
-                photos.column("meta_key"),
-            )
-            photos = photos.set_column(photos.schema.get_field_index("meta_key"), "meta_key", keyed)
-            photos = photos.select(PHOTOS.names)
-        yield from split_by_bucket(photos, "listing_id", self._buckets)
+        units = pc.unique(_units(photos.column("image_uri"))).to_pylist()
+        uris, keys = objectmeta.list_units(sorted(units))
+        self._listed.inc(len(uris))
+        listed = pa.Table.from_arrays([uris, keys], schema=LISTED)
+        photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
+        keyed = pc.fill_null(photos.column("listed_key"), "")  # not listed: "" (always read)
+        photos = photos.set_column(photos.schema.get_field_index("meta_key"), "meta_key", keyed)
+        yield from split_by_bucket(photos.select(PHOTOS.names), "listing_id", self._buckets)
 
 
 def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
