@@ -246,12 +246,40 @@ def _prepare(base: str, images: int, seed: int, args: argparse.Namespace) -> Pre
         if copies > 1:
             n_images = _replicate(source, catalog, copies)
         changes = str(_make_day2(catalog, CHANGE_FRACTION))
+    _set_checksums(catalog, args.catalog_checksums)
     print(
         f"catalog {catalog}: {n_images} images, day 2 changes {changes} "
         f"({time.perf_counter() - t0:.0f}s)",
         flush=True,
     )
     return Prepared(catalog, workdir, n_images, version, model_desc)
+
+
+def _set_checksums(catalog: str, on: bool) -> None:
+    """Give both days' listings an ``image_checksums`` column (MD5 hex of each photo's bytes) or
+    drop it, so that a kept catalog matches ``--catalog-checksums`` either way."""
+    import hashlib
+
+    memo: dict[str, str] = {}
+
+    def md5(rel: str) -> str:
+        if rel not in memo:
+            memo[rel] = hashlib.md5(storage.read_bytes(storage.join(catalog, rel))).hexdigest()
+        return memo[rel]
+
+    for day in (D1, D2):
+        uri = storage.join(paths.catalog_day(catalog, day), "listings.parquet")
+        table = pq.read_table(uri)
+        has = "image_checksums" in table.column_names
+        if has == on:
+            continue
+        if on:
+            sums = [[md5(u) for u in us] for us in table.column("image_uris").to_pylist()]
+            table = table.append_column("image_checksums", pa.array(sums, pa.list_(pa.string())))
+        else:
+            table = table.drop_columns(["image_checksums"])
+        with storage.atomic_writer(uri) as f:
+            pq.write_table(table, f)
 
 
 def _replicate(source: str, catalog: str, copies: int) -> int:
@@ -465,6 +493,12 @@ def main(argv: list[str]) -> int:
         "(hard links): a big catalog without the ~8 ms per photo of rendering it",
     )
     ap.add_argument("--rounds", type=int, default=5, help="1%% day runs per size (medians)")
+    ap.add_argument(
+        "--catalog-checksums",
+        action="store_true",
+        help="give every photo an image_checksums entry (the MD5 of its bytes, like an object "
+        "store's etag), so that no folder is listed; without it the column is left out",
+    )
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
@@ -531,6 +565,7 @@ def main(argv: list[str]) -> int:
         "inc_pipeline_s": inc["wall_s"],
         "prof_wall": prof_wall,
         "catalog_px": args.catalog_px,
+        "catalog_checksums": args.catalog_checksums,
         "scales": [
             asdict(Scale(size.images, wall, walls))
             for size, (_, wall), walls in zip(sizes, fulls, inc_walls, strict=True)
@@ -563,6 +598,7 @@ def _render(out: str, write: bool) -> int:
         r.get("note", ""),
         r.get("catalog_px", 128),
         [Scale(**x) for x in r.get("scales", [])],
+        r.get("catalog_checksums", False),
     )
     print(body, flush=True)
     if write:
@@ -586,6 +622,7 @@ def report(
     extra_note: str = "",
     catalog_px: int = 128,
     scales: list[Scale] | None = None,
+    catalog_checksums: bool = False,
 ) -> str:
     body = _report(
         t,
@@ -601,6 +638,7 @@ def report(
         extra_note,
         catalog_px,
         scales or [],
+        catalog_checksums,
     )
     if not math.isnan(raw_one):
         return body
@@ -631,6 +669,7 @@ def _report(
     extra_note: str,
     catalog_px: int,
     scales: list[Scale],
+    catalog_checksums: bool,
 ) -> str:
     job_rate = t.full_embedded / t.full_wall_s
     marginal = (t.full_embedded - t.inc_embedded) / max(t.full_wall_s - t.inc_wall_s, 1e-9)
@@ -648,6 +687,11 @@ def _report(
     reads, by_meta = inc_extra.get("images_read", "?"), inc_extra.get("skipped_by_metadata", "?")
     listed = inc_extra.get("objects_listed", "?")
     note = f"\n  ({extra_note})" if extra_note else ""
+    given = (
+        "; every photo has an `image_checksums` entry, so no folder is listed"
+        if catalog_checksums
+        else "; no `image_checksums`: unchanged photos are known by a listing of their folders"
+    )
     rows, growth = _scale_rows(scales)
 
     def verdict(good: bool) -> str:
@@ -655,7 +699,7 @@ def _report(
 
     return f"""## Embed job (`benchmarks/embed_bench.py`)
 
-Model: {t.model}. {t.images} listing images (generated catalog, {catalog_px} px JPEG); the job ran on
+Model: {t.model}. {t.images} listing images (generated catalog, {catalog_px} px JPEG{given}); the job ran on
 the DirectRunner with `{" ".join(beam_args)}`, batch size {t.batch_size} (min = max),
 on a machine shared with other jobs (full runs are single runs, expect +-15%; 1% days are medians).
 
@@ -684,7 +728,7 @@ What stops the targets:
   percent at this size (marginal ratio {marginal / t.raw_images_per_s:.2f}). On GPU workers the
   model gets much faster and the same preprocessing needs more CPU per GPU.
 - (b) The 1% day reads only the photos whose metadata key is new ({reads} of {t.images}): an
-  unchanged photo costs its share of one folder listing, of the bucketed Arrow join with the
+  unchanged photo costs its share of {"no listing (the catalog's checksum)" if catalog_checksums else "one folder listing"}, of the bucketed Arrow join with the
   newest state snapshot (never bytes; and with every earlier partition's keys only when one
   changed since the snapshot), of writing its row into today's snapshot and of the catalog
   parse, at most
