@@ -345,3 +345,59 @@ def test_files_written_before_dt_left_the_files_still_read(tmp_path) -> None:
     )
     assert table.schema.equals(embeddings.current_schema(DIM))
     assert table["dt"].to_pylist() == [D1] and table["image_sha256"].to_pylist() == ["a0"]
+
+
+def test_committed_partitions_cost_one_manifest_read_per_day_on_gcs(gcs_bucket, monkeypatch):
+    """Every run starts by reading which partitions are committed (a year of days is ~365): on
+    gs:// each day costs one manifest read, never an existence check too (the listing already
+    says whether there is a manifest), and the reads overlap instead of waiting in series."""
+    import threading
+    import time
+
+    from vsearch.core import partitions
+
+    workdir = storage.join(gcs_bucket, "w")
+    days = [D1 + dt.timedelta(days=i) for i in range(20)]
+    for i, day in enumerate(days):
+        staged = paths.staging_dir(workdir, "embed", day, f"a{i}")
+        uri = storage.join(staged, paths.shard_name(0, 1, ".parquet"))
+        batch = embeddings.to_record_batch([_row(f"l{i}", 0, f"s{i}", day, i)], DIM)
+        embeddings.write_parquet(uri, [batch], DIM)
+        partitions.publish(staged, paths.embeddings_dir(workdir, V, day), f"a{i}", [(uri, 1)])
+    legacy = D1 - dt.timedelta(days=1)  # written before manifests: its part files, no commit id
+    _write_day(workdir, legacy, [_row("old", 0, "o", legacy, 99)], shards=1)
+
+    exists_calls: list[str] = []
+    reads: list[str] = []
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    real_read = storage.read_bytes
+
+    def counting_read(uri: str) -> bytes:
+        with lock:
+            reads.append(uri)
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)  # a round trip to a real bucket takes tens of ms
+        try:
+            return real_read(uri)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(storage, "exists", lambda u: exists_calls.append(u) or True)
+    monkeypatch.setattr(storage, "read_bytes", counting_read)
+    got = embeddings.committed_partitions(workdir, V)
+
+    assert list(got) == [legacy, *days]
+    assert got[legacy].commit == "" and [storage.basename(u) for u in got[legacy].files] == [
+        "part-00000-of-00001.parquet"
+    ]
+    for i, day in enumerate(days):
+        assert got[day].commit == f"a{i}"
+        assert len(got[day].files) == 1 and got[day].files[0].endswith(".parquet")
+    assert exists_calls == []
+    assert sorted(reads) == sorted(
+        storage.join(paths.embeddings_dir(workdir, V, d), partitions.MANIFEST) for d in days
+    )
+    assert most[0] > 1  # the manifests were read concurrently

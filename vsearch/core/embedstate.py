@@ -84,9 +84,10 @@ def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
 def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot | None:
     """The newest committed state before ``date``, if it is a snapshot (has a ``basis``)."""
     root = paths.embed_state_root(workdir, model_version)
-    for day in sorted(_listed_days(workdir, model_version, date), reverse=True):
+    listed = _listed_days(workdir, model_version, date)
+    for day in sorted(listed, reverse=True):
         folder = storage.join(root, f"dt={day}")
-        manifest = partitions.read_manifest(folder)
+        manifest = partitions.read_manifest(folder, listed[day])
         if manifest is None:
             continue  # not committed (a crashed run): an older day may be
         basis = manifest.get("basis")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,7 +31,6 @@ from vsearch.core import storage
 
 GCS_PREFIX_CHARS = 2  # 36^2 prefixes per flat folder: enough parallel listings, few tiny ones
 GCS_PAGE_SIZE = 1000  # the API's maximum page
-LIST_THREADS = 16  # gs:// prefix listings in flight at once: they wait on the network
 
 
 def listing_unit(uri: str) -> str:
@@ -50,8 +48,7 @@ def list_units(units: Sequence[str]) -> tuple[pa.Array, pa.Array]:
 
     Local folders are listed one after another (a scandir is a fast system call, and a thread
     pool's per-task locks cost more than the 40k scandirs of a 112k-photo catalog), their keys
-    built on whole columns; gs:// prefixes ``LIST_THREADS`` at a time (each call waits on the
-    network).
+    built on whole columns; gs:// prefixes ``storage.IO_THREADS`` at a time (``storage.map_io``).
     """
     paths_, sizes, mtimes = _scan_local([u for u in units if not storage.is_gcs(u)])
     key = pc.binary_join_element_wise(
@@ -63,11 +60,9 @@ def list_units(units: Sequence[str]) -> tuple[pa.Array, pa.Array]:
     )
     uris, keys = [pa.array(paths_, pa.string())], [key]
     remote = [u for u in units if storage.is_gcs(u)]
-    if remote:
-        with ThreadPoolExecutor(min(LIST_THREADS, len(remote))) as pool:
-            for listed in pool.map(lambda u: list(_list_gcs(u)), remote):
-                uris.append(pa.array([uri for uri, _ in listed], pa.string()))
-                keys.append(pa.array([k for _, k in listed], pa.string()))
+    for listed in storage.map_io(lambda u: list(_list_gcs(u)), remote, remote=True):
+        uris.append(pa.array([uri for uri, _ in listed], pa.string()))
+        keys.append(pa.array([k for _, k in listed], pa.string()))
     return pa.concat_arrays(uris), pa.concat_arrays(keys)
 
 

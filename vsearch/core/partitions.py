@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vsearch.core import storage
@@ -60,9 +60,15 @@ def _exchange(a: str, b: str) -> bool:
     return True
 
 
-def read_manifest(partition: str) -> dict[str, Any] | None:
+def read_manifest(partition: str, listed: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The partition's manifest, or None when it has none. ``listed``: the partition's files from
+    a listing the caller already made, which tells whether there is a manifest without asking
+    the store again (one request per partition instead of two, or three on gs://)."""
     uri = storage.join(partition, MANIFEST)
-    if not storage.exists(uri):
+    if listed is not None:
+        if not any(storage.basename(u) == MANIFEST for u in listed):
+            return None
+    elif not storage.exists(uri):
         return None
     try:
         m = json.loads(storage.read_text(uri))
@@ -76,7 +82,7 @@ def committed(partition: str, listed: list[str]) -> tuple[list[str], str]:
     """(the partition's committed data files, its commit id): the manifest's files and
     ``attempt``, else (an older partition written before manifests existed) every
     ``part-*.parquet`` listed in it and ""."""
-    m = read_manifest(partition)
+    m = read_manifest(partition, listed)
     if m is None:
         return sorted(u for u in listed if storage.basename(u).startswith("part-")), ""
     return manifest_files(partition, m), str(m["attempt"])

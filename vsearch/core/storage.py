@@ -27,14 +27,19 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 
 GCS_PREFIX = "gs://"
 FILE_PREFIX = "file://"
+IO_THREADS = 16  # gs:// requests in flight at once: each one mostly waits on the network
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class StorageError(RuntimeError):
@@ -90,11 +95,15 @@ def exists(uri: str) -> bool:
 def read_bytes(uri: str) -> bytes:
     uri = normalize(uri)
     try:
-        with FileSystems.open(uri, compression_type="uncompressed") as f:
-            data: bytes = f.read()
-            return data
+        if is_gcs(uri):  # one media GET (Beam's reader first fetches the object's metadata)
+            bucket, name = split_gcs(uri)
+            data: bytes = gcs_client().bucket(bucket).blob(name).download_as_bytes()
+        else:
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                data = f.read()
     except Exception as e:  # Beam wraps every backend's errors differently
         raise StorageError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
+    return data
 
 
 def read_text(uri: str) -> str:
@@ -170,6 +179,16 @@ def list_prefix(prefix: str) -> list[str]:
     for root, _, files in os.walk(prefix):
         out.extend(os.path.join(root, f) for f in files)
     return sorted(out)
+
+
+def map_io(fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool) -> list[_R]:
+    """``[fn(x) for x in items]``, in order: ``IO_THREADS`` calls at a time when each waits on a
+    network round trip (``remote``), else one after another (a local read or stat is a fast
+    system call, and a thread pool costs more than it overlaps)."""
+    if not remote or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(IO_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def delete(uris: list[str]) -> None:
