@@ -9,6 +9,7 @@ import time
 # (module, its flags): cheapest first, so a short run still refreshes most sections. The index
 # figures in BENCHMARKS.md are at N=1M (about half an hour on 2 cores, autofaiss included).
 BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
+    ("benchmarks.startup_reads", ["--write"]),
     ("benchmarks.embed_bench", []),
     ("benchmarks.serve_bench", ["--write"]),
     ("benchmarks.model_quality", []),

