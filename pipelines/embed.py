@@ -364,7 +364,8 @@ def run(
         "listing_rows_parsed_alone": c.get("listing_rows_parsed_alone", 0),
         "images_read": c.get("images_read", 0),
         "skipped_by_metadata": c.get("skipped_by_metadata", 0),
-        "objects_listed": c.get("metadata_listed", 0),
+        "objects_listed": c.get("metadata_listed", 0),  # gs:// objects, from listings
+        "files_stat": c.get("metadata_stat", 0),  # local photos, one stat each
         "change_buckets": buckets,
         "bad_fraction": round(bad_fraction, 6),
         "published": not failed,

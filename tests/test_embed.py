@@ -539,6 +539,8 @@ def test_unchanged_photos_are_not_read_local(
     assert r["extra2"]["change_buckets"] == -(-5 // listings_per_bucket)
     # Locally the rewrite of L4 changes its mtime: read, recognised by sha256, not re-embedded.
     _expect_day2(r, {"L2", "L4", "L6"})
+    # One stat per photo of the day, no folder listed.
+    assert (r["extra2"]["files_stat"], r["extra2"]["objects_listed"]) == (5, 0)
     # The metadata state lives outside the embeddings folder: pandas opens the folder as before.
     import pandas as pd
 
@@ -546,41 +548,49 @@ def test_unchanged_photos_are_not_read_local(
     assert len(df) == 5 + 2 and "meta_key" not in df.columns
 
 
-@pytest.mark.parametrize("with_gcs", [False, True], ids=["local-only", "mixed"])
-def test_folders_to_list_match_the_per_uri_rule(with_gcs: bool) -> None:
-    """PhotosToRead groups photos by folder (gs:// name prefix) computed on whole columns; each
-    must be exactly ``objectmeta.listing_unit``'s, or a photo's folder is never listed (or listed
-    in a group without the photo) and the photo is read every day."""
+def test_prefixes_to_list_match_the_per_uri_rule() -> None:
+    """PhotosToRead groups gs:// photos by listing prefix computed on whole columns; each must
+    be exactly ``objectmeta.listing_unit``'s, or a photo's prefix is never listed (or listed in a
+    group without the photo) and the photo is read every day."""
     from transforms import change_detection
     from vsearch.core import objectmeta
 
-    uris = ["/top.jpg", "/cat/images/L1/0-a.jpg", "/cat/images/L1/1-b.jpg", "/cat/é/ü.png"]
-    if with_gcs:
-        uris += [
-            "gs://b/flat/ab1.jpg",
-            "gs://b/flat/ab2.jpg",
-            "gs://b/flat/a.jpg",
-            "gs://b/x/é€abc.jpg",
-            "gs://b/top.jpg",
-            "gs://b/d/e/f/g",
-        ]
+    uris = [
+        "gs://b/flat/ab1.jpg",
+        "gs://b/flat/ab2.jpg",
+        "gs://b/flat/a.jpg",
+        "gs://b/x/é€abc.jpg",
+        "gs://b/top.jpg",
+        "gs://b/d/e/f/g",
+        "gs://b/images/L1/0-a.jpg",
+    ]
     got = change_detection._units(pa.array(uris)).to_pylist()
     assert got == [objectmeta.listing_unit(u) for u in uris]
+    assert got[:3] == ["gs://b/flat/ab", "gs://b/flat/ab", "gs://b/flat/a."]
 
 
-def test_photos_with_a_catalog_checksum_skip_the_folder_groups() -> None:
-    """In a catalog where some listings give checksums, their photos go straight to their listing
-    bucket with the catalog's key; only the others go to the folder groups to be listed. Every
-    photo comes out exactly once."""
+def test_only_gcs_photos_without_a_checksum_go_to_the_listing_groups(tmp_path) -> None:
+    """A photo with a catalog checksum keeps the catalog's key, and a local photo gets its
+    file's size and mtime from one stat, both straight to their listing bucket; only gs:// photos
+    without a checksum go to the listing groups. Every photo comes out exactly once."""
     import apache_beam as beam
 
     from transforms import change_detection
     from vsearch.core.catalog_columns import LISTING_TABLE
 
+    there = tmp_path / "B0.jpg"
+    there.write_bytes(b"jpeg")
+    os.utime(there, ns=(10**18, 10**18))
+    gone, folder = str(tmp_path / "gone.jpg"), str(tmp_path)  # missing; not a regular file
     listings = pa.table(
         {
             "listing_id": ["A", "B", "C", "D"],
-            "image_uris": [["/c/A/0.jpg", "/c/A/1.jpg"], ["/c/B/0.jpg"], ["/c/C/0.jpg"], []],
+            "image_uris": [
+                ["gs://b/A/0.jpg", "gs://b/A/1.jpg"],
+                [str(there), gone, folder],
+                ["/c/C/0.jpg"],
+                [],
+            ],
             "image_checksums": [["ca0", None], None, ["cc0"], None],
         },
         schema=LISTING_TABLE,
@@ -592,8 +602,14 @@ def test_photos_with_a_catalog_checksum_skip_the_folder_groups() -> None:
         else:
             straight += out[1].table.to_pylist()
     photo = lambda r: (r["listing_id"], r["image_index"], r["meta_key"])  # noqa: E731
-    assert sorted(map(photo, straight)) == [("A", 0, "catalog=ca0"), ("C", 0, "catalog=cc0")]
-    assert sorted(map(photo, grouped)) == [("A", 1, ""), ("B", 0, "")]
+    assert sorted(map(photo, straight)) == [
+        ("A", 0, "catalog=ca0"),
+        ("B", 0, f"size=4;mtime_ns={10**18}"),
+        ("B", 1, ""),  # not found: the photo is read, and dead-lettered as missing
+        ("B", 2, ""),
+        ("C", 0, "catalog=cc0"),
+    ]
+    assert sorted(map(photo, grouped)) == [("A", 1, "")]
 
 
 def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:
@@ -602,6 +618,7 @@ def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypat
     r = _day1_day2_reads(catalog, workdir, version, monkeypatch)
     # On GCS the key is the object's MD5: the identical re-upload of L4 is not even read.
     _expect_day2(r, {"L2", "L6"})
+    assert r["extra2"]["files_stat"] == 0 and r["extra2"]["objects_listed"] >= 5
 
 
 def test_catalog_checksums_need_no_listing_and_no_read(fake_model_dir, tmp_path, monkeypatch):
@@ -610,6 +627,7 @@ def test_catalog_checksums_need_no_listing_and_no_read(fake_model_dir, tmp_path,
     r = _day1_day2_reads(catalog, workdir, version, monkeypatch, checksums=True)
     _expect_day2(r, {"L2", "L6"})  # the identical rewrite keeps its checksum: not read
     assert r["extra2"]["objects_listed"] == 0  # no folder was listed at all
+    assert r["extra2"]["files_stat"] == 0  # and no file was looked at
 
 
 # ------------------------------------------------------------------ guards

@@ -1,8 +1,8 @@
 """PhotosToRead: which listing photos the daily embed must read, decided in hash buckets.
 
-    listings ─► PhotoTables ─(folder group, photos)─► GroupByKey ─► ListAndAttach
+    listings ─► PhotoTables ─(folder group, gs:// photos)─► GroupByKey ─► ListAndAttach
                  │           ─(listing bucket, photos + metadata keys)────┐
-                 └─(listing bucket, photos with a catalog checksum)───────┤
+                 └─(listing bucket, photos keyed by checksum or stat)─────┤
     earlier partitions' keys ─► KnownTables ─(listing bucket)─────────────┼► CoGroupByKey
     earlier runs' state ─► StateTables ─(listing bucket)──────────────────┘
                  ─► Select ─► one PhotoToRead per photo that must be read
@@ -16,14 +16,15 @@ cost as much as the rest of a 1% day). Buckets are ``hashing.column_hashes`` of 
 so a bucket's tables meet on one worker; ``buckets`` is chosen from the catalog size
 (``buckets_for``) so that one bucket stays a few hundred thousand photos.
 
-Photos without a catalog checksum first go to the group of their *folder* (``objectmeta.listing_unit``; ``buckets x
-UNIT_GROUPS_PER_BUCKET`` groups), and the worker holding a group lists its folders and joins the
-listing to its photos in memory: every photo of a folder is in the folder's group, so a folder
-is listed once and its listing never crosses a shuffle. (Before, folder listings were shuffled to
-URI buckets and joined there: one CoGroupByKey and one shuffled table of 630k URIs more at 627k
-photos.) A catalog that keeps each listing's photos in its own folder has as many folders as
-listings, so folders are grouped, never one Beam element each (0.48 ms per unchanged photo at
-112k photos, most of it pickling one small table per folder).
+A local photo without a catalog checksum is keyed where the catalog is read, by one ``stat`` of
+its file (no folder listing: it would stat every file anyway, and its readdir costs as much
+again). A gs:// photo without one goes to the group of its *listing prefix*
+(``objectmeta.listing_unit``; ``buckets x UNIT_GROUPS_PER_BUCKET`` groups), and the worker holding
+a group lists its prefixes and joins the listing to its photos in memory: every photo of a prefix
+is in the prefix's group, so a prefix is listed once and its listing never crosses a shuffle. A
+catalog that keeps each listing's photos in its own folder has as many prefixes as listings, so
+prefixes are grouped, never one Beam element each (0.48 ms per unchanged photo at 112k photos,
+most of it pickling one small table per folder).
 
 A photo is skipped without reading it when today's (slot, URI, metadata key) is in the state of
 an earlier run *and* that run's sha256 has an embedding row for the slot: checked against every
@@ -32,8 +33,8 @@ are unchanged (``vsearch/core/embedstate.py``; then no partition is read). Every
 read (``PhotoToRead`` carries the slot's known sha256s, so a photo whose metadata changed but
 whose bytes did not is still recognised after the read and not embedded again). The metadata key
 is the catalog's ``image_checksums`` entry when there is one ("catalog=<checksum>": that photo is
-never listed), else the folder listing's (``vsearch/core/objectmeta.py``), else "" (not listed:
-always read). No photo is opened here and no object gets its own metadata request.
+never listed), else the listing's or the stat's (``vsearch/core/objectmeta.py``), else "" (not
+found: always read). No photo is opened here and no gs:// object gets its own metadata request.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ KNOWN = pa.schema(
 )
 STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
 KEPT = "kept"  # Select's output of the skipped photos' state rows
+# Local photos keyed by a stat of their file (the run summary's ``files_stat``).
+_STATS = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_stat")
 
 
 class PhotoToRead(NamedTuple):
@@ -112,8 +115,9 @@ def split_by_bucket(
 
 def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
     """A table of listings (``catalog_columns.LISTING_TABLE``) -> (listing bucket, photo table)
-    for the photos that need no listing (a catalog checksum, or no folder is listed), and
-    (``by_folder``: folder group, photo table) for the others."""
+    for the photos keyed here (a catalog checksum, a local file's stat, or nothing when objects
+    are not looked at), and (``by_folder``: folder group, photo table) for gs:// photos without
+    a checksum, whose keys come from listings."""
     lengths = pc.list_value_length(listings["image_uris"]).to_numpy(zero_copy_only=False)
     uris = pc.list_flatten(listings["image_uris"])
     starts = np.cumsum(lengths) - lengths
@@ -129,9 +133,20 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
     if not list_objects:
         yield from split_by_bucket(table, "listing_id", buckets)
         return
-    # A photo with a catalog checksum is never listed: it skips the folder groups' shuffle.
-    yield from split_by_bucket(table.filter(given), "listing_id", buckets)
-    unkeyed = table.filter(pc.invert(given))
+    # Keyed here, straight to the listing buckets: a catalog checksum, or a local file's stat.
+    gcs = pc.starts_with(uris, storage.GCS_PREFIX)
+    local = table.filter(pc.and_not(pc.invert(given), gcs))
+    stated = local.set_column(
+        PHOTOS.get_field_index("meta_key"),
+        "meta_key",
+        objectmeta.stat_keys(local.column("image_uri").to_pylist()),
+    )
+    _STATS.inc(local.num_rows)
+    yield from split_by_bucket(
+        pa.concat_tables([table.filter(given), stated]), "listing_id", buckets
+    )
+    # The rest (gs://, no checksum) to the group of its listing prefix.
+    unkeyed = table.filter(pc.and_not(gcs, given))
     folders = unkeyed.append_column("unit", _units(unkeyed.column("image_uri")))
     for group, part in split_by_bucket(folders, "unit", buckets * UNIT_GROUPS_PER_BUCKET):
         # The folder is recomputed where it is listed: cheaper than shuffling it.
@@ -151,19 +166,16 @@ def _photo_checksums(column: pa.ChunkedArray | pa.Array, lengths: np.ndarray) ->
 
 
 def _units(uris: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """``objectmeta.listing_unit`` of each (resolved) URI, on the whole column.
+    """``objectmeta.listing_unit`` of each gs:// URI (the folder plus the name's first
+    characters), on the whole column.
 
     Patterns without capture groups: RE2 then runs its DFA, ~9x faster than one
     ``^(.*)/[^/]*$`` capture per URI (0.05 vs 0.46 s for 112k URIs).
     """
     folder = pc.replace_substring_regex(uris, r"/[^/]*$", "")
-    units = pc.if_else(pc.equal(folder, ""), "/", folder)
-    gcs = pc.starts_with(uris, storage.GCS_PREFIX)
-    if pc.any(gcs).as_py():  # a gs:// unit is the folder plus the name's first characters
-        name = pc.replace_substring_regex(uris, r"^.*/", "")
-        prefix = pc.utf8_slice_codeunits(name, 0, objectmeta.GCS_PREFIX_CHARS)
-        units = pc.if_else(gcs, pc.binary_join_element_wise(folder, prefix, "/"), units)
-    return units
+    name = pc.replace_substring_regex(uris, r"^.*/", "")
+    prefix = pc.utf8_slice_codeunits(name, 0, objectmeta.GCS_PREFIX_CHARS)
+    return pc.binary_join_element_wise(folder, prefix, "/")
 
 
 def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
@@ -172,8 +184,8 @@ def _concat(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
 
 
 class _ListAndAttach(beam.DoFn):
-    """One folder group (photos without a catalog checksum): list their folders, give each photo
-    its listed metadata key, then send the photos to their listing bucket."""
+    """One folder group (gs:// photos without a catalog checksum): list their prefixes, give each
+    photo its listed metadata key, then send the photos to their listing bucket."""
 
     def __init__(self, buckets: int) -> None:
         self._buckets = buckets

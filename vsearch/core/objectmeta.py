@@ -1,14 +1,17 @@
 """Object metadata keys: how the daily embed recognises an unchanged photo without its bytes.
 
 A metadata key is a short string that changes whenever an object's bytes change (under the
-guarantee below). It comes from *listings*, never from one request per object:
+guarantee below). On gs:// it comes from *listings*, never from one request per object; locally
+from one system call per file:
 
 * gs://: ``list_blobs`` pages of 1,000 objects under a prefix (the photo's folder plus the first
   ``GCS_PREFIX_CHARS`` characters of its name, so that one flat folder of 100M photos is listed as
   many prefixes in parallel). The key is the object's MD5 (a content hash, so a re-upload of the
   same bytes is still recognised); composite objects have no MD5, so there it is
   ``generation + crc32c + size``.
-* local files: one ``os.scandir`` per folder: ``size + mtime_ns``.
+* local files: one ``stat`` per photo, where the catalog is read: ``size + mtime_ns``. No folder
+  is listed: a listing would stat every file of the folder anyway, and its readdir costs as much
+  again (630k photos in 223k folders: 1.8 s for the stats alone, 5.4 s for scandir + stat).
 
 What a marketplace must guarantee: an image URI whose bytes change also changes its metadata
 (always true on GCS: any write creates a new generation, MD5 and crc32c; locally, a writer that
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,55 +39,43 @@ GCS_PAGE_SIZE = 1000  # the API's maximum page
 
 
 def listing_unit(uri: str) -> str:
-    """The prefix whose listing tells ``uri``'s metadata (one listing serves many photos)."""
-    uri = storage.normalize(uri)
-    if storage.is_gcs(uri):
-        folder, _, name = uri.rpartition("/")
-        return f"{folder}/{name[:GCS_PREFIX_CHARS]}"
-    return os.path.dirname(uri)
+    """The gs:// prefix whose listing tells ``uri``'s metadata (one listing serves many photos)."""
+    folder, _, name = storage.normalize(uri).rpartition("/")
+    return f"{folder}/{name[:GCS_PREFIX_CHARS]}"
 
 
 def list_units(units: Sequence[str]) -> tuple[pa.Array, pa.Array]:
-    """(URIs, metadata keys) of every object directly under each listing unit; a missing folder
-    or prefix lists nothing (its photos are then read, and dead-lettered when they are missing).
-
-    Local folders are listed one after another (a scandir is a fast system call, and a thread
-    pool's per-task locks cost more than the 40k scandirs of a 112k-photo catalog), their keys
-    built on whole columns; gs:// prefixes ``storage.IO_THREADS`` at a time (``storage.map_io``).
-    """
-    paths_, sizes, mtimes = _scan_local([u for u in units if not storage.is_gcs(u)])
-    key = pc.binary_join_element_wise(
-        "size=",
-        pa.array(sizes, pa.int64()).cast(pa.string()),
-        ";mtime_ns=",
-        pa.array(mtimes, pa.int64()).cast(pa.string()),
-        "",
-    )
-    uris, keys = [pa.array(paths_, pa.string())], [key]
-    remote = [u for u in units if storage.is_gcs(u)]
-    for listed in storage.map_io(lambda u: list(_list_gcs(u)), remote, remote=True):
+    """(URIs, metadata keys) of every object directly under each gs:// listing unit, listed
+    ``storage.IO_THREADS`` at a time (each call waits on the network); a missing prefix lists
+    nothing (its photos are then read, and dead-lettered when they are missing)."""
+    uris, keys = [pa.array([], pa.string())], [pa.array([], pa.string())]
+    for listed in storage.map_io(lambda u: list(_list_gcs(u)), units, remote=True):
         uris.append(pa.array([uri for uri, _ in listed], pa.string()))
         keys.append(pa.array([k for _, k in listed], pa.string()))
     return pa.concat_arrays(uris), pa.concat_arrays(keys)
 
 
-def _scan_local(folders: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
-    """Paths, sizes and mtimes (ns) of the files in each folder: one scandir and a stat each."""
-    paths_: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    for folder in folders:
+def stat_keys(paths: Sequence[str]) -> pa.Array:
+    """The metadata key of each local file, by one ``stat`` each: "" where there is no regular
+    file (the photo is then read, and dead-lettered when it is missing)."""
+    sizes = np.zeros(len(paths), np.int64)
+    mtimes = np.zeros(len(paths), np.int64)
+    found = np.zeros(len(paths), bool)
+    for i, path in enumerate(paths):
         try:
-            with os.scandir(folder) as it:
-                for e in it:
-                    if e.is_file(follow_symlinks=True):
-                        st = e.stat(follow_symlinks=True)
-                        paths_.append(e.path)
-                        sizes.append(st.st_size)
-                        mtimes.append(st.st_mtime_ns)
-        except (FileNotFoundError, NotADirectoryError):
+            st = os.stat(path)
+        except (OSError, ValueError):  # missing, unreadable folder, NUL in the name
             continue
-    return paths_, sizes, mtimes
+        if stat.S_ISREG(st.st_mode):
+            sizes[i], mtimes[i], found[i] = st.st_size, st.st_mtime_ns, True
+    key = pc.binary_join_element_wise(
+        "size=",
+        pa.array(sizes).cast(pa.string()),
+        ";mtime_ns=",
+        pa.array(mtimes).cast(pa.string()),
+        "",
+    )
+    return pc.if_else(pa.array(found), key, "")
 
 
 def _list_gcs(unit: str) -> Iterator[tuple[str, str]]:
