@@ -686,11 +686,12 @@ def _report(
     floor = per_skip_ms / per_full_ms + 0.01
     reads, by_meta = inc_extra.get("images_read", "?"), inc_extra.get("skipped_by_metadata", "?")
     listed = inc_extra.get("objects_listed", "?")
+    statted = inc_extra.get("files_stat", "?")
     note = f"\n  ({extra_note})" if extra_note else ""
     given = (
         "; every photo has an `image_checksums` entry, so no folder is listed"
         if catalog_checksums
-        else "; no `image_checksums`: unchanged photos are known by a listing of their folders"
+        else "; no `image_checksums`: unchanged photos are known by one `stat` of their files"
     )
     rows, growth = _scale_rows(scales)
 
@@ -713,9 +714,9 @@ on a machine shared with other jobs (full runs are single runs, expect +-15%; 1%
 | (b) full run wall | {t.full_wall_s:.1f} s |
 | (b) 1% day: {t.inc_embedded} embedded, {t.inc_skipped} skipped unchanged (median of the runs below) | {t.inc_wall_s:.1f} s |
 | (b) **1% day / full run** (target <= 0.02) | **{ratio_b:.3f}** ({verdict(ratio_b <= 0.02)}) |
-| (b) 1% day: photos read / skipped on metadata alone / objects listed | {reads} / {by_meta} / {listed} |
+| (b) 1% day: photos read / skipped on metadata alone / files stat'ed / gs:// objects listed | {reads} / {by_meta} / {statted} / {listed} |
 | (b) 1% day: what the skip was checked against (earlier partition files read for their keys) | {inc_extra.get("skip_check", "every earlier partition (before state snapshots)")} ({inc_extra.get("earlier_files", "?")}) |
-| (b) cost per unchanged image (metadata only: listing, join, skip; an upper bound: all of the pipeline's time except model load and model calls, divided by the unchanged images) | {per_skip_ms:.3f} ms (a full run: {per_full_ms:.2f} ms per image) |
+| (b) cost per unchanged image (metadata only: stat or listing, join, skip; an upper bound: all of the pipeline's time except model load and model calls, divided by the unchanged images) | {per_skip_ms:.3f} ms (a full run: {per_full_ms:.2f} ms per image) |
 {rows}
 What stops the targets:
 
@@ -728,7 +729,7 @@ What stops the targets:
   percent at this size (marginal ratio {marginal / t.raw_images_per_s:.2f}). On GPU workers the
   model gets much faster and the same preprocessing needs more CPU per GPU.
 - (b) The 1% day reads only the photos whose metadata key is new ({reads} of {t.images}): an
-  unchanged photo costs its share of {"no listing (the catalog's checksum)" if catalog_checksums else "one folder listing"}, of the bucketed Arrow join with the
+  unchanged photo costs its share of {"no file system call (the catalog's checksum)" if catalog_checksums else "one stat of its file"}, of the bucketed Arrow join with the
   newest state snapshot (never bytes; and with every earlier partition's keys only when one
   changed since the snapshot), of writing its row into today's snapshot and of the catalog
   parse, at most
