@@ -63,7 +63,7 @@ def _exchange(a: str, b: str) -> bool:
 def read_manifest(partition: str, listed: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The partition's manifest, or None when it has none. ``listed``: the partition's files from
     a listing the caller already made, which tells whether there is a manifest without asking
-    the store again (one request per partition instead of two, or three on gs://)."""
+    the store again (no existence check per partition)."""
     uri = storage.join(partition, MANIFEST)
     if listed is not None:
         if not any(storage.basename(u) == MANIFEST for u in listed):
