@@ -283,7 +283,7 @@ class SkipPlan(NamedTuple):
 
 
 def plan_skip(
-    s: EmbedSettings, version: str, earlier: Mapping[dt.date, embeddings.Committed]
+    s: EmbedSettings, version: str, earlier: Mapping[dt.date, partitions.Committed]
 ) -> SkipPlan:
     """The newest state snapshot alone when the partitions it was made on are exactly today's
     ``earlier`` partitions (``vsearch/core/embedstate.py``); else the state checked against

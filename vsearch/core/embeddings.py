@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,6 @@ import pyarrow.parquet as pq
 from vsearch.core import partitions, paths, storage
 
 KEY_COLUMNS = ("listing_id", "image_index", "image_sha256")
-_DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
 def schema(dim: int) -> pa.Schema:
@@ -118,28 +116,11 @@ def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:
 # ------------------------------------------------------------------ listing partitions
 
 
-class Committed(NamedTuple):
-    files: list[str]  # sorted
-    commit: str  # the attempt that committed the partition ("" before manifests)
-
-
-def committed_partitions(workdir: str, model_version: str) -> dict[dt.date, Committed]:
+def committed_partitions(workdir: str, model_version: str) -> dict[dt.date, partitions.Committed]:
     """Every partition of a model version that has committed files, by date (sorted): the
     files its ``_manifest.json`` names and its commit id (see vsearch/core/partitions.py)."""
     root = paths.embeddings_root(workdir, model_version)
-    listed: dict[dt.date, list[str]] = {}
-    for uri in storage.list_prefix(root):
-        m = _DT_RE.search(uri.replace("\\", "/"))
-        if m:
-            listed.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
-    days = sorted(listed)
-
-    def one(d: dt.date) -> tuple[list[str], str]:
-        return partitions.committed(paths.embeddings_dir(workdir, model_version, d), listed[d])
-
-    # One manifest read per day: a year of daily partitions is ~365 requests on gs://.
-    found = storage.map_io(one, days, remote=storage.is_gcs(root))
-    return {d: Committed(sorted(f), c) for d, (f, c) in zip(days, found, strict=True) if f}
+    return partitions.committed_days(root, partitions.listed_days(root))
 
 
 def partition_files(workdir: str, model_version: str) -> dict[dt.date, list[str]]:

@@ -23,7 +23,6 @@ the same way.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,7 +40,6 @@ SCHEMA = pa.schema(
         pa.field("image_sha256", pa.string(), nullable=False),
     ]
 )
-_DT_RE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
 class Snapshot(NamedTuple):
@@ -63,22 +61,16 @@ def write_table(uri: str, table: pa.Table) -> int:
     return table.num_rows
 
 
-def _listed_days(workdir: str, model_version: str, date: dt.date) -> dict[str, list[str]]:
-    by_day: dict[str, list[str]] = {}
-    for uri in storage.list_prefix(paths.embed_state_root(workdir, model_version)):
-        m = _DT_RE.search(uri.replace("\\", "/"))
-        if m and dt.date.fromisoformat(m.group(1)) < date:
-            by_day.setdefault(m.group(1), []).append(uri)
-    return by_day
+def _listed_days(workdir: str, model_version: str, date: dt.date) -> dict[dt.date, list[str]]:
+    listed = partitions.listed_days(paths.embed_state_root(workdir, model_version))
+    return {d: files for d, files in listed.items() if d < date}
 
 
 def files_before(workdir: str, model_version: str, date: dt.date) -> list[str]:
     """Committed state files of every day before ``date`` (the full check reads them all)."""
     root = paths.embed_state_root(workdir, model_version)
-    out: list[str] = []
-    for day, listed in sorted(_listed_days(workdir, model_version, date).items()):
-        out += partitions.committed_files(storage.join(root, f"dt={day}"), listed)
-    return out
+    days = partitions.committed_days(root, _listed_days(workdir, model_version, date))
+    return [u for c in days.values() for u in c.files]
 
 
 def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot | None:
@@ -86,7 +78,7 @@ def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot
     root = paths.embed_state_root(workdir, model_version)
     listed = _listed_days(workdir, model_version, date)
     for day in sorted(listed, reverse=True):
-        folder = storage.join(root, f"dt={day}")
+        folder = storage.join(root, f"dt={day.isoformat()}")
         manifest = partitions.read_manifest(folder, listed[day])
         if manifest is None:
             continue  # not committed (a crashed run): an older day may be
@@ -94,7 +86,5 @@ def latest_snapshot(workdir: str, model_version: str, date: dt.date) -> Snapshot
         if not isinstance(basis, dict):
             return None
         files = partitions.manifest_files(folder, manifest)  # not a second read of it
-        return Snapshot(
-            dt.date.fromisoformat(day), files, {str(k): str(v) for k, v in basis.items()}
-        )
+        return Snapshot(day, files, {str(k): str(v) for k, v in basis.items()})
     return None

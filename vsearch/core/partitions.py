@@ -27,14 +27,17 @@ folder waits in staging as ``<attempt>.old``) until the next run of that day pub
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from vsearch.core import storage
 
 MANIFEST = "_manifest.json"
+_DAY_FILE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/[^/]+$")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -95,6 +98,34 @@ def manifest_files(partition: str, manifest: Mapping[str, Any]) -> list[str]:
 
 def committed_files(partition: str, listed: list[str]) -> list[str]:
     return committed(partition, listed)[0]
+
+
+class Committed(NamedTuple):
+    files: list[str]  # sorted
+    commit: str  # the attempt that committed the partition ("" before manifests)
+
+
+def listed_days(root: str) -> dict[dt.date, list[str]]:
+    """The files of each daily partition (``root/dt=YYYY-MM-DD/``), from one listing of root."""
+    by_day: dict[dt.date, list[str]] = {}
+    for uri in storage.list_prefix(root):
+        m = _DAY_FILE.search(uri.replace("\\", "/"))
+        if m:
+            by_day.setdefault(dt.date.fromisoformat(m.group(1)), []).append(uri)
+    return by_day
+
+
+def committed_days(root: str, listed: Mapping[dt.date, list[str]]) -> dict[dt.date, Committed]:
+    """``committed`` of each listed day under ``root``, by day (sorted), leaving out the days
+    with no committed file. One manifest read a day (a year of daily partitions is ~365 requests
+    on gs://), ``storage.IO_THREADS`` at a time there."""
+    days = sorted(listed)
+
+    def one(day: dt.date) -> tuple[list[str], str]:
+        return committed(storage.join(root, f"dt={day.isoformat()}"), listed[day])
+
+    found = storage.map_io(one, days, remote=storage.is_gcs(root))
+    return {d: Committed(sorted(f), c) for d, (f, c) in zip(days, found, strict=True) if f}
 
 
 def publish(
