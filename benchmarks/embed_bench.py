@@ -5,14 +5,15 @@
     machine, same batch size (the job runs with min = max batch size). Target >= 0.9.
 (b) Incremental cost: a day with 1% new or changed images, as a fraction of the full run's wall
     time (both end to end: `python -m vsearch embed` in a fresh process, fixed costs included).
-    Target <= 2% at >= 100,000 images. Unchanged photos are recognised from metadata alone
-    (a listing of their folders; see vsearch/core/objectmeta.py), so the report also prints the
-    cost per unchanged image and how many photos the 1% day read. The 1% day runs ``--rounds``
-    times (medians), interleaved with the same day on a second, smaller catalog
-    (``--small-images``): the two sizes separate the fixed cost of a run (start-up, model load,
-    pipeline set-up) from the cost per catalog photo, so the report can say what the ratio tends
-    to as the catalog grows and at what size it would reach 2%. ``--replicate K`` lists each
-    generated photo K times under new listings (hard links), for catalogs too big to render.
+    Target <= 2% at >= 100,000 images. Unchanged photos are recognised from metadata alone (a
+    catalog checksum, one stat of a local file or a listing of a gs:// prefix; see
+    vsearch/core/objectmeta.py), so the report also prints the cost per unchanged image and how
+    many photos the 1% day read. The 1% day runs ``--rounds`` times (medians), interleaved with the
+    same day on a second, smaller catalog (``--small-images``): the two sizes separate the fixed
+    cost of a run (start-up, model load, pipeline set-up) from the cost per catalog photo, so the
+    report can say what the ratio tends to as the catalog grows and at what size it would reach 2%.
+    ``--replicate K`` lists each generated photo K times under new listings (hard links), for
+    catalogs too big to render.
 
 Then a cProfile of the incremental run (top functions by cumulative and own time).
 

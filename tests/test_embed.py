@@ -569,6 +569,55 @@ def test_prefixes_to_list_match_the_per_uri_rule() -> None:
     assert got[:3] == ["gs://b/flat/ab", "gs://b/flat/ab", "gs://b/flat/a."]
 
 
+def test_a_kept_state_file_goes_to_its_bucket_without_being_split_again(
+    tmp_path, monkeypatch
+) -> None:
+    """The skipped photos' state rows are written one file per hash bucket; the next run with as
+    many buckets sends each file to its bucket as it is (no hash of ~99% of the day's rows), and
+    a run with another bucket count, or a file not written per bucket, splits it as before."""
+    from transforms import change_detection as cd
+    from vsearch.core import embedstate
+
+    n = 60
+    rows = pa.table(
+        {
+            "listing_id": [f"L{i}" for i in range(n)],
+            "image_index": pa.array([i % 3 for i in range(n)], pa.int32()),
+            "image_uri": [f"/photos/L{i}/0.jpg" for i in range(n)],
+            "meta_key": [f"size={i};mtime_ns=1" for i in range(n)],
+            "image_sha256": [f"{i:064x}" for i in range(n)],
+        }
+    )
+
+    def as_dict(pairs):
+        return {b: sorted(t.table.to_pylist(), key=str) for b, t in pairs}
+
+    expected = as_dict(cd.split_by_bucket(rows, "listing_id", 3))
+    assert len(expected) == 3
+    files = {}
+    for b, part in cd.split_by_bucket(rows, "listing_id", 3):
+        files[b] = str(tmp_path / embedstate.kept_file_name(b, 3))
+        embedstate.write_table(files[b], part.table)
+    whole = str(tmp_path / "part-00000-of-00001.parquet")
+    embedstate.write_table(whole, rows)
+
+    resplit = {b: as_dict(cd._state_tables(uri, 5)) for b, uri in files.items()}
+    whole_split = as_dict(cd._state_tables(whole, 3))
+
+    def no_hash(*_: object) -> None:
+        raise AssertionError("a kept file of today's bucket count was hashed again")
+
+    monkeypatch.setattr(cd, "column_hashes", no_hash)
+    for b, uri in files.items():
+        assert as_dict(cd._state_tables(uri, 3)) == {b: expected[b]}
+    # Another bucket count: the rows are split again, each row into its bucket of 5.
+    monkeypatch.undo()
+    for b, uri in files.items():
+        table = pq.read_table(uri).cast(cd.STATE)
+        assert resplit[b] == as_dict(cd.split_by_bucket(table, "listing_id", 5))
+    assert whole_split == expected
+
+
 def test_only_gcs_photos_without_a_checksum_go_to_the_listing_groups(tmp_path) -> None:
     """A photo with a catalog checksum keeps the catalog's key, and a local photo gets its
     file's size and mtime from one stat, both straight to their listing bucket; only gs:// photos

@@ -127,8 +127,7 @@ class WriteKeptState(beam.DoFn):
 
     def process(self, element: tuple[int, PackedTable]) -> Iterator[tuple[str, int]]:
         bucket, packed = element
-        name = f"kept-{bucket:05d}-of-{self._buckets:05d}.parquet"
-        uri = storage.join(self._directory, name)
+        uri = storage.join(self._directory, embedstate.kept_file_name(bucket, self._buckets))
         yield uri, embedstate.write_table(uri, packed.table)
 
 

@@ -23,6 +23,7 @@ the same way.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +41,24 @@ SCHEMA = pa.schema(
         pa.field("image_sha256", pa.string(), nullable=False),
     ]
 )
+
+
+# The skipped photos' rows of a run, one file per change-detection hash bucket
+# (``transforms/change_detection.py``): every row of ``kept-B-of-N`` is in bucket B of N.
+_KEPT_FILE = re.compile(r"kept-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def kept_file_name(bucket: int, buckets: int) -> str:
+    return f"kept-{bucket:05d}-of-{buckets:05d}.parquet"
+
+
+def kept_file_bucket(uri: str, buckets: int) -> int | None:
+    """The bucket of every row of ``uri`` when it is a kept file split ``buckets`` ways, so the
+    next run with as many buckets needs no hash of its rows; else None (split it again)."""
+    m = _KEPT_FILE.search(uri)
+    if m is None or int(m.group(2)) != buckets:
+        return None
+    return int(m.group(1))
 
 
 class Snapshot(NamedTuple):
