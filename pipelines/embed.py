@@ -255,7 +255,7 @@ def build(
         _ = (
             (read[STATE_TAG], rows[STATE_TAG])
             | "StateRows" >> beam.Flatten()
-            | "WriteState" >> WriteState(state_staging)
+            | "WriteState" >> WriteState(state_staging, buckets)
         )
         _ = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(state_staging, buckets))
     _ = (

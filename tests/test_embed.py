@@ -569,12 +569,11 @@ def test_prefixes_to_list_match_the_per_uri_rule() -> None:
     assert got[:3] == ["gs://b/flat/ab", "gs://b/flat/ab", "gs://b/flat/a."]
 
 
-def test_a_kept_state_file_goes_to_its_bucket_without_being_split_again(
-    tmp_path, monkeypatch
-) -> None:
-    """The skipped photos' state rows are written one file per hash bucket; the next run with as
-    many buckets sends each file to its bucket as it is (no hash of ~99% of the day's rows), and
-    a run with another bucket count, or a file not written per bucket, splits it as before."""
+def test_a_state_file_goes_to_its_bucket_without_being_split_again(tmp_path, monkeypatch) -> None:
+    """A run's state is written one file per hash bucket (the rows of the photos it skipped and
+    of those it read); the next run with as many buckets sends each file to its bucket as it is
+    (no hash of the day's rows), and a run with another bucket count, or state written before
+    the files were per bucket, splits them as before."""
     from transforms import change_detection as cd
     from vsearch.core import embedstate
 
@@ -594,9 +593,12 @@ def test_a_kept_state_file_goes_to_its_bucket_without_being_split_again(
 
     expected = as_dict(cd.split_by_bucket(rows, "listing_id", 3))
     assert len(expected) == 3
+    # Rows that come one at a time (the read photos' state) get the same bucket as in a table.
+    assert all(cd.bucket_of(r["listing_id"], 3) == b for b, rs in expected.items() for r in rs)
     files = {}
     for b, part in cd.split_by_bucket(rows, "listing_id", 3):
-        files[b] = str(tmp_path / embedstate.kept_file_name(b, 3))
+        kind = "kept" if b % 2 else "read"
+        files[b] = str(tmp_path / embedstate.bucket_file_name(kind, b, 3))
         embedstate.write_table(files[b], part.table)
     whole = str(tmp_path / "part-00000-of-00001.parquet")
     embedstate.write_table(whole, rows)
@@ -605,7 +607,7 @@ def test_a_kept_state_file_goes_to_its_bucket_without_being_split_again(
     whole_split = as_dict(cd._state_tables(whole, 3))
 
     def no_hash(*_: object) -> None:
-        raise AssertionError("a kept file of today's bucket count was hashed again")
+        raise AssertionError("a state file of today's bucket count was hashed again")
 
     monkeypatch.setattr(cd, "column_hashes", no_hash)
     for b, uri in files.items():

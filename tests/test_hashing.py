@@ -11,7 +11,7 @@ import pyarrow as pa
 from index import sharding
 from transforms import embedding_writer
 from vsearch.core import catalog
-from vsearch.core.hashing import column_hashes, stable_fraction, stable_hash
+from vsearch.core.hashing import column_hash, column_hashes, stable_fraction, stable_hash
 
 # Changing any of these moves listings between train and eval, and between index shards.
 PINNED = {
@@ -84,6 +84,8 @@ def test_column_hashes_match_the_per_string_definition() -> None:
         column_hashes(pa.array(["L000001", None])) == column_hashes(pa.array(["L000001", ""]))
     ).all()
     assert len(column_hashes(pa.chunked_array([], pa.string()))) == 0
+    # The one-string form (rows that come one at a time) agrees with the column form.
+    assert [column_hash(t) for t in texts[:200]] == want.tolist()
     # Uniform in the low bits, which ``% buckets`` keeps.
     counts = np.bincount((whole % np.uint64(8)).astype(np.int64), minlength=8)
     assert counts.min() > 0.95 * len(texts) / 8

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from transforms.packed_table import PackedTable
 from vsearch.core import embeddings, embedstate, objectmeta, storage
-from vsearch.core.hashing import column_hashes
+from vsearch.core.hashing import column_hash, column_hashes
 from vsearch.core.runs import METRICS_NAMESPACE
 
 # A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
@@ -111,6 +111,11 @@ def split_by_bucket(
     ends = [*starts[1:], len(order)]
     for b, start, end in zip(ids, starts, ends, strict=True):
         yield int(b), PackedTable(table.take(pa.array(order[start:end])))
+
+
+def bucket_of(listing_id: str, buckets: int) -> int:
+    """``split_by_bucket``'s bucket of one listing id, for rows that come one at a time."""
+    return column_hash(listing_id) % buckets
 
 
 def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Iterator[Any]:
@@ -216,13 +221,13 @@ def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
 def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
     """An earlier run's state file (vsearch/core/embedstate.py), split by listing bucket.
 
-    A kept file written with as many buckets as today's is one bucket already, and goes as it
-    is: no hash of its rows (~99% of a day's state). Were a row in the wrong bucket, its photo
+    A file written with as many buckets as today's is one bucket already, and goes as it is: no
+    hash of its rows. Were a row in the wrong bucket, its photo
     would only be read again, never wrongly skipped: it meets no photo of its slot there.
     """
     with storage.open_read(uri) as f:
         table = pq.read_table(f).select(STATE.names).cast(STATE)
-    bucket = embedstate.kept_file_bucket(uri, buckets)
+    bucket = embedstate.file_bucket(uri, buckets)
     if bucket is not None and table.num_rows:
         yield bucket, PackedTable(table)
         return

@@ -18,6 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.change_detection import bucket_of
 from transforms.packed_table import PackedTable
 from vsearch.core import embeddings, embedstate, paths, storage
 from vsearch.core.hashing import stable_hash
@@ -102,17 +103,16 @@ class WriteEmbeddings(beam.PTransform):
         )
 
 
-STATE_ROWS_PER_SHARD = 1_000_000  # ~60 bytes a row compressed: ~60 MB files
-
-
-class _WriteStateShard(beam.DoFn):
-    def __init__(self, directory: str) -> None:
+class _WriteStateBucket(beam.DoFn):
+    def __init__(self, directory: str, buckets: int) -> None:
         self._directory = directory
+        self._buckets = buckets
 
-    def process(self, keyed: tuple[tuple[int, int], Iterable[Row]]) -> Iterator[tuple[str, int]]:
-        (shard, total), rows = keyed
+    def process(self, keyed: tuple[int, Iterable[Row]]) -> Iterator[tuple[str, int]]:
+        bucket, rows = keyed
         ordered = sorted(rows, key=lambda r: (r["listing_id"], r["image_index"]))
-        uri = storage.join(self._directory, paths.shard_name(shard, total, ".parquet"))
+        name = embedstate.bucket_file_name("read", bucket, self._buckets)
+        uri = storage.join(self._directory, name)
         yield uri, embedstate.write(uri, ordered)
 
 
@@ -127,32 +127,29 @@ class WriteKeptState(beam.DoFn):
 
     def process(self, element: tuple[int, PackedTable]) -> Iterator[tuple[str, int]]:
         bucket, packed = element
-        uri = storage.join(self._directory, embedstate.kept_file_name(bucket, self._buckets))
+        name = embedstate.bucket_file_name("kept", bucket, self._buckets)
+        uri = storage.join(self._directory, name)
         yield uri, embedstate.write_table(uri, packed.table)
 
 
 class WriteState(beam.PTransform):
-    """The embed job's metadata state rows (see vsearch/core/embedstate.py) as Parquet shards."""
+    """The state rows of the photos a run read (see vsearch/core/embedstate.py) as
+    ``read-BBBBB-of-NNNNN.parquet``, one file per change-detection bucket like the kept rows', so
+    that the next run with as many buckets sends each file to its bucket without hashing it."""
 
-    def __init__(self, directory: str, rows_per_shard: int = STATE_ROWS_PER_SHARD) -> None:
+    def __init__(self, directory: str, buckets: int) -> None:
         super().__init__()
         self._directory = directory
-        self._rows_per_shard = rows_per_shard
+        self._buckets = buckets
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        per_shard = self._rows_per_shard
-        total = (
-            rows
-            | "CountRows" >> beam.combiners.Count.Globally()
-            | "NumShards" >> beam.Map(lambda n: shards_for(n, per_shard))
-        )
         return (
             rows
-            | "KeyByShard"
-            >> beam.Map(
-                lambda r, n: ((shard_of(r["listing_id"], n), n), r),
-                n=beam.pvalue.AsSingleton(total),
-            )
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteStateShard(self._directory))
+            | "KeyByBucket" >> beam.Map(_keyed_by_bucket, self._buckets)
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "WriteBucket" >> beam.ParDo(_WriteStateBucket(self._directory, self._buckets))
         )
+
+
+def _keyed_by_bucket(row: Row, buckets: int) -> tuple[int, Row]:
+    return bucket_of(row["listing_id"], buckets), row

@@ -1,7 +1,8 @@
 """The embed job's state: which object metadata key had which sha256 (per model version).
 
 ``WORKDIR/embed_state/model=VERSION/dt=D/*.parquet`` with (listing_id, image_index, image_uri,
-meta_key, image_sha256), committed like a partition (``_manifest.json``). It lives beside, not
+meta_key, image_sha256), one file per change-detection bucket (``bucket_file_name``), committed
+like a partition (``_manifest.json``). It lives beside, not
 inside, the Embedding Parquet folder, so no downstream reader ever sees it, and it is only a
 cache: losing it costs one day of reading every photo again, never a wrong or missing embedding.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,19 +44,21 @@ SCHEMA = pa.schema(
 )
 
 
-# The skipped photos' rows of a run, one file per change-detection hash bucket
-# (``transforms/change_detection.py``): every row of ``kept-B-of-N`` is in bucket B of N.
-_KEPT_FILE = re.compile(r"kept-(\d{5})-of-(\d{5})\.parquet$")
+# A run writes its state one file per change-detection hash bucket
+# (``transforms/change_detection.py``): ``kept-B-of-N`` the rows of the photos it skipped,
+# ``read-B-of-N`` those of the photos it read. Every row of such a file is in bucket B of N.
+_BUCKET_FILE = re.compile(r"(?:kept|read)-(\d{5})-of-(\d{5})\.parquet$")
 
 
-def kept_file_name(bucket: int, buckets: int) -> str:
-    return f"kept-{bucket:05d}-of-{buckets:05d}.parquet"
+def bucket_file_name(kind: Literal["kept", "read"], bucket: int, buckets: int) -> str:
+    return f"{kind}-{bucket:05d}-of-{buckets:05d}.parquet"
 
 
-def kept_file_bucket(uri: str, buckets: int) -> int | None:
-    """The bucket of every row of ``uri`` when it is a kept file split ``buckets`` ways, so the
-    next run with as many buckets needs no hash of its rows; else None (split it again)."""
-    m = _KEPT_FILE.search(uri)
+def file_bucket(uri: str, buckets: int) -> int | None:
+    """The bucket of every row of ``uri`` when it is a state file split ``buckets`` ways, so the
+    next run with as many buckets needs no hash of its rows; else None (split it again: another
+    bucket count, or state written before the files were per bucket)."""
+    m = _BUCKET_FILE.search(uri)
     if m is None or int(m.group(2)) != buckets:
         return None
     return int(m.group(1))
