@@ -222,8 +222,8 @@ def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
     """An earlier run's state file (vsearch/core/embedstate.py), split by listing bucket.
 
     A file written with as many buckets as today's is one bucket already, and goes as it is: no
-    hash of its rows. Were a row in the wrong bucket, its photo
-    would only be read again, never wrongly skipped: it meets no photo of its slot there.
+    hash of its rows. Were a row in the wrong bucket, its photo would only be read again, never
+    wrongly skipped: it meets no photo of its slot there.
     """
     with storage.open_read(uri) as f:
         table = pq.read_table(f).select(STATE.names).cast(STATE)

@@ -2,9 +2,9 @@
 
 ``WORKDIR/embed_state/model=VERSION/dt=D/*.parquet`` with (listing_id, image_index, image_uri,
 meta_key, image_sha256), one file per change-detection bucket (``bucket_file_name``), committed
-like a partition (``_manifest.json``). It lives beside, not
-inside, the Embedding Parquet folder, so no downstream reader ever sees it, and it is only a
-cache: losing it costs one day of reading every photo again, never a wrong or missing embedding.
+like a partition (``_manifest.json``). It lives beside, not inside, the Embedding Parquet folder,
+so no downstream reader ever sees it, and it is only a cache: losing it costs one day of reading
+every photo again, never a wrong or missing embedding.
 
 A run of day D writes a *snapshot*: one row for every photo of day D's catalog whose (slot,
 sha256) had an embedding row once partition D was committed (the photos skipped on their
