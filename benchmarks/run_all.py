@@ -10,6 +10,7 @@ import time
 # figures in BENCHMARKS.md are at N=1M (about half an hour on 2 cores, autofaiss included).
 BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.startup_reads", ["--write"]),
+    ("benchmarks.publish_gcs", ["--write"]),
     ("benchmarks.embed_bench", []),
     ("benchmarks.serve_bench", ["--write"]),
     ("benchmarks.model_quality", []),

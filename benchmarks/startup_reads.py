@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,16 +53,16 @@ def _ours(workdir: str) -> int:
 
 
 def _measure(
-    fn: Callable[[str], int], workdir: str, rounds: int, counter: list[int]
+    fn: Callable[[str], int], workdir: str, rounds: int, meter: Any
 ) -> tuple[float, int, int]:
     walls, requests = [], 0
     found = 0
     for _ in range(rounds):
-        counter[0] = 0
+        meter.count = 0
         t0 = time.perf_counter()
         found = fn(workdir)
         walls.append(time.perf_counter() - t0)
-        requests = counter[0]
+        requests = meter.count
     return statistics.median(walls), requests, found
 
 
@@ -81,8 +80,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
-    import requests
-
     from tests import gcs_emulator
     from vsearch.core import partitions, paths, storage
 
@@ -99,32 +96,19 @@ def main(argv: list[str]) -> int:
                 staged, paths.embeddings_dir(workdir, VERSION, day), f"a{i}", [(part, 1)]
             )
 
-        counter = [0]
-        lock = threading.Lock()
-        real = requests.Session.request
-        delay = [0.0]
-
-        def counting(self: Any, *a: Any, **k: Any) -> Any:
-            with lock:
-                counter[0] += 1
-            if delay[0]:
-                time.sleep(delay[0])
-            return real(self, *a, **k)
-
-        requests.Session.request = counting  # type: ignore[method-assign]
         rows = []
-        for latency in args.latency_ms:
-            delay[0] = latency / 1000
-            before = _measure(_serial_beam, workdir, args.rounds, counter)
-            ours = _measure(_ours, workdir, args.rounds, counter)
-            assert before[2] == ours[2] == args.days, (before, ours)
-            rows.append((latency, before, ours))
-            print(
-                f"+{latency:g} ms: one by one {before[0]:.2f} s ({before[1]} requests), "
-                f"ours {ours[0]:.2f} s ({ours[1]} requests), x{before[0] / ours[0]:.1f}",
-                flush=True,
-            )
-        requests.Session.request = real  # type: ignore[method-assign]
+        with gcs_emulator.metered_requests() as meter:
+            for latency in args.latency_ms:
+                meter.delay_s = latency / 1000
+                before = _measure(_serial_beam, workdir, args.rounds, meter)
+                ours = _measure(_ours, workdir, args.rounds, meter)
+                assert before[2] == ours[2] == args.days, (before, ours)
+                rows.append((latency, before, ours))
+                print(
+                    f"+{latency:g} ms: one by one {before[0]:.2f} s ({before[1]} requests), "
+                    f"ours {ours[0]:.2f} s ({ours[1]} requests), x{before[0] / ours[0]:.1f}",
+                    flush=True,
+                )
 
     body = _report(args.days, args.rounds, rows)
     print(body)

@@ -422,13 +422,17 @@ def publish_partition(
 ) -> int:
     """Commit the staged files as the whole partition (vsearch/core/partitions.py); returns how
     many files it now holds."""
-    files = []
-    for uri in storage.list_prefix(staged):
-        if uri.endswith(".parquet"):
-            with storage.open_read(uri) as f:
-                files.append((uri, int(pq.ParquetFile(f).metadata.num_rows)))
+    uris = [u for u in storage.list_prefix(staged) if u.endswith(".parquet")]
+    rows = storage.map_io(_num_rows, uris, remote=storage.is_gcs(staged))
+    files = list(zip(uris, rows, strict=True))
     partitions.publish(staged, partition, attempt, files, extra=extra)
     return len(files)
+
+
+def _num_rows(uri: str) -> int:
+    """A Parquet file's row count, from its footer."""
+    with storage.open_read(uri) as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
 
 
 def _distributions(result: Any) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -34,3 +36,40 @@ def running() -> Iterator[str]:
     finally:
         server.stop()
         storage.gcs_client.cache_clear()
+
+
+class RequestMeter:
+    """What ``metered_requests`` saw: ``count`` HTTP requests so far; ``delay_s`` is slept in
+    every request, standing in for a real bucket's round trip (the loopback server answers in
+    well under a millisecond)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+
+    def request(self) -> None:
+        with self._lock:
+            self.count += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+
+@contextlib.contextmanager
+def metered_requests() -> Iterator[RequestMeter]:
+    """Count (and delay) every HTTP request of google-cloud-storage and of Beam's GCS client: both
+    send through ``requests.Session``."""
+    import requests
+
+    meter = RequestMeter()
+    real = requests.Session.request
+
+    def metered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter.request()
+        return real(self, *args, **kwargs)
+
+    requests.Session.request = metered  # type: ignore[method-assign]
+    try:
+        yield meter
+    finally:
+        requests.Session.request = real  # type: ignore[method-assign]

@@ -126,3 +126,44 @@ def test_kill_inside_gcs_publish(gcs_bucket, kill_at: str) -> None:
         [partitions.MANIFEST]
         + [storage.basename(u) for u in embeddings.partition_files(workdir, V)[DAY]]
     )
+
+
+def test_gcs_publish_copies_and_deletes_overlap(gcs_bucket, monkeypatch) -> None:
+    """A full day at scale is thousands of files: on gs:// their copies into the partition, and
+    the deletes of the replaced files, go several at a time instead of one round trip after
+    another, and the day still ends with exactly the new files committed."""
+    import threading
+    import time
+
+    workdir = storage.join(gcs_bucket, "work")
+    stage_and_publish(workdir, "old", 12)
+    lock = threading.Lock()
+    most = {"rename": 0, "delete": 0}
+    in_flight = dict.fromkeys(most, 0)
+
+    def overlapping(kind: str, real):  # noqa: ANN001, ANN202 - a test wrapper
+        def call(*args):  # noqa: ANN002, ANN202
+            with lock:
+                in_flight[kind] += 1
+                most[kind] = max(most[kind], in_flight[kind])
+            time.sleep(0.02)  # a round trip to a real bucket takes tens of ms
+            try:
+                return real(*args)
+            finally:
+                with lock:
+                    in_flight[kind] -= 1
+
+        return call
+
+    monkeypatch.setattr(storage, "rename", overlapping("rename", storage.rename))
+    monkeypatch.setattr(storage, "_delete_one", overlapping("delete", storage._delete_one))
+    stage_and_publish(workdir, "new", 12)
+
+    assert most["rename"] > 1 and most["delete"] > 1, most
+    assert _package_ids(workdir) == NEW
+    part = paths.embeddings_dir(workdir, V, DAY)
+    committed = embeddings.partition_files(workdir, V)[DAY]
+    assert len(committed) == 12
+    assert sorted(storage.basename(u) for u in storage.list_prefix(part)) == sorted(
+        [partitions.MANIFEST, *(storage.basename(u) for u in committed)]
+    )

@@ -139,7 +139,9 @@ def publish(
 ) -> None:
     """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically;
     ``extra`` goes into the manifest, committed with the files."""
-    sizes = {u: _size(u) for u, _ in files}
+    staged_files = [u for u, _ in files]
+    remote = storage.is_gcs(partition)
+    sizes = dict(zip(staged_files, storage.map_io(_size, staged_files, remote=remote), strict=True))
     more = dict(extra or {})
     if storage.is_gcs(partition):
         _publish_gcs(staged, partition, attempt, files, sizes, step, more)
@@ -202,14 +204,21 @@ def _publish_gcs(
     step: StepHook,
     extra: dict[str, Any],
 ) -> None:
-    entries = []
-    for u, rows in sorted(files):
-        name = storage.basename(u)
+    def final_name(uri: str) -> str:
+        name = storage.basename(uri)
         stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
-        final = f"{stem}.{attempt}.parquet"
-        step(f"copy {name}")
-        storage.rename(u, storage.join(partition, final))
-        entries.append((final, rows, sizes[u]))
+        return f"{stem}.{attempt}.parquet"
+
+    def copy(uri: str) -> None:
+        step(f"copy {storage.basename(uri)}")
+        storage.rename(uri, storage.join(partition, final_name(uri)))
+
+    # Every copy finishes (or the run fails) before the manifest names them: readers never see
+    # a file the manifest names but the bucket lacks. Copies are independent requests, so they
+    # go ``storage.IO_THREADS`` at a time (a full day at scale is thousands of files).
+    ordered = sorted(files)
+    storage.map_io(copy, [u for u, _ in ordered], remote=True)
+    entries = [(final_name(u), rows, sizes[u]) for u, rows in ordered]
     step("manifest")
     storage.write_text(storage.join(partition, MANIFEST), _manifest(attempt, entries, extra))
     step("cleanup")
