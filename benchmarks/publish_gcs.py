@@ -23,6 +23,7 @@ import statistics
 import time
 from typing import Any
 
+from benchmarks import gcs_latency
 from benchmarks.report import write_section
 
 VERSION = "v1"
@@ -69,50 +70,41 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="publish_gcs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=200, help="files in each day's partition")
     ap.add_argument("--rounds", type=int, default=3, help="publishes of each way (medians)")
-    ap.add_argument(
-        "--latency-ms",
-        type=float,
-        nargs="+",
-        default=[0.0, 30.0],
-        help="sleep added to every HTTP request (0: the loopback server as it is)",
-    )
+    gcs_latency.add_latency_flag(ap)
     ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
     from tests import gcs_emulator
     from vsearch.core import embeddings, storage
 
-    rows = []
     with gcs_emulator.running():
         bucket = "publish-bench"
         storage.gcs_client().create_bucket(bucket)
         workdir = f"gs://{bucket}/w"
+        attempts = iter(range(1, 1_000_000))
         with gcs_emulator.metered_requests() as meter:
-            attempt = 0
-            for latency in args.latency_ms:
-                meter.delay_s = latency / 1000
+
+            def both() -> tuple[gcs_latency.Result, gcs_latency.Result]:
                 walls: dict[str, list[float]] = {"one": [], "ours": []}
                 requests: dict[str, int] = {}
                 for r in range(args.rounds):
                     # Interleaved, each replacing the day the other published.
-                    order = ("one", "ours") if r % 2 == 0 else ("ours", "one")
-                    for way in order:
-                        attempt += 1
+                    for way in ("one", "ours") if r % 2 == 0 else ("ours", "one"):
+                        attempt = f"a{next(attempts)}"
                         threads = 1 if way == "one" else storage.IO_THREADS
-                        walls[way].append(
-                            _publish(workdir, f"a{attempt}", threads, args.files, meter)
-                        )
+                        walls[way].append(_publish(workdir, attempt, threads, args.files, meter))
                         requests[way] = meter.count
                         committed = embeddings.committed_partitions(workdir, VERSION)[DAY]
-                        assert committed.commit == f"a{attempt}", committed
+                        assert committed.commit == attempt, committed
                         assert len(committed.files) == args.files
-                one, ours = statistics.median(walls["one"]), statistics.median(walls["ours"])
-                rows.append((latency, (one, requests["one"]), (ours, requests["ours"])))
-                print(
-                    f"+{latency:g} ms: one at a time {one:.2f} s ({requests['one']} requests), "
-                    f"ours {ours:.2f} s ({requests['ours']} requests), x{one / ours:.1f}",
-                    flush=True,
+                return (
+                    (statistics.median(walls["one"]), requests["one"]),
+                    (statistics.median(walls["ours"]), requests["ours"]),
                 )
+
+            rows = gcs_latency.compare(
+                args.latency_ms, lambda s: setattr(meter, "delay_s", s), both, "one at a time"
+            )
 
     body = _report(args.files, args.rounds, rows)
     print(body)
@@ -121,11 +113,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _report(files: int, rounds: int, rows: list[tuple[float, Any, Any]]) -> str:
-    lines = "\n".join(
-        f"| +{lat:g} ms | {b[0]:.2f} s ({b[1]}) | {o[0]:.2f} s ({o[1]}) | {b[0] / o[0]:.1f}x |"
-        for lat, b, o in rows
-    )
+def _report(files: int, rounds: int, rows: list[gcs_latency.Row]) -> str:
     return f"""## Publishing a day on gs:// (`benchmarks/publish_gcs.py`)
 
 The end of every run: a day's partition of {files} staged Parquet files replaces the previous
@@ -138,9 +126,7 @@ in flight. The manifest is still written only after every copy has finished. The
 is a sleep in every request, standing in for a real bucket's round trip. A full day at 100M
 listings is ~10,000 files of 50k rows.
 
-| added latency per request | one at a time: wall (requests) | ours: wall (requests) | speed-up |
-|---|---|---|---|
-{lines}
+{gcs_latency.table(rows, "one at a time")}
 """
 
 

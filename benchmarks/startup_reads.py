@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks import gcs_latency
 from benchmarks.report import write_section
 
 VERSION = "v1"
@@ -70,13 +71,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="startup_reads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--days", type=int, default=365, help="committed daily partitions")
     ap.add_argument("--rounds", type=int, default=5, help="runs of each reader (medians)")
-    ap.add_argument(
-        "--latency-ms",
-        type=float,
-        nargs="+",
-        default=[0.0, 30.0],
-        help="sleep added to every HTTP request (0: the loopback server as it is)",
-    )
+    gcs_latency.add_latency_flag(ap)
     ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
@@ -96,19 +91,17 @@ def main(argv: list[str]) -> int:
                 staged, paths.embeddings_dir(workdir, VERSION, day), f"a{i}", [(part, 1)]
             )
 
-        rows = []
         with gcs_emulator.metered_requests() as meter:
-            for latency in args.latency_ms:
-                meter.delay_s = latency / 1000
+
+            def both() -> tuple[gcs_latency.Result, gcs_latency.Result]:
                 before = _measure(_serial_beam, workdir, args.rounds, meter)
                 ours = _measure(_ours, workdir, args.rounds, meter)
                 assert before[2] == ours[2] == args.days, (before, ours)
-                rows.append((latency, before, ours))
-                print(
-                    f"+{latency:g} ms: one by one {before[0]:.2f} s ({before[1]} requests), "
-                    f"ours {ours[0]:.2f} s ({ours[1]} requests), x{before[0] / ours[0]:.1f}",
-                    flush=True,
-                )
+                return before[:2], ours[:2]
+
+            rows = gcs_latency.compare(
+                args.latency_ms, lambda s: setattr(meter, "delay_s", s), both, "one by one"
+            )
 
     body = _report(args.days, args.rounds, rows)
     print(body)
@@ -117,11 +110,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _report(days: int, rounds: int, rows: list[tuple[float, Any, Any]]) -> str:
-    lines = "\n".join(
-        f"| +{lat:g} ms | {b[0]:.2f} s ({b[1]}) | {o[0]:.2f} s ({o[1]}) | {b[0] / o[0]:.1f}x |"
-        for lat, b, o in rows
-    )
+def _report(days: int, rounds: int, rows: list[gcs_latency.Row]) -> str:
     return f"""## Start-up reads on gs:// (`benchmarks/startup_reads.py`)
 
 Which partitions are committed, read at the start of every run: {days} daily partitions of one
@@ -132,9 +121,7 @@ requests counted at the client. "One by one" is what the package did before: Bea
 manifest, `storage.IO_THREADS` (16) at a time. The added latency is a sleep in every request,
 standing in for a real bucket's round trip.
 
-| added latency per request | one by one: wall (requests) | ours: wall (requests) | speed-up |
-|---|---|---|---|
-{lines}
+{gcs_latency.table(rows, "one by one")}
 """
 
 

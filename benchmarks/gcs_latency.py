@@ -1,0 +1,54 @@
+"""What the gs:// benchmarks share: one way against ours on the loopback GCS server, HTTP
+requests counted at the client and a sleep added to every request (``--latency-ms``), standing in
+for a real bucket's round trip (the loopback server answers in well under a millisecond)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+Result = tuple[float, int]  # median wall seconds, HTTP requests of one run
+Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
+
+
+def add_latency_flag(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 30.0],
+        help="sleep added to every HTTP request (0: the loopback server as it is)",
+    )
+
+
+def compare(
+    latencies_ms: Sequence[float],
+    set_delay: Callable[[float], None],
+    measure: Callable[[], tuple[Result, Result]],
+    other: str,
+) -> list[Row]:
+    """``measure()`` (the other way's result, ours) at each added latency, printed as it goes."""
+    rows = []
+    for latency in latencies_ms:
+        set_delay(latency / 1000)
+        before, ours = measure()
+        rows.append((latency, before, ours))
+        print(
+            f"+{latency:g} ms: {other} {before[0]:.2f} s ({before[1]} requests), "
+            f"ours {ours[0]:.2f} s ({ours[1]} requests), x{before[0] / ours[0]:.1f}",
+            flush=True,
+        )
+    return rows
+
+
+def table(rows: Sequence[Row], other: str) -> str:
+    """The Markdown table of ``compare``'s rows."""
+    lines = [
+        f"| added latency per request | {other}: wall (requests) | ours: wall (requests) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| +{lat:g} ms | {b[0]:.2f} s ({b[1]}) | {o[0]:.2f} s ({o[1]}) | {b[0] / o[0]:.1f}x |"
+        for lat, b, o in rows
+    ]
+    return "\n".join(lines)
