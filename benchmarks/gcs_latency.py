@@ -5,10 +5,22 @@ for a real bucket's round trip (the loopback server answers in well under a mill
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 Result = tuple[float, int]  # median wall seconds, HTTP requests of one run
 Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
+
+
+@contextlib.contextmanager
+def loopback_workdir(bucket: str) -> Iterator[str]:
+    """A workdir ``gs://BUCKET/w`` on a fresh loopback server, for the length of the block."""
+    from tests import gcs_emulator
+    from vsearch.core import storage
+
+    with gcs_emulator.running():
+        storage.gcs_client().create_bucket(bucket)
+        yield f"gs://{bucket}/w"
 
 
 def add_latency_flag(ap: argparse.ArgumentParser) -> None:

@@ -77,12 +77,11 @@ def main(argv: list[str]) -> int:
     from tests import gcs_emulator
     from vsearch.core import embeddings, storage
 
-    with gcs_emulator.running():
-        bucket = "publish-bench"
-        storage.gcs_client().create_bucket(bucket)
-        workdir = f"gs://{bucket}/w"
+    with gcs_latency.loopback_workdir("publish-bench") as workdir:
         attempts = iter(range(1, 1_000_000))
         with gcs_emulator.metered_requests() as meter:
+            # A day to replace, so that every measured publish also deletes the one before.
+            _publish(workdir, "a0", storage.IO_THREADS, args.files, meter)
 
             def both() -> tuple[gcs_latency.Result, gcs_latency.Result]:
                 walls: dict[str, list[float]] = {"one": [], "ours": []}

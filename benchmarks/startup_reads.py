@@ -78,10 +78,7 @@ def main(argv: list[str]) -> int:
     from tests import gcs_emulator
     from vsearch.core import partitions, paths, storage
 
-    with gcs_emulator.running():
-        bucket = "startup-reads"
-        storage.gcs_client().create_bucket(bucket)
-        workdir = f"gs://{bucket}/w"
+    with gcs_latency.loopback_workdir("startup-reads") as workdir:
         for i in range(args.days):
             day = FIRST_DAY + dt.timedelta(days=i)
             staged = paths.staging_dir(workdir, "embed", day, f"a{i}")
