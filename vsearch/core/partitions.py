@@ -140,7 +140,7 @@ def publish(
     """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically;
     ``extra`` goes into the manifest, committed with the files."""
     staged_files = [u for u, _ in files]
-    remote = storage.is_gcs(partition)
+    remote = storage.is_gcs(staged)
     sizes = dict(zip(staged_files, storage.map_io(_size, staged_files, remote=remote), strict=True))
     more = dict(extra or {})
     if storage.is_gcs(partition):
