@@ -139,9 +139,8 @@ def publish(
 ) -> None:
     """Make ``files`` ((staged uri, rows)) the whole content of ``partition``, atomically;
     ``extra`` goes into the manifest, committed with the files."""
-    staged_files = [u for u, _ in files]
-    remote = storage.is_gcs(staged)
-    sizes = dict(zip(staged_files, storage.map_io(_size, staged_files, remote=remote), strict=True))
+    listed = storage.list_sizes(staged)  # on gs:// one listing, not a request per file
+    sizes = {u: listed[u] if u in listed else _size(u) for u, _ in files}
     more = dict(extra or {})
     if storage.is_gcs(partition):
         _publish_gcs(staged, partition, attempt, files, sizes, step, more)

@@ -181,6 +181,17 @@ def list_prefix(prefix: str) -> list[str]:
     return sorted(out)
 
 
+def list_sizes(prefix: str) -> dict[str, int]:
+    """Every file under a directory-like prefix, recursively, with its size in bytes (on gs://
+    from the listing itself: no request per object)."""
+    prefix = normalize(prefix)
+    if is_gcs(prefix):
+        bucket, name = split_gcs(prefix)
+        blobs = gcs_client().list_blobs(bucket, prefix=name.rstrip("/") + "/")
+        return {f"gs://{bucket}/{b.name}": int(b.size or 0) for b in blobs}
+    return {path: os.path.getsize(path) for path in list_prefix(prefix)}
+
+
 def map_io(fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool) -> list[_R]:
     """``[fn(x) for x in items]``, in order: ``IO_THREADS`` calls at a time when each waits on a
     network round trip (``remote``), else one after another (a local read or stat is a fast
