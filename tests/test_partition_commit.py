@@ -9,6 +9,7 @@ both filesystems) must see exactly the old rows or exactly the new rows.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_kill_inside_gcs_publish(gcs_bucket, kill_at: str) -> None:
 def test_gcs_publish_copies_and_deletes_overlap(gcs_bucket, monkeypatch) -> None:
     """A full day at scale is thousands of files: on gs:// their copies into the partition, and
     the deletes of the replaced files, go several at a time instead of one round trip after
-    another, and the day still ends with exactly the new files committed."""
+    another, their sizes come from one listing (no request per file), and the day still ends
+    with exactly the new files committed."""
     import threading
     import time
 
@@ -155,6 +157,10 @@ def test_gcs_publish_copies_and_deletes_overlap(gcs_bucket, monkeypatch) -> None
 
         return call
 
+    def no_size_request(uri: str) -> int:
+        raise AssertionError(f"a metadata request for {uri}, which the listing already sized")
+
+    monkeypatch.setattr(partitions, "_size", no_size_request)
     monkeypatch.setattr(storage, "rename", overlapping("rename", storage.rename))
     monkeypatch.setattr(storage, "_delete_one", overlapping("delete", storage._delete_one))
     stage_and_publish(workdir, "new", 12)
@@ -167,3 +173,10 @@ def test_gcs_publish_copies_and_deletes_overlap(gcs_bucket, monkeypatch) -> None
     assert sorted(storage.basename(u) for u in storage.list_prefix(part)) == sorted(
         [partitions.MANIFEST, *(storage.basename(u) for u in committed)]
     )
+    # The manifest's byte counts are the committed objects' sizes.
+    manifest = json.loads(storage.read_text(storage.join(part, partitions.MANIFEST)))
+    assert {f["name"]: f["bytes"] for f in manifest["files"]} == {
+        storage.basename(u): size
+        for u, size in storage.list_sizes(part).items()
+        if storage.basename(u) != partitions.MANIFEST
+    }
