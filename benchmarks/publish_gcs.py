@@ -120,8 +120,9 @@ one of {files} files on the loopback GCS server (fake-gcs-server): each file's f
 its row count and its size looked up, copied under the attempt's name into the partition, the
 manifest written (the commit), the replaced files deleted. Medians of {rounds} publishes of
 each way, interleaved; HTTP requests counted at the client. "One at a time" is the same code
-with one request in flight, which is what it did before; ours keeps `storage.IO_THREADS` (16)
-in flight. The manifest is still written only after every copy has finished. The added latency
+with one request in flight, which is what it did before (then also with a size request per file,
+which one listing of the staging folder now replaces: 1,405 requests for 200 files, 43.6 s at
++30 ms); ours keeps `storage.IO_THREADS` (16) in flight. The manifest is still written only after every copy has finished. The added latency
 is a sleep in every request, standing in for a real bucket's round trip. A full day at 100M
 listings is ~10,000 files of 50k rows.
 
