@@ -169,12 +169,7 @@ def list_prefix(prefix: str) -> list[str]:
     """Every file under a directory-like prefix, recursively, sorted."""
     prefix = normalize(prefix)
     if is_gcs(prefix):
-        bucket, name = split_gcs(prefix)
-        client = gcs_client()
-        return sorted(
-            f"gs://{bucket}/{b.name}"
-            for b in client.list_blobs(bucket, prefix=name.rstrip("/") + "/")
-        )
+        return sorted(uri for uri, _ in _gcs_listing(prefix))
     out: list[str] = []
     for root, _, files in os.walk(prefix):
         out.extend(os.path.join(root, f) for f in files)
@@ -186,10 +181,15 @@ def list_sizes(prefix: str) -> dict[str, int]:
     from the listing itself: no request per object)."""
     prefix = normalize(prefix)
     if is_gcs(prefix):
-        bucket, name = split_gcs(prefix)
-        blobs = gcs_client().list_blobs(bucket, prefix=name.rstrip("/") + "/")
-        return {f"gs://{bucket}/{b.name}": int(b.size or 0) for b in blobs}
+        return dict(_gcs_listing(prefix))
     return {path: os.path.getsize(path) for path in list_prefix(prefix)}
+
+
+def _gcs_listing(prefix: str) -> Iterator[tuple[str, int]]:
+    """(URI, size) of every object under a gs:// folder-like prefix, from its listing pages."""
+    bucket, name = split_gcs(prefix)
+    for b in gcs_client().list_blobs(bucket, prefix=name.rstrip("/") + "/"):
+        yield f"gs://{bucket}/{b.name}", int(b.size or 0)
 
 
 def map_io(fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool) -> list[_R]:
