@@ -7,7 +7,7 @@ One run, side by side on the same images (held-out buyer photos against the whol
 Writes the style's section of BENCHMARKS.md, a row of the ablation table, and the training curve
 to benchmarks/plots/model_training_curve_STYLE.png.
 
-    python -m benchmarks.model_quality [--style generated|bazaar] [--listings 2000]
+    python -m benchmarks.model_quality [--style generated|bazaar|phone] [--listings 2000]
         [--image-size 96] [--set FIELD=VALUE ...] [--out DIR]
 """
 
@@ -68,8 +68,8 @@ def plot(
     fig.savefig(path, dpi=110)
 
 
-STYLES = ("generated", "bazaar")
-SECTIONS = {"generated": "model", "bazaar": "model_bazaar"}
+STYLES = ("generated", "bazaar", "phone")  # generated = `generate-catalog --style studio`
+SECTIONS = {"generated": "model", "bazaar": "model_bazaar", "phone": "model_phone"}
 # Issue 12's bar for the 2,000-listing generated catalog: held-out buyer photos against the whole index.
 BAR = 0.8
 
@@ -174,6 +174,7 @@ def main(argv: list[str]) -> int:
     from vsearch.core import paths
     from vsearch.synthetic.bazaar import generate_bazaar_catalog
     from vsearch.synthetic.generate import generate_catalog
+    from vsearch.synthetic.phone import generate_phone_catalog
 
     root = storage.join(args.out, f"{args.style}-{args.listings}")
     cat = storage.join(root, "catalog")
@@ -182,8 +183,11 @@ def main(argv: list[str]) -> int:
     work = storage.join(root, f"work-{tag}")
     t0 = time.perf_counter()
     if not storage.exists(storage.join(cat, "catalog.json")):
-        draw = generate_bazaar_catalog if args.style == "bazaar" else generate_catalog
-        draw(cat, listings=args.listings, days=1, seed=args.seed, image_size=args.image_size)
+        if args.style == "phone":  # phone photos keep their own size: the item is small in them
+            generate_phone_catalog(cat, listings=args.listings, days=1, seed=args.seed)
+        else:
+            draw = generate_bazaar_catalog if args.style == "bazaar" else generate_catalog
+            draw(cat, listings=args.listings, days=1, seed=args.seed, image_size=args.image_size)
     t_gen = time.perf_counter() - t0
     pre = preprocess(
         PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=args.image_size)

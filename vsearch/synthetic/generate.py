@@ -41,6 +41,7 @@ CHANGE_FRACTION = 0.03
 REMOVE_FRACTION = 0.02
 NEW_REVIEW_FRACTION = 0.03
 MAX_WORKERS = 2  # the reference machine has 2 cores
+STYLES = ("studio", "bazaar", "phone")  # `vsearch generate-catalog --style`
 
 _DAY_STREAM = 1_000_003  # default_rng([seed, _DAY_STREAM, day]) picks the day's churn
 
@@ -341,22 +342,44 @@ class GenerateSettings:
     start_date: dt.date = field(
         default=dt.date(2026, 1, 1), metadata=doc("date of the first snapshot, YYYY-MM-DD")
     )
-    image_size: int = field(default=128, metadata=doc("width and height of every JPEG in pixels"))
+    # studio: buyer photos where the item fills most of the frame (the demo's catalog);
+    # bazaar: another taxonomy, flat vector art, heavy degradations (vsearch/synthetic/bazaar.py);
+    # phone: the item small and off-centre in cluttered 4:3 phone photos, true boxes recorded
+    # under OUT/truth/ (vsearch/synthetic/phone.py).
+    style: str = field(default="studio", metadata=doc("how the photos are drawn", choices=STYLES))
+    image_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "longer side of every JPEG in pixels (default: 128; 256 for --style phone, whose "
+            "items are small in the frame)"
+        ),
+    )
     # Truncated JPEG, zero bytes, HTML named .jpg: exercises the dead-letter paths.
     corrupt_fraction: float = field(
-        default=0.0, metadata=doc("fraction of listing images written deliberately broken")
+        default=0.0,
+        metadata=doc("fraction of listing images written deliberately broken (--style studio)"),
     )
     workers: int = field(default=MAX_WORKERS, metadata=doc("rendering processes"))
 
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"--style must be one of {STYLES}, got {self.style!r}")
+        if self.corrupt_fraction and self.style != "studio":
+            raise ValueError(
+                f"--corrupt-fraction is only drawn by --style studio, not {self.style}"
+            )
 
-def run(settings: GenerateSettings) -> GeneratedCatalog:
+
+def run(settings: GenerateSettings) -> GeneratedCatalog | list[int]:
     """``vsearch generate-catalog``: write the catalog and print one line about it."""
+    if settings.style != "studio":
+        return _run_other_style(settings)
     result = generate_catalog(
         settings.out,
         settings.listings,
         settings.days,
         settings.seed,
-        image_size=settings.image_size,
+        image_size=settings.image_size or 128,
         start_date=settings.start_date,
         corrupt_fraction=settings.corrupt_fraction,
         workers=settings.workers,
@@ -370,3 +393,36 @@ def run(settings: GenerateSettings) -> GeneratedCatalog:
         f"in {result.wall_s:.1f} s ({total_written / max(result.wall_s, 1e-9):.0f} images/s)"
     )
     return result
+
+
+def _run_other_style(settings: GenerateSettings) -> list[int]:
+    started = time.perf_counter()
+    if settings.style == "phone":
+        from vsearch.synthetic.phone import DEFAULT_IMAGE_SIZE, generate_phone_catalog
+
+        counts = generate_phone_catalog(
+            settings.out,
+            settings.listings,
+            settings.days,
+            settings.seed,
+            image_size=settings.image_size or DEFAULT_IMAGE_SIZE,
+            start_date=settings.start_date,
+            workers=settings.workers,
+        )
+    else:
+        from vsearch.synthetic.bazaar import generate_bazaar_catalog
+
+        counts = generate_bazaar_catalog(
+            settings.out,
+            settings.listings,
+            settings.days,
+            settings.seed,
+            image_size=settings.image_size or 128,
+            start_date=settings.start_date,
+        )
+    print(
+        f"generate-catalog --style {settings.style}: {len(counts)} day(s) -> "
+        f"{storage.normalize(settings.out)}: listings per day {counts}, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return counts
