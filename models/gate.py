@@ -15,7 +15,9 @@ catalog. A later model must beat the published one's recall@10 by ``margin`` wit
 dropping by more than ``tolerance``. ``--floor`` adds a check to either rule. The metrics are the
 shopper's: held-out review photos against the whole catalog (``models/retrieval_metrics.py``).
 With ``require_human_eval`` it must also have a rated blind side-by-side it does not lose
-significantly (:func:`human_eval_verdict`). The last reason says what to do next.
+significantly (:func:`human_eval_verdict`). A first model's reasons give one line per capability
+(``CAPABILITIES``: buyer photo -> its listing, listing -> same-category listings): fine, or at which
+baseline's level; the last reason says what to do next about the capability that failed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from models.retrieval_eval import evaluate
 from models.retrieval_metrics import shopper_metrics
 from models.settings import (
     BASELINE_METRICS,
+    CAPABILITIES,
     DEFAULT_FLOORS,
     SELECTION_METRIC,
     GateDecision,
@@ -118,27 +121,68 @@ def measure_baselines(
     return out
 
 
+# What to do when a first model has not learnt a BASELINE_METRICS capability (the last reason).
+_FIXES = {
+    SELECTION_METRIC: (
+        "train longer (--epochs), with more buyer photos (check-catalog's reviews_ok), and "
+        "check that they show the listed item"
+    ),
+    "category_precision_at_10": (
+        "check the category labels (the classes in models/VERSION/config.json, with enough "
+        "listings each) and train longer (--epochs)"
+    ),
+}
+
+
+def _about(metric: str) -> str:
+    """``capability: `` before a metric's reason, where the metric has one."""
+    return f"{CAPABILITIES[metric][0]}: " if metric in CAPABILITIES else ""
+
+
+def _baseline_line(
+    metric: str, value: float, known: dict[str, float], queries: int, margin: float
+) -> tuple[bool, str]:
+    """One capability against the same-run baselines: passed?, and a line saying so."""
+    what, figure = CAPABILITIES[metric]
+    name, best = max(known.items(), key=lambda kv: kv[1])
+    need = best + required_gain(best, queries, margin)
+    if value >= need:
+        return True, (
+            f"{what} is fine: {figure} {value:.3f} vs best baseline {best:.3f} "
+            f"({name}; needs >= {need:.3f})"
+        )
+    # Its level is the nearest baseline it does not clearly beat: level with the untrained
+    # network it learnt nothing; with the histogram, no more than colour alone gives.
+    gains = {n: required_gain(b, queries, margin) for n, b in known.items()}
+    level = min(
+        (n for n, b in known.items() if value < b + gains[n]), key=lambda n: abs(known[n] - value)
+    )
+    where = "below" if value < known[level] - gains[level] else "at"
+    bar = f"needs >= {need:.3f}" + ("" if level == name else f" to clear the {name}'s {best:.3f}")
+    return False, (
+        f"{what}: {figure} {value:.3f} is {where} the {level}'s level ({known[level]:.3f}; {bar})"
+    )
+
+
 def _baseline_checks(
     candidate: dict[str, float],
     baselines: dict[str, dict[str, float]],
     queries: int,
     settings: GateSettings,
-) -> tuple[bool, list[str]]:
-    ok, reasons = True, []
+) -> tuple[list[str], list[str]]:
+    """(the BASELINE_METRICS that failed, one line per capability)."""
+    failed, lines = [], []
     for metric in BASELINE_METRICS:
         known = {name: b[metric] for name, b in baselines.items() if metric in b}
         if not known:
+            lines.append(f"{_about(metric)}no same-run baseline measured {metric}: not checked")
             continue
-        name, best = max(known.items(), key=lambda kv: kv[1])
-        need = best + required_gain(best, queries, settings.baseline_margin)
         value = candidate.get(metric, 0.0)
-        passed = value >= need
-        ok &= passed
-        reasons.append(
-            f"{metric} {value:.4f} {'>=' if passed else '<'} {need:.4f} "
-            f"(best baseline: {name} {best:.4f} + margin)"
-        )
-    return ok, reasons
+        passed, line = _baseline_line(metric, value, known, queries, settings.baseline_margin)
+        lines.append(line)
+        if not passed:
+            failed.append(metric)
+    return failed, lines
 
 
 def decide(
@@ -151,52 +195,67 @@ def decide(
     """The promotion rule, pure: (promote?, human-readable reasons, ending with what to do next).
 
     A first model must beat the best of the same-run ``baselines`` by a margin on each of
-    BASELINE_METRICS; a later one must beat the published model by ``margin`` with no other
-    metric dropping by more than ``tolerance``. User floors add a check to either rule.
+    BASELINE_METRICS (one line per capability, naming the baseline a failed one is level with);
+    a later one must beat the published model by ``margin`` with no other metric dropping by
+    more than ``tolerance``. User floors add a check to either rule.
     """
     reasons: list[str] = []
+    failed: list[str] = []
     ok = True
     if published is None:
         reasons.append("no published model: the first model is judged against same-run baselines")
         if settings.beat_baselines:
-            passed, why = _baseline_checks(candidate, baselines or {}, queries, settings)
-            ok &= passed
+            failed, why = _baseline_checks(candidate, baselines or {}, queries, settings)
+            ok &= not failed
             reasons += why
     else:
-        gain = candidate.get(SELECTION_METRIC, 0.0) - published.get(SELECTION_METRIC, 0.0)
+        new, old = candidate.get(SELECTION_METRIC, 0.0), published.get(SELECTION_METRIC, 0.0)
+        gain, about = new - old, f"{_about(SELECTION_METRIC)}{SELECTION_METRIC}"
         if gain + 1e-12 < settings.margin:
             ok = False
             reasons.append(
-                f"{SELECTION_METRIC} {candidate.get(SELECTION_METRIC, 0.0):.4f} vs published "
-                f"{published.get(SELECTION_METRIC, 0.0):.4f}: gain {gain:+.4f} < margin {settings.margin:.4f}"
+                f"{about} {new:.4f} vs published {old:.4f}: "
+                f"gain {gain:+.4f} < margin {settings.margin:.4f}"
             )
         else:
-            reasons.append(f"{SELECTION_METRIC} gain {gain:+.4f} >= margin {settings.margin:.4f}")
+            reasons.append(f"{about} gain {gain:+.4f} >= margin {settings.margin:.4f}")
         for metric in GUARDED:
             if metric in candidate and metric in published:
                 drop = published[metric] - candidate[metric]
                 if drop > settings.tolerance:
                     ok = False
                     reasons.append(
-                        f"{metric} dropped {drop:.4f} ({published[metric]:.4f} -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}"
+                        f"{_about(metric)}{metric} dropped {drop:.4f} ({published[metric]:.4f}"
+                        f" -> {candidate[metric]:.4f}) > tolerance {settings.tolerance:.4f}"
                     )
     for metric, floor in settings.floors:
         value = candidate.get(metric, 0.0)
         passed = value >= floor
         ok &= passed
-        reasons.append(f"{metric} {value:.4f} {'>=' if passed else '<'} floor {floor:.4f}")
-    reasons.append(_next_step(ok, published is None))
+        reasons.append(
+            f"{_about(metric)}{metric} {value:.4f} {'>=' if passed else '<'} floor {floor:.4f}"
+        )
+    reasons.append(_next_step(ok, published is None, failed))
     return ok, reasons
 
 
-def _next_step(ok: bool, first: bool) -> str:
+def _next_step(ok: bool, first: bool, failed: list[str]) -> str:
     if ok:
         return "next: embed --full with the new model, then build-index and publish"
+    if first and failed:
+        free = "beyond what the same-run baselines give for free"
+        if len(failed) == 1:
+            what, fix = CAPABILITIES[failed[0]][0], _FIXES[failed[0]]
+            return f"next: the model has not learnt {what} {free}: {fix}; then run the gate again"
+        names = " nor ".join(CAPABILITIES[m][0] for m in failed)
+        fixes = "; ".join(f"for {CAPABILITIES[m][0]}: {_FIXES[m]}" for m in failed)
+        return (
+            f"next: the model has learnt neither {names} {free}: {fixes}; then run the gate again"
+        )
     if first:
         return (
-            "next: the model is not clearly better than a model that learnt nothing: check the "
-            "catalog (labels, review photos per listing: runs/dt=D/preprocess.json), train longer "
-            "(--epochs) or with more data, then run the gate again"
+            "next: the model misses a --floor: train longer (--epochs) or with more data, or "
+            "lower that --floor on purpose, then run the gate again"
         )
     return (
         "next: keep the published model (embed runs incrementally with it); to replace it, "

@@ -22,6 +22,19 @@ SELECTION_METRIC = "review_recall_at_10"
 # colour descriptor and may win there on any catalog (BENCHMARKS.md).
 BASELINE_METRICS: tuple[str, ...] = (SELECTION_METRIC, "category_precision_at_10")
 
+# What a shopper gets from each metric, and its short name: the gate's reasons say which
+# capability failed, not only which number (every one of BASELINE_METRICS has an entry).
+CAPABILITIES: dict[str, tuple[str, str]] = {
+    SELECTION_METRIC: ("buyer photo -> its listing", "recall@10"),
+    "review_recall_at_1": ("buyer photo -> its listing as the first hit", "recall@1"),
+    "category_precision_at_10": ("listing -> same-category listings", "precision@10"),
+    "color_precision_at_10": ("listing -> same-colour listings", "precision@10"),
+    "category_accuracy": ("photo -> its category", "accuracy"),
+    "color_accuracy": ("photo -> its colour", "accuracy"),
+    "shape_accuracy": ("photo -> its shape", "accuracy"),
+    "material_accuracy": ("photo -> its material", "accuracy"),
+}
+
 # No absolute floors by default: a floor tuned to one catalog refuses good models on another
 # (a user's --floor adds a check, it replaces nothing).
 DEFAULT_FLOORS: tuple[tuple[str, float], ...] = ()

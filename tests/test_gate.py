@@ -33,13 +33,84 @@ def test_first_model_must_clearly_beat_the_same_run_baselines() -> None:
     weak = {**GOOD, "category_precision_at_10": 0.58}
     ok, reasons = decide(weak, None, _settings(), BASELINES, queries=500)
     assert not ok
-    assert any("untrained network 0.5500 + margin" in r for r in reasons)
-    assert reasons[-1].startswith("next: the model is not clearly better")
+    assert reasons[2] == (
+        "listing -> same-category listings: precision@10 0.580 is at the untrained network's "
+        "level (0.550; needs >= 0.600)"
+    )
+    assert reasons[-1].startswith("next: the model has not learnt listing -> same-category")
     # No absolute floor tuned to one catalog: a catalog where everything scores low still
     # promotes a model that clearly beats what learns nothing there.
     low = {k: v / 3 for k, v in BASELINES["colour histogram"].items()}
     hard_catalog = {"review_recall_at_10": 0.25, "category_precision_at_10": 0.30}
     assert decide(hard_catalog, None, _settings(), {"colour histogram": low}, 500)[0]
+
+
+def test_a_first_model_is_told_which_capability_is_at_a_baselines_level() -> None:
+    # Buyer photos find their listing no better than a colour histogram; categories are learnt.
+    baselines = {
+        "colour histogram": {"review_recall_at_10": 0.037, "category_precision_at_10": 0.41},
+        "untrained network": {"review_recall_at_10": 0.010, "category_precision_at_10": 0.30},
+    }
+    candidate = {"review_recall_at_10": 0.041, "category_precision_at_10": 0.79}
+    ok, reasons = decide(candidate, None, _settings(), baselines, queries=500)
+    assert not ok
+    assert reasons[1:3] == [
+        "buyer photo -> its listing: recall@10 0.041 is at the colour histogram's level "
+        "(0.037; needs >= 0.087)",
+        "listing -> same-category listings is fine: precision@10 0.790 vs best baseline 0.410 "
+        "(colour histogram; needs >= 0.460)",
+    ]
+    # What to do next is about buyer photos only.
+    assert reasons[-1].startswith("next: the model has not learnt buyer photo -> its listing")
+    assert "train longer" in reasons[-1] and "more buyer photos" in reasons[-1]
+    assert "category" not in reasons[-1]
+
+
+def test_a_first_model_failing_both_capabilities_names_both() -> None:
+    # Buyer photos: worse than a network that learnt nothing. Categories: level with it.
+    candidate = {"review_recall_at_10": 0.02, "category_precision_at_10": 0.52}
+    ok, reasons = decide(candidate, None, _settings(), BASELINES, queries=500)
+    assert not ok
+    assert reasons[1:3] == [
+        "buyer photo -> its listing: recall@10 0.020 is below the untrained network's level "
+        "(0.100; needs >= 0.350 to clear the colour histogram's 0.300)",
+        "listing -> same-category listings: precision@10 0.520 is at the untrained network's "
+        "level (0.550; needs >= 0.600)",
+    ]
+    assert reasons[-1].startswith(
+        "next: the model has learnt neither buyer photo -> its listing "
+        "nor listing -> same-category listings"
+    )
+    assert "more buyer photos" in reasons[-1] and "category labels" in reasons[-1]
+
+
+def test_a_first_model_passing_both_capabilities_says_so() -> None:
+    ok, reasons = decide(GOOD, None, _settings(), BASELINES, queries=500)
+    assert ok
+    assert reasons[1:3] == [
+        "buyer photo -> its listing is fine: recall@10 0.700 vs best baseline 0.300 "
+        "(colour histogram; needs >= 0.350)",
+        "listing -> same-category listings is fine: precision@10 0.920 vs best baseline 0.550 "
+        "(untrained network; needs >= 0.600)",
+    ]
+    assert reasons[-1] == "next: embed --full with the new model, then build-index and publish"
+
+
+def test_the_wording_leaves_the_promotion_rule_as_it_was() -> None:
+    """Still: every baseline metric >= its best baseline + required_gain, nothing more."""
+    from models.baselines import required_gain
+    from models.settings import BASELINE_METRICS
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        hist, untrained, cand = (
+            dict(zip(BASELINE_METRICS, rng.random(2), strict=True)) for _ in "abc"
+        )
+        queries = int(rng.integers(1, 2000))
+        best = {m: max(hist[m], untrained[m]) for m in BASELINE_METRICS}
+        rule = all(cand[m] >= best[m] + required_gain(best[m], queries, 0.05) for m in best)
+        baselines = {"colour histogram": hist, "untrained network": untrained}
+        assert decide(cand, None, _settings(), baselines, queries)[0] == rule
 
 
 def test_a_small_eval_set_needs_a_larger_gain() -> None:
@@ -52,7 +123,7 @@ def test_user_floors_add_a_check_and_replace_nothing() -> None:
     floors = (("category_accuracy", 0.95),)
     ok, reasons = decide(GOOD, None, _settings(floors=floors), BASELINES, queries=500)
     assert not ok and any("category_accuracy 0.9000 < floor 0.9500" in r for r in reasons)
-    assert any("best baseline" in r for r in reasons)  # the baseline rule still applied
+    assert any(r.startswith("buyer photo -> its listing is fine") for r in reasons)  # still applied
     ok, reasons = decide(GOOD, GOOD, _settings(floors=floors))
     assert not ok and any("< floor" in r for r in reasons)  # later models too
 
@@ -61,7 +132,8 @@ def test_recall_must_beat_published_by_the_margin() -> None:
     better = {**GOOD, "review_recall_at_10": 0.75}
     assert decide(better, GOOD, _settings(margin=0.02))[0]
     ok, reasons = decide(better, GOOD, _settings(margin=0.1))
-    assert not ok and "< margin" in reasons[0]
+    assert not ok and reasons[0].startswith("buyer photo -> its listing: review_recall_at_10")
+    assert "gain +0.0500 < margin 0.1000" in reasons[0]
 
 
 def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
@@ -71,7 +143,8 @@ def test_no_other_metric_may_drop_more_than_the_tolerance() -> None:
         "category_precision_at_10": 0.85,
     }
     ok, reasons = decide(better_recall_worse_category, GOOD, _settings(tolerance=0.02))
-    assert not ok and any(r.startswith("category_precision_at_10 dropped") for r in reasons)
+    dropped = "listing -> same-category listings: category_precision_at_10 dropped 0.0700"
+    assert not ok and any(r.startswith(dropped) for r in reasons)
     assert decide(better_recall_worse_category, GOOD, _settings(tolerance=0.1))[0]
 
 
