@@ -71,6 +71,13 @@ class TrainConfig:
     cosine_scale: float = field(default=16.0, metadata=doc("logit scale of the cosine heads"))
     # Augment listing photos so that they look like review photos (crop, light, blur, noise).
     augment: bool = field(default=True, metadata=doc("augment listing photos like phone photos"))
+    # Of the augmented listing photos, this share becomes a phone view (models/augment.py): the
+    # item cut out, shrunk to 22-65 % of the frame, placed off-centre on clutter beside another
+    # listing's item, half in a 4:3 letterboxed frame. Without it the model never sees a small
+    # item and is at chance on phone photos (BENCHMARKS.md, phone catalog). 0 = off.
+    phone_views: float = field(
+        default=0.5, metadata=doc("share of augmented listing photos made into phone views")
+    )
     # User-supplied weights file (any URI, Keras ``.weights.h5``) for transfer learning; None = scratch.
     backbone_weights: str | None = field(
         default=None, metadata=doc("URI of a Keras .weights.h5 file for the backbone")
@@ -109,6 +116,8 @@ class TrainConfig:
         for name, w in self.loss_weights:
             if name not in known or w < 0:
                 raise ValueError(f"loss weight {name}={w}: names must be in {known}, weights >= 0")
+        if not 0.0 <= self.phone_views <= 1.0:
+            raise ValueError(f"--phone-views must be in 0..1, got {self.phone_views}")
         if self.early_stopping_patience < 0:
             raise ValueError("--early-stopping-patience must be >= 0")
         if self.max_instance_classes < 1:

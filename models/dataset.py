@@ -7,12 +7,13 @@ input pipeline with TFT's statistics (``features.normalize_pixels``, as the serv
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from models.augment import PHONE_VIEW_RATE, augment
 from models.config import INSTANCE_HEAD
 from models.features import (
     IMAGE_KEY,
@@ -83,76 +84,6 @@ def scan_train(
     return sorted(i.decode() for i in ids), {i.decode() for i in reviewed}, count
 
 
-def _random_backgrounds(n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Busy, coloured backgrounds (normalised units): a two-colour gradient plus blotchy clutter."""
-    h, w = size[0], size[1]
-    yy, xx = tf.meshgrid(tf.linspace(0.0, 1.0, h), tf.linspace(0.0, 1.0, w), indexing="ij")
-    direction = tf.random.uniform([n, 1, 1, 2], -1.0, 1.0)
-    t = xx[None, :, :, None] * direction[..., :1] + yy[None, :, :, None] * direction[..., 1:]
-    t = (t - tf.reduce_min(t, axis=[1, 2], keepdims=True)) / (
-        tf.reduce_max(t, axis=[1, 2], keepdims=True)
-        - tf.reduce_min(t, axis=[1, 2], keepdims=True)
-        + 1e-6
-    )
-    c0 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
-    c1 = tf.random.normal([n, 1, 1, 3], 0.0, 1.0)
-    clutter = tf.image.resize(tf.random.normal([n, 5, 5, 3], 0.0, 0.6), size, method="bicubic")
-    return c0 * (1.0 - t) + c1 * t + clutter
-
-
-def _geometry(images: tf.Tensor, n: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Per-image rotation (+-25 deg), zoom (0.6..1.15: review products are often small), shift."""
-    hw = tf.cast(size, tf.float32)
-    cy, cx = hw[0] / 2.0, hw[1] / 2.0
-    angle = tf.random.uniform([n], -0.44, 0.44)
-    zoom = tf.random.uniform([n], 0.6, 1.15)
-    ty = tf.random.uniform([n], -0.15, 0.15) * hw[0]
-    tx = tf.random.uniform([n], -0.15, 0.15) * hw[1]
-    a0, a1 = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    b0, b1 = -tf.sin(angle) / zoom, tf.cos(angle) / zoom
-    # Output pixel (x, y) samples input a0*x + a1*y + a2, b0*x + b1*y + b2 (rotate/zoom about the centre).
-    a2 = cx - a0 * (cx + tx) - a1 * (cy + ty)
-    b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
-    zeros = tf.zeros([n])
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=size,
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="NEAREST",
-    )
-
-
-def augment(images: tf.Tensor, is_listing: tf.Tensor) -> tf.Tensor:
-    """Make studio listing photos look like buyer photos: pose, scale, background, light, blur, noise.
-
-    Works batch-wise on normalised images (mean 0, std 1 per channel); ``is_listing`` [N] bool marks
-    studio photos, whose near-uniform background is swapped for a busy one most of the time.
-    """
-    n = tf.shape(images)[0]
-    size = tf.shape(images)[1:3]
-    flip = tf.random.uniform([n, 1, 1, 1]) < 0.5
-    out = tf.where(flip, tf.reverse(images, axis=[2]), images)
-    out = _geometry(out, n, size)
-    # Background: pixels close to the corner colour of a studio shot are background.
-    corners = tf.stack([out[:, 0, 0], out[:, 0, -1], out[:, -1, 0], out[:, -1, -1]], axis=1)
-    bg_colour = tf.reduce_mean(corners, axis=1)[:, None, None, :]
-    distance = tf.norm(out - bg_colour, axis=-1, keepdims=True)
-    mask = tf.sigmoid((0.5 - distance) * 12.0)
-    swap = tf.logical_and(is_listing[:, None, None, None], tf.random.uniform([n, 1, 1, 1]) < 0.7)
-    out = tf.where(swap, out * (1.0 - mask) + _random_backgrounds(n, size) * mask, out)
-    # Lighting: per-image gain and offset per channel (white balance), and exposure.
-    gain = tf.random.uniform([n, 1, 1, 3], 0.85, 1.15) * tf.random.uniform([n, 1, 1, 1], 0.75, 1.2)
-    offset = tf.random.normal([n, 1, 1, 3], 0.0, 0.1) + tf.random.normal([n, 1, 1, 1], 0.0, 0.2)
-    out = out * gain + offset
-    # Phone optics: blur half of the batch, then sensor noise.
-    blurred = tf.nn.avg_pool2d(out, 3, 1, "SAME")
-    out = tf.where(tf.random.uniform([n, 1, 1, 1]) < 0.5, blurred, out)
-    return out + tf.random.normal(tf.shape(out), 0.0, 0.05)
-
-
 def train_dataset(
     files: list[str],
     tft_output: tft.TFTransformOutput,
@@ -161,6 +92,7 @@ def train_dataset(
     batch_size: int,
     do_augment: bool,
     seed: int,
+    phone_rate: float = PHONE_VIEW_RATE,
 ) -> tf.data.Dataset:
     """(image, {head: label}) batches, shuffled, repeated; the instance label is the listing's index."""
     table = tf.lookup.StaticHashTable(
@@ -185,7 +117,10 @@ def train_dataset(
             y[INSTANCE_HEAD] = table.lookup(tf.reshape(b[LISTING_ID_KEY], [-1]))
         is_listing = tf.not_equal(tf.reshape(b[KIND_KEY], [-1]), KIND_REVIEW)
         x = _network_input(b)
-        x = augment(x, is_listing) if do_augment else x
+        if do_augment:
+            # The letterbox padding (white) in the network's units, for the 4:3 phone frames.
+            mean, std = b[IMAGE_MEAN_KEY][:, None, None, :], b[IMAGE_STD_KEY][:, None, None, :]
+            x = augment(x, is_listing, white=(1.0 - mean) / std, phone_rate=phone_rate)
         return x, y
 
     return ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
@@ -194,6 +129,9 @@ def train_dataset(
 # The whole-catalog gallery is bounded: at marketplace scale the retrieval test samples the
 # training listings' photos (the distractors a shopper's photo meets) instead of embedding them all.
 MAX_GALLERY_IMAGES = 50_000
+# Training buyer photos searched too (``train_review_recall_*``): a model that cannot match the
+# buyer photos it trained on cannot match new ones; a few hundred tell the two apart.
+MAX_TRAIN_QUERIES = 500
 
 
 @dataclass(frozen=True)
@@ -201,18 +139,21 @@ class EvalSet:
     """The retrieval test's images, metadata in memory, pixels streamed through the model on demand.
 
     In order: every image of the eval split (held-out listings: their listing photos and their
-    review photos, the queries), then up to ``MAX_GALLERY_IMAGES`` listing photos of training
-    listings, which join the gallery so that a query is searched against the whole catalog, as a
-    shopper's photo is (``models/retrieval_metrics.py``).
+    review photos, the queries), then from the train split up to ``MAX_GALLERY_IMAGES`` listing
+    photos, which join the gallery so that a query is searched against the whole catalog, as a
+    shopper's photo is (``models/retrieval_metrics.py``), and up to ``MAX_TRAIN_QUERIES`` review
+    photos (queries of the training-set figure, never gallery items).
     """
 
     files: tuple[str, ...]  # eval split
-    gallery_files: tuple[str, ...]  # train split (listing photos only are used)
+    gallery_files: tuple[str, ...]  # train split
     listing_ids: np.ndarray  # str, one per image
     is_review: np.ndarray  # bool
     held_out: np.ndarray  # bool: the image's listing is in the eval split
     labels: dict[str, np.ndarray]  # int64, -1 = missing
-    gallery_size: int  # training listing photos included (the first ones of gallery_files)
+    gallery_size: int  # training listing photos included
+    # Which rows of gallery_files, in file order, were taken (the rows after the last are not).
+    gallery_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __len__(self) -> int:
         return len(self.listing_ids)
@@ -222,20 +163,27 @@ _META = (LISTING_ID_KEY, KIND_KEY, *LABEL_KEYS)
 
 
 def _read_meta(
-    files: list[str], tft_output: tft.TFTransformOutput, listing_photos_only: bool, limit: int
-) -> dict[str, np.ndarray]:
+    files: list[str], tft_output: tft.TFTransformOutput, max_listing: int, max_review: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Metadata of the first ``max_listing`` listing photos and ``max_review`` review photos, and
+    the per-row mask of what was taken (rows in file order, up to the last one read)."""
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _META}
-    n = 0
+    taken: list[np.ndarray] = []
+    left = {False: max_listing, True: max_review}
     for batch in _parsed(files, _spec(tft_output, _META), 512):
-        keep = np.ones(len(batch[LISTING_ID_KEY].numpy().reshape(-1)), bool)
-        if listing_photos_only:
-            keep = batch[KIND_KEY].numpy().reshape(-1) != KIND_REVIEW.encode()
+        review = batch[KIND_KEY].numpy().reshape(-1) == KIND_REVIEW.encode()
+        keep = np.zeros(len(review), bool)
+        for kind in (False, True):
+            rows = np.flatnonzero(review == kind)[: left[kind]]
+            keep[rows] = True
+            left[kind] -= len(rows)
+        taken.append(keep)
         for k in _META:
-            cols[k].append(batch[k].numpy().reshape(-1)[keep][: limit - n])
-        n += int(min(keep.sum(), limit - n))
-        if n >= limit:
+            cols[k].append(batch[k].numpy().reshape(-1)[keep])
+        if left[False] <= 0 and left[True] <= 0:
             break
-    return {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+    meta = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+    return meta, np.concatenate(taken) if taken else np.zeros(0, bool)
 
 
 def load_eval_set(
@@ -243,39 +191,46 @@ def load_eval_set(
     tft_output: tft.TFTransformOutput,
     gallery_files: list[str] = (),  # type: ignore[assignment]
     max_gallery: int = MAX_GALLERY_IMAGES,
+    max_train_queries: int = MAX_TRAIN_QUERIES,
 ) -> EvalSet:
-    held = _read_meta(list(files), tft_output, False, 1 << 62)
-    gal = _read_meta(list(gallery_files), tft_output, True, max_gallery) if gallery_files else None
+    held, _ = _read_meta(list(files), tft_output, 1 << 62, 1 << 62)
+    gal, rows = (
+        _read_meta(list(gallery_files), tft_output, max_gallery, max_train_queries)
+        if gallery_files
+        else (None, np.zeros(0, bool))
+    )
     arr = {k: np.concatenate([held[k], gal[k]]) if gal else held[k] for k in _META}
     n_held = len(held[LISTING_ID_KEY])
+    is_review = np.array([b.decode() == KIND_REVIEW for b in arr[KIND_KEY]], bool)
     return EvalSet(
         files=tuple(files),
         gallery_files=tuple(gallery_files),
         listing_ids=np.array([b.decode() for b in arr[LISTING_ID_KEY]]),
-        is_review=np.array([b.decode() == KIND_REVIEW for b in arr[KIND_KEY]], bool),
+        is_review=is_review,
         held_out=np.arange(len(arr[LISTING_ID_KEY])) < n_held,
         labels={k: arr[k].astype(np.int64) for k in LABEL_KEYS},
-        gallery_size=len(arr[LISTING_ID_KEY]) - n_held,
+        gallery_size=int(np.sum(~is_review[n_held:])),
+        gallery_rows=rows,
     )
 
 
 def _stream(
     eval_set: EvalSet, tft_output: tft.TFTransformOutput, keys: tuple[str, ...], batch_size: int
 ) -> Iterator[dict[str, tf.Tensor]]:
-    """Batches of ``keys`` in the EvalSet's order: the eval split, then the gallery photos."""
+    """Batches of ``keys`` in the EvalSet's order: the eval split, then the rows taken from the
+    train split (``gallery_rows``)."""
     yield from _parsed(list(eval_set.files), _spec(tft_output, keys), batch_size)
-    left = eval_set.gallery_size
-    if not left:
+    rows, start = eval_set.gallery_rows, 0
+    if not rows.any():
         return
-    for batch in _parsed(
-        list(eval_set.gallery_files), _spec(tft_output, (*keys, KIND_KEY)), batch_size
-    ):
-        keep = tf.not_equal(tf.reshape(batch[KIND_KEY], [-1]), KIND_REVIEW)
-        kept = {k: tf.boolean_mask(batch[k], keep)[:left] for k in keys}
-        left -= int(kept[keys[0]].shape[0])
-        if kept[keys[0]].shape[0]:
-            yield kept
-        if left <= 0:
+    for batch in _parsed(list(eval_set.gallery_files), _spec(tft_output, keys), batch_size):
+        n = int(batch[keys[0]].shape[0])
+        keep = rows[start : start + n]
+        keep = np.concatenate([keep, np.zeros(n - len(keep), bool)])
+        start += n
+        if keep.any():
+            yield {k: tf.boolean_mask(batch[k], keep) for k in keys}
+        if start >= len(rows):
             return
 
 

@@ -11,6 +11,8 @@ listing, so a listing's best photo counts):
 
   review_recall_at_1 / _at_K            held-out review photo -> its listing, whole-catalog gallery
   heldout_review_recall_at_1 / _at_K    the same, gallery = held-out listings only
+  trained_review_recall_at_1 / _at_K    a TRAINING listing's review photo -> its listing, whole
+                                        catalog (what the model fits; held-out can only follow)
   category_precision_at_K               held-out listing photo -> K nearest photos of *other*
   color_precision_at_K                  listings (whole catalog): share with the same category /
                                         colour (colour only where both are labelled)
@@ -78,8 +80,8 @@ def shopper_metrics(
 
     ``emb`` [N, D] L2-normalised; per image: ``listing_ids`` (str), ``is_review`` (bool),
     ``held_out`` (bool: its listing is in the eval split), ``labels[name]`` (int, -1 = missing).
-    Images of training listings should be their listing photos (training review photos are never
-    queries and never gallery items).
+    Review photos of training listings are queries of the ``trained_`` figures only, never
+    gallery items.
     """
     emb = np.asarray(emb, np.float32)
     ids = np.asarray(listing_ids)
@@ -98,6 +100,10 @@ def shopper_metrics(
         for prefix, gallery in (("", whole), ("heldout_", heldout_gallery)):
             for kk, value in _review_recall(emb, ids, queries, gallery, (1, k)).items():
                 out[f"{prefix}review_recall_at_{kk}"] = value
+    train_queries = np.flatnonzero(is_review & ~held_out)
+    if len(train_queries):
+        for kk, value in _review_recall(emb, ids, train_queries, whole, (1, k)).items():
+            out[f"trained_review_recall_at_{kk}"] = value
     for prefix, gallery in (("", whole), ("heldout_", heldout_gallery)):
         if len(gallery) > 1:
             precision = _label_precision(emb, ids, labels, heldout_gallery, gallery, k)

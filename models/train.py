@@ -111,6 +111,7 @@ def run(config: TrainConfig) -> TrainResult:
             config.batch_size,
             config.augment,
             config.seed,
+            phone_rate=config.phone_views,
         )
         # TensorBoard logs under WORKDIR, local or gs:// (TensorFlow's own GCS client writes them).
         log_dir = paths.train_logs_dir(config.workdir, version)

@@ -220,3 +220,28 @@ def test_a_missing_or_truncated_saved_model_is_one_clear_error(exported, tmp_pat
     pb.write_bytes(pb.read_bytes()[:200])
     with pytest.raises(ModelArtifactError, match=f"cannot load SavedModel at {out_dir}"):
         Embedder.load(out_dir)
+
+
+def test_the_retrieval_test_takes_training_photos_and_streams_them_in_its_order(exported) -> None:
+    """Gallery = training listing photos, plus a few training buyer photos as queries only; the
+    pixels streamed through the model come in exactly the metadata's order."""
+    _, _, _, tft_output = exported
+    work = tft_output.transform_savedmodel_dir.rsplit("/transformed/", 1)[0]
+    train_files = dataset.split_files(work, "2026-01-01", dataset.TRAIN)
+    eval_files = dataset.split_files(work, "2026-01-01", dataset.EVAL)
+    full = dataset.load_eval_set(eval_files, tft_output, gallery_files=train_files)
+    assert full.gallery_size == 8 and int(np.sum(full.is_review & ~full.held_out)) == 8
+    small = dataset.load_eval_set(
+        eval_files, tft_output, gallery_files=train_files, max_gallery=3, max_train_queries=2
+    )
+    extra = ~small.held_out
+    assert small.gallery_size == 3 and int(np.sum(small.is_review[extra])) == 2
+    streamed = np.concatenate(
+        [
+            b[F.LISTING_ID_KEY].numpy().reshape(-1)
+            for b in dataset._stream(small, tft_output, (F.LISTING_ID_KEY,), 4)
+        ]
+    )
+    assert [s.decode() for s in streamed] == small.listing_ids.tolist()
+    pixels = np.concatenate(list(dataset.eval_pixels(small, tft_output, batch_size=5)))
+    assert len(pixels) == len(small)

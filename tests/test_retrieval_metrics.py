@@ -54,3 +54,21 @@ def test_colour_histogram_separates_colours_not_positions() -> None:
 def test_required_gain_grows_when_the_eval_set_is_small() -> None:
     assert required_gain(0.1, 10_000, 0.05) == 0.05
     assert required_gain(0.5, 20, 0.05) > 0.2
+
+
+def test_training_buyer_photos_are_measured_apart_and_never_join_the_gallery() -> None:
+    emb = _unit(
+        [1, 0, 0],  # A listing photo (held out)
+        [0, 1, 0],  # T listing photo (training listing)
+        [0, 0.2, 1],  # review of T: nearer to nothing, but T is still its best listing
+        [1, 0.1, 0],  # review of A
+        [0, 0.1, 1],  # another review of T: the twin of the first: must not be found as a listing
+    )
+    ids = np.array(["A", "T", "T", "A", "T"])
+    is_review = np.array([0, 0, 1, 1, 1], bool)
+    held_out = np.array([1, 0, 0, 1, 0], bool)
+    labels = {"category": np.zeros(5, int), "color": np.full(5, -1)}
+    m = shopper_metrics(emb, ids, is_review, held_out, labels, k=1)
+    assert m["trained_review_recall_at_1"] == 1.0  # both training reviews find T
+    assert m["review_recall_at_1"] == 1.0 and m["eval_reviews"] == 1  # only A's review
+    assert m["gallery_listings"] == 2  # A and T: review photos are never gallery items
