@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from models.augment import ITEM_SCALE, augment, phone_views, studio_mask
+from models.augment import ITEM_SCALE, phone_views, studio_mask
 
 WHITE = 1.5  # the letterbox padding in normalised units (these tests' own choice)
 
