@@ -34,6 +34,8 @@ from vsearch.core import paths, storage
 
 BYTES_SIGNATURE = "serving_default"  # models.export.SIGNATURE
 PIXELS_SIGNATURE = "serving_pixels"  # models.export.PIXELS_SIGNATURE
+QUERY_SIGNATURE = "serving_query"  # models.export.QUERY_SIGNATURE: frame + localised boxes
+QUERY_PIXELS_SIGNATURE = "serving_query_pixels"  # models.export.QUERY_PIXELS_SIGNATURE
 BYTES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 CONFIG_FILE = "config.json"
@@ -121,6 +123,16 @@ def check_saved_model(uri: str) -> None:
             raise ModelArtifactError(f"no SavedModel at {uri} ({name} is missing)")
 
 
+@dataclass(frozen=True)
+class QueryViews:
+    """Query photos as views: view 0 the whole frame, then the localiser's boxes, best first."""
+
+    embeddings: np.ndarray  # [N, V, D] L2-normalised
+    frame_boxes: np.ndarray  # [N, V, 4] (x0, y0, x1, y1) fractions of the letterboxed frame
+    photo_boxes: np.ndarray  # [N, V, 4] the same boxes in fractions of the photo as seen
+    box_scores: np.ndarray  # [N, V] the localiser's confidence (1 for the whole frame)
+
+
 class Embedder:
     """A loaded embedder SavedModel; every method takes and returns numpy."""
 
@@ -160,6 +172,41 @@ class Embedder:
 
     def has_pixel_signature(self) -> bool:
         return self._pixels is not None
+
+    def has_query_signature(self) -> bool:
+        """Whether the model ships a localiser (a query photo as the whole frame plus boxes)."""
+        return QUERY_PIXELS_SIGNATURE in self._saved_model.signatures
+
+    def embed_query(self, photos: Sequence[bytes]) -> QueryViews:
+        """Shoppers' photos, decoded by the safe Pillow decoder at the query size, as the whole
+        frame plus the localiser's boxes; a model without a localiser gives the whole frame only.
+        Raises ``images.ImageError`` for a bad photo."""
+        import tensorflow as tf
+
+        from vsearch.core import images
+
+        if not self.has_query_signature():
+            emb = self.embed_photos(photos)[:, None, :]
+            whole = np.tile(np.array([[[0.0, 0.0, 1.0, 1.0]]], np.float32), (len(photos), 1, 1))
+            return QueryViews(emb, whole, whole, np.ones((len(photos), 1), np.float32))
+        signature = self._saved_model.signatures[QUERY_PIXELS_SIGNATURE]
+        size = int(signature.structured_input_signature[1][PIXELS_INPUT].shape[1])
+        decoded = [images.decode_frame(p, size) for p in photos]
+        out = signature(**{PIXELS_INPUT: tf.constant(np.stack([d[0] for d in decoded]))})
+        frame_boxes = out["boxes"].numpy()
+        photo_boxes = np.array(
+            [
+                [images.frame_to_photo(tuple(b), content) for b in boxes]
+                for boxes, (_, content) in zip(frame_boxes, decoded, strict=True)
+            ],
+            np.float32,
+        )
+        return QueryViews(
+            np.asarray(out["embedding"].numpy(), np.float32),
+            frame_boxes,
+            photo_boxes,
+            out["box_scores"].numpy(),
+        )
 
     def embed_pixels(self, pixels: np.ndarray) -> Outputs:
         """uint8 [N, S, S, 3] (safely decoded, letterboxed) -> model outputs, one batch."""

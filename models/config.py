@@ -71,6 +71,13 @@ class TrainConfig:
     cosine_scale: float = field(default=16.0, metadata=doc("logit scale of the cosine heads"))
     # Augment listing photos so that they look like review photos (crop, light, blur, noise).
     augment: bool = field(default=True, metadata=doc("augment listing photos like phone photos"))
+    # The query localiser (models/localiser.py), trained after the embedding from the train
+    # split's listing photos pasted onto clutter; it ships in the SavedModel's query signatures.
+    # 1500 steps of 32 scenes take ~3 minutes on 2 CPU cores (BENCHMARKS.md). 0 = no localiser:
+    # queries are embedded as the whole frame only, as before issue 29.
+    localiser_steps: int = field(
+        default=1500, metadata=doc("training steps of the query localiser (0: none)")
+    )
     # Of the augmented listing photos, this share becomes a phone view (models/augment.py): the
     # item cut out, shrunk to 22-65 % of the frame, placed off-centre on clutter beside another
     # listing's item, half in a 4:3 letterboxed frame. Without it the model never sees a small
@@ -116,6 +123,8 @@ class TrainConfig:
         for name, w in self.loss_weights:
             if name not in known or w < 0:
                 raise ValueError(f"loss weight {name}={w}: names must be in {known}, weights >= 0")
+        if self.localiser_steps < 0:
+            raise ValueError(f"--localiser-steps must be >= 0, got {self.localiser_steps}")
         if not 0.0 <= self.phone_views <= 1.0:
             raise ValueError(f"--phone-views must be in 0..1, got {self.phone_views}")
         if self.early_stopping_patience < 0:

@@ -234,6 +234,21 @@ def _stream(
             return
 
 
+def listing_pixels(files: list[str], tft_output: tft.TFTransformOutput, limit: int) -> np.ndarray:
+    """Up to ``limit`` listing (studio) photos of the split as uint8 [M, S, S, 3]: the items the
+    query localiser learns from (``models/localiser.py``)."""
+    out: list[np.ndarray] = []
+    n = 0
+    for batch in _parsed(files, _spec(tft_output, (IMAGE_KEY, KIND_KEY)), 512):
+        keep = batch[KIND_KEY].numpy().reshape(-1) != KIND_REVIEW.encode()
+        px = batch[IMAGE_KEY].numpy()[keep][: limit - n].astype(np.uint8)
+        out.append(px)
+        n += len(px)
+        if n >= limit:
+            break
+    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+
 def eval_images(
     eval_set: EvalSet, tft_output: tft.TFTransformOutput, batch_size: int = 256
 ) -> Iterator[tf.Tensor]:

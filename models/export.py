@@ -3,7 +3,11 @@
 ``serving_default``: ``images`` tf.string [N] (encoded JPEG/PNG/GIF/BMP bytes), decoded and
 letterboxed in the graph by ``features.decode_letterboxed`` (the pipelines' Pillow rule);
 ``serving_pixels``: ``pixels`` uint8 [N, S, S, 3], for callers that already decoded the photo
-safely (``vsearch.core.images.decode_image``), as the embed job does. Both return ``embedding``
+safely (``vsearch.core.images.decode_image``), as the embed job does. A model trained with a
+localiser also has ``serving_query`` (bytes) and ``serving_query_pixels`` (uint8 [N, Q, Q, 3],
+letterboxed at ``QUERY_SIZE``): a shopper's photo as the whole frame plus the localiser's best
+boxes cut from the Q frame, each embedded like a catalog photo (``embedding`` [N, V, D],
+``boxes`` [N, V, 4] in frame fractions, view 0 the whole frame, ``box_scores`` [N, V]). Both return ``embedding``
 float32 [N, D] (L2-normalised) and, per label head, ``<label>`` (string class name; ``""`` for the
 OOV/"other" bucket) and ``<label>_score`` (softmax probability of that class). Both normalise the
 pixels with the TFT graph (``transform_features_layer``), so serving is training's preprocessing.
@@ -34,6 +38,14 @@ from vsearch.core import storage
 
 SIGNATURE = "serving_default"  # raw encoded bytes in
 PIXELS_SIGNATURE = "serving_pixels"  # decoded uint8 pixels in
+# With a localiser: a query photo as the whole frame plus its best boxes (issue 29).
+QUERY_SIGNATURE = "serving_query"  # raw encoded bytes in
+QUERY_PIXELS_SIGNATURE = "serving_query_pixels"  # uint8 [N, Q, Q, 3] letterboxed at QUERY_SIZE
+# The side a query photo is letterboxed to before boxes are cut from it: an item at 20 % of the
+# frame keeps ~50 px, enough for the model's 96 after a bilinear enlargement; more costs decode
+# time and buys little (the phone photos' own blur is coarser).
+QUERY_SIZE = 256
+QUERY_BOXES = 3  # boxes per query photo besides the whole frame
 OTHER_CLASS = ""  # the OOV bucket: rare or unseen classes
 
 
@@ -45,7 +57,11 @@ def head_vocabulary(tft_output: tft.TFTransformOutput, label: str) -> list[str]:
 
 class ServingModule(tf.Module):
     def __init__(
-        self, tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...]
+        self,
+        tft_output: tft.TFTransformOutput,
+        embedder: keras.Model,
+        heads: tuple[str, ...],
+        localiser: keras.Model | None = None,
     ) -> None:
         super().__init__()
         self.tft_layer = tft_output.transform_features_layer()
@@ -64,10 +80,40 @@ class ServingModule(tf.Module):
             self._outputs,
             input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")],
         )
+        self.localiser = localiser
+        if localiser is not None:
+            q = QUERY_SIZE
+            self.serve_query_pixels = tf.function(
+                self._query,
+                input_signature=[tf.TensorSpec([None, q, q, 3], tf.uint8, name="pixels")],
+            )
+            self.serve_query = tf.function(
+                lambda images: self._query(decode_letterboxed(images, q)),
+                input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+            )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(decode_letterboxed(images, self.image_size))
+
+    def _query(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Query frames [N, Q, Q, 3] -> per view (the whole frame, then the localiser's boxes):
+        ``embedding`` [N, V, D], ``boxes`` [N, V, 4] (frame fractions), ``box_scores`` [N, V]."""
+        from models.localiser import crop_boxes, propose_boxes
+
+        n, s, k = tf.shape(frames)[0], self.image_size, QUERY_BOXES
+        boxes, scores = propose_boxes(self.localiser, frames, k)
+        whole = tf.image.resize(tf.cast(frames, tf.float32), [s, s], "bicubic", antialias=True)
+        whole = tf.cast(tf.clip_by_value(tf.round(whole), 0, 255), tf.uint8)
+        crops = tf.reshape(crop_boxes(frames, boxes, s), [n, k, s, s, 3])
+        views = tf.concat([whole[:, None], crops], axis=1)
+        emb = self._outputs(tf.reshape(views, [-1, s, s, 3]))[EMBEDDING]
+        frame_box = tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), [n, 1, 1])
+        return {
+            EMBEDDING: tf.reshape(emb, [n, k + 1, -1]),
+            "boxes": tf.concat([frame_box, boxes], axis=1),
+            "box_scores": tf.concat([tf.ones([n, 1]), scores], axis=1),
+        }
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer({IMAGE_KEY: tf.cast(pixels, tf.int64)})
@@ -84,14 +130,22 @@ class ServingModule(tf.Module):
 
 
 def export_embedder(
-    tft_output: tft.TFTransformOutput, embedder: keras.Model, heads: tuple[str, ...], out_uri: str
+    tft_output: tft.TFTransformOutput,
+    embedder: keras.Model,
+    heads: tuple[str, ...],
+    out_uri: str,
+    localiser: keras.Model | None = None,
 ) -> None:
-    """Write the SavedModel to ``out_uri`` (any URI); appears complete or not at all locally."""
-    module = ServingModule(tft_output, embedder, heads)
+    """Write the SavedModel to ``out_uri`` (any URI); appears complete or not at all locally.
+    With ``localiser``, also the query signatures (the whole frame plus its best boxes)."""
+    module = ServingModule(tft_output, embedder, heads, localiser)
     signatures = {
         SIGNATURE: module.serve.get_concrete_function(),
         PIXELS_SIGNATURE: module.serve_pixels.get_concrete_function(),
     }
+    if localiser is not None:
+        signatures[QUERY_SIGNATURE] = module.serve_query.get_concrete_function()
+        signatures[QUERY_PIXELS_SIGNATURE] = module.serve_query_pixels.get_concrete_function()
     if storage.is_gcs(out_uri):
         # tf.saved_model writes gs:// itself; a re-export of the same version replaces the old one.
         storage.delete_prefix(out_uri)

@@ -63,6 +63,29 @@ def _schedule(
     )
 
 
+# Studio photos the localiser learns from: enough shapes and colours; more only costs memory.
+LOCALISER_ITEMS = 4000
+
+
+def _train_localiser(
+    config: TrainConfig, train_files: list[str], tft_output: tft.TFTransformOutput
+) -> tuple[keras.Model | None, dict[str, float]]:
+    """The query localiser, learnt from the train split's listing photos (None when off)."""
+    if not config.localiser_steps:
+        return None, {}
+    from models.localiser import train_localiser
+
+    items = dataset.listing_pixels(train_files, tft_output, LOCALISER_ITEMS)
+    print(f"[train] query localiser: {len(items)} listing photos, {config.localiser_steps} steps")
+    localiser, metrics = train_localiser(
+        items,
+        steps=config.localiser_steps,
+        seed=config.seed,
+        log=lambda line: print(f"[localiser] {line}", flush=True),
+    )
+    return localiser, {k: round(float(v), 4) for k, v in metrics.items()}
+
+
 def run(config: TrainConfig) -> TrainResult:
     with runs.stopwatch() as clock:
         keras.utils.set_random_seed(config.seed)
@@ -147,8 +170,13 @@ def run(config: TrainConfig) -> TrainResult:
             verbose=2,
         )
         best = dict(callback.best or {})
+        localiser, localiser_metrics = _train_localiser(config, train_files, tft_output)
         export_embedder(
-            tft_output, model.embedder, model.heads, paths.embedder_dir(config.workdir, version)
+            tft_output,
+            model.embedder,
+            model.heads,
+            paths.embedder_dir(config.workdir, version),
+            localiser=localiser,
         )
 
     best_eval: dict[str, Any] = {
@@ -166,6 +194,7 @@ def run(config: TrainConfig) -> TrainResult:
         "history": callback.history,
         "eval_files": [storage.basename(f) for f in eval_files],
         "train_images": n_train,
+        "localiser": localiser_metrics,
         "wall_s": round(clock["s"], 1),
     }
     storage.write_text(

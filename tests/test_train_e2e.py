@@ -60,8 +60,9 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert not storage.list_prefix(storage.join(out, "tmp"))
 
     config = TrainConfig(
-        workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16
-    )
+        workdir=work, date=DATE, image_size=SIZE, embedding_dim=32, epochs=2, batch_size=16,
+        localiser_steps=30,
+    )  # fmt: skip
     result = train(config)
     model_dir = paths.model_dir(work, result.version)
     assert result.version.startswith("20260101-")
@@ -97,6 +98,16 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     by_pixels = embedder.embed_pixels(pixels[None])["embedding"]
     by_bytes = embedder.embed_bytes([png.getvalue()])["embedding"]
     assert float(np.dot(by_pixels[0], by_bytes[0])) >= 0.9999
+
+    # The model ships its localiser: a query photo comes back as the whole frame plus boxes,
+    # each view an embedding, the boxes inside the photo, the whole frame first.
+    assert embedder.has_query_signature() and "localiser" in metrics
+    review = snapshot.read_snapshot(cat, DATE).reviews[0]
+    views = embedder.embed_query([storage.read_bytes(review.image_uri), photo])
+    assert views.embeddings.shape == (2, 4, 32)
+    np.testing.assert_allclose(np.linalg.norm(views.embeddings, axis=-1), 1.0, atol=1e-4)
+    assert np.all(views.photo_boxes[:, 0] == [0, 0, 1, 1]) and views.box_scores[0, 0] == 1.0
+    assert np.all((views.photo_boxes >= 0) & (views.photo_boxes <= 1))
 
     # The first model is promoted (a tiny model: judged by a floor, not against the baselines);
     # the pointer names it.

@@ -28,7 +28,7 @@ def test_a_retry_resumes_from_the_last_epoch_not_from_scratch(
     work = copy_workdir(trained_workdir, str(tmp_path / "work"))
     config = TrainConfig(
         workdir=work, date="2026-01-01", image_size=TINY_IMAGE_SIZE, embedding_dim=16,
-        epochs=2, batch_size=32, seed=3,
+        epochs=2, batch_size=32, seed=3, localiser_steps=0,
     )  # fmt: skip
     original = retrieval_eval.RetrievalEvalCallback.on_epoch_end
 

@@ -60,7 +60,24 @@ class PhotoSearch:
             )
         return emb
 
+    def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Each photo as views: the whole frame, then the boxes the model's localiser found
+        (``models.artifact.Embedder.embed_query``); (vectors [N, V, D], boxes [N, V, 4] in
+        fractions of the photo as its viewer sees it)."""
+        views = self.embedder.embed_query(photos)
+        if views.embeddings.shape[-1] != self.manifest.input_dim:
+            raise ValueError(
+                f"model {self.manifest.model_version} gives {views.embeddings.shape[-1]}-dim "
+                f"embeddings, the index takes {self.manifest.input_dim}"
+            )
+        return views.embeddings, views.photo_boxes
+
     def search(self, photos: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
+        """Top-k listings per photo, each listing at its best score over the photo's views."""
         if not photos:
             return []
-        return self.searcher.search_vectors(self.embed(photos), k)
+        from vsearch.app.per_photo import search_views
+
+        vectors, _ = self.embed_views(photos)
+        found = search_views(lambda v: self.searcher.search_vectors(v, k), vectors, k)
+        return [[hit for hit, _ in hits] for hits in found]

@@ -27,11 +27,17 @@ class QuerySettings:
             raise ValueError(f"--k must be >= 1, got {self.k}")
 
 
+def _box_text(box: list[float]) -> str:
+    return f"x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f}"
+
+
 def run(settings: QuerySettings) -> None:
-    """Print the top-k listings of each photo; a bad photo is reported on its own line (stderr,
-    and as ``{"error": ...}`` with --json) while the others are answered; then exit 1."""
+    """Print the top-k listings of each photo, each with the part of the photo that found it
+    (the whole photo, or a box the model's localiser found: fractions of its width and height);
+    a bad photo is reported on its own line (stderr, and as ``{"error": ...}`` with --json)
+    while the others are answered; then exit 1."""
     from index.searcher import Hit
-    from vsearch.app.per_photo import embed_each
+    from vsearch.app.per_photo import embed_each, search_views
     from vsearch.app.photo_search import PhotoSearch
 
     errors: dict[int, str] = {}
@@ -41,15 +47,21 @@ def run(settings: QuerySettings) -> None:
             photos[i] = storage.read_bytes(uri)
         except storage.StorageError as e:
             errors[i] = str(e)
-    results: dict[int, list[Hit]] = {}
+    results: dict[int, list[tuple[Hit, int]]] = {}
+    boxes: dict[int, list[list[float]]] = {}
     with PhotoSearch.open(settings.workdir, cache_dir=settings.cache_dir) as searcher:
         order = sorted(photos)
-        vectors, bad = embed_each(searcher, [photos[i] for i in order])
-        errors.update({i: e for i, e in zip(order, bad, strict=True) if e is not None})
-        good = [j for j, i in enumerate(order) if i not in errors]
+        embedded = embed_each(searcher, [photos[i] for i in order])
+        errors.update({i: e for i, e in zip(order, embedded.errors, strict=True) if e is not None})
+        good = embedded.good
         if good:
-            found = searcher.searcher.search_vectors(vectors[good], settings.k)
+            found = search_views(
+                lambda v: searcher.searcher.search_vectors(v, settings.k),
+                embedded.vectors[good],
+                settings.k,
+            )
             results = {order[j]: hits for j, hits in zip(good, found, strict=True)}
+            boxes = {order[j]: embedded.boxes[j].round(4).tolist() for j in good}
         build = searcher.manifest.build_id
     for i, uri in enumerate(settings.images):
         if i in errors:
@@ -59,13 +71,13 @@ def run(settings: QuerySettings) -> None:
             continue
         hits = results[i]
         if settings.json:
-            print(
-                json.dumps({"image": uri, "index_build": build, "hits": [asdict(h) for h in hits]})
-            )
+            rows = [{**asdict(h), "box": boxes[i][view]} for h, view in hits]
+            print(json.dumps({"image": uri, "index_build": build, "hits": rows}))
             continue
         print(f"{uri}  (index {build})")
-        for rank, h in enumerate(hits, 1):
-            print(f"  {rank:>3}. {h.listing_id}  {h.score:.4f}  {h.category or '-'}")
+        for rank, (h, view) in enumerate(hits, 1):
+            where = "whole photo" if view == 0 else "box " + _box_text(boxes[i][view])
+            print(f"  {rank:>3}. {h.listing_id}  {h.score:.4f}  {h.category or '-'}  ({where})")
     if errors:
         raise RuntimeError(
             f"{len(errors)} of {len(settings.images)} photos could not be searched (listed above)"

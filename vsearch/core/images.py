@@ -92,11 +92,23 @@ def sniff_format(data: bytes) -> str:
     raise ImageError(f"not an image: unknown format ({kind}, starts {head[:8]!r})")
 
 
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of a frame
+
+
 def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode untrusted image bytes to a ``size x size x 3`` uint8 RGB array (letterboxed).
 
     Raises ImageError for anything that is not a decodable image within ``max_pixels``.
     """
+    return decode_frame(data, size, max_pixels)[0]
+
+
+def decode_frame(
+    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, Box]:
+    """``decode_image`` plus where the photo lies in the letterboxed square (its ``content`` box:
+    fractions of the square; the rest is white padding). ``frame_to_photo`` maps a box found in
+    the square back to the photo as its viewer sees it (EXIF orientation applied)."""
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     limit = Image.MAX_IMAGE_PIXELS
@@ -130,7 +142,37 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
             raise ImageError(f"truncated or corrupt {fmt}: {e}") from e
         except Exception as e:  # untrusted input: any decoder failure is this image's fault
             raise ImageError(f"corrupt {fmt}: {type(e).__name__}: {e}") from e
-    return np.asarray(_letterbox(rgb, size), dtype=np.uint8)
+    return np.asarray(_letterbox(rgb, size), dtype=np.uint8), content_box(*rgb.size, size)
+
+
+def content_box(width: int, height: int, size: int) -> Box:
+    """Where a ``width x height`` photo lies once letterboxed into ``size x size`` (``_letterbox``)."""
+    scale = size / max(width, height)
+    new_w = max(1, min(size, round(width * scale)))
+    new_h = max(1, min(size, round(height * scale)))
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    return (left / size, top / size, (left + new_w) / size, (top + new_h) / size)
+
+
+def photo_to_frame(box: Box, content: Box) -> Box:
+    """A box in photo fractions -> the same box in fractions of the letterboxed square."""
+    cx0, cy0, cx1, cy1 = content
+    w, h = cx1 - cx0, cy1 - cy0
+    return (cx0 + box[0] * w, cy0 + box[1] * h, cx0 + box[2] * w, cy0 + box[3] * h)
+
+
+def frame_to_photo(box: Box, content: Box) -> Box:
+    """A box in fractions of the letterboxed square -> photo fractions, clipped to the photo."""
+    cx0, cy0, cx1, cy1 = content
+    w, h = max(cx1 - cx0, 1e-9), max(cy1 - cy0, 1e-9)
+    x0, y0 = (box[0] - cx0) / w, (box[1] - cy0) / h
+    x1, y1 = (box[2] - cx0) / w, (box[3] - cy0) / h
+    return (
+        min(max(x0, 0.0), 1.0),
+        min(max(y0, 0.0), 1.0),
+        min(max(x1, 0.0), 1.0),
+        min(max(y1, 0.0), 1.0),
+    )
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -20,14 +20,16 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vsearch.app.per_photo import embed_each
+from vsearch.app.per_photo import embed_each, search_views
 from vsearch.app.serve import filters, health
 from vsearch.app.serve.command import ServeSettings
+from vsearch.app.serve.filtered import Match
 from vsearch.app.serve.filters import Filter, FilterError
 from vsearch.app.serve.holder import (
     IndexHolder,
@@ -84,19 +86,27 @@ def _answer(
     served: ServedIndex, photos: list[bytes], k: int, f: Filter
 ) -> tuple[list[dict[str, Any]], int]:
     """One result object per photo (``error`` set for a bad photo); also the fallback count."""
-    vectors, errors = embed_each(served.photos, photos)
-    good = [i for i, e in enumerate(errors) if e is None]
-    found, fallbacks = served.search.search(vectors[good], k, f) if good else ([], 0)
-    by_photo = dict(zip(good, found, strict=True))
+    embedded = embed_each(served.photos, photos)
+    good = embedded.good
+    fallbacks = 0
+
+    def search(vectors: np.ndarray) -> list[list[Match]]:
+        nonlocal fallbacks
+        found, fell = served.search.search(vectors, k, f)
+        fallbacks += fell
+        return found
+
+    merged = search_views(search, embedded.vectors[good], k) if good else []
+    by_photo = dict(zip(good, merged, strict=True))
     out: list[dict[str, Any]] = []
-    for i, error in enumerate(errors):
+    for i, error in enumerate(embedded.errors):
         if error is not None:
             out.append({"error": {"code": "not_an_image", "message": error}})
             continue
         hits = by_photo[i]
         out.append(
             {
-                "no_match": served.calibration.no_match(hits[0].score if hits else None),
+                "no_match": served.calibration.no_match(hits[0][0].score if hits else None),
                 "results": [
                     {
                         "listing_id": h.listing_id,
@@ -104,8 +114,11 @@ def _answer(
                         "image_uri": h.image_uri,
                         "image_index": h.image_index,
                         "attributes": served.attributes.of(h.code),
+                        # The part of the photo that found it (fractions of width and height):
+                        # the whole photo, or a box the model's localiser found.
+                        "box": [round(float(x), 4) for x in embedded.boxes[i][view]],
                     }
-                    for h in hits
+                    for h, view in hits
                 ],
             }
         )
