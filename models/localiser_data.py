@@ -88,8 +88,9 @@ def item_masks(pixels: np.ndarray) -> np.ndarray:
     outline's inside is filled, then a 3x3 opening drops specks. Photos with the product
     touching most of the border come out wrong: filter masks by area (``train_localiser`` does).
     """
-    if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.shape[1] != pixels.shape[2]:
-        raise ValueError(f"item_masks wants uint8 [M, S, S, 3], got {pixels.shape}")
+    square = pixels.ndim == 4 and pixels.shape[1] == pixels.shape[2] and pixels.shape[3] == 3
+    if pixels.dtype != np.uint8 or not square:
+        raise ValueError(f"item_masks wants uint8 [M, S, S, 3], got {pixels.dtype} {pixels.shape}")
     p = pixels.astype(np.float32) / 255.0
     background, noise = _background(p)
     floor = _NOISE_SCALE * noise
