@@ -97,9 +97,12 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     assert cli.main(["query", str(img), "--workdir", workdir, "--k", "3", "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert line["hits"][0]["listing_id"] == synthetic.listing_id(7) and len(line["hits"]) == 3
+    # A model without a localiser searches the whole photo, and says so.
+    assert line["hits"][0]["box"] == [0.0, 0.0, 1.0, 1.0]
     assert cli.main(["query", str(img), "--workdir", workdir, "--k", "2"]) == 0
     text = capsys.readouterr().out
     assert synthetic.listing_id(7) in text and synthetic.CATEGORIES[7 % 4] in text
+    assert "(whole photo)" in text
 
     with PhotoSearch.open(workdir) as s:
         hits = s.search([photo(COLOURS[3], "PNG"), photo(COLOURS[11])], k=5)

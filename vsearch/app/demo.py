@@ -60,6 +60,9 @@ class QueryResult:
     true_listing: str
     rank: int | None  # 1-based rank of the true listing, None if not in the top k
     top: list[tuple[str, float, str, str]]  # (listing_id, score, category, image_uri)
+    # The part of the photo that found the first result (fractions of the photo as seen): the
+    # whole photo, or a box the model's localiser found in it.
+    box: tuple[float, ...] | None = None
 
 
 def _log(msg: str, t0: float) -> None:
@@ -139,17 +142,25 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
     reviews = [
         r for r in snapshot.reviews if r.listing_id in listed and is_eval_listing(r.listing_id)
     ]
+    from vsearch.app.per_photo import embed_each, search_views
+
     searcher = PhotoSearch.open(workdir)
     out: list[QueryResult] = []
     batch = 64
     for i in range(0, len(reviews), batch):
         chunk = reviews[i : i + batch]
-        hits = searcher.search([storage.read_bytes(r.image_uri) for r in chunk], k=10)
-        for review, found in zip(chunk, hits, strict=True):
-            ids = [h.listing_id for h in found]
+        embedded = embed_each(searcher, [storage.read_bytes(r.image_uri) for r in chunk])
+        good = embedded.good
+        found = search_views(
+            lambda v: searcher.searcher.search_vectors(v, 10), embedded.vectors[good], 10
+        )
+        for j, hits in zip(good, found, strict=True):
+            review = chunk[j]
+            ids = [h.listing_id for h, _ in hits]
             rank = ids.index(review.listing_id) + 1 if review.listing_id in ids else None
-            top = [(h.listing_id, float(h.score), h.category or "", h.image_uri) for h in found]
-            out.append(QueryResult(review.image_uri, review.listing_id, rank, top))
+            top = [(h.listing_id, float(h.score), h.category or "", h.image_uri) for h, _ in hits]
+            box = tuple(float(x) for x in embedded.boxes[j][hits[0][1]]) if hits else None
+            out.append(QueryResult(review.image_uri, review.listing_id, rank, top, box))
     return out
 
 
@@ -207,10 +218,26 @@ def _thumb(uri: str) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(data).decode()}" width="96">'
 
 
+def _query_cell(r: QueryResult) -> str:
+    """The buyer photo with the part that found the first result outlined (the localiser's box)."""
+    box = ""
+    if r.box and r.box != (0.0, 0.0, 1.0, 1.0):
+        x0, y0, x1, y1 = (100 * v for v in r.box)
+        box = (
+            f"<div class='box' style='left:{x0:.1f}%;top:{y0:.1f}%;"
+            f"width:{x1 - x0:.1f}%;height:{y1 - y0:.1f}%'></div>"
+        )
+    found = "whole photo" if not box else "the outlined box"
+    return (
+        f"<td class='q'><div class='photo'>{_thumb(r.review_uri)}{box}</div>"
+        f"<br>true {html.escape(r.true_listing)}<br><small>found by {found}</small></td>"
+    )
+
+
 def _html(results: list[QueryResult], recall10: float) -> str:
     rows = []
     for r in results:
-        cells = [f"<td class='q'>{_thumb(r.review_uri)}<br>true {html.escape(r.true_listing)}</td>"]
+        cells = [_query_cell(r)]
         for lid, score, cat, uri in r.top:
             cls = "hit" if lid == r.true_listing else ""
             cells.append(
@@ -220,10 +247,13 @@ def _html(results: list[QueryResult], recall10: float) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"""<!doctype html><meta charset="utf-8"><title>visual-search demo</title>
 <style>body{{font-family:sans-serif}} td{{text-align:center;vertical-align:top;padding:4px}}
-td.q{{background:#eef}} td.hit{{outline:3px solid #2a2}}</style>
+td.q{{background:#eef}} td.hit{{outline:3px solid #2a2}}
+.photo{{position:relative;display:inline-block;line-height:0}}
+.box{{position:absolute;border:2px solid #f0a;box-sizing:border-box}}</style>
 <h1>visual-search demo</h1>
 <p>Buyer review photos (left, never seen in training) and the top listings the published index
-returned. Green outline: the photo's own listing. Review photo to listing recall@10 over all
+returned. A pink box on a buyer photo: the part of it (found by the model's localiser) that
+found the first result. Green outline: the photo's own listing. Review photo to listing recall@10 over all
 held-out review photos: <b>{recall10:.3f}</b>.</p>
 <table>{"".join(rows)}</table>
 """
