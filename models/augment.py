@@ -24,7 +24,8 @@ import tensorflow as tf
 # what the first model learnt from full-frame views; half teaches small, off-centre items.
 PHONE_VIEW_RATE = 0.5
 ITEM_SCALE = (0.22, 0.65)  # the item's side in a phone view, as a fraction of the frame
-OTHER_ITEM_SCALE = (0.15, 0.4)
+# The other item is smaller than the listing's own, so the view's label stays unambiguous.
+OTHER_ITEM_SCALE = (0.4, 0.8)  # of the item's scale
 LOW_RES_RATE = 0.3  # views shown at a phone's resolution (downsampled, then enlarged)
 LOW_RES_FACTOR = (0.3, 0.7)
 
@@ -140,11 +141,11 @@ def studio_mask(images: tf.Tensor, white: tf.Tensor | None = None) -> tf.Tensor:
 
 
 def _placed(
-    images: tf.Tensor, mask: tf.Tensor, n: tf.Tensor, size: tf.Tensor, scale: tuple[float, float]
+    images: tf.Tensor, mask: tf.Tensor, size: tf.Tensor, zoom: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Items shrunk to ``scale`` of the frame and placed anywhere they fit; (pixels, mask)."""
+    """Items shrunk by ``zoom`` [N] and placed anywhere they fit; (pixels, mask)."""
     hw = tf.cast(size, tf.float32)
-    zoom = tf.random.uniform([n], *scale)
+    n = tf.shape(zoom)[0]
     room = (1.0 - zoom) / 2.0  # how far the centre may move while the item stays in the frame
     tx = tf.random.uniform([n], -1.0, 1.0) * room * hw[1]
     ty = tf.random.uniform([n], -1.0, 1.0) * room * hw[0]
@@ -161,11 +162,15 @@ def phone_views(images: tf.Tensor, white: tf.Tensor) -> tf.Tensor:
     size = tf.shape(images)[1:3]
     mask = studio_mask(images, white)
     out = _room(n, size)
+    zoom = tf.random.uniform([n], *ITEM_SCALE)
     other, other_mask = _placed(
-        tf.roll(images, 1, axis=0), tf.roll(mask, 1, axis=0), n, size, OTHER_ITEM_SCALE
+        tf.roll(images, 1, axis=0),
+        tf.roll(mask, 1, axis=0),
+        size,
+        zoom * tf.random.uniform([n], *OTHER_ITEM_SCALE),
     )
     out = out * (1.0 - other_mask) + other * other_mask
-    item, item_mask = _placed(images, mask, n, size, ITEM_SCALE)
+    item, item_mask = _placed(images, mask, size, zoom)
     out = out * (1.0 - item_mask) + item * item_mask
     # A 4:3 photo letterboxed into the square: white bars on two opposite sides.
     h, w = size[0], size[1]
