@@ -26,6 +26,7 @@ _BRIGHTER = 0.04
 _SHADOW = 0.3
 _EDGE = 0.12  # central difference, largest over channels: product outlines are sharp, shadows soft
 _NOISE_SCALE = 5.0
+_CHUNK = 256  # photos masked at a time
 
 
 def _dilate(m: np.ndarray) -> np.ndarray:
@@ -59,24 +60,26 @@ def _fill_holes(walls: np.ndarray) -> np.ndarray:
 
 
 def _background(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each photo's background as a plane per channel (a studio sweep darkens towards the
-    bottom), fitted to the border by least squares, then refitted without the border pixels the
-    product covers (a close crop); and the border's noise level [M, 1, 1] around that plane."""
-    s = p.shape[1]
+    """Each photo's background (p: [M, 3, S, S], channels first) as a plane per channel (a
+    studio sweep darkens towards the bottom), fitted to the border by least squares, then refitted
+    without the border pixels the product covers (a close crop); and the border's noise level
+    [M, 1, 1] around that plane."""
+    s = p.shape[-1]
     lin = np.linspace(-1.0, 1.0, s, dtype=np.float32)
     yy, xx = np.meshgrid(lin, lin, indexing="ij")
-    design = np.stack([np.ones_like(yy), yy, xx], axis=-1)  # [S, S, 3]
+    design = np.stack([np.ones_like(yy), yy, xx])  # [3 terms, S, S]
     ring = np.zeros((s, s), bool)
     ring[:_RING], ring[-_RING:], ring[:, :_RING], ring[:, -_RING:] = True, True, True, True
-    d, v = design[ring], p[:, ring]  # [B, 3], [M, B, 3]
-    w = np.ones(v.shape[:2], np.float32)
+    d, v = design[:, ring], p[:, :, ring]  # [3 terms, B], [M, 3 ch, B]
+    w = np.ones((len(p), d.shape[1]), np.float32)
     for _ in range(3):
-        a = np.einsum("mb,bi,bj->mij", w, d, d) + 1e-3 * np.eye(3, dtype=np.float32)
-        coef = np.linalg.solve(a, np.einsum("mb,bi,mbc->mic", w, d, v))  # [M, 3 terms, 3 ch]
-        residual = np.linalg.norm(v - np.einsum("bi,mic->mbc", d, coef), axis=-1)
+        a = np.einsum("mb,ib,jb->mij", w, d, d) + 1e-3 * np.eye(3, dtype=np.float32)
+        coef = np.linalg.solve(a, np.einsum("mb,ib,mcb->mic", w, d, v))  # [M, 3 terms, 3 ch]
+        residual = np.linalg.norm(v - np.einsum("ib,mic->mcb", d, coef), axis=1)
         typical = np.median(residual, axis=1, keepdims=True)
         w = (residual < np.maximum(3.0 * typical, 0.03)).astype(np.float32)
-    return np.einsum("yxi,mic->myxc", design, coef), typical[:, :, None]
+    background = sum(coef[:, i, :, None, None] * design[i] for i in range(3))
+    return background, typical[:, :, None]
 
 
 def item_masks(pixels: np.ndarray) -> np.ndarray:
@@ -91,21 +94,29 @@ def item_masks(pixels: np.ndarray) -> np.ndarray:
     square = pixels.ndim == 4 and pixels.shape[1] == pixels.shape[2] and pixels.shape[3] == 3
     if pixels.dtype != np.uint8 or not square:
         raise ValueError(f"item_masks wants uint8 [M, S, S, 3], got {pixels.dtype} {pixels.shape}")
-    p = pixels.astype(np.float32) / 255.0
+    masks = np.zeros(pixels.shape[:3], bool)
+    for i in range(0, len(pixels), _CHUNK):  # bounded memory: ~10 float copies of a chunk
+        masks[i : i + _CHUNK] = _masks(pixels[i : i + _CHUNK])
+    return masks
+
+
+def _masks(pixels: np.ndarray) -> np.ndarray:
+    # Channels first: numpy broadcasts slowly along a last axis of 3.
+    p = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     background, noise = _background(p)
     floor = _NOISE_SCALE * noise
     diff = p - background
-    lum = diff.mean(axis=-1)
-    chroma = np.linalg.norm(diff - lum[..., None], axis=-1)
+    lum = diff.mean(axis=1)
+    chroma = np.sqrt(np.square(diff - lum[:, None]).sum(axis=1))
     colour = (
         (chroma > np.maximum(_CHROMA, floor))
         | (lum > np.maximum(_BRIGHTER, floor))
         | (lum < -_SHADOW)
     )
-    edge = np.zeros(p.shape[:3], np.float32)
+    edge = np.zeros(lum.shape, np.float32)
     edge[:, 1:-1, 1:-1] = np.maximum(
-        np.abs(p[:, 2:, 1:-1] - p[:, :-2, 1:-1]), np.abs(p[:, 1:-1, 2:] - p[:, 1:-1, :-2])
-    ).max(axis=-1)
+        np.abs(p[..., 2:, 1:-1] - p[..., :-2, 1:-1]), np.abs(p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
+    ).max(axis=1)
     filled = _fill_holes(_erode(_dilate(colour | (edge > np.maximum(_EDGE, floor)))))
     # An edge marks both sides of an outline, and JPEG's halved colour resolution bleeds a
     # product's hue a pixel out: drop that outer ring. Then an opening drops specks.
