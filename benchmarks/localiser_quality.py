@@ -2,7 +2,8 @@
 
 Trains ``models.localiser.train_localiser`` with its default settings on studio (listing)
 photos: the first photo of each listing of a catalog snapshot (``--catalog``), or else stand-in
-studio photos drawn procedurally (``models.localiser_data.studio_photos``). Prints the scene
+studio photos drawn procedurally (``studio_photos``, which also gives their true masks: the
+tests use it to check ``item_masks``). Prints the scene
 synthesis rate on one core, the training time, and, on fresh cluttered scenes of held-out items,
 recall of the true box at IoU >= 0.5 (top box, top 3) against the centred box of median size.
 
@@ -13,11 +14,85 @@ recall of the true box at IoU >= 0.5 (top box, top 3) against the centred box of
 from __future__ import annotations
 
 import argparse
+import io
 import time
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 ITEM_SIZE = 96  # studio photos are decoded as the pipelines do, at the model's image size
+
+
+def _product_shape(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A product silhouette, bool [size, size]: a body (ellipse, rounded box or polygon),
+    sometimes a neck on top and a handle on one side."""
+    shape = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(shape)
+    w, h = rng.uniform(0.35, 0.7, 2) * size
+    cx, cy = size / 2 + rng.uniform(-0.05, 0.05, 2) * size
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        draw.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), fill=255)
+    elif kind == 1:
+        radius = float(rng.uniform(0, 0.3) * min(w, h))
+        draw.rounded_rectangle((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), radius, fill=255)
+    else:
+        k = int(rng.integers(3, 8))
+        angle = (np.arange(k) + rng.uniform(-0.3, 0.3, k)) * 2 * np.pi / k + rng.uniform(0, 6.3)
+        r = rng.uniform(0.7, 1.0, k)
+        xs, ys = cx + w / 2 * r * np.cos(angle), cy + h / 2 * r * np.sin(angle)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), 255)
+    if rng.random() < 0.4:
+        neck = w * rng.uniform(0.2, 0.4)
+        draw.rectangle((cx - neck / 2, cy - h * rng.uniform(0.6, 0.75), cx + neck / 2, cy), 255)
+    if rng.random() < 0.4:
+        draw.ellipse(
+            (cx + w * 0.3, cy - h / 4, cx + w * 0.7, cy + h / 4),
+            outline=255,
+            width=max(2, size // 20),
+        )
+    return np.asarray(shape) > 127
+
+
+def studio_photos(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` listing-like photos uint8 [n, size, size, 3] and their true product masks [n, size,
+    size]: one product (``_product_shape``) in a random colour, a fifth of them white or cream,
+    flat, striped or dotted, shaded from one side, on a light sweep with a soft shadow, saved as
+    JPEG at quality 92 as listing photos are."""
+    photos = np.zeros((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), bool)
+    lin = np.linspace(0.0, 1.0, size)
+    yy, xx = lin[:, None, None], lin[None, :, None]
+    for i in range(n):
+        mask = _product_shape(size, rng)
+        light = rng.random() < 0.2
+        base = rng.uniform(0.85, 1.0, 3) if light else rng.random(3)
+        f = rng.uniform(4, 12) * 2 * np.pi
+        pattern = rng.integers(0, 3)
+        if pattern == 1:
+            on = np.sin(f * (xx + yy)) > 0.3
+        elif pattern == 2:
+            on = np.sin(f * xx) * np.sin(f * yy) > 0.6
+        else:
+            on = np.zeros((size, size, 1), bool)
+        shading = 1.0 - rng.uniform(0.1, 0.3) * (xx if rng.random() < 0.5 else 1 - xx)
+        colour = np.where(on, rng.random(3), base) * shading
+        if light and rng.random() < 0.5:  # a seam: what shows a white product on white
+            inner = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3))
+            outline = mask & (np.asarray(inner) == 0)
+            colour = np.where(outline[..., None], base * 0.7, colour)
+        sweep = rng.uniform(0.88, 0.985) + rng.uniform(-0.015, 0.015, 3) - 0.05 * yy * rng.random()
+        blurred = Image.fromarray(mask.astype(np.uint8) * 255).filter(
+            ImageFilter.GaussianBlur(size / 40)
+        )
+        shadow = np.roll(np.asarray(blurred, np.float32) / 255.0, max(1, size // 30), axis=0)
+        sweep = sweep * (1 - rng.uniform(0.1, 0.3) * shadow[..., None])
+        rgb = np.clip(np.where(mask[..., None], colour, sweep) * 255.0 + 0.5, 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=92)
+        photos[i] = np.asarray(Image.open(buf).convert("RGB"))
+        masks[i] = mask
+    return photos, masks
 
 
 def catalog_studio_photos(catalog: str, date: str, limit: int) -> np.ndarray:
@@ -65,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from models.localiser import LOCALISER_SIZE, train_localiser
-    from models.localiser_data import studio_photos
 
     if args.catalog:
         photos = catalog_studio_photos(args.catalog, args.date, args.items)

@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 tf = pytest.importorskip("tensorflow")
 
+from benchmarks.localiser_quality import studio_photos  # noqa: E402
 from models.localiser import (  # noqa: E402
     box_iou,
     build_localiser,
@@ -20,7 +21,7 @@ from models.localiser import (  # noqa: E402
     synth_scenes,
     train_localiser,
 )
-from models.localiser_data import SceneStyle, studio_photos  # noqa: E402
+from models.localiser_data import SceneStyle  # noqa: E402
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 92) -> np.ndarray:
