@@ -346,7 +346,7 @@ def synth_scenes(
     Each scene: a busy background, sometimes 1-2 other items (smaller, maybe cut off: not the
     target), the main item (a random one of ``items`` [M, S, S, 3] cut out by ``masks`` [M, S, S]),
     fully in frame, its box's longer side 20-60% of the frame, then the camera's degradations.
-    ~0.5 ms a scene at 128 px on one core.
+    ~1.7 ms a scene at 128 px on one core (~570 scenes/s on a busy 2-core machine).
     """
     if len(items) != len(masks) or not len(items):
         raise ValueError(f"{len(items)} items but {len(masks)} masks")
