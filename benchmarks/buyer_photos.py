@@ -181,19 +181,51 @@ def markdown(results: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _only_model(workdir: str) -> str:
+    """The one trained model under WORKDIR/models/; with several, --model must say which."""
+    from vsearch.core import paths
+
+    found = sorted(
+        storage.basename(storage.parent(u))
+        for u in storage.glob(storage.join(paths.models_root(workdir), "*", "metrics.json"))
+    )
+    if len(found) != 1:
+        raise SystemExit(f"buyer_photos: --model must name one of {found} under {workdir}")
+    return found[0]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--model", default=None, help="model VERSION (default: the published one)")
+    ap.add_argument("--catalog", help="default: benchmarks/model_quality's catalog of --style")
+    ap.add_argument("--workdir", help="default: benchmarks/model_quality's workdir of --style")
+    ap.add_argument("--style", default="phone", help="model_quality's catalog style")
+    ap.add_argument("--listings", type=int, default=600, help="model_quality's catalog size")
+    ap.add_argument("--model", default=None, help="model VERSION (default: the only one there)")
     ap.add_argument("--date", default="2026-01-01")
+    ap.add_argument("--label", default="", help="what this model is, for the report")
+    ap.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
     args = ap.parse_args(argv)
-    res = run(args.catalog, args.workdir, args.model, args.date)
-    print(f"model {res['model']}, {res['gallery_listings']} listings in the index")
-    print(markdown(res))
-    print("ms per query:", res["ms_per_query"])
+    root = f"bench-output/model_quality/{args.style}-{args.listings}"
+    catalog = args.catalog or storage.join(root, "catalog")
+    workdir = args.workdir or storage.join(root, "work-defaults")
+    version = args.model or _only_model(workdir)
+    res = run(catalog, workdir, version, args.date)
+    body = (
+        f"## Buyer photos: {args.style} catalog, {res['gallery_listings']} listings"
+        f"{' - ' + args.label if args.label else ''}\n\n"
+        f"`python -m benchmarks.buyer_photos --style {args.style} --listings {args.listings}`: "
+        f"model `{res['model']}`; every review photo searched against all "
+        f"{res['gallery_listings']} listings (exact search, a listing scored by its best photo); "
+        f"item size = the true box's longer side over the photo's. Milliseconds per query "
+        f"(decode + model, 2 shared cores): {res['ms_per_query']}.\n" + markdown(res)
+    )
+    print(body)
+    if args.write:
+        from benchmarks import report
+
+        report.write_section(f"buyer_photos_{args.style}", body)
     return 0
 
 
