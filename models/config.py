@@ -79,6 +79,11 @@ class TrainConfig:
     localiser_steps: int = field(
         default=1200, metadata=doc("training steps of the query localiser (0: none)")
     )
+    # Of the training buyer photos, this share is replaced by the localiser's crop of the item
+    # (models/dataset.py): the very view a query is embedded as, tied to its own listing.
+    review_crops: float = field(
+        default=0.5, metadata=doc("share of training buyer photos cut to the localiser's box")
+    )
     # Of the augmented listing photos, this share becomes a phone view (models/augment.py): the
     # item cut out, shrunk to 22-65 % of the frame, placed off-centre on clutter beside another
     # listing's item, half in a 4:3 letterboxed frame. Without it the model never sees a small
@@ -126,6 +131,8 @@ class TrainConfig:
                 raise ValueError(f"loss weight {name}={w}: names must be in {known}, weights >= 0")
         if self.localiser_steps < 0:
             raise ValueError(f"--localiser-steps must be >= 0, got {self.localiser_steps}")
+        if not 0.0 <= self.review_crops <= 1.0:
+            raise ValueError(f"--review-crops must be in 0..1, got {self.review_crops}")
         if not 0.0 <= self.phone_views <= 1.0:
             raise ValueError(f"--phone-views must be in 0..1, got {self.phone_views}")
         if self.early_stopping_patience < 0:

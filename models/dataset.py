@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -84,6 +85,19 @@ def scan_train(
     return sorted(i.decode() for i in ids), {i.decode() for i in reviewed}, count
 
 
+def _review_crops(
+    pixels: tf.Tensor, is_listing: tf.Tensor, localiser: keras.Model, rate: float
+) -> tf.Tensor:
+    """A share of the buyer photos cut to the localiser's best box, as queries are."""
+    from models.localiser import crop_boxes, propose_boxes
+
+    frames = tf.cast(pixels, tf.uint8)
+    boxes, _ = propose_boxes(localiser, frames, k=1, size=int(localiser.input_shape[1]))
+    crops = tf.cast(crop_boxes(frames, boxes, int(pixels.shape[1])), pixels.dtype)
+    take = tf.logical_and(~is_listing, tf.random.uniform(tf.shape(is_listing)) < rate)
+    return tf.where(take[:, None, None, None], crops, pixels)
+
+
 def train_dataset(
     files: list[str],
     tft_output: tft.TFTransformOutput,
@@ -93,8 +107,14 @@ def train_dataset(
     do_augment: bool,
     seed: int,
     phone_rate: float = PHONE_VIEW_RATE,
+    localiser: keras.Model | None = None,
+    review_crop_rate: float = 0.0,
 ) -> tf.data.Dataset:
-    """(image, {head: label}) batches, shuffled, repeated; the instance label is the listing's index."""
+    """(image, {head: label}) batches, shuffled, repeated; the instance label is the listing's index.
+
+    With ``localiser``, a ``review_crop_rate`` share of the buyer photos is replaced by the
+    localiser's crop of the item: the view a query is embedded as, tied to its own listing.
+    """
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(listing_ids), tf.range(len(listing_ids), dtype=tf.int64)
@@ -116,6 +136,11 @@ def train_dataset(
         if INSTANCE_HEAD in heads:
             y[INSTANCE_HEAD] = table.lookup(tf.reshape(b[LISTING_ID_KEY], [-1]))
         is_listing = tf.not_equal(tf.reshape(b[KIND_KEY], [-1]), KIND_REVIEW)
+        if localiser is not None and review_crop_rate > 0:
+            b = {
+                **b,
+                IMAGE_KEY: _review_crops(b[IMAGE_KEY], is_listing, localiser, review_crop_rate),
+            }
         x = _network_input(b)
         if do_augment:
             # The letterbox padding (white) in the network's units, for the 4:3 phone frames.

@@ -102,7 +102,9 @@ class ServingModule(tf.Module):
         from models.localiser import crop_boxes, propose_boxes
 
         n, s, k = tf.shape(frames)[0], self.image_size, QUERY_BOXES
-        boxes, scores = propose_boxes(self.localiser, frames, k)
+        boxes, scores = propose_boxes(
+            self.localiser, frames, k, size=int(self.localiser.input_shape[1])
+        )
         whole = tf.image.resize(tf.cast(frames, tf.float32), [s, s], "bicubic", antialias=True)
         whole = tf.cast(tf.clip_by_value(tf.round(whole), 0, 255), tf.uint8)
         crops = tf.reshape(crop_boxes(frames, boxes, s), [n, k, s, s, 3])

@@ -112,6 +112,8 @@ def run(config: TrainConfig) -> TrainResult:
         )
         out_dir = paths.model_dir(config.workdir, version)
 
+        # First: the embedding trains on its crops of the buyer photos (--review-crops).
+        localiser, localiser_metrics = _train_localiser(config, train_files, tft_output)
         strategy = _strategy(config)
         steps = max(1, n_train // config.batch_size)
         steps = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
@@ -135,6 +137,8 @@ def run(config: TrainConfig) -> TrainResult:
             config.augment,
             config.seed,
             phone_rate=config.phone_views,
+            localiser=localiser,
+            review_crop_rate=config.review_crops,
         )
         # TensorBoard logs under WORKDIR, local or gs:// (TensorFlow's own GCS client writes them).
         log_dir = paths.train_logs_dir(config.workdir, version)
@@ -170,7 +174,6 @@ def run(config: TrainConfig) -> TrainResult:
             verbose=2,
         )
         best = dict(callback.best or {})
-        localiser, localiser_metrics = _train_localiser(config, train_files, tft_output)
         export_embedder(
             tft_output,
             model.embedder,

@@ -68,3 +68,18 @@ def test_only_listing_photos_become_phone_views_at_the_rate_asked(monkeypatch) -
     assert 0.25 < views[::2].mean() < 0.75
     assert not marked(aug.augment(x, is_listing, white=white, phone_rate=0.0).numpy()).any()
     assert not marked(aug.augment(x, is_listing).numpy()).any()  # no white: the old behaviour
+
+
+def test_buyer_photos_are_cut_to_the_localisers_box_and_listing_photos_are_not() -> None:
+    from models.dataset import _review_crops
+    from models.localiser import build_localiser
+
+    rng = np.random.default_rng(0)
+    pixels = tf.constant(rng.integers(0, 256, (8, 64, 64, 3)), tf.int64)
+    is_listing = tf.constant([True, False] * 4)
+    out = _review_crops(pixels, is_listing, build_localiser(64), rate=1.0).numpy()
+    assert out.shape == (8, 64, 64, 3) and out.dtype == np.int64
+    same = [np.array_equal(out[i], pixels.numpy()[i]) for i in range(8)]
+    assert same[::2] == [True] * 4  # studio photos stay whole
+    assert not any(same[1::2])  # every buyer photo became a crop
+    assert np.array_equal(_review_crops(pixels, is_listing, build_localiser(64), 0.0), pixels)
