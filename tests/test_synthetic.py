@@ -219,3 +219,27 @@ def test_some_listings_sell_another_listings_product_again() -> None:
     assert any(len({s.color for s in g}) > 1 for g in groups)  # recoloured
     assert any(len({s.color for s in g}) < len(g) for g in groups)  # near-duplicates
     assert all(len({s.rgb for s in g}) == len(g) for g in groups)  # yet every listing is unique
+
+
+def test_every_buyer_photo_has_its_true_product_box(catalog: Path) -> None:
+    from vsearch.core.snapshot import read_snapshot
+    from vsearch.synthetic import photos, truth
+
+    boxes = truth.read_review_boxes(str(catalog))
+    last = read_snapshot(str(catalog), "2026-01-03")
+    assert {r.image_uri.removeprefix(str(catalog) + "/") for r in last.reviews} <= set(boxes)
+    # The box is where the product is: the same photo drawn with and without it differs there.
+    for k in range(10):
+        shots = []
+        for alpha in (255, 0):
+            px = np.zeros((64, 64, 4), np.uint8)
+            px[8:-8, 8:-8] = (255, 0, 255, alpha)
+            layer = Image.fromarray(px, "RGBa")
+            shots.append(photos.review_photo(layer, 96, np.random.default_rng([3, k])))
+        (with_item, _, box), (without, _, _) = shots
+        a = np.asarray(Image.open(io.BytesIO(with_item)), np.float32)
+        b = np.asarray(Image.open(io.BytesIO(without)), np.float32)
+        ys, xs = np.nonzero(np.abs(a - b).sum(axis=-1) > 90)
+        inside = (xs >= box[0] * 96 - 2) & (xs <= box[2] * 96 + 2)
+        inside &= (ys >= box[1] * 96 - 2) & (ys <= box[3] * 96 + 2)
+        assert len(xs) > 30 and inside.mean() > 0.95, f"photo {k}: product outside its box"

@@ -8,6 +8,7 @@ Layout (DESIGN.md "Catalog snapshot")::
     OUT/images/L000123/0-<hash8>.jpg     studio photos (name carries the content hash)
     OUT/images/reviews/R000123-0.jpg     buyer review photos
     OUT/catalog.json                     generation parameters and per-day counts
+    OUT/truth/review_boxes.parquet       each buyer photo's true product box (``truth``)
 
 Day 1 has ``listings`` listings. Each later day removes ~2 % of them, re-shoots the photos of ~3 %
 (new files, new URIs), adds a review photo to ~3 % and adds ~5 % new listings; everything else
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from vsearch.core import paths, storage
 from vsearch.core.settings import doc
-from vsearch.synthetic import products, render
+from vsearch.synthetic import products, render, truth
 from vsearch.synthetic.render import listing_id, review_id
 
 # Per-day churn, as fractions of the listings alive the day before.
@@ -131,6 +132,11 @@ def _plan_day(
     return added, changed, removed, reviewed
 
 
+def _side(box: tuple[float, float, float, float]) -> float:
+    """The box's longer side over the (square) photo's side."""
+    return max(box[2] - box[0], box[3] - box[1])
+
+
 def _timestamp(seed: int, num: int, day_index: int, date: dt.date) -> dt.datetime:
     rng = np.random.default_rng([seed, num, render.CLOCK, day_index])
     seconds = int(rng.integers(0, 86_400))
@@ -167,6 +173,7 @@ def generate_catalog(
     next_num = 0
     counts: list[DayCounts] = []
     # Writes wait on fsync or the network, not the CPU: overlap many of them with rendering.
+    boxes: list[truth.ReviewBox] = []
     writer = ThreadPoolExecutor(max_workers=8)
     try:
         for d in range(days):
@@ -187,9 +194,13 @@ def generate_catalog(
             for i, r in enumerate(render.render_all(tasks, workers), start=1):
                 written += len(r.studio) + len(r.reviews)
                 corrupt += r.corrupt
-                for rel, data in r.studio + [(u, b) for _, u, b in r.reviews]:
+                for rel, data in r.studio + [(u, b) for _, u, b, _ in r.reviews]:
                     futures.append(writer.submit(storage.write_bytes, storage.join(out, rel), data))
                 _apply(r, state, seed, d, date)
+                boxes += [
+                    truth.ReviewBox(review_id(r.num, k), listing_id(r.num), u, b, _side(b))
+                    for k, u, _, b in r.reviews
+                ]
                 if progress_every and i % progress_every == 0:
                     print(
                         f"  {date}: rendered {i}/{len(tasks)} listings, {written} images, "
@@ -223,6 +234,7 @@ def generate_catalog(
                 )
     finally:
         writer.shutdown(wait=True)
+    truth.write_review_boxes(out, boxes)
     storage.write_text(
         storage.join(out, "catalog.json"),
         _catalog_json(seed, listings, days, image_size, start_date, corrupt_fraction, counts),
@@ -260,7 +272,7 @@ def _apply(r: render.Rendered, state: dict[int, _State], seed: int, d: int, date
         s.photo_version += 1
         s.uris = tuple(u for u, _ in r.studio)
         s.updated_at = _timestamp(seed, r.num, d, date)
-    s.reviews.extend((review_id(r.num, k), u) for k, u, _ in r.reviews)
+    s.reviews.extend((review_id(r.num, k), u) for k, u, _, _ in r.reviews)
 
 
 def _write_day(

@@ -127,15 +127,6 @@ def _warp(
     return np.asarray(warped, dtype=np.float32) / 255.0
 
 
-def _alpha_box(alpha: np.ndarray) -> tuple[float, float, float, float] | None:
-    """Tight box of alpha > 0.5 as (x0, y0, x1, y1) fractions of the frame; None if empty."""
-    ys, xs = np.nonzero(alpha > 0.5)
-    if not len(xs):
-        return None
-    h, w = alpha.shape
-    return (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-
-
 def _over(bg: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return bg * (1 - fg[..., 3:4]) + fg[..., :3]
 
@@ -277,7 +268,7 @@ def review_photo(
         rng.uniform(min(margin, h / 2), max(h - margin, h / 2)),
     )
     fg = _warp(layer, (w, h), centre, side, rng.uniform(-35, 35), rng.uniform(0.02, 0.12), rng)
-    box = _alpha_box(fg[..., 3]) or (0.0, 0.0, 1.0, 1.0)
+    box = truth.alpha_box(fg[..., 3]) or (0.0, 0.0, 1.0, 1.0)
     shadow = Image.fromarray((fg[..., 3] * 255).astype(np.uint8)).filter(
         ImageFilter.GaussianBlur(size / 60)
     )

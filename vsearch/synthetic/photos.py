@@ -21,6 +21,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vsearch.synthetic import truth
+
 STUDIO_QUALITY = 92
 
 
@@ -211,8 +213,11 @@ def _occluder(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rgb * (1 - m) + colour * m
 
 
-def review_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> tuple[bytes, int]:
-    """A buyer's phone photo of the same product; returns (JPEG bytes, quality used)."""
+def review_photo(
+    layer: Image.Image, size: int, rng: np.random.Generator
+) -> tuple[bytes, int, tuple[float, float, float, float]]:
+    """A buyer's phone photo of the same product: (JPEG bytes, quality used, the product's true
+    box as (x0, y0, x1, y1) fractions of the photo)."""
     bg = _background(size, rng)
     fg = _place(
         layer,
@@ -223,6 +228,7 @@ def review_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> tup
         shift=(rng.uniform(-0.22, 0.22), rng.uniform(-0.2, 0.22)),
         warp=rng.uniform(0.03, 0.14),
     )
+    box = truth.alpha_box(fg[..., 3]) or (0.0, 0.0, 1.0, 1.0)
     rgb = _composite(bg, fg, shadow=rng.uniform(0.0, 0.45), rng=rng)
     if rng.random() < 0.2:
         rgb = _occluder(rgb, rng)
@@ -246,4 +252,4 @@ def review_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> tup
     sigma = np.float32(rng.uniform(0.005, 0.04))
     out = out + sigma * rng.standard_normal(out.shape, dtype=np.float32)  # sensor noise
     quality = int(rng.integers(40, 86))
-    return _encode(out, quality), quality
+    return _encode(out, quality), quality, box

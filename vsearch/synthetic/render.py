@@ -78,7 +78,10 @@ class Task:
 class Rendered:
     num: int
     studio: list[tuple[str, bytes]] = field(default_factory=list)  # (relative uri, bytes)
-    reviews: list[tuple[int, str, bytes]] = field(default_factory=list)  # (k, relative uri, bytes)
+    # (k, relative uri, bytes, the product's true box in the photo)
+    reviews: list[tuple[int, str, bytes, tuple[float, float, float, float]]] = field(
+        default_factory=list
+    )
     corrupt: int = 0
 
 
@@ -111,8 +114,8 @@ def render(task: Task) -> Rendered:
             out.studio.append((f"images/{lid}/{i}-{h}.jpg", data))
     for k in task.review_ks:
         rng = np.random.default_rng([task.seed, task.num, REVIEW, k])
-        data, _ = photos.review_photo(layer, task.size, rng)
-        out.reviews.append((k, f"images/reviews/{review_id(task.num, k)}.jpg", data))
+        data, _, box = photos.review_photo(layer, task.size, rng)
+        out.reviews.append((k, f"images/reviews/{review_id(task.num, k)}.jpg", data, box))
     return out
 
 

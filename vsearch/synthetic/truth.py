@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -56,6 +57,15 @@ class ReviewBox:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 fractions of the upright photo
     item_side: float
     exif_orientation: int = 1
+
+
+def alpha_box(alpha: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Tight box of a drawn item's alpha > 0.5, as (x0, y0, x1, y1) fractions; None if empty."""
+    ys, xs = np.nonzero(alpha > 0.5)
+    if not len(xs):
+        return None
+    h, w = alpha.shape
+    return (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
 
 
 def write_review_boxes(out: str, boxes: list[ReviewBox]) -> None:
