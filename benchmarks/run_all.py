@@ -15,6 +15,11 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.serve_bench", ["--write"]),
     ("benchmarks.model_quality", []),
     ("benchmarks.model_quality", ["--style", "bazaar"]),
+    ("benchmarks.model_quality", ["--style", "phone", "--listings", "600"]),
+    # Buyer photo -> listing on each model above: whole frame, localiser, oracle crop, histogram.
+    ("benchmarks.buyer_photos", ["--style", "phone", "--listings", "600", "--write"]),
+    ("benchmarks.buyer_photos", ["--style", "generated", "--listings", "2000", "--write"]),
+    ("benchmarks.buyer_photos", ["--style", "bazaar", "--listings", "1000", "--write"]),
     ("benchmarks.index_bench", ["--n", "1000000", "--write"]),
     # The trained model's real embeddings that embed_bench left (~112k); printed and kept in
     # bench-output/index/results-100000.json, summarised by hand in BENCHMARKS.md.
