@@ -5,8 +5,9 @@ catalog (every listing photo of the day, training listings included, exact searc
 scored by its best photo). For the same photos, in one run:
 
   whole frame      the photo letterboxed to the model's size (what search did before issue 29)
-  localiser        the whole frame plus the localiser's best boxes, a listing ranked by its best
-                   score over them (what `vsearch query` / `serve` do with a model that ships one)
+  localiser        the localiser's best box when it is sure enough, else the whole frame (what
+                   `vsearch query` / `serve` do with a model that ships one; box recall = the
+                   best of its 3 boxes at IoU >= 0.5)
   oracle crop      the photo cut to the item's TRUE box (the generator's truth): the ceiling of
                    any localiser with this embedding
   colour histogram an 8x8x8 RGB histogram of the whole frame (a training-free baseline)
@@ -117,9 +118,13 @@ def run(
     methods["whole frame"] = whole
     if embedder.has_query_signature():
 
+        from vsearch.app.photo_search import query_view
+
         def localised(data: bytes, q: Query) -> tuple[np.ndarray, np.ndarray]:
+            # As search does: the localiser's best box when it is sure enough, else the photo.
             views = embedder.embed_query([data])
-            return views.embeddings[0], views.photo_boxes[0]
+            pick = int(query_view(views.box_scores)[0])
+            return views.embeddings[0][pick : pick + 1], views.photo_boxes[0]
 
         methods["localiser"] = localised
     if all(q.box is not None for q in queries):

@@ -57,3 +57,11 @@ def test_a_bad_photo_costs_only_its_own_answer() -> None:
     assert out.good == [0, 2] and out.errors[1] and "not a usable image" in out.errors[1]
     assert out.vectors.shape == (3, 2, 3) and not out.vectors[1].any() and out.vectors[0].all()
     np.testing.assert_allclose(out.boxes[2, 1], [0.1, 0.2, 0.5, 0.6])
+
+
+def test_the_localisers_box_is_searched_only_when_it_is_sure() -> None:
+    from vsearch.app.photo_search import MIN_BOX_SCORE, query_view
+
+    scores = np.array([[1.0, 0.9, 0.2, 0.1], [1.0, MIN_BOX_SCORE - 0.01, 0.1, 0.1]])
+    assert query_view(scores).tolist() == [1, 0]  # the box; the whole photo
+    assert query_view(np.ones((3, 1))).tolist() == [0, 0, 0]  # no localiser: the whole photo

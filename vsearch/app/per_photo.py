@@ -3,9 +3,9 @@
 A bad photo (not an image, truncated, a decompression bomb) must not cost the good ones their
 answer: ``vsearch query`` and the search service both report it per photo and answer the rest.
 
-A photo is searched as views (issue 29): the whole frame, then the boxes the model's localiser
-found in it (models/export.py). Each view is searched like any query; a listing is ranked by its
-best score over the photo's views, and the answer names the view (and so the box) that found
+A photo is searched as views (issue 29): the whole frame, or the box the model's localiser found
+the item in (models/export.py; ``photo_search.query_view`` picks which). ``search_views`` ranks a
+listing by its best score over the views searched and names the view (and so the box) that found
 it, so an app can draw it. A model without a localiser gives one view, the whole frame.
 """
 

@@ -16,6 +16,22 @@ from index.searcher import Hit, Searcher
 from models.artifact import Embedder
 from vsearch.core import paths
 
+# The localiser's best box is searched instead of the whole photo when it is at least this sure.
+# Measured on the phone catalog (BENCHMARKS.md, "Buyer photos"): the best box alone found the
+# listing in the top 10 for 0.276 of held-out buyer photos, the best score over the whole photo
+# and the 3 boxes for 0.236 (boxes around the other products in the room win wrong listings),
+# the whole photo for 0.131. Thresholds up to 0.3 keep 0.27-0.28; 0.5 falls to 0.17.
+MIN_BOX_SCORE = 0.3
+
+
+def query_view(box_scores: np.ndarray) -> np.ndarray:
+    """Per photo, the view to search: 1 (the localiser's best box) when its score is at least
+    ``MIN_BOX_SCORE``, else 0 (the whole photo; always so for a model without a localiser)."""
+    scores = np.asarray(box_scores)
+    if scores.shape[1] < 2:
+        return np.zeros(len(scores), np.int64)
+    return np.where(scores[:, 1] >= MIN_BOX_SCORE, 1, 0).astype(np.int64)
+
 
 class PhotoSearch:
     """``search(photos, k)``: raw encoded image bytes (JPEG, PNG, ...) -> top-k listings each.
@@ -61,16 +77,17 @@ class PhotoSearch:
         return emb
 
     def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Each photo as views: the whole frame, then the boxes the model's localiser found
-        (``models.artifact.Embedder.embed_query``); (vectors [N, V, D], boxes [N, V, 4] in
-        fractions of the photo as its viewer sees it)."""
+        """Each photo as the view search uses (``query_view``); (vectors [N, 1, D], boxes
+        [N, 1, 4] in fractions of the photo as its viewer sees it)."""
         views = self.embedder.embed_query(photos)
         if views.embeddings.shape[-1] != self.manifest.input_dim:
             raise ValueError(
                 f"model {self.manifest.model_version} gives {views.embeddings.shape[-1]}-dim "
                 f"embeddings, the index takes {self.manifest.input_dim}"
             )
-        return views.embeddings, views.photo_boxes
+        pick = query_view(views.box_scores)
+        rows = np.arange(len(pick))
+        return views.embeddings[rows, pick][:, None], views.photo_boxes[rows, pick][:, None]
 
     def search(self, photos: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
         """Top-k listings per photo, each listing at its best score over the photo's views."""
