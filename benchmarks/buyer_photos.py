@@ -5,7 +5,7 @@ catalog (every listing photo of the day, training listings included, exact searc
 scored by its best photo). For the same photos, in one run:
 
   whole frame      the photo letterboxed to the model's size (what search did before issue 29)
-  localiser        the localiser's best box when it is sure enough, else the whole frame (what
+  localiser        the localiser's best box when it is sure and the item small, else the whole frame (what
                    `vsearch query` / `serve` do with a model that ships one; box recall = the
                    best of its 3 boxes at IoU >= 0.5)
   oracle crop      the photo cut to the item's TRUE box (the generator's truth): the ceiling of
@@ -117,13 +117,12 @@ def run(
 
     methods["whole frame"] = whole
     if embedder.has_query_signature():
-
         from vsearch.app.photo_search import query_view
 
         def localised(data: bytes, q: Query) -> tuple[np.ndarray, np.ndarray]:
             # As search does: the localiser's best box when it is sure enough, else the photo.
             views = embedder.embed_query([data])
-            pick = int(query_view(views.box_scores)[0])
+            pick = int(query_view(views.box_scores, views.frame_boxes)[0])
             return views.embeddings[0][pick : pick + 1], views.photo_boxes[0]
 
         methods["localiser"] = localised

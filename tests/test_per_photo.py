@@ -59,9 +59,12 @@ def test_a_bad_photo_costs_only_its_own_answer() -> None:
     np.testing.assert_allclose(out.boxes[2, 1], [0.1, 0.2, 0.5, 0.6])
 
 
-def test_the_localisers_box_is_searched_only_when_it_is_sure() -> None:
+def test_the_localisers_box_is_searched_only_when_it_is_sure_and_the_item_small() -> None:
     from vsearch.app.photo_search import MIN_BOX_SCORE, query_view
 
-    scores = np.array([[1.0, 0.9, 0.2, 0.1], [1.0, MIN_BOX_SCORE - 0.01, 0.1, 0.1]])
-    assert query_view(scores).tolist() == [1, 0]  # the box; the whole photo
-    assert query_view(np.ones((3, 1))).tolist() == [0, 0, 0]  # no localiser: the whole photo
+    whole, small, big = [0, 0, 1, 1], [0.1, 0.2, 0.4, 0.5], [0.05, 0.05, 0.95, 0.9]
+    scores = np.array([[1.0, 0.9], [1.0, MIN_BOX_SCORE - 0.01], [1.0, 0.9]])
+    boxes = np.array([[whole, small], [whole, small], [whole, big]])
+    # The small, sure box; an unsure box: the photo; an item that fills the photo: the photo.
+    assert query_view(scores, boxes).tolist() == [1, 0, 0]
+    assert query_view(np.ones((3, 1)), np.ones((3, 1, 4))).tolist() == [0, 0, 0]  # no localiser

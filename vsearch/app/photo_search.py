@@ -16,21 +16,26 @@ from index.searcher import Hit, Searcher
 from models.artifact import Embedder
 from vsearch.core import paths
 
-# The localiser's best box is searched instead of the whole photo when it is at least this sure.
-# Measured on the phone catalog (BENCHMARKS.md, "Buyer photos"): the best box alone found the
-# listing in the top 10 for 0.276 of held-out buyer photos, the best score over the whole photo
-# and the 3 boxes for 0.236 (boxes around the other products in the room win wrong listings),
-# the whole photo for 0.131. Thresholds up to 0.3 keep 0.27-0.28; 0.5 falls to 0.17.
+# The localiser's best box is searched instead of the whole photo when it is at least this sure
+# and the item is small in the frame; a photo the item fills (a catalog photo, a close-up) is
+# searched whole, so a listing's own photo still finds it first. Measured on the phone catalog
+# (BENCHMARKS.md, "Buyer photos"): the best box found the listing in the top 10 for 0.271 of
+# held-out buyer photos (side < 0.6, 0.7 or 0.8: the same; score 0.5: 0.17), the best score over
+# the photo and its 3 boxes for 0.236 (boxes around the room's other products win wrong
+# listings), the whole photo for 0.131.
 MIN_BOX_SCORE = 0.3
+MAX_BOX_SIDE = 0.7  # the box's longer side, as a fraction of the frame's
 
 
-def query_view(box_scores: np.ndarray) -> np.ndarray:
+def query_view(box_scores: np.ndarray, frame_boxes: np.ndarray) -> np.ndarray:
     """Per photo, the view to search: 1 (the localiser's best box) when its score is at least
-    ``MIN_BOX_SCORE``, else 0 (the whole photo; always so for a model without a localiser)."""
-    scores = np.asarray(box_scores)
+    ``MIN_BOX_SCORE`` and its longer side under ``MAX_BOX_SIDE`` of the frame, else 0 (the whole
+    photo; always so for a model without a localiser)."""
+    scores, boxes = np.asarray(box_scores), np.asarray(frame_boxes)
     if scores.shape[1] < 2:
         return np.zeros(len(scores), np.int64)
-    return np.where(scores[:, 1] >= MIN_BOX_SCORE, 1, 0).astype(np.int64)
+    side = np.maximum(boxes[:, 1, 2] - boxes[:, 1, 0], boxes[:, 1, 3] - boxes[:, 1, 1])
+    return np.where((scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE), 1, 0).astype(np.int64)
 
 
 class PhotoSearch:
@@ -85,7 +90,7 @@ class PhotoSearch:
                 f"model {self.manifest.model_version} gives {views.embeddings.shape[-1]}-dim "
                 f"embeddings, the index takes {self.manifest.input_dim}"
             )
-        pick = query_view(views.box_scores)
+        pick = query_view(views.box_scores, views.frame_boxes)
         rows = np.arange(len(pick))
         return views.embeddings[rows, pick][:, None], views.photo_boxes[rows, pick][:, None]
 
