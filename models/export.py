@@ -101,6 +101,7 @@ class ServingModule(tf.Module):
         ``embedding`` [N, V, D], ``boxes`` [N, V, 4] (frame fractions), ``box_scores`` [N, V]."""
         from models.localiser import crop_boxes, propose_boxes
 
+        assert self.localiser is not None  # the query signatures exist only with one
         n, s, k = tf.shape(frames)[0], self.image_size, QUERY_BOXES
         boxes, scores = propose_boxes(
             self.localiser, frames, k, size=int(self.localiser.input_shape[1])

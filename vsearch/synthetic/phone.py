@@ -164,8 +164,8 @@ def studio_photo(layer: Image.Image, size: int, rng: np.random.Generator) -> byt
         ImageFilter.GaussianBlur(size / 50)
     )
     s = np.asarray(shadow, dtype=np.float32)[..., None] / 255.0
-    bg = bg * (1 - rng.uniform(0.1, 0.3) * np.roll(s, max(1, h // 40), axis=0))
-    return _encode(_over(bg, fg), 90)
+    shaded = bg * (1 - rng.uniform(0.1, 0.3) * np.roll(s, max(1, h // 40), axis=0))
+    return _encode(_over(shaded, fg), 90)
 
 
 # ---------------------------------------------------------------- buyer photos
