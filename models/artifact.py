@@ -201,8 +201,13 @@ class Embedder:
             ],
             np.float32,
         )
+        embeddings = np.asarray(out["embedding"].numpy(), np.float32)
+        # The whole photo exactly as the catalog's photos are embedded (Pillow's letterbox at the
+        # model's size, not the graph's resize of the query frame): a listing's own photo then
+        # scores 1.0 against itself.
+        embeddings[:, 0] = self.embed_photos(photos)
         return QueryViews(
-            np.asarray(out["embedding"].numpy(), np.float32),
+            embeddings,
             frame_boxes,
             photo_boxes,
             out["box_scores"].numpy(),

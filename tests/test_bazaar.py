@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from tests.image_fixtures import tree_digest
 from vsearch.core import images
 from vsearch.core.snapshot import read_snapshot
 from vsearch.synthetic import bazaar, products
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 def test_two_days_are_valid_snapshots_with_churn(tmp_path: Path) -> None:
@@ -39,7 +31,7 @@ def test_same_arguments_same_bytes(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     bazaar.generate_bazaar_catalog(str(a), listings=25, days=1, seed=9, image_size=48)
     bazaar.generate_bazaar_catalog(str(b), listings=25, days=1, seed=9, image_size=48)
-    assert _digest(a) == _digest(b)
+    assert tree_digest(a) == tree_digest(b)
 
 
 def test_unlike_the_first_style(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import subprocess
 import sys
@@ -11,17 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.image_fixtures import tree_digest
 from vsearch.core import images
 from vsearch.core.snapshot import read_snapshot
 from vsearch.synthetic import phone, truth
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 def test_cli_writes_valid_snapshots_with_a_box_for_every_buyer_photo(tmp_path: Path) -> None:
@@ -57,7 +49,7 @@ def test_same_arguments_same_bytes(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     phone.generate_phone_catalog(str(a), listings=12, days=1, seed=9, image_size=96, workers=1)
     phone.generate_phone_catalog(str(b), listings=12, days=1, seed=9, image_size=96, workers=2)
-    assert _digest(a) == _digest(b)
+    assert tree_digest(a) == tree_digest(b)
 
 
 def _square_layer(alpha: int, n: int = 64) -> Image.Image:

@@ -60,8 +60,8 @@ class QueryResult:
     true_listing: str
     rank: int | None  # 1-based rank of the true listing, None if not in the top k
     top: list[tuple[str, float, str, str]]  # (listing_id, score, category, image_uri)
-    # The part of the photo that found the first result (fractions of the photo as seen): the
-    # whole photo, or a box the model's localiser found in it.
+    # The part of the photo searched (fractions of the photo as seen): the whole photo, or the
+    # box the model's localiser found the item in.
     box: tuple[float, ...] | None = None
 
 
@@ -142,7 +142,7 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
     reviews = [
         r for r in snapshot.reviews if r.listing_id in listed and is_eval_listing(r.listing_id)
     ]
-    from vsearch.app.per_photo import embed_each, search_views
+    from vsearch.app.per_photo import embed_each
 
     searcher = PhotoSearch.open(workdir)
     out: list[QueryResult] = []
@@ -151,15 +151,13 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
         chunk = reviews[i : i + batch]
         embedded = embed_each(searcher, [storage.read_bytes(r.image_uri) for r in chunk])
         good = embedded.good
-        found = search_views(
-            lambda v: searcher.searcher.search_vectors(v, 10), embedded.vectors[good], 10
-        )
+        found = searcher.searcher.search_vectors(embedded.vectors[good], 10)
         for j, hits in zip(good, found, strict=True):
             review = chunk[j]
-            ids = [h.listing_id for h, _ in hits]
+            ids = [h.listing_id for h in hits]
             rank = ids.index(review.listing_id) + 1 if review.listing_id in ids else None
-            top = [(h.listing_id, float(h.score), h.category or "", h.image_uri) for h, _ in hits]
-            box = tuple(float(x) for x in embedded.boxes[j][hits[0][1]]) if hits else None
+            top = [(h.listing_id, float(h.score), h.category or "", h.image_uri) for h in hits]
+            box = tuple(float(x) for x in embedded.boxes[j])
             out.append(QueryResult(review.image_uri, review.listing_id, rank, top, box))
     return out
 

@@ -71,19 +71,9 @@ class PhotoSearch:
     def manifest(self) -> Any:
         return self.searcher.manifest
 
-    def embed(self, photos: Sequence[bytes]) -> np.ndarray:
-        """Embed photos with the index's model, preprocessed exactly as the catalog images were."""
-        emb = self.embedder.embed_photos(photos)
-        if emb.shape[1] != self.manifest.input_dim:
-            raise ValueError(
-                f"model {self.manifest.model_version} gives {emb.shape[1]}-dim embeddings, "
-                f"the index takes {self.manifest.input_dim}"
-            )
-        return emb
-
     def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Each photo as the view search uses (``query_view``); (vectors [N, 1, D], boxes
-        [N, 1, 4] in fractions of the photo as its viewer sees it)."""
+        """Each photo as the view search uses (``query_view``): (vectors [N, D], the view's box
+        [N, 4] in fractions of the photo as its viewer sees it; [0, 0, 1, 1] = the whole photo)."""
         views = self.embedder.embed_query(photos)
         if views.embeddings.shape[-1] != self.manifest.input_dim:
             raise ValueError(
@@ -92,14 +82,13 @@ class PhotoSearch:
             )
         pick = query_view(views.box_scores, views.frame_boxes)
         rows = np.arange(len(pick))
-        return views.embeddings[rows, pick][:, None], views.photo_boxes[rows, pick][:, None]
+        return views.embeddings[rows, pick], views.photo_boxes[rows, pick]
+
+    def embed(self, photos: Sequence[bytes]) -> np.ndarray:
+        """Embed photos as search does, with the index's model (catalog photos' preprocessing)."""
+        return self.embed_views(photos)[0]
 
     def search(self, photos: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
-        """Top-k listings per photo, each listing at its best score over the photo's views."""
         if not photos:
             return []
-        from vsearch.app.per_photo import search_views
-
-        vectors, _ = self.embed_views(photos)
-        found = search_views(lambda v: self.searcher.search_vectors(v, k), vectors, k)
-        return [[hit for hit, _ in hits] for hits in found]
+        return self.searcher.search_vectors(self.embed(photos), k)

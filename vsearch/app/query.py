@@ -37,7 +37,7 @@ def run(settings: QuerySettings) -> None:
     a bad photo is reported on its own line (stderr, and as ``{"error": ...}`` with --json)
     while the others are answered; then exit 1."""
     from index.searcher import Hit
-    from vsearch.app.per_photo import embed_each, search_views
+    from vsearch.app.per_photo import embed_each
     from vsearch.app.photo_search import PhotoSearch
 
     errors: dict[int, str] = {}
@@ -47,19 +47,15 @@ def run(settings: QuerySettings) -> None:
             photos[i] = storage.read_bytes(uri)
         except storage.StorageError as e:
             errors[i] = str(e)
-    results: dict[int, list[tuple[Hit, int]]] = {}
-    boxes: dict[int, list[list[float]]] = {}
+    results: dict[int, list[Hit]] = {}
+    boxes: dict[int, list[float]] = {}
     with PhotoSearch.open(settings.workdir, cache_dir=settings.cache_dir) as searcher:
         order = sorted(photos)
         embedded = embed_each(searcher, [photos[i] for i in order])
         errors.update({i: e for i, e in zip(order, embedded.errors, strict=True) if e is not None})
         good = embedded.good
         if good:
-            found = search_views(
-                lambda v: searcher.searcher.search_vectors(v, settings.k),
-                embedded.vectors[good],
-                settings.k,
-            )
+            found = searcher.searcher.search_vectors(embedded.vectors[good], settings.k)
             results = {order[j]: hits for j, hits in zip(good, found, strict=True)}
             boxes = {order[j]: embedded.boxes[j].round(4).tolist() for j in good}
         build = searcher.manifest.build_id
@@ -71,12 +67,13 @@ def run(settings: QuerySettings) -> None:
             continue
         hits = results[i]
         if settings.json:
-            rows = [{**asdict(h), "box": boxes[i][view]} for h, view in hits]
+            rows = [{**asdict(h), "box": boxes[i]} for h in hits]
             print(json.dumps({"image": uri, "index_build": build, "hits": rows}))
             continue
         print(f"{uri}  (index {build})")
-        for rank, (h, view) in enumerate(hits, 1):
-            where = "whole photo" if view == 0 else "box " + _box_text(boxes[i][view])
+        whole = boxes[i] == [0.0, 0.0, 1.0, 1.0]
+        where = "whole photo" if whole else "box " + _box_text(boxes[i])
+        for rank, h in enumerate(hits, 1):
             print(f"  {rank:>3}. {h.listing_id}  {h.score:.4f}  {h.category or '-'}  ({where})")
     if errors:
         raise RuntimeError(

@@ -20,16 +20,14 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vsearch.app.per_photo import embed_each, search_views
+from vsearch.app.per_photo import embed_each
 from vsearch.app.serve import filters, health
 from vsearch.app.serve.command import ServeSettings
-from vsearch.app.serve.filtered import Match
 from vsearch.app.serve.filters import Filter, FilterError
 from vsearch.app.serve.holder import (
     IndexHolder,
@@ -88,16 +86,8 @@ def _answer(
     """One result object per photo (``error`` set for a bad photo); also the fallback count."""
     embedded = embed_each(served.photos, photos)
     good = embedded.good
-    fallbacks = 0
-
-    def search(vectors: np.ndarray) -> list[list[Match]]:
-        nonlocal fallbacks
-        found, fell = served.search.search(vectors, k, f)
-        fallbacks += fell
-        return found
-
-    merged = search_views(search, embedded.vectors[good], k) if good else []
-    by_photo = dict(zip(good, merged, strict=True))
+    found, fallbacks = served.search.search(embedded.vectors[good], k, f) if good else ([], 0)
+    by_photo = dict(zip(good, found, strict=True))
     out: list[dict[str, Any]] = []
     for i, error in enumerate(embedded.errors):
         if error is not None:
@@ -106,7 +96,7 @@ def _answer(
         hits = by_photo[i]
         out.append(
             {
-                "no_match": served.calibration.no_match(hits[0][0].score if hits else None),
+                "no_match": served.calibration.no_match(hits[0].score if hits else None),
                 "results": [
                     {
                         "listing_id": h.listing_id,
@@ -116,9 +106,9 @@ def _answer(
                         "attributes": served.attributes.of(h.code),
                         # The part of the photo that found it (fractions of width and height):
                         # the whole photo, or a box the model's localiser found.
-                        "box": [round(float(x), 4) for x in embedded.boxes[i][view]],
+                        "box": [round(float(x), 4) for x in embedded.boxes[i]],
                     }
-                    for h, view in hits
+                    for h in hits
                 ],
             }
         )

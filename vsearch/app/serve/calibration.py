@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vsearch.app.per_photo import embed_each, search_views
+from vsearch.app.per_photo import embed_each
 from vsearch.app.photo_search import PhotoSearch
 from vsearch.app.serve.filtered import FilteredSearch
 from vsearch.app.serve.filters import Filter
@@ -85,10 +85,7 @@ def calibrate(
         return Calibration(None, f"not calibrated: {len(data)} review photos (< {min_photos})")
     embedded = embed_each(photos, data)
     good = embedded.good
-    found = search_views(
-        lambda v: search.search(v, DEPTH, Filter())[0], embedded.vectors[good], DEPTH
-    )
-    results = [[hit for hit, _ in hits] for hits in found]
+    results, _ = search.search(embedded.vectors[good], DEPTH, Filter())
     match, other = [], []
     for i, hits in zip(good, results, strict=True):
         own = [h.score for h in hits if h.listing_id == owners[i]]
