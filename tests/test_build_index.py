@@ -267,3 +267,49 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
         hits = s.search_vectors(v[:10], 1)
         assert [h[0].listing_id for h in hits] == expected.column("listing_id").to_pylist()[:10]
     assert not storage.exists(storage.join(storage.parent(summary.manifest_uri), "_view"))
+
+
+@pytest.mark.parametrize("damage", ["footer", "row-group"])
+def test_a_truncated_embedding_file_is_one_line_naming_it(  # type: ignore[no-untyped-def]
+    tiny_catalog: str, tmp_path, capsys, damage: str
+) -> None:
+    """Issue 30 point 9: build-index names the unreadable Parquet file, as embed does; no
+    manifest is written, so nothing can be published."""
+    from vsearch.app import cli
+
+    workdir = str(tmp_path / "work")
+    images = sorted(embeddings.snapshot_images(tiny_catalog, DATE).items())
+    x = vectors.clustered(len(images), dim=DIM, point_seed=3)
+    rows = [
+        {
+            "listing_id": lid,
+            "image_uri": uri,
+            "image_index": ix,
+            "image_sha256": f"{i:064x}",
+            "model_version": MODEL,
+            "embedding": x[i],
+            "category_pred": "home/decor",
+            "category_score": 0.9,
+            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        }
+        for i, ((lid, ix), uri) in enumerate(images)
+    ]
+    _partition(workdir, dt.date(2026, 1, 1), rows[:30])
+    _partition(workdir, dt.date(2026, 1, 2), rows[30:])
+    part = storage.join(
+        paths.embeddings_dir(workdir, MODEL, dt.date(2026, 1, 1)),
+        paths.shard_name(0, 1, ".parquet"),
+    )
+    data = storage.read_bytes(part)
+    if damage == "footer":  # a copy that stopped half-way: no footer
+        data = data[: len(data) // 2]
+    else:  # the footer intact, a data page of the first row group zeroed
+        data = data[:4] + bytes(200) + data[204:]
+    storage.write_bytes(part, data)
+    argv = ["build-index", "--catalog", tiny_catalog, "--workdir", workdir, "--date", "2026-01-03"]
+    argv += ["--model-version", MODEL, "--review-queries", "0", "--factory", "Flat"]
+    assert cli.main([*argv, "--direct_num_workers=1"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("vsearch build-index: error:"), err
+    assert part in err[0] and "embedding file" in err[0], err[0]
+    assert not storage.glob(storage.join(workdir, "indexes", "*", "*", "manifest.json"))

@@ -22,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from index.source import IndexBuildError
 from vsearch.core import embeddings
 
 # A current row: (listing_id, image_uri, image_index, category_pred, model_version, embedding)
@@ -55,9 +56,20 @@ def embeddings_matrix(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(len(col), col.type.list_size), dtype=np.float32)
 
 
+def _unreadable(uri: str, e: Exception) -> IndexBuildError:
+    """One clear error naming the file (pyarrow's own message does not), as embed says it."""
+    return IndexBuildError(
+        f"embedding file {uri} is unreadable ({type(e).__name__}: {e}); "
+        "restore it or delete its day's partition and re-run embed for that day"
+    )
+
+
 def _row_groups(element: tuple[str, str]) -> Iterator[tuple[str, str, int]]:
     day, uri = element
-    pf = embeddings.open_parquet(uri)
+    try:
+        pf = embeddings.open_parquet(uri)
+    except Exception as e:  # a truncated copy: no footer; pyarrow raises several types
+        raise _unreadable(uri, e) from e
     expected = embeddings.schema(embeddings.embedding_dim(pf.schema_arrow))
     if not pf.schema_arrow.equals(expected):
         raise ValueError(f"{uri} does not have the embedding schema:\n{pf.schema_arrow}")
@@ -73,7 +85,10 @@ class _ReadRowGroupFn(beam.DoFn):
 
     def process(self, element: tuple[str, str, int]) -> Iterator[tuple[ImageKey, tuple[str, Row]]]:
         day, uri, rg = element
-        batch = embeddings.open_parquet(uri).read_row_group(rg)
+        try:
+            batch = embeddings.open_parquet(uri).read_row_group(rg)
+        except Exception as e:  # a damaged page in an intact footer's file
+            raise _unreadable(uri, e) from e
         self._rows.inc(batch.num_rows)
         for b in batch.to_batches():
             for row in rows_of(b):
