@@ -59,6 +59,24 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class NoMatchCalibration:
+    """The no-match threshold build-index chose on held-out buyer photos (vsearch/app/calibrate.py).
+
+    A search whose best score is below ``threshold`` answers ``no_match``. Both error rates are
+    measured on the same photos: searched with their listing in the index, and with it left out
+    (the best score among the other listings: what a photo of an unsold product gets).
+    """
+
+    threshold: float
+    target_false_accept_rate: float  # the rate the threshold was chosen for
+    false_accept_rate: float  # listing left out: share of searches at or above the threshold
+    right_first_flagged: float  # share of searches whose first result is right that it flags
+    photos: int  # held-out buyer photos searched
+    right_first: int  # of them, how many found their own listing first
+    method: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_version: str
     build_id: str
@@ -74,12 +92,17 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     pca_sha256: str | None = None  # of pca.bin; None when there is no PCA (or format 1)
     merged: MergedEntry | None = None  # format 3 only: serve this, not the shards' indexes
+    # Optional in every format (a reader that predates it ignores it; the service then
+    # calibrates at start): written by build-index after the index, before publish.
+    calibration: NoMatchCalibration | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = [asdict(s) for s in self.shards]
         if self.merged is None:
             d.pop("merged")
+        if self.calibration is None:
+            d.pop("calibration")
         if self.format_version < 2:  # rewrite an old manifest as it was (no checksums to add)
             d.pop("pca_sha256")
             for s in d["shards"]:
@@ -152,6 +175,7 @@ _FIELD_ORDER = (
     "merged",
     "ntotal",
     "validation",
+    "calibration",
 )
 
 
@@ -169,6 +193,7 @@ def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
     try:
         v = d.get("validation")
         merged = d.get("merged")
+        calib = d.get("calibration")
         m = Manifest(
             format_version=int(d["format_version"]),
             model_version=str(d["model_version"]),
@@ -195,6 +220,7 @@ def from_json(d: dict[str, Any], source: str = "manifest") -> Manifest:
             merged=None
             if merged is None
             else MergedEntry(**{k: str(x) for k, x in merged.items()}),
+            calibration=None if calib is None else NoMatchCalibration(**calib),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,11 @@ from vsearch.core.runs import RunSummary
 from vsearch.core.settings import CATALOG, DATE, WORKDIR, doc
 
 STAGE = "build-index"
+
+# Runs on the written manifest before the run is recorded; returns figures for the summary. The
+# no-match calibration (vsearch/app/calibrate.py) is one: it searches as the service does, which
+# lives above this layer, so the stage registry hands it in.
+AfterBuild = Callable[[str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -257,11 +262,13 @@ def run(
     *,
     batches_factory: BatchesFactory | None = None,
     extra_queries: np.ndarray | None = None,
+    calibrate: AfterBuild | None = None,
 ) -> BuildIndexResult:
     """Build, validate and write one index; writes its run summary, returns the manifest.
 
     ``batches_factory`` replaces the embedding reader (tests, benchmarks); ``extra_queries`` are
-    more validation queries, e.g. review-photo embeddings of the eval split.
+    more validation queries, e.g. review-photo embeddings of the eval split; ``calibrate``
+    completes the written manifest (the no-match threshold) before the run is recorded.
     """
     version = (
         settings.model_version
@@ -292,6 +299,7 @@ def run(
             )
         finally:
             jobs.cleanup()
+        calibrated = calibrate(result.manifest_uri) if calibrate is not None else {}
     m, v = result.manifest, result.manifest.validation
     assert v is not None
     summary = RunSummary(
@@ -313,6 +321,7 @@ def run(
             "latency_ms_p50": v.latency_ms_p50,
             "latency_ms_p99": v.latency_ms_p99,
             "validation_queries": v.sample_size,
+            **calibrated,
         },
     )
     runs.complete(settings.workdir, summary)

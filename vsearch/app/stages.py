@@ -93,7 +93,7 @@ STAGES: dict[str, Stage] = {
             "build-index",
             "Beam + faiss: train PCA + index once, add per shard, validate recall, write a manifest",
             "pipelines.build_index:BuildIndexSettings",
-            "pipelines.build_index:run",
+            "vsearch.app.calibrate:build_index",  # build, then the no-match calibration
             "pipelines.build_index:BuildIndexResult",
             beam=True,
         ),

@@ -97,7 +97,7 @@ def load_index(
         )
         search = FilteredSearch(searcher, attrs, opts.overfetch, opts.max_fetch)
         calib = calibration.calibrate(
-            photos, search, reviews, opts.calibration_photos, fixed=opts.no_match_threshold
+            photos, reviews, opts.calibration_photos, fixed=opts.no_match_threshold
         )
     except BaseException:
         searcher.close()

@@ -1,0 +1,174 @@
+"""``no_match`` means no match (issue 30): build-index calibrates the threshold on held-out buyer
+photos for a stated false-accept rate and stores it in the manifest; the service answers with it.
+
+On the session's tiny trained model (tests/conftest.py) and the real service: at most 10% of
+searches whose first result is the right listing are flagged, at least 80% of photos of nothing
+in the catalog (noise, another catalog style's products) are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from index import manifest
+from tests.conftest import copy_workdir
+from vsearch.app import calibrate
+from vsearch.app.serve.app import create_app
+from vsearch.app.serve.command import ServeSettings
+from vsearch.app.stages import DayRun, run_day
+from vsearch.core import catalog, paths, runs, storage
+from vsearch.core.snapshot import read_snapshot
+
+DAY = dt.date(2026, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_catalog: str, trained_workdir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trained workdir with day 1 embedded, indexed (and calibrated) and published."""
+    workdir = copy_workdir(trained_workdir, str(tmp_path_factory.mktemp("no-match") / "work"))
+    run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))
+    return workdir
+
+
+def current_manifest(workdir: str) -> tuple[str, manifest.Manifest]:
+    uri = storage.read_pointer(paths.current_index_pointer(workdir)).value
+    assert uri
+    return uri, manifest.read(uri)
+
+
+@contextmanager
+def serving(workdir: str, catalog_root: str | None) -> Iterator[TestClient]:
+    """The real service (its index loader and lifespan), ready."""
+    with TestClient(create_app(ServeSettings(workdir=workdir, catalog=catalog_root))) as c:
+        deadline = time.monotonic() + 120
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").json()
+            time.sleep(0.05)
+        yield c
+
+
+def held_out(catalog_root: str) -> list[catalog.Review]:
+    reviews = read_snapshot(catalog_root, DAY).reviews
+    return [r for r in reviews if catalog.is_eval_listing(r.listing_id)]
+
+
+def search(client: TestClient, photos: list[bytes]) -> list[dict[str, Any]]:
+    out = []
+    for i in range(0, len(photos), 32):
+        files = [
+            ("images", (f"{j}.jpg", p, "image/jpeg")) for j, p in enumerate(photos[i : i + 32])
+        ]
+        r = client.post("/search/batch?k=1", files=files)
+        assert r.status_code == 200, r.text
+        out += r.json()["photos"]
+    return out
+
+
+def noise_photos(n: int, size: int = 64) -> list[bytes]:
+    rng = np.random.default_rng(5)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def other_style_photos(n: int, size: int = 64) -> list[bytes]:
+    """Buyer photos of products from the other catalog styles (bazaar, phone): not sold here."""
+    from vsearch.synthetic import bazaar, phone
+
+    half = n // 2
+    out = [bazaar.review_photo(7, bazaar.draw_item(7, i), 0, size) for i in range(half)]
+    num = 0
+    while len(out) < n:
+        out += [data for _, data in phone.render((7, num, size)).reviews][: n - len(out)]
+        num += 1
+    return out
+
+
+def test_threshold_is_the_lowest_one_for_the_stated_false_accept_rate() -> None:
+    absent = np.linspace(0.1, 1.0, 10)  # best scores with the listing left out
+    t = calibrate.threshold_for(absent, 0.2)
+    assert (absent >= t).sum() == 2  # 0.9 and 1.0 clear it: 20%
+    assert 0.8 < t <= np.nextafter(0.8, 1.0)  # and not one bit higher than needed
+    scores = calibrate.PhotoScores(
+        top=np.array([0.95, 0.85, 0.7, 0.99]),
+        right_first=np.array([True, True, True, False]),
+        absent=absent[:4],
+    )
+    c = calibrate.from_scores(scores, 0.25, "test")
+    assert c.false_accept_rate == 0.25 and c.right_first == 3
+    assert c.right_first_flagged == round(1 / 3, 4)  # 0.7 is below the threshold (just over 0.3)
+    with pytest.raises(ValueError, match="false-accept rate"):
+        calibrate.threshold_for(absent, 0.0)
+
+
+def test_build_index_stores_the_calibration_and_its_error_rates(
+    built: str, tiny_catalog: str
+) -> None:
+    _, m = current_manifest(built)
+    c = m.calibration
+    assert c is not None, "build-index wrote no calibration"
+    assert c.photos == len(held_out(tiny_catalog)) >= calibrate.MIN_PHOTOS  # all, and only, those
+    assert c.target_false_accept_rate == calibrate.TARGET_FALSE_ACCEPT_RATE
+    assert c.false_accept_rate <= c.target_false_accept_rate
+    assert "false accepts" in c.method and "right first results flagged" in c.method
+    summary = runs.read_summary(built, "build-index", DAY)
+    assert summary["extra"]["no_match"]["threshold"] == c.threshold
+
+
+def test_service_answers_with_the_stored_threshold_and_it_means_no_match(
+    built: str, tiny_catalog: str
+) -> None:
+    _, m = current_manifest(built)
+    assert m.calibration is not None
+    reviews = held_out(tiny_catalog)
+    with serving(built, None) as client:  # no --catalog: nothing it could recompute from
+        ready = client.get("/readyz").json()["no_match"]
+        answers = search(client, [storage.read_bytes(r.image_uri) for r in reviews])
+        unsold = {"noise": noise_photos(20), "other style": other_style_photos(20)}
+        flagged = {
+            k: np.mean([a["no_match"] for a in search(client, v)]) for k, v in unsold.items()
+        }
+    assert ready["source"] == "manifest" and ready["threshold"] == m.calibration.threshold
+    assert ready["right_first_flagged"] == m.calibration.right_first_flagged
+
+    firsts = [a["results"][0]["listing_id"] for a in answers]
+    right = [a for a, r, f in zip(answers, reviews, firsts, strict=True) if f == r.listing_id]
+    assert right and len(right) == m.calibration.right_first  # searched as the build measured
+    flagged_right = sum(a["no_match"] for a in right) / len(right)
+    assert flagged_right == pytest.approx(m.calibration.right_first_flagged, abs=1e-4)
+    assert flagged_right <= 0.10, (flagged_right, len(right))
+    assert min(flagged.values()) >= 0.80, flagged
+
+
+def test_an_older_manifest_without_it_is_calibrated_at_start(built: str, tiny_catalog: str) -> None:
+    uri, m = current_manifest(built)
+    assert m.calibration is not None
+    manifest.write(uri, replace(m, calibration=None))  # as written before the field existed
+    try:
+        with serving(built, tiny_catalog) as c:
+            at_start = c.get("/readyz").json()["no_match"]
+        with serving(built, None) as c:
+            unknown = c.get("/readyz").json()["no_match"]
+            r = c.post("/search", content=noise_photos(1)[0], headers={"content-type": "image/png"})
+    finally:
+        manifest.write(uri, m)
+    # The same photos and rule at start: the same threshold and figures as the build stored.
+    assert at_start["source"] == "computed at start"
+    assert at_start["threshold"] == m.calibration.threshold
+    assert at_start["false_accept_rate"] == m.calibration.false_accept_rate
+    assert unknown["threshold"] is None and r.json()["no_match"] is None  # no catalog: unknown
