@@ -13,6 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from index.sharding import PCA_FILE
 from vsearch.core import storage
 
 # 2: id maps and pca.bin carry a sha256 too (``ids_sha256``, ``pca_sha256``). Version 1
@@ -115,6 +116,21 @@ class Manifest:
         if self.merged is not None:
             names += [self.merged.index_path, self.merged.lists_path]
         return names
+
+    def checksums(self) -> list[tuple[str, str | None, str]]:
+        """(file, sha256, what) for every file of the build, pca.bin included; sha256 None
+        where a format-1 manifest recorded none (its id maps and PCA)."""
+        out: list[tuple[str, str | None, str]] = []
+        for s in self.shards:
+            out += [(s.path, s.sha256, "index shard"), (s.ids_path, s.ids_sha256 or None, "id map")]
+        if self.merged is not None:
+            out += [
+                (self.merged.index_path, self.merged.index_sha256, "index"),
+                (self.merged.lists_path, self.merged.lists_sha256, "lists"),
+            ]
+        if self.dim < self.input_dim:
+            out.append((PCA_FILE, self.pca_sha256, "PCA"))
+        return out
 
     def check(self) -> None:
         """Raise ManifestError unless the manifest is internally consistent."""

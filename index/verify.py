@@ -116,3 +116,20 @@ def local_file(
         raise _corrupted(f"{what} {uri}", h.hexdigest(), sha256)
     os.replace(tmp, local)
     return local
+
+
+def verify_build(manifest: manifest_mod.Manifest, build_dir: str, cache_dir: str) -> None:
+    """Hash every file of the build against its manifest sha256 (publish's first check).
+
+    ShardError names the first file that is missing or differs. gs:// files are downloaded into
+    ``cache_dir`` as they are hashed, where a Searcher given that cache finds them verified.
+    A format-1 manifest has files without a sha256: ShardError, since they cannot be verified.
+    """
+    key = (manifest.model_version, manifest.build_id)
+    for name, sha256, what in manifest.checksums():
+        if sha256 is None:
+            raise ShardError(
+                f"{what} {storage.join(build_dir, name)} has no sha256 in its manifest (format "
+                f"{manifest.format_version}): it cannot be verified; rebuild with vsearch build-index"
+            )
+        local_file(build_dir, name, sha256, cache_dir, key, what)

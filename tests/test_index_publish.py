@@ -14,7 +14,7 @@ import time
 import pytest
 
 from benchmarks import vectors
-from index import builder, manifest, publish, synthetic
+from index import builder, manifest, publish, synthetic, verify
 from index.searcher import Searcher
 from vsearch.app import cli
 from vsearch.core import paths, runs, storage
@@ -23,10 +23,10 @@ MODEL = "20260101-test"
 DIM = 16
 
 
-def make_build(workdir: str, build_id: str) -> str:
+def make_build(workdir: str, build_id: str, **kw) -> str:  # type: ignore[no-untyped-def]
     table = synthetic.embedding_table(vectors.clustered(600, dim=DIM), 2, MODEL)
     settings = builder.IndexSettings(
-        factory="Flat", shards=2, validation_queries=60, latency_queries=10
+        **{"factory": "Flat", "shards": 2, "validation_queries": 60, "latency_queries": 10, **kw}
     )
     out = paths.index_build_dir(workdir, MODEL, build_id)
     return builder.build_index(
@@ -135,9 +135,13 @@ def test_retention_never_removes_current_or_newer_builds(tmp_path) -> None:  # t
     assert r.removed_builds == (storage.parent(uris[0]),)
     assert all(storage.exists(u) for u in uris[1:])
     r = publish.publish(w, uris[4], retention=2)
-    assert {storage.basename(b) for b in r.removed_builds} == {ids[1], ids[2]}
-    assert storage.exists(uris[3]) and storage.exists(uris[4])
+    # ids[1] stays: it was in service (replicas swap when they poll) and is the last good build.
+    assert {storage.basename(b) for b in r.removed_builds} == {ids[2]}
+    assert storage.exists(uris[1]) and storage.exists(uris[3]) and storage.exists(uris[4])
     assert Searcher.open(w).manifest.build_id == ids[4]
+    # A rollback to ids[3]: ids[4] stays (in service, last good); ids[1] is neither any more.
+    r = publish.publish(w, uris[3], retention=1)
+    assert {storage.basename(b) for b in r.removed_builds} == {ids[1]}
 
 
 def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -232,3 +236,102 @@ def test_publish_refuses_a_non_finite_min_recall(tmp_path, capsys) -> None:  # t
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--min-recall" in err and "finite" in err, err
     assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+
+
+# ------------------------------------------------------------------ verification before the flip
+
+
+def _flip_bytes(path: str, at: float = 0.5) -> None:
+    """Flip 8 bytes in place (same size: only the checksum can tell)."""
+    data = bytearray(open(path, "rb").read())
+    mid = int(len(data) * at)
+    data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({}, "shard-00001.faiss"),
+        ({}, "shard-00000.ids.parquet"),
+        ({"pca_dim": 8, "target_recall": 0.1}, "pca.bin"),
+        ({"factory": "IVF8,Flat", "on_disk": True}, "merged.ivfdata"),
+    ],
+)
+def test_a_corrupt_file_is_not_published_and_named(tmp_path, capsys, kw, name) -> None:  # type: ignore[no-untyped-def]
+    """Issue 30 point 1: one flipped byte in any file of a build -> publish exits nonzero with
+    one line naming that file, and CURRENT still names the build in service."""
+    w = str(tmp_path)
+    good = make_build(w, "20260101T000000Z-aaaaaa", **kw)
+    assert cli.main(["publish", "--workdir", w, "--manifest", good]) == 0
+    bad = make_build(w, "20260102T000000Z-bbbbbb", **kw)
+    assert name in {n for n, _, _ in manifest.read(bad).checksums()}
+    path = os.path.join(os.path.dirname(bad), name)
+    _flip_bytes(path)
+    capsys.readouterr()
+    assert cli.main(["publish", "--workdir", w, "--manifest", bad]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("vsearch publish: error: not published"), err
+    assert f"{path} is corrupted or truncated" in err[0], err[0]
+    assert storage.read_pointer(paths.current_index_pointer(w)).value == good
+    assert not os.path.exists(os.path.join(os.path.dirname(bad), publish.VERIFIED_FILE))
+    assert os.path.exists(os.path.join(os.path.dirname(good), publish.VERIFIED_FILE))
+
+
+def test_a_truncated_shard_and_a_build_that_cannot_load_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = str(tmp_path)
+    uri = make_build(w, "20260101T000000Z-aaaaaa")
+    shard = os.path.join(os.path.dirname(uri), "shard-00000.faiss")
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: len(data) // 2])
+    with pytest.raises(publish.PublishError, match=f"{shard} is corrupted or truncated"):
+        publish.publish(w, uri)
+    # Bytes that match their sha256 but that faiss cannot read (a bad build, not a bad copy):
+    # the load catches it, naming the shard.
+    d = json.loads(open(uri).read())
+    d["shards"][0]["sha256"] = verify.sha256_of_file(shard)
+    open(uri, "w").write(json.dumps(d))
+    with pytest.raises(publish.PublishError, match="faiss cannot read index shard .*shard-00000"):
+        publish.publish(w, uri)
+    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+
+
+def test_a_format_1_manifest_is_read_but_not_published(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Older manifests stay readable (the Searcher serves them), but their id maps carry no
+    sha256, so publish cannot verify them and says so."""
+    w = str(tmp_path)
+    uri = make_build(w, "20260101T000000Z-aaaaaa")
+    d = json.loads(open(uri).read())
+    d["format_version"] = 1
+    for s in d["shards"]:
+        s.pop("ids_sha256")
+    d.pop("pca_sha256")
+    open(uri, "w").write(json.dumps(d))
+    with Searcher.from_manifest_uri(uri) as s:
+        assert s.manifest.format_version == 1
+    with pytest.raises(publish.PublishError, match="shard-00000.ids.parquet has no sha256"):
+        publish.publish(w, uri)
+    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+
+
+def test_retention_keeps_the_build_in_service_and_the_last_good_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A refused publish removes nothing; later publishes with retention 1 still keep the
+    build CURRENT named before and the newest verified one besides CURRENT."""
+    w = str(tmp_path)
+    ids = [f"2026010{i}T000000Z-00000{i}" for i in range(1, 5)]
+    uris = [make_build(w, b) for b in ids[:2]]
+    publish.publish(w, uris[0], retention=1)
+    _flip_bytes(os.path.join(os.path.dirname(uris[1]), "shard-00000.faiss"))
+    with pytest.raises(publish.PublishError):
+        publish.publish(w, uris[1], retention=1)
+    assert storage.exists(uris[0]) and storage.exists(uris[1])
+    # The bad build is older than the next good one: retention may remove it, never the good.
+    uris.append(make_build(w, ids[2]))
+    r = publish.publish(w, uris[2], retention=1)
+    assert {storage.basename(b) for b in r.removed_builds} == {ids[1]}
+    assert storage.exists(uris[0])  # in service until the services swap; the last good one
+    assert publish.verified_manifests(w) == [uris[2], uris[0]]
+    uris.append(make_build(w, ids[3]))
+    r = publish.publish(w, uris[3], retention=1)
+    assert {storage.basename(b) for b in r.removed_builds} == {ids[0]}
+    assert publish.verified_manifests(w) == [uris[3], uris[2]]
