@@ -92,3 +92,39 @@ def serving(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def photo(path: str, colour: tuple[int, int, int]) -> str:
+    """A small solid-colour JPEG at ``path``; returns the path."""
+    import os
+
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (48, 48), colour).save(path, format="JPEG")
+    return path
+
+
+def hand_task(
+    workdir: str,
+    queries: list[Query],
+    models: tuple[str, ...] = ("vA",),
+    k: int = 3,
+    task_id: str = "hand-task",
+) -> str:
+    """A task written from hand-made queries (figures a test can compute by hand)."""
+    task = RatingTask(
+        task_id,
+        "2026-01-01T00:00:00+00:00",
+        workdir,
+        "unused-catalog",
+        DAY,
+        k,
+        0,
+        models,
+        {v: "exact search" for v in models},
+        queries,
+    )
+    uri = paths.eval_task(workdir, task_id)
+    write_task(uri, task)
+    return uri

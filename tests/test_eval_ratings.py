@@ -17,7 +17,7 @@ def _exercise(task_uri: str) -> None:
     store.put("alice", "q1", "L2", 1)
     store.put("alice", "q1", "L2", 0)  # change: the last one wins
     store.put("bob", "q1", "L1", 0)  # another rater, same result: kept apart
-    store.put("simulated-gt", "q1", "L1", 2)
+    store.put("simulated-gt", "q1", "L1", 2, simulated=True)
     mine = store.of_rater("alice")
     assert {k: r.grade for k, r in mine.items()} == {("q1", "L1"): 2, ("q1", "L2"): 0}
     everyone = store.all()

@@ -10,23 +10,42 @@ from __future__ import annotations
 import html
 import json
 
-from vsearch.app.evaluation.ratings import LABELS
+from vsearch.app.evaluation.ratings import GRADE_COLOURS, LABELS, UNRATED_COLOUR
 from vsearch.app.evaluation.task import Query, RatingTask, Result
 
-_STYLE = """
+
+def grade_legend() -> str:
+    """The grade scale's colours as inline HTML swatches (both the rating page and the report)."""
+    swatch = '<span style="display:inline-block;width:.9em;height:.9em;border:3px solid {}"></span>'
+    items = [(GRADE_COLOURS[g], LABELS[g]) for g in sorted(LABELS, reverse=True)]
+    return ", ".join(
+        f"{swatch.format(c)} {html.escape(label)}"
+        for c, label in [*items, (UNRATED_COLOUR, "unrated")]
+    )
+
+
+# The grade scale's colours (ratings.GRADE_COLOURS) and nothing else in green, amber or red: a
+# rated card's border and its grade's button; an unrated card is grey, the focus blue.
+_GRADE_STYLE = "".join(
+    f'.card.g{g}{{border:4px solid {c}}} button[data-label="{LABELS[g]}"]{{border:2px solid {c}}}'
+    for g, c in GRADE_COLOURS.items()
+)
+
+_STYLE = (
+    """
 body{font-family:sans-serif;margin:1em 2em;background:#fafafa}
 header{display:flex;gap:2em;align-items:baseline}
-.progress{font-weight:bold} .bar{height:8px;background:#ddd;width:400px}.bar>div{height:8px;background:#2e7d32}
+.progress{font-weight:bold} .bar{height:8px;background:#ddd;width:400px}.bar>div{height:8px;background:#1565c0}
 main{display:flex;gap:2em;align-items:flex-start} .query img{width:320px;height:320px;border:4px solid #000}
 .lists{display:flex;gap:2em} .list{display:flex;flex-wrap:wrap;gap:8px;max-width:760px;align-content:flex-start}
-.card{width:170px;border:4px solid #bbb;background:#fff;padding:4px;font-size:12px}
+.card{width:170px;border:4px solid UNRATED;background:#fff;padding:4px;font-size:12px}
 .card img{width:160px;height:160px;display:block} .card.cur{outline:4px solid #1565c0}
-.card.g2{border-color:#2e7d32} .card.g1{border-color:#f9a825} .card.g0{border-color:#c62828}
 .card button{font-size:11px;padding:2px 4px} .missing{width:160px;height:160px;display:flex;
-align-items:center;justify-content:center;background:#eee;color:#c62828;text-align:center}
-.sim{background:#fff3cd;border:2px solid #f9a825;padding:.4em} .error{background:#fdecea;
-border:2px solid #c62828;padding:1em;max-width:60em} #status{color:#c62828;min-height:1.2em}
-"""
+align-items:center;justify-content:center;background:#eee;color:#444;text-align:center}
+.error{background:#fdecea;border:2px solid #c62828;padding:1em;max-width:60em} #status{color:#c62828;min-height:1.2em}
+""".replace("UNRATED", UNRATED_COLOUR)
+    + _GRADE_STYLE
+)
 
 _SCRIPT = """
 const cards=[...document.querySelectorAll('.card')];
@@ -91,10 +110,12 @@ def error_page(message: str) -> str:
     )
 
 
-def rater_form(task: RatingTask) -> str:
+def rater_form(task: RatingTask, problem: str = "") -> str:
+    """The name form; ``problem`` says why the name given was refused."""
+    error = f'<p class="error" id="error">{html.escape(problem)}</p>' if problem else ""
     return _page(
         "vsearch rate",
-        f"<h1>Rate search results: {html.escape(task.task_id)}</h1>"
+        f"<h1>Rate search results: {html.escape(task.task_id)}</h1>{error}"
         f"<p>{len(task.queries)} query photos, {task.total_results()} results to rate.</p>"
         '<form method="get" action="/"><label>Your name (ratings are kept per rater): '
         '<input name="rater" id="rater" pattern="[A-Za-z0-9][A-Za-z0-9_.-]{0,39}" required></label> '
@@ -133,7 +154,6 @@ def query_page(
     image_ids: dict[str, int],
     grades: dict[str, int],
     rated: int,
-    simulated_rater: bool = False,
 ) -> str:
     """One query: its photo beside its result list(s); side by side the lists are unnamed."""
     q: Query = task.queries[index]
@@ -152,14 +172,14 @@ def query_page(
     nav = (f'<a href="{prev_href}">&larr; previous</a> ' if prev_href else "") + (
         f'<a href="{next_href}">next &rarr;</a>' if next_href else "<b>last query</b>"
     )
-    sim = '<p class="sim">Simulated rater</p>' if simulated_rater else ""
     body = f"""
 <header><h2>Query {index + 1} / {len(task.queries)}</h2>
 <span class="progress">{html.escape(rater)}: <span id="rated">{rated}</span> / {total} results rated</span>
 <div class="bar"><div id="barfill" style="width:{100 * rated / max(1, total):.1f}%"></div></div>
-<span>{nav}</span></header>{sim}
+<span>{nav}</span></header>
 <p>Is each result what a shopper searching with this photo wants? <b>1</b> relevant, <b>2</b> partly,
-<b>3</b> not; <b>j/k</b> or arrows move; <b>n/p</b> next/previous query. Saved as you go.</p>
+<b>3</b> not; <b>j/k</b> or arrows move; <b>n/p</b> next/previous query. Saved as you go.
+Border: {grade_legend()}.</p>
 <div id="status"></div>
 <main><div class="query">{_img(image_ids.get(q.image_uri), "query photo")}
 <p>{html.escape(q.kind)} photo</p></div>

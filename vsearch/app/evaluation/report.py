@@ -3,8 +3,13 @@ agreement, and the blind side-by-side's wins/ties/losses with a sign test; JSON 
 
 A query counts for a model when every one of that model's top-k results has at least one rating
 (partly rated queries are counted, not guessed). With several raters a result's grade is their
-mean, and its relevance the share of raters who said "relevant". Side by side, a query is a win
-for the candidate when its list's DCG@k (same grades, same gains) is higher than the baseline's.
+mean. Precision is reported twice, on the grade scale's words: "relevant" (the share of raters who
+said relevant) and "relevant or partly". nDCG@k's ideal is the best ordering of every result known
+for the query, not only the list's own: the other model's rated results (side by side) and a
+review photo's own listing (relevant by construction: grade 2 unless raters graded it). So a list
+that missed the one relevant listing scores below 1 however well it ordered the rest. Side by
+side, a query is a win for the candidate when its list's DCG@k (same grades, same gains) is higher
+than the baseline's.
 
 ``report.json`` is what the gate reads (``models/gate.py``, ``--require-human-eval``).
 """
@@ -19,12 +24,25 @@ from typing import Any
 import numpy as np
 
 from vsearch.app.evaluation import stats
-from vsearch.app.evaluation.ratings import RatingStore
-from vsearch.app.evaluation.task import TASK, RatingTask, read_task
+from vsearch.app.evaluation.ratings import (
+    LABELS,
+    PARTLY,
+    RELEVANT,
+    RatingStore,
+    is_simulated_name,
+)
+from vsearch.app.evaluation.task import TASK, Query, RatingTask, read_task
 from vsearch.core import paths, storage
 from vsearch.core.settings import doc
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: precision per grade, nDCG over every known result, agreement's extent
+STRICT = LABELS[RELEVANT]  # "relevant"
+LENIENT = f"{LABELS[RELEVANT]} or {LABELS[PARTLY]}"  # "relevant or partly"
+# Below this many results rated by every rater, agreement is flagged as too thin to read.
+# Kappa's standard error is about sqrt(po (1 - po) / n) / (1 - pe): with po 0.8 and pe 0.4 it is
+# 0.09 at 50 results (95 % interval +-0.18) and 0.21 at 10 (+-0.41). Under 50 the interval is wider
+# than one of the 0.2-wide bands kappa is read by, so "moderate" cannot be told from "substantial".
+MIN_AGREEMENT_ITEMS = 50
 
 
 @dataclass(frozen=True)
@@ -50,34 +68,57 @@ def _interval(values: list[float], s: ReportSettings) -> dict[str, float | None]
     return {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high}
 
 
+def _query_row(task: RatingTask, q: Query, version: str, grades: Grades) -> dict[str, Any] | None:
+    """One query's figures for one model, or None while a result of its top k is unrated."""
+    results = q.results[version][: task.k]
+    rated = [grades.get((q.query_id, r.listing_id)) or [] for r in results]
+    if not results or not all(rated):
+        return None
+    mean = [float(np.mean(g)) for g in rated]
+    shown = [r.listing_id for r in results]
+    # The ideal ranking also knows what this list missed: the other list's rated results and,
+    # rated or not, a review photo's own listing.
+    missed = [
+        float(np.mean(grades[(q.query_id, r.listing_id)]))
+        for r in task.results_of(q)
+        if r.listing_id not in shown and (q.query_id, r.listing_id) in grades
+    ]
+    known = q.known_relevant
+    if known is not None and known not in shown and (q.query_id, known) not in grades:
+        missed.append(float(RELEVANT))
+    return {
+        "query_id": q.query_id,
+        "kind": q.kind,
+        "precision_relevant": stats.precision_at_k(
+            [float(np.mean([x == RELEVANT for x in g])) for g in rated], task.k
+        ),
+        "precision_relevant_or_partly": stats.precision_at_k(
+            [float(np.mean([x >= PARTLY for x in g])) for g in rated], task.k
+        ),
+        "ndcg": stats.ndcg_at_k(mean, task.k, missed),
+        "dcg": stats.dcg(mean),
+        "grades": [round(g, 3) for g in mean],  # mean grade of each result, in rank order
+        "rater_grades": [sorted(g) for g in rated],  # every rater's grade of each result
+        "known_relevant": known,
+        "known_relevant_rank": shown.index(known) + 1 if known in shown else None,
+    }
+
+
 def _model_block(
     task: RatingTask, version: str, grades: Grades, s: ReportSettings
 ) -> dict[str, Any]:
-    per_query: list[dict[str, Any]] = []
-    for q in task.queries:
-        results = q.results[version][: task.k]
-        gs = [grades.get((q.query_id, r.listing_id)) for r in results]
-        if not results or any(not g for g in gs):
-            continue
-        mean = [float(np.mean(g)) for g in gs if g]
-        relevant = [float(np.mean([x == 2 for x in g])) for g in gs if g]
-        lenient = [float(np.mean([x >= 1 for x in g])) for g in gs if g]
-        row: dict[str, Any] = {
-            "query_id": q.query_id,
-            "precision": stats.precision_at_k(relevant, task.k),
-            "precision_lenient": stats.precision_at_k(lenient, task.k),
-            "ndcg": stats.ndcg_at_k(mean, task.k),
-            "dcg": stats.dcg(mean),
-            "grades": [round(g, 3) for g in mean],  # mean grade of each result, in rank order
-        }
-        per_query.append(row)
+    rows = [_query_row(task, q, version, grades) for q in task.queries]
+    per_query = [row for row in rows if row is not None]
+    k = task.k
     return {
         "retrieval": task.retrieval.get(version, ""),
         "queries_rated": len(per_query),
         "queries_total": len(task.queries),
-        f"precision_at_{task.k}": _interval([p["precision"] for p in per_query], s),
-        f"precision_lenient_at_{task.k}": _interval([p["precision_lenient"] for p in per_query], s),
-        f"ndcg_at_{task.k}": _interval([p["ndcg"] for p in per_query], s),
+        f"precision_relevant_at_{k}": _interval([p["precision_relevant"] for p in per_query], s),
+        f"precision_relevant_or_partly_at_{k}": _interval(
+            [p["precision_relevant_or_partly"] for p in per_query], s
+        ),
+        f"ndcg_at_{k}": _interval([p["ndcg"] for p in per_query], s),
         "per_query": per_query,
     }
 
@@ -104,23 +145,51 @@ def _side_by_side(task: RatingTask, blocks: dict[str, Any], alpha: float) -> dic
     }
 
 
-def _agreement(task: RatingTask, by_rater: dict[str, dict[tuple[str, str], int]]) -> dict[str, Any]:
+def _agreement(
+    by_rater: dict[str, dict[tuple[str, str], int]], s: ReportSettings
+) -> dict[str, Any]:
+    """Kappa over the results every rater graded, with its extent, interval and a warning when
+    it rests on fewer than ``MIN_AGREEMENT_ITEMS`` results."""
     raters = sorted(by_rater)
     items = sorted({key for r in raters for key in by_rater[r]})
     shared = [key for key in items if all(key in by_rater[r] for r in raters)]
-    out: dict[str, Any] = {"raters": raters, "items_rated_by_all": len(shared)}
-    if len(raters) == 2:
-        a = [by_rater[raters[0]][key] for key in shared]
-        b = [by_rater[raters[1]][key] for key in shared]
-        out["method"] = "cohen_kappa"
-        out["kappa"] = stats.cohen_kappa(a, b) if shared else None
-    else:
-        counts = [[sum(by_rater[r][key] == c for r in raters) for c in (0, 1, 2)] for key in shared]
-        out["method"] = "fleiss_kappa"
-        out["kappa"] = stats.fleiss_kappa(counts) if shared else None
+    labels = np.array([[by_rater[r][key] for r in raters] for key in shared], dtype=np.int64)
+
+    def kappa(rows: np.ndarray) -> float:
+        if len(raters) == 2:
+            return stats.cohen_kappa(rows[:, 0].tolist(), rows[:, 1].tolist())
+        return stats.fleiss_kappa([[int(np.sum(row == c)) for c in LABELS] for row in rows])
+
+    out: dict[str, Any] = {
+        "method": "cohen_kappa" if len(raters) == 2 else "fleiss_kappa",
+        "raters": raters,
+        "rater_count": len(raters),
+        "items_rated_by_all": len(shared),
+        "min_items": MIN_AGREEMENT_ITEMS,
+        "kappa": None,
+        "ci_low": None,
+        "ci_high": None,
+        "percent_agreement": None,
+        "warning": None,
+    }
     if shared:
-        out["percent_agreement"] = float(
-            np.mean([len({by_rater[r][key] for r in raters}) == 1 for key in shared])
+        low, high = stats.bootstrap_ci(
+            [float(i) for i in range(len(shared))],  # resample results
+            lambda idx: kappa(labels[idx.astype(np.int64)]),
+            samples=s.bootstrap_samples,
+            seed=s.seed,
+        )
+        out |= {
+            "kappa": kappa(labels),
+            "ci_low": low,
+            "ci_high": high,
+            "percent_agreement": float(np.mean([len(set(row)) == 1 for row in labels.tolist()])),
+        }
+    if len(shared) < MIN_AGREEMENT_ITEMS:
+        out["warning"] = (
+            f"only {len(shared)} results were rated by all {len(raters)} raters (fewer than "
+            f"{MIN_AGREEMENT_ITEMS}): kappa's 95 % interval is then typically wider than +-0.18, too wide "
+            "to tell moderate from substantial agreement (see ci_low, ci_high)"
         )
     return out
 
@@ -130,11 +199,15 @@ def build_report(task: RatingTask, task_uri: str, s: ReportSettings) -> dict[str
     grades: Grades = {}
     by_rater: dict[str, dict[tuple[str, str], int]] = {}
     simulated: set[str] = set()
+    # Ids are stable across re-sampling: ratings of pairs this task no longer shows stay out.
+    shown = {(q.query_id, r.listing_id) for q in task.queries for r in task.results_of(q)}
     for rater, ratings in everyone.items():
         for key, r in ratings.items():
+            if key not in shown:
+                continue
             grades.setdefault(key, []).append(r.grade)
             by_rater.setdefault(rater, {})[key] = r.grade
-            if r.simulated:
+            if r.simulated or is_simulated_name(rater):
                 simulated.add(rater)
     blocks = {v: _model_block(task, v, grades, s) for v in task.models}
     report: dict[str, Any] = {
@@ -156,7 +229,7 @@ def build_report(task: RatingTask, task_uri: str, s: ReportSettings) -> dict[str
         "results_to_rate": task.total_results(),
         "metrics": blocks,
         "side_by_side": _side_by_side(task, blocks, s.alpha) if task.side_by_side else None,
-        "agreement": _agreement(task, by_rater) if len(by_rater) >= 2 else None,
+        "agreement": _agreement(by_rater, s) if len(by_rater) >= 2 else None,
     }
     return report
 
@@ -173,19 +246,23 @@ def run(s: ReportSettings) -> tuple[str, str]:
     return json_uri, html_uri
 
 
+def _figure(m: dict[str, float | None]) -> str:
+    return f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     k = report["k"]
     lines = []
     if report["simulated"]:
         lines.append("SIMULATED ratings (catalog ground truth, not a person) are included")
     for v, m in report["metrics"].items():
-        p, n = m[f"precision_at_{k}"], m[f"ndcg_at_{k}"]
-        if p["mean"] is None:
+        if m[f"ndcg_at_{k}"]["mean"] is None:
             lines.append(f"{v}: no fully rated query yet (0/{m['queries_total']})")
             continue
         lines.append(
-            f"{v}: precision@{k} {p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]  "
-            f"nDCG@{k} {n['mean']:.3f} [{n['ci_low']:.3f}, {n['ci_high']:.3f}]  "
+            f"{v}: precision@{k} {STRICT} {_figure(m[f'precision_relevant_at_{k}'])}, "
+            f"{LENIENT} {_figure(m[f'precision_relevant_or_partly_at_{k}'])}  "
+            f"nDCG@{k} {_figure(m[f'ndcg_at_{k}'])}  "
             f"({m['queries_rated']}/{m['queries_total']} queries, {m['retrieval']})"
         )
     if sbs := report["side_by_side"]:
@@ -193,9 +270,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"side by side {sbs['candidate']} vs {sbs['baseline']}: {sbs['wins']} wins, "
             f"{sbs['ties']} ties, {sbs['losses']} losses, sign test p={sbs['p_value']:.4f}"
         )
-    if agr := report["agreement"]:
-        kappa = "n/a" if agr["kappa"] is None else f"{agr['kappa']:.3f}"
-        lines.append(f"agreement ({agr['method']}, {len(agr['raters'])} raters): {kappa}")
+    agr = report["agreement"]
+    if agr is None:
+        lines.append(f"agreement: not measured ({len(report['raters'])} rater(s); it needs 2)")
+    else:
+        kappa = "n/a" if agr["kappa"] is None else _figure({**agr, "mean": agr["kappa"]})
+        lines.append(
+            f"agreement ({agr['method']}): {kappa} over {agr['items_rated_by_all']} results "
+            f"rated by all {agr['rater_count']} raters ({', '.join(agr['raters'])})"
+        )
+        if agr["warning"]:
+            lines.append(f"WARNING agreement: {agr['warning']}")
     return lines
 
 

@@ -6,31 +6,56 @@ or a killed server loses nothing. Raters are told apart by name (``?rater=NAME``
 cookie), so two raters can share one server, or each run their own on another port.
 
 Safety: images are served by their position in the task's list (``/img/N``), never by a path from
-the request, and are re-encoded through the safe decoder. A bad task file or a missing image is a
-clear message on the page and one line in the log, never a traceback.
+the request, and are re-encoded through the safe decoder. A bad request (a position out of range,
+a malformed name, a rating that is not a JSON object of four strings, a name reserved for the
+simulated rater) is a 4xx with the reason; a bad task file or rating file is a 503 saying which
+file (the request is fine, the server cannot serve it), a missing image a 404. Never a traceback.
+Ratings must be posted as ``application/json``: a browser will not send that cross-site without
+asking first, so another web page cannot post ratings to this local app behind a rater's back.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from vsearch.app.evaluation import pages
-from vsearch.app.evaluation.ratings import SIMULATED_PREFIX, RatingStore, check_rater, grade_of
+from vsearch.app.evaluation.ratings import (
+    RatingsError,
+    RatingStore,
+    ReservedRaterName,
+    check_person,
+    grade_of,
+)
 from vsearch.app.evaluation.task import TASK, RatingTask, TaskError, read_task
 from vsearch.core import images, storage
 from vsearch.core.settings import doc
 
 log = logging.getLogger("vsearch.rate")
 PHOTO_SIZE = 320  # pixels on the longer side: enough to judge colour, shape and material
+MAX_BODY = 16 * 1024  # bytes of a rating request; one rating is about 150
+_POSITION = re.compile(r"[0-9]{1,9}")  # /q/N and /img/N: plain digits, no sign, no spaces
+RATING_FIELDS = ("rater", "query_id", "listing_id", "label")
+
+
+class BadRequest(ValueError):
+    """A request the app refuses; ``status`` is its 4xx."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -83,13 +108,80 @@ class _State:
 
 
 def _rater(request: Request, default: str | None) -> str | None:
-    name = request.query_params.get("rater") or request.cookies.get("rater") or default
-    if not name:
-        return None
+    """The rater of a page request: ``?rater=``, else the cookie, else ``--rater``.
+
+    A name given in the URL is checked (400 malformed, 403 reserved); a cookie this app did not
+    set is ignored, as if there were none.
+    """
+    given = request.query_params.get("rater")
+    if given:
+        try:
+            return check_person(given)
+        except ReservedRaterName as e:
+            raise BadRequest(403, str(e)) from e
+        except ValueError as e:
+            raise BadRequest(400, str(e)) from e
+    cookie = request.cookies.get("rater")
+    if cookie:
+        try:
+            return check_person(cookie)
+        except ValueError:
+            pass
+    return default
+
+
+def _position(text: str, count: int, what: str) -> int:
+    """A 0-based position from a path (``/q/N``, ``/img/N``), or a 404 naming the range."""
+    if not _POSITION.fullmatch(text) or int(text) >= count:
+        raise BadRequest(404, f"no {what} {text!r} in this task (there are {count}: 0-{count - 1})")
+    return int(text)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read up to ``MAX_BODY`` bytes."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise BadRequest(415, f"send the rating as application/json, not {kind or 'no type'}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequest(413, f"a rating is at most {MAX_BODY} bytes, this one is {declared}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequest(413, f"a rating is at most {MAX_BODY} bytes")
     try:
-        return check_rater(name)
-    except ValueError:
-        return None
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested arrays
+        raise BadRequest(400, f"the body is not JSON: {type(e).__name__}") from e
+    if not isinstance(data, dict):
+        raise BadRequest(400, f"the body must be a JSON object with {', '.join(RATING_FIELDS)}")
+    return data
+
+
+def _rating(task: RatingTask, body: dict[str, Any]) -> tuple[str, str, str, int]:
+    """(rater, query id, listing id, grade) of a rating request, each checked against the task."""
+    for name in RATING_FIELDS:
+        if not isinstance(body.get(name), str):
+            raise BadRequest(400, f"{name!r} must be a string (fields: {', '.join(RATING_FIELDS)})")
+    try:
+        rater = check_person(body["rater"])
+    except ReservedRaterName as e:
+        raise BadRequest(403, str(e)) from e
+    except ValueError as e:
+        raise BadRequest(400, str(e)) from e
+    try:
+        q = task.query(body["query_id"])
+    except KeyError:
+        raise BadRequest(400, f"query {body['query_id']!r} is not in this task") from None
+    listing = body["listing_id"]
+    if listing not in {r.listing_id for r in task.results_of(q)}:
+        raise BadRequest(400, f"listing {listing!r} is not a result of query {q.query_id}")
+    try:
+        grade = grade_of(body["label"])
+    except ValueError as e:
+        raise BadRequest(400, str(e)) from e
+    return rater, q.query_id, listing, grade
 
 
 def _error(state: _State) -> HTMLResponse:
@@ -97,6 +189,8 @@ def _error(state: _State) -> HTMLResponse:
 
 
 def create_app(settings: RateSettings) -> Starlette:
+    if settings.rater is not None:
+        check_person(settings.rater)  # a bad or reserved --rater stops here, before serving
     state = _State(settings.task)
     state.load()
 
@@ -108,7 +202,10 @@ def create_app(settings: RateSettings) -> Starlette:
         task = state.load()
         if task is None:
             return _error(state)
-        rater = _rater(request, settings.rater)
+        try:
+            rater = _rater(request, settings.rater)
+        except BadRequest as e:
+            return HTMLResponse(pages.rater_form(task, str(e)), e.status)
         if rater is None:
             return HTMLResponse(pages.rater_form(task))
         mine = state.store.of_rater(rater)
@@ -121,26 +218,17 @@ def create_app(settings: RateSettings) -> Starlette:
         task = state.load()
         if task is None:
             return _error(state)
-        rater = _rater(request, settings.rater)
+        try:
+            index = _position(request.path_params["index"], len(task.queries), "query")
+            rater = _rater(request, settings.rater)
+        except BadRequest as e:
+            return HTMLResponse(pages.error_page(str(e)), e.status)
         if rater is None:
             return RedirectResponse("/", status_code=303)
-        try:
-            index = int(request.path_params["index"])
-            task.queries[index]
-        except (ValueError, IndexError):
-            return HTMLResponse(pages.error_page(f"no query {request.path_params['index']}"), 404)
         mine = state.store.of_rater(rater)
         q = task.queries[index]
         grades = {lid: r.grade for (qid, lid), r in mine.items() if qid == q.query_id}
-        page = pages.query_page(
-            task,
-            index,
-            rater,
-            state.image_ids,
-            grades,
-            _rated(task, mine),
-            rater.startswith(SIMULATED_PREFIX),
-        )
+        page = pages.query_page(task, index, rater, state.image_ids, grades, _rated(task, mine))
         return _with_cookie(HTMLResponse(page), rater)
 
     async def rate(request: Request) -> Response:
@@ -148,18 +236,12 @@ def create_app(settings: RateSettings) -> Starlette:
         if task is None:
             return JSONResponse({"error": state.error}, status_code=503)
         try:
-            body = await request.json()
-            rater = check_rater(str(body["rater"]))
-            q = task.query(str(body["query_id"]))
-            listing = str(body["listing_id"])
-            if listing not in {r.listing_id for r in task.results_of(q)}:
-                raise ValueError(f"listing {listing!r} is not a result of query {q.query_id}")
-            grade = grade_of(str(body["label"]))
-        except (ValueError, KeyError, TypeError) as e:
-            return JSONResponse({"error": f"bad rating: {e}"}, status_code=400)
+            rater, query_id, listing, grade = _rating(task, await _json_object(request))
+        except BadRequest as e:
+            return JSONResponse({"error": f"bad rating: {e}"}, status_code=e.status)
         try:
             # Blocking I/O (fsync, or an upload on gs://) off the event loop: raters share it.
-            await run_in_threadpool(state.store.put, rater, q.query_id, listing, grade)
+            await run_in_threadpool(state.store.put, rater, query_id, listing, grade)
         except (OSError, storage.StorageError) as e:
             log.error("vsearch rate: cannot save a rating of %s: %s", rater, e)
             return JSONResponse({"error": f"cannot save the rating: {e}"}, status_code=503)
@@ -171,9 +253,10 @@ def create_app(settings: RateSettings) -> Starlette:
         if task is None:
             return Response(state.error or "no task", 503, media_type="text/plain")
         try:
-            uri = state.image_uris[int(request.path_params["n"])]
-        except (ValueError, IndexError):
-            return Response("no such image in this task", 404, media_type="text/plain")
+            n = _position(request.path_params["n"], len(state.image_uris), "image")
+        except BadRequest as e:
+            return Response(str(e), e.status, media_type="text/plain")
+        uri = state.image_uris[n]
         try:
             pixels = await run_in_threadpool(
                 lambda: images.decode_image(storage.read_bytes(uri), PHOTO_SIZE)
@@ -194,9 +277,24 @@ def create_app(settings: RateSettings) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": state.load() is not None, "error": state.error})
 
+    def _answer(request: Request, status: int, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=status)
+        return HTMLResponse(pages.error_page(message), status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own refusals: an unknown path (404), a wrong method (405).
+        status = exc.status_code if isinstance(exc, HTTPException) else 400
+        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        return _answer(request, status, f"{detail}: {request.method} {request.url.path}")
+
+    async def ratings_error(request: Request, exc: Exception) -> Response:
+        log.error("vsearch rate: %s", exc)
+        return _answer(request, 503, str(exc))
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("vsearch rate: unexpected error on %s", request.url.path)
-        return HTMLResponse(pages.error_page(f"unexpected error: {type(exc).__name__}: {exc}"), 500)
+        return _answer(request, 500, f"unexpected error: {type(exc).__name__}: {exc}")
 
     return Starlette(
         routes=[
@@ -207,7 +305,11 @@ def create_app(settings: RateSettings) -> Starlette:
             Route("/healthz", healthz),
             Route("/favicon.ico", lambda request: Response(status_code=204)),
         ],
-        exception_handlers={Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            RatingsError: ratings_error,
+            Exception: server_error,
+        },
     )
 
 

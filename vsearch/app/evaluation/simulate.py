@@ -8,6 +8,7 @@ two simulated raters disagree a little and the agreement statistics have somethi
 Simulated ratings are labelled everywhere: the rater's name starts with ``simulated-``, every
 rating file says ``"simulated": true``, the report and its page say so, and the gate refuses them
 unless told otherwise (``--allow-simulated-ratings``). They measure the pipeline, not quality.
+The prefix is reserved: a person cannot rate under it (``ratings.check_person``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vsearch.app.evaluation.ratings import SIMULATED_PREFIX, RatingStore
+from vsearch.app.evaluation.ratings import SIMULATED_PREFIX, RatingStore, is_simulated_name
 from vsearch.app.evaluation.task import TASK, read_task
 from vsearch.core import paths, snapshot
 from vsearch.core.settings import doc
@@ -47,7 +48,7 @@ def rate_all(task_uri: str, rater: str = "ground-truth", noise: float = 0.0, see
     task = read_task(task_uri)
     snap = snapshot.read_snapshot(task.catalog, paths.parse_date(task.date))
     category = {lst.listing_id: lst.category for lst in snap.listings}
-    name = rater if rater.startswith(SIMULATED_PREFIX) else SIMULATED_PREFIX + rater
+    name = rater if is_simulated_name(rater) else SIMULATED_PREFIX + rater
     store = RatingStore(task_uri)
     rng = np.random.default_rng(seed)
     n = 0

@@ -23,14 +23,16 @@ def dcg(gains: Sequence[float]) -> float:
     return float(sum(g / math.log2(i + 2) for i, g in enumerate(gains)))
 
 
-def ndcg_at_k(grades: Sequence[float], k: int) -> float:
-    """DCG@k over the ideal ordering of the same judged results (0 when none is relevant).
+def ndcg_at_k(grades: Sequence[float], k: int, missed: Sequence[float] = ()) -> float:
+    """DCG@k of the list over the DCG@k of the best ordering of every result known for the query.
 
-    The ideal is taken over the results shown, not the whole catalog (nobody rated the rest), so
-    nDCG says whether the model *ordered* what it found well; precision says what it found.
+    ``missed`` are the grades of results known for the query but not in this list's top k (the
+    other model's results, a review photo's own listing): without them a list that missed the one
+    relevant listing but ordered what it found well would score 1. 0 when nothing known is
+    relevant.
     """
     top = list(grades[:k])
-    ideal = dcg(sorted(top, reverse=True))
+    ideal = dcg(sorted([*top, *missed], reverse=True)[:k])
     return dcg(top) / ideal if ideal > 0 else 0.0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,10 @@ FORMAT_VERSION = 1
 # The --task flag of rate, eval-simulate and eval-report.
 TASK = doc("rating task URI (task.json written by vsearch eval-sample)")
 QueryKind = Literal["listing", "review"]
+KINDS: tuple[QueryKind, ...] = ("listing", "review")
+# A query id names a folder of ratings and is written into the rating page's script: letters,
+# digits, '_' and '-' only (``query_id`` makes "q" + 12 hex digits), so no id can hold "../".
+QUERY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class TaskError(ValueError):
@@ -48,6 +53,13 @@ class Query:
     # Side-by-side: the order the two lists are shown in (left, right), drawn per query with a
     # seeded RNG so a rater cannot learn "the candidate is always on the left".
     sides: tuple[str, ...] = ()
+
+    @property
+    def known_relevant(self) -> str | None:
+        """The listing known to be relevant without asking anyone: a review photo's own listing
+        (the buyer photographed that item). A listing photo has none: its own listing is left out
+        of its results on purpose (``retrieve.py``)."""
+        return self.listing_id if self.kind == "review" else None
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,7 @@ class RatingTask:
         """Every distinct listing shown for a query (a listing both models return is rated once)."""
         seen: dict[str, Result] = {}
         for version in self.models:
-            for r in query.results.get(version, []):
+            for r in query.results.get(version, [])[: self.k]:  # what the page shows
                 seen.setdefault(r.listing_id, r)
         return list(seen.values())
 
@@ -122,19 +134,31 @@ def _result(d: dict[str, Any]) -> Result:
 
 
 def _query(d: dict[str, Any], models: tuple[str, ...]) -> Query:
+    qid = str(d["query_id"])
+    if not QUERY_ID.fullmatch(qid):
+        raise ValueError(f"query id {qid!r} is not 1-64 letters, digits, '_' or '-'")
+    if d["kind"] not in KINDS:
+        raise ValueError(f"query {qid} has kind {d['kind']!r}, not one of {KINDS}")
     results = {str(v): [_result(r) for r in rs] for v, rs in dict(d["results"]).items()}
     missing = [v for v in models if v not in results]
     if missing:
-        raise ValueError(f"query {d.get('query_id')} has no results for model(s) {missing}")
+        raise ValueError(f"query {qid} has no results for model(s) {missing}")
+    for v, rs in results.items():
+        ids = [r.listing_id for r in rs]
+        if len(set(ids)) != len(ids):  # it would be rated once and counted twice
+            raise ValueError(f"query {qid} lists a listing twice in the results of {v}")
+    sides = tuple(str(v) for v in d.get("sides") or ())
+    if sides and sorted(sides) != sorted(models):
+        raise ValueError(f"query {qid} shows sides {list(sides)}, not the models {list(models)}")
     return Query(
-        query_id=str(d["query_id"]),
+        query_id=qid,
         image_uri=str(d["image_uri"]),
         kind=d["kind"],
         listing_id=str(d["listing_id"]),
         category=str(d["category"]),
         stratum=str(d.get("stratum", d["category"])),
         results=results,
-        sides=tuple(d.get("sides") or ()),
+        sides=sides,
     )
 
 
@@ -152,6 +176,10 @@ def parse_task(text: str, uri: str = "<task>") -> RatingTask:
         queries = [_query(q, models) for q in d["queries"]]
         if not queries:
             raise ValueError("the task has no queries")
+        if len({q.query_id for q in queries}) != len(queries):
+            raise ValueError("two queries share one query id")
+        if int(d["k"]) < 1:
+            raise ValueError(f"k must be at least 1, got {d['k']}")
         return RatingTask(
             task_id=str(d["task_id"]),
             created_at=str(d["created_at"]),
