@@ -113,13 +113,30 @@ def deadletter_dir(workdir: str, stage: str, date: dt.date | str) -> str:
     return storage.join(workdir, "deadletter", stage, f"dt={_d(date)}")
 
 
-def run_summary(workdir: str, stage: str, date: dt.date | str) -> str:
-    return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.json")
+def runs_root(workdir: str) -> str:
+    return storage.join(workdir, "runs")
 
 
-def completion_marker(workdir: str, stage: str, date: dt.date | str) -> str:
+def _runs_day(workdir: str, date: dt.date | str, candidate: str | None) -> str:
+    """Production's runs: ``runs/dt=D/``; a candidate model's: ``runs/model=VERSION/dt=D/``."""
+    if candidate is None:
+        return storage.join(runs_root(workdir), f"dt={_d(date)}")
+    if not candidate or "/" in candidate:
+        raise ValueError(f"not a model version: {candidate!r}")
+    return storage.join(runs_root(workdir), f"model={candidate}", f"dt={_d(date)}")
+
+
+def run_summary(workdir: str, stage: str, date: dt.date | str, candidate: str | None = None) -> str:
+    """The run summary of a stage and day: production's, or that of a run for ``candidate``, a
+    model version other than the published one (``vsearch.core.runs`` decides which)."""
+    return storage.join(_runs_day(workdir, date, candidate), f"{stage}.json")
+
+
+def completion_marker(
+    workdir: str, stage: str, date: dt.date | str, candidate: str | None = None
+) -> str:
     """Written last by a stage itself when it finished for a date (``runs.complete``)."""
-    return storage.join(workdir, "runs", f"dt={_d(date)}", f"{stage}.done")
+    return storage.join(_runs_day(workdir, date, candidate), f"{stage}.done")
 
 
 def shard_name(index: int, total: int, suffix: str) -> str:
