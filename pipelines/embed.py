@@ -50,7 +50,7 @@ from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteSt
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from transforms.progress import LogProgress
 from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
-from vsearch.core.catalog import ImageRef
+from vsearch.core.catalog import ImageRef, catalog_name
 from vsearch.core.deadletter import DeadLetter
 from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
@@ -148,8 +148,8 @@ class _ToRows(beam.DoFn):
     """Model outputs -> contract rows (and ``state`` rows); failures, NaN and zero-norm vectors
     -> dead letters."""
 
-    def __init__(self, version: str, created_at: dt.datetime) -> None:
-        self._version, self._created_at = version, created_at
+    def __init__(self, version: str, created_at: dt.datetime, catalog: str) -> None:
+        self._version, self._created_at, self._catalog = version, created_at, catalog
 
     def process(self, keyed: tuple[EmbedKey, PredictionResult]) -> Iterator[Any]:
         key, result = keyed
@@ -168,7 +168,7 @@ class _ToRows(beam.DoFn):
             return
         yield {
             "listing_id": key.listing_id,
-            "image_uri": key.uri,
+            "image_uri": catalog_name(key.uri, self._catalog),  # as the catalog names it
             "image_index": key.image_index,
             "image_sha256": key.sha256,
             "model_version": self._version,
@@ -245,9 +245,9 @@ def build(
     )
     _ = predictions | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    rows = predictions | "ToRows" >> beam.ParDo(_ToRows(model.version, created_at)).with_outputs(
-        DEAD_LETTER_TAG, STATE_TAG, main="rows"
-    )
+    rows = predictions | "ToRows" >> beam.ParDo(
+        _ToRows(model.version, created_at, s.catalog)
+    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, main="rows")
     _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
         s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging
     )

@@ -69,6 +69,27 @@ def test_uri_violations_refused(uri: str, reason: str) -> None:
         catalog.resolve_image_uri(uri, "/catalog", ("photos",))
 
 
+@pytest.mark.parametrize(
+    ("root", "uri", "name"),
+    [
+        ("/cat", "./images//a.jpg", "images/a.jpg"),
+        ("/cat", "/cat/images/a.jpg", "images/a.jpg"),  # a full path under CATALOG: relative
+        ("/cat", "gs://photos/a.jpg", "gs://photos/a.jpg"),  # an allowed bucket: its own URI
+        ("gs://shop/catalog", "gs://shop/catalog/x.jpg", "x.jpg"),
+    ],
+)
+def test_outputs_name_photos_as_the_catalog_does_and_they_resolve_back(
+    root: str, uri: str, name: str
+) -> None:
+    full = catalog.resolve_image_uri(uri, root, ("photos",))
+    assert catalog.catalog_name(full, root) == name
+    assert catalog.resolve_image_uri(name, root, ("photos",)) == full
+    # The same catalog moved elsewhere: the name still finds the photo there.
+    moved = "/moved" if not root.startswith("gs://") else "gs://other/catalog"
+    if not name.startswith("gs://"):
+        assert catalog.resolve_image_uri(name, moved).startswith(moved + "/")
+
+
 def test_uri_resolution_gcs_root() -> None:
     root = "gs://shop/catalog"
     assert catalog.resolve_image_uri("images/a.jpg", root) == "gs://shop/catalog/images/a.jpg"

@@ -78,9 +78,11 @@ def _keys(t: pa.Table) -> list[tuple]:
 
 
 def _snapshot_images(catalog: str, date: dt.date) -> dict[tuple[str, int], str]:
+    """Each listing photo as embedding rows name it: relative to the catalog, never this
+    machine's path."""
     snap = snapshot.read_snapshot(catalog, date)
     return {
-        (r.listing_id, r.image_index): r.uri
+        (r.listing_id, r.image_index): catalog_mod.catalog_name(r.uri, catalog)
         for x in snap.listings
         for r in catalog_mod.listing_images(x)
     }
@@ -487,6 +489,7 @@ def _day1_day2_reads(
     out.update(s2=embed.run(_settings(catalog, workdir, D2), BEAM_ARGS), reads2=sorted(reads))
     out["extra2"] = runs.read_summary(workdir, "embed", D2)["extra"]  # the day's health record
     out.update(uris=uris, current=embeddings.read_current_table(catalog, workdir, D2, version))
+    out["catalog"] = catalog
     out["p2"] = _partition(workdir, version, D2)
     out["state2"] = _state(workdir, version, D2)
     out["photos2"] = day2_photos
@@ -518,7 +521,8 @@ def _expect_day2(r: dict, read_on_day2: set[str]) -> None:
     cur = r["current"]
     assert sorted(cur["listing_id"].to_pylist()) == ["L1", "L2", "L4", "L5", "L6"]  # L3 removed
     new_l2 = [row for row in cur.to_pylist() if row["listing_id"] == "L2"][0]
-    assert new_l2["dt"] == D2 and new_l2["image_uri"] == uris["L2"]
+    assert new_l2["dt"] == D2 and new_l2["image_uri"] == "images/L2.png"  # as the catalog names it
+    assert all(not u.startswith(("/", r["catalog"])) for u in cur["image_uri"].to_pylist())
     # Day 2's state is a snapshot of every current photo with an embedding row (skipped, read
     # and recognised, embedded), each with the sha256 of its bytes; L3 left with its listing.
     photos = r["photos2"]

@@ -240,7 +240,7 @@ def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(
 
     def row(lid: str, idx: int, sha: str, day: dt.date, seed: int, name: str = "") -> dict:
         r = _row(lid, idx, sha, day, seed)
-        r["image_uri"] = f"{catalog}/images/{name or f'{lid}-{idx}-{sha}'}.jpg"
+        r["image_uri"] = f"images/{name or f'{lid}-{idx}-{sha}'}.jpg"  # as the embed job names it
         return r
 
     _publish_day(

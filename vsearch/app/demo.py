@@ -134,7 +134,7 @@ def run(settings: DemoSettings) -> dict[str, object]:
 def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResult]:
     """Search with every review photo of an eval-split listing still in the day's snapshot."""
     from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.catalog import is_eval_listing
+    from vsearch.core.catalog import is_eval_listing, resolve_image_uri
     from vsearch.core.snapshot import read_snapshot
 
     snapshot = read_snapshot(catalog, date)
@@ -156,7 +156,15 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
             review = chunk[j]
             ids = [h.listing_id for h in hits]
             rank = ids.index(review.listing_id) + 1 if review.listing_id in ids else None
-            top = [(h.listing_id, float(h.score), h.category or "", h.image_uri) for h in hits]
+            top = [  # hits name photos as the catalog does: opened under CATALOG
+                (
+                    h.listing_id,
+                    float(h.score),
+                    h.category or "",
+                    resolve_image_uri(h.image_uri, catalog),
+                )
+                for h in hits
+            ]
             box = tuple(float(x) for x in embedded.boxes[j])
             out.append(QueryResult(review.image_uri, review.listing_id, rank, top, box))
     return out

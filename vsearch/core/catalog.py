@@ -173,6 +173,15 @@ def resolve_image_uri(uri: Any, catalog: str, allowed_buckets: Iterable[str] = (
     return full
 
 
+def catalog_name(uri: str, catalog: str) -> str:
+    """A resolved image URI as outputs name it: relative to CATALOG when under it (a workdir and
+    catalog moved elsewhere still find it; no machine's paths leak into embeddings or API
+    answers), else the full URI (an allowed bucket's ``gs://``). ``resolve_image_uri`` turns it
+    back into the URI to open."""
+    root = storage.normalize(catalog).rstrip("/") + "/"
+    return uri[len(root) :] if uri.startswith(root) else uri
+
+
 def _under(full: str, root: str) -> bool:
     if storage.is_gcs(root):
         return full.startswith(root.rstrip("/") + "/")

@@ -174,13 +174,14 @@ ImageKey = tuple[str, int]  # (listing_id, image_index)
 
 
 def snapshot_images(catalog: str, date: dt.date | str) -> dict[ImageKey, str]:
-    """(listing_id, image_index) -> resolved URI of every listing photo in the day's snapshot."""
+    """(listing_id, image_index) -> URI of every listing photo in the day's snapshot, as rows
+    name it (``catalog.catalog_name``: relative to CATALOG when under it)."""
     from vsearch.core import catalog as catalog_mod
     from vsearch.core import snapshot
 
     snap = snapshot.read_snapshot(catalog, _as_date(date))
     return {
-        (ref.listing_id, int(ref.image_index)): ref.uri
+        (ref.listing_id, int(ref.image_index)): catalog_mod.catalog_name(ref.uri, catalog)
         for listing in snap.listings
         for ref in catalog_mod.listing_images(listing)
     }
