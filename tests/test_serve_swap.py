@@ -12,13 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
+from index.publish import PublishError
 from tests import serve_fixtures as fx
-from tests.test_index_query import photo
+from tests.test_index_query import VERSION, photo
 from vsearch.app.serve.app import create_app
 from vsearch.app.serve.command import ServeSettings
 from vsearch.app.serve.filters import Filter
 from vsearch.app.serve.holder import IndexHolder, LoadOptions, load_index
-from vsearch.core import storage
+from vsearch.core import paths, storage
 
 FIRST = "20260101T000000Z-aaaaaa"
 
@@ -123,17 +124,29 @@ def test_publish_under_load_swaps_without_a_failed_request_and_refuses_a_corrupt
         builds = [b for _, b in results]
         assert set(builds) == {old, new} and builds[-1] == new
 
-        # A corrupt build is published: refused and logged, the old one keeps serving.
-        # Corrupted before its pointer is written: the watcher polls every 0.1 s.
-        fx.build_and_publish(
-            workdir, catalog, "20260101T000003Z-dddddd", emb, before_publish=corrupt
+        # A corrupt build: publish refuses it, CURRENT stays on the build in service.
+        serving = storage.read_pointer(fx_current(workdir)).value
+        with pytest.raises(PublishError, match="shard-00000.faiss is corrupted or truncated"):
+            fx.build_and_publish(
+                workdir, catalog, "20260101T000003Z-dddddd", emb, before_publish=corrupt
+            )
+        assert storage.read_pointer(fx_current(workdir)).value == serving
+        # CURRENT made to name it anyway (a hand edit, an older publisher): the service refuses
+        # and logs it, the old one keeps serving, and /readyz says so.
+        bad = storage.join(
+            paths.index_build_dir(workdir, VERSION, "20260101T000003Z-dddddd"), "manifest.json"
         )
+        storage.write_text(fx_current(workdir), bad + "\n")
         refused = wait_refused(url)
         assert (
             "corrupted or truncated" in refused["last_error"]
             and "shard-00000" in refused["last_error"]
         )
         assert refused["index"]["build_id"] == new
+        assert (
+            refused["fallback"]
+            == f"CURRENT names {bad}, which was refused; still serving {serving}"
+        )
         r = httpx.post(f"{url}/search?k=1", content=jpeg(5), headers={"content-type": "image/jpeg"})
         assert r.status_code == 200 and r.json()["index"]["build_id"] == new
         metrics = httpx.get(f"{url}/metrics").text
@@ -142,12 +155,11 @@ def test_publish_under_load_swaps_without_a_failed_request_and_refuses_a_corrupt
 
         # The next good publish is taken again.
         fx.build_and_publish(workdir, catalog, "20260101T000004Z-eeeeee", emb)
-        assert fx.wait_ready(url, "20260101T000004Z-eeeeee")["last_error"] is None
+        body = fx.wait_ready(url, "20260101T000004Z-eeeeee")
+        assert body["last_error"] is None and body["fallback"] is None
 
 
 def fx_current(workdir: str) -> str:
-    from vsearch.core import paths
-
     return paths.current_index_pointer(workdir)
 
 
@@ -161,3 +173,40 @@ def wait_refused(url: str, timeout: float = 60) -> dict:  # type: ignore[type-ar
             return body  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError("the corrupt index was not refused")
+
+
+def test_a_restart_on_a_corrupt_current_serves_the_newest_build_that_verifies(
+    tmp_path: Path,
+) -> None:
+    """Issue 30 point 1: CURRENT names a corrupt build (written around publish) and the
+    service restarts: it serves the newest build publish verified that still loads, says so on
+    /readyz and /health, and takes CURRENT again once it names a good build."""
+    workdir, catalog, emb = fx.make_served_workdir(str(tmp_path))
+    second = fx.build_and_publish(workdir, catalog, "20260102T000000Z-bbbbbb", emb, keep=30)
+    # The newest verified build is damaged after its publish: the fallback skips it too.
+    third = fx.build_and_publish(workdir, catalog, "20260103T000000Z-cccccc", emb)
+    corrupt(third)
+    bad = storage.join(
+        paths.index_build_dir(workdir, VERSION, "20260104T000000Z-dddddd"), "manifest.json"
+    )
+    fx.build(emb, storage.parent(bad), VERSION, "20260104T000000Z-dddddd", 1, "Flat", 2)
+    corrupt(bad)
+    storage.write_text(fx_current(workdir), bad + "\n")
+
+    settings = ServeSettings(workdir=workdir, catalog=catalog, poll_s=0.1, calibration_photos=0)
+    with fx.LiveServer(create_app(settings)) as url:
+        ready = fx.wait_ready(url)
+        assert ready["index"]["build_id"] == "20260102T000000Z-bbbbbb"
+        assert ready["fallback"] == (
+            f"CURRENT names {bad}, which was refused; serving {second} instead, the newest "
+            "build that verifies"
+        )
+        assert "corrupted or truncated" in ready["last_error"] and bad in ready["last_error"]
+        r = httpx.post(f"{url}/search?k=1", content=jpeg(5), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200 and r.json()["index"]["build_id"] == "20260102T000000Z-bbbbbb"
+        page = httpx.get(f"{url}/health").text
+        assert f"serving {second} instead" in page and "20260102T000000Z-bbbbbb" in page
+        # A good publish ends the fallback.
+        fx.build_and_publish(workdir, catalog, "20260105T000000Z-eeeeee", emb)
+        body = fx.wait_ready(url, "20260105T000000Z-eeeeee")
+        assert body["fallback"] is None and body["last_error"] is None

@@ -3,7 +3,8 @@
 ``POST /search``         one photo (multipart file or raw image body) -> top-k listings
 ``POST /search/batch``   several photos (multipart files) -> top-k listings each, errors per photo
 ``GET /healthz``         the process is up
-``GET /readyz``          an index is loaded, its checksums verified (503 until then)
+``GET /readyz``          an index is loaded, its checksums verified (503 until then); ``fallback``
+                         says when it is not the one CURRENT names (that one failed to load)
 ``GET /metrics``         Prometheus text format
 ``GET /health``          the operators' HTML page (stage runs per day, index in service)
 
@@ -256,6 +257,7 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
             "attributes": served.attributes.source,
             "no_match": asdict(served.calibration),
             "last_error": holder.last_error,
+            "fallback": holder.fallback,
         }
         return JSONResponse(body)
 
@@ -265,8 +267,10 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
 
     @app.get("/health")
     async def health_page() -> HTMLResponse:
+        # A fallback is the first thing the index section says (beside CURRENT's refusal).
+        problem = "; ".join(x for x in (holder.fallback, holder.last_error) if x) or None
         html = await run_in_threadpool(
-            health.render, settings.workdir, holder.current, holder.last_error, settings.health_days
+            health.render, settings.workdir, holder.current, problem, settings.health_days
         )
         return HTMLResponse(html)
 

@@ -12,6 +12,11 @@ request path), then the reference is swapped under a lock. Requests take the ref
 old index is closed when its last request is done. A new index that fails to load (corrupt or
 truncated shard, bad manifest, missing model) is refused and logged, the old one keeps serving,
 and the same manifest is not retried until CURRENT changes again.
+
+A service that starts on a CURRENT it cannot load falls back to the newest build that publish
+verified (``verified.json``, index/publish.py) and that loads: a restart never turns one bad
+publish into an outage. ``fallback`` then says which manifest CURRENT names, why it was refused
+and what is served instead (/readyz and /health show it); it clears when CURRENT loads.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from index import publish
 from index import searcher as searcher_mod
 from index.searcher import Searcher
 from vsearch.app.photo_search import PhotoSearch
@@ -111,6 +117,7 @@ Listener = Callable[[str, ServedIndex | None, str], None]  # (event, index, deta
 
 class IndexHolder:
     def __init__(self, workdir: str, loader: Loader, poll_s: float, listener: Listener) -> None:
+        self._workdir = workdir
         self._pointer = paths.current_index_pointer(workdir)
         self._load = loader
         self._poll_s = poll_s
@@ -119,6 +126,8 @@ class IndexHolder:
         self._current: ServedIndex | None = None
         self._refused: str | None = None  # the manifest that failed; retried only after a change
         self.last_error: str | None = None
+        # Set while the index served is not the one CURRENT names (it failed to load): says so.
+        self.fallback: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -159,7 +168,17 @@ class IndexHolder:
             self.last_error = f"refused index {uri}: {type(e).__name__}: {e}"
             log.error("%s (still serving %s)", self.last_error, current and current.manifest_uri)
             self._notify("refused", current, self.last_error)
+            if current is None:  # nothing to keep serving: the last good build instead
+                return self._fall_back(uri)
+            self.fallback = (
+                f"CURRENT names {uri}, which was refused; still serving {current.manifest_uri}"
+            )
             return "refused"
+        self._swap(fresh)
+        self.fallback = None
+        return "swapped"
+
+    def _swap(self, fresh: ServedIndex) -> None:
         with self._lock:
             old, self._current = self._current, fresh
             self._refused, self.last_error = None, None
@@ -169,9 +188,30 @@ class IndexHolder:
         if close_old:
             assert old is not None
             old.close()
-        log.info("serving index %s (was %s)", uri, old and old.manifest_uri)
-        self._notify("swapped", fresh, uri)
-        return "swapped"
+        log.info("serving index %s (was %s)", fresh.manifest_uri, old and old.manifest_uri)
+        self._notify("swapped", fresh, fresh.manifest_uri)
+
+    def _fall_back(self, refused: str) -> str:
+        """Serve the newest verified build that loads, when CURRENT's cannot be loaded at start."""
+        error = self.last_error
+        for uri in publish.verified_manifests(self._workdir):
+            if uri == refused:
+                continue
+            try:
+                fresh = self._load(uri, None)
+            except Exception as e:  # that one is damaged too: the next older one
+                log.error("fallback index %s refused too: %s: %s", uri, type(e).__name__, e)
+                continue
+            self._swap(fresh)
+            self._refused, self.last_error = refused, error  # CURRENT's is still the refused one
+            self.fallback = (
+                f"CURRENT names {refused}, which was refused; serving {uri} instead, the newest "
+                "build that verifies"
+            )
+            log.warning("%s", self.fallback)
+            return "fallback"
+        self.last_error = f"{error}; no earlier verified build loads either"
+        return "refused"
 
     def start(self) -> None:
         """Poll CURRENT in the background (the first check runs on the thread too)."""
