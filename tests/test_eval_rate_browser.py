@@ -169,3 +169,65 @@ def test_missing_image_is_shown_as_missing_and_logged(
         assert httpx.get(f"{url}/img/..%2F..%2Fetc%2Fpasswd").status_code == 404
         assert httpx.get(f"{url}/img/0").headers["content-type"] == "image/jpeg"
     assert any(gone in rec.getMessage() for rec in caplog.records)
+
+
+def _rgb(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def test_card_borders_and_buttons_follow_the_grade_scale(
+    tiny_catalog: str, tmp_path: Path, browser
+) -> None:  # type: ignore[no-untyped-def]
+    from vsearch.app.evaluation.ratings import GRADE_COLOURS, UNRATED_COLOUR
+
+    task_uri = catalog_task(tiny_catalog, str(tmp_path / "w"), (CANDIDATE,), queries=3, k=4)
+    with serving(create_app(RateSettings(task_uri, rater="erin"))) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/q/0")
+        page.keyboard.press("1")
+        page.keyboard.press("2")
+        page.keyboard.press("3")
+        page.wait_for_function("document.getElementById('rated').textContent === '3'")
+        colour = "els => els.map(e => getComputedStyle(e).borderTopColor)"
+        # Relevant, partly, not, unrated: the grade scale's colours, live and after a reload.
+        expected = [_rgb(GRADE_COLOURS[g]) for g in (2, 1, 0)] + [_rgb(UNRATED_COLOUR)]
+        assert page.eval_on_selector_all(".card", colour) == expected
+        page.reload()
+        assert page.eval_on_selector_all(".card", colour) == expected
+        # Each grade's button wears its colour, and the legend on the page says which is which.
+        for label, grade in (("relevant", 2), ("partly", 1), ("not", 0)):
+            buttons = page.eval_on_selector_all(f"button[data-label={label}]", colour)
+            assert set(buttons) == {_rgb(GRADE_COLOURS[grade])}
+        legend = page.eval_on_selector_all("p span[style*='border']", colour)
+        assert legend == expected
+        page.close()
+
+
+def test_a_person_cannot_rate_as_the_simulated_rater(
+    tiny_catalog: str, tmp_path: Path, browser
+) -> None:  # type: ignore[no-untyped-def]
+    task_uri = catalog_task(tiny_catalog, str(tmp_path / "w"), (CANDIDATE,), queries=3, k=4)
+    with serving(create_app(RateSettings(task_uri))) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        page.fill("#rater", "simulated-ground-truth")
+        with page.expect_navigation() as nav:
+            page.click("button[type=submit]")
+        response = nav.value
+        assert response is not None and response.status == 403
+        assert "reserved for the simulated rater" in page.inner_text("#error")
+        assert page.locator("#rater").count() == 1  # the form again, to pick another name
+        # A script posting under the name is refused too, and nothing is stored.
+        r = httpx.post(
+            f"{url}/api/rate",
+            json={
+                "rater": "simulated-ground-truth",
+                "query_id": read_task(task_uri).queries[0].query_id,
+                "listing_id": read_task(task_uri).queries[0].results[CANDIDATE][0].listing_id,
+                "label": "relevant",
+            },
+        )
+        assert r.status_code == 403 and "reserved" in r.json()["error"]
+        page.close()
+    assert RatingStore(task_uri).all() == {}

@@ -245,6 +245,7 @@ def create_app(settings: RateSettings) -> Starlette:
         except (OSError, storage.StorageError) as e:
             log.error("vsearch rate: cannot save a rating of %s: %s", rater, e)
             return JSONResponse({"error": f"cannot save the rating: {e}"}, status_code=503)
+        # Counted after the write: ratings sent in quick succession each see the ones before.
         rated = _rated(task, state.store.of_rater(rater))
         return JSONResponse({"grade": grade, "rated": rated, "total": task.total_results()})
 
