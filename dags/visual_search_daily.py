@@ -200,7 +200,8 @@ def _run_stage(
 
     ``upstream``: results of earlier stages (their XComs), e.g. train's model version for the
     gate; one that is None (no XCom: the task was marked done by hand) is read from that stage's
-    run summary. Returns this stage's result as JSON (its XCom).
+    run summary, production's (a run for a candidate model the same day is recorded apart, so
+    publish never picks up a candidate's index). Returns this stage's result as JSON (its XCom).
     """
     import datetime
 

@@ -10,7 +10,10 @@ gate's ``GateDecision.promoted``, publish flips CURRENT to build-index's
 Each stage writes its run summary (the health record) and, last, its completion marker
 (``runs/dt=D/STAGE.done``) itself. ``run_day`` skips a stage whose marker exists and reads the
 result a later stage needs back from its run summary (``Result.from_summary``), which is how a
-backfill resumes after a failure, in another process or on another machine.
+backfill resumes after a failure, in another process or on another machine. Both are
+production's: a run for a candidate model (``--model V`` other than the published one) is
+recorded apart (``vsearch.core.runs``), so it never marks the day's stage done nor hands its
+result (a candidate's index, say) to the next stage.
 """
 
 from __future__ import annotations
@@ -137,11 +140,12 @@ def run_stage(name: str, settings: Any, pipeline_args: Sequence[str] = ()) -> An
 
 
 def is_done(workdir: str, name: str, date: dt.date) -> bool:
+    """Production's run of stage ``name`` finished for ``date``."""
     return runs.is_done(workdir, STAGES[name].record_name, date)
 
 
 def read_result(name: str, workdir: str, date: dt.date) -> Any:
-    """The result a finished stage returned, read back from its run summary."""
+    """The result production's run of a finished stage returned, read back from its summary."""
     stage = STAGES[name]
     try:
         summary = runs.read_summary(workdir, stage.record_name, date)
