@@ -102,6 +102,18 @@ def list_builds(workdir: str) -> dict[str, bool]:
     return {b: sharding.MANIFEST_FILE in f for b, f in build_files(workdir).items()}
 
 
+def verified_record(manifest_uri: str) -> str | None:
+    """The build's ``verified.json`` as written by its last publish (None: never verified).
+
+    Each publish rewrites it, so a service that refused a CURRENT can tell that the same
+    manifest was published again (after a repair) and load it again."""
+    uri = storage.join(storage.parent(storage.normalize(manifest_uri)), VERIFIED_FILE)
+    try:
+        return storage.read_text(uri) if storage.exists(uri) else None
+    except storage.StorageError:
+        return None
+
+
 def verified_manifests(workdir: str) -> list[str]:
     """Manifests of the builds publish verified and made CURRENT once, newest build first
     (where a service falls back when CURRENT cannot be loaded)."""
@@ -173,7 +185,7 @@ def publish(
                 f"not published: another publisher changed {pointer_uri} first ({e}); "
                 "read CURRENT again and retry if this build should still win"
             ) from e
-    record = {"manifest": manifest_uri, "verified_at": manifest_mod.utc_now_iso()}
+    record = {"manifest": manifest_uri, "verified_at": dt.datetime.now(dt.UTC).isoformat()}
     storage.write_text(storage.join(build_dir, VERIFIED_FILE), json.dumps(record) + "\n")
     removed = apply_retention(workdir, retention, manifest_uri, current.value)
     log.info("published %s (was %s)", manifest_uri, current.value)

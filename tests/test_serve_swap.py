@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from index import publish
 from index.publish import PublishError
 from tests import serve_fixtures as fx
 from tests.test_index_query import VERSION, photo
@@ -190,6 +191,8 @@ def test_a_restart_on_a_corrupt_current_serves_the_newest_build_that_verifies(
         paths.index_build_dir(workdir, VERSION, "20260104T000000Z-dddddd"), "manifest.json"
     )
     fx.build(emb, storage.parent(bad), VERSION, "20260104T000000Z-dddddd", 1, "Flat", 2)
+    shard = storage.join(storage.parent(bad), "shard-00000.faiss")
+    intact = storage.read_bytes(shard)
     corrupt(bad)
     storage.write_text(fx_current(workdir), bad + "\n")
 
@@ -206,7 +209,9 @@ def test_a_restart_on_a_corrupt_current_serves_the_newest_build_that_verifies(
         assert r.status_code == 200 and r.json()["index"]["build_id"] == "20260102T000000Z-bbbbbb"
         page = httpx.get(f"{url}/health").text
         assert f"serving {second} instead" in page and "20260102T000000Z-bbbbbb" in page
-        # A good publish ends the fallback.
-        fx.build_and_publish(workdir, catalog, "20260105T000000Z-eeeeee", emb)
-        body = fx.wait_ready(url, "20260105T000000Z-eeeeee")
+        # The build repaired and published: CURRENT's text is unchanged, but the service sees
+        # the new publish and loads it; the fallback ends.
+        storage.write_bytes(shard, intact)
+        assert publish.publish(workdir, bad).previous == bad
+        body = fx.wait_ready(url, "20260104T000000Z-dddddd")
         assert body["fallback"] is None and body["last_error"] is None

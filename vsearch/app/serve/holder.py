@@ -11,7 +11,8 @@ request path), then the reference is swapped under a lock. Requests take the ref
 (``with holder.use() as served``) and finish on that index even if a swap happens meanwhile; the
 old index is closed when its last request is done. A new index that fails to load (corrupt or
 truncated shard, bad manifest, missing model) is refused and logged, the old one keeps serving,
-and the same manifest is not retried until CURRENT changes again.
+and the same manifest is not retried until CURRENT changes again (or the same manifest is
+published again: publish rewrites its ``verified.json``).
 
 A service that starts on a CURRENT it cannot load falls back to the newest build that publish
 verified (``verified.json``, index/publish.py) and that loads: a restart never turns one bad
@@ -125,6 +126,7 @@ class IndexHolder:
         self._lock = threading.Lock()
         self._current: ServedIndex | None = None
         self._refused: str | None = None  # the manifest that failed; retried only after a change
+        self._refused_record: str | None = None  # its verified.json then (a re-publish changes it)
         self.last_error: str | None = None
         # Set while the index served is not the one CURRENT names (it failed to load): says so.
         self.fallback: str | None = None
@@ -159,12 +161,15 @@ class IndexHolder:
             self.last_error = f"no published index: {self._pointer} does not exist"
             return "none"
         current = self._current
-        if (current is not None and current.manifest_uri == uri) or uri == self._refused:
+        if current is not None and current.manifest_uri == uri:
             return "unchanged"
+        record = publish.verified_record(uri)
+        if uri == self._refused and record == self._refused_record:
+            return "unchanged"  # the same refused build, not published again since
         try:
             fresh = self._load(uri, current)
         except Exception as e:  # any load failure: keep serving the old index
-            self._refused = uri
+            self._refused, self._refused_record = uri, record
             self.last_error = f"refused index {uri}: {type(e).__name__}: {e}"
             log.error("%s (still serving %s)", self.last_error, current and current.manifest_uri)
             self._notify("refused", current, self.last_error)
