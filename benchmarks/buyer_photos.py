@@ -122,7 +122,8 @@ def run(
         def localised(data: bytes, q: Query) -> tuple[np.ndarray, np.ndarray]:
             # As search does: the localiser's best box when it is sure enough, else the photo.
             views = embedder.embed_query([data])
-            pick = int(query_view(views.box_scores, views.frame_boxes)[0])
+            whole_best = (views.embeddings[:, 0] @ gallery.T).max(axis=1)
+            pick = int(query_view(views.box_scores, views.frame_boxes, whole_best)[0])
             return views.embeddings[0][pick : pick + 1], views.photo_boxes[0]
 
         methods["localiser"] = localised

@@ -19,7 +19,7 @@ from vsearch.core import paths, runs, storage
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
-TINY_TRAIN = "--epochs 1 --batch-size 32"
+TINY_TRAIN = "--epochs 1 --batch-size 32 --localiser-steps 20"
 # Floors at 0 let the one-epoch first model through; margin 1.0 means a later candidate is never
 # promoted, so day 2 must take the incremental branch.
 TINY_GATE = "--no-beat-baselines --margin 1.0"

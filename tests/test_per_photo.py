@@ -39,3 +39,13 @@ def test_the_localisers_box_is_searched_only_when_it_is_sure_and_the_item_small(
     # The small, sure box; an unsure box: the photo; an item that fills the photo: the photo.
     assert query_view(scores, boxes).tolist() == [1, 0, 0]
     assert query_view(np.ones((3, 1)), np.ones((3, 1, 4))).tolist() == [0, 0, 0]  # no localiser
+
+
+def test_a_copy_of_a_catalog_photo_is_searched_whole_whatever_the_localiser_says() -> None:
+    from vsearch.app.photo_search import DUPLICATE_SCORE, query_view
+
+    small = [[0, 0, 1, 1], [0.1, 0.2, 0.4, 0.5]]
+    scores, boxes = np.array([[1.0, 0.9]] * 2), np.array([small, small])
+    # The first photo's whole view is (nearly) an indexed photo: searched whole.
+    whole_best = np.array([DUPLICATE_SCORE + 0.005, DUPLICATE_SCORE - 0.05])
+    assert query_view(scores, boxes, whole_best).tolist() == [0, 1]

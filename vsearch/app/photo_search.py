@@ -25,17 +25,29 @@ from vsearch.core import paths
 # listings), the whole photo for 0.131.
 MIN_BOX_SCORE = 0.3
 MAX_BOX_SIDE = 0.7  # the box's longer side, as a fraction of the frame's
+# A photo whose whole view matches an indexed photo this closely (cosine, in the index's space) is
+# a catalog photo or a copy of one: it is searched whole whatever the localiser says, so a
+# listing's own photo always finds it first, even where a weak localiser boxes part of it (a
+# one-epoch model did, in tests/test_dag.py). Identical bytes score 1.0; no held-out phone
+# photo's whole view came near (BENCHMARKS.md, "Buyer photos").
+DUPLICATE_SCORE = 0.99
 
 
-def query_view(box_scores: np.ndarray, frame_boxes: np.ndarray) -> np.ndarray:
+def query_view(
+    box_scores: np.ndarray, frame_boxes: np.ndarray, whole_best: np.ndarray | None = None
+) -> np.ndarray:
     """Per photo, the view to search: 1 (the localiser's best box) when its score is at least
     ``MIN_BOX_SCORE`` and its longer side under ``MAX_BOX_SIDE`` of the frame, else 0 (the whole
-    photo; always so for a model without a localiser)."""
+    photo; always so for a model without a localiser). ``whole_best``: each whole view's best
+    score against the index; at least ``DUPLICATE_SCORE`` keeps the whole photo."""
     scores, boxes = np.asarray(box_scores), np.asarray(frame_boxes)
     if scores.shape[1] < 2:
         return np.zeros(len(scores), np.int64)
     side = np.maximum(boxes[:, 1, 2] - boxes[:, 1, 0], boxes[:, 1, 3] - boxes[:, 1, 1])
-    return np.where((scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE), 1, 0).astype(np.int64)
+    boxed = (scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE)
+    if whole_best is not None:
+        boxed &= np.asarray(whole_best) < DUPLICATE_SCORE
+    return np.where(boxed, 1, 0).astype(np.int64)
 
 
 class PhotoSearch:
@@ -81,6 +93,11 @@ class PhotoSearch:
                 f"embeddings, the index takes {self.manifest.input_dim}"
             )
         pick = query_view(views.box_scores, views.frame_boxes)
+        if pick.any():  # a boxed photo that copies a catalog photo is searched whole after all
+            best, _, _ = self.searcher.search_raw(views.embeddings[pick == 1, 0], 1)
+            whole_best = np.full(len(pick), -np.inf, np.float32)
+            whole_best[pick == 1] = best[:, 0]
+            pick = query_view(views.box_scores, views.frame_boxes, whole_best)
         rows = np.arange(len(pick))
         return views.embeddings[rows, pick], views.photo_boxes[rows, pick]
 
