@@ -101,7 +101,7 @@ def test_report_says_simulated_and_measures_both_models(loop, capsys) -> None:  
     for v in (CANDIDATE, published):
         m = report["metrics"][v]
         assert m["queries_rated"] == 8
-        p = m["precision_lenient_at_5"]
+        p = m["precision_relevant_or_partly_at_5"]
         assert 0.0 <= p["ci_low"] <= p["mean"] <= p["ci_high"] <= 1.0
     sbs = report["side_by_side"]
     assert sbs["queries_compared"] == 8 and sbs["wins"] + sbs["ties"] + sbs["losses"] == 8

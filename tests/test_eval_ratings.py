@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vsearch.app.evaluation.ratings import RatingStore
+from vsearch.app.evaluation.ratings import RatingStore, ReservedRaterName, display_grade
 from vsearch.core import storage
 
 
@@ -46,6 +46,22 @@ def test_bad_names_are_refused() -> None:
         store.put("alice", "../../q", "L1", 2)
     with pytest.raises(ValueError, match="grade"):
         store.put("alice", "q1", "L1", 5)
+    with pytest.raises(ValueError, match="rater name"):
+        store.put("alice\n", "q1", "L1", 2)  # a name is one line
+
+
+def test_simulated_names_are_reserved_and_ratings_labelled_by_name() -> None:
+    store = RatingStore("/tmp/unused/task.json")
+    for name in ("simulated-gt", "Simulated-gt", "SIMULATED-x"):
+        with pytest.raises(ReservedRaterName, match="reserved for the simulated rater"):
+            store.put(name, "q1", "L1", 2)
+    with pytest.raises(ValueError, match="simulated ratings go under a simulated-NAME"):
+        store.put("alice", "q1", "L1", 2, simulated=True)
+
+
+def test_a_mean_grade_is_shown_as_its_nearest_grade_ties_down() -> None:
+    shown = {m: display_grade(m) for m in (0.0, 0.4, 0.5, 0.6, 1.0, 1.5, 1.6, 2.0)}
+    assert shown == {0.0: 0, 0.4: 0, 0.5: 0, 0.6: 1, 1.0: 1, 1.5: 1, 1.6: 2, 2.0: 2}
 
 
 def test_rate_simulate_answers_from_ground_truth_and_says_so(
