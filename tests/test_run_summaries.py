@@ -198,3 +198,20 @@ def test_summary_line_says_when_a_run_was_a_candidates(tmp_path: Path, capsys) -
     )
     line = capsys.readouterr().out.strip()
     assert re.search(rf"candidate model {OTHER}, not the published one: .*model={OTHER}", line)
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_readers_list_productions_runs_only(where: str, tmp_path: Path, request) -> None:  # type: ignore[no-untyped-def]
+    """What the health page lists, locally and on gs:// (where a glob's ``*`` may cross '/')."""
+    workdir = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket") + "/vs"
+    storage.write_text(paths.published_model_pointer(workdir), PUBLISHED + "\n")
+    runs.complete(workdir, runs.RunSummary("embed", "2026-01-01", 4, 4, 0, extra={}))
+    runs.write_summary(workdir, runs.RunSummary("build-index", "2026-01-01", 4, 4, 0))
+    runs.complete(
+        workdir, runs.RunSummary("embed", "2026-01-02", 9, 9, 0, extra={"model_version": OTHER})
+    )
+    found = runs.production_runs(workdir)
+    assert {day: {s: r.done for s, r in by.items()} for day, by in found.items()} == {
+        "2026-01-01": {"embed": True, "build-index": False}
+    }
+    assert found["2026-01-01"]["embed"].summary_uri == paths.run_summary(workdir, "embed", D1)
