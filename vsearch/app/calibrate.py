@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 # "No match") this flags 0.0xx of right first results and 0.9x of photos of nothing sold.
 TARGET_FALSE_ACCEPT_RATE = 0.10
 MAX_PHOTOS = 500  # enough for a false-accept rate within about +-0.03; ~30 s to embed on 2 cores
-MIN_PHOTOS = 20  # fewer cannot state a rate: no threshold (no_match is then unknown)
+# Fewer photos cannot resolve a 10% rate (one accepted search would be more): no threshold, and
+# no_match is then unknown.
+MIN_PHOTOS = 10
 BATCH = 64  # photos embedded per call (bounded memory)
 # Listings fetched per photo. Its own takes at most one place, but a listing with many photos
 # near the query could fill a fetch sized for 2 listings, leaving no other to score.
@@ -134,7 +136,7 @@ def from_scores(scores: PhotoScores, target: float, where: str) -> NoMatchCalibr
         photos=n,
         right_first=len(right),
         method=(
-            f"{where} on {n} held-out buyer photos: threshold for false accepts <= {target:.0%} "
+            f"{where} on {n} held-out buyer review photos: threshold for false accepts <= {target:.0%} "
             f"(listing left out); measured {far:.1%} false accepts, {flagged:.1%} of "
             f"{len(right)} right first results flagged"
         ),
