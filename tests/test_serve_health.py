@@ -181,8 +181,8 @@ def test_health_page_says_what_is_wrong(tmp_path: Path) -> None:
             problems = page.locator("#problems li").all_inner_texts()
             assert problems == [
                 f"embed: failed for {D3}: the run did not complete; 10 of 40 dead-lettered",
-                f"build-index: did not run for {D3} (its last run is for {D2})",
-                f"publish: did not run for {D3} (its last run is for {D2})",
+                f"build-index: has not run for {D3} (its last run is for {D2})",
+                f"publish: has not run for {D3} (its last run is for {D2})",
             ]
             assert page.locator("#problems").is_visible()
 
@@ -237,17 +237,44 @@ def test_health_page_says_what_is_wrong(tmp_path: Path) -> None:
             browser.close()
 
 
-def test_a_pipeline_that_stopped_running_stands_out(tmp_path: Path) -> None:
-    """Nothing ran since yesterday morning: every daily stage is stale, not "ok"."""
+DAILY = ("preprocess", "train", "gate", "embed", "build-index", "publish")
+
+
+def _levels(workdir: str, now: dt.datetime | None = None) -> dict[str, tuple[str, str]]:
     from vsearch.app.serve import health
 
-    workdir = str(tmp_path)
-    for stage in ("preprocess", "train", "gate", "embed", "build-index", "publish"):
-        runs.complete(workdir, runs.RunSummary(stage, D1, 4, 4, 0))
     found = health.read_runs(workdir, 14)
-    latest = {r.stage: r for r in found}
+    return {
+        stage: (st.level, st.text)
+        for stage, st in health.statuses(found, now or dt.datetime.now(dt.UTC)).items()
+    }
+
+
+def test_a_pipeline_that_stopped_running_stands_out(tmp_path: Path) -> None:
+    """Nothing ran since yesterday morning: every daily stage is stale, not "ok"."""
+    workdir = str(tmp_path)
+    for stage in DAILY:
+        runs.complete(workdir, runs.RunSummary(stage, D1, 4, 4, 0))
+    assert set(_levels(workdir).values()) == {("ok", "ok"), ("ok", "ok: not promoted")}
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=30)
-    st = health.status("publish", latest["publish"], D1, later)
-    assert (st.level, st.text) == ("bad", "stale: last ran 30 hours ago")
-    st = health.status("publish", latest["publish"], D1, dt.datetime.now(dt.UTC))
-    assert (st.level, st.text) == ("ok", "ok")
+    assert set(_levels(workdir, later).values()) == {("bad", "stale: last ran 30 hours ago")}
+
+
+def test_a_day_without_retraining_is_healthy_but_a_chain_that_stopped_is_not(
+    tmp_path: Path,
+) -> None:
+    workdir = str(tmp_path)
+    for stage in DAILY:
+        runs.complete(workdir, runs.RunSummary(stage, D1, 40, 40, 0))
+    # Day 2 re-embeds incrementally with the published model, no preprocess/train/gate (the
+    # demo's second day, or a team that retrains weekly): nothing is wrong.
+    for stage in DAILY[3:]:
+        runs.complete(workdir, runs.RunSummary(stage, D2, 40, 1, 0, skipped=39))
+    levels = _levels(workdir)
+    assert {stage: level for stage, (level, _) in levels.items()} == dict.fromkeys(DAILY, "ok")
+    # Day 3 started (preprocess ran) and stopped: every later daily stage has not run for it.
+    runs.complete(workdir, runs.RunSummary("preprocess", D3, 40, 40, 0))
+    levels = _levels(workdir)
+    assert levels["preprocess"] == ("ok", "ok")
+    assert levels["train"] == ("bad", f"has not run for {D3} (its last run is for {D1})")
+    assert levels["publish"] == ("bad", f"has not run for {D3} (its last run is for {D2})")

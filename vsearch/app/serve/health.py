@@ -1,8 +1,9 @@
 """``GET /health``: the operators' page, server-rendered HTML with inline SVG (no scripts).
 
-First what is wrong, in words: every daily stage that failed (its summary has no completion
-marker, or cannot be read), did not run for the newest day the pipeline ran, or last ran more
-than ``STALE_AFTER`` ago; then the gate's verdict. Per stage: its status, the last run ("N hours
+First what is wrong, in words: every stage whose last run failed (its summary has no
+completion marker, or cannot be read), and every daily stage due for the newest day with runs
+(``statuses``) that has not run for it or last ran more than ``STALE_AFTER`` ago; then the
+gate's verdict. Per stage: its status, the last run ("N hours
 ago", day, counts read / ok / skipped / dead-lettered, every distinct dead-letter error with its
 count, in full, duration) and a sparkline of its activity over the last N days: ``read`` (= ok +
 skipped + dead-lettered), so an incremental day that skips most photos is not a collapse (a red
@@ -87,13 +88,14 @@ def ago(finished_at: str | None, now: dt.datetime) -> str:
     return f"{n} {unit}{'' if n == 1 else 's'} ago"
 
 
-def status(stage: str, run: StageRun | None, newest_day: str, now: dt.datetime) -> Status:
-    """What an operator should know about a stage's last run, worst first."""
-    daily = stage in DAILY_STAGES
+def status(stage: str, run: StageRun | None, due: str | None, now: dt.datetime) -> Status:
+    """What an operator should know about a stage's last run, worst first. ``due``: the day
+    this stage should have run for (``statuses``), None when no run is expected of it."""
+    if due is not None and (run is None or run.day < due):
+        last = f" (its last run is for {run.day})" if run is not None else ""
+        return Status("bad", f"has not run for {due}{last}")
     if run is None:
-        return Status("bad", f"did not run for {newest_day}")
-    if daily and run.day < newest_day:
-        return Status("bad", f"did not run for {newest_day} (its last run is for {run.day})")
+        return Status("ok", "no run recorded")
     s = run.summary
     if s is None:
         return Status("bad", f"failed for {run.day}: its run summary cannot be read")
@@ -102,12 +104,37 @@ def status(stage: str, run: StageRun | None, newest_day: str, now: dt.datetime) 
         why = f"; {dead} of {s.get('read')} dead-lettered" if dead else ""
         return Status("bad", f"failed for {run.day}: the run did not complete{why}")
     finished = s.get("finished_at")
-    if daily and finished and now - dt.datetime.fromisoformat(finished) > STALE_AFTER:
+    if due is not None and finished and now - dt.datetime.fromisoformat(finished) > STALE_AFTER:
         return Status("bad", f"stale: last ran {ago(finished, now)}")
     text = "ok"
     if stage == "gate":
         text += ": promoted" if s.get("extra", {}).get("promoted") else ": not promoted"
     return Status("warn", f"{text}, {dead} dead-lettered") if dead else Status("ok", text)
+
+
+def latest_runs(found: list[StageRun]) -> dict[str, StageRun]:
+    """Each stage's latest run (``found`` is newest day first, as ``read_runs`` returns it)."""
+    latest: dict[str, StageRun] = {}
+    for r in found:
+        latest.setdefault(r.stage, r)
+    return latest
+
+
+def statuses(found: list[StageRun], now: dt.datetime) -> dict[str, Status]:
+    """Every daily stage (pipeline order), then any other stage that ran, with its status.
+
+    A day's chain starts at the first daily stage that ran for the newest day with runs: from
+    there on every daily stage is due for that day (a stage that has not run for it stands out,
+    as does one whose run is over ``STALE_AFTER`` old: nothing ran since). The stages before it
+    are not due: a day that did not retrain (embed, build-index, publish only) is a normal day.
+    """
+    latest = latest_runs(found)
+    newest = max((r.day for r in found), default=None)
+    ran = {r.stage for r in found if r.day == newest}
+    first = min((DAILY_STAGES.index(x) for x in ran if x in DAILY_STAGES), default=None)
+    due = set(DAILY_STAGES[first:]) if first is not None else set()
+    stages = [*DAILY_STAGES, *sorted(set(latest) - set(DAILY_STAGES))]
+    return {x: status(x, latest.get(x), newest if x in due else None, now) for x in stages}
 
 
 def sparkline(
@@ -228,19 +255,14 @@ def _runs_sections(workdir: str, days: int, now: dt.datetime) -> tuple[str, str,
     all_days = sorted({r.day for r in found})
     if not found:
         return "", '<p id="stages">No stage runs under runs/ yet.</p>', ""
-    newest = all_days[-1]
-    latest: dict[str, StageRun] = {}
-    for r in found:  # newest day first: the first seen is the latest
-        latest.setdefault(r.stage, r)
-    stages = [*DAILY_STAGES, *sorted(set(latest) - set(DAILY_STAGES))]
-    statuses = {stage: status(stage, latest.get(stage), newest, now) for stage in stages}
-    wrong = [(stage, st) for stage, st in statuses.items() if st.level == "bad"]
+    newest, latest, by_stage = all_days[-1], latest_runs(found), statuses(found, now)
+    wrong = [(stage, st) for stage, st in by_stage.items() if st.level == "bad"]
     problems = (
         '<ul id="problems" class="bad">'
         + "".join(f"<li>{escape(stage)}: {escape(st.text)}</li>" for stage, st in wrong)
         + "</ul>"
         if wrong
-        else f'<p id="problems" class="ok">Every daily stage ran for {escape(newest)}.</p>'
+        else f'<p id="problems" class="ok">Nothing failed, missing or stale for {escape(newest)}.</p>'
     )
     head = (
         "<tr><th>stage</th><th>status</th><th>last ran</th><th>day</th><th>read</th><th>ok</th>"
@@ -248,8 +270,8 @@ def _runs_sections(workdir: str, days: int, now: dt.datetime) -> tuple[str, str,
         f"<th>activity (read = ok + skipped + dead-lettered), last {len(all_days)} day(s)</th></tr>"
     )
     rows = [
-        _stage_row(stage, latest.get(stage), statuses[stage], found, all_days, now)
-        for stage in stages
+        _stage_row(stage, latest.get(stage), st, found, all_days, now)
+        for stage, st in by_stage.items()
     ]
     daily = "".join(
         f"<tr><td>{escape(r.day)}</td><td>{escape(r.stage)}</td>"
