@@ -29,6 +29,9 @@ from typing import Any, NamedTuple
 from vsearch.core import paths, storage
 
 METRICS_NAMESPACE = "vsearch"
+# Where a summary's ``extra`` names its model: embed and build-index name the one they used as
+# ``model_version``; train names the one it made, the gate the one it judged.
+_MODEL_KEY = {"train": "version", "gate": "candidate"}
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,8 @@ class RunSummary:
     @property
     def model_version(self) -> str | None:
         """The model the run used (embed, build-index), made (train) or judged (gate)."""
-        for key in ("model_version", "version", "candidate"):
-            if self.extra.get(key):
-                return str(self.extra[key])
-        return None
+        value = self.extra.get(_MODEL_KEY.get(self.stage, "model_version"))
+        return str(value) if value else None
 
     def to_json(self, production: bool = True) -> dict[str, Any]:
         d = asdict(self)
