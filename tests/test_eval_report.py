@@ -242,3 +242,17 @@ def test_report_borders_follow_the_grade_scale(tmp_path: Path, browser) -> None:
         page.eval_on_selector_all("svg rect", "els => els.map(e => e.getAttribute('fill'))")
     )
     page.close()
+
+
+def test_three_raters_agreement_is_fleiss_over_the_results_all_three_rated(tmp_path: Path) -> None:
+    q = _query(tmp_path, "q1", "listing", "Z", {"vA": ["A", "B", "C"]})
+    task_uri = hand_task(str(tmp_path / "w"), [q])
+    same = {("q1", "A"): "relevant", ("q1", "B"): "partly", ("q1", "C"): "not"}
+    _rate(task_uri, "alice", same)
+    _rate(task_uri, "bob", same)
+    _rate(task_uri, "carol", {("q1", "A"): "relevant", ("q1", "B"): "partly"})  # C not yet
+    data, lines, _ = _report(task_uri)
+    agr = data["agreement"]
+    assert agr["method"] == "fleiss_kappa" and agr["rater_count"] == 3
+    assert agr["items_rated_by_all"] == 2 and agr["kappa"] == pytest.approx(1.0)
+    assert "over 2 results rated by all 3 raters (alice, bob, carol)" in "\n".join(lines)

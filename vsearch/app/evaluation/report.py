@@ -158,7 +158,8 @@ def _agreement(
     def kappa(rows: np.ndarray) -> float:
         if len(raters) == 2:
             return stats.cohen_kappa(rows[:, 0].tolist(), rows[:, 1].tolist())
-        return stats.fleiss_kappa([[int(np.sum(row == c)) for c in LABELS] for row in rows])
+        counts = np.stack([np.sum(rows == c, axis=1) for c in LABELS], axis=1)
+        return stats.fleiss_kappa(counts.tolist())
 
     out: dict[str, Any] = {
         "method": "cohen_kappa" if len(raters) == 2 else "fleiss_kappa",
@@ -188,8 +189,8 @@ def _agreement(
     if len(shared) < MIN_AGREEMENT_ITEMS:
         out["warning"] = (
             f"only {len(shared)} results were rated by all {len(raters)} raters (fewer than "
-            f"{MIN_AGREEMENT_ITEMS}): kappa's 95 % interval is then typically wider than +-0.18, too wide "
-            "to tell moderate from substantial agreement (see ci_low, ci_high)"
+            f"{MIN_AGREEMENT_ITEMS}): kappa's 95 % interval is then typically wider than +-0.18, "
+            "too wide to tell moderate from substantial agreement"
         )
     return out
 
