@@ -144,6 +144,7 @@ class BeamBuild:
         self._factory = batches_factory
 
     def _pipeline(self) -> beam.Pipeline:
+        storage.anonymous_beam_against_emulator()  # no credential search against a test server
         return beam.Pipeline(options=PipelineOptions(self._args))
 
     def _rows(self, p: beam.Pipeline) -> beam.PCollection:

@@ -37,6 +37,38 @@ def test_write_read_list_rename_delete(root: str) -> None:
     assert storage.list_prefix(storage.join(root, "d")) == []
 
 
+def test_glob_reads_patterns_as_beam_does(root: str) -> None:
+    for name in ("dt=1/a.json", "dt=1/.hidden.json", "dt=2/b.json", "dt=2/deep/c.json", "x.txt"):
+        storage.write_text(storage.join(root, *name.split("/")), name)
+    found = storage.glob(storage.join(root, "dt=*", "*.json"))  # '*' stays within a segment
+    assert found == [
+        storage.join(root, n) for n in ("dt=1/.hidden.json", "dt=1/a.json", "dt=2/b.json")
+    ]
+    deep = storage.glob(storage.join(root, "dt=2", "**.json"))  # '**' crosses '/'
+    assert deep == [
+        storage.join(root, "dt=2", "b.json"),
+        storage.join(root, "dt=2", "deep", "c.json"),
+    ]
+    assert storage.glob(storage.join(root, "dt=[!1]", "?.json")) == [
+        storage.join(root, "dt=2", "b.json")
+    ]
+    assert storage.glob(storage.join(root, "x.txt")) == [storage.join(root, "x.txt")]  # no wildcard
+    assert storage.glob(storage.join(root, "nope", "*.json")) == []
+    assert storage.glob(storage.join(root, "dt=*")) == []  # files only, never a folder
+
+
+def test_open_read_seeks_and_names_a_missing_file(root: str) -> None:
+    uri = storage.join(root, "blob.bin")
+    storage.write_bytes(uri, bytes(range(256)) * 64)
+    with storage.open_read(uri) as f:
+        f.seek(-4, os.SEEK_END)
+        assert f.read() == bytes([252, 253, 254, 255])
+        f.seek(256)
+        assert f.read(3) == bytes([0, 1, 2]) and f.tell() == 259
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        storage.open_read(storage.join(root, "nope.bin"))
+
+
 def test_failed_write_leaves_nothing(root: str) -> None:
     uri = storage.join(root, "partial.bin")
     with pytest.raises(RuntimeError), storage.atomic_writer(uri) as f:

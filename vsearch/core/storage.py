@@ -1,12 +1,16 @@
 """One storage layer for every URI: a local path, ``file://...`` or ``gs://bucket/prefix``.
 
-Reads, writes and listings go through Beam's ``FileSystems`` so that the same call works on a
-laptop and on Dataflow workers. Three things Beam does not give us are done here:
+Local paths use plain file I/O and gs:// uses google-cloud-storage, so the same call works on a
+laptop and on Dataflow workers. It does not import Beam: a light command (``vsearch --help``,
+``publish``, ``serve``) must not pay Beam's seconds of import time for a file read. What it
+guarantees:
 
 * atomic writes: a local file is written to ``NAME.tmp-XXXX`` then ``os.replace``d; a GCS object
   is only visible once its upload completes, so readers never see a partial file either way;
-* single-object rename/delete on gs:// (Beam batches them through the GCS batch API, which the
-  loopback test server and some proxies do not implement);
+* globs with Beam's ``FileSystems.match`` syntax (``*`` within one path segment, ``**`` across
+  segments), files only, so a pattern means the same here and in a Beam read;
+* single-object rename/delete on gs:// (no GCS batch API, which the loopback test server and
+  some proxies do not implement);
 * compare-and-swap of small pointer files (``models/PUBLISHED``, ``indexes/CURRENT``): a GCS
   generation precondition, or locally an exclusive ``flock`` on ``POINTER.lock`` (released by the
   kernel when its holder dies, even on kill -9, so a crash never wedges later swaps) around a
@@ -19,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import glob as pyglob
 import json
 import os
 import posixpath
-import shutil
+import re
 import socket
 import tempfile
 import time
@@ -30,13 +35,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
-
-from apache_beam.io.filesystems import FileSystems
+from typing import IO, Any, TypeVar, cast
 
 GCS_PREFIX = "gs://"
 FILE_PREFIX = "file://"
 IO_THREADS = 16  # gs:// requests in flight at once: each one mostly waits on the network
+READ_CHUNK = 16 << 20  # bytes per ranged GET of a gs:// reader (Beam's default read buffer)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -89,19 +93,24 @@ def basename(uri: str) -> str:
 
 
 def exists(uri: str) -> bool:
-    return bool(FileSystems.exists(normalize(uri)))
+    """Whether a file (locally also a directory) exists; on gs:// an object, not a prefix."""
+    uri = normalize(uri)
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        return bool(gcs_client().bucket(bucket).blob(name).exists(retry=_gcs_retry()))
+    return os.path.exists(uri)
 
 
 def read_bytes(uri: str) -> bytes:
     uri = normalize(uri)
     try:
-        if is_gcs(uri):  # one media GET (Beam's reader first fetches the object's metadata)
+        if is_gcs(uri):  # one media GET, no metadata request first
             bucket, name = split_gcs(uri)
             data: bytes = gcs_client().bucket(bucket).blob(name).download_as_bytes()
         else:
-            with FileSystems.open(uri, compression_type="uncompressed") as f:
+            with open(uri, "rb") as f:
                 data = f.read()
-    except Exception as e:  # Beam wraps every backend's errors differently
+    except Exception as e:  # local and GCS errors differ in type; the message names the URI
         raise StorageError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
     return data
 
@@ -111,8 +120,20 @@ def read_text(uri: str) -> str:
 
 
 def open_read(uri: str) -> IO[bytes]:
-    """A seekable binary reader (pyarrow and faiss readers take this)."""
-    return FileSystems.open(normalize(uri), compression_type="uncompressed")
+    """A seekable binary reader (pyarrow and faiss readers take this); FileNotFoundError naming
+    the URI when there is no such file."""
+    uri = normalize(uri)
+    if not is_gcs(uri):
+        return open(uri, "rb")
+    from google.cloud.storage.fileio import BlobReader
+
+    bucket, name = split_gcs(uri)
+    blob = gcs_client().bucket(bucket).get_blob(name, retry=_gcs_retry())  # its size, for seeks
+    if blob is None:
+        raise FileNotFoundError(f"no object at {uri}")
+    # raw_download: the stored bytes, as Beam reads them (no decompressive transcoding).
+    reader = BlobReader(blob, chunk_size=READ_CHUNK, retry=_gcs_retry(), raw_download=True)
+    return cast(IO[bytes], reader)
 
 
 @contextlib.contextmanager
@@ -125,11 +146,16 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     if is_gcs(uri):
         # Stage locally, then upload in one go: a GCS object becomes visible only when its upload
         # is finalised, and an error before that leaves nothing behind.
+        bucket, name = split_gcs(uri)
         with tempfile.TemporaryFile() as staged:
             yield staged  # type: ignore[misc]
+            size = staged.tell()
             staged.seek(0)
-            with FileSystems.create(uri, compression_type="uncompressed") as out:
-                shutil.copyfileobj(staged, out, length=8 << 20)
+            # A whole-object overwrite is idempotent, so retrying it is safe (the library only
+            # retries uploads with a precondition unless told).
+            gcs_client().bucket(bucket).blob(name).upload_from_file(
+                staged, size=size, content_type="application/octet-stream", retry=_gcs_retry()
+            )
         return
     os.makedirs(os.path.dirname(uri), exist_ok=True)
     tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
@@ -154,22 +180,56 @@ def write_text(uri: str, text: str) -> None:
 
 
 def glob(pattern: str) -> list[str]:
-    """Sorted paths matching a glob (``*`` does not cross '/' locally; it may on GCS)."""
+    """Sorted files matching a pattern, as Beam's ``FileSystems.match`` reads it: ``*`` stays
+    within one path segment, ``**`` crosses '/', ``[...]`` is a class, and names starting with a
+    dot match too (``?`` is one character of a segment). A pattern without wildcards matches
+    itself if it exists."""
     pattern = normalize(pattern)
-    try:
-        result = FileSystems.match([pattern])[0]
-    except Exception as e:
-        if "No files found" in str(e) or "not found" in str(e).lower():
+    literal = re.split(r"[\[*?]", pattern, maxsplit=1)[0]
+    if literal == pattern:
+        return [pattern] if exists(pattern) else []
+    if is_gcs(pattern):  # list the names after the literal part once, then match
+        bucket, name = split_gcs(literal)
+        try:
+            found = [uri for uri, _ in _gcs_listing(bucket, name)]
+        except _gcs_not_found():  # no such bucket: nothing matches
             return []
-        raise StorageError(f"cannot list {pattern}: {e}") from e
-    return sorted(m.path for m in result.metadata_list)
+    elif "**" in pattern:
+        found = list_prefix(os.path.dirname(literal))
+    else:  # the standard glob visits only the directories the pattern can reach
+        found = [p for p in pyglob.glob(pattern, include_hidden=True) if os.path.isfile(p)]
+    wanted = re.compile(_glob_regex(pattern))
+    return sorted(uri for uri in found if wanted.fullmatch(uri))
+
+
+def _glob_regex(pattern: str) -> str:
+    """``glob``'s pattern as a regular expression over whole paths."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (end := pattern.find("]", i + 1)) != -1:
+            members = pattern[i:end].replace("\\", "\\\\")
+            out.append("[^" + members[1:] + "]" if members.startswith("!") else f"[{members}]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
 
 
 def list_prefix(prefix: str) -> list[str]:
     """Every file under a directory-like prefix, recursively, sorted."""
     prefix = normalize(prefix)
     if is_gcs(prefix):
-        return sorted(uri for uri, _ in _gcs_listing(prefix))
+        return sorted(uri for uri, _ in _gcs_folder(prefix))
     out: list[str] = []
     for root, _, files in os.walk(prefix):
         out.extend(os.path.join(root, f) for f in files)
@@ -181,14 +241,19 @@ def list_sizes(prefix: str) -> dict[str, int]:
     from the listing itself: no request per object)."""
     prefix = normalize(prefix)
     if is_gcs(prefix):
-        return dict(_gcs_listing(prefix))
+        return dict(_gcs_folder(prefix))
     return {path: os.path.getsize(path) for path in list_prefix(prefix)}
 
 
-def _gcs_listing(prefix: str) -> Iterator[tuple[str, int]]:
+def _gcs_folder(prefix: str) -> Iterator[tuple[str, int]]:
     """(URI, size) of every object under a gs:// folder-like prefix, from its listing pages."""
     bucket, name = split_gcs(prefix)
-    for b in gcs_client().list_blobs(bucket, prefix=name.rstrip("/") + "/"):
+    return _gcs_listing(bucket, name.rstrip("/") + "/")
+
+
+def _gcs_listing(bucket: str, name_prefix: str) -> Iterator[tuple[str, int]]:
+    """(URI, size) of every object whose name starts with ``name_prefix``."""
+    for b in gcs_client().list_blobs(bucket, prefix=name_prefix, retry=_gcs_retry()):
         yield f"gs://{bucket}/{b.name}", int(b.size or 0)
 
 
@@ -277,7 +342,8 @@ def anonymous_beam_against_emulator() -> None:
     """Against a GCS emulator there are no credentials to find; tell Beam so up front.
 
     Otherwise Beam spends ~15 s per process retrying Google default credentials before it
-    falls back to anonymous access (private API; harmless when absent).
+    falls back to anonymous access (private API; harmless when absent). Call it before a Beam
+    job starts (``pipelines.stage``): this module never imports Beam itself.
     """
     if not os.environ.get("STORAGE_EMULATOR_HOST"):
         return
@@ -286,9 +352,6 @@ def anonymous_beam_against_emulator() -> None:
 
         auth._Credentials._credentials_init = True
         auth._Credentials._credentials = None
-
-
-anonymous_beam_against_emulator()
 
 
 @functools.cache
@@ -307,6 +370,13 @@ def _gcs_not_found() -> type[Exception]:
     from google.api_core.exceptions import NotFound
 
     return NotFound
+
+
+def _gcs_retry() -> Any:
+    """google-cloud-storage's default retry (transient errors, backoff), as Beam's client uses."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
 
 
 # ---------------------------------------------------------------- pointers (compare-and-swap)
