@@ -107,6 +107,16 @@ class _State:
         return self.task
 
 
+def _person(name: str) -> str:
+    """A rater name from a request: 400 when malformed, 403 when reserved for the simulated one."""
+    try:
+        return check_person(name)
+    except ReservedRaterName as e:
+        raise BadRequest(403, str(e)) from e
+    except ValueError as e:
+        raise BadRequest(400, str(e)) from e
+
+
 def _rater(request: Request, default: str | None) -> str | None:
     """The rater of a page request: ``?rater=``, else the cookie, else ``--rater``.
 
@@ -115,12 +125,7 @@ def _rater(request: Request, default: str | None) -> str | None:
     """
     given = request.query_params.get("rater")
     if given:
-        try:
-            return check_person(given)
-        except ReservedRaterName as e:
-            raise BadRequest(403, str(e)) from e
-        except ValueError as e:
-            raise BadRequest(400, str(e)) from e
+        return _person(given)
     cookie = request.cookies.get("rater")
     if cookie:
         try:
@@ -164,12 +169,7 @@ def _rating(task: RatingTask, body: dict[str, Any]) -> tuple[str, str, str, int]
     for name in RATING_FIELDS:
         if not isinstance(body.get(name), str):
             raise BadRequest(400, f"{name!r} must be a string (fields: {', '.join(RATING_FIELDS)})")
-    try:
-        rater = check_person(body["rater"])
-    except ReservedRaterName as e:
-        raise BadRequest(403, str(e)) from e
-    except ValueError as e:
-        raise BadRequest(400, str(e)) from e
+    rater = _person(body["rater"])
     try:
         q = task.query(body["query_id"])
     except KeyError:
