@@ -1,7 +1,10 @@
-"""`vsearch` keeps TensorFlow's and absl's start-up noise off unless asked (--verbose)."""
+"""`vsearch` starts light and quiet: a light command (--help, publish, query and serve before
+they embed a photo) loads neither Beam nor TensorFlow, and TensorFlow's and absl's start-up
+noise stays off unless asked (--verbose), wherever TensorFlow is first imported."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +15,65 @@ import pytest
 from vsearch.app import quiet
 
 REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("apache_beam", "tensorflow")
+
+# Runs `vsearch ARGS` (or imports a module) in a fresh interpreter, then prints which heavy
+# packages it loaded as the last line of stdout.
+_HEAVY_AFTER = r"""
+import json, sys
+what, args = sys.argv[1], sys.argv[2:]
+if what == "import":
+    __import__(args[0])
+else:
+    from vsearch.app import cli
+    try:
+        cli.main(args)
+    except SystemExit:  # --help exits from the parser
+        pass
+print(json.dumps(sorted(m for m in ("apache_beam", "tensorflow") if m in sys.modules)))
+"""
+
+
+def heavy_modules_after(*argv: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAVY_AFTER, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("cli", "--help"),
+        ("cli", "publish", "--help"),
+        ("cli", "query", "--help"),
+        ("cli", "serve", "--help"),
+        ("import", "index.publish"),  # what `vsearch publish` runs
+        ("import", "vsearch.app.query"),
+        ("import", "vsearch.app.serve.app"),  # serve's routes, index holder and loader
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_light_commands_load_neither_beam_nor_tensorflow(argv: tuple[str, ...]) -> None:
+    assert heavy_modules_after(*argv) == []
+
+
+def test_publish_runs_without_beam_or_tensorflow(tmp_path: Path) -> None:
+    from tests import serve_fixtures as fx
+    from vsearch.core import paths, storage
+
+    workdir, version, build_id = str(tmp_path / "work"), "20260101-light", "20260101T000000Z-aaaaaa"
+    out = paths.index_build_dir(workdir, version, build_id)
+    manifest = fx.build(fx.clustered(600, 16, seed=1), out, version, build_id, 2, "Flat", 2)
+    manifest_uri = manifest.manifest_uri
+    argv = ("cli", "publish", "--workdir", workdir, "--manifest", manifest_uri)
+    assert heavy_modules_after(*argv) == []
+    assert storage.read_pointer(paths.current_index_pointer(workdir)).value == manifest_uri
 
 
 def test_configure_removes_the_flag_and_says_whether_the_run_is_verbose() -> None:
@@ -42,3 +104,41 @@ def test_a_tensorflow_stage_prints_only_its_error_unless_verbose(tmp_path: Path)
     assert quiet_err.startswith(error) and len(quiet_err.strip().splitlines()) == 1, quiet_err
     lines = verbose_err.strip().splitlines()
     assert lines[-1].startswith(error) and len(lines) > 1  # TensorFlow's own start-up lines
+
+
+def quiet_stderr_of(*cmd: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(list(cmd), env=env, cwd=REPO, capture_output=True, text=True, timeout=500)
+
+
+@pytest.mark.timeout(600)
+def test_tensorflow_imported_outside_a_stage_module_is_quiet_too(tmp_path: Path) -> None:
+    """train's settings load TensorFlow lazily (to check label keys), before its stage module:
+    the banner is muted at the import itself, wherever it happens."""
+    cli = [sys.executable, "-m", "vsearch.app.cli"]
+    run = quiet_stderr_of(*cli, "train", "--workdir", str(tmp_path), "--date", "2026-01-01")
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vsearch train: error: "), run.stderr
+
+
+@pytest.mark.timeout(600)
+def test_keras_fit_on_a_dataset_prints_nothing(tmp_path: Path) -> None:
+    """A first TensorFlow import in a thread and a Keras fit on a tf.data.Dataset (train's way,
+    which makes Keras warn that shuffle=True is ignored): nothing on stderr."""
+    script = """
+import threading
+from vsearch.app import quiet
+quiet.configure([])
+t = threading.Thread(target=lambda: __import__("tensorflow"))
+t.start(); t.join()
+import keras, numpy as np, tensorflow as tf
+model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+model.compile(loss="mse")
+data = tf.data.Dataset.from_tensor_slices((np.ones((4, 2)), np.ones((4, 1)))).batch(2)
+model.fit(data, epochs=1, verbose=0)
+print("fitted")
+"""
+    run = quiet_stderr_of(sys.executable, "-c", script)
+    assert run.returncode == 0 and run.stdout.strip() == "fitted", run.stderr
+    assert run.stderr == ""

@@ -198,17 +198,15 @@ def _logging(debug: bool) -> Iterator[None]:
             q.setLevel(level)
 
 
-def run_command(name: str, argv: Sequence[str], verbose: bool = True) -> object:
+def run_command(name: str, argv: Sequence[str]) -> object:
     c = COMMANDS[name]
     settings, pipeline_args, _ = command_line(name).parse(argv)
-    # Importing a stage loads TensorFlow, whose native start-up logs bypass Python's logging.
-    with quiet.native_stderr_muted(enabled=not verbose):
-        fn = stages.load(c.run)
+    fn = stages.load(c.run)  # TensorFlow's start-up banner is muted where it loads (quiet.py)
     return fn(settings, pipeline_args) if c.beam else fn(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, verbose = quiet.configure(list(sys.argv[1:] if argv is None else argv))
+    args, _ = quiet.configure(list(sys.argv[1:] if argv is None else argv))  # before any import
     debug = "--debug" in args
     if args[:1] == ["--debug"]:  # `vsearch --debug COMMAND ...` works too
         args = args[1:] + ["--debug"]
@@ -225,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr = _TracebacksToLog(real_stderr, log_path)  # type: ignore[assignment]
     try:
         with _logging(debug):
-            run_command(name, rest, verbose)
+            run_command(name, rest)
     except flags.UsageError as e:
         print(f"vsearch {name}: error: {e}", file=sys.stderr)
         return 2

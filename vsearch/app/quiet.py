@@ -3,17 +3,31 @@
 ``vsearch`` calls ``configure(argv)`` before importing a stage; ``--verbose`` (anywhere on the
 command line) keeps every log line. Errors still reach the user: as Python exceptions, which the
 CLI prints as one line, and as ERROR-level Python log records.
+
+TensorFlow is imported lazily (a light command never loads it), so its first import can happen
+anywhere: in a stage module, in a settings check, in the service's index loader. ``configure``
+therefore mutes its banner at the import itself (``_MuteFirstImport``), not around one call site.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 VERBOSE_FLAG = "--verbose"
+# Imported with file descriptor 2 muted: their native start-up lines bypass every log level.
+NOISY_NATIVE_MODULES = ("tensorflow",)
+# Python warnings that describe our own correct use of a library, not a problem of the run.
+# Keras warns that fit(shuffle=True) is ignored for a tf.data.Dataset: ours is shuffled already.
+IGNORED_WARNINGS = (r"`shuffle=True` was passed, but will be ignored",)
 
 
 def configure(argv: list[str]) -> tuple[list[str], bool]:
@@ -37,20 +51,57 @@ def configure(argv: list[str]) -> tuple[list[str], bool]:
             absl_logging.set_verbosity(absl_logging.ERROR)
         except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
             pass
+        for message in IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        for name in NOISY_NATIVE_MODULES:
+            mute_first_import(name)
     return rest, verbose
 
 
+class _MuteFirstImport(importlib.abc.MetaPathFinder):
+    """Finds one top-level module the normal way and mutes fd 2 while it executes; then steps
+    aside (only the first import prints the banner)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)  # the finders after this one
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_muted(module: ModuleType) -> None:
+            with native_stderr_muted():
+                execute(module)
+
+        spec.loader.exec_module = exec_muted  # type: ignore[method-assign]
+        return spec
+
+
+def mute_first_import(name: str) -> None:
+    """Mute what the first ``import NAME`` writes to fd 2, wherever it happens (no-op if done)."""
+    if name in sys.modules:
+        return
+    if not any(isinstance(f, _MuteFirstImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _MuteFirstImport(name))
+
+
 @contextlib.contextmanager
-def native_stderr_muted(enabled: bool = True) -> Iterator[None]:
-    """Drops what is written to file descriptor 2 inside the block (a stage module's import).
+def native_stderr_muted() -> Iterator[None]:
+    """Drops what is written to file descriptor 2 inside the block (TensorFlow's import).
 
     XLA logs "could not find cuda drivers" through absl before any log level applies, so only
     the descriptor can stop it. Exceptions raised inside still propagate, and are printed after
-    the descriptor is restored.
+    the descriptor is restored. The descriptor is the process's: another thread's stderr lines
+    in the block are dropped too, so a server imports TensorFlow before its threads start.
     """
-    if not enabled:
-        yield
-        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
