@@ -111,13 +111,14 @@ def hand_task(
     models: tuple[str, ...] = ("vA",),
     k: int = 3,
     task_id: str = "hand-task",
+    catalog: str = "unused-catalog",
 ) -> str:
     """A task written from hand-made queries (figures a test can compute by hand)."""
     task = RatingTask(
         task_id,
         "2026-01-01T00:00:00+00:00",
         workdir,
-        "unused-catalog",
+        catalog,
         DAY,
         k,
         0,

@@ -250,3 +250,22 @@ def test_a_corrupt_rating_file_is_a_503_naming_it(tmp_path: Path, capsys) -> Non
     assert storage.read_text(bad) == "{truncated"  # left for a person to look at
     assert cli.main(["eval-report", "--task", task_uri]) != 0
     assert bad in capsys.readouterr().err
+
+
+def test_result_photos_named_relative_to_the_catalog_are_served(tmp_path: Path) -> None:
+    """Search results name photos as the catalog does (relative to CATALOG): the app opens them
+    under the task's catalog, wherever that catalog lives now."""
+    catalog = tmp_path / "moved" / "catalog"
+    photo(str(catalog / "images" / "A0.jpg"), (200, 40, 90))
+    query = photo(str(catalog / "reviews" / "q0.jpg"), (40, 200, 90))
+    results = [Result("A0", "images/A0.jpg", 0.9, "cat")]
+    task_uri = hand_task(
+        str(tmp_path / "w"),
+        [Query("q0", query, "review", "own0", "cat", "cat", {"vA": results})],
+        k=1,
+        catalog=str(catalog),
+    )
+    with serving(create_app(RateSettings(task_uri))) as url:
+        for n in (0, 1):  # the query photo (a full path) and the result (a catalog name)
+            status, _ = send(url, "GET", f"/img/{n}")
+            assert status == 200, n

@@ -144,9 +144,11 @@ def _worst(report: dict[str, Any], task: RatingTask, n: int) -> str:
     rows = []
     for p in per_query[:n]:
         q = task.query(p["query_id"])
-        cells = [_img(q.image_uri, "#000", f"query ({q.kind} photo) {q.category}")]
+        cells = [_img(task.photo_uri(q.image_uri), "#000", f"query ({q.kind} photo) {q.category}")]
         for r, grades in zip(q.results[version][: task.k], p["rater_grades"], strict=False):
-            cells.append(_result_cell(r.image_uri, r.listing_id, r.category, grades))
+            cells.append(
+                _result_cell(task.photo_uri(r.image_uri), r.listing_id, r.category, grades)
+            )
         rows.append(
             f"<div class='row'><div class='meta'>{html.escape(q.query_id)}<br>{html.escape(q.category)}"
             f"<br>nDCG {p['ndcg']:.2f} P {p['precision_relevant']:.2f}{_known(p)}</div>"

@@ -257,7 +257,7 @@ def create_app(settings: RateSettings) -> Starlette:
             n = _position(request.path_params["n"], len(state.image_uris), "image")
         except BadRequest as e:
             return Response(str(e), e.status, media_type="text/plain")
-        uri = state.image_uris[n]
+        uri = task.photo_uri(state.image_uris[n])
         try:
             pixels = await run_in_threadpool(
                 lambda: images.decode_image(storage.read_bytes(uri), PHOTO_SIZE)

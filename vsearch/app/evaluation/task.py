@@ -90,6 +90,13 @@ class RatingTask:
     def baseline(self) -> str | None:
         return self.models[1] if self.side_by_side else None
 
+    def photo_uri(self, name: str) -> str:
+        """A photo as this file names it -> the URI to open. Search results name photos as the
+        catalog does (relative to CATALOG); query photos were written resolved."""
+        if name.startswith("/") or "://" in name:
+            return name
+        return storage.join(self.catalog, name)
+
     def query(self, query_id: str) -> Query:
         for q in self.queries:
             if q.query_id == query_id:
