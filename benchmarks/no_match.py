@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--date", default="2026-01-02", help="the snapshot the index was built from")
-    ap.add_argument("--photos", type=int, default=calibrate.MAX_PHOTOS, help="calibration photos")
+    ap.add_argument("--photos", type=int, default=calibrate.MAX_PHOTOS, help="held-out photos")
     ap.add_argument("--unsold", type=int, default=200, help="photos of each kind of unsold thing")
     ap.add_argument("--size", type=int, default=128, help="side of the generated photos")
     ap.add_argument("--json", help="also write the figures here")
@@ -108,16 +108,16 @@ def main(argv: list[str]) -> int:
     reviews = list(read_snapshot(args.catalog, args.date).reviews)
     with PhotoSearch.open(args.workdir) as photos:
         stored = photos.manifest.calibration
-        c = calibrate.calibrate(photos, reviews, "benchmark", max_photos=args.photos)
-        indexed = calibrate.held_out_reviews(photos, reviews, 10**9)
-        flagged = {}
-        for name, make in (("noise", noise_photos), ("bazaar", bazaar_photos)):
-            scores = top_scores(photos, make(args.unsold, args.size))
-            flagged[name] = float((scores < c.threshold).mean())
-        scores = top_scores(photos, phone_photos(args.unsold, 2 * args.size))
-        flagged["phone"] = float((scores < c.threshold).mean())
+        held = calibrate.score_photos(
+            photos, calibrate.held_out_reviews(photos, reviews, args.photos)
+        )
+        c = calibrate.from_scores(held, calibrate.TARGET_FALSE_ACCEPT_RATE, "benchmark")
+        unsold = {
+            "noise": top_scores(photos, noise_photos(args.unsold, args.size)),
+            "bazaar": top_scores(photos, bazaar_photos(args.unsold, args.size)),
+            "phone": top_scores(photos, phone_photos(args.unsold, 2 * args.size)),
+        }
         old = youden_threshold(photos, reviews, 200)
-        held = calibrate.score_photos(photos, indexed)
     right = held.top[held.right_first]
     figures = {
         "threshold": c.threshold,
@@ -125,17 +125,21 @@ def main(argv: list[str]) -> int:
         "target_false_accept_rate": c.target_false_accept_rate,
         "false_accept_rate": c.false_accept_rate,
         "right_first_flagged": c.right_first_flagged,
-        "calibration_photos": c.photos,
-        "all_held_out_photos": len(held.top),
-        "all_held_out_right_first": int(len(right)),
-        "all_held_out_right_first_flagged": float((right < c.threshold).mean()),
+        "photos": c.photos,
+        "right_first": c.right_first,
         "median_right_first_score": float(np.median(right)),
-        "flagged_unsold": flagged,
+        "flagged_unsold": {k: float((v < c.threshold).mean()) for k, v in unsold.items()},
         "youden_threshold_before": old,
         "youden_right_first_flagged": float((right < old).mean()),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(figures, indent=2))
+    # The trade-off: every threshold between the 5th and 95th percentile of right first scores.
+    print("threshold  right-first flagged  false accepts (left out)  flagged: noise bazaar phone")
+    for t in np.unique(np.round(np.percentile(right, np.arange(5, 100, 5)), 3)):
+        flags = "  ".join(f"{(v < t).mean():.3f}" for v in unsold.values())
+        far = (held.absent >= t).mean()
+        print(f"{t:9.3f}  {(right < t).mean():19.3f}  {far:24.3f}  {flags}")
     if args.json:
         storage.write_text(args.json, json.dumps(figures, indent=2) + "\n")
     return 0
