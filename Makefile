@@ -54,7 +54,9 @@ TEST_WORKERS ?= 2
 test: $(STAMP) $(AIRFLOW_STAMP) chromium  ## Run the whole test suite.
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
+# hnswlib (benchmarks/index_peers.py's peer) ships no wheels: pip builds it with the C++ compiler.
 bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt hnswlib
 	$(BIN)/python -m benchmarks.run_all
 
 lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter).

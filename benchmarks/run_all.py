@@ -21,6 +21,8 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("benchmarks.buyer_photos", ["--style", "generated", "--listings", "2000", "--write"]),
     ("benchmarks.buyer_photos", ["--style", "bazaar", "--listings", "1000", "--write"]),
     ("benchmarks.index_bench", ["--n", "1000000", "--write"]),
+    # Ours against hnswlib and faiss HNSW on the same cached 1M vectors (~1 h on 2 cores).
+    ("benchmarks.index_peers", ["--n", "1000000", "--write"]),
     # The trained model's real embeddings that embed_bench left (~112k); printed and kept in
     # bench-output/index/results-100000.json, summarised by hand in BENCHMARKS.md.
     ("benchmarks.index_bench", ["--sets", "catalog", "--shard-sets", "catalog", "--hnsw"]),
