@@ -347,6 +347,24 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{row['batch_qps']:,.0f} | {row['batch_qps'] / ref['batch_qps']:.2f}x | "
                 f"{b['build_s']:.0f} | {b['peak_rss_mb']:,.0f} | {b['bytes'] / res['n']:,.0f} |"
             )
+    lines += [
+        "",
+        "Ours against the fastest peer, both at recall@10 >= 0.95 (target: ratio >= 1):",
+        "",
+    ]
+    for res in results:
+        ours, peers = res["rows"][1], [r for r in res["rows"][2:] if r["recall"] >= TARGET]
+        if not peers:
+            lines.append(f"- {res['set']}: no peer reached {TARGET}")
+            continue
+        for kind in ("qps", "batch_qps"):
+            best = max(peers, key=lambda r: r[kind])
+            ratio = ours[kind] / best[kind]
+            lines.append(
+                f"- {res['set']}, {'single' if kind == 'qps' else 'batch'} QPS: ours "
+                f"{ours[kind]:,.0f} vs {best['method']} {best[kind]:,.0f}: **{ratio:.2f}x** "
+                f"({'met' if ratio >= 1 else 'NOT met'})"
+            )
     lines += ["", "![recall vs QPS](benchmarks/plots/index_peers.png)", ""]
     return "\n".join(lines)
 
@@ -389,7 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", type=int, default=200, help="single queries timed per round")
     p.add_argument("--work", default=os.path.join(ROOT, "bench-output", "index"))
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the plot")
+    p.add_argument("--from-json", help="re-render a run's peers-N.json (BENCHMARKS.md, plot)")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            done = json.load(f)
+        report.write_section(SECTION, markdown(done, args))
+        plot(done, os.path.join(ROOT, "benchmarks", "plots", "index_peers.png"))
+        return 0
     results = []
     for name in args.sets.split(","):
         results.append(run_set(name, args))
