@@ -4,6 +4,7 @@ noise stays off unless asked (--verbose), wherever TensorFlow is first imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -142,3 +143,73 @@ print("fitted")
     run = quiet_stderr_of(sys.executable, "-c", script)
     assert run.returncode == 0 and run.stdout.strip() == "fitted", run.stderr
     assert run.stderr == ""
+
+
+@pytest.mark.timeout(900)
+def test_serve_logs_swaps_and_refusals_and_requests_only_when_asked(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    from tests import serve_fixtures as fx
+    from tests.test_serve_swap import corrupt
+    from vsearch.core import paths, storage
+
+    workdir, catalog, emb = fx.make_served_workdir(str(tmp_path))
+
+    def serve(*extra: str) -> tuple[subprocess.Popen[str], str]:
+        port = fx.free_port()
+        cmd = [sys.executable, "-m", "vsearch.app.cli", "serve", "--workdir", workdir]
+        cmd += ["--port", str(port), "--poll-s", "0.2", "--calibration-photos", "0", *extra]
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        out, both = subprocess.PIPE, subprocess.STDOUT  # uvicorn's access log goes to stdout
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=both, text=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300  # a guard against a hung server, not a timing assert
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the service never became ready"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return proc, url
+            time.sleep(0.2)
+
+    def search(url: str) -> None:
+        r = httpx.post(f"{url}/search", content=fx_photo(), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+
+    def stop(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=120)[0]
+
+    proc, url = serve()
+    search(url)
+    first = storage.read_pointer(paths.current_index_pointer(workdir))
+    swapped = fx.build_and_publish(workdir, catalog, "20260101T000001Z-bbbbbb", emb)
+    fx.wait_ready(url, "20260101T000001Z-bbbbbb")
+    # CURRENT set behind publish's back to the first build, corrupted since: the service refuses it.
+    refused = str(first.value)
+    corrupt(refused)
+    pointer = paths.current_index_pointer(workdir)
+    storage.compare_and_swap(pointer, refused, storage.read_pointer(pointer))
+    deadline = time.monotonic() + 120
+    while not httpx.get(f"{url}/readyz").json().get("last_error"):
+        assert time.monotonic() < deadline, "the corrupt index was not refused"
+        time.sleep(0.1)
+    search(url)
+    log = stop(proc)
+    assert f"serving index {swapped}" in log and f"refused index {refused}" in log, log
+    assert "POST /search" not in log and "GET /readyz" not in log, log
+    assert "absl" not in log and "oneDNN" not in log and "cuda" not in log, log
+
+    proc, url = serve("--access-log")
+    search(url)
+    assert "POST /search" in stop(proc)
+
+
+def fx_photo() -> bytes:
+    from tests import serve_fixtures as fx
+    from tests.test_index_query import photo
+
+    return photo(fx.listing_rgb(7), "PNG")

@@ -39,7 +39,7 @@ from vsearch.app.serve.holder import (
     load_index,
 )
 from vsearch.app.serve.metrics import ServeMetrics
-from vsearch.app.serve.uploads import ApiError, read_upload
+from vsearch.app.serve.uploads import ApiError, DecodeSlots, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ ENDPOINTS = ("/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/he
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    # A 503 is a busy or not-ready service: a client should come back, soon.
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def _params(
@@ -126,6 +130,7 @@ def _index_info(served: ServedIndex) -> dict[str, Any]:
 
 def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI:
     metrics = ServeMetrics()
+    decodes = DecodeSlots(settings.max_decodes, settings.decode_wait_s)
     opts = LoadOptions(
         workdir=settings.workdir,
         catalog=settings.catalog,
@@ -206,11 +211,13 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
         if len(upload.photos) > max_files:
             raise ApiError(400, "too_many_images", f"at most {max_files} image(s) per request")
         k, f = _params(request, upload.fields, settings.max_k, settings.default_k)
-        with holder.use() as served:
-            _check_available(served, f)
-            results, fallbacks = await run_in_threadpool(
-                _answer, served, [p for _, p in upload.photos], k, f
-            )
+        # The slot first: a request waiting for one must not keep a swapped-out index open.
+        async with decodes.hold():
+            with holder.use() as served:
+                _check_available(served, f)
+                results, fallbacks = await run_in_threadpool(
+                    _answer, served, [p for _, p in upload.photos], k, f
+                )
         if fallbacks:
             metrics.fallbacks.inc(fallbacks)
         return served, [name for name, _ in upload.photos], results, k, f

@@ -48,9 +48,24 @@ class ServeSettings:
     cache_dir: str | None = field(
         default=None, metadata=doc("local copy of gs:// shards (default: $TMPDIR)")
     )
+    # A 50 MP photo (the decoder's pixel limit) takes up to ~1 GB while it decodes, whatever its
+    # upload size: 4 at once bounds that to ~4 GB, and decoding is CPU-bound, so more slots than
+    # cores add no throughput.
+    max_decodes: int = field(
+        default=4, metadata=doc("requests decoding and embedding photos at once")
+    )
+    decode_wait_s: float = field(  # a slot frees in milliseconds for a phone photo
+        default=10.0, metadata=doc("seconds a request waits for a decoding slot before a 503")
+    )
     log_level: str = field(
         default="info",
-        metadata=doc("server log level", choices=("debug", "info", "warning", "error")),
+        metadata=doc(
+            "server log level (info: start-up, index swaps and refusals)",
+            choices=("debug", "info", "warning", "error"),
+        ),
+    )
+    access_log: bool = field(  # at 200 requests/s a line per request drowns the swaps
+        default=False, metadata=doc("log one line per HTTP request")
     )
 
     def __post_init__(self) -> None:
@@ -58,22 +73,39 @@ class ServeSettings:
             ("--port", self.port),
             ("--max-k", self.max_k),
             ("--max-batch", self.max_batch),
+            ("--max-decodes", self.max_decodes),
         ):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
-        if self.poll_s <= 0 or self.max_upload_bytes < 1:
-            raise ValueError("--poll-s and --max-upload must be positive")
+        if self.poll_s <= 0 or self.max_upload_bytes < 1 or self.decode_wait_s <= 0:
+            raise ValueError("--poll-s, --max-upload and --decode-wait-s must be positive")
 
 
 def run(settings: ServeSettings) -> None:
     """Serve until interrupted."""
+    import importlib
     import logging
 
     import uvicorn
 
     from vsearch.app.serve.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
+    # The model needs TensorFlow: import it now, before the server's threads start, because its
+    # first import mutes stderr for a moment (vsearch.app.quiet) and would swallow their lines.
+    importlib.import_module("tensorflow")
+
+    # Our own records (index swaps at info, refusals at error) at the chosen level; the root
+    # logger keeps libraries at warning.
+    ours = logging.getLogger("vsearch")
+    saved = ours.level
+    ours.setLevel(settings.log_level.upper())
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+        )
+    finally:
+        ours.setLevel(saved)

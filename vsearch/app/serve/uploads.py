@@ -4,10 +4,18 @@ Accepted: ``multipart/form-data`` (file parts are photos, text parts are paramet
 body with ``Content-Type: image/*`` or ``application/octet-stream``. The body is read in chunks
 and refused with 413 as soon as it passes the configured limit (a declared Content-Length over
 the limit is refused before reading anything), so an oversized upload never sits in memory.
+
+What a photo costs is its decoded size, not its upload size: a 7000x7000 PNG of one colour is
+160 KB on the wire and ~0.4-0.9 GB while it decodes (RGB to RGBA or 16-bit grey; the decoder
+refuses more than 50 MP before decoding a pixel). ``DecodeSlots`` bounds how many requests
+decode at once; a request decodes its photos one after another, so it holds one slot.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -93,3 +101,30 @@ async def _parse_multipart(request: Request, body: bytes, max_files: int) -> Upl
         if not data:
             raise ApiError(400, "empty_body", f"file part {fname!r} is empty: send an image")
     return Upload(photos, fields)
+
+
+class DecodeSlots:
+    """At most ``slots`` requests decode and embed photos at once; a request waits up to
+    ``wait_s`` for a slot (FIFO), then gets 503 ``busy``. Used from the event loop only."""
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        if slots < 1 or wait_s <= 0:
+            raise ValueError(f"need slots >= 1 and wait_s > 0, got {slots} and {wait_s}")
+        self.slots, self.wait_s = slots, wait_s
+        self._free = asyncio.Semaphore(slots)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait_s)
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "busy",
+                f"all {self.slots} photo decoding slots stayed busy for {self.wait_s:g} s "
+                "(large photos in flight): retry shortly",
+            ) from None
+        try:
+            yield
+        finally:
+            self._free.release()
