@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # to backtrack through Beam + TensorFlow + Airflow.
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
-# The Airflow environment lives apart from the pipeline's (see setup.py for why).
+# The Airflow environment lives apart from the pipeline's (see pyproject.toml for why).
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
@@ -15,7 +15,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): setup.py constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[serve,test]"
@@ -65,7 +65,7 @@ lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter).
 	$(BIN)/mypy vsearch pipelines transforms models index
 	$(BIN)/lint-imports
 
-worker-requirements: $(STAMP)  ## Regenerate deploy/requirements-worker*.txt (Dataflow workers) from setup.py + constraints.txt.
+worker-requirements: $(STAMP)  ## Regenerate deploy/requirements-worker*.txt (Dataflow workers, images) from pyproject.toml + constraints.txt.
 	$(BIN)/python deploy/worker_requirements.py
 
 clean:  ## Remove the virtualenv and generated outputs.

@@ -46,7 +46,7 @@ from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOp
 from airflow.sdk import DAG, Param, task
 
 # The pipeline's own environment (TensorFlow, TFT, Beam, faiss): Airflow runs the stages there,
-# never in its own environment (see setup.py for why the two are apart).
+# never in its own environment (see pyproject.toml for why the two are apart).
 PIPELINE_PYTHON = os.environ.get(
     "VSEARCH_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
 )
@@ -91,7 +91,7 @@ DEFAULT_PARAMS = {
     "service_account": Param(os.environ.get("VSEARCH_SERVICE_ACCOUNT", ""), type="string"),
     # Extra Beam pipeline options for every Beam stage, e.g. for Dataflow:
     # {"temp_location": "gs://...", "requirements_file": "deploy/requirements-worker.txt",
-    #  "setup_file": "./setup.py"}; see the README for GPU workers.
+    #  "setup_file": "./pyproject.toml"}; see docs/deploy.md for the image and GPU workers.
     "beam_options": Param({}, type="object"),
     # Beam options for the two embed tasks only, applied over beam_options: the GPU workers
     # (machine type, accelerator, the GPU image). A null value removes an option, e.g.

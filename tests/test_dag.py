@@ -1,6 +1,6 @@
 """The daily DAG, run by Airflow itself (``dag.test()``) in the Airflow environment.
 
-Airflow lives in .venv-airflow (see setup.py for why); these tests drive it from there and check
+Airflow lives in .venv-airflow (pyproject.toml says why); these tests drive it from there and check
 the results from here, with the same readers a user would use.
 """
 

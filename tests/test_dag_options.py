@@ -31,7 +31,7 @@ DATAFLOW = {
         "requirements_file": "deploy/requirements-worker.txt",
         "experiments": ["use_runner_v2"],
         "region": "us-east1",  # ignored: the provider sets --region from dataflow_config
-        "setup_file": "/opt/vs/setup.py",
+        "setup_file": "/opt/vs/pyproject.toml",
         "machine_type": "n1-standard-4",
     },
     # GPU workers for embedding only; the image holds the code, so no setup/requirements file.
@@ -117,7 +117,7 @@ def test_dataflow_runner_tasks_send_project_region_job_name_and_beam_options(ren
             assert not {"setup_file", "requirements_file"} & flags.keys()
         else:
             assert flags["requirements_file"] == "deploy/requirements-worker.txt"
-            assert flags["setup_file"] == "/opt/vs/setup.py"
+            assert flags["setup_file"] == "/opt/vs/pyproject.toml"
         assert argv.count("--machine_type=n1-standard-8") <= 1
         assert ("large-model" in flags) == gpu and flags.get("max-batch-size", "64") == "64"
     assert (
