@@ -204,6 +204,27 @@ def test_worker_pins_agree_with_beams_base_image_except_the_documented_differenc
     assert _major(_pins(wr.CPU_FILE)["protobuf"]) == _major(beam["protobuf"])
 
 
+def test_worker_pins_meet_beam_2_77s_own_requirements_with_its_gcp_extra() -> None:
+    """What the pinned apache-beam release itself declares (its core and `gcp` requirements), read
+    from its installed metadata; `pip check` alone skips an extra's requirements."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    ours = _pins(wr.CPU_FILE)
+    assert version("apache-beam") == ours["apache-beam"]
+    checked = 0
+    for line in requires("apache-beam") or []:
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate({"extra": "gcp", "python_version": PY}):
+            continue
+        name = _canon(req.name)
+        assert name in ours, f"apache-beam needs {req}, which the worker set does not pin"
+        assert req.specifier.contains(ours[name], prereleases=True), f"{req} vs {ours[name]}"
+        checked += 1
+    assert checked > 30  # the core list and the gcp extra, not an empty parse
+
+
 def _instructions(dockerfile: Path) -> list[str]:
     """Dockerfile instructions, continuation lines joined, comments dropped."""
     joined = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
