@@ -2,7 +2,9 @@
 
 The same outcome as ``ReadCatalog(reviews=False)`` (same rows kept, same dead letters with the
 same reasons, same counters), without a Python object per listing. A Parquet table is read a row
-group at a time (``ReadFromParquetBatched``); ``vsearch.core.catalog_columns.split_listings``
+group at a time, each row group a split that a Reshuffle hands to any worker (as the embedding
+reader does: a file source's splits stay on one worker under the DirectRunner, and a day's
+100M listings must not); ``vsearch.core.catalog_columns.split_listings``
 checks each batch on whole columns, and only the rows its conservative rules do not accept are
 parsed one at a time by ``catalog.parse_listing``. Duplicate ids are found per hash bucket of
 ``listing_id`` with one Arrow group-by count, so at 100M listings a bucket is one element of the
@@ -17,12 +19,15 @@ row reader and its listings are then batched into the same tables.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from transforms.change_detection import split_by_bucket
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
@@ -35,6 +40,65 @@ from vsearch.core.runs import METRICS_NAMESPACE
 
 # LISTING_TABLE plus the rejected rows that name an id (they still count as copies of it).
 _CHECKED = pa.schema([*LISTING_TABLE, ("valid", pa.bool_())])
+
+
+def _row_groups(uri: str) -> Iterator[tuple[str, int]]:
+    with storage.open_read(uri) as f:  # the footer only
+        count = pq.ParquetFile(f).num_row_groups
+    for rg in range(count):
+        yield uri, rg
+
+
+_READERS = "readers"
+
+
+class _ReadRowGroupFn(beam.DoFn):
+    """(file, row group) -> the row group's raw rows, as one table (a split any worker takes);
+    also outputs ``_READERS``: the process that read it (host:pid)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self._columns = columns
+
+    def setup(self) -> None:
+        self._reader = f"{socket.gethostname()}:{os.getpid()}"
+
+    def process(self, split: tuple[str, int]) -> Iterator[Any]:
+        uri, rg = split
+        try:
+            with storage.open_read(uri) as f:
+                batch = pq.ParquetFile(f).read_row_group(rg, columns=self._columns)
+        except (OSError, ValueError) as e:  # a damaged page: pyarrow's errors subclass these
+            raise cat.CatalogError(f"cannot read {uri} row group {rg}: {e}") from e
+        yield batch
+        yield beam.pvalue.TaggedOutput(_READERS, self._reader)
+
+
+@beam.ptransform_fn
+def ReadParquetRowGroups(  # noqa: N802 - Beam transforms are named like classes
+    pbegin: beam.pvalue.PBegin, table: snapshot.TableFile, columns: list[str]
+) -> beam.PCollection:
+    """PBegin -> one pa.Table per row group of a catalog table's Parquet file, the row groups
+    spread over the workers by a Reshuffle (the driver does not open the file).
+
+    Counter ``{table}_split_readers``: how many processes shared the read. (Counted from the
+    data, not a string-set metric: the DirectRunner keeps one worker's string set only.)
+    """
+    read = (
+        pbegin
+        | "File" >> beam.Create([table.uri])
+        | "RowGroups" >> beam.FlatMap(_row_groups)
+        | "SpreadRowGroups" >> beam.Reshuffle()
+        | "ReadRowGroups"
+        >> beam.ParDo(_ReadRowGroupFn(columns)).with_outputs(_READERS, main="tables")
+    )
+    counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{table.table}_split_readers")
+    _ = (
+        read[_READERS]
+        | "DistinctReaders" >> beam.Distinct()
+        | "CountReaders" >> beam.combiners.Count.Globally()
+        | "RecordReaders" >> beam.Map(counter.inc)
+    )
+    return read.tables
 
 
 class _CheckBatchFn(beam.DoFn):
@@ -158,7 +222,7 @@ class ReadListingTables(beam.PTransform):
         columns = snapshot.check_table(table)
         checked = (
             pbegin
-            | "ReadParquet" >> beam.io.ReadFromParquetBatched(table.uri, columns=columns)
+            | "ReadParquet" >> ReadParquetRowGroups(table, columns)
             | "Check"
             >> beam.ParDo(
                 _CheckBatchFn(table, self._catalog, self._allowed, self._stage, self._buckets)
