@@ -135,8 +135,10 @@ def test_service_flags_exactly_what_the_build_measured(built: str, tiny_catalog:
     assert ready["right_first_flagged"] == m.calibration.right_first_flagged
     assert ready["false_accept_rate"] == m.calibration.false_accept_rate
 
-    for a in answers:
-        assert a["no_match"] == (a["results"][0]["score"] < m.calibration.threshold)
+    for a in answers:  # scores are rounded to 6 decimals in answers: a tie there says nothing
+        score = a["results"][0]["score"]
+        if abs(score - m.calibration.threshold) > 1e-6:
+            assert a["no_match"] == (score < m.calibration.threshold)
     right = [
         a
         for a, r in zip(answers, reviews, strict=True)
