@@ -213,3 +213,15 @@ def fx_photo() -> bytes:
     from tests.test_index_query import photo
 
     return photo(fx.listing_rgb(7), "PNG")
+
+
+def test_beams_false_resource_warning_is_dropped_and_other_records_kept() -> None:
+    script = """
+import logging
+from vsearch.app import quiet
+quiet.configure([])
+logging.warning("Resource module is not available for current platform, memory usage cannot be fetched.")
+logging.warning("a real warning")
+"""
+    run = quiet_stderr_of(sys.executable, "-c", script)
+    assert run.returncode == 0 and run.stderr == "WARNING:root:a real warning\n", run.stderr

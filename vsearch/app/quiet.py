@@ -28,6 +28,9 @@ NOISY_NATIVE_MODULES = ("tensorflow",)
 # Python warnings that describe our own correct use of a library, not a problem of the run.
 # Keras warns that fit(shuffle=True) is ignored for a tf.data.Dataset: ours is shuffled already.
 IGNORED_WARNINGS = (r"`shuffle=True` was passed, but will be ignored",)
+# Root-logger records that are false: Beam's RunInference says `resource` is missing on Linux when
+# an optional import beside it failed (apache_beam/ml/inference/base.py), once per bundle.
+IGNORED_ROOT_RECORDS = ("Resource module is not available for current platform",)
 
 
 def configure(argv: list[str]) -> tuple[list[str], bool]:
@@ -38,6 +41,7 @@ def configure(argv: list[str]) -> tuple[list[str], bool]:
     """
     verbose = VERBOSE_FLAG in argv
     rest = [a for a in argv if a != VERBOSE_FLAG]
+    let_dataflow_job_id_through()
     if not verbose:
         # 3 = C++ INFO, WARNING and ERROR off: the CPU-features banner, "could not find cuda
         # drivers" and cuInit errors on CPU machines. A real failure still raises in Python.
@@ -53,9 +57,23 @@ def configure(argv: list[str]) -> tuple[list[str], bool]:
             pass
         for message in IGNORED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
+        root = logging.getLogger()
+        if not any(isinstance(f, _DropRecords) for f in root.filters):
+            root.addFilter(_DropRecords(IGNORED_ROOT_RECORDS))
         for name in NOISY_NATIVE_MODULES:
             mute_first_import(name)
     return rest, verbose
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
 
 
 class _MuteFirstImport(importlib.abc.MetaPathFinder):
@@ -113,3 +131,23 @@ def native_stderr_muted() -> Iterator[None]:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+# Beam's DataflowRunner logs the new job's id at INFO, which the CLI's WARNING level drops; Airflow's
+# Beam/Google providers find the job in exactly this line (JOB_ID_PATTERN in the Google provider's
+# hooks/dataflow.py), so a killed task can cancel its job and the UI can link to it.
+DATAFLOW_JOB_LOGGER = "apache_beam.runners.dataflow.internal.apiclient"
+DATAFLOW_JOB_ID_LINE = "Created job with id: ["
+
+
+def _is_job_id_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or str(record.msg).startswith(DATAFLOW_JOB_ID_LINE)
+
+
+def let_dataflow_job_id_through() -> None:
+    """Beam's "Created job with id: [ID]" reaches stderr whatever the log level; its other INFO
+    lines from that logger stay out."""
+    logger = logging.getLogger(DATAFLOW_JOB_LOGGER)
+    if _is_job_id_or_warning not in logger.filters:
+        logger.addFilter(_is_job_id_or_warning)
+    logger.setLevel(logging.INFO)
