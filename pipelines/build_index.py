@@ -1,8 +1,11 @@
 """``vsearch build-index``: the current embeddings of the published model -> a validated index.
 
     Beam 1: embedding partitions -> (file, row group) splits read in parallel -> CoGroupByKey
-            with the snapshot's images -> current rows -> the view, grouped by shard (written
-            once) + a bounded seeded sample (Top combiner) + the row count
+            with the snapshot's images (its listings' row groups read in parallel, rejected rows
+            to the dead letters) -> current rows -> the view, grouped by shard (written once) +
+            a bounded seeded sample (Top combiner) + the row count; a bounded seeded sample of
+            review photos of current listings (transforms/review_sample.py)
+    driver: embed the sampled review photos (extra validation queries)
     driver: choose and train PCA (auto: by measured recall) + the index once, on the sample
     Beam 2: per shard: view -> copy of the trained index -> shard-NNNNN.{faiss,ids.parquet},
             each worker handing back its manifest entry (sha256 of the bytes it wrote)
@@ -32,10 +35,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from index import builder, manifest, sharding, source
 from index.builder import IndexSettings
 from index.source import BatchesFactory
-from transforms import current_embeddings, index_view
+from transforms import current_embeddings, index_view, review_sample
+from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
 from vsearch.core import paths, runs, storage
-from vsearch.core.runs import RunSummary
-from vsearch.core.settings import CATALOG, DATE, WORKDIR, doc
+from vsearch.core.catalog import Review
+from vsearch.core.deadletter import clear_dead_letters
+from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
+from vsearch.core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 
 STAGE = "build-index"
 
@@ -66,6 +72,8 @@ class BuildIndexSettings:
     review_queries: int = field(
         default=200, metadata=doc("review photos embedded as extra validation queries (0: none)")
     )
+    # As embed's: a listing whose photos are in such a bucket is current, not a dead letter.
+    allowed_buckets: tuple[str, ...] = field(default=(), metadata=ALLOWED_BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -88,27 +96,18 @@ class BuildIndexResult:
         )
 
 
-def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarray | None:
-    """Embeddings of up to ``settings.review_queries`` review photos of the day's snapshot.
-
-    A deterministic spread over the reviews of current listings; unreadable photos are left out
-    (they are the embed stage's dead letters to report, not this stage's).
-    """
+def review_photo_queries(workdir: str, version: str, reviews: list[Review]) -> np.ndarray | None:
+    """Embeddings of the sampled review photos (``review_sample``: bounded, so the driver may
+    hold them); unreadable photos are left out (they are the embed stage's dead letters to
+    report, not this stage's)."""
     from models.artifact import Embedder
     from vsearch.core.images import ImageError
-    from vsearch.core.snapshot import read_snapshot
 
-    if settings.review_queries <= 0:
+    if not reviews:
         return None
-    snapshot = read_snapshot(settings.catalog, settings.date)
-    current = {listing.listing_id for listing in snapshot.listings}
-    reviews = sorted(
-        (r for r in snapshot.reviews if r.listing_id in current), key=lambda r: r.review_id
-    )
-    step = max(1, len(reviews) // settings.review_queries)
-    embedder = Embedder.open(settings.workdir, version)
+    embedder = Embedder.open(workdir, version)
     decoded = []
-    for review in reviews[::step][: settings.review_queries]:
+    for review in reviews:
         try:
             decoded.append(embedder.decode(storage.read_bytes(review.image_uri)))
         except (storage.StorageError, ImageError):
@@ -117,6 +116,11 @@ def review_photo_queries(settings: BuildIndexSettings, version: str) -> np.ndarr
 
 
 # ------------------------------------------------------------------ Beam: the build's jobs
+
+
+def _count_rejected(record: Any) -> Any:
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, "catalog_rejected").inc()
+    return record
 
 
 class BeamBuild:
@@ -142,33 +146,62 @@ class BeamBuild:
         self.view_dir = storage.join(build_dir, index_view.VIEW_DIR)
         self._args = pipeline_args or []
         self._factory = batches_factory
+        self.counters: dict[str, int] = {}  # prepare's, for the run summary
 
     def _pipeline(self) -> beam.Pipeline:
         storage.anonymous_beam_against_emulator()  # no credential search against a test server
         return beam.Pipeline(options=PipelineOptions(self._args))
 
     def _rows(self, p: beam.Pipeline) -> beam.PCollection:
-        if self._factory is None:
-            snapshot = current_embeddings.snapshot_images_fn(
-                self.settings.catalog, self.settings.date
+        if self._factory is not None:
+            factory = self._factory  # tests and benchmarks: an in-memory source, already current
+            return (
+                p
+                | "Start" >> beam.Create([None])
+                | "ReadFactory"
+                >> beam.FlatMap(
+                    lambda _: (
+                        r for b in factory() for r in current_embeddings.rows_of(b) if r[2] >= 0
+                    )
+                )
             )
-            return p | "ReadCurrent" >> current_embeddings.ReadCurrentEmbeddings(
-                self.settings.workdir, self.version, self.settings.date, snapshot
-            )
-        factory = self._factory  # tests and benchmarks: an in-memory source, already current
-        return (
-            p
-            | "Start" >> beam.Create([None])
-            | "ReadFactory"
-            >> beam.FlatMap(
-                lambda _: (r for b in factory() for r in current_embeddings.rows_of(b) if r[2] >= 0)
-            )
+        s = self.settings
+        current = p | "ReadCurrent" >> current_embeddings.ReadCurrentEmbeddings(
+            s.workdir, self.version, s.date, s.catalog, s.allowed_buckets, stage=STAGE
         )
+        _ = (
+            current[DEAD_LETTER_TAG]
+            | "CountRejected" >> beam.Map(_count_rejected)
+            | "WriteDeadLetters" >> WriteDeadLetters(s.workdir, STAGE, s.date)
+        )
+        if s.review_queries > 0:
+            reviews = review_sample.ReviewSample(
+                s.catalog,
+                s.date,
+                self.review_sample_uri,
+                s.review_queries,
+                s.index.seed,
+                s.allowed_buckets,
+            )
+            _ = current[current_embeddings.LISTINGS] | "SampleReviews" >> reviews
+        return current[current_embeddings.ROWS]
+
+    @property
+    def review_sample_uri(self) -> str:
+        return storage.join(self.view_dir, review_sample.SAMPLE_FILE)
+
+    def review_sample(self) -> list[Review]:
+        """The reviews ``prepare`` sampled (none when it read no snapshot or wants none)."""
+        if not storage.exists(self.review_sample_uri):
+            return []
+        return review_sample.read_sample(self.review_sample_uri)
 
     def prepare(self) -> source.Sample:
         s = self.settings.index
         num_shards, size = s.shards, s.max_train_size + s.validation_queries
         view_dir, seed, version = self.view_dir, s.seed, self.version
+        if self._factory is None:
+            clear_dead_letters(self.settings.workdir, STAGE, self.settings.date)  # no stale ones
         p = self._pipeline()
         rows = self._rows(p)
         every_shard = p | "ShardNumbers" >> beam.Create([(n, None) for n in range(num_shards)])
@@ -197,7 +230,9 @@ class BeamBuild:
             )
             | "WriteSample" >> beam.Map(index_view.write_sample, view_dir)
         )
-        p.run().wait_until_finish()
+        result = p.run()
+        result.wait_until_finish()
+        self.counters = runs.counters(result)
         n = int(storage.read_text(storage.join(view_dir, index_view.COUNT_FILE)))
         vectors, keys = index_view.read_sample(view_dir)
         if n == 0:
@@ -282,11 +317,14 @@ def run(
         )
     build_id = settings.build_id or manifest.new_build_id()
     build_dir = paths.index_build_dir(settings.workdir, version, build_id)
-    if extra_queries is None and batches_factory is None:
-        extra_queries = review_photo_queries(settings, version)
     jobs = BeamBuild(settings, version, build_dir, pipeline_args, batches_factory)
     with runs.stopwatch() as t:
         try:
+            sample = jobs.prepare()
+            if extra_queries is None and batches_factory is None:
+                extra_queries = review_photo_queries(
+                    settings.workdir, version, jobs.review_sample()
+                )
             result = builder.build_index(
                 None,
                 settings.index,
@@ -294,7 +332,7 @@ def run(
                 version,
                 build_id,
                 extra_queries=extra_queries,
-                sample=jobs.prepare(),
+                sample=sample,
                 add_shards=jobs.add_shards,
                 ground_truth=jobs.ground_truth,
             )
@@ -303,12 +341,17 @@ def run(
         calibrated = calibrate(result.manifest_uri) if calibrate is not None else {}
     m, v = result.manifest, result.manifest.validation
     assert v is not None
+    # Read: the snapshot's images and its rejected listings rows; skipped: images with no
+    # embedding row yet (embed dead-lettered them, or has not run for them).
+    c = jobs.counters
+    skipped, dead = c.get("images_not_embedded", 0), c.get("catalog_rejected", 0)
     summary = RunSummary(
         stage=STAGE,
         date=settings.date.isoformat(),
-        read=m.ntotal,
+        read=m.ntotal + skipped + dead,
         ok=m.ntotal,
-        dead_lettered=0,
+        dead_lettered=dead,
+        skipped=skipped,
         wall_s=t["s"],
         extra={
             "manifest": result.manifest_uri,
@@ -322,6 +365,8 @@ def run(
             "latency_ms_p50": v.latency_ms_p50,
             "latency_ms_p99": v.latency_ms_p99,
             "validation_queries": v.sample_size,
+            # Processes that shared the read of the listings' row groups (0: not Parquet).
+            "listings_split_readers": jobs.counters.get("listings_split_readers", 0),
             **calibrated,
         },
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -198,11 +199,43 @@ def _partition(workdir: str, day: dt.date, rows: list[dict], batch: int = 7) -> 
     embeddings.write_parquet(uri, batches, DIM)
 
 
-def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Row-group splits read on 2 processes and joined with the snapshot in Beam give exactly
-    the embed stage's current view: removed listings out, a changed photo's new row in."""
-    workdir, day = str(tmp_path), DATE
-    images = sorted(embeddings.snapshot_images(tiny_catalog, day).items())
+def _split_snapshot(src: str, dst: str, day: dt.date) -> list[tuple[str, str]]:
+    """The day's listings of ``src`` rewritten under ``dst`` as many row groups (splits), with
+    bad rows added; returns the (listing_id, reason) dead letters they must give."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(storage.join(paths.catalog_day(src, day), "listings.parquet"))
+    good = table.to_pylist()
+    bad = [
+        {**good[0], "listing_id": "bad-uri", "image_uris": ["../outside.jpg"]},
+        {**good[1], "listing_id": "dup"},
+        {**good[2], "listing_id": "dup"},
+    ]
+    out = storage.join(paths.catalog_day(dst, day), "listings.parquet")
+    os.makedirs(storage.parent(out))
+    pq.write_table(pa.Table.from_pylist(good + bad, schema=table.schema), out, row_group_size=4)
+    assert pq.ParquetFile(out).num_row_groups >= 10
+    return [
+        ("bad-uri", "listings: path traversal ('..') in image URI"),
+        ("dup", "listings: duplicate listing_id (2 rows); every copy rejected"),
+        ("dup", "listings: duplicate listing_id (2 rows); every copy rejected"),
+    ]
+
+
+def test_parallel_reads_spread_over_workers_and_join_the_snapshot_in_beam(  # type: ignore[no-untyped-def]
+    tiny_catalog: str, tmp_path
+) -> None:
+    """Issue 33 point 2: the snapshot's listings row groups and the embedding row groups are
+    read as splits on 2 processes and joined in Beam; the index equals the sequential path's
+    (the driver-side reader): removed listings out, a changed photo's new row in, bad listings
+    rows dead-lettered with their reason and counted in the run summary."""
+    from vsearch.core.deadletter import read_dead_letters
+
+    workdir, day = str(tmp_path / "work"), DATE
+    catalog = str(tmp_path / "catalog")
+    want_dead = _split_snapshot(tiny_catalog, catalog, day)
+    images = sorted(embeddings.snapshot_images(catalog, day).items())
     x = vectors.clustered(2 * len(images) + 3, dim=DIM, point_seed=3)
 
     def row(i: int, lid: str, ix: int, uri: str, when: dt.date) -> dict:  # type: ignore[type-arg]
@@ -220,39 +253,72 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
         }
 
     old, new = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
-    # Day 1: every image, a third of them under a URI that has since changed, plus a listing
-    # the snapshot no longer has. Day 2: the changed photos' new rows (today's URI).
+    # Day 1: every image but two (embed dead-lettered them), a third of them under a URI that
+    # has since changed, plus a listing the snapshot no longer has. Day 2: the changed photos'
+    # new rows (today's URI).
+    not_embedded = {images[4][0], images[5][0]}
     day1 = [
         row(i, lid, ix, uri if i % 3 else f"{uri}.old", old)
         for i, ((lid, ix), uri) in enumerate(images)
+        if (lid, ix) not in not_embedded
     ] + [row(len(images), "gone-listing", 0, "gone.jpg", old)]
     # (A changed photo gets a vector of its own: no two current rows may tie in the search below.)
     day2 = [
         row(len(images) + 1 + i, lid, ix, uri, new)
         for i, ((lid, ix), uri) in enumerate(images)
-        if i % 3 == 0
+        if i % 3 == 0 and (lid, ix) not in not_embedded
     ]
     _partition(workdir, old, day1)
     _partition(workdir, new, day2)
-    expected = embeddings.read_current_table(tiny_catalog, workdir, day, MODEL, DIM)
+    expected = embeddings.read_current_table(catalog, workdir, day, MODEL, DIM)
+    assert expected.num_rows == len(images) - 2
 
-    settings = build_index.BuildIndexSettings(
-        tiny_catalog,
-        workdir,
-        day,
-        builder.IndexSettings(factory="Flat", shards=3, validation_queries=20, latency_queries=5),
-        model_version=MODEL,
-        review_queries=0,
-    )
-    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    summary = build_index.run(settings, args)
-    assert summary.ntotal == expected.num_rows == len(images)
-    with Searcher.from_manifest_uri(summary.manifest_uri) as s:
-        got = sorted(
-            (r["listing_id"], r["image_index"], r["image_uri"])
-            for shard in s._shards
-            for r in shard.ids.to_pylist()
+    def settings(work: str) -> build_index.BuildIndexSettings:
+        index = builder.IndexSettings(
+            factory="Flat", shards=3, validation_queries=20, latency_queries=5
         )
+        return build_index.BuildIndexSettings(
+            catalog, work, day, index, model_version=MODEL, review_queries=0
+        )
+
+    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    summary = build_index.run(settings(workdir), args)
+    recorded = runs.read_summary(workdir, "build-index", day)
+    # More than one process read the listings' row groups (distinct host:pid of the readers).
+    assert recorded["extra"]["listings_split_readers"] == 2, recorded["extra"]
+    assert summary.ntotal == recorded["ok"] == expected.num_rows
+    assert (recorded["read"], recorded["skipped"], recorded["dead_lettered"]) == (
+        len(images) + len(want_dead),
+        2,
+        len(want_dead),
+    )
+    dead = read_dead_letters(workdir, "build-index", day)
+    assert sorted((d["listing_id"], d["error"]) for d in dead) == sorted(want_dead)
+    assert {d["stage"] for d in dead} == {"build-index"}
+
+    # The sequential path: the driver-side reader of the same snapshot and partitions.
+    sequential = build_index.run(
+        settings(str(tmp_path / "sequential")),
+        BEAM_ARGS,
+        batches_factory=functools.partial(
+            embeddings.read_current_embeddings, catalog, workdir, day, MODEL, 128
+        ),
+    )
+    with (
+        Searcher.from_manifest_uri(summary.manifest_uri) as s,
+        Searcher.from_manifest_uri(sequential.manifest_uri) as q,
+    ):
+
+        def ids(searcher: Searcher) -> list[list[tuple[str, int, str]]]:
+            return [
+                sorted(
+                    (r["listing_id"], r["image_index"], r["image_uri"]) for r in sh.ids.to_pylist()
+                )
+                for sh in searcher._shards
+            ]
+
+        got = ids(s)
+        assert got == ids(q)
         want = sorted(
             zip(
                 expected.column("listing_id").to_pylist(),
@@ -261,12 +327,76 @@ def test_parallel_reader_joins_the_snapshot_in_beam(tiny_catalog: str, tmp_path)
                 strict=True,
             )
         )
-        assert got == want and not any(u.endswith(".old") for _, _, u in got)
-        # Each current vector finds its own image first (the right row's vector was indexed).
+        flat = sorted(k for shard in got for k in shard)
+        assert flat == want and not any(u.endswith(".old") for _, _, u in flat)
+        # Each current vector finds its own image first (the right row's vector was indexed),
+        # with the same hits and distances as the sequential build.
         v = source.batch_vectors(expected)
-        hits = s.search_vectors(v[:10], 1)
-        assert [h[0].listing_id for h in hits] == expected.column("listing_id").to_pylist()[:10]
+        hits, seq_hits = s.search_vectors(v, 3), q.search_vectors(v, 3)
+        assert [h[0].listing_id for h in hits] == expected.column("listing_id").to_pylist()
+        assert [[(h.listing_id, h.image_index) for h in r] for r in hits] == [
+            [(h.listing_id, h.image_index) for h in r] for r in seq_hits
+        ]
+        np.testing.assert_allclose(
+            [[h.score for h in r] for r in hits],
+            [[h.score for h in r] for r in seq_hits],
+            atol=1e-6,
+        )
     assert not storage.exists(storage.join(storage.parent(summary.manifest_uri), "_view"))
+
+
+def test_review_queries_are_a_bounded_sample_of_current_listings_reviews(  # type: ignore[no-untyped-def]
+    tiny_catalog: str, tmp_path
+) -> None:
+    """The validation queries' review photos are sampled in Beam (the driver reads only the
+    sample): reviews of current listings only, bounded, the same every run."""
+    import apache_beam as beam
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from transforms import review_sample
+    from transforms.read_listing_tables import ReadListingTables
+    from vsearch.core import snapshot
+
+    catalog = str(tmp_path / "catalog")
+    _split_snapshot(tiny_catalog, catalog, DATE)
+    reviews = pq.read_table(storage.join(paths.catalog_day(tiny_catalog, DATE), "reviews.parquet"))
+    extra = [
+        {**reviews.to_pylist()[0], "review_id": "of-a-rejected-listing", "listing_id": "bad-uri"},
+        {**reviews.to_pylist()[1], "review_id": "of-a-duplicate", "listing_id": "dup"},
+        {**reviews.to_pylist()[2], "review_id": "bad-photo", "image_uri": "../x.jpg"},
+    ]
+    table = pa.Table.from_pylist(reviews.to_pylist() + extra, schema=reviews.schema)
+    out = storage.join(paths.catalog_day(catalog, DATE), "reviews.parquet")
+    pq.write_table(table, out, row_group_size=10)
+    # The reference: the driver-side reader's reviews of valid listings.
+    want = {
+        (r.review_id, r.listing_id, r.image_uri)
+        for r in snapshot.read_snapshot(catalog, DATE).reviews
+    }
+    assert len(want) == reviews.num_rows > 40
+
+    uri = {n: str(tmp_path / f"sample-{n}.json") for n in ("all", "ten", "ten-again")}
+    with TestPipeline() as p:
+        listings = (p | ReadListingTables(catalog, DATE, stage="build-index"))["listings"]
+        for name, size in (("all", 1000), ("ten", 10), ("ten-again", 10)):
+            _ = listings | f"Sample-{name}" >> review_sample.ReviewSample(
+                catalog, DATE, uri[name], size, seed=0
+            )
+
+    def picked(name: str) -> list[tuple[str, str, str]]:
+        return [
+            (r.review_id, r.listing_id, r.image_uri) for r in review_sample.read_sample(uri[name])
+        ]
+
+    assert set(picked("all")) == want and len(picked("all")) == len(want)
+    assert len(picked("ten")) == 10 and set(picked("ten")) <= want
+    assert picked("ten") == picked("ten-again")
+    assert all(u.startswith(storage.join(catalog, "images")) for _, _, u in picked("ten"))
+    with TestPipeline() as p:
+        _ = p | beam.Create([]) | review_sample.ReviewSample(catalog, DATE, uri["ten"], 10, seed=1)
+    assert picked("ten") == [], "no current listing: no review"
 
 
 @pytest.mark.parametrize("damage", ["footer", "row-group"])

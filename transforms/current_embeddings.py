@@ -6,29 +6,40 @@ distributed way:
 
     embedding partitions dt <= date -> (file, row group) splits -> Reshuffle -> read one row group
         -> ((listing_id, image_index), (day, row))  ┐
-    snapshot images -> ((listing_id, image_index), uri) ┴ CoGroupByKey -> the current row
+                                                    ├ CoGroupByKey -> the current row
+        ((listing_id, image_index), uri)            ┘
+            <- listings: (file, row group) splits -> Reshuffle -> checked (ReadListingTables)
 
 No structure of the snapshot's size is built in the driver or pickled into the graph: the
-driver only lists the partition files.
+driver only lists the partition files and reads the listings file's footer. The listings are
+the embed stage's reader's (``transforms/read_listing_tables.py``): the same rows kept as
+``embeddings.snapshot_images``, and every rejected row is a dead letter with its reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from index.source import IndexBuildError
-from vsearch.core import embeddings
+from transforms.change_detection import buckets_for
+from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.read_catalog import LISTINGS
+from transforms.read_listing_tables import ReadListingTables
+from vsearch.core import catalog as cat
+from vsearch.core import embeddings, snapshot, storage
+from vsearch.core.runs import METRICS_NAMESPACE
 
 # A current row: (listing_id, image_uri, image_index, category_pred, model_version, embedding)
 Row = tuple[str, str, int, str | None, str, np.ndarray]
 ImageKey = tuple[str, int]
-SnapshotFn = Callable[[], Iterable[tuple[ImageKey, str]]]
+ROWS = "rows"
 
 
 def rows_of(batch: pa.RecordBatch) -> Iterator[Row]:
@@ -95,28 +106,73 @@ class _ReadRowGroupFn(beam.DoFn):
                 yield (row[0], row[2]), (day, row)
 
 
-def _current(element: tuple[ImageKey, dict[str, list[Any]]]) -> list[Row]:
-    """The current row of one image: in the snapshot, newest with today's URI, else newest."""
-    _, grouped = element
-    uris, rows = list(grouped["snapshot"]), list(grouped["rows"])
-    if not uris or not rows:
-        return []  # removed from the catalog, or not embedded (yet)
-    newest_first = sorted(rows, key=lambda r: r[0], reverse=True)
-    exact = [r for _, r in newest_first if r[1] == uris[0]]
-    return [exact[0] if exact else newest_first[0][1]]
+def _snapshot_images(listings: pa.Table, catalog: str) -> Iterator[tuple[ImageKey, str]]:
+    """Valid listings (``LISTING_TABLE``) -> ((listing_id, image_index), URI as rows name it),
+    exactly as ``embeddings.snapshot_images`` names them (``catalog.catalog_name``)."""
+    columns = (listings.column(n).to_pylist() for n in ("listing_id", "image_uris"))
+    for lid, uris in zip(*columns, strict=True):
+        for ix, uri in enumerate(uris):
+            yield (lid, ix), cat.catalog_name(uri, catalog)
+
+
+def listing_buckets(catalog: str, date: dt.date) -> int:
+    """Hash buckets of the listings' duplicate check, from the Parquet footer's row count (a
+    JSON Lines table is grouped by id, without buckets: 1)."""
+    table = snapshot.find_table(catalog, date, LISTINGS)
+    if table is None or table.fmt != "parquet":
+        return 1
+    snapshot.check_table(table)  # a damaged footer: CatalogError naming the file
+    with storage.open_read(table.uri) as f:
+        return buckets_for(pq.ParquetFile(f).metadata.num_rows)
+
+
+class _CurrentRowFn(beam.DoFn):
+    """The current row of one image: in the snapshot, newest with today's URI, else newest.
+
+    Counts the snapshot's images that have a current row (``images_current``) and those with
+    none yet (``images_not_embedded``: dead-lettered or not yet reached by embed).
+    """
+
+    def setup(self) -> None:
+        counter = beam.metrics.Metrics.counter
+        self._current = counter(METRICS_NAMESPACE, "images_current")
+        self._not_embedded = counter(METRICS_NAMESPACE, "images_not_embedded")
+
+    def process(self, element: tuple[ImageKey, dict[str, Iterable[Any]]]) -> Iterator[Row]:
+        _, grouped = element
+        uris, rows = list(grouped["snapshot"]), list(grouped["rows"])
+        if uris and not rows:
+            self._not_embedded.inc()
+        elif uris:  # (no URI: removed from the catalog, its old rows leave the index)
+            self._current.inc()
+            newest_first = sorted(rows, key=lambda r: r[0], reverse=True)
+            exact = [r for _, r in newest_first if r[1] == uris[0]]
+            yield exact[0] if exact else newest_first[0][1]
 
 
 class ReadCurrentEmbeddings(beam.PTransform):  # type: ignore[misc]
-    """PBegin -> current rows of ``model_version`` for ``date`` (see the module docstring)."""
+    """PBegin -> {ROWS: current rows of ``model_version`` for ``date``, LISTINGS: the snapshot's
+    valid listings (``LISTING_TABLE`` tables), DEAD_LETTER_TAG: the listings rows it rejects}
+    (see the module docstring).
+
+    Raises CatalogError while the pipeline is being built when the snapshot is unusable as a
+    whole (``ReadListingTables``).
+    """
 
     def __init__(
-        self, workdir: str, model_version: str, date: dt.date, snapshot: SnapshotFn
+        self,
+        workdir: str,
+        model_version: str,
+        date: dt.date,
+        catalog: str,
+        allowed_buckets: Iterable[str] = (),
+        stage: str = "build-index",
     ) -> None:
         super().__init__()
         self._workdir, self._version, self._date = workdir, model_version, date
-        self._snapshot = snapshot
+        self._catalog, self._allowed, self._stage = catalog, tuple(allowed_buckets), stage
 
-    def expand(self, pbegin: Any) -> Any:
+    def expand(self, pbegin: Any) -> dict[str, Any]:
         files = [
             (day.isoformat(), uri)
             for day, uris in embeddings.files_through(self._workdir, self._version, self._date)
@@ -129,23 +185,22 @@ class ReadCurrentEmbeddings(beam.PTransform):  # type: ignore[misc]
             | "SpreadSplits" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroupFn())
         )
-        snapshot_fn = self._snapshot
-        snapshot = (
-            pbegin
-            | "Start" >> beam.Create([None])
-            | "SnapshotImages" >> beam.FlatMap(lambda _: snapshot_fn())
+        catalog = self._catalog
+        listings = pbegin | "ReadListings" >> ReadListingTables(
+            catalog,
+            self._date,
+            self._allowed,
+            stage=self._stage,
+            buckets=listing_buckets(catalog, self._date),
         )
-        return (
-            {"snapshot": snapshot, "rows": rows}
+        images = listings[LISTINGS] | "SnapshotImages" >> beam.FlatMap(_snapshot_images, catalog)
+        current = (
+            {"snapshot": images, "rows": rows}
             | "JoinSnapshot" >> beam.CoGroupByKey()
-            | "CurrentRow" >> beam.FlatMap(_current)
+            | "CurrentRow" >> beam.ParDo(_CurrentRowFn())
         )
-
-
-def snapshot_images_fn(catalog: str, date: dt.date) -> SnapshotFn:
-    """The snapshot's (listing_id, image_index) -> URI, read on a worker (picklable)."""
-
-    def read() -> Iterable[tuple[ImageKey, str]]:
-        return embeddings.snapshot_images(catalog, date).items()
-
-    return read
+        return {
+            ROWS: current,
+            LISTINGS: listings[LISTINGS],
+            DEAD_LETTER_TAG: listings[DEAD_LETTER_TAG],
+        }
