@@ -407,11 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", type=int, default=200, help="single queries timed per round")
     p.add_argument("--work", default=os.path.join(ROOT, "bench-output", "index"))
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the plot")
-    p.add_argument("--from-json", help="re-render a run's peers-N.json (BENCHMARKS.md, plot)")
+    p.add_argument(
+        "--from-json",
+        help="re-render runs' peers-N-SETS.json, comma-separated (BENCHMARKS.md, plot)",
+    )
     args = p.parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            done = json.load(f)
+        done = []
+        for path in args.from_json.split(","):
+            with open(path) as f:
+                done += json.load(f)
         report.write_section(SECTION, markdown(done, args))
         plot(done, os.path.join(ROOT, "benchmarks", "plots", "index_peers.png"))
         return 0
@@ -419,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets.split(","):
         results.append(run_set(name, args))
         # Written after every set: a long run that dies later still leaves its figures.
-        with open(os.path.join(args.work, f"peers-{args.n}.json"), "w") as f:
+        tag = args.sets.replace(",", "-")
+        with open(os.path.join(args.work, f"peers-{args.n}-{tag}.json"), "w") as f:
             json.dump(results, f, indent=2, default=str)
         if args.write:
             report.write_section(SECTION, markdown(results, args))
