@@ -38,12 +38,26 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.sdk import DAG, Param, task
+# The helper modules beside this file (the DAG processor puts the DAGs folder on sys.path; a
+# DagBag built elsewhere, as in the tests, may not).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+import vsearch_gcp  # noqa: E402
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: E402
+from airflow.sdk import DAG, Param, task  # noqa: E402
+from airflow.timetables.interval import CronDataIntervalTimetable  # noqa: E402
+
+# "local" (the default: stages run here, Beam through the Beam provider) or "gcp" (Dataflow Flex
+# Templates and Vertex AI jobs from the project's image; settings in VSEARCH_GCP): see
+# dags/vsearch_gcp.py and docs/deploy.md, "Cloud Composer".
+MODE = vsearch_gcp.mode()
+GCP = vsearch_gcp.GcpSettings.from_env() if MODE == "gcp" else None
 
 # The pipeline's own environment (TensorFlow, TFT, Beam, faiss): Airflow runs the stages there,
 # never in its own environment (see pyproject.toml for why the two are apart).
@@ -235,13 +249,28 @@ def _embed_branch(workdir: str, date: str, gate: dict[str, object] | None = None
     return "embed_full" if promoted else "embed_incremental"
 
 
+if GCP is None:
+    SCHEDULE: Any = "@daily"
+    MACROS: dict[str, Any] = {}
+else:
+    import vsearch_gcp_tasks as gcp
+
+    # Pinned, whatever [scheduler] create_cron_data_intervals says: the run for day D starts when
+    # D has ended (00:00 UTC of D+1) and processes D (its logical date = data_interval_start).
+    SCHEDULE = CronDataIntervalTimetable("@daily", timezone="UTC")
+    MACROS = gcp.gcp_macros(GCP)
+
 with DAG(
     dag_id="visual_search_daily",
     description="search by photo: preprocess, train, gate, embed, build-index, publish",
-    schedule="@daily",
-    start_date=dt.datetime(2026, 1, 1),
-    catchup=False,
+    schedule=SCHEDULE,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,  # a new deployment starts from today; past days: `airflow backfill create`
     max_active_runs=1,
+    # A day's run must end before the next day's starts; past this the run fails (and calls
+    # on_failure_callback) instead of holding the next day.
+    dagrun_timeout=dt.timedelta(hours=23),
+    on_failure_callback=vsearch_gcp.log_failed_run,
     default_args=DEFAULT_ARGS,
     params=DEFAULT_PARAMS,
     render_template_as_native_obj=True,  # beam_options and dataflow_config stay dicts
@@ -249,32 +278,66 @@ with DAG(
         "run_date": run_date,
         "dataflow_config": dataflow_config,
         "beam_options": beam_options,
+        **MACROS,
     },
     tags=["visual-search"],
 ) as dag:
-    in_pipeline_env: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}
+    if GCP is None:
+        in_pipeline_env: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}
 
-    def _limits(task_id: str) -> dict[str, Any]:
-        return {"task_id": task_id, "execution_timeout": TIMEOUTS[task_id], **in_pipeline_env}
+        def _limits(task_id: str) -> dict[str, Any]:
+            return {"task_id": task_id, "execution_timeout": TIMEOUTS[task_id], **in_pipeline_env}
 
-    preprocess = _beam_stage("preprocess", "preprocess")
-    train = task.external_python(**_limits("train"))(_run_stage)
-    gate = task.external_python(**_limits("gate"))(_run_stage)
-    promoted = task.branch_external_python(**_limits("promoted"))(_embed_branch)
-    embed_full = _beam_stage("embed_full", "embed", full=True)
-    embed_incremental = _beam_stage("embed_incremental", "embed")
-    build_index = _beam_stage("build_index", "build-index")
-    # After whichever embed ran; the other one is skipped by the branch.
-    build_index.trigger_rule = "none_failed_min_one_success"
-    publish = task.external_python(**_limits("publish"))(_run_stage)
+        preprocess = _beam_stage("preprocess", "preprocess")
+        train = task.external_python(**_limits("train"))(_run_stage)
+        gate = task.external_python(**_limits("gate"))(_run_stage)
+        promoted = task.branch_external_python(**_limits("promoted"))(_embed_branch)
+        embed_full = _beam_stage("embed_full", "embed", full=True)
+        embed_incremental = _beam_stage("embed_incremental", "embed")
+        build_index = _beam_stage("build_index", "build-index")
+        # After whichever embed ran; the other one is skipped by the branch.
+        build_index.trigger_rule = "none_failed_min_one_success"
+        publish = task.external_python(**_limits("publish"))(_run_stage)
 
-    # Results flow as XComs: train's model version -> gate -> its decision -> the branch (pulled
-    # by template, so a task marked done by hand, with no XCom, falls back to its run summary).
-    # Publish reads build-index's manifest from its run summary (a Beam task returns no XCom).
-    trained = train(stage="train", **DAY)
-    decision = gate(stage="gate", upstream={"train": "{{ ti.xcom_pull(task_ids='train') }}"}, **DAY)
-    branch = promoted(
-        workdir=DAY["workdir"], date=DAY["date"], gate="{{ ti.xcom_pull(task_ids='gate') }}"
-    )
-    preprocess >> trained >> decision >> branch >> [embed_full, embed_incremental]
-    [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)
+        # Results flow as XComs: train's model version -> gate -> its decision -> the branch (pulled
+        # by template, so a task marked done by hand, with no XCom, falls back to its run summary).
+        # Publish reads build-index's manifest from its run summary (a Beam task returns no XCom).
+        trained = train(stage="train", **DAY)
+        decision = gate(
+            stage="gate", upstream={"train": "{{ ti.xcom_pull(task_ids='train') }}"}, **DAY
+        )
+        branch = promoted(
+            workdir=DAY["workdir"], date=DAY["date"], gate="{{ ti.xcom_pull(task_ids='gate') }}"
+        )
+        preprocess >> trained >> decision >> branch >> [embed_full, embed_incremental]
+        [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)
+    else:
+        # Airflow only waits (sensor and triggers, in the triggerer) and reads two small JSON
+        # files; every stage runs from the project's image (dags/vsearch_gcp.py says where).
+        wait = gcp.catalog_sensor(GCP, timeout=dt.timedelta(hours=12))
+        preprocess = gcp.flex_stage(GCP, "preprocess", "preprocess", TIMEOUTS["preprocess"])
+        train = gcp.vertex_stage(GCP, "train", "train", TIMEOUTS["train"])
+        gate = gcp.vertex_stage(GCP, "gate", "gate", TIMEOUTS["gate"], gcp.LIGHT_RETRIES)
+        promoted = task.branch(
+            task_id="promoted", retries=gcp.LIGHT_RETRIES, execution_timeout=TIMEOUTS["promoted"]
+        )(gcp.promoted_branch)
+        embed_full = gcp.flex_stage(GCP, "embed_full", "embed", TIMEOUTS["embed_full"], full="true")
+        embed_incremental = gcp.flex_stage(
+            GCP, "embed_incremental", "embed", TIMEOUTS["embed_incremental"]
+        )
+        build_index = gcp.vertex_stage(GCP, "build_index", "build-index", TIMEOUTS["build_index"])
+        build_index.trigger_rule = "none_failed_min_one_success"
+        publish = gcp.vertex_stage(
+            GCP, "publish", "publish", TIMEOUTS["publish"], gcp.LIGHT_RETRIES
+        )
+
+        branch = promoted(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
+        wait >> preprocess >> train >> gate >> branch >> [embed_full, embed_incremental]
+        [embed_full, embed_incremental] >> build_index >> publish
+        if GCP.bigquery_table:  # the day's committed embeddings into its BigQuery partition
+            files = task(
+                task_id="embedding_files",
+                trigger_rule="none_failed_min_one_success",
+                retries=gcp.LIGHT_RETRIES,
+            )(gcp.embedding_files)(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
+            [embed_full, embed_incremental] >> files >> gcp.load_embeddings(GCP)
