@@ -1,6 +1,6 @@
 """Safe image reading as Beam transforms: ImageRef -> bytes -> sanitised RGB, bad ones dead-lettered.
 
-``ReadImageBytes`` reads each image through Beam's FileSystems (``vsearch.core.storage``), so local
+``ReadImageBytes`` reads each image through the storage layer (``vsearch.core.storage``), so local
 paths and gs:// work alike on every runner; ``DecodeImages`` applies ``vsearch.core.images`` (format
 sniffing, pixel limit, colour handling, letterboxing); ``ReadImages`` chains the two. Each
 returns tagged outputs: ``out["images"]`` and ``out["dead_letter"]`` (DeadLetter records with
