@@ -45,10 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# At most 1 in 10 searches for a product the catalog does not sell may answer "found". The left
-# out listing's siblings (same category, colour, shape) are the hardest unsold products there
-# are; photos of nothing in the catalog score lower still. On the demo (BENCHMARKS.md,
-# "No match") this flags 0.0xx of right first results and 0.9x of photos of nothing sold.
+# At most 1 in 10 searches for a product the catalog does not sell may answer "found": telling a
+# shopper a wrong product is theirs costs more than flagging a right one (the results are shown
+# either way). The left-out listing's siblings (same category, colour, shape) are the hardest
+# unsold products there are. The cost is measured and reported, not hidden: on the demo's model
+# (BENCHMARKS.md, "No match") 0.77 of right first results score below the threshold, because
+# their scores (median 0.85) overlap the best scores of unsold things; no threshold there flags
+# at most 10% of right first results and 80% of unsold photos (the table there).
 TARGET_FALSE_ACCEPT_RATE = 0.10
 MAX_PHOTOS = 500  # enough for a false-accept rate within about +-0.03; ~30 s to embed on 2 cores
 # Fewer photos cannot resolve a 10% rate (one accepted search would be more): no threshold, and
