@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # their scores (median 0.85) overlap the best scores of unsold things; no threshold there flags
 # at most 10% of right first results and 80% of unsold photos (the table there).
 TARGET_FALSE_ACCEPT_RATE = 0.10
-MAX_PHOTOS = 500  # enough for a false-accept rate within about +-0.03; ~30 s to embed on 2 cores
+MAX_PHOTOS = 500  # a false-accept rate to about +-0.03; about a minute on 2 cores (demo)
 # Fewer photos cannot resolve a 10% rate (one accepted search would be more): no threshold, and
 # no_match is then unknown.
 MIN_PHOTOS = 10
