@@ -139,9 +139,9 @@ def from_scores(scores: PhotoScores, target: float, where: str) -> NoMatchCalibr
         photos=n,
         right_first=len(right),
         method=(
-            f"{where} on {n} held-out buyer review photos: threshold for false accepts <= {target:.0%} "
-            f"(listing left out); measured {far:.1%} false accepts, {flagged:.1%} of "
-            f"{len(right)} right first results flagged"
+            f"{where} on {n} held-out buyer review photos: threshold for false accepts "
+            f"<= {target:.0%} (listing left out); measured {far:.1%} false accepts, "
+            f"{flagged:.1%} of {len(right)} right first results flagged"
         ),
     )
 
