@@ -20,6 +20,7 @@ and benchmarks/plots/index_peers.png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -257,6 +258,24 @@ def curve(
     return out
 
 
+def built(record: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``build`` and keep its figures beside the index (``--reuse`` reads them back)."""
+    result = build()
+    with open(record, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    return result
+
+
+def reused(record: str, reuse: bool) -> dict[str, Any] | None:
+    """An earlier run's build of the same index and its figures, with ``--reuse``."""
+    if not (reuse and os.path.exists(record)):
+        return None
+    with open(record) as f:
+        result: dict[str, Any] = json.load(f)
+    print(f"  reusing the build recorded in {record}", flush=True)
+    return result
+
+
 def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from index.searcher import Searcher
 
@@ -273,15 +292,21 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[{name}] n={n:,}", flush=True)
 
     builds: dict[str, dict[str, Any]] = {}
-    ours = build_ours(npy, os.path.join(work, "peers-ours"), name, factory="auto", shards=1)
-    ours["bytes"] = dir_bytes(os.path.join(work, "peers-ours"))
+    ours_dir = os.path.join(work, "peers-ours")
+    ours = reused(ours_dir + ".build.json", args.reuse) or built(
+        ours_dir + ".build.json",
+        lambda: build_ours(npy, ours_dir, name, factory="auto", shards=1),
+    )
+    ours["bytes"] = dir_bytes(ours_dir)
     builds["ours"] = ours
     print(f"  ours: {ours['factory']} {ours['search_params']} {ours['build_s']:.0f}s", flush=True)
     grid = [tuple(int(x) for x in g.split(":")) for g in args.grid.split(",")]
     for lib in args.peers.split(","):
         for m, ef_c in grid:
             out = os.path.join(work, f"peers-{lib}-M{m}-efc{ef_c}.bin")
-            b = build_peer(lib, npy, out, m, ef_c)
+            b = reused(out + ".build.json", args.reuse) or built(
+                out + ".build.json", functools.partial(build_peer, lib, npy, out, m, ef_c)
+            )
             builds[f"{lib}:{m}:{ef_c}"] = {**b, "path": out, "lib": lib}
             print(
                 f"  {lib} M{m} efC{ef_c}: {b['build_s']:.0f}s {b['peak_rss_mb']:.0f} MB", flush=True
@@ -345,7 +370,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"| {res['set']} | {row['method']} | {row['knob_name']} {row['knob']} | "
                 f"{row['recall']:.4f} | {row['qps']:,.0f} | {row['qps'] / ref['qps']:.2f}x | "
                 f"{row['batch_qps']:,.0f} | {row['batch_qps'] / ref['batch_qps']:.2f}x | "
-                f"{b['build_s']:.0f} | {b['peak_rss_mb']:,.0f} | {b['bytes'] / res['n']:,.0f} |"
+                f"{b['build_s']:.0f} | {_mb(b.get('peak_rss_mb'))} | {b['bytes'] / res['n']:,.0f} |"
             )
     lines += [
         "",
@@ -367,6 +392,10 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             )
     lines += ["", "![recall vs QPS](benchmarks/plots/index_peers.png)", ""]
     return "\n".join(lines)
+
+
+def _mb(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
 
 
 def _hnswlib_version() -> str:
@@ -407,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", type=int, default=200, help="single queries timed per round")
     p.add_argument("--work", default=os.path.join(ROOT, "bench-output", "index"))
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the plot")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="search the builds an earlier run left (and its figures)",
+    )
     p.add_argument(
         "--from-json",
         help="re-render runs' peers-N-SETS.json, comma-separated (BENCHMARKS.md, plot)",
