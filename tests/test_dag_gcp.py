@@ -46,8 +46,8 @@ class FakeDataflow(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
         self.jobs: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str, Any]] = []
         self.ids = itertools.count(1)
@@ -55,7 +55,8 @@ class FakeDataflow(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        host, port = self.server_address[:2]
+        return "http://localhost" if port == 80 else f"http://{host}:{port}"
 
     def new_job(self, project: str, location: str, name: str) -> dict[str, Any]:
         job_id = f"2026-12-05_01_02_03-{next(self.ids):019d}"
@@ -127,7 +128,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def dataflow() -> Iterator[FakeDataflow]:
-    server = FakeDataflow()
+    yield from _serve(FakeDataflow())
+
+
+@pytest.fixture()
+def dataflow_port_80() -> Iterator[FakeDataflow]:
+    """The fake as http://localhost (port 80): Beam accepts a --dataflow_endpoint only without a
+    port, and talks REST (not gRPC) only to an endpoint named localhost."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            server = FakeDataflow("127.0.0.1", 80)
+            break
+        except OSError as e:  # another run holds it, or no right to port 80 here
+            if time.monotonic() > deadline:
+                pytest.fail(f"port 80 on 127.0.0.1 stays unavailable for the fake API: {e}")
+            time.sleep(2)
+    yield from _serve(server)
+
+
+def _serve(server: FakeDataflow) -> Iterator[FakeDataflow]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server
@@ -186,7 +208,7 @@ def run():
         outcome["error"] = f"{type(e).__name__}: {e}"[:3000]
 worker = threading.Thread(target=run, daemon=True)
 worker.start()
-deadline = time.time() + 900
+deadline = time.time() + 600  # the stage submits its job in well under a minute
 while task.dataflow_job_id is None and worker.is_alive() and time.time() < deadline:
     time.sleep(0.5)
 seen = task.dataflow_job_id
@@ -202,45 +224,58 @@ print(json.dumps({"job_id": seen, "pushed": pushed, "outcome": outcome,
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_a_killed_beam_task_cancels_the_dataflow_job_its_stage_created(
-    dataflow: FakeDataflow, tiny_catalog: str, gcs_bucket: str, tmp_path: Path
+    dataflow_port_80: FakeDataflow,
+    tiny_catalog: str,
+    gcs_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")
+    monkeypatch.delenv("VSEARCH_MODE", raising=False)  # the local mode's Beam provider task
     conf = {
         "catalog": tiny_catalog,
-        "workdir": f"{gcs_bucket}/vs",
+        # Local: the job is only described and submitted here (its staging goes to gs://).
+        "workdir": str(tmp_path / "work"),
         "runner": "DataflowRunner",
         "gcp_project": "my-project",
         "gcp_region": "europe-west4",
         "beam_options": {
             "temp_location": f"{gcs_bucket}/tmp",
-            "dataflow_endpoint": dataflow.url,  # Beam's runner talks to the fake API
+            "dataflow_endpoint": dataflow_port_80.url,  # Beam's runner talks to the fake API
             "no_auth": True,
             "sdk_container_image": GCP["image"],
             "sdk_location": "container",
         },
     }
-    args = {"endpoint": dataflow.url, "task": "preprocess", "conf": conf, "date": "2026-01-01"}
+    args = {
+        "endpoint": dataflow_port_80.url,
+        "task": "preprocess",
+        "conf": conf,
+        "date": "2026-01-01",
+    }
     out = _airflow(tmp_path, "-c", _KILL_BEAM_TASK, json.dumps(args), timeout=1400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    created = [path for method, path, _ in dataflow.calls if method == "POST"]
+    created = [path for method, path, _ in dataflow_port_80.calls if method == "POST"]
     assert created == ["/v1b3/projects/my-project/locations/europe-west4/jobs"], (
-        dataflow.calls,
-        out.stderr[-4000:],
+        got,
+        dataflow_port_80.calls,
+        out.stdout[-6000:],
     )
-    (job_id,) = dataflow.jobs
+    (job_id,) = dataflow_port_80.jobs
     # The provider found the id in the stage's own output (the job link and XCom have it) ...
     assert got["job_id"] == job_id, out.stderr[-4000:]
     assert got["pushed"].get("dataflow_job_id") == job_id
     # ... so the kill cancelled exactly that job, through the provider's hook, over HTTP ...
-    cancels = [(p, b) for m, p, b in dataflow.calls if m == "PUT"]
+    cancels = [(p, b) for m, p, b in dataflow_port_80.calls if m == "PUT"]
     assert cancels == [
         (
             f"/v1b3/projects/my-project/locations/europe-west4/jobs/{job_id}",
             {"requestedState": "JOB_STATE_CANCELLED"},
         )
     ]
-    # ... and the stage, which was waiting for its job, saw it cancelled and failed the task.
-    assert not got["alive"] and "error" in got["outcome"], got
+    # ... and the task, which was waiting for its job, ends failed with the job cancelled.
+    assert not got["alive"] and "JOB_STATE_CANCELLED" in got["outcome"]["error"], got
 
 
 # ------------------------------------------------------------------ mode gcp: launch requests
