@@ -10,8 +10,20 @@ idempotent for its date, so clearing and re-running a day is safe. A run trigger
 logical date must pass ``{"date": "YYYY-MM-DD"}`` in its conf; otherwise its first task fails
 with a message saying so.
 
-Beam stages run through the Apache Beam provider with the runner and pipeline options from
-params: DirectRunner by default. With ``runner=DataflowRunner`` the provider's
+Two modes, a deployment setting (``VSEARCH_MODE``, read when the file is parsed: the modes use
+different operators). "local" (the default, below): stages run from this machine's pipeline
+environment. "gcp" (Cloud Composer; docs/deploy.md, "Cloud Composer"): the run for day D starts
+when D has ended (a pinned data-interval timetable) and processes D; it waits in the triggerer
+for D's catalog snapshot, launches preprocess and embed as Dataflow Flex Templates and train,
+gate, build-index and publish as Vertex AI jobs from the project's image, all deferrable, and
+loads the day's committed embeddings into BigQuery when a table is set. Its settings are one
+dataclass, ``vsearch_gcp.GcpSettings`` (``VSEARCH_GCP``). Both modes: a run fails past 23 hours
+(``dagrun_timeout``) and a failed run logs one ERROR line (``on_failure_callback``).
+
+In local mode, Beam stages run through the Apache Beam provider with the runner and pipeline
+options from params: DirectRunner by default. On DataflowRunner the stage prints Beam's
+"Created job with id: [...]" line (vsearch/app/quiet.py lets it through), where the provider
+finds the job: a killed task cancels it and the task links to it. With ``runner=DataflowRunner`` the provider's
 ``dataflow_config`` (project, region, job name, wait and cancel behaviour) is built from the
 params too, so the provider never substitutes its own defaults (it sets ``--region`` from
 ``dataflow_config``, overriding any ``region`` in ``beam_options``). Beam stages share the
