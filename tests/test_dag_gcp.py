@@ -266,6 +266,8 @@ def test_a_killed_beam_task_cancels_the_dataflow_job_its_stage_created(
     # The provider found the id in the stage's own output (the job link and XCom have it) ...
     assert got["job_id"] == job_id, out.stderr[-4000:]
     assert got["pushed"].get("dataflow_job_id") == job_id
+    link = got["pushed"]["dataflow_job_config"]  # what the UI's Dataflow job link reads
+    assert link == {"job_id": job_id, "project_id": "my-project", "region": "europe-west4"}
     # ... so the kill cancelled exactly that job, through the provider's hook, over HTTP ...
     cancels = [(p, b) for m, p, b in dataflow_port_80.calls if m == "PUT"]
     assert cancels == [
