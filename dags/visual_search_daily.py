@@ -327,14 +327,14 @@ with DAG(
         # Airflow only waits (sensor and triggers, in the triggerer) and reads two small JSON
         # files; every stage runs from the project's image (dags/vsearch_gcp.py says where).
         wait = gcp.catalog_sensor(GCP, timeout=dt.timedelta(hours=12))
-        preprocess = gcp.flex_stage(GCP, "preprocess", "preprocess", TIMEOUTS["preprocess"])
+        preprocess = gcp.beam_stage(GCP, "preprocess", "preprocess", TIMEOUTS["preprocess"])
         train = gcp.vertex_stage(GCP, "train", "train", TIMEOUTS["train"])
         gate = gcp.vertex_stage(GCP, "gate", "gate", TIMEOUTS["gate"], gcp.LIGHT_RETRIES)
         promoted = task.branch(
             task_id="promoted", retries=gcp.LIGHT_RETRIES, execution_timeout=TIMEOUTS["promoted"]
         )(gcp.promoted_branch)
-        embed_full = gcp.flex_stage(GCP, "embed_full", "embed", TIMEOUTS["embed_full"], full="true")
-        embed_incremental = gcp.flex_stage(
+        embed_full = gcp.beam_stage(GCP, "embed_full", "embed", TIMEOUTS["embed_full"], full="true")
+        embed_incremental = gcp.beam_stage(
             GCP, "embed_incremental", "embed", TIMEOUTS["embed_incremental"]
         )
         build_index = gcp.vertex_stage(GCP, "build_index", "build-index", TIMEOUTS["build_index"])

@@ -40,6 +40,7 @@ def mode() -> str:
     return value
 
 
+BEAM_LAUNCHES = ("flex_template", "vertex_driver")
 REQUIRED = ("project", "image", "template_path", "temp_location", "service_account")
 
 
@@ -82,11 +83,18 @@ class GcpSettings:
     # committed embeddings are loaded into ("" = no load task).
     bigquery_table: str = ""
     subnetwork: str = ""  # regions/R/subnetworks/S, when workers must use a given network
+    # How preprocess and embed start: "flex_template" (Airflow launches the Dataflow job and can
+    # cancel it) or "vertex_driver" (the stage's own process runs in a Vertex job and starts its
+    # Dataflow job, as build-index always does). Flex Templates need the stages to finish the
+    # day outside the launcher: docs/deploy.md, "Known gap".
+    beam_launch: str = "flex_template"
 
     def __post_init__(self) -> None:
         missing = [name for name in REQUIRED if not getattr(self, name)]
         if missing:
             raise ValueError(f"VSEARCH_GCP needs {', '.join(missing)}")
+        if self.beam_launch not in BEAM_LAUNCHES:
+            raise ValueError(f"VSEARCH_GCP beam_launch must be one of {BEAM_LAUNCHES}")
         for name in ("template_path", "temp_location"):
             if not str(getattr(self, name)).startswith("gs://"):
                 raise ValueError(f"VSEARCH_GCP {name} must be a gs:// URI")
@@ -160,22 +168,27 @@ def flex_template_body(
 
 
 def dataflow_args(s: GcpSettings, task_id: str, date: str) -> list[str]:
-    """Beam options of a stage whose driver runs in a Vertex job and whose jobs run on Dataflow."""
+    """Beam options of a stage whose driver runs in a Vertex job and whose jobs run on Dataflow
+    (embed's: the GPU image, machine and accelerator of its workers)."""
     labels = dict(s.labels) | {"stage": task_id.replace("_", "-")}
+    embed = task_id.startswith("embed")
+    gpu = embed and bool(s.embed_accelerator)
     args = [
         "--runner=DataflowRunner",
         f"--project={s.project}",
         f"--region={s.region}",
         f"--temp_location={s.temp_location}",
         f"--service_account_email={s.service_account}",
-        f"--sdk_container_image={s.image}",
+        f"--sdk_container_image={s.worker_gpu_image if gpu else s.image}",
         "--sdk_location=container",
-        f"--machine_type={s.dataflow_machine_type}",
-        f"--max_num_workers={s.dataflow_max_workers}",
+        f"--machine_type={s.embed_machine_type if gpu else s.dataflow_machine_type}",
+        f"--max_num_workers={s.embed_max_workers if embed else s.dataflow_max_workers}",
         "--experiments=use_runner_v2",
         f"--job_name={job_name(task_id, date)}",
         *(f"--labels={k}={v}" for k, v in sorted(labels.items())),
     ]
+    if gpu:
+        args.append(f"--dataflow_service_options=worker_accelerator={s.embed_accelerator}")
     if s.subnetwork:
         args.append(f"--subnetwork={s.subnetwork}")
     return args

@@ -48,8 +48,10 @@ def gcp_macros(s: GcpSettings) -> dict[str, Callable[..., Any]]:
     def vertex_job(task_id: str, stage: str, params: Mapping[str, Any], date: str) -> dict:
         flags = {"train": params["train_args"], "gate": params["gate_args"]}.get(stage, "")
         args = vsearch_gcp.backfill_args(stage, params["catalog"], params["workdir"], date, flags)
-        kind = {"train": "train", "build-index": "driver"}.get(stage, "light")
-        if stage == "build-index":  # its driver here, its three Beam jobs on Dataflow
+        kind = "train" if stage == "train" else "driver" if stage in BEAM_STAGES else "light"
+        if task_id == "embed_full":
+            args.append("--full")  # backfill's: re-embed every image (a promoted model)
+        if kind == "driver":  # the stage's own process here, its Beam jobs on Dataflow
             args += vsearch_gcp.dataflow_args(s, task_id, date)
         return vsearch_gcp.custom_job(
             s,
@@ -77,6 +79,7 @@ def gcp_macros(s: GcpSettings) -> dict[str, Callable[..., Any]]:
 
 
 DATE = "{{ run_date(params, dag_run) }}"
+BEAM_STAGES = ("preprocess", "embed", "build-index")
 VERTEX_TIMEOUTS: dict[str, dt.timedelta] = {}  # filled by vertex_stage: the task's own timeout
 
 
@@ -118,6 +121,16 @@ def flex_stage(
         retries=DATAFLOW_RETRIES,
         execution_timeout=timeout,
     )
+
+
+def beam_stage(
+    s: GcpSettings, task_id: str, stage: str, timeout: dt.timedelta, **flags: str
+) -> DataflowStartFlexTemplateOperator | CreateCustomJobOperator:
+    """preprocess or embed, as ``beam_launch`` says: a Flex Template launch, or its driver in a
+    Vertex job (``flags`` are the template's; a driver's come from ``vsearch backfill``)."""
+    if s.beam_launch == "flex_template":
+        return flex_stage(s, task_id, stage, timeout, **flags)
+    return vertex_stage(s, task_id, stage, timeout, retries=DATAFLOW_RETRIES)
 
 
 def vertex_stage(

@@ -360,6 +360,15 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return _gcp_airflow(tmp, _RENDER_ALL, json.dumps(conf), "2026-01-02")  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="module")
+def rendered_drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same run with ``beam_launch: vertex_driver`` (preprocess and embed as build-index)."""
+    tmp = tmp_path_factory.mktemp("gcp-render-drivers")
+    return _gcp_airflow(  # type: ignore[no-any-return]
+        tmp, _RENDER_ALL, json.dumps(DAY), "2026-01-02", beam_launch="vertex_driver"
+    )
+
+
 def test_gcp_graph_waits_for_the_snapshot_and_runs_nothing_heavy_on_airflow(
     rendered: dict[str, Any],
 ) -> None:
@@ -660,3 +669,35 @@ def test_local_mode_is_unchanged_without_gcp_settings() -> None:
     )
     assert out.stdout.strip() == "local"
     assert "VSEARCH_GCP needs template_path, temp_location, service_account" in out.stderr
+
+
+def test_gcp_vertex_drivers_for_preprocess_and_embed(rendered_drivers: dict[str, Any]) -> None:
+    """beam_launch vertex_driver: preprocess and embed run their own process in a Vertex job
+    (which finishes the day) and their Beam jobs on Dataflow; embed's workers get the GPU."""
+    from google.cloud.aiplatform_v1.types import CustomJob
+
+    from vsearch.app import cli
+
+    for task_id in ("preprocess", "embed_full", "embed_incremental"):
+        t = rendered_drivers[task_id]
+        assert t["type"] == "CreateCustomJobOperator" and t["deferrable"] is True
+        assert t["retries"] <= 1
+        CustomJob(t["custom_job"])
+        pool = t["custom_job"]["job_spec"]["worker_pool_specs"][0]
+        assert pool["container_spec"]["image_uri"] == GCP["image"]  # the driver: CPU
+        assert "accelerator_type" not in pool["machine_spec"]
+        command, *args = pool["container_spec"]["args"]
+        settings, pipeline_args, _ = cli.command_line(command).parse(args)
+        stage = "embed" if task_id.startswith("embed") else task_id
+        assert settings.stages == (stage,) and str(settings.start) == "2026-01-02"
+        assert settings.full == (task_id == "embed_full")
+        assert "--runner=DataflowRunner" in pipeline_args
+        assert f"--job_name=vsearch-{task_id.replace('_', '-')}-20260102" in pipeline_args
+        gpu = stage == "embed"
+        image = GCP["gpu_image"] if gpu else GCP["image"]
+        assert f"--sdk_container_image={image}" in pipeline_args
+        assert ("--machine_type=n1-standard-8" if gpu else "--machine_type=n1-standard-4") in (
+            pipeline_args
+        )
+        accel = "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
+        assert any(a.startswith(accel) for a in pipeline_args) == gpu
