@@ -55,6 +55,9 @@ from vsearch.core.deadletter import DeadLetter
 from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
+# Each model batch runs as two calls at once: one call leaves CPU cores idle (the model alone
+# embeds ~20% more photos a second with 2 callers than with 1 on 2 cores; not measured on a GPU).
+MODEL_CALLS_AT_ONCE = 2
 _log = logging.getLogger(__name__)
 
 
@@ -237,6 +240,7 @@ def build(
         max_batch_size=s.max_batch_size,
         large_model=s.large_model,
         intra_op_threads=s.intra_op_threads,
+        concurrent_calls=MODEL_CALLS_AT_ONCE,
     )
     predictions, failed = (
         decoded[read_images.MAIN_TAG]
