@@ -1,9 +1,10 @@
 """Does ``no_match`` mean no match? The published index of a workdir, measured as a shopper sees it.
 
 The calibration is computed as build-index computes it (``vsearch.app.calibrate``: held-out buyer
-photos, own listing vs listing left out, threshold for the stated false-accept rate), without
+photos, own listing vs listing left out; the best score and the localiser's item confidence), without
 writing anything, and compared with the one stored in the manifest when there is one. Then,
-searched as the service searches (top hit's score below the threshold = flagged):
+searched as the service searches (top hit's score below the threshold, or item confidence below
+its threshold = flagged):
 
   right first    every held-out buyer photo whose first result is its listing: share flagged
                  (the acceptance: at most 10%)
@@ -26,6 +27,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from index.manifest import NoMatchCalibration
 from vsearch.app import calibrate
 from vsearch.app.per_photo import embed_each
 from vsearch.app.photo_search import PhotoSearch
@@ -61,13 +63,24 @@ def phone_photos(n: int, size: int) -> list[bytes]:
     return out
 
 
-def top_scores(photos: PhotoSearch, data: list[bytes]) -> np.ndarray:
-    scores = []
+def top_scores(photos: PhotoSearch, data: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo's best score and the localiser's item confidence (NaN: no localiser)."""
+    scores: list[float] = []
+    items: list[float] = []
     for i in range(0, len(data), calibrate.BATCH):
         embedded = embed_each(photos, data[i : i + calibrate.BATCH])
         found = photos.searcher.search_vectors(embedded.vectors[embedded.good], 1)
         scores += [hits[0].score if hits else -1.0 for hits in found]
-    return np.array(scores)
+        items += [float(embedded.item_scores[j]) for j in embedded.good]
+    return np.array(scores), np.array(items)
+
+
+def flagged(c: NoMatchCalibration, scores: np.ndarray, items: np.ndarray) -> float:
+    """The share the service flags (vsearch/app/serve/calibration.py's rule)."""
+    no_item = (
+        items < c.item_threshold if c.item_threshold is not None else np.zeros(len(items), bool)
+    )
+    return float(((scores < c.threshold) | no_item).mean())
 
 
 def youden_threshold(photos: PhotoSearch, reviews: list[Review], n: int) -> float:
@@ -128,7 +141,8 @@ def main(argv: list[str]) -> int:
         "photos": c.photos,
         "right_first": c.right_first,
         "median_right_first_score": float(np.median(right)),
-        "flagged_unsold": {k: float((v < c.threshold).mean()) for k, v in unsold.items()},
+        "item_threshold": c.item_threshold,
+        "flagged_unsold": {k: flagged(c, *v) for k, v in unsold.items()},
         "youden_threshold_before": old,
         "youden_right_first_flagged": float((right < old).mean()),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -137,7 +151,7 @@ def main(argv: list[str]) -> int:
     # The trade-off: every threshold between the 5th and 95th percentile of right first scores.
     print("threshold  right-first flagged  false accepts (left out)  flagged: noise bazaar phone")
     for t in np.unique(np.round(np.percentile(right, np.arange(5, 100, 5)), 3)):
-        flags = "  ".join(f"{(v < t).mean():.3f}" for v in unsold.values())
+        flags = "  ".join(f"{(v[0] < t).mean():.3f}" for v in unsold.values())
         far = (held.absent >= t).mean()
         print(f"{t:9.3f}  {(right < t).mean():19.3f}  {far:24.3f}  {flags}")
     if args.json:

@@ -61,20 +61,24 @@ class Validation:
 
 @dataclass(frozen=True)
 class NoMatchCalibration:
-    """The no-match threshold build-index chose on held-out buyer photos (vsearch/app/calibrate.py).
+    """The no-match rule build-index chose on held-out buyer photos (vsearch/app/calibrate.py).
 
-    A search whose best score is below ``threshold`` answers ``no_match``. Both error rates are
-    measured on the same photos: searched with their listing in the index, and with it left out
-    (the best score among the other listings: what a photo of an unsold product gets).
+    A search answers ``no_match`` when its best score is below ``threshold`` or, for a model with
+    a localiser, when the localiser's confidence that the photo shows an item at all is below
+    ``item_threshold``. Both error rates are measured on the same photos: searched with their
+    listing in the index, and with it left out (the best score among the other listings: what a
+    photo of an unsold product gets).
     """
 
     threshold: float
-    target_false_accept_rate: float  # the rate the threshold was chosen for
-    false_accept_rate: float  # listing left out: share of searches at or above the threshold
+    target_false_accept_rate: float | None  # the rate a score-only threshold was chosen for
+    false_accept_rate: float  # listing left out: share of searches the rule accepts
     right_first_flagged: float  # share of searches whose first result is right that it flags
     photos: int  # held-out buyer photos searched
     right_first: int  # of them, how many found their own listing first
     method: str
+    item_threshold: float | None = None  # None: the score alone decides (no localiser)
+    target_right_first_flagged: float | None = None  # the share the rule was chosen for
 
 
 @dataclass(frozen=True)

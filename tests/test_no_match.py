@@ -1,5 +1,6 @@
-"""``no_match`` means no match (issue 30): build-index calibrates the threshold on held-out buyer
-photos for a stated false-accept rate and stores it in the manifest; the service answers with it.
+"""``no_match`` means no match (issue 30): build-index calibrates the rule on held-out buyer photos
+(best score and the localiser's item confidence, for a stated share of right first results
+flagged), stores it in the manifest with both error rates; the service answers with it.
 
 On the session's tiny trained model (tests/conftest.py), real faiss and the real service: the
 threshold is stored by build-index, read by the service, and the error rates it reports are the
@@ -107,6 +108,35 @@ def test_threshold_is_the_lowest_one_for_the_stated_false_accept_rate() -> None:
         calibrate.threshold_for(absent, 0.0)
 
 
+def test_the_two_signal_rule_flags_the_stated_share_of_right_answers() -> None:
+    """Right first results flagged at most 10% whatever the false accepts; photos the localiser
+    doubts show an item are flagged even when their best score is high."""
+    rng = np.random.default_rng(0)
+    n = 200
+    right = rng.random(n) < 0.5
+    top = np.where(right, rng.normal(0.85, 0.05, n), rng.normal(0.80, 0.05, n))
+    item = rng.uniform(0.3, 0.9, n)
+    scores = calibrate.PhotoScores(top, right, top - 0.02, item)
+    c = calibrate.from_scores(scores, calibrate.TARGET_FALSE_ACCEPT_RATE, "test")
+    assert c.item_threshold == pytest.approx(np.quantile(item, calibrate.ITEM_QUANTILE))
+    assert c.target_right_first_flagged == 0.10 and c.target_false_accept_rate is None
+    accepted = (top >= c.threshold) & (item >= c.item_threshold)
+    assert c.right_first_flagged == round(float((~accepted[right]).mean()), 4) <= 0.10
+    # The highest such threshold: one step up flags more than 10%.
+    higher = np.sort(top[right])[np.searchsorted(np.sort(top[right]), c.threshold) + 1]
+    assert float(((top[right] < higher) | (item[right] < c.item_threshold)).mean()) > 0.10
+    assert c.false_accept_rate == round(
+        float(((top - 0.02 >= c.threshold) & (item >= c.item_threshold)).mean()), 4
+    )
+    from vsearch.app.serve.calibration import Calibration
+
+    served = Calibration.measured(c, "manifest")
+    assert served.no_match(0.99, c.item_threshold - 0.01) is True  # no item: no match
+    assert served.no_match(0.99, c.item_threshold + 0.01) is False
+    assert served.no_match(0.99, None) is False  # no localiser: the score decides
+    assert served.no_match(c.threshold - 0.01, 0.99) is True
+
+
 def test_build_index_stores_the_calibration_and_its_error_rates(
     built: str, tiny_catalog: str
 ) -> None:
@@ -114,8 +144,11 @@ def test_build_index_stores_the_calibration_and_its_error_rates(
     c = m.calibration
     assert c is not None, "build-index wrote no calibration"
     assert c.photos == len(held_out(tiny_catalog)) >= calibrate.MIN_PHOTOS  # all, and only, those
-    assert c.target_false_accept_rate == calibrate.TARGET_FALSE_ACCEPT_RATE
-    assert c.false_accept_rate <= c.target_false_accept_rate
+    # The tiny model has a localiser: the two-signal rule, for the stated share of right first
+    # results flagged (at most; the false accepts are measured, not targeted).
+    assert c.item_threshold is not None and c.right_first >= 1
+    assert c.target_right_first_flagged == calibrate.MAX_RIGHT_FIRST_FLAGGED
+    assert c.right_first_flagged <= calibrate.MAX_RIGHT_FIRST_FLAGGED
     assert "false accepts" in c.method and "right first results flagged" in c.method
     summary = runs.read_summary(built, "build-index", DAY)
     assert summary["extra"]["no_match"]["threshold"] == c.threshold
@@ -135,10 +168,12 @@ def test_service_flags_exactly_what_the_build_measured(built: str, tiny_catalog:
     assert ready["right_first_flagged"] == m.calibration.right_first_flagged
     assert ready["false_accept_rate"] == m.calibration.false_accept_rate
 
-    for a in answers:  # scores are rounded to 6 decimals in answers: a tie there says nothing
-        score = a["results"][0]["score"]
-        if abs(score - m.calibration.threshold) > 1e-6:
-            assert a["no_match"] == (score < m.calibration.threshold)
+    t_item = m.calibration.item_threshold
+    assert t_item is not None
+    for a in answers:  # scores are rounded in answers: a tie there says nothing
+        score, item = a["results"][0]["score"], a["item_score"]
+        if abs(score - m.calibration.threshold) > 1e-6 and abs(item - t_item) > 1e-4:
+            assert a["no_match"] == (score < m.calibration.threshold or item < t_item)
     right = [
         a
         for a, r in zip(answers, reviews, strict=True)

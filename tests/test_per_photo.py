@@ -14,12 +14,12 @@ class _Search:
     class manifest:  # noqa: N801
         input_dim = 3
 
-    def embed_views(self, photos: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def embed_views(self, photos: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if any(p == b"bad" for p in photos):
             raise ImageError("not an image (unknown format)")
         n = len(photos)
         boxes = np.tile(np.array([0.1, 0.2, 0.5, 0.6], np.float32), (n, 1))
-        return np.ones((n, 3), np.float32), boxes
+        return np.ones((n, 3), np.float32), boxes, np.full(n, 0.8, np.float32)
 
 
 def test_a_bad_photo_costs_only_its_own_answer() -> None:
@@ -28,6 +28,9 @@ def test_a_bad_photo_costs_only_its_own_answer() -> None:
     assert out.vectors.shape == (3, 3) and not out.vectors[1].any() and out.vectors[0].all()
     np.testing.assert_allclose(out.boxes[2], [0.1, 0.2, 0.5, 0.6])
     assert out.boxes[1].tolist() == [0, 0, 1, 1]  # nothing was searched: the whole photo
+    assert out.item_scores[0] == out.item_scores[2] == np.float32(0.8) and np.isnan(
+        out.item_scores[1]
+    )
 
 
 def test_the_localisers_box_is_searched_only_when_it_is_sure_and_the_item_small() -> None:

@@ -25,6 +25,8 @@ class EmbeddedPhotos:
     vectors: np.ndarray  # [N, D]; a zero row for a bad photo
     boxes: np.ndarray  # [N, 4] the part searched, fractions of the photo as its viewer sees it
     errors: list[str | None]  # per photo: why it could not be used, or None
+    # [N] the localiser's confidence that the photo shows an item (NaN: no localiser, bad photo)
+    item_scores: np.ndarray
 
     @property
     def good(self) -> list[int]:
@@ -35,19 +37,23 @@ def embed_each(search: PhotoSearch, photos: Sequence[bytes]) -> EmbeddedPhotos:
     """Every photo's vector and box; a bad photo gets a zero vector and its error."""
     dim = search.manifest.input_dim
     if not photos:
-        return EmbeddedPhotos(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.float32), [])
+        empty = np.zeros(0, np.float32)
+        return EmbeddedPhotos(
+            np.zeros((0, dim), np.float32), np.zeros((0, 4), np.float32), [], empty
+        )
     try:
-        vectors, boxes = search.embed_views(photos)
-        return EmbeddedPhotos(vectors, boxes, [None] * len(photos))
+        vectors, boxes, items = search.embed_views(photos)
+        return EmbeddedPhotos(vectors, boxes, [None] * len(photos), items)
     except ImageError:
         pass  # at least one bad photo: embed one by one to tell which
     vectors = np.zeros((len(photos), dim), np.float32)
     boxes = np.tile(np.array(WHOLE_PHOTO, np.float32), (len(photos), 1))
     errors: list[str | None] = [None] * len(photos)
+    items = np.full(len(photos), np.nan, np.float32)
     for i, photo in enumerate(photos):
         try:
-            one, box = search.embed_views([photo])
-            vectors[i], boxes[i] = one[0], box[0]
+            one, box, item = search.embed_views([photo])
+            vectors[i], boxes[i], items[i] = one[0], box[0], item[0]
         except ImageError as e:
             errors[i] = f"not a usable image: {e.reason}"
-    return EmbeddedPhotos(vectors, boxes, errors)
+    return EmbeddedPhotos(vectors, boxes, errors, items)

@@ -83,9 +83,11 @@ class PhotoSearch:
     def manifest(self) -> Any:
         return self.searcher.manifest
 
-    def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each photo as the view search uses (``query_view``): (vectors [N, D], the view's box
-        [N, 4] in fractions of the photo as its viewer sees it; [0, 0, 1, 1] = the whole photo)."""
+        [N, 4] in fractions of the photo as its viewer sees it, [0, 0, 1, 1] = the whole photo;
+        the localiser's best box score [N], how sure it is that the photo shows an item at all,
+        NaN for a model without a localiser)."""
         views = self.embedder.embed_query(photos)
         if views.embeddings.shape[-1] != self.manifest.input_dim:
             raise ValueError(
@@ -99,7 +101,14 @@ class PhotoSearch:
             whole_best[pick == 1] = best[:, 0]
             pick = query_view(views.box_scores, views.frame_boxes, whole_best)
         rows = np.arange(len(pick))
-        return views.embeddings[rows, pick], views.photo_boxes[rows, pick]
+        item = (
+            views.box_scores[:, 1] if views.box_scores.shape[1] > 1 else np.full(len(pick), np.nan)
+        )
+        return (
+            views.embeddings[rows, pick],
+            views.photo_boxes[rows, pick],
+            np.asarray(item, np.float32),
+        )
 
     def embed(self, photos: Sequence[bytes]) -> np.ndarray:
         """Embed photos as search does, with the index's model (catalog photos' preprocessing)."""

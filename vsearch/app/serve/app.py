@@ -85,6 +85,11 @@ def _check_available(served: ServedIndex, f: Filter) -> None:
             )
 
 
+def _item_score(x: float) -> float | None:
+    """The localiser's confidence that the photo shows an item; None without a localiser."""
+    return None if x != x else round(float(x), 4)
+
+
 def _answer(
     served: ServedIndex, photos: list[bytes], k: int, f: Filter
 ) -> tuple[list[dict[str, Any]], int]:
@@ -101,7 +106,10 @@ def _answer(
         hits = by_photo[i]
         out.append(
             {
-                "no_match": served.calibration.no_match(hits[0].score if hits else None),
+                "no_match": served.calibration.no_match(
+                    hits[0].score if hits else None, _item_score(embedded.item_scores[i])
+                ),
+                "item_score": _item_score(embedded.item_scores[i]),
                 "results": [
                     {
                         "listing_id": h.listing_id,

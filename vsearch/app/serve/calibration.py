@@ -10,7 +10,8 @@ In order of preference:
    review photos (``--catalog``; ``--calibration-photos`` caps them).
 4. Otherwise unknown: ``no_match`` is null in every answer.
 
-A search whose best hit scores below the threshold answers ``no_match: true``. The figures are
+A search whose best hit scores below the threshold, or whose photo the localiser doubts shows an
+item at all (``item_threshold``), answers ``no_match: true``. The figures are
 kept for ``/readyz`` and the health page.
 """
 
@@ -34,6 +35,7 @@ class Calibration:
     target_false_accept_rate: float | None = None
     false_accept_rate: float | None = None  # listing left out: share of searches it accepts
     right_first_flagged: float | None = None  # share of right first results it flags
+    item_threshold: float | None = None  # the localiser's item confidence below which: no match
 
     @classmethod
     def measured(cls, c: NoMatchCalibration, source: str) -> Calibration:
@@ -45,12 +47,23 @@ class Calibration:
             c.target_false_accept_rate,
             c.false_accept_rate,
             c.right_first_flagged,
+            c.item_threshold,
         )
 
-    def no_match(self, best_score: float | None) -> bool | None:
+    def no_match(self, best_score: float | None, item_score: float | None = None) -> bool | None:
+        """None: unknown. ``item_score``: the localiser's confidence that the photo shows an item
+        (None or NaN: no localiser, the score alone decides)."""
         if self.threshold is None:
             return None
-        return best_score is None or best_score < self.threshold
+        if best_score is None or best_score < self.threshold:
+            return True
+        no_item = (
+            self.item_threshold is not None
+            and item_score is not None
+            and item_score == item_score  # not NaN
+            and item_score < self.item_threshold
+        )
+        return bool(no_item)
 
 
 def calibrate(
