@@ -169,8 +169,9 @@ def test_non_finite_numbers_are_usage_errors(command: str, flag: str) -> None:
 
 
 def _readme_commands() -> list[list[str]]:
-    """Every `vsearch ...` command in the README's shell blocks, placeholders filled in."""
-    text = (REPO / "README.md").read_text()
+    """Every `vsearch ...` command in the shell blocks of README.md and docs/*.md, placeholders
+    filled in."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted(REPO.glob("docs/*.md"))])
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():

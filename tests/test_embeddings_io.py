@@ -222,8 +222,9 @@ def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
 def _readme_sql(catalog: str, workdir: str, day: dt.date) -> str:
     import os
 
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-    text = open(readme, encoding="utf-8").read()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    formats = os.path.join(repo, "docs", "formats.md")  # the embeddings contract, moved from README
+    text = open(formats, encoding="utf-8").read()
     block = text.split("<!-- current-embeddings-sql -->", 1)[1].split("```sql", 1)[1]
     sql = block.split("```", 1)[0]
     return sql.format(catalog=catalog, workdir=workdir, version=V, day=day.isoformat())
@@ -301,7 +302,7 @@ def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(
             assert _same_type(t.schema.field(f.name).type, f.type), (f.name, t.schema)
     assert sorted(by_pandas["listing_id"]) == sorted(by_duck["listing_id"].to_pylist())
 
-    # The README's query returns what the package's one call returns.
+    # docs/formats.md's query returns what the package's one call returns.
     package = embeddings.read_current_table(catalog, workdir, D2, V)
     assert package.num_rows == 4 and "b" not in package["listing_id"].to_pylist()
     sql = duckdb.sql(_readme_sql(catalog, workdir, D2)).arrow()
