@@ -28,10 +28,10 @@ finds the job: a killed task cancels it and the task links to it. With ``runner=
 params too, so the provider never substitutes its own defaults (it sets ``--region`` from
 ``dataflow_config``, overriding any ``region`` in ``beam_options``). Beam stages share the
 ``vsearch_beam`` pool (create it once: ``airflow pools set vsearch_beam 2 "visual-search Beam
-stages"``), and every task has a timeout. See the README for Dataflow with GPU workers and for
+stages"``), and every task has a timeout. See docs/scale.md for Dataflow with GPU workers and docs/deploy.md for
 running train/gate off the Airflow worker.
 
-Human evaluation before a model ships (README "Human evaluation"; nothing here changes by
+Human evaluation before a model ships (docs/evaluation.md; nothing here changes by
 default). A team that wants people to approve every new model plugs it in one of two ways:
 
 1. The gate waits for ratings. Set ``gate_args`` to ``--require-human-eval``: the gate then

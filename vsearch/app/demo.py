@@ -109,7 +109,7 @@ def run(settings: DemoSettings) -> dict[str, object]:
     results = query_held_out(catalog, pipeline_workdir, day2)
     recall10 = sum(r.rank is not None and r.rank <= 10 for r in results) / max(len(results), 1)
     # The human-evaluation loop with no person in it: sample queries, two SIMULATED raters answer
-    # from the generated catalog's ground truth, report (README "Human evaluation").
+    # from the generated catalog's ground truth, report (docs/evaluation.md).
     _log("human evaluation with a SIMULATED rater: eval-sample, eval-simulate, eval-report", t0)
     loop = simulate_loop(pipeline_workdir, catalog, day2.isoformat(), queries=24, raters=2)
     human = summary_lines(json.loads(storage.read_text(loop["report_json"])))

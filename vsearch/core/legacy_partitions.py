@@ -1,4 +1,4 @@
-"""Rewrite embedding partitions written before ``dt`` left the files (a contract change, README).
+"""Rewrite embedding partitions written before ``dt`` left the files (a contract change, docs/changelog.md).
 
 Earlier versions wrote ``dt`` as a column inside every file and no ``dt=D/_manifest.json``.
 The package's readers drop the column, but pandas, ``pyarrow.dataset`` and DuckDB refuse a folder

@@ -14,7 +14,7 @@ writes its files to a staging folder outside the model's folder first (invisible
 * gs:// (no directories to swap): each attempt's files get names unique to the attempt
   (``part-NNNNN-of-NNNNN.<attempt>.parquet``), so a new run never overwrites an old file; the
   single-object write of ``_manifest.json`` is the commit point; files the manifest does not name
-  are deleted afterwards. Readers that follow the manifest (``committed_files``, the README's
+  are deleted afterwards. Readers that follow the manifest (``committed_files``, docs/formats.md's
   DuckDB query over the manifest's files, a BigQuery manifest table) see exactly one set at every
   instant. A plain wildcard over the folder can see both sets between the commit and the clean
   up (seconds, or until the next run of that day when the process died in between).
