@@ -1,6 +1,7 @@
 """Load test of ``vsearch serve`` on loopback: p50/p99 latency and QPS at 1, 4 and 16 clients.
 
     python -m benchmarks.serve_bench [--n 100000] [--requests 300,600,960] [--write]
+    python -m benchmarks.serve_bench --workdir W --catalog C [--serve-args "--batch-photos 1"]
 
 Setup (in ``--out``): a model with the exported serving signature (the test suite's fake
 embedder: decode, letterbox to 96 px, pool, project to D=256), a catalog of N/2 listings with
@@ -10,6 +11,10 @@ worker). The client is a bounded asyncio httpx client: a fixed number of request
 each a 320x240 JPEG (1 in 4 with a colour filter), so it stops by itself. During the 16-client
 level build B is published; the run checks that the service swapped to it and that no request
 failed. ``--write`` puts the figures in BENCHMARKS.md (section ``serve``).
+
+``--workdir W --catalog C`` serves an existing workdir instead (e.g. the demo's, with its real
+model) with photos from ``C/images`` and no publish; ``--serve-args`` adds ``vsearch serve``
+flags (``--batch-photos 1`` is the unbatched service).
 """
 
 from __future__ import annotations
@@ -87,6 +92,14 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
         manifests.append(result.manifest_uri)
     publish.publish(workdir, manifests[0])
     return workdir, catalog, manifests
+
+
+def catalog_photos(catalog: str, count: int = 64) -> list[bytes]:
+    """Every ``len/count``-th photo under ``catalog/images`` (the demo catalog's layout)."""
+    found = sorted(p for p in (Path(catalog) / "images").rglob("*") if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"no photos under {catalog}/images")
+    return [p.read_bytes() for p in found[:: max(1, len(found) // count)][:count]]
 
 
 def photos(count: int = 64) -> list[bytes]:
@@ -177,7 +190,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section")
     ap.add_argument("--report-only", action="store_true", help="re-render OUT/results.json")
+    ap.add_argument("--workdir", help="serve this workdir (its CURRENT index) instead of a setup")
+    ap.add_argument("--catalog", help="with --workdir: its catalog (photos from CATALOG/images)")
+    ap.add_argument("--serve-args", default="", help="more `vsearch serve` flags")
     args = ap.parse_args(argv)
+    if args.workdir:
+        return existing(args)
     if args.report_only:
         report.write_section(
             "serve", render(json.loads((Path(args.out) / "results.json").read_text()))
@@ -232,6 +250,45 @@ def main(argv: list[str]) -> int:
     if args.write:
         report.write_section("serve", render(result))
     return 1 if errors else 0
+
+
+def existing(args: argparse.Namespace) -> int:
+    """The 1/4/16-client levels against an existing workdir (no publish during the run)."""
+    if not args.catalog:
+        raise SystemExit("--workdir needs --catalog (the photos to search with)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = [int(x) for x in args.requests.split(",")]
+    url = f"http://127.0.0.1:{args.port}"
+    cmd = [sys.executable, "-m", "vsearch.app.cli", "serve", "--workdir", args.workdir,
+           "--catalog", args.catalog, "--port", str(args.port), "--log-level", "warning",
+           *args.serve_args.split()]  # fmt: skip
+    with open(out / "serve.log", "w") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            ready = wait_ready(url)
+            shots = catalog_photos(args.catalog)
+            asyncio.run(run_level(url, 4, 40, shots))  # warm-up: threads, caches, TF graphs
+            levels = []
+            for clients, requests in zip(LEVELS, counts, strict=True):
+                levels.append(asyncio.run(run_level(url, clients, requests, shots)))
+                print(levels[-1], flush=True)
+            import httpx
+
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    batches = [x for x in metrics.splitlines() if x.startswith("vsearch_serve_batch_size_")]
+    result = {
+        "index": ready["index"],
+        "serve_args": args.serve_args,
+        "levels": [{k: v for k, v in asdict(x).items() if k != "first_answer"} for x in levels],
+        "batch_size": batches,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 1 if sum(x.errors for x in levels) else 0
 
 
 def render(r: dict) -> str:  # type: ignore[type-arg]

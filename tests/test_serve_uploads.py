@@ -91,7 +91,9 @@ def test_concurrent_huge_pngs_decode_at_most_max_decodes_at_once(
         answers = asyncio.run(post_all(url, [big_png] * 6))
     assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
     assert all(len(r.json()["results"]) == 3 for r in answers)
-    assert meter.done == 6 and meter.peak == 2  # every photo decoded, never more than 2 at once
+    # Every photo decoded, never more than 2 at once (the batcher decodes a batch's photos one
+    # after another, so concurrent requests decode no more at once than one request does).
+    assert meter.done == 6 and 1 <= meter.peak <= 2
 
 
 def test_requests_that_wait_too_long_get_a_clear_503_and_the_rest_are_answered(

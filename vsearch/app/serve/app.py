@@ -26,8 +26,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vsearch.app.per_photo import embed_each
 from vsearch.app.serve import filters, health
+from vsearch.app.serve.answers import Answered, Query, answer_batch
+from vsearch.app.serve.batcher import Batcher, BatchSettings
 from vsearch.app.serve.command import ServeSettings
 from vsearch.app.serve.filters import Filter, FilterError
 from vsearch.app.serve.holder import (
@@ -74,60 +75,6 @@ def _params(
     return k, f
 
 
-def _check_available(served: ServedIndex, f: Filter) -> None:
-    for name in f.fields():
-        if name not in served.attributes.match:
-            raise ApiError(
-                400,
-                "filter_unavailable",
-                f"filter {name!r} is not available: attributes come from "
-                f"{served.attributes.source} (start the service with --catalog)",
-            )
-
-
-def _item_score(x: float) -> float | None:
-    """The localiser's confidence that the photo shows an item; None without a localiser."""
-    return None if x != x else round(float(x), 4)
-
-
-def _answer(
-    served: ServedIndex, photos: list[bytes], k: int, f: Filter
-) -> tuple[list[dict[str, Any]], int]:
-    """One result object per photo (``error`` set for a bad photo); also the fallback count."""
-    embedded = embed_each(served.photos, photos)
-    good = embedded.good
-    found, fallbacks = served.search.search(embedded.vectors[good], k, f) if good else ([], 0)
-    by_photo = dict(zip(good, found, strict=True))
-    out: list[dict[str, Any]] = []
-    for i, error in enumerate(embedded.errors):
-        if error is not None:
-            out.append({"error": {"code": "not_an_image", "message": error}})
-            continue
-        hits = by_photo[i]
-        out.append(
-            {
-                "no_match": served.calibration.no_match(
-                    hits[0].score if hits else None, _item_score(embedded.item_scores[i])
-                ),
-                "item_score": _item_score(embedded.item_scores[i]),
-                "results": [
-                    {
-                        "listing_id": h.listing_id,
-                        "score": round(h.score, 6),
-                        "image_uri": h.image_uri,
-                        "image_index": h.image_index,
-                        "attributes": served.attributes.of(h.code),
-                        # The part of the photo that found it (fractions of width and height):
-                        # the whole photo, or a box the model's localiser found.
-                        "box": [round(float(x), 4) for x in embedded.boxes[i]],
-                    }
-                    for h in hits
-                ],
-            }
-        )
-    return out, fallbacks
-
-
 def _index_info(served: ServedIndex) -> dict[str, Any]:
     return {
         "build_id": served.build_id,
@@ -163,17 +110,29 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
         on_event,
     )
 
+    def on_batch(photos: int, requests: int) -> None:
+        metrics.batch_photos.observe(photos)
+        metrics.batch_requests.observe(requests)
+
+    batcher = Batcher(
+        lambda jobs: answer_batch(holder, jobs),
+        BatchSettings(settings.batch_window_ms / 1000, settings.batch_photos, settings.batch_queue),
+        on_batch,
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         holder.start()
         try:
             yield
         finally:
+            await batcher.stop()
             await run_in_threadpool(holder.stop)
 
     app = FastAPI(title="vsearch serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.batcher = batcher
 
     @app.middleware("http")
     async def measure(
@@ -219,16 +178,13 @@ def create_app(settings: ServeSettings, loader: Loader | None = None) -> FastAPI
         if len(upload.photos) > max_files:
             raise ApiError(400, "too_many_images", f"at most {max_files} image(s) per request")
         k, f = _params(request, upload.fields, settings.max_k, settings.default_k)
-        # The slot first: a request waiting for one must not keep a swapped-out index open.
+        # The batch takes the index in service when it runs: a request waiting for a slot or
+        # in the queue keeps no swapped-out index open, and a whole batch answers from one.
         async with decodes.hold():
-            with holder.use() as served:
-                _check_available(served, f)
-                results, fallbacks = await run_in_threadpool(
-                    _answer, served, [p for _, p in upload.photos], k, f
-                )
-        if fallbacks:
-            metrics.fallbacks.inc(fallbacks)
-        return served, [name for name, _ in upload.photos], results, k, f
+            answer: Answered = await batcher.submit([p for _, p in upload.photos], Query(k, f))
+        if answer.fallbacks:
+            metrics.fallbacks.inc(answer.fallbacks)
+        return answer.served, [name for name, _ in upload.photos], answer.results, k, f
 
     def envelope(served: ServedIndex, k: int, f: Filter, start: float) -> dict[str, Any]:
         return {

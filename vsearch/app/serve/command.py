@@ -48,14 +48,26 @@ class ServeSettings:
     cache_dir: str | None = field(
         default=None, metadata=doc("local copy of gs:// shards (default: $TMPDIR)")
     )
-    # A 50 MP photo (the decoder's pixel limit) takes up to ~1 GB while it decodes, whatever its
-    # upload size: 4 at once bounds that to ~4 GB, and decoding is CPU-bound, so more slots than
-    # cores add no throughput.
+    # Requests in the batcher (queued or in the running batch) at once. A 50 MP photo (the
+    # decoder's pixel limit) takes up to ~1 GB while it decodes, whatever its upload size; the
+    # batcher decodes a batch's photos one after another, so one such decode is in flight at a
+    # time however many requests hold slots. 32 lets 16+ clients share one model call.
     max_decodes: int = field(
-        default=4, metadata=doc("requests decoding and embedding photos at once")
+        default=32, metadata=doc("requests decoding and embedding photos at once")
     )
     decode_wait_s: float = field(  # a slot frees in milliseconds for a phone photo
         default=10.0, metadata=doc("seconds a request waits for a decoding slot before a 503")
+    )
+    # Batched serving (batcher.py): concurrent requests' photos share one model call.
+    batch_window_ms: float = field(  # under load batches fill while the last one runs anyway
+        default=1.0,
+        metadata=doc("ms a lone photo waits for others to share its model call"),
+    )
+    batch_photos: int = field(  # one full /search/batch; more adds latency, little throughput
+        default=32, metadata=doc("most photos per model call")
+    )
+    batch_queue: int = field(  # 8 full batches; past that a client should come back later
+        default=256, metadata=doc("photos waiting for a model call before a 503 busy")
     )
     log_level: str = field(
         default="info",
@@ -74,9 +86,13 @@ class ServeSettings:
             ("--max-k", self.max_k),
             ("--max-batch", self.max_batch),
             ("--max-decodes", self.max_decodes),
+            ("--batch-photos", self.batch_photos),
+            ("--batch-queue", self.batch_queue),
         ):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.batch_window_ms < 0:
+            raise ValueError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
         if self.poll_s <= 0 or self.max_upload_bytes < 1 or self.decode_wait_s <= 0:
             raise ValueError("--poll-s, --max-upload and --decode-wait-s must be positive")
 

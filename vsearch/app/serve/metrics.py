@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # Search latency buckets: a loopback search is ~1-50 ms; the tail matters up to seconds.
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
+# Photos (and requests) per model call: 1 alone, up to --batch-photos under load.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
 
 class ServeMetrics:
     def __init__(self) -> None:
@@ -41,6 +44,18 @@ class ServeMetrics:
         self.fallbacks = Counter(
             "vsearch_serve_filter_exact_fallbacks",
             "filtered queries answered by exact search over the filtered subset",
+            registry=r,
+        )
+        self.batch_photos = Histogram(
+            "vsearch_serve_batch_size",
+            "photos per model call (concurrent requests batched together)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "vsearch_serve_batch_requests",
+            "requests per model call",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
 
