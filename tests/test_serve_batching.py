@@ -1,6 +1,7 @@
 """Batched serving on a real uvicorn server: concurrent requests share model calls and get
 exactly the answers they get alone; a bad photo in one request costs the others nothing; a full
-queue answers 503 ``busy``; a cancelled request frees its room in the queue (batcher.py)."""
+queue answers 503 ``busy``; a cancelled request frees its room in the queue; a batch answers
+from one index even when a swap happens while it waits (batcher.py, answers.py)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ REQUESTS: list[tuple[str, list[bytes]]] = [
     ("/search/batch?k=3", [photo(fx.listing_rgb(i), "JPEG", size=64) for i in (4, 17, 30)]),
 ]
 NOT_AN_IMAGE = b"this is not an image"
+FIRST_BUILD, SECOND_BUILD = "20260101T000000Z-aaaaaa", "20260101T000001Z-bbbbbb"
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +235,29 @@ def test_an_error_of_one_batch_fails_only_its_requests() -> None:
     ok, bad, boom, after = asyncio.run(scenario())
     assert ok == "ok" and isinstance(bad, ValueError) and after == "after"
     assert isinstance(boom, RuntimeError) and str(boom) == "model crashed"
+
+
+def test_a_batch_answers_from_one_index_across_a_swap(
+    tmp_path_factory: pytest.TempPathFactory, gate: Gate
+) -> None:
+    workdir, catalog, emb = fx.make_served_workdir(str(tmp_path_factory.mktemp("batch-swap")))
+    app = create_app(ServeSettings(workdir=workdir, catalog=catalog, poll_s=60, max_decodes=32))
+    only_old = [photo(fx.listing_rgb(35), "JPEG", size=80)]  # build B leaves listing 35 out
+    with fx.LiveServer(app) as url:
+        fx.wait_ready(url, FIRST_BUILD)
+        gate.open.clear()
+        gate.started.clear()
+        with ThreadPoolExecutor(3) as pool:
+            running = pool.submit(post, url, "/search?k=1", only_old)
+            assert gate.started.wait(60)  # its batch holds build A
+            queued = [pool.submit(post, url, "/search?k=1", only_old) for _ in range(2)]
+            wait_until(lambda: batcher_of(app).queued_photos == 2, "never queued")
+            fx.build_and_publish(workdir, catalog, SECOND_BUILD, emb, keep=30)
+            assert app.state.holder.check_once() == "swapped"
+            gate.open.set()
+            old, *new = [answer(f.result()) for f in [running, *queued]]
+    assert old["index"]["build_id"] == FIRST_BUILD
+    assert old["results"][0]["listing_id"] == fx.synthetic.listing_id(35)
+    for a in new:  # the next batch: wholly on build B
+        assert a["index"]["build_id"] == SECOND_BUILD
+        assert a["results"][0]["listing_id"] != fx.synthetic.listing_id(35)

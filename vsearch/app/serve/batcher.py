@@ -50,7 +50,7 @@ class BatchSettings:
             raise ValueError(f"need window >= 0, max photos and queue >= 1: {self}")
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: found in the queue by identity
 class Job:
     photos: Sequence[bytes]
     params: Any  # what ``run`` needs beside the photos (k, filter)
@@ -76,6 +76,7 @@ class Batcher:
         self.batches = 0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._running: list[Job] = []  # the batch in the model now
 
     async def submit(self, photos: Sequence[bytes], params: Any) -> Any:
         """The outcome of ``run`` for these photos; raises the job's own exception."""
@@ -117,7 +118,7 @@ class Batcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        for job in self._queue:
+        for job in [*self._running, *self._queue]:
             job.future.cancel()
         self._queue.clear()
         self.queued_photos = 0
@@ -134,11 +135,14 @@ class Batcher:
             if not batch:
                 continue
             self.batches += 1
-            self._on_batch(sum(len(j.photos) for j in batch), len(batch))
+            self._running = batch
             try:
+                self._on_batch(sum(len(j.photos) for j in batch), len(batch))
                 outcomes = await run_in_threadpool(self._run, batch)
             except Exception as e:  # run's own failure: this batch's requests only
                 outcomes = [e] * len(batch)
+            finally:
+                self._running = []
             for job, outcome in zip(batch, outcomes, strict=True):
                 if not job.future.done():  # cancelled meanwhile: nobody waits for it
                     job.future.set_result(outcome)
