@@ -6,8 +6,9 @@ flags and Beam's pipeline options, exactly as ``vsearch STAGE ...`` takes them:
 
     --stage=embed --catalog=gs://... --workdir=gs://... --date=2026-12-04 --runner=DataflowRunner ...
 
-becomes ``vsearch embed --catalog=gs://... ...``. Nothing else happens here: the CLI is the one
-place that maps names to stages.
+becomes ``vsearch embed --catalog=gs://... ...``. A template parameter is always a value, so a
+switch arrives as ``--full=true``: it becomes ``--full`` (``--full=false`` is dropped). Nothing
+else happens here: the CLI is the one place that maps names to stages.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ import sys
 from collections.abc import Sequence
 
 
+def _switch(arg: str) -> list[str]:
+    """``--name=true`` -> ``--name``; ``--name=false`` -> nothing; any other flag unchanged."""
+    name, eq, value = arg.partition("=")
+    if eq and name.startswith("--") and value.lower() in ("true", "false"):
+        return [name] if value.lower() == "true" else []
+    return [arg]
+
+
 def to_cli_args(argv: Sequence[str]) -> list[str]:
-    """``--stage=NAME`` (or ``--stage NAME``) moved to the front as the command; the rest kept."""
-    args = list(argv)
+    """``--stage=NAME`` (or ``--stage NAME``) moved to the front as the command; switches given
+    as ``--name=true|false`` turned into the CLI's form; the rest kept."""
+    args = [a for arg in argv for a in _switch(arg)]
     for i, arg in enumerate(args):
         if arg.startswith("--stage="):
             return [arg.split("=", 1)[1], *args[:i], *args[i + 1 :]]
