@@ -31,6 +31,7 @@ from index.manifest import NoMatchCalibration
 from vsearch.app import calibrate
 from vsearch.app.per_photo import embed_each
 from vsearch.app.photo_search import PhotoSearch
+from vsearch.app.serve.calibration import Calibration
 from vsearch.core import storage
 from vsearch.core.catalog import Review
 from vsearch.core.snapshot import read_snapshot
@@ -76,11 +77,11 @@ def top_scores(photos: PhotoSearch, data: list[bytes]) -> tuple[np.ndarray, np.n
 
 
 def flagged(c: NoMatchCalibration, scores: np.ndarray, items: np.ndarray) -> float:
-    """The share the service flags (vsearch/app/serve/calibration.py's rule)."""
-    no_item = (
-        items < c.item_threshold if c.item_threshold is not None else np.zeros(len(items), bool)
+    """The share the service flags: its own rule (``Calibration.no_match``), not a copy."""
+    served = Calibration.measured(c, "benchmark")
+    return float(
+        np.mean([served.no_match(float(s), float(i)) for s, i in zip(scores, items, strict=True)])
     )
-    return float(((scores < c.threshold) | no_item).mean())
 
 
 def youden_threshold(photos: PhotoSearch, reviews: list[Review], n: int) -> float:
