@@ -62,7 +62,7 @@ bench: $(STAMP)  ## Run the benchmarks and rewrite BENCHMARKS.md.
 lint: $(STAMP)  ## ruff, mypy and the layer contract (import-linter).
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy vsearch pipelines transforms models index
+	$(BIN)/mypy core synthetic models index transforms search pipelines vsearch deploy
 	$(BIN)/lint-imports
 
 worker-requirements: $(STAMP)  ## Regenerate deploy/requirements-worker*.txt (Dataflow workers, images) from pyproject.toml + constraints.txt.

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vsearch.core import catalog as catalog_contract
-from vsearch.core import images, storage
-from vsearch.core.snapshot import read_snapshot
-from vsearch.synthetic import truth
+from core import catalog as catalog_contract
+from core import images, storage
+from core.snapshot import read_snapshot
+from synthetic import truth
 
 QUERY_SIZE = 256  # the frame crops are cut from: a small item keeps its pixels
 SIZE_BINS = ((0.0, 0.3, "item < 30%"), (0.3, 0.45, "30-45%"), (0.45, 9.0, ">= 45%"))
@@ -117,7 +117,7 @@ def run(
 
     methods["whole frame"] = whole
     if embedder.has_query_signature():
-        from vsearch.app.photo_search import query_view
+        from search.photo_search import query_view
 
         def localised(data: bytes, q: Query) -> tuple[np.ndarray, np.ndarray]:
             # As search does: the localiser's best box when it is sure enough, else the photo.
@@ -188,7 +188,7 @@ def markdown(results: dict[str, object]) -> str:
 
 def _only_model(workdir: str) -> str:
     """The one trained model under WORKDIR/models/; with several, --model must say which."""
-    from vsearch.core import paths
+    from core import paths
 
     found = sorted(
         storage.basename(storage.parent(u))

@@ -10,7 +10,7 @@
     time (both end to end: `python -m vsearch embed` in a fresh process, fixed costs included).
     Target <= 2% at >= 100,000 images. Unchanged photos are recognised from metadata alone (a
     catalog checksum, one stat of a local file or a listing of a gs:// prefix; see
-    vsearch/core/objectmeta.py), so the report also prints the cost per unchanged image and how
+    core/objectmeta.py), so the report also prints the cost per unchanged image and how
     many photos the 1% day read. The 1% day runs ``--rounds`` times (medians), interleaved with the
     same day on a second, smaller catalog (``--small-images``): the two sizes separate the fixed
     cost of a run (start-up, model load, pipeline set-up) from the cost per catalog photo, so the
@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vsearch.core import paths, storage
+from core import paths, storage
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 CHANGE_FRACTION = 0.01
@@ -225,7 +225,7 @@ def _prepare(base: str, images: int, seed: int, args: argparse.Namespace) -> Pre
     keep = args.keep_catalog and storage.exists(day2)
     shutil.rmtree(workdir if keep else base, ignore_errors=True)
     version, model_desc = _install_model(args, workdir)
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     t0 = time.perf_counter()
     if keep:
@@ -329,8 +329,8 @@ def _photo_count(listings: pa.Table) -> int:
 
 def _photo_bytes(catalog: str, limit: int) -> list[bytes]:
     """The bytes of day 1's first ``limit`` photos, in catalog order (what the job reads)."""
-    from vsearch.core import catalog as catalog_mod
-    from vsearch.core import snapshot
+    from core import catalog as catalog_mod
+    from core import snapshot
 
     snap = snapshot.read_snapshot(catalog, D1)
     blobs = []
@@ -347,7 +347,7 @@ DECODE_CHUNK = 128  # photos per task sent to a decode process: ~0.7 MB of JPEG,
 
 def _decode_chunk(chunk: list[bytes], size: int, keep: bool) -> list[np.ndarray] | int:
     """The safe decode of each photo (in a pool process); the pixels, or only how many decoded."""
-    from vsearch.core import images
+    from core import images
 
     out = []
     for data in chunk:
@@ -369,7 +369,7 @@ def _decode_pool(workers: int) -> Any:
 
 
 def _decode_rate(pool: Any, blobs: list[bytes], size: int, workers: int) -> float:
-    """images/s of the safe decode alone (``vsearch.core.images.decode_image``, what the job's
+    """images/s of the safe decode alone (``core.images.decode_image``, what the job's
     DecodeImages runs) on ``workers`` processes; the bytes are already in memory, only counts
     come back."""
     chunks = [blobs[i : i + DECODE_CHUNK] for i in range(0, len(blobs), DECODE_CHUNK)]
@@ -512,7 +512,7 @@ def _run(
         raise RuntimeError(
             f"embed failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
-    from vsearch.core import runs
+    from core import runs
 
     return runs.read_summary(workdir, "embed", date), wall
 

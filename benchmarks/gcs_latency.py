@@ -15,8 +15,8 @@ Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
 @contextlib.contextmanager
 def loopback_workdir(bucket: str) -> Iterator[str]:
     """A workdir ``gs://BUCKET/w`` on a fresh loopback server, for the length of the block."""
+    from core import storage
     from tests import gcs_emulator
-    from vsearch.core import storage
 
     with gcs_emulator.running():
         storage.gcs_client().create_bucket(bucket)

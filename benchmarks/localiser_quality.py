@@ -97,9 +97,9 @@ def studio_photos(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarr
 
 def catalog_studio_photos(catalog: str, date: str, limit: int) -> np.ndarray:
     """uint8 [M, ITEM_SIZE, ITEM_SIZE, 3]: the first photo of up to ``limit`` listings."""
-    from vsearch.core import catalog as contract
-    from vsearch.core import images, storage
-    from vsearch.core.snapshot import read_snapshot
+    from core import catalog as contract
+    from core import images, storage
+    from core.snapshot import read_snapshot
 
     photos = []
     for listing in read_snapshot(catalog, date).listings[:limit]:

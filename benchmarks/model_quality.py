@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from benchmarks import report
-from vsearch.core import storage
+from core import storage
 
 DATE = "2026-01-01"
 KEYS = (
@@ -164,6 +164,7 @@ def main(argv: list[str]) -> int:
 
     import tensorflow_transform as tft
 
+    from core import paths
     from models import dataset
     from models.baselines import colour_histogram
     from models.config import TrainConfig
@@ -171,10 +172,9 @@ def main(argv: list[str]) -> int:
     from models.train import run as train
     from pipelines.preprocess import PreprocessSettings
     from pipelines.preprocess import run as preprocess
-    from vsearch.core import paths
-    from vsearch.synthetic.bazaar import generate_bazaar_catalog
-    from vsearch.synthetic.generate import generate_catalog
-    from vsearch.synthetic.phone import generate_phone_catalog
+    from synthetic.bazaar import generate_bazaar_catalog
+    from synthetic.generate import generate_catalog
+    from synthetic.phone import generate_phone_catalog
 
     root = storage.join(args.out, f"{args.style}-{args.listings}")
     cat = storage.join(root, "catalog")

@@ -1,6 +1,6 @@
 """Does ``no_match`` mean no match? The published index of a workdir, measured as a shopper sees it.
 
-The calibration is computed as build-index computes it (``vsearch.app.calibrate``: held-out buyer
+The calibration is computed as build-index computes it (``search.calibrate``: held-out buyer
 photos, own listing vs listing left out; the best score and the localiser's item confidence), without
 writing anything, and compared with the one stored in the manifest when there is one. Then,
 searched as the service searches (top hit's score below the threshold, or item confidence below
@@ -27,14 +27,14 @@ import time
 import numpy as np
 from PIL import Image
 
+from core import storage
+from core.catalog import Review
+from core.snapshot import read_snapshot
 from index.manifest import NoMatchCalibration
-from vsearch.app import calibrate
-from vsearch.app.per_photo import embed_each
-from vsearch.app.photo_search import PhotoSearch
-from vsearch.app.serve.calibration import Calibration
-from vsearch.core import storage
-from vsearch.core.catalog import Review
-from vsearch.core.snapshot import read_snapshot
+from search import calibrate
+from search.per_photo import embed_each
+from search.photo_search import PhotoSearch
+from vsearch.serve.calibration import Calibration
 
 
 def noise_photos(n: int, size: int) -> list[bytes]:
@@ -48,13 +48,13 @@ def noise_photos(n: int, size: int) -> list[bytes]:
 
 
 def bazaar_photos(n: int, size: int) -> list[bytes]:
-    from vsearch.synthetic import bazaar
+    from synthetic import bazaar
 
     return [bazaar.review_photo(7, bazaar.draw_item(7, i), 0, size) for i in range(n)]
 
 
 def phone_photos(n: int, size: int) -> list[bytes]:
-    from vsearch.synthetic import phone
+    from synthetic import phone
 
     out: list[bytes] = []
     num = 0

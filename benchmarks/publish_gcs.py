@@ -1,7 +1,7 @@
 """What committing a day's partition costs on gs:// (BENCHMARKS.md section ``publish_gcs``).
 
 A run ends by publishing its staged Parquet files as the day's partition
-(``pipelines.embed.publish_partition`` -> ``vsearch.core.partitions.publish``): each file's
+(``pipelines.embed.publish_partition`` -> ``core.partitions.publish``): each file's
 footer is read for its row count and its size looked up, each is copied under its attempt's name
 into the partition (a copy and a delete), the manifest is written, and the files it replaces are
 deleted. A full day at 100M listings is ~10,000 files of 50k rows. Measured side by side on the
@@ -31,7 +31,7 @@ DAY = dt.date(2026, 1, 1)
 
 
 def _stage(workdir: str, attempt: str, files: int, body: bytes) -> str:
-    from vsearch.core import paths, storage
+    from core import paths, storage
 
     staged = paths.staging_dir(workdir, "embed", DAY, attempt)
     for i in range(files):
@@ -41,8 +41,8 @@ def _stage(workdir: str, attempt: str, files: int, body: bytes) -> str:
 
 def _publish(workdir: str, attempt: str, threads: int, files: int, meter: Any) -> float:
     """Stage a day of ``files`` files (not timed), then publish it with ``threads`` in flight."""
+    from core import paths, storage
     from pipelines.embed import publish_partition
-    from vsearch.core import paths, storage
 
     staged = _stage(workdir, attempt, files, _parquet_body())
     saved, storage.IO_THREADS = storage.IO_THREADS, threads
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
+    from core import embeddings, storage
     from tests import gcs_emulator
-    from vsearch.core import embeddings, storage
 
     with gcs_latency.loopback_workdir("publish-bench") as workdir:
         attempts = iter(range(1, 1_000_000))

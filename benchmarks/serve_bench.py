@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
     setup_s = time.perf_counter() - t0
     url = f"http://127.0.0.1:{args.port}"
     log = open(out / "serve.log", "w")  # noqa: SIM115 (open for the server's lifetime)
-    cmd = [sys.executable, "-m", "vsearch.app.cli", "serve", "--workdir", workdir,
+    cmd = [sys.executable, "-m", "vsearch.cli", "serve", "--workdir", workdir,
            "--catalog", catalog, "--port", str(args.port), "--poll-s", "0.5", "--log-level", "warning"]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -260,7 +260,7 @@ def existing(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(x) for x in args.requests.split(",")]
     url = f"http://127.0.0.1:{args.port}"
-    cmd = [sys.executable, "-m", "vsearch.app.cli", "serve", "--workdir", args.workdir,
+    cmd = [sys.executable, "-m", "vsearch.cli", "serve", "--workdir", args.workdir,
            "--catalog", args.catalog, "--port", str(args.port), "--log-level", "warning",
            *args.serve_args.split()]  # fmt: skip
     with open(out / "serve.log", "w") as log:

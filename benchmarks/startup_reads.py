@@ -33,7 +33,7 @@ def _serial_beam(workdir: str) -> int:
     """The reads one by one through Beam, as before: list, then per day exists + open + read."""
     from apache_beam.io.filesystems import FileSystems
 
-    from vsearch.core import partitions, paths, storage
+    from core import partitions, paths, storage
 
     days = sorted({u.split("dt=")[1][:10] for u in storage.list_prefix(workdir) if "dt=" in u})
     found = 0
@@ -48,7 +48,7 @@ def _serial_beam(workdir: str) -> int:
 
 
 def _ours(workdir: str) -> int:
-    from vsearch.core import embeddings
+    from core import embeddings
 
     return len(embeddings.committed_partitions(workdir, VERSION))
 
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite the BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
+    from core import partitions, paths, storage
     from tests import gcs_emulator
-    from vsearch.core import partitions, paths, storage
 
     with gcs_latency.loopback_workdir("startup-reads") as workdir:
         for i in range(args.days):

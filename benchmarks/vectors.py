@@ -103,8 +103,8 @@ def catalog(run_dir: str, nq: int) -> tuple[np.ndarray, np.ndarray]:
     shuffled with seed 0; the first ``nq`` are the queries, held out of the database."""
     import glob
 
+    from core.embeddings import read_current_embeddings
     from index.source import batch_vectors
-    from vsearch.core.embeddings import read_current_embeddings
 
     days = sorted(glob.glob(os.path.join(run_dir, "catalog", "dt=*")))
     models = sorted(glob.glob(os.path.join(run_dir, "work", "embeddings", "model=*")))

@@ -22,7 +22,7 @@ dataclass, ``vsearch_gcp.GcpSettings`` (``VSEARCH_GCP``). Both modes: a run fail
 
 In local mode, Beam stages run through the Apache Beam provider with the runner and pipeline
 options from params: DirectRunner by default. On DataflowRunner the stage prints Beam's
-"Created job with id: [...]" line (vsearch/app/quiet.py lets it through), where the provider
+"Created job with id: [...]" line (vsearch/quiet.py lets it through), where the provider
 finds the job: a killed task cancels it and the task links to it. With ``runner=DataflowRunner`` the provider's
 ``dataflow_config`` (project, region, job name, wait and cancel behaviour) is built from the
 params too, so the provider never substitutes its own defaults (it sets ``--region`` from
@@ -231,7 +231,7 @@ def _run_stage(
     """
     import datetime
 
-    from vsearch.app.stages import DayRun, result_from_json, result_to_json, run_one
+    from vsearch.stages import DayRun, result_from_json, result_to_json, run_one
 
     day = DayRun(
         catalog=catalog,
@@ -252,7 +252,7 @@ def _embed_branch(workdir: str, date: str, gate: dict[str, object] | None = None
     """
     import datetime
 
-    from vsearch.app.stages import read_result
+    from vsearch.stages import read_result
 
     if gate is None:
         promoted = read_result("gate", workdir, datetime.date.fromisoformat(date)).promoted

@@ -38,7 +38,7 @@ def to_cli_args(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vsearch.app.cli import main as cli_main
+    from vsearch.cli import main as cli_main
 
     return cli_main(to_cli_args(sys.argv[1:] if argv is None else argv))
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from core import storage
+from core.settings import doc
 from index import autopca, ondisk, sharding, training, tuning
 from index import factory as factory_mod
 from index import manifest as manifest_mod
@@ -29,8 +31,6 @@ from index.shards import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
 from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
 from index.verify import default_cache_dir
-from vsearch.core import storage
-from vsearch.core.settings import doc
 
 log = logging.getLogger(__name__)
 

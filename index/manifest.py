@@ -13,8 +13,8 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from core import storage
 from index.sharding import PCA_FILE
-from vsearch.core import storage
 
 # 2: id maps and pca.bin carry a sha256 too (``ids_sha256``, ``pca_sha256``). Version 1
 # manifests (shard sha256 only) are still read; their id maps and PCA are not verifiable.
@@ -61,7 +61,7 @@ class Validation:
 
 @dataclass(frozen=True)
 class NoMatchCalibration:
-    """The no-match rule build-index chose on held-out buyer photos (vsearch/app/calibrate.py).
+    """The no-match rule build-index chose on held-out buyer photos (search/calibrate.py).
 
     A search answers ``no_match`` when its best score is below ``threshold`` or, for a model with
     a localiser, when the localiser's confidence that the photo shows an item at all is below

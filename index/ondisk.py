@@ -21,10 +21,10 @@ from typing import Any
 import faiss
 from faiss.contrib.ondisk import merge_ondisk
 
+from core import storage
 from index import manifest as manifest_mod
 from index.factory import factory_kind
 from index.verify import local_shard, sha256_of_file
-from vsearch.core import storage
 
 MERGED_INDEX = "merged.faiss"
 MERGED_LISTS = "merged.ivfdata"

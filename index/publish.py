@@ -11,7 +11,7 @@ manifest sha256 (shards, id maps, PCA, merged files), then the index is loaded a
 (a few seeded queries). A failure raises PublishError naming the file or the check, and CURRENT
 is not touched. A build that passed and became CURRENT gets ``verified.json`` beside its
 manifest: it is a "good" build, where a service falls back when CURRENT cannot be loaded
-(vsearch/app/serve/holder.py).
+(vsearch/serve/holder.py).
 
 Old builds stay readable until retention removes them; never removed: the CURRENT build, the
 build CURRENT named before (replicas still serve it until they swap), the newest other verified
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from core import paths, runs, storage
+from core.settings import WORKDIR, doc
 from index import manifest as manifest_mod
 from index import sharding, verify
-from vsearch.core import paths, runs, storage
-from vsearch.core.settings import WORKDIR, doc
 
 log = logging.getLogger(__name__)
 

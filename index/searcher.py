@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from core import paths, storage
 from index import manifest as manifest_mod
 from index import ondisk, refine, sharding, training
 from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
@@ -43,7 +44,6 @@ from index.verify import (
     read_id_map,
     verified_bytes,
 )
-from vsearch.core import paths, storage
 
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
@@ -471,7 +471,7 @@ class Searcher:
 
 
 # ------------------------------------------------------------------ hook: filtered search
-# Read-only views for vsearch/app/serve/filtered.py, which owns the filter logic (attribute
+# Read-only views for vsearch/serve/filtered.py, which owns the filter logic (attribute
 # masks, over-fetch, exact search over a filtered subset). Nothing above depends on these.
 
 

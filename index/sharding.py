@@ -1,6 +1,6 @@
 """Pure shard arithmetic: which shard a listing lives on, and how many shards an index needs.
 
-A listing's shard is ``vsearch.core.hashing.stable_hash`` of its ``listing_id`` (not Python's
+A listing's shard is ``core.hashing.stable_hash`` of its ``listing_id`` (not Python's
 salted ``hash``), so every image of a listing lands on one shard, every worker and every day
 agree, and a listing's shard never depends on which other listings exist.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vsearch.core.hashing import stable_hash
+from core.hashing import stable_hash
 
 
 def shard_of(listing_id: str, num_shards: int) -> int:

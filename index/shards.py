@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core import storage
 from index import manifest as manifest_mod
 from index import refine, sharding, training
 from index.source import BatchesFactory, batch_vectors, iter_database
-from vsearch.core import storage
 
 ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
 

@@ -19,8 +19,8 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import storage
 from index import manifest as manifest_mod
-from vsearch.core import storage
 
 _CHUNK = 8 << 20
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vsearch.core import paths, storage
+from core import paths, storage
 
 BYTES_SIGNATURE = "serving_default"  # models.export.SIGNATURE
 PIXELS_SIGNATURE = "serving_pixels"  # models.export.PIXELS_SIGNATURE
@@ -183,7 +183,7 @@ class Embedder:
         Raises ``images.ImageError`` for a bad photo."""
         import tensorflow as tf
 
-        from vsearch.core import images
+        from core import images
 
         if not self.has_query_signature():
             emb = self.embed_photos(photos)[:, None, :]
@@ -247,7 +247,7 @@ class Embedder:
 
     def decode(self, photo: bytes) -> np.ndarray:
         """The safe Pillow decode at the model's size; raises ``images.ImageError`` for a bad photo."""
-        from vsearch.core import images
+        from core import images
 
         if self.image_size is None:
             raise ModelArtifactError(

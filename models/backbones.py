@@ -7,7 +7,7 @@ import tempfile
 
 import keras
 
-from vsearch.core import storage
+from core import storage
 
 # Short from-scratch runs take a few hundred steps: the default 0.99 would leave the moving
 # statistics used at eval/serving time far behind the weights.

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsearch.core.settings import DATE_STR, WORKDIR, doc
+from core.settings import DATE_STR, WORKDIR, doc
 
 BACKBONES = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50")
 INSTANCE_HEAD = (

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from core import paths, storage
 from models.augment import PHONE_VIEW_RATE, augment
 from models.config import INSTANCE_HEAD
 from models.features import (
@@ -26,7 +27,6 @@ from models.features import (
     LISTING_ID_KEY,
     normalize_pixels,
 )
-from vsearch.core import paths, storage
 
 TRAIN = "train"
 EVAL = "eval"

@@ -3,7 +3,7 @@
 ``serving_default``: ``images`` tf.string [N] (encoded JPEG/PNG/GIF/BMP bytes), decoded and
 letterboxed in the graph by ``features.decode_letterboxed`` (the pipelines' Pillow rule);
 ``serving_pixels``: ``pixels`` uint8 [N, S, S, 3], for callers that already decoded the photo
-safely (``vsearch.core.images.decode_image``), as the embed job does. A model trained with a
+safely (``core.images.decode_image``), as the embed job does. A model trained with a
 localiser also has ``serving_query`` (bytes) and ``serving_query_pixels`` (uint8 [N, Q, Q, 3],
 letterboxed at ``QUERY_SIZE``): a shopper's photo as the whole frame plus the localiser's best
 boxes cut from the Q frame, each embedded like a catalog photo (``embedding`` [N, V, D],
@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from core import storage
 from models.features import (
     IMAGE_KEY,
     IMAGE_MEAN_KEY,
@@ -34,7 +35,6 @@ from models.features import (
     vocab_name,
 )
 from models.model import EMBEDDING
-from vsearch.core import storage
 
 SIGNATURE = "serving_default"  # raw encoded bytes in
 PIXELS_SIGNATURE = "serving_pixels"  # decoded uint8 pixels in

@@ -2,7 +2,7 @@
 
 Raw features (one row per image, listing photos and review photos alike):
   ``image``      uint8 pixels [S, S, 3] of the sanitised, letterboxed image
-                 (``vsearch.core.images.decode_image``), carried as int64 (tf.Example has no uint8).
+                 (``core.images.decode_image``), carried as int64 (tf.Example has no uint8).
   ``listing_id``, ``kind`` ("listing" | "review")  passed through for the retrieval evaluation.
   ``category``, ``color``, ``shape``, ``material``  labels, ``""`` when missing.
 
@@ -15,7 +15,7 @@ Transformed features (what the TFRecords hold; each image is stored once, as its
                  the OOV bucket (index = vocabulary size), a real "other" class.
 
 Encoded bytes (a query, TF Serving, any external caller) go through ``decode_letterboxed``, the
-TensorFlow twin of the Pillow rule in ``vsearch.core.images``: same letterbox (longer side to S,
+TensorFlow twin of the Pillow rule in ``core.images``: same letterbox (longer side to S,
 aspect kept, white padding centred), same JPEG DCT-domain downscale (``draft``), same bicubic
 resampling, alpha composited on white. EXIF orientation and ICC colour profiles are applied by the
 Pillow path only: callers with such photos should decode them safely and use the pixel signature.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from vsearch.core.images import PAD_COLOR
+from core.images import PAD_COLOR
 
 IMAGE_KEY = "image"
 IMAGE_MEAN_KEY = "image_mean"

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow_transform as tft
 
+from core import paths, runs, storage
 from models import artifact, dataset
 from models.baselines import colour_histogram, required_gain
 from models.retrieval_eval import evaluate
@@ -41,7 +42,6 @@ from models.settings import (
     GateDecision,
     GateSettings,
 )
-from vsearch.core import paths, runs, storage
 
 __all__ = ["DEFAULT_FLOORS", "GateDecision", "GateSettings", "decide", "measure", "run"]
 GUARDED = (
@@ -60,7 +60,7 @@ def _embed(embedder: artifact.Embedder, pixels: np.ndarray) -> artifact.Outputs:
     which its raw-bytes signature letterboxes (square to square: a plain resize) to its size."""
     if embedder.image_size == pixels.shape[1]:
         return embedder.embed_pixels(pixels)
-    from vsearch.core import images
+    from core import images
 
     return embedder.embed_bytes([images.encode_png(p) for p in pixels])
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vsearch.core.hashing import stable_hash
+from core.hashing import stable_hash
 
 
 def instance_classes(

@@ -157,7 +157,7 @@ def crop_boxes(
     """uint8 frames [N, H, H, 3] and boxes [N, k, 4] -> uint8 crops [N*k, out_size, out_size, 3],
     frame-major (frame 0's k crops first). Each box is first made square around its centre, side
     = its longer side * (1 + margin), so the item is not distorted; what lies outside the frame
-    is white (the letterbox padding, ``vsearch.core.images.PAD_COLOR``). Bilinear, no
+    is white (the letterbox padding, ``core.images.PAD_COLOR``). Bilinear, no
     antialiasing: frames much larger than the crops alias (resize them first)."""
     n, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
     b = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])

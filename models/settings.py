@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsearch.core.settings import WORKDIR, doc
+from core.settings import WORKDIR, doc
 
 # The metric that picks the best epoch and decides promotion: a buyer's photo finds its listing.
 SELECTION_METRIC = "review_recall_at_10"

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from core import paths, runs, storage
 from models import artifact, dataset
 from models.config import INSTANCE_HEAD, TrainConfig
 from models.export import export_embedder, head_vocabulary
@@ -23,7 +24,6 @@ from models.instances import instance_classes
 from models.model import MaskedAccuracy, build_model, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
 from models.settings import TrainResult
-from vsearch.core import paths, runs, storage
 
 
 def _strategy(config: TrainConfig) -> tf.distribute.Strategy:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,23 +32,23 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core import paths, runs, storage
+from core.catalog import Review
+from core.deadletter import clear_dead_letters
+from core.runs import METRICS_NAMESPACE, RunSummary
+from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 from index import builder, manifest, sharding, source
 from index.builder import IndexSettings
 from index.source import BatchesFactory
+from search.calibrate import calibrate_build
 from transforms import current_embeddings, index_view, review_sample
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
-from vsearch.core import paths, runs, storage
-from vsearch.core.catalog import Review
-from vsearch.core.deadletter import clear_dead_letters
-from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
-from vsearch.core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 
 STAGE = "build-index"
 
 # Runs on the written manifest before the run is recorded; returns figures for the summary. The
-# no-match calibration (vsearch/app/calibrate.py) is one: it searches as the service does, which
+# no-match calibration (search/calibrate.py) is one: it searches as the service does, which
 # lives above this layer, so the stage registry hands it in.
-AfterBuild = Callable[[str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ def review_photo_queries(workdir: str, version: str, reviews: list[Review]) -> n
     """Embeddings of the sampled review photos (``review_sample``: bounded, so the driver may
     hold them); unreadable photos are left out (they are the embed stage's dead letters to
     report, not this stage's)."""
+    from core.images import ImageError
     from models.artifact import Embedder
-    from vsearch.core.images import ImageError
 
     if not reviews:
         return None
@@ -298,13 +298,14 @@ def run(
     *,
     batches_factory: BatchesFactory | None = None,
     extra_queries: np.ndarray | None = None,
-    calibrate: AfterBuild | None = None,
+    calibrate: bool = True,
 ) -> BuildIndexResult:
     """Build, validate and write one index; writes its run summary, returns the manifest.
 
     ``batches_factory`` replaces the embedding reader (tests, benchmarks); ``extra_queries`` are
-    more validation queries, e.g. review-photo embeddings of the eval split; ``calibrate``
-    completes the written manifest (the no-match threshold) before the run is recorded.
+    more validation queries, e.g. review-photo embeddings of the eval split. ``calibrate``
+    completes the written manifest with the no-match threshold (``search.calibrate``) before
+    the run is recorded; vectors from ``batches_factory`` have no photos and are not calibrated.
     """
     version = (
         settings.model_version
@@ -338,7 +339,11 @@ def run(
             )
         finally:
             jobs.cleanup()
-        calibrated = calibrate(result.manifest_uri) if calibrate is not None else {}
+        calibrated: dict[str, Any] = {}
+        if calibrate and batches_factory is None:
+            calibrated = calibrate_build(
+                result.manifest_uri, settings.workdir, settings.catalog, settings.date.isoformat()
+            )
     m, v = result.manifest, result.manifest.validation
     assert v is not None
     # Read: the snapshot's images and its rejected listings rows; skipped: images with no

@@ -18,15 +18,15 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 
+from core import catalog as cat
+from core import paths, runs
+from core.runs import METRICS_NAMESPACE, Counts, RunSummary
 from pipelines.settings import CheckCatalogSettings
 from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
 from transforms.progress import LogProgress
 from transforms.read_catalog import ReadCatalog
 from transforms.read_images import MAIN_TAG, ReadImages
-from vsearch.core import catalog as cat
-from vsearch.core import paths, runs
-from vsearch.core.runs import METRICS_NAMESPACE, Counts, RunSummary
 
 STAGE = "catalog"
 

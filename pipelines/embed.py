@@ -18,7 +18,7 @@ they cost the same shape on a laptop and on Dataflow.
 
 Publishing: shards are written to a staging folder; only when the bad fraction (dead letters /
 images) is within ``max_bad_fraction`` is the day's partition replaced by them as a whole
-(vsearch/core/partitions.py: a manifest, and an atomic directory swap locally). A run that
+(core/partitions.py: a manifest, and an atomic directory swap locally). A run that
 fails the check leaves the partition as it was and its dead letters for inspection. Before any
 work the run refuses an empty or sharply shrunk snapshot and an unreadable earlier file.
 
@@ -39,6 +39,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
+from core import embeddings, embedstate, images, partitions, paths, runs, storage
+from core.catalog import ImageRef, catalog_name
+from core.deadletter import DeadLetter
+from core.runs import METRICS_NAMESPACE, RunSummary
 from models import artifact
 from pipelines.embed_checks import EmbedError, check_readable, check_shrink, count_listings
 from pipelines.settings import EmbedResult, EmbedSettings
@@ -49,10 +53,6 @@ from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from transforms.progress import LogProgress
-from vsearch.core import embeddings, embedstate, images, partitions, paths, runs, storage
-from vsearch.core.catalog import ImageRef, catalog_name
-from vsearch.core.deadletter import DeadLetter
-from vsearch.core.runs import METRICS_NAMESPACE, RunSummary
 
 STAGE = "embed"
 # Each model batch runs as two calls at once: one call leaves CPU cores idle (the model alone
@@ -290,7 +290,7 @@ def plan_skip(
     s: EmbedSettings, version: str, earlier: Mapping[dt.date, partitions.Committed]
 ) -> SkipPlan:
     """The newest state snapshot alone when the partitions it was made on are exactly today's
-    ``earlier`` partitions (``vsearch/core/embedstate.py``); else the state checked against
+    ``earlier`` partitions (``core/embedstate.py``); else the state checked against
     every earlier partition's keys."""
     basis = {d.isoformat(): c.commit for d, c in earlier.items()}
     if s.full:
@@ -424,7 +424,7 @@ def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
 def publish_partition(
     staged: str, partition: str, attempt: str, extra: dict[str, Any] | None = None
 ) -> int:
-    """Commit the staged files as the whole partition (vsearch/core/partitions.py); returns how
+    """Commit the staged files as the whole partition (core/partitions.py); returns how
     many files it now holds."""
     uris = [u for u in storage.list_prefix(staged) if u.endswith(".parquet")]
     rows = storage.map_io(_num_rows, uris, remote=storage.is_gcs(staged))

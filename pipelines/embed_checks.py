@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
-from vsearch.core import paths, storage
+from core import paths, storage
 
 
 class EmbedError(RuntimeError):
@@ -18,7 +18,7 @@ class EmbedError(RuntimeError):
 
 def count_listings(catalog: str, date: dt.date) -> int | None:
     """Rows of a day's listings table from metadata (Parquet footer) or lines (JSONL)."""
-    from vsearch.core import snapshot
+    from core import snapshot
 
     table = snapshot.find_table(catalog, date, "listings")
     if table is None:

@@ -20,14 +20,14 @@ from typing import Any
 
 import apache_beam as beam
 
+from core import catalog, paths, runs, storage
+from core.hashing import stable_fraction
+from core.runs import METRICS_NAMESPACE, Counts
 from models import features as F
 from pipelines.settings import PreprocessSettings
 from pipelines.stage import run_pipeline
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.progress import LogProgress
-from vsearch.core import catalog, paths, runs, storage
-from vsearch.core.hashing import stable_fraction
-from vsearch.core.runs import METRICS_NAMESPACE, Counts
 
 STAGE = "preprocess"
 _IMAGES = "preprocess_images"

@@ -1,7 +1,7 @@
 """Settings and results of the Beam stages: light (no Beam graph, no TensorFlow), so that the CLI
 is built from them and ``vsearch STAGE --help`` answers at once (build-index's settings live
 in its module: they nest the index's settings, which need faiss). Each field's help is the flag's
-help (``vsearch.core.settings.doc``); the comment beside a default says why it is that value.
+help (``core.settings.doc``); the comment beside a default says why it is that value.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsearch.core import images
-from vsearch.core.runs import Counts
-from vsearch.core.settings import ALLOWED_BUCKETS, CATALOG, DATE, DATE_STR, WORKDIR, doc
+from core import images
+from core.runs import Counts
+from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, DATE_STR, WORKDIR, doc
 
 # The model input size and the rare-class cut of models.features (tests/test_cli.py checks that
 # these equal features.DEFAULT_IMAGE_SIZE / DEFAULT_MIN_CLASS_COUNT; importing it needs TF).

@@ -13,8 +13,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from vsearch.core import runs, storage
-from vsearch.core.deadletter import clear_dead_letters
+from core import runs, storage
+from core.deadletter import clear_dead_letters
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def gcs_server() -> Iterator[str]:
 @pytest.fixture()
 def gcs_bucket(gcs_server: str) -> str:
     """A fresh bucket on the loopback GCS server; returns ``gs://NAME``."""
-    from vsearch.core import storage
+    from core import storage
 
     name = f"vsearch-test-{uuid.uuid4().hex[:10]}"
     storage.gcs_client().create_bucket(name)
@@ -56,7 +56,7 @@ TINY_STAGE_FLAGS: dict[str, tuple[str, ...]] = {
 @pytest.fixture(scope="session")
 def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A generated catalog of 3 daily snapshots (2026-01-01..03), 40 listings, 64 px photos."""
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     out = str(tmp_path_factory.mktemp("tiny-catalog"))
     generate_catalog(
@@ -73,7 +73,7 @@ def trained_workdir(tiny_catalog: str, tmp_path_factory: pytest.TempPathFactory)
     """
     import datetime as dt
 
-    from vsearch.app.stages import DayRun, run_day
+    from vsearch.stages import DayRun, run_day
 
     workdir = str(tmp_path_factory.mktemp("trained") / "work")
     day = DayRun(tiny_catalog, workdir, dt.date(2026, 1, 1), stage_args=TINY_STAGE_FLAGS)

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from vsearch.app.evaluation import sample
-from vsearch.app.evaluation.task import Query, RatingTask, Result, query_id, write_task
-from vsearch.core import paths
+from core import paths
+from vsearch.evaluation import sample
+from vsearch.evaluation.task import Query, RatingTask, Result, query_id, write_task
 
 DAY = "2026-01-01"
 BROWSER_ARGS = [

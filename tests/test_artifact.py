@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from core import paths, storage
 from models import artifact
-from vsearch.core import paths, storage
 
 
 def _config(workdir: str, version: str, text: str) -> None:

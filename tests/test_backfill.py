@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from core import paths, storage
 from tests.conftest import copy_workdir
-from vsearch.app import backfill, cli
-from vsearch.core import paths, storage
+from vsearch import backfill, cli
 
 STAGES = "embed,build-index,publish"
 
@@ -96,8 +96,8 @@ def test_killed_backfill_resumes_without_duplicates(
     assert len(keys) == len(set(keys)) > 0
 
     # CURRENT names a validated day-3 index that answers: each listing's own photo finds it.
+    from core.embeddings import read_current_table
     from index.searcher import Searcher
-    from vsearch.core.embeddings import read_current_table
 
     current = read_current_table(tiny_catalog, workdir, dt.date(2026, 1, 3), version)
     with Searcher.open(workdir) as searcher:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core import images
+from core.snapshot import read_snapshot
+from synthetic import bazaar, products
 from tests.image_fixtures import tree_digest
-from vsearch.core import images
-from vsearch.core.snapshot import read_snapshot
-from vsearch.synthetic import bazaar, products
 
 
 def test_two_days_are_valid_snapshots_with_churn(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from benchmarks import vectors
+from core import embeddings, paths, runs, storage
 from index import builder, manifest, publish, source, synthetic
 from index.searcher import Searcher, ShardError
 from pipelines import build_index
-from vsearch.app import stages
-from vsearch.core import embeddings, paths, runs, storage
+from vsearch import stages
 
 DIM = 32
 MODEL = "20260101-test"
@@ -230,7 +230,7 @@ def test_parallel_reads_spread_over_workers_and_join_the_snapshot_in_beam(  # ty
     read as splits on 2 processes and joined in Beam; the index equals the sequential path's
     (the driver-side reader): removed listings out, a changed photo's new row in, bad listings
     rows dead-lettered with their reason and counted in the run summary."""
-    from vsearch.core.deadletter import read_dead_letters
+    from core.deadletter import read_dead_letters
 
     workdir, day = str(tmp_path / "work"), DATE
     catalog = str(tmp_path / "catalog")
@@ -282,7 +282,7 @@ def test_parallel_reads_spread_over_workers_and_join_the_snapshot_in_beam(  # ty
         )
 
     args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    summary = build_index.run(settings(workdir), args)
+    summary = build_index.run(settings(workdir), args, calibrate=False)
     recorded = runs.read_summary(workdir, "build-index", day)
     # More than one process read the listings' row groups (distinct host:pid of the readers).
     assert recorded["extra"]["listings_split_readers"] == 2, recorded["extra"]
@@ -355,9 +355,9 @@ def test_review_queries_are_a_bounded_sample_of_current_listings_reviews(  # typ
     import pyarrow.parquet as pq
     from apache_beam.testing.test_pipeline import TestPipeline
 
+    from core import snapshot
     from transforms import review_sample
     from transforms.read_listing_tables import ReadListingTables
-    from vsearch.core import snapshot
 
     catalog = str(tmp_path / "catalog")
     _split_snapshot(tiny_catalog, catalog, DATE)
@@ -405,7 +405,7 @@ def test_a_truncated_embedding_file_is_one_line_naming_it(  # type: ignore[no-un
 ) -> None:
     """Issue 30 point 9: build-index names the unreadable Parquet file, as embed does; no
     manifest is written, so nothing can be published."""
-    from vsearch.app import cli
+    from vsearch import cli
 
     workdir = str(tmp_path / "work")
     images = sorted(embeddings.snapshot_images(tiny_catalog, DATE).items())

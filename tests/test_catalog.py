@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch.core import catalog, snapshot, storage
-from vsearch.core.catalog import CatalogError, InvalidRow
+from core import catalog, snapshot, storage
+from core.catalog import CatalogError, InvalidRow
 
 DATE = "2026-01-01"
 

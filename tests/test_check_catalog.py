@@ -13,14 +13,14 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from core import runs, snapshot, storage
+from core.catalog import CatalogError
+from core.deadletter import read_dead_letters
 from pipelines import check_catalog
 from tests import image_fixtures as fx
 from tests.test_catalog import listing, write_table
 from transforms.read_catalog import ReadCatalog
-from vsearch.app import cli, stages
-from vsearch.core import runs, snapshot, storage
-from vsearch.core.catalog import CatalogError
-from vsearch.core.deadletter import read_dead_letters
+from vsearch import cli, stages
 
 DATE = dt.date(2026, 1, 1)
 
@@ -187,7 +187,7 @@ def test_help_explains_flags(capsys) -> None:
 
 
 def test_stage_on_generated_catalog(tmp_path) -> None:
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     catalog, workdir = str(tmp_path / "catalog"), str(tmp_path / "work")
     gen = generate_catalog(

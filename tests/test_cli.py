@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vsearch.app import cli, flags, stages
-from vsearch.core import paths, storage
+from core import paths, storage
+from vsearch import cli, flags, stages
 
 REPO = Path(__file__).resolve().parents[1]
 VSEARCH = Path(sys.executable).with_name("vsearch")
@@ -58,7 +58,7 @@ def test_every_help_answers_without_tensorflow() -> None:
     """`vsearch STAGE --help` of the TF stages must not import TensorFlow (issue 15 point 5)."""
     script = (
         "import contextlib, io, json, sys\n"
-        "from vsearch.app import cli\n"
+        "from vsearch import cli\n"
         "helps = {}\n"
         "for name in cli.COMMANDS:\n"
         "    buf = io.StringIO()\n"
@@ -200,7 +200,7 @@ def test_readme_examples_parse_against_the_generated_flags() -> None:
 
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     out = str(tmp_path_factory.mktemp("catalog"))
     generate_catalog(out, listings=6, days=1, seed=3, image_size=32, workers=1, progress_every=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vsearch.core import paths, runs, storage
+from core import paths, runs, storage
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
@@ -90,8 +90,8 @@ def test_dagbag_imports_with_the_expected_graph(tmp_path: Path) -> None:
 
 
 def _assert_index_answers(catalog: str, workdir: str, date: dt.date) -> None:
-    from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.snapshot import read_snapshot
+    from core.snapshot import read_snapshot
+    from search.photo_search import PhotoSearch
 
     snapshot = read_snapshot(catalog, date)
     listing = snapshot.listings[0]

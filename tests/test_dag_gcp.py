@@ -537,7 +537,7 @@ def test_gcp_vertex_jobs(rendered: dict[str, Any]) -> None:
 
 def test_gcp_vertex_args_parse_as_the_cli_would(rendered: dict[str, Any]) -> None:
     """What a Vertex job runs is a command line `vsearch` accepts (parsed by the CLI itself)."""
-    from vsearch.app import cli
+    from vsearch import cli
 
     for task_id in ("train", "gate", "build_index", "publish"):
         pool = rendered[task_id]["custom_job"]["job_spec"]["worker_pool_specs"][0]
@@ -563,7 +563,7 @@ def test_gcp_flex_parameters_parse_as_the_stage_flags(
     """The template's parameters, as the launcher passes them (--name=value) through
     deploy/flex_launch.py, are flags the stage's own parser accepts."""
     from deploy.flex_launch import to_cli_args
-    from vsearch.app import cli
+    from vsearch import cli
 
     params = rendered[task_id]["body"]["launchParameter"]["parameters"]
     command, *args = to_cli_args([f"--{k}={v}" for k, v in params.items()])
@@ -671,7 +671,7 @@ def test_gcp_vertex_drivers_for_preprocess_and_embed(rendered_drivers: dict[str,
     (which finishes the day) and their Beam jobs on Dataflow; embed's workers get the GPU."""
     from google.cloud.aiplatform_v1.types import CustomJob
 
-    from vsearch.app import cli
+    from vsearch import cli
 
     for task_id in ("preprocess", "embed_full", "embed_incremental"):
         t = rendered_drivers[task_id]

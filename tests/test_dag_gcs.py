@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core import paths, storage
 from tests.test_dag import TINY_GATE, TINY_TRAIN, _assert_index_answers, _run_days
-from vsearch.core import paths, storage
 
 
 def _upload_tree(local: str, uri: str) -> None:

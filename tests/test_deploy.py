@@ -141,7 +141,7 @@ def test_image_set_and_stager_sdist_install_check_and_import_in_a_fresh_venv(
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
     probe = (
         "import pipelines.check_catalog, pipelines.preprocess, pipelines.embed, "
-        "pipelines.build_index, models.train, models.gate, index.publish, vsearch.app.cli, faiss\n"
+        "pipelines.build_index, models.train, models.gate, index.publish, vsearch.cli, faiss\n"
         "print(pipelines.embed.__file__)"
     )
     out = subprocess.run(
@@ -258,6 +258,9 @@ def test_dockerfile_follows_dataflows_custom_container_and_flex_template_convent
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert {project["readme"], *project["license-files"], "pyproject.toml"} <= set(sources)
     assert {"deploy/requirements-worker.txt", "deploy/requirements-worker-gpu.txt"} <= set(sources)
+    # Every package the project installs is in the image.
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {p.rstrip("*") for p in found["packages"]["find"]["include"]} <= set(sources)
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from core import catalog as catalog_mod
+from core import embeddings, partitions, paths, runs, snapshot, storage
+from core.deadletter import read_dead_letters
 from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
 from tests.fake_embedder import build_fake_model
-from vsearch.app import cli
-from vsearch.core import catalog as catalog_mod
-from vsearch.core import embeddings, partitions, paths, runs, snapshot, storage
-from vsearch.core.deadletter import read_dead_letters
+from vsearch import cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -104,7 +104,7 @@ def _check_contract(t: pa.Table, version: str, date: dt.date) -> None:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> str:
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     out = str(tmp_path_factory.mktemp("catalog"))
     generate_catalog(out, listings=30, days=2, seed=11, image_size=32, workers=1, progress_every=0)
@@ -179,7 +179,7 @@ def _png(color: tuple[int, int, int], size: int = 24, stripe: int = 0) -> bytes:
 
 def _tiny_catalog(root: str, date: dt.date, images: dict[str, list[bytes]]) -> None:
     """listings.parquet + image files; listing L has images images/L/i.png."""
-    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.generate import LISTINGS_SCHEMA
 
     uris = {}
     for lid, blobs in images.items():
@@ -339,12 +339,12 @@ def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
     import apache_beam as beam
     import tensorflow_transform as tft
 
+    from core.images import decode_image
     from models import features as F
     from models.config import TrainConfig
     from models.export import export_embedder
     from models.model import build_model
     from pipelines.preprocess import PreprocessSettings, transform_and_write
-    from vsearch.core.images import decode_image
 
     rng = np.random.default_rng(1)
     rows = []
@@ -409,7 +409,7 @@ def _catalog_at_fixed_uris(
 ) -> dict[str, str]:
     """listings.parquet whose listing L has the one photo images/L.png at the same URI every day;
     the photos in ``rewrite`` are (re)written (mtime set to ``mtime`` locally). Returns L -> URI."""
-    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.generate import LISTINGS_SCHEMA
 
     uris = {}
     for lid, data in images.items():
@@ -556,8 +556,8 @@ def test_prefixes_to_list_match_the_per_uri_rule() -> None:
     """PhotosToRead groups gs:// photos by listing prefix computed on whole columns; each must
     be exactly ``objectmeta.listing_unit``'s, or a photo's prefix is never listed (or listed in a
     group without the photo) and the photo is read every day."""
+    from core import objectmeta
     from transforms import change_detection
-    from vsearch.core import objectmeta
 
     uris = [
         "gs://b/flat/ab1.jpg",
@@ -578,8 +578,8 @@ def test_a_state_file_goes_to_its_bucket_without_being_split_again(tmp_path, mon
     of those it read); the next run with as many buckets sends each file to its bucket as it is
     (no hash of the day's rows), and a run with another bucket count, or state written before
     the files were per bucket, splits them as before."""
+    from core import embedstate
     from transforms import change_detection as cd
-    from vsearch.core import embedstate
 
     n = 60
     rows = pa.table(
@@ -630,8 +630,8 @@ def test_only_gcs_photos_without_a_checksum_go_to_the_listing_groups(tmp_path) -
     without a checksum go to the listing groups. Every photo comes out exactly once."""
     import apache_beam as beam
 
+    from core.catalog_columns import LISTING_TABLE
     from transforms import change_detection
-    from vsearch.core.catalog_columns import LISTING_TABLE
 
     there = tmp_path / "B0.jpg"
     there.write_bytes(b"jpeg")

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch.core import embeddings, paths, storage
+from core import embeddings, paths, storage
 
 DIM = 8
 V = "20260101-test"
@@ -194,7 +194,7 @@ def test_gcs_round_trip(gcs_bucket: str) -> None:
 
 def _publish_day(workdir: str, day: dt.date, rows: list[dict], shards: int) -> None:
     """Write and commit a partition the way the embed job does (staging + partitions.publish)."""
-    from vsearch.core import partitions
+    from core import partitions
 
     staged = paths.staging_dir(workdir, "embed", day, f"t{shards}")
     files = []
@@ -235,7 +235,7 @@ def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(
     import pandas as pd
     import pyarrow.dataset as ds
 
-    from vsearch.synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.generate import LISTINGS_SCHEMA
 
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
 
@@ -355,7 +355,7 @@ def test_committed_partitions_cost_one_manifest_read_per_day_on_gcs(gcs_bucket, 
     import threading
     import time
 
-    from vsearch.core import partitions
+    from core import partitions
 
     workdir = storage.join(gcs_bucket, "w")
     days = [D1 + dt.timedelta(days=i) for i in range(20)]

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core import paths, storage
 from models.gate import GateSettings, human_eval_verdict
-from vsearch.core import paths, storage
 
 CAND, PUB = "20260102-cand", "20260101-pub"
 
@@ -22,7 +22,7 @@ def _report(
     simulated: bool = False,
     created: str = "2026-01-02T00:00:00+00:00",
 ) -> None:
-    from vsearch.app.evaluation.stats import sign_test
+    from vsearch.evaluation.stats import sign_test
 
     p = sign_test(wins, losses)
     report: dict[str, Any] = {

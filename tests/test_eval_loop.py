@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 
+from core import paths, snapshot, storage
 from tests.conftest import copy_workdir
-from vsearch.app import cli
-from vsearch.app.evaluation.simulate import simulate_loop
-from vsearch.app.evaluation.task import read_task
-from vsearch.app.stages import DayRun, run_day, run_one
-from vsearch.core import paths, snapshot, storage
+from vsearch import cli
+from vsearch.evaluation.simulate import simulate_loop
+from vsearch.evaluation.task import read_task
+from vsearch.stages import DayRun, run_day, run_one
 
 DAY = dt.date(2026, 1, 1)
 CANDIDATE = "20260101-candidate"

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from tests.eval_helpers import BROWSER_ARGS, catalog_task, serving
-from vsearch.app.evaluation.ratings import RatingStore
-from vsearch.app.evaluation.server import RateSettings, create_app
-from vsearch.app.evaluation.task import read_task
+from vsearch.evaluation.ratings import RatingStore
+from vsearch.evaluation.server import RateSettings, create_app
+from vsearch.evaluation.task import read_task
 
 CANDIDATE, BASELINE = "20260102-candidate", "20260101-published"
 
@@ -179,7 +179,7 @@ def _rgb(hex_colour: str) -> str:
 def test_card_borders_and_buttons_follow_the_grade_scale(
     tiny_catalog: str, tmp_path: Path, browser
 ) -> None:  # type: ignore[no-untyped-def]
-    from vsearch.app.evaluation.ratings import GRADE_COLOURS, UNRATED_COLOUR
+    from vsearch.evaluation.ratings import GRADE_COLOURS, UNRATED_COLOUR
 
     task_uri = catalog_task(tiny_catalog, str(tmp_path / "w"), (CANDIDATE,), queries=3, k=4)
     with serving(create_app(RateSettings(task_uri, rater="erin"))) as url:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vsearch.app.evaluation.ratings import RatingStore, ReservedRaterName, display_grade
-from vsearch.core import storage
+from core import storage
+from vsearch.evaluation.ratings import RatingStore, ReservedRaterName, display_grade
 
 
 def _exercise(task_uri: str) -> None:
@@ -68,8 +68,8 @@ def test_rate_simulate_answers_from_ground_truth_and_says_so(
     tiny_catalog: str, tmp_path: Path
 ) -> None:
     from tests.eval_helpers import catalog_task
-    from vsearch.app import cli
-    from vsearch.app.evaluation.task import read_task
+    from vsearch import cli
+    from vsearch.evaluation.task import read_task
 
     task_uri = catalog_task(tiny_catalog, str(tmp_path / "w"), ("vA",), queries=4, k=5)
     assert cli.main(["rate", "--task", task_uri, "--simulate"]) == 0

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from core import storage
 from tests.eval_helpers import BROWSER_ARGS, hand_task, photo
-from vsearch.app import cli
-from vsearch.app.evaluation import report
-from vsearch.app.evaluation.ratings import GRADE_COLOURS, UNRATED_COLOUR, RatingStore
-from vsearch.app.evaluation.task import Query, QueryKind, Result
-from vsearch.core import storage
+from vsearch import cli
+from vsearch.evaluation import report
+from vsearch.evaluation.ratings import GRADE_COLOURS, UNRATED_COLOUR, RatingStore
+from vsearch.evaluation.task import Query, QueryKind, Result
 
 LOG3 = math.log2(3)
 

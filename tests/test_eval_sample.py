@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from vsearch.app.evaluation.sample import Candidate, allocate, draw, strata_level
+from vsearch.evaluation.sample import Candidate, allocate, draw, strata_level
 
 
 def _catalog() -> list[Candidate]:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from core import storage
 from tests.eval_helpers import hand_task, photo, serving
-from vsearch.app import cli
-from vsearch.app.evaluation.ratings import RatingStore
-from vsearch.app.evaluation.server import MAX_BODY, RateSettings, create_app
-from vsearch.app.evaluation.task import Query, Result
-from vsearch.core import storage
+from vsearch import cli
+from vsearch.evaluation.ratings import RatingStore
+from vsearch.evaluation.server import MAX_BODY, RateSettings, create_app
+from vsearch.evaluation.task import Query, Result
 
 JSON = {"Content-Type": "application/json"}
 GOOD = {"rater": "alice", "query_id": "q0", "listing_id": "A0", "label": "relevant"}

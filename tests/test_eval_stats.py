@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vsearch.app.evaluation import stats
+from vsearch.evaluation import stats
 
 
 def test_precision_is_the_mean_relevance_of_the_top_k() -> None:

@@ -155,13 +155,13 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     tf = pytest.importorskip("tensorflow")
     import apache_beam as beam
 
+    from core import catalog, images, paths, snapshot, storage
     from models import features as F
     from models import gate
     from models.config import TrainConfig
     from models.train import run as train
     from pipelines.preprocess import PreprocessSettings, _labels, transform_and_write
-    from vsearch.core import catalog, images, paths, snapshot, storage
-    from vsearch.synthetic.generate import generate_catalog
+    from synthetic.generate import generate_catalog
 
     del tf
     size, work, cat = 32, str(tmp_path / "work"), str(tmp_path / "cat")

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pyarrow as pa
 
+from core import catalog
+from core.hashing import column_hash, column_hashes, stable_fraction, stable_hash
 from index import sharding
 from transforms import embedding_writer
-from vsearch.core import catalog
-from vsearch.core.hashing import column_hash, column_hashes, stable_fraction, stable_hash
 
 # Changing any of these moves listings between train and eval, and between index shards.
 PINNED = {
@@ -28,7 +28,7 @@ def test_pinned_values() -> None:
 
 def test_same_value_in_another_process() -> None:
     """Unlike Python's salted ``hash``: a fresh interpreter (new PYTHONHASHSEED) agrees."""
-    code = "from vsearch.core.hashing import stable_hash; print(stable_hash('listing-42'))"
+    code = "from core.hashing import stable_hash; print(stable_hash('listing-42'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == PINNED["listing-42"]
 
@@ -93,7 +93,7 @@ def test_column_hashes_match_the_per_string_definition() -> None:
 
 def test_column_hashes_agree_in_another_process() -> None:
     code = (
-        "import pyarrow as pa; from vsearch.core.hashing import column_hashes;"
+        "import pyarrow as pa; from core.hashing import column_hashes;"
         "print(int(column_hashes(pa.array(['listing-42']))[0]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

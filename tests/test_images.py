@@ -8,8 +8,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from core import images
 from tests import image_fixtures as fx
-from vsearch.core import images
 
 SIZE = 32
 

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from benchmarks import vectors
+from core import paths, runs, storage
 from index import builder, manifest, publish, synthetic, verify
 from index.searcher import Searcher
-from vsearch.app import cli
-from vsearch.core import paths, runs, storage
+from vsearch import cli
 
 MODEL = "20260101-test"
 DIM = 16
@@ -158,7 +158,7 @@ def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> 
 _STALLED_PUBLISHER = r"""
 import sys, time
 from index import publish
-from vsearch.core import paths, storage
+from core import paths, storage
 workdir, manifest_uri, marker = sys.argv[1:4]
 real_write = storage.write_text
 def stall(uri, text):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import paths, storage
 from index import builder, publish, synthetic
 from models.artifact import Embedder
-from vsearch.app import cli
-from vsearch.app.photo_search import PhotoSearch
-from vsearch.core import paths, storage
+from search.photo_search import PhotoSearch
+from vsearch import cli
 
 VERSION = "20260101-tiny"
 DIM = 16
@@ -75,7 +75,7 @@ def workdir(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
 
 def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     # Embed the catalog photos with the model itself (one per listing), then index them.
-    from vsearch.core import images
+    from core import images
 
     embedder = Embedder.open(workdir, VERSION)
     emb = embedder.embed_pixels(np.stack([images.decode_image(photo(c), 32) for c in COLOURS]))[
@@ -110,7 +110,7 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
             synthetic.listing_id(3),
             synthetic.listing_id(11),
         ]
-        from vsearch.core.images import ImageError
+        from core.images import ImageError
 
         with pytest.raises(ImageError):
             s.search([b"not an image"], k=5)

@@ -18,10 +18,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core import catalog as cat
+from core import paths, snapshot, storage
+from core.catalog_columns import split_listings
 from transforms.read_listing_tables import ReadListingTables
-from vsearch.core import catalog as cat
-from vsearch.core import paths, snapshot, storage
-from vsearch.core.catalog_columns import split_listings
 
 DATE = "2026-01-01"
 ALLOWED = ("shop-photos",)

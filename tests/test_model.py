@@ -117,8 +117,8 @@ def exported(tmp_path_factory) -> tuple[str, object, object, object]:
     import apache_beam as beam
     import tensorflow_transform as tft
 
+    from core import paths
     from pipelines.preprocess import PreprocessSettings, transform_and_write
-    from vsearch.core import paths
 
     tmp_path = tmp_path_factory.mktemp("export")
     settings = PreprocessSettings(
@@ -189,7 +189,7 @@ def test_transformed_records_store_each_image_once_as_pixels(exported) -> None:
 def test_raw_bytes_pixels_and_pillow_agree_on_a_non_square_jpeg(exported) -> None:
     """A non-square JPEG: raw bytes (decoded + letterboxed in the graph) vs Pillow's safe decode
     + the pixel signature (what the embed job and search do): cosine >= 0.999."""
-    from vsearch.core import images
+    from core import images
 
     embedder = Embedder.load(exported[0])
     rng = np.random.default_rng(3)

@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from core import catalog, paths, runs, storage
+from core.snapshot import read_snapshot
 from index import manifest
+from search import calibrate
 from tests.conftest import copy_workdir
-from vsearch.app import calibrate
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings
-from vsearch.app.stages import DayRun, run_day
-from vsearch.core import catalog, paths, runs, storage
-from vsearch.core.snapshot import read_snapshot
+from vsearch.serve.app import create_app
+from vsearch.serve.command import ServeSettings
+from vsearch.stages import DayRun, run_day
 
 DAY = dt.date(2026, 1, 1)
 
@@ -128,7 +128,7 @@ def test_the_two_signal_rule_flags_the_stated_share_of_right_answers() -> None:
     assert c.false_accept_rate == round(
         float(((top - 0.02 >= c.threshold) & (item >= c.item_threshold)).mean()), 4
     )
-    from vsearch.app.serve.calibration import Calibration
+    from vsearch.serve.calibration import Calibration
 
     served = Calibration.measured(c, "manifest")
     assert served.no_match(0.99, c.item_threshold - 0.01) is True  # no item: no match

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vsearch.core import embeddings, partitions, paths, storage
+from core import embeddings, partitions, paths, storage
 
 DIM = 4
 V = "20260101-commit"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vsearch.app.per_photo import embed_each
-from vsearch.core.images import ImageError
+from core.images import ImageError
+from search.per_photo import embed_each
 
 
 class _Search:
@@ -34,7 +34,7 @@ def test_a_bad_photo_costs_only_its_own_answer() -> None:
 
 
 def test_the_localisers_box_is_searched_only_when_it_is_sure_and_the_item_small() -> None:
-    from vsearch.app.photo_search import MIN_BOX_SCORE, query_view
+    from search.photo_search import MIN_BOX_SCORE, query_view
 
     whole, small, big = [0, 0, 1, 1], [0.1, 0.2, 0.4, 0.5], [0.05, 0.05, 0.95, 0.9]
     scores = np.array([[1.0, 0.9], [1.0, MIN_BOX_SCORE - 0.01], [1.0, 0.9]])
@@ -45,7 +45,7 @@ def test_the_localisers_box_is_searched_only_when_it_is_sure_and_the_item_small(
 
 
 def test_a_copy_of_a_catalog_photo_is_searched_whole_whatever_the_localiser_says() -> None:
-    from vsearch.app.photo_search import DUPLICATE_SCORE, query_view
+    from search.photo_search import DUPLICATE_SCORE, query_view
 
     small = [[0, 0, 1, 1], [0.1, 0.2, 0.4, 0.5]]
     scores, boxes = np.array([[1.0, 0.9]] * 2), np.array([small, small])

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core import images
+from core.snapshot import read_snapshot
+from synthetic import phone, truth
 from tests.image_fixtures import tree_digest
-from vsearch.core import images
-from vsearch.core.snapshot import read_snapshot
-from vsearch.synthetic import phone, truth
 
 
 def test_cli_writes_valid_snapshots_with_a_box_for_every_buyer_photo(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.snapshot import read_snapshot
 from pipelines.preprocess import _in_sample
 from pipelines.preprocess import run as preprocess
 from pipelines.settings import PreprocessSettings
-from vsearch.core.snapshot import read_snapshot
 
 DATE = "2026-01-01"
 
@@ -26,8 +26,8 @@ def test_preprocess_trains_on_a_sample_and_accounts_for_the_rest(
 ) -> None:  # type: ignore[no-untyped-def]
     import tensorflow_transform as tft
 
+    from core import paths
     from models import dataset
-    from vsearch.core import paths
 
     work = str(tmp_path / "work")
     snap = read_snapshot(tiny_catalog, DATE)

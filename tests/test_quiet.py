@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vsearch.app import quiet
+from vsearch import quiet
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("apache_beam", "tensorflow")
@@ -26,7 +26,7 @@ what, args = sys.argv[1], sys.argv[2:]
 if what == "import":
     __import__(args[0])
 else:
-    from vsearch.app import cli
+    from vsearch import cli
     try:
         cli.main(args)
     except SystemExit:  # --help exits from the parser
@@ -55,8 +55,8 @@ def heavy_modules_after(*argv: str) -> list[str]:
         ("cli", "query", "--help"),
         ("cli", "serve", "--help"),
         ("import", "index.publish"),  # what `vsearch publish` runs
-        ("import", "vsearch.app.query"),
-        ("import", "vsearch.app.serve.app"),  # serve's routes, index holder and loader
+        ("import", "vsearch.query"),
+        ("import", "vsearch.serve.app"),  # serve's routes, index holder and loader
     ],
     ids=lambda a: " ".join(a),
 )
@@ -65,8 +65,8 @@ def test_light_commands_load_neither_beam_nor_tensorflow(argv: tuple[str, ...]) 
 
 
 def test_publish_runs_without_beam_or_tensorflow(tmp_path: Path) -> None:
+    from core import paths, storage
     from tests import serve_fixtures as fx
-    from vsearch.core import paths, storage
 
     workdir, version, build_id = str(tmp_path / "work"), "20260101-light", "20260101T000000Z-aaaaaa"
     out = paths.index_build_dir(workdir, version, build_id)
@@ -87,7 +87,7 @@ def test_configure_removes_the_flag_and_says_whether_the_run_is_verbose() -> Non
 def test_a_tensorflow_stage_prints_only_its_error_unless_verbose(tmp_path: Path) -> None:
     """gate imports TensorFlow; a missing candidate is a user error: one line, no TF banners."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
-    cmd = [sys.executable, "-m", "vsearch.app.cli", "gate", "--workdir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "vsearch.cli", "gate", "--workdir", str(tmp_path)]
     runs = [
         subprocess.Popen(
             [*cmd, "--candidate", "nope", *extra],
@@ -116,7 +116,7 @@ def quiet_stderr_of(*cmd: str) -> subprocess.CompletedProcess[str]:
 def test_tensorflow_imported_outside_a_stage_module_is_quiet_too(tmp_path: Path) -> None:
     """train's settings load TensorFlow lazily (to check label keys), before its stage module:
     the banner is muted at the import itself, wherever it happens."""
-    cli = [sys.executable, "-m", "vsearch.app.cli"]
+    cli = [sys.executable, "-m", "vsearch.cli"]
     run = quiet_stderr_of(*cli, "train", "--workdir", str(tmp_path), "--date", "2026-01-01")
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
@@ -129,7 +129,7 @@ def test_keras_fit_on_a_dataset_prints_nothing(tmp_path: Path) -> None:
     which makes Keras warn that shuffle=True is ignored): nothing on stderr."""
     script = """
 import threading
-from vsearch.app import quiet
+from vsearch import quiet
 quiet.configure([])
 t = threading.Thread(target=lambda: __import__("tensorflow"))
 t.start(); t.join()
@@ -152,15 +152,15 @@ def test_serve_logs_swaps_and_refusals_and_requests_only_when_asked(tmp_path: Pa
 
     import httpx
 
+    from core import paths, storage
     from tests import serve_fixtures as fx
     from tests.test_serve_swap import corrupt
-    from vsearch.core import paths, storage
 
     workdir, catalog, emb = fx.make_served_workdir(str(tmp_path))
 
     def serve(*extra: str) -> tuple[subprocess.Popen[str], str]:
         port = fx.free_port()
-        cmd = [sys.executable, "-m", "vsearch.app.cli", "serve", "--workdir", workdir]
+        cmd = [sys.executable, "-m", "vsearch.cli", "serve", "--workdir", workdir]
         cmd += ["--port", str(port), "--poll-s", "0.2", "--calibration-photos", "0", *extra]
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
         out, both = subprocess.PIPE, subprocess.STDOUT  # uvicorn's access log goes to stdout
@@ -218,7 +218,7 @@ def fx_photo() -> bytes:
 def test_beams_false_resource_warning_is_dropped_and_other_records_kept() -> None:
     script = """
 import logging
-from vsearch.app import quiet
+from vsearch import quiet
 quiet.configure([])
 logging.warning("Resource module is not available for current platform, memory usage cannot be fetched.")
 logging.warning("a real warning")

@@ -11,10 +11,10 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from core import storage
+from core.catalog import ImageRef
 from tests import image_fixtures as fx
 from transforms.read_images import DecodedImage, ReadImages
-from vsearch.core import storage
-from vsearch.core.catalog import ImageRef
 
 SIZE = 24
 
@@ -112,8 +112,8 @@ def test_decoding_ahead_in_threads_gives_what_decoding_in_line_gives(tmp_path) -
     """Embed decodes in a background thread while the model runs: the same pixels as the safe
     decoder in line, the same dead letters, nothing lost at the bundle's end (more photos than
     the look-ahead), and outputs a grouping step downstream accepts."""
+    from core import images
     from transforms.read_images import DecodeImages, ReadImageBytes, _DecodeFn
-    from vsearch.core import images
 
     files: dict[str, bytes | None] = {
         f"p{i:03d}.jpg": fx.noisy_jpeg(seed=i) for i in range(_DecodeFn.LOOKAHEAD + 72)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from core import paths, runs, storage
 from tests.fake_embedder import build_fake_model
 from tests.test_embed import GOOD, _tiny_catalog
-from vsearch.app import cli, stages
-from vsearch.app.serve import health
-from vsearch.core import paths, runs, storage
+from vsearch import cli, stages
+from vsearch.serve import health
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core import paths, storage
 from tests.conftest import copy_workdir
-from vsearch.app.stages import DayRun, run_day
-from vsearch.core import paths, storage
+from vsearch.stages import DayRun, run_day
 
 DAY = dt.date(2026, 1, 1)
 
@@ -25,10 +25,10 @@ def _recall_at_10(ranked: list[list[str]], truth: list[str]) -> float:
 def test_index_answers_as_the_model_does(
     tiny_catalog: str, trained_workdir: str, tmp_path: Path
 ) -> None:
+    from core.embeddings import read_current_table
+    from core.snapshot import read_snapshot
     from models.artifact import Embedder
-    from vsearch.app.photo_search import PhotoSearch
-    from vsearch.core.embeddings import read_current_table
-    from vsearch.core.snapshot import read_snapshot
+    from search.photo_search import PhotoSearch
 
     workdir = copy_workdir(trained_workdir, str(tmp_path / "work"))
     run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))

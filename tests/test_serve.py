@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from core.catalog import is_eval_listing
 from index import synthetic
 from tests import serve_fixtures as fx
 from tests.test_index_query import photo
-from vsearch.app import cli
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings
-from vsearch.core.catalog import is_eval_listing
+from vsearch import cli
+from vsearch.serve.app import create_app
+from vsearch.serve.command import ServeSettings
 
 LIMIT = 200_000  # max upload bytes in these tests
 

@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
+from core import images
 from tests import serve_fixtures as fx
 from tests.test_index_query import photo
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.batcher import Batcher, BatchSettings, Job
-from vsearch.app.serve.command import ServeSettings
-from vsearch.app.serve.uploads import ApiError
-from vsearch.core import images
+from vsearch.serve.app import create_app
+from vsearch.serve.batcher import Batcher, BatchSettings, Job
+from vsearch.serve.command import ServeSettings
+from vsearch.serve.uploads import ApiError
 
 # (path and query, photos): plain, filtered, another k, several photos in one request.
 REQUESTS: list[tuple[str, list[bytes]]] = [

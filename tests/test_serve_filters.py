@@ -11,8 +11,8 @@ import pytest
 
 from index.searcher import Searcher
 from tests import serve_fixtures as fx
-from vsearch.app.serve import attributes, filters
-from vsearch.app.serve.filtered import FilteredSearch
+from vsearch.serve import attributes, filters
+from vsearch.serve.filtered import FilteredSearch
 
 DIM = 32
 IMAGES = 2  # photos per listing

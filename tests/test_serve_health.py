@@ -2,7 +2,7 @@
 wrong first (a failed run, a stage that did not run for the day), the gate's verdict, stages
 with their status, last run ("N hours ago"), counts, every distinct error with its count,
 duration and an activity sparkline (read = ok + skipped + dead-lettered) over the days, and the
-index in service with its validation recall. Run summaries are written by ``vsearch.core.runs``
+index in service with its validation recall. Run summaries are written by ``core.runs``
 as the stages write them."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core import paths, runs, storage
 from tests import serve_fixtures as fx
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings
-from vsearch.core import paths, runs, storage
+from vsearch.serve.app import create_app
+from vsearch.serve.command import ServeSettings
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -241,7 +241,7 @@ DAILY = ("preprocess", "train", "gate", "embed", "build-index", "publish")
 
 
 def _levels(workdir: str, now: dt.datetime | None = None) -> dict[str, tuple[str, str]]:
-    from vsearch.app.serve import health
+    from vsearch.serve import health
 
     found = health.read_runs(workdir, 14)
     return {

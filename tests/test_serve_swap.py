@@ -12,15 +12,15 @@ import httpx
 import numpy as np
 import pytest
 
+from core import paths, storage
 from index import publish
 from index.publish import PublishError
 from tests import serve_fixtures as fx
 from tests.test_index_query import VERSION, photo
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings
-from vsearch.app.serve.filters import Filter
-from vsearch.app.serve.holder import IndexHolder, LoadOptions, load_index
-from vsearch.core import paths, storage
+from vsearch.serve.app import create_app
+from vsearch.serve.command import ServeSettings
+from vsearch.serve.filters import Filter
+from vsearch.serve.holder import IndexHolder, LoadOptions, load_index
 
 FIRST = "20260101T000000Z-aaaaaa"
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import images
 from tests import serve_fixtures as fx
-from vsearch.app.serve.app import create_app
-from vsearch.app.serve.command import ServeSettings
-from vsearch.core import images
+from vsearch.serve.app import create_app
+from vsearch.serve.command import ServeSettings
 
 BIG = 7000  # 49 MP: under the decoder's 50 MP limit, so it really decodes
 

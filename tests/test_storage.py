@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from vsearch.core import storage
+from core import storage
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -116,7 +116,7 @@ def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
 # the test can kill it there (kill -9: no finally, no atexit).
 _STALL_IN_SWAP = r"""
 import sys, time
-from vsearch.core import storage
+from core import storage
 pointer, marker = sys.argv[1], sys.argv[2]
 real_write = storage.write_text
 def stall(uri, text):

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vsearch.app import cli
-from vsearch.core import storage
-from vsearch.synthetic import generate, products, render
+from core import storage
+from synthetic import generate, products, render
+from vsearch import cli
 
 SIZE = 64
 LISTINGS = 40  # enough that the day's work goes through the process pool (>= 32 tasks)
@@ -222,8 +222,8 @@ def test_some_listings_sell_another_listings_product_again() -> None:
 
 
 def test_every_buyer_photo_has_its_true_product_box(catalog: Path) -> None:
-    from vsearch.core.snapshot import read_snapshot
-    from vsearch.synthetic import photos, truth
+    from core.snapshot import read_snapshot
+    from synthetic import photos, truth
 
     boxes = truth.read_review_boxes(str(catalog))
     last = read_snapshot(str(catalog), "2026-01-03")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch.app import cli
-from vsearch.core import embeddings, partitions, paths
+from core import embeddings, partitions, paths
+from vsearch import cli
 
 DIM, VERSION = 8, "20260101-abc"
 

@@ -29,11 +29,11 @@ most of it pickling one small table per folder).
 A photo is skipped without reading it when today's (slot, URI, metadata key) is in the state of
 an earlier run *and* that run's sha256 has an embedding row for the slot: checked against every
 earlier partition's keys, or known from the state itself when it is a snapshot whose partitions
-are unchanged (``vsearch/core/embedstate.py``; then no partition is read). Every other photo is
+are unchanged (``core/embedstate.py``; then no partition is read). Every other photo is
 read (``PhotoToRead`` carries the slot's known sha256s, so a photo whose metadata changed but
 whose bytes did not is still recognised after the read and not embedded again). The metadata key
 is the catalog's ``image_checksums`` entry when there is one ("catalog=<checksum>": that photo is
-never listed), else the listing's or the stat's (``vsearch/core/objectmeta.py``), else "" (not
+never listed), else the listing's or the stat's (``core/objectmeta.py``), else "" (not
 found: always read). No photo is opened here and no gs:// object gets its own metadata request.
 """
 
@@ -49,10 +49,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core import embeddings, embedstate, objectmeta, storage
+from core.hashing import column_hash, column_hashes
+from core.runs import METRICS_NAMESPACE
 from transforms.packed_table import PackedTable
-from vsearch.core import embeddings, embedstate, objectmeta, storage
-from vsearch.core.hashing import column_hash, column_hashes
-from vsearch.core.runs import METRICS_NAMESPACE
 
 # A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
 # 100k listings (~500k photos) is ~50 MB of keys, and 100M listings make 1,000 buckets.
@@ -219,7 +219,7 @@ def _known_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
 
 
 def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
-    """An earlier run's state file (vsearch/core/embedstate.py), split by listing bucket.
+    """An earlier run's state file (core/embedstate.py), split by listing bucket.
 
     A file written with as many buckets as today's is one bucket already, and goes as it is: no
     hash of its rows. Were a row in the wrong bucket, its photo would only be read again, never
@@ -313,7 +313,7 @@ def PhotosToRead(  # noqa: N802
 
     ``key_files``: earlier partitions of this model version; ``state_files``: earlier runs'
     metadata states (``state_checked``: one snapshot that needs no key files, see
-    ``vsearch/core/embedstate.py``); ``list_objects``: list the photos' folders (off: every
+    ``core/embedstate.py``); ``list_objects``: list the photos' folders (off: every
     photo is read).
     """
     p = listings.pipeline

@@ -1,6 +1,6 @@
 """The day's current embeddings as a PCollection of rows, read in parallel and joined in Beam.
 
-The same answer as ``vsearch.core.embeddings.read_current_embeddings`` (one row per snapshot
+The same answer as ``core.embeddings.read_current_embeddings`` (one row per snapshot
 image: the newest row whose image_uri is today's URI, else the newest row), computed the
 distributed way:
 
@@ -27,14 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import catalog as cat
+from core import embeddings, snapshot, storage
+from core.runs import METRICS_NAMESPACE
 from index.source import IndexBuildError
 from transforms.change_detection import buckets_for
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.read_catalog import LISTINGS
 from transforms.read_listing_tables import ReadListingTables
-from vsearch.core import catalog as cat
-from vsearch.core import embeddings, snapshot, storage
-from vsearch.core.runs import METRICS_NAMESPACE
 
 # A current row: (listing_id, image_uri, image_index, category_pred, model_version, embedding)
 Row = tuple[str, str, int, str | None, str, np.ndarray]

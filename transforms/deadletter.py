@@ -1,6 +1,6 @@
 """Dead letters in Beam: a DoFn's tagged dead-letter output and the JSONL shard writer.
 
-The record, its folder and how to clear or read it are ``vsearch.core.deadletter``.
+The record, its folder and how to clear or read it are ``core.deadletter``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 
-from vsearch.core import paths, storage
-from vsearch.core.deadletter import DeadLetter
-from vsearch.core.hashing import stable_hash
-from vsearch.core.runs import METRICS_NAMESPACE
+from core import paths, storage
+from core.deadletter import DeadLetter
+from core.hashing import stable_hash
+from core.runs import METRICS_NAMESPACE
 
 DEAD_LETTER_TAG = "dead_letter"
 

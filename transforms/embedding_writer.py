@@ -18,11 +18,11 @@ from typing import Any
 
 import apache_beam as beam
 
+from core import embeddings, embedstate, paths, storage
+from core.hashing import stable_hash
+from core.runs import METRICS_NAMESPACE
 from transforms.change_detection import bucket_of
 from transforms.packed_table import PackedTable
-from vsearch.core import embeddings, embedstate, paths, storage
-from vsearch.core.hashing import stable_hash
-from vsearch.core.runs import METRICS_NAMESPACE
 
 Row = Mapping[str, Any]
 DEFAULT_ROWS_PER_SHARD = (
@@ -133,7 +133,7 @@ class WriteKeptState(beam.DoFn):
 
 
 class WriteState(beam.PTransform):
-    """The state rows of the photos a run read (see vsearch/core/embedstate.py) as
+    """The state rows of the photos a run read (see core/embedstate.py) as
     ``read-BBBBB-of-NNNNN.parquet``, one file per change-detection bucket like the kept rows', so
     that the next run with as many buckets sends each file to its bucket without hashing it."""
 

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import storage
 from index import manifest, shards, source, training
 from index.validate import KEY_SEP
 from transforms.current_embeddings import Row, embeddings_matrix
-from vsearch.core import storage
 
 VIEW_DIR = "_view"  # under the build directory; removed when the build ends
 SAMPLE_FILE = "sample.npz"

@@ -1,6 +1,6 @@
 """A RunInference ModelHandler for the exported embedder SavedModel (``models.artifact``).
 
-Elements are photos the pipeline already decoded safely (``vsearch.core.images.decode_image``):
+Elements are photos the pipeline already decoded safely (``core.images.decode_image``):
 uint8 [S, S, 3] pixels. A batch is stacked and fed to the model's ``serving_pixels`` signature,
 which returns ``embedding`` [N, D] float32 plus the category head: no re-encode, no second decode.
 The handler:
@@ -34,8 +34,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
+from core.runs import METRICS_NAMESPACE
 from models.artifact import Embedder, ModelArtifactError
-from vsearch.core.runs import METRICS_NAMESPACE
 
 OUTPUT_KEYS = ("embedding", "category", "category_score")
 

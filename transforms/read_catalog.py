@@ -6,7 +6,7 @@ The tables are read in parallel, never collected in the driver: Parquet by Beam'
 each range counts its lines, and a bad line is numbered from those counts). The driver only looks at
 metadata first (which file exists, the Parquet schema, whether listings is empty) so that a
 snapshot that is unusable as a whole fails before any worker starts (``CatalogError``). Rows are
-then validated by the functions of ``vsearch.core.catalog`` (the rules and their outcomes are in its
+then validated by the functions of ``core.catalog`` (the rules and their outcomes are in its
 module docstring), and listings and reviews are grouped by ``listing_id`` to reject duplicate
 ids and orphan reviews.
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import apache_beam as beam
 
+from core import catalog as cat
+from core import snapshot, storage
+from core.deadletter import DeadLetter
+from core.runs import METRICS_NAMESPACE
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
-from vsearch.core import catalog as cat
-from vsearch.core import snapshot, storage
-from vsearch.core.deadletter import DeadLetter
-from vsearch.core.runs import METRICS_NAMESPACE
 
 LISTINGS = "listings"
 REVIEWS = "reviews"

@@ -1,7 +1,7 @@
 """Safe image reading as Beam transforms: ImageRef -> bytes -> sanitised RGB, bad ones dead-lettered.
 
-``ReadImageBytes`` reads each image through the storage layer (``vsearch.core.storage``), so local
-paths and gs:// work alike on every runner; ``DecodeImages`` applies ``vsearch.core.images`` (format
+``ReadImageBytes`` reads each image through the storage layer (``core.storage``), so local
+paths and gs:// work alike on every runner; ``DecodeImages`` applies ``core.images`` (format
 sniffing, pixel limit, colour handling, letterboxing); ``ReadImages`` chains the two. Each
 returns tagged outputs: ``out["images"]`` and ``out["dead_letter"]`` (DeadLetter records with
 the reason). Counters in namespace "vsearch": ``images_read``, ``images_decoded``,
@@ -24,10 +24,10 @@ import numpy as np
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
+from core import images, storage
+from core.catalog import ImageRef
+from core.runs import METRICS_NAMESPACE
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
-from vsearch.core import images, storage
-from vsearch.core.catalog import ImageRef
-from vsearch.core.runs import METRICS_NAMESPACE
 
 MAIN_TAG = "images"
 # Product photos are a few MB; a 64 MB "image" is a mistake or an attack, and we would hold it

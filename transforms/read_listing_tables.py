@@ -4,7 +4,7 @@ The same outcome as ``ReadCatalog(reviews=False)`` (same rows kept, same dead le
 same reasons, same counters), without a Python object per listing. A Parquet table is read a row
 group at a time, each row group a split that a Reshuffle hands to any worker (as the embedding
 reader does: a file source's splits stay on one worker under the DirectRunner, and a day's
-100M listings must not); ``vsearch.core.catalog_columns.split_listings``
+100M listings must not); ``core.catalog_columns.split_listings``
 checks each batch on whole columns, and only the rows its conservative rules do not accept are
 parsed one at a time by ``catalog.parse_listing``. Duplicate ids are found per hash bucket of
 ``listing_id`` with one Arrow group-by count, so at 100M listings a bucket is one element of the
@@ -29,14 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core import catalog as cat
+from core import snapshot, storage
+from core.catalog_columns import LISTING_TABLE, listing_table, split_listings
+from core.runs import METRICS_NAMESPACE
 from transforms.change_detection import split_by_bucket
 from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 from transforms.packed_table import PackedTable
 from transforms.read_catalog import LISTINGS, ReadCatalog
-from vsearch.core import catalog as cat
-from vsearch.core import snapshot, storage
-from vsearch.core.catalog_columns import LISTING_TABLE, listing_table, split_listings
-from vsearch.core.runs import METRICS_NAMESPACE
 
 # LISTING_TABLE plus the rejected rows that name an id (they still count as copies of it).
 _CHECKED = pa.schema([*LISTING_TABLE, ("valid", pa.bool_())])

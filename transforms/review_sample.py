@@ -23,12 +23,12 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core import catalog as cat
+from core import snapshot, storage
+from core.catalog import Review
+from core.hashing import stable_hash
 from transforms.read_catalog import REVIEWS
 from transforms.read_listing_tables import ReadParquetRowGroups
-from vsearch.core import catalog as cat
-from vsearch.core import snapshot, storage
-from vsearch.core.catalog import Review
-from vsearch.core.hashing import stable_hash
 
 SAMPLE_FILE = "review_sample.json"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from vsearch.app.cli import main
+from vsearch.cli import main
 
 sys.exit(main())
