@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core import paths, storage
+from core import paths, pointers, storage
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 CHANGE_FRACTION = 0.01
@@ -75,11 +75,11 @@ def _install_model(args: argparse.Namespace, workdir: str) -> tuple[str, str]:
     if (
         src is None
         and not args.fake_model
-        and storage.read_pointer(paths.published_model_pointer("demo-output")).value
+        and pointers.read_pointer(paths.published_model_pointer("demo-output")).value
     ):
         src = "demo-output"
     if src is not None:
-        version = args.model or storage.read_pointer(paths.published_model_pointer(src)).value
+        version = args.model or pointers.read_pointer(paths.published_model_pointer(src)).value
         if not version:
             raise SystemExit(f"no --model and nothing published under {src}")
         shutil.copytree(paths.model_dir(src, version), paths.model_dir(workdir, version))

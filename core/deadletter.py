@@ -4,7 +4,7 @@ A record is ``{listing_id, uri, stage, error}`` (DESIGN.md) and lands as JSON Li
 ``WORKDIR/deadletter/STAGE/dt=D/part-NNNNN-of-NNNNN.jsonl``. Shard names are deterministic, and
 the stage clears its day's folder before it runs (``clear_dead_letters``), so a re-run of a day
 replaces that day's dead letters instead of adding to them. The Beam side (tagged outputs and the
-writer) is ``transforms.deadletter``; the record and the folder live here, below every stage.
+writer) is ``transforms.dead_letter_output``; the record and the folder live here, below every stage.
 """
 
 from __future__ import annotations

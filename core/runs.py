@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from core import paths, storage
+from core import paths, pointers, storage
 
 METRICS_NAMESPACE = "vsearch"
 # Where a summary's ``extra`` names its model: embed and build-index name the one they used as
@@ -87,7 +87,7 @@ def candidate_of(workdir: str, summary: RunSummary) -> str | None:
     used = summary.extra.get("model_version")
     if not used:
         return None
-    published = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    published = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     return None if published is None or str(used) == published else str(used)
 
 

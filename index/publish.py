@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from core.settings import WORKDIR, doc
 from index import manifest as manifest_mod
 from index import sharding, verify
@@ -148,7 +148,7 @@ def publish(
     retention: int = DEFAULT_RETENTION,
     *,
     min_recall: float = 0.0,
-    expected: storage.Pointer | None = None,
+    expected: pointers.Pointer | None = None,
 ) -> PublishResult:
     """Flip CURRENT to ``manifest_uri`` if it is validated, then apply retention.
 
@@ -166,7 +166,7 @@ def publish(
     for name in m.files():
         if not storage.exists(storage.join(build_dir, name)):
             raise manifest_mod.ManifestError(f"{manifest_uri} lists {name}, which is missing")
-    published = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    published = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     if published is not None and published != m.model_version:
         raise manifest_mod.ManifestError(
             f"{manifest_uri} indexes model {m.model_version} but models/PUBLISHED is {published}: "
@@ -174,14 +174,14 @@ def publish(
         )
     verify_build(manifest_uri, m)
     pointer_uri = paths.current_index_pointer(workdir)
-    current = expected if expected is not None else storage.read_pointer(pointer_uri)
+    current = expected if expected is not None else pointers.read_pointer(pointer_uri)
     if current.value != manifest_uri:
         try:
-            storage.compare_and_swap(pointer_uri, manifest_uri, current)
-        except storage.PointerLocked as e:  # a stuck swap, not a lost race: say which process
-            raise storage.PointerLocked(f"not published: {e}") from e
-        except storage.PointerConflict as e:
-            raise storage.PointerConflict(
+            pointers.compare_and_swap(pointer_uri, manifest_uri, current)
+        except pointers.PointerLocked as e:  # a stuck swap, not a lost race: say which process
+            raise pointers.PointerLocked(f"not published: {e}") from e
+        except pointers.PointerConflict as e:
+            raise pointers.PointerConflict(
                 f"not published: another publisher changed {pointer_uri} first ({e}); "
                 "read CURRENT again and retry if this build should still win"
             ) from e
@@ -251,7 +251,7 @@ def run(settings: PublishSettings) -> PublishResult:
     if uri is None:
         version = (
             settings.model_version
-            or storage.read_pointer(paths.published_model_pointer(settings.workdir)).value
+            or pointers.read_pointer(paths.published_model_pointer(settings.workdir)).value
         )
         if not version:
             raise FileNotFoundError(

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from core import paths, storage
+from core import paths, pointers, storage
 from index import manifest as manifest_mod
 from index import ondisk, refine, sharding, training
 from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
@@ -133,7 +133,7 @@ class Searcher:
     @classmethod
     def open(cls, workdir: str, **kwargs: Any) -> Searcher:
         """The index that ``WORKDIR/indexes/CURRENT`` points at."""
-        pointer = storage.read_pointer(paths.current_index_pointer(workdir))
+        pointer = pointers.read_pointer(paths.current_index_pointer(workdir))
         if not pointer.value:
             raise FileNotFoundError(
                 f"no published index: {paths.current_index_pointer(workdir)} does not exist "

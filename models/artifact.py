@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from core import paths, storage
+from core import paths, pointers, storage
 
 BYTES_SIGNATURE = "serving_default"  # models.export.SIGNATURE
 PIXELS_SIGNATURE = "serving_pixels"  # models.export.PIXELS_SIGNATURE
@@ -100,8 +100,8 @@ def published_version(workdir: str) -> str:
     (an empty pointer is reported as such, with the command that clears it)."""
     pointer = paths.published_model_pointer(workdir)
     try:
-        version = storage.read_pointer(pointer).value
-    except storage.PointerError as e:
+        version = pointers.read_pointer(pointer).value
+    except pointers.PointerError as e:
         raise ModelArtifactError(str(e)) from e
     if not version:
         raise ModelArtifactError(

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow_transform as tft
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from models import artifact, dataset
 from models.baselines import colour_histogram, required_gain
 from models.retrieval_eval import evaluate
@@ -337,7 +337,7 @@ def run(settings: GateSettings) -> GateDecision:
             gallery_files=dataset.split_files(settings.workdir, date, dataset.TRAIN),
         )
         pointer_uri = paths.published_model_pointer(settings.workdir)
-        pointer = storage.read_pointer(pointer_uri)
+        pointer = pointers.read_pointer(pointer_uri)
         vocabularies = cand_cfg.vocabularies
         cand = measure(
             settings.workdir,
@@ -374,7 +374,7 @@ def run(settings: GateSettings) -> GateDecision:
                 )
                 promoted, reasons = promoted and human_ok, [*reasons, *human]
         if promoted:
-            storage.compare_and_swap(
+            pointers.compare_and_swap(
                 pointer_uri, settings.candidate, pointer
             )  # PointerConflict if raced
     decision = GateDecision(

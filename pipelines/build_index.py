@@ -32,7 +32,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from core.catalog import Review
 from core.deadletter import clear_dead_letters
 from core.runs import METRICS_NAMESPACE, RunSummary
@@ -42,7 +42,7 @@ from index.builder import IndexSettings
 from index.source import BatchesFactory
 from search.calibrate import calibrate_build
 from transforms import current_embeddings, index_view, review_sample
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
 
 STAGE = "build-index"
 
@@ -309,7 +309,7 @@ def run(
     """
     version = (
         settings.model_version
-        or storage.read_pointer(paths.published_model_pointer(settings.workdir)).value
+        or pointers.read_pointer(paths.published_model_pointer(settings.workdir)).value
     )
     if not version:
         raise FileNotFoundError(

@@ -23,7 +23,7 @@ from core import paths, runs
 from core.runs import METRICS_NAMESPACE, Counts, RunSummary
 from pipelines.settings import CheckCatalogSettings
 from pipelines.stage import run_pipeline
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
 from transforms.progress import LogProgress
 from transforms.read_catalog import ReadCatalog
 from transforms.read_images import MAIN_TAG, ReadImages

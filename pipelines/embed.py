@@ -49,7 +49,7 @@ from pipelines.settings import EmbedResult, EmbedSettings
 from pipelines.stage import run_pipeline
 from transforms import read_images
 from transforms.change_detection import PhotosToRead, PhotoToRead, buckets_for
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
 from transforms.inference import InferenceFailure, Prediction, keyed_handler
 from transforms.progress import LogProgress

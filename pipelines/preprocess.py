@@ -26,7 +26,7 @@ from core.runs import METRICS_NAMESPACE, Counts
 from models import features as F
 from pipelines.settings import PreprocessSettings
 from pipelines.stage import run_pipeline
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.progress import LogProgress
 
 STAGE = "preprocess"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from core import paths, storage
+from core import paths, pointers, storage
 from tests.conftest import copy_workdir
 from vsearch import backfill, cli
 
@@ -87,7 +87,7 @@ def test_killed_backfill_resumes_without_duplicates(
     assert "[2026-01-03] publish: done" in resumed.stdout
 
     # No (listing_id, image_index, image_sha256) was embedded twice for the model version.
-    version = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    version = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     assert version
     table = pads.dataset(paths.embeddings_root(workdir, version), format="parquet").to_table(
         columns=["listing_id", "image_index", "image_sha256"]

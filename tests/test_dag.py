@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
@@ -125,7 +125,7 @@ def test_two_days_full_then_incremental(tiny_catalog: str, tmp_path: Path) -> No
     d2 = dt.date(2026, 1, 2)
     embed2 = runs.read_summary(workdir, "embed", d2)
     assert embed2["skipped"] > embed2["ok"] > 0  # day 2 embedded only new and changed photos
-    current = storage.read_pointer(paths.current_index_pointer(workdir)).value
+    current = pointers.read_pointer(paths.current_index_pointer(workdir)).value
     assert (
         current
         and json.loads(storage.read_text(current))["ntotal"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core import paths, storage
+from core import paths, pointers, storage
 from tests.test_dag import TINY_GATE, TINY_TRAIN, _assert_index_answers, _run_days
 
 
@@ -51,9 +51,9 @@ def test_daily_flow_on_gcs(
         del os.environ["DAG_MARK_SUCCESS"]
     assert day1["state"] == "success", day1
     assert day1["tasks"]["embed_full"] == "success" and day1["tasks"]["publish"] == "success"
-    current = storage.read_pointer(paths.current_index_pointer(workdir)).value
+    current = pointers.read_pointer(paths.current_index_pointer(workdir)).value
     assert current and current.startswith(workdir + "/indexes/")
-    version = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    version = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     assert storage.glob(
         storage.join(paths.embeddings_dir(workdir, version, "2026-01-01"), "*.parquet")
     )

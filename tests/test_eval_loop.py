@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from core import paths, snapshot, storage
+from core import paths, pointers, snapshot, storage
 from tests.conftest import copy_workdir
 from vsearch import cli
 from vsearch.evaluation.simulate import simulate_loop
@@ -26,7 +26,7 @@ def loop(
 ) -> tuple[str, str, dict[str, str]]:
     workdir = copy_workdir(trained_workdir, str(tmp_path_factory.mktemp("eval") / "work"))
     run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))
-    published = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    published = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     assert published
     # A candidate with no index of its own: the same network under another version, embedded.
     shutil.copytree(paths.model_dir(workdir, published), paths.model_dir(workdir, CANDIDATE))
@@ -127,7 +127,7 @@ def test_gate_requires_a_human_verdict(loop) -> None:  # type: ignore[no-untyped
         storage.read_text(storage.join(paths.model_dir(workdir, CANDIDATE), "gate.json"))
     )
     assert any("human eval" in r for r in saved["reasons"])
-    assert storage.read_pointer(paths.published_model_pointer(workdir)).value == published
+    assert pointers.read_pointer(paths.published_model_pointer(workdir)).value == published
     # The demo's switch: simulated ratings accepted, no significant loss -> promoted.
     assert (
         cli.main(
@@ -143,4 +143,4 @@ def test_gate_requires_a_human_verdict(loop) -> None:  # type: ignore[no-untyped
         )
         == 0
     )
-    assert storage.read_pointer(paths.published_model_pointer(workdir)).value == CANDIDATE
+    assert pointers.read_pointer(paths.published_model_pointer(workdir)).value == CANDIDATE

@@ -155,7 +155,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     tf = pytest.importorskip("tensorflow")
     import apache_beam as beam
 
-    from core import catalog, images, paths, snapshot, storage
+    from core import catalog, images, paths, pointers, snapshot, storage
     from models import features as F
     from models import gate
     from models.config import TrainConfig
@@ -228,7 +228,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
     decision = gate.run(GateSettings(work, noise.version))
     assert not decision.promoted, decision
     assert decision.published == real.version
-    assert storage.read_pointer(paths.published_model_pointer(work)).value == real.version
+    assert pointers.read_pointer(paths.published_model_pointer(work)).value == real.version
     # The reasons name what got worse, measured on the same eval images for both models.
     assert any("dropped" in r or "< margin" in r for r in decision.reasons)
     assert (

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from benchmarks import vectors
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from index import builder, manifest, publish, synthetic, verify
 from index.searcher import Searcher
 from vsearch import cli
@@ -44,7 +44,7 @@ def test_publish_flips_current_and_searcher_follows(tmp_path) -> None:  # type: 
     assert Searcher.open(w).manifest.build_id == "20260101T000000Z-aaaaaa"
     r = publish.publish(w, second)
     assert r.previous == first
-    assert storage.read_pointer(paths.current_index_pointer(w)).value == second
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value == second
     assert Searcher.open(w).manifest.build_id == "20260102T000000Z-bbbbbb"
     assert storage.exists(first)  # old builds stay readable (retention 3)
 
@@ -63,7 +63,7 @@ def test_unvalidated_or_incomplete_builds_are_refused(tmp_path) -> None:  # type
     storage.delete([storage.join(storage.parent(uri), "shard-00001.ids.parquet")])
     with pytest.raises(manifest.ManifestError, match="shard-00001.ids.parquet, which is missing"):
         publish.publish(w, uri)
-    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value is None
     with pytest.raises(FileNotFoundError, match="no published index"):
         Searcher.open(w)
 
@@ -79,7 +79,7 @@ def test_index_of_another_model_is_refused(tmp_path) -> None:  # type: ignore[no
 def test_concurrent_publishers_exactly_one_wins(tmp_path) -> None:  # type: ignore[no-untyped-def]
     w = str(tmp_path)
     uris = [make_build(w, f"2026010{i}T000000Z-{i}{i}{i}") for i in (1, 2)]
-    seen = storage.read_pointer(paths.current_index_pointer(w))  # both decided on the same CURRENT
+    seen = pointers.read_pointer(paths.current_index_pointer(w))  # both decided on the same CURRENT
     barrier = threading.Barrier(2)
     outcomes: dict[str, str] = {}
 
@@ -88,7 +88,7 @@ def test_concurrent_publishers_exactly_one_wins(tmp_path) -> None:  # type: igno
         try:
             publish.publish(w, uri, expected=seen)
             outcomes[uri] = "won"
-        except storage.PointerConflict as e:
+        except pointers.PointerConflict as e:
             outcomes[uri] = f"conflict: {e}"
 
     threads = [threading.Thread(target=go, args=(u,)) for u in uris]
@@ -100,14 +100,14 @@ def test_concurrent_publishers_exactly_one_wins(tmp_path) -> None:  # type: igno
     winner = next(u for u, v in outcomes.items() if v == "won")
     loser = next(v for v in outcomes.values() if v != "won")
     assert "another publisher changed" in loser
-    assert storage.read_pointer(paths.current_index_pointer(w)).value == winner
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value == winner
 
 
 def _publish_in_process(w: str, uri: str, seen_value: str | None, q) -> None:  # type: ignore[no-untyped-def]
     try:
-        publish.publish(w, uri, expected=storage.Pointer(seen_value, seen_value))
+        publish.publish(w, uri, expected=pointers.Pointer(seen_value, seen_value))
         q.put("won")
-    except storage.PointerConflict:
+    except pointers.PointerConflict:
         q.put("conflict")
 
 
@@ -123,7 +123,7 @@ def test_concurrent_publishers_in_processes(tmp_path) -> None:  # type: ignore[n
     for p in procs:
         p.join(60)
     assert sorted(q.get(timeout=5) for _ in procs) == ["conflict", "won"]
-    assert storage.read_pointer(paths.current_index_pointer(w)).value in uris[1:]
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value in uris[1:]
 
 
 def test_retention_never_removes_current_or_newer_builds(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +150,7 @@ def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> 
     latest = make_build(w, "20260102T000000Z-bbbbbb")
     storage.write_text(paths.published_model_pointer(w), MODEL + "\n")
     assert cli.main(["publish", "--workdir", w]) == 0
-    assert storage.read_pointer(paths.current_index_pointer(w)).value == latest
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value == latest
     assert "published" in capsys.readouterr().out
 
 
@@ -158,7 +158,7 @@ def test_publish_cli_picks_latest_build_of_published_model(tmp_path, capsys) -> 
 _STALLED_PUBLISHER = r"""
 import sys, time
 from index import publish
-from core import paths, storage
+from core import paths, pointers, storage
 workdir, manifest_uri, marker = sys.argv[1:4]
 real_write = storage.write_text
 def stall(uri, text):
@@ -187,7 +187,7 @@ def test_publisher_killed_inside_the_swap_does_not_wedge_publishing(tmp_path) ->
         time.sleep(0.05)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert storage.read_pointer(paths.current_index_pointer(w)).value == first
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value == first
     assert publish.publish(w, third).previous == first  # not wedged by the dead publisher
     assert Searcher.open(w).manifest.build_id == "20260103T000000Z-333333"
 
@@ -198,13 +198,13 @@ def test_empty_pointers_are_reported_as_empty_not_missing(tmp_path, capsys) -> N
     current = paths.current_index_pointer(w)
     storage.write_text(current, "")
     for attempt in (lambda: publish.publish(w, uri), lambda: Searcher.open(w)):
-        with pytest.raises(storage.PointerError, match=f"pointer {current} is empty") as e:
+        with pytest.raises(pointers.PointerError, match=f"pointer {current} is empty") as e:
             attempt()
         assert "does not exist" not in str(e.value) and f"rm {current}" in str(e.value)
     storage.delete([current])
     published = paths.published_model_pointer(w)
     storage.write_text(published, "\n")
-    with pytest.raises(storage.PointerError, match=f"pointer {published} is empty"):
+    with pytest.raises(pointers.PointerError, match=f"pointer {published} is empty"):
         publish.publish(w, uri)
     assert cli.main(["publish", "--workdir", w]) == 1
     assert "is empty" in capsys.readouterr().err
@@ -235,7 +235,7 @@ def test_publish_refuses_a_non_finite_min_recall(tmp_path, capsys) -> None:  # t
         assert cli.main(["publish", "--workdir", w, f"--min-recall={bad}"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--min-recall" in err and "finite" in err, err
-    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value is None
 
 
 # ------------------------------------------------------------------ verification before the flip
@@ -273,7 +273,7 @@ def test_a_corrupt_file_is_not_published_and_named(tmp_path, capsys, kw, name) -
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("vsearch publish: error: not published"), err
     assert f"{path} is corrupted or truncated" in err[0], err[0]
-    assert storage.read_pointer(paths.current_index_pointer(w)).value == good
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value == good
     assert not os.path.exists(os.path.join(os.path.dirname(bad), publish.VERIFIED_FILE))
     assert os.path.exists(os.path.join(os.path.dirname(good), publish.VERIFIED_FILE))
 
@@ -293,7 +293,7 @@ def test_a_truncated_shard_and_a_build_that_cannot_load_are_refused(tmp_path) ->
     open(uri, "w").write(json.dumps(d))
     with pytest.raises(publish.PublishError, match="faiss cannot read index shard .*shard-00000"):
         publish.publish(w, uri)
-    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value is None
 
 
 def test_a_format_1_manifest_is_read_but_not_published(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -311,7 +311,7 @@ def test_a_format_1_manifest_is_read_but_not_published(tmp_path) -> None:  # typ
         assert s.manifest.format_version == 1
     with pytest.raises(publish.PublishError, match="shard-00000.ids.parquet has no sha256"):
         publish.publish(w, uri)
-    assert storage.read_pointer(paths.current_index_pointer(w)).value is None
+    assert pointers.read_pointer(paths.current_index_pointer(w)).value is None
 
 
 def test_retention_keeps_the_build_in_service_and_the_last_good_one(tmp_path) -> None:  # type: ignore[no-untyped-def]

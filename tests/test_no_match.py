@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from core import catalog, paths, runs, storage
+from core import catalog, paths, pointers, runs, storage
 from core.snapshot import read_snapshot
 from index import manifest
 from search import calibrate
@@ -47,7 +47,7 @@ def built(tiny_catalog: str, trained_workdir: str, tmp_path_factory: pytest.Temp
 
 
 def current_manifest(workdir: str) -> tuple[str, manifest.Manifest]:
-    uri = storage.read_pointer(paths.current_index_pointer(workdir)).value
+    uri = pointers.read_pointer(paths.current_index_pointer(workdir)).value
     assert uri
     return uri, manifest.read(uri)
 

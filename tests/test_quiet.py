@@ -65,7 +65,7 @@ def test_light_commands_load_neither_beam_nor_tensorflow(argv: tuple[str, ...]) 
 
 
 def test_publish_runs_without_beam_or_tensorflow(tmp_path: Path) -> None:
-    from core import paths, storage
+    from core import paths, pointers
     from tests import serve_fixtures as fx
 
     workdir, version, build_id = str(tmp_path / "work"), "20260101-light", "20260101T000000Z-aaaaaa"
@@ -74,7 +74,7 @@ def test_publish_runs_without_beam_or_tensorflow(tmp_path: Path) -> None:
     manifest_uri = manifest.manifest_uri
     argv = ("cli", "publish", "--workdir", workdir, "--manifest", manifest_uri)
     assert heavy_modules_after(*argv) == []
-    assert storage.read_pointer(paths.current_index_pointer(workdir)).value == manifest_uri
+    assert pointers.read_pointer(paths.current_index_pointer(workdir)).value == manifest_uri
 
 
 def test_configure_removes_the_flag_and_says_whether_the_run_is_verbose() -> None:
@@ -152,7 +152,7 @@ def test_serve_logs_swaps_and_refusals_and_requests_only_when_asked(tmp_path: Pa
 
     import httpx
 
-    from core import paths, storage
+    from core import paths, pointers
     from tests import serve_fixtures as fx
     from tests.test_serve_swap import corrupt
 
@@ -185,14 +185,14 @@ def test_serve_logs_swaps_and_refusals_and_requests_only_when_asked(tmp_path: Pa
 
     proc, url = serve()
     search(url)
-    first = storage.read_pointer(paths.current_index_pointer(workdir))
+    first = pointers.read_pointer(paths.current_index_pointer(workdir))
     swapped = fx.build_and_publish(workdir, catalog, "20260101T000001Z-bbbbbb", emb)
     fx.wait_ready(url, "20260101T000001Z-bbbbbb")
     # CURRENT set behind publish's back to the first build, corrupted since: the service refuses it.
     refused = str(first.value)
     corrupt(refused)
     pointer = paths.current_index_pointer(workdir)
-    storage.compare_and_swap(pointer, refused, storage.read_pointer(pointer))
+    pointers.compare_and_swap(pointer, refused, pointers.read_pointer(pointer))
     deadline = time.monotonic() + 120
     while not httpx.get(f"{url}/readyz").json().get("last_error"):
         assert time.monotonic() < deadline, "the corrupt index was not refused"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from tests.fake_embedder import build_fake_model
 from tests.test_embed import GOOD, _tiny_catalog
 from vsearch import cli, stages
@@ -175,7 +175,7 @@ def test_the_dag_publishes_productions_build_not_a_candidates(tmp_path: Path) ->
         "publish", "unused", workdir, D1.isoformat(), "", "", upstream={"build-index": None}
     )
     assert result["manifest_uri"] == built[model]
-    assert storage.read_pointer(paths.current_index_pointer(workdir)).value == built[model]
+    assert pointers.read_pointer(paths.current_index_pointer(workdir)).value == built[model]
     assert runs.read_summary(workdir, "publish", D1)["extra"]["manifest_uri"] == built[model]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import paths, storage
+from core import paths, pointers, storage
 from tests.conftest import copy_workdir
 from vsearch.stages import DayRun, run_day
 
@@ -32,7 +32,7 @@ def test_index_answers_as_the_model_does(
 
     workdir = copy_workdir(trained_workdir, str(tmp_path / "work"))
     run_day(DayRun(tiny_catalog, workdir, DAY), ("embed", "build-index", "publish"))
-    version = storage.read_pointer(paths.published_model_pointer(workdir)).value
+    version = pointers.read_pointer(paths.published_model_pointer(workdir)).value
     assert version
 
     snapshot = read_snapshot(tiny_catalog, DAY)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from core import paths, storage
+from core import paths, pointers, storage
 from index import publish
 from index.publish import PublishError
 from tests import serve_fixtures as fx
@@ -103,7 +103,7 @@ def test_publish_under_load_swaps_without_a_failed_request_and_refuses_a_corrupt
     served: tuple[str, str, np.ndarray],
 ) -> None:
     workdir, catalog, emb = served
-    before = storage.read_pointer(fx_current(workdir)).value
+    before = pointers.read_pointer(fx_current(workdir)).value
     assert before
     settings = ServeSettings(workdir=workdir, catalog=catalog, poll_s=0.1, calibration_photos=20)
     with fx.LiveServer(create_app(settings)) as url:
@@ -126,12 +126,12 @@ def test_publish_under_load_swaps_without_a_failed_request_and_refuses_a_corrupt
         assert set(builds) == {old, new} and builds[-1] == new
 
         # A corrupt build: publish refuses it, CURRENT stays on the build in service.
-        serving = storage.read_pointer(fx_current(workdir)).value
+        serving = pointers.read_pointer(fx_current(workdir)).value
         with pytest.raises(PublishError, match="shard-00000.faiss is corrupted or truncated"):
             fx.build_and_publish(
                 workdir, catalog, "20260101T000003Z-dddddd", emb, before_publish=corrupt
             )
-        assert storage.read_pointer(fx_current(workdir)).value == serving
+        assert pointers.read_pointer(fx_current(workdir)).value == serving
         # CURRENT made to name it anyway (a hand edit, an older publisher): the service refuses
         # and logs it, the old one keeps serving, and /readyz says so.
         bad = storage.join(

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from core import storage
+from core import pointers, storage
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -85,10 +85,10 @@ def test_missing_file_error_names_the_uri(root: str) -> None:
 
 def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
     ptr = storage.join(root, "CURRENT")
-    start = storage.read_pointer(ptr)
+    start = pointers.read_pointer(ptr)
     assert start.value is None
-    storage.compare_and_swap(ptr, "v1", start)
-    seen = storage.read_pointer(ptr)
+    pointers.compare_and_swap(ptr, "v1", start)
+    seen = pointers.read_pointer(ptr)
     assert seen.value == "v1"
     results: list[str] = []
     barrier = threading.Barrier(2)
@@ -96,9 +96,9 @@ def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
     def swap(value: str) -> None:
         barrier.wait()
         try:
-            storage.compare_and_swap(ptr, value, seen)
+            pointers.compare_and_swap(ptr, value, seen)
             results.append("won")
-        except storage.PointerConflict:
+        except pointers.PointerConflict:
             results.append("lost")
 
     threads = [threading.Thread(target=swap, args=(v,)) for v in ("a", "b")]
@@ -107,7 +107,7 @@ def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
     for t in threads:
         t.join()
     assert sorted(results) == ["lost", "won"]
-    assert storage.read_pointer(ptr).value in ("a", "b")
+    assert pointers.read_pointer(ptr).value in ("a", "b")
 
 
 # ------------------------------------------------------------------ pointers: faults an operator meets
@@ -116,7 +116,7 @@ def test_compare_and_swap_exactly_one_of_two_wins(root: str) -> None:
 # the test can kill it there (kill -9: no finally, no atexit).
 _STALL_IN_SWAP = r"""
 import sys, time
-from core import storage
+from core import pointers, storage
 pointer, marker = sys.argv[1], sys.argv[2]
 real_write = storage.write_text
 def stall(uri, text):
@@ -125,7 +125,7 @@ def stall(uri, text):
         time.sleep(600)
     real_write(uri, text)
 storage.write_text = stall
-storage.compare_and_swap(pointer, "from-the-killed-publisher", storage.read_pointer(pointer))
+pointers.compare_and_swap(pointer, "from-the-killed-publisher", pointers.read_pointer(pointer))
 """
 
 
@@ -144,33 +144,33 @@ def start_stalled_swap(pointer: str, tmp_path) -> subprocess.Popen[bytes]:  # ty
 @pytest.mark.parametrize("name", ["indexes/CURRENT", "models/PUBLISHED"])
 def test_publisher_killed_inside_the_swap_does_not_wedge_later_swaps(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
     ptr = storage.join(str(tmp_path / "work"), *name.split("/"))
-    storage.compare_and_swap(ptr, "v1", storage.read_pointer(ptr))
+    pointers.compare_and_swap(ptr, "v1", pointers.read_pointer(ptr))
     child = start_stalled_swap(ptr, tmp_path)
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
-    seen = storage.read_pointer(ptr)
+    seen = pointers.read_pointer(ptr)
     assert seen.value == "v1"  # the killed swap changed nothing
-    storage.compare_and_swap(ptr, "v2", seen)  # and the next publisher is not wedged
-    assert storage.read_pointer(ptr).value == "v2"
+    pointers.compare_and_swap(ptr, "v2", seen)  # and the next publisher is not wedged
+    assert pointers.read_pointer(ptr).value == "v2"
     # Two live publishers still never both win after the crash.
-    with pytest.raises(storage.PointerConflict):
-        storage.compare_and_swap(ptr, "v3", seen)
+    with pytest.raises(pointers.PointerConflict):
+        pointers.compare_and_swap(ptr, "v3", seen)
 
 
 def test_swap_stuck_in_a_live_process_is_reported_with_the_command_to_clear_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ptr = storage.join(str(tmp_path), "indexes", "CURRENT")
     child = start_stalled_swap(ptr, tmp_path)
     try:
-        with pytest.raises(storage.PointerLocked) as e:
-            storage.compare_and_swap(ptr, "mine", storage.read_pointer(ptr), lock_wait_s=0.2)
+        with pytest.raises(pointers.PointerLocked) as e:
+            pointers.compare_and_swap(ptr, "mine", pointers.read_pointer(ptr), lock_wait_s=0.2)
         message = str(e.value)
         assert f"pid {child.pid} on host {socket.gethostname()}" in message
         assert f"kill {child.pid}" in message and ptr + ".lock" in message
     finally:
         child.kill()
         child.wait()
-    storage.compare_and_swap(ptr, "mine", storage.read_pointer(ptr))
-    assert storage.read_pointer(ptr).value == "mine"
+    pointers.compare_and_swap(ptr, "mine", pointers.read_pointer(ptr))
+    assert pointers.read_pointer(ptr).value == "mine"
 
 
 @pytest.mark.parametrize(
@@ -181,25 +181,25 @@ def test_empty_or_garbled_pointer_is_reported_as_such(
 ) -> None:
     ptr = storage.join(root, "models", "PUBLISHED")
     storage.write_text(ptr, content)
-    with pytest.raises(storage.PointerError, match=problem) as e:
-        storage.read_pointer(ptr)
+    with pytest.raises(pointers.PointerError, match=problem) as e:
+        pointers.read_pointer(ptr)
     assert storage.normalize(ptr) in str(e.value) and "does not exist" not in str(e.value)
     # Never silently overwritten (locally the swap reads it again; on GCS the generation differs).
-    with pytest.raises((storage.PointerError, storage.PointerConflict)):
-        storage.compare_and_swap(ptr, "v1", storage.Pointer(None, None))
+    with pytest.raises((pointers.PointerError, pointers.PointerConflict)):
+        pointers.compare_and_swap(ptr, "v1", pointers.Pointer(None, None))
     storage.delete([ptr])  # the fix the message gives
-    storage.compare_and_swap(ptr, "v1", storage.read_pointer(ptr))
-    assert storage.read_pointer(ptr).value == "v1"
+    pointers.compare_and_swap(ptr, "v1", pointers.read_pointer(ptr))
+    assert pointers.read_pointer(ptr).value == "v1"
 
 
 def test_swap_from_a_stale_reading_loses(root: str) -> None:
     ptr = storage.join(root, "indexes", "CURRENT")
-    absent = storage.read_pointer(ptr)
-    storage.compare_and_swap(ptr, "a", absent)
-    with pytest.raises(storage.PointerConflict):
-        storage.compare_and_swap(ptr, "b", absent)  # created by somebody else meanwhile
-    seen = storage.read_pointer(ptr)
-    storage.compare_and_swap(ptr, "c", seen)
-    with pytest.raises(storage.PointerConflict):
-        storage.compare_and_swap(ptr, "d", seen)
-    assert storage.read_pointer(ptr).value == "c"
+    absent = pointers.read_pointer(ptr)
+    pointers.compare_and_swap(ptr, "a", absent)
+    with pytest.raises(pointers.PointerConflict):
+        pointers.compare_and_swap(ptr, "b", absent)  # created by somebody else meanwhile
+    seen = pointers.read_pointer(ptr)
+    pointers.compare_and_swap(ptr, "c", seen)
+    with pytest.raises(pointers.PointerConflict):
+        pointers.compare_and_swap(ptr, "d", seen)
+    assert pointers.read_pointer(ptr).value == "c"

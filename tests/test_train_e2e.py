@@ -13,7 +13,7 @@ tf = pytest.importorskip("tensorflow")
 
 import tensorflow_transform as tft  # noqa: E402
 
-from core import catalog, images, paths, snapshot, storage  # noqa: E402
+from core import catalog, images, paths, pointers, snapshot, storage  # noqa: E402
 from core.deadletter import read_dead_letters  # noqa: E402
 from models import dataset  # noqa: E402
 from models import gate as gate_mod  # noqa: E402
@@ -117,6 +117,6 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
         )
     )
     assert decision.promoted and decision.published is None
-    assert storage.read_pointer(paths.published_model_pointer(work)).value == result.version
+    assert pointers.read_pointer(paths.published_model_pointer(work)).value == result.version
     again = gate_mod.run(gate_mod.GateSettings(work, result.version))
     assert not again.promoted and "already" in again.reasons[0]

@@ -32,7 +32,7 @@ from core import embeddings, snapshot, storage
 from core.runs import METRICS_NAMESPACE
 from index.source import IndexBuildError
 from transforms.change_detection import buckets_for
-from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.dead_letter_output import DEAD_LETTER_TAG
 from transforms.read_catalog import LISTINGS
 from transforms.read_listing_tables import ReadListingTables
 

@@ -31,7 +31,7 @@ from core import catalog as cat
 from core import snapshot, storage
 from core.deadletter import DeadLetter
 from core.runs import METRICS_NAMESPACE
-from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
+from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 
 LISTINGS = "listings"
 REVIEWS = "reviews"

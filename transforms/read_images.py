@@ -27,7 +27,7 @@ from PIL import Image
 from core import images, storage
 from core.catalog import ImageRef
 from core.runs import METRICS_NAMESPACE
-from transforms.deadletter import DEAD_LETTER_TAG, dead_letter
+from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter
 
 MAIN_TAG = "images"
 # Product photos are a few MB; a 64 MB "image" is a mistake or an attack, and we would hold it

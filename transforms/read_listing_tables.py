@@ -34,7 +34,7 @@ from core import snapshot, storage
 from core.catalog_columns import LISTING_TABLE, listing_table, split_listings
 from core.runs import METRICS_NAMESPACE
 from transforms.change_detection import split_by_bucket
-from transforms.deadletter import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
+from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 from transforms.packed_table import PackedTable
 from transforms.read_catalog import LISTINGS, ReadCatalog
 

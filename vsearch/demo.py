@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from core import paths, runs, storage
+from core import paths, pointers, runs, storage
 from core.settings import doc
 from vsearch.stages import DAILY_STAGES, DayRun, run_day
 
@@ -203,13 +203,13 @@ def _report(
                 f"  {date} {stage:<12} read={s['read']} ok={s['ok']} skipped={s['skipped']} "
                 f"dead_lettered={s['dead_lettered']} {s['wall_s']:.1f}s {json.dumps(extra)}"
             )
-    version = storage.read_pointer(paths.published_model_pointer(workdir)).value or "?"
+    version = pointers.read_pointer(paths.published_model_pointer(workdir)).value or "?"
     lines += [
         "outputs:",
         f"  catalog:       {catalog}",
         f"  model:         {paths.model_dir(workdir, version)}",
         f"  embeddings:    {paths.embeddings_root(workdir, version)} (Parquet)",
-        f"  index:         {storage.read_pointer(paths.current_index_pointer(workdir)).value}",
+        f"  index:         {pointers.read_pointer(paths.current_index_pointer(workdir)).value}",
         f"  dead letters:  {storage.join(workdir, 'deadletter')}",
         f"  run summaries: {storage.join(workdir, 'runs')}",
     ]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core import embeddings, paths, storage
+from core import embeddings, paths, pointers
 from index.source import batch_vectors
 from models.artifact import Embedder
 
@@ -28,7 +28,7 @@ def published_index_version(workdir: str) -> str | None:
     """The model version of the index ``indexes/CURRENT`` points at, if any."""
     from index import manifest
 
-    pointer = storage.read_pointer(paths.current_index_pointer(workdir))
+    pointer = pointers.read_pointer(paths.current_index_pointer(workdir))
     return manifest.read(pointer.value).model_version if pointer.value else None
 
 

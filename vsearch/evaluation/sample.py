@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core import images, paths, snapshot, storage
+from core import images, paths, pointers, snapshot, storage
 from core.settings import CATALOG, DATE_STR, WORKDIR, doc
 from vsearch.evaluation import retrieve
 from vsearch.evaluation.task import Query, RatingTask, Result, query_id, write_task
@@ -141,7 +141,7 @@ def run(s: SampleSettings) -> str:
     paths.parse_date(s.date)
     if s.queries < 1 or s.k < 1:
         raise ValueError("--queries and --k must be at least 1")
-    model = s.model or storage.read_pointer(paths.published_model_pointer(s.workdir)).value
+    model = s.model or pointers.read_pointer(paths.published_model_pointer(s.workdir)).value
     if not model:
         raise FileNotFoundError(
             f"no --model and no published model at {paths.published_model_pointer(s.workdir)}"

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from core import paths, storage
+from core import paths, pointers
 from index import publish
 from index import searcher as searcher_mod
 from index.searcher import Searcher
@@ -156,7 +156,7 @@ class IndexHolder:
 
     def check_once(self) -> str:
         """Read CURRENT; load and swap if it changed. Returns what happened, in one word."""
-        uri = storage.read_pointer(self._pointer).value
+        uri = pointers.read_pointer(self._pointer).value
         if not uri:
             self.last_error = f"no published index: {self._pointer} does not exist"
             return "none"
