@@ -1,7 +1,7 @@
 """One stable hash for every "which bucket does this key fall in" decision.
 
 Used for the train/eval split by listing (``catalog.is_eval_listing``), the index shard of a
-listing (``index.sharding.shard_of``), the Parquet file of an embedding row
+listing (``index.shard_plan.shard_of``), the Parquet file of an embedding row
 (``transforms.embedding_writer``) and the dead-letter file of a record. Never Python's ``hash``:
 it is salted per process, so two workers (or two days) would disagree.
 

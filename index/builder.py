@@ -23,14 +23,14 @@ import numpy as np
 
 from core import storage
 from core.settings import doc
-from index import autopca, ondisk, sharding, training, tuning
+from index import autopca, ondisk, shard_plan, training, tuning
 from index import factory as factory_mod
 from index import manifest as manifest_mod
+from index.checksums import default_cache_dir
+from index.recall import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
 from index.searcher import Searcher
-from index.shards import AddShards, add_shards_in_process
+from index.shard_files import AddShards, add_shards_in_process
 from index.source import BatchesFactory, IndexBuildError, Sample, iter_database, scan
-from index.validate import QuerySet, exact_topk, latency_ms, recall_at_k, row_keys
-from index.verify import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def build_index(
     # 3. Add per shard and write shards + id maps (+ the PCA).
     pca_bytes = training.pca_to_bytes(pca)
     if pca is not None:
-        storage.write_bytes(storage.join(build_dir, sharding.PCA_FILE), pca_bytes)
+        storage.write_bytes(storage.join(build_dir, shard_plan.PCA_FILE), pca_bytes)
     adder = add_shards or add_shards_in_process(
         batches_factory,  # type: ignore[arg-type]
         one_per_pass=settings.on_disk,
@@ -403,6 +403,6 @@ def build_index(
             + _cause(factory, dim, input_dim, pca_choice, tuned.tried)
         )
     final = replace(draft, search_params=tuned.search_params, validation=validation)
-    uri = storage.join(build_dir, sharding.MANIFEST_FILE)
+    uri = storage.join(build_dir, shard_plan.MANIFEST_FILE)
     manifest_mod.write(uri, final)
     return BuildResult(final, uri, report)

@@ -11,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.sharding import SHARD_ID_SHIFT, positions
+from index.shard_plan import SHARD_ID_SHIFT, positions
 
 
 def ids_tagged(index: Any, shard_no: int) -> bool:
@@ -54,7 +54,7 @@ def search_preassigned(
 def merged_fast_scan(indexes: list[Any], offsets: np.ndarray | None = None) -> Any:
     """Fast-scan IVF shards of one trained index merged list by list into a new index.
 
-    Ids are kept (shard-tagged), or with ``offsets`` (sharding.first_rows) become positions in
+    Ids are kept (shard-tagged), or with ``offsets`` (shard_plan.first_rows) become positions in
     all shards' rows laid end to end (a refined layout's merged store).
 
     Each merged list is packed once, from every shard's unpacked codes, into an empty list.

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core import storage
-from index.sharding import PCA_FILE
+from index.shard_plan import PCA_FILE
 
 # 2: id maps and pca.bin carry a sha256 too (``ids_sha256``, ``pca_sha256``). Version 1
 # manifests (shard sha256 only) are still read; their id maps and PCA are not verifiable.

@@ -6,7 +6,7 @@ every code. Here the shards are memory-mapped and their lists streamed into one
 points at that file by name, so the pair can be moved together and served memory-mapped: resident
 memory is the quantizer plus the pages the probed lists touch.
 
-Shards keep their shard-tagged ids (sharding.tag_ids), so a hit of the merged index maps back to
+Shards keep their shard-tagged ids (shard_plan.tag_ids), so a hit of the merged index maps back to
 (shard, row) exactly as a hit of the in-memory merge does. Plain IVF layouts only (IVF-Flat,
 IVF-PQ): fast-scan lists are packed in blocks, which OnDiskInvertedLists does not store.
 """
@@ -23,8 +23,8 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from core import storage
 from index import manifest as manifest_mod
+from index.checksums import local_shard, sha256_of_file
 from index.factory import factory_kind
-from index.verify import local_shard, sha256_of_file
 
 MERGED_INDEX = "merged.faiss"
 MERGED_LISTS = "merged.ivfdata"
@@ -49,7 +49,7 @@ def merge_build(
     """Merge a build's shards into ``build_dir``'s merged.faiss + merged.ivfdata; their entry.
 
     Local builds merge in place. A gs:// build's shards come through the verified local cache
-    (verify.local_shard), are merged in a local folder, and both files are uploaded.
+    (checksums.local_shard), are merged in a local folder, and both files are uploaded.
     """
     shard_paths = [local_shard(build_dir, e, cache_dir, cache_key) for e in entries]
     local = not storage.is_gcs(build_dir)

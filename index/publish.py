@@ -32,8 +32,8 @@ import numpy as np
 
 from core import paths, pointers, runs, storage
 from core.settings import WORKDIR, doc
+from index import checksums, shard_plan
 from index import manifest as manifest_mod
-from index import sharding, verify
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def build_files(workdir: str) -> dict[str, set[str]]:
 
 def list_builds(workdir: str) -> dict[str, bool]:
     """Every build directory under ``indexes/`` -> whether it holds a manifest."""
-    return {b: sharding.MANIFEST_FILE in f for b, f in build_files(workdir).items()}
+    return {b: shard_plan.MANIFEST_FILE in f for b, f in build_files(workdir).items()}
 
 
 def verified_record(manifest_uri: str) -> str | None:
@@ -120,9 +120,9 @@ def verified_manifests(workdir: str) -> list[str]:
     good = [
         b
         for b, f in build_files(workdir).items()
-        if sharding.MANIFEST_FILE in f and VERIFIED_FILE in f
+        if shard_plan.MANIFEST_FILE in f and VERIFIED_FILE in f
     ]
-    return [storage.join(b, sharding.MANIFEST_FILE) for b in sorted(good, key=storage.basename)][
+    return [storage.join(b, shard_plan.MANIFEST_FILE) for b in sorted(good, key=storage.basename)][
         ::-1
     ]
 
@@ -139,7 +139,7 @@ def latest_manifest(workdir: str, model_version: str) -> str:
             f"no built index for model {model_version} under {indexes_root(workdir)} "
             "(run vsearch build-index first)"
         )
-    return storage.join(max(builds, key=storage.basename), sharding.MANIFEST_FILE)
+    return storage.join(max(builds, key=storage.basename), shard_plan.MANIFEST_FILE)
 
 
 def publish(
@@ -201,7 +201,7 @@ def verify_build(manifest_uri: str, m: manifest_mod.Manifest) -> None:
     build_dir = storage.parent(manifest_uri)
     with tempfile.TemporaryDirectory(prefix="vsearch-publish-") as cache:
         try:
-            verify.verify_build(m, build_dir, cache)
+            checksums.verify_build(m, build_dir, cache)
             # Shards searched one by one, memory-mapped: no merged copy of the index in RAM.
             with Searcher(m, build_dir, cache_dir=cache, merge_ivf=False, threads=1) as searcher:
                 rng = np.random.default_rng(0)
@@ -232,7 +232,7 @@ def apply_retention(
     current_build = storage.parent(storage.normalize(current_manifest))
     current_id = storage.basename(current_build)
     files = build_files(workdir)
-    builds = {b: sharding.MANIFEST_FILE in f for b, f in files.items()}
+    builds = {b: shard_plan.MANIFEST_FILE in f for b, f in files.items()}
     validated = sorted((b for b, has in builds.items() if has), key=storage.basename, reverse=True)
     last_good = [b for b in validated if VERIFIED_FILE in files[b] and b != current_build][:1]
     keep = {current_build, *validated[:retention], *last_good}

@@ -3,10 +3,10 @@ stored vectors re-rank them exactly.
 
 A shard is a faiss ``IndexRefineFlat``: an IVF fast-scan PQ index (4-bit codes scanned with SIMD)
 plus the shard's full vectors. Its IVF part stores shard-tagged ids like every IVF shard
-(sharding.tag_ids), so the searcher treats it as one more IVF index: shards share the one
+(shard_plan.tag_ids), so the searcher treats it as one more IVF index: shards share the one
 trained coarse quantizer and merge list by list into one index at load, and a query costs the
 same over 8 shards as over 1. The merged index numbers its vectors by position in one store of
-every shard's vectors (sharding.positions), so faiss' own ``IndexRefine`` re-ranks in C++
+every shard's vectors (shard_plan.positions), so faiss' own ``IndexRefine`` re-ranks in C++
 (``searchable``): ``k * k_factor`` candidates from the IVF part, scored exactly against the
 stored vectors, the best ``k`` kept. Shards searched apart (``merge_ivf=False``) and the
 filtered exact search re-rank here instead (``rerank``, faiss ``compute_distance_subset``).
@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.sharding import first_rows, positions, tag_ids
+from index.shard_plan import first_rows, positions, tag_ids
 
 # Candidates fetched per wanted hit. 4-bit PQ keeps the neighbourhood only roughly: 8x was the
 # smallest factor that reached 0.95 on the manifold set (4x plateaued at 0.946, measured at
@@ -109,7 +109,7 @@ def merged_by_encoding(
     every shard holds the vectors its codes were made from, and the shards share one trained
     quantizer and PQ, so adding row r of shard s again, under its tagged id, gives the same list
     and the same code it has in the shard. Ids are shard-tagged, or with ``offsets``
-    (sharding.first_rows) positions in all shards' rows laid end to end.
+    (shard_plan.first_rows) positions in all shards' rows laid end to end.
     """
     merged: Any = faiss.clone_index(ivfs[0])  # quantizer, PQ, parameters
     merged.reset()

@@ -1,7 +1,7 @@
 """Search a published (or freshly built) sharded index: load once, verify, search in parallel.
 
 Loading: every file (shards, id maps, pca.bin) is checked against the manifest's sha256 before
-it is parsed (index/verify.py); local shards are memory-mapped in place, gs:// shards from a
+it is parsed (index/checksums.py); local shards are memory-mapped in place, gs:// shards from a
 verified local cache.
 
 Searching: the query goes through the build's PCA (if any), then every shard is searched on a
@@ -31,12 +31,8 @@ import pyarrow as pa
 
 from core import paths, pointers, storage
 from index import manifest as manifest_mod
-from index import ondisk, refine, sharding, training
-from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
-from index.sharding import ROW_MASK, SHARD_ID_SHIFT
-from index.tuning import faiss_search_parameters, search_parameters
-from index.validate import KEY_SEP
-from index.verify import (
+from index import ondisk, refine, shard_plan, training
+from index.checksums import (
     ShardError,
     default_cache_dir,
     local_file,
@@ -44,6 +40,10 @@ from index.verify import (
     read_id_map,
     verified_bytes,
 )
+from index.ivf_lists import ids_tagged, merged_fast_scan, search_preassigned
+from index.recall import KEY_SEP
+from index.shard_plan import ROW_MASK, SHARD_ID_SHIFT
+from index.tuning import faiss_search_parameters, search_parameters
 
 PARALLEL_QUERIES_MAX = 16  # up to this many queries, shards are searched on parallel threads
 OVERFETCH = 5  # image hits fetched per wanted listing (a listing has up to 10 photos)
@@ -106,7 +106,7 @@ class Searcher:
             self._quantizer = self._shared_quantizer()
             # Refined shards merged: their ids become positions in one store of every shard's
             # vectors (row r of shard s at offsets[s] + r), what faiss' IndexRefine looks up.
-            offsets = sharding.first_rows([int(r.ntotal) for r in self._refined])
+            offsets = shard_plan.first_rows([int(r.ntotal) for r in self._refined])
             self._merged = self._merged_ivf(merge_ivf, offsets if self._refined else None)
             if self._merged is not None:
                 self._quantizer = self._merged.quantizer
@@ -163,7 +163,7 @@ class Searcher:
 
     def _load_pca(self) -> faiss.VectorTransform | None:
         """The build's PCA; None when the index keeps the input dimension (no pca.bin)."""
-        uri = storage.join(self.build_dir, sharding.PCA_FILE)
+        uri = storage.join(self.build_dir, shard_plan.PCA_FILE)
         if self.manifest.dim == self.manifest.input_dim and not storage.exists(uri):
             return None
         data = verified_bytes(uri, self.manifest.pca_sha256, "PCA")
@@ -276,7 +276,7 @@ class Searcher:
                     if offsets is None:
                         target.add_entries(lst, n, ids, codes)
                     else:
-                        pos = sharding.positions(faiss.rev_swig_ptr(ids, n), offsets)
+                        pos = shard_plan.positions(faiss.rev_swig_ptr(ids, n), offsets)
                         target.add_entries(lst, n, faiss.swig_ptr(pos), codes)
                     src.release_ids(lst, ids)
                     src.release_codes(lst, codes)
@@ -509,7 +509,7 @@ def shard_rows(
     an id is -1 (a missing hit)."""
     index = searcher._merged if no is None else searcher._shards[no].index
     if no is None and searcher._positions is not None:
-        return sharding.shard_rows(ids, searcher._positions)
+        return shard_plan.shard_rows(ids, searcher._positions)
     if isinstance(index, faiss.IndexIVF):
         shard = np.where(ids >= 0, ids >> SHARD_ID_SHIFT, -1).astype(np.int32)
         return shard, np.where(ids >= 0, ids & ROW_MASK, -1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from index.validate import row_keys
+from index.recall import row_keys
 
 BatchesFactory = Callable[[], Iterable[pa.RecordBatch]]
 NORM_TOLERANCE = 1e-2

@@ -37,7 +37,7 @@ from core.catalog import Review
 from core.deadletter import clear_dead_letters
 from core.runs import METRICS_NAMESPACE, RunSummary
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
-from index import builder, manifest, sharding, source
+from index import builder, manifest, shard_plan, source
 from index.builder import IndexSettings
 from index.source import BatchesFactory
 from search.calibrate import calibrate_build
@@ -207,7 +207,7 @@ class BeamBuild:
         every_shard = p | "ShardNumbers" >> beam.Create([(n, None) for n in range(num_shards)])
         counts = (
             (
-                rows | "ByShard" >> beam.Map(lambda r: (sharding.shard_of(r[0], num_shards), r)),
+                rows | "ByShard" >> beam.Map(lambda r: (shard_plan.shard_of(r[0], num_shards), r)),
                 every_shard,
             )
             | "WithEveryShard" >> beam.Flatten()
@@ -272,7 +272,7 @@ class BeamBuild:
 
         _ = (
             p
-            | "Shards" >> beam.Create(list(range(self.settings.index.shards)))
+            | "Shards" >> beam.Create(list(range(self.settings.index.shard_files)))
             | "Spread" >> beam.Reshuffle()
             | "ShardTruth" >> beam.ParDo(index_view.ShardTruthFn(view_dir, queries, k))
             | "Merge" >> beam.CombineGlobally(index_view.MergeTopK(k))

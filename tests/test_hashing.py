@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from core import catalog
 from core.hashing import column_hash, column_hashes, stable_fraction, stable_hash
-from index import sharding
+from index import shard_plan
 from transforms import embedding_writer
 
 # Changing any of these moves listings between train and eval, and between index shards.
@@ -36,7 +36,7 @@ def test_same_value_in_another_process() -> None:
 def test_split_and_shards_use_it() -> None:
     ids = [f"L{i:06d}" for i in range(2000)]
     for i in ids[:50]:
-        assert sharding.shard_of(i, 7) == stable_hash(i) % 7
+        assert shard_plan.shard_of(i, 7) == stable_hash(i) % 7
         assert embedding_writer.shard_of(i, 5) == stable_hash(i) % 5
         assert catalog.is_eval_listing(i, 0.3) == (stable_fraction(i) < 0.3)
     # Uniform enough that a 20% split and 8 shards are balanced on a real-looking id set.
@@ -44,10 +44,10 @@ def test_split_and_shards_use_it() -> None:
     assert 0.17 < eval_share < 0.23
     counts = [0] * 8
     for i in ids:
-        counts[sharding.shard_of(i, 8)] += 1
+        counts[shard_plan.shard_of(i, 8)] += 1
     assert min(counts) > 200 and max(counts) < 300
     # The split and the shard are not the same coin: eval listings spread over every shard.
-    assert {sharding.shard_of(i, 8) for i in ids if catalog.is_eval_listing(i, 0.2)} == set(
+    assert {shard_plan.shard_of(i, 8) for i in ids if catalog.is_eval_listing(i, 0.2)} == set(
         range(8)
     )
 

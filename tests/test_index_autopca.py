@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks import vectors
 from index import autopca, builder, synthetic, training
+from index.recall import exact_topk
 from index.source import IndexBuildError
-from index.validate import exact_topk
 
 DIM = 256
 

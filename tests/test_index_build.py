@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks import vectors
 from index import builder, manifest, source, synthetic
+from index.recall import exact_topk, recall_at_k, row_keys
 from index.searcher import Searcher, ShardError
-from index.validate import exact_topk, recall_at_k, row_keys
 
 DIM = 32
 N = 6000  # 2,000 listings x 3 photos

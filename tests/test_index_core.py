@@ -9,41 +9,41 @@ import numpy as np
 import pytest
 
 from benchmarks import vectors
-from index import autopca, factory, manifest, sharding, training, tuning
-from index.validate import exact_topk, recall_at_k
+from index import autopca, factory, manifest, shard_plan, training, tuning
+from index.recall import exact_topk, recall_at_k
 
 
 def test_shard_is_stable_and_spreads_listings() -> None:
     ids = [f"listing-{i}" for i in range(4000)]
-    a = sharding.shards_of(ids, 8)
-    assert (a == sharding.shards_of(ids, 8)).all()
-    assert sharding.shard_of("listing-7", 8) == a[7]
+    a = shard_plan.shards_of(ids, 8)
+    assert (a == shard_plan.shards_of(ids, 8)).all()
+    assert shard_plan.shard_of("listing-7", 8) == a[7]
     counts = np.bincount(a, minlength=8)
     assert counts.min() > 400 and counts.max() < 600  # roughly uniform
-    assert (sharding.shards_of(ids, 1) == 0).all()
+    assert (shard_plan.shards_of(ids, 1) == 0).all()
     with pytest.raises(ValueError):
-        sharding.shard_of("x", 0)
+        shard_plan.shard_of("x", 0)
 
 
 def test_merged_refined_ids_are_positions_that_round_trip_to_shard_and_row() -> None:
     # shards of 3, 0 and 5 rows laid end to end: shard 2's row 4 is position 7
-    offsets = sharding.first_rows([3, 0, 5])
+    offsets = shard_plan.first_rows([3, 0, 5])
     assert offsets.tolist() == [0, 3, 3]
-    tagged = np.concatenate([sharding.tag_ids(0, 0, 3), sharding.tag_ids(2, 0, 5)])
-    pos = sharding.positions(tagged, offsets)
+    tagged = np.concatenate([shard_plan.tag_ids(0, 0, 3), shard_plan.tag_ids(2, 0, 5)])
+    pos = shard_plan.positions(tagged, offsets)
     assert pos.tolist() == list(range(8))
-    shard, rows = sharding.shard_rows(np.append(pos, -1), offsets)
+    shard, rows = shard_plan.shard_rows(np.append(pos, -1), offsets)
     assert shard.tolist() == [0, 0, 0, 2, 2, 2, 2, 2, -1]  # the empty shard owns no position
     assert rows.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, -1]  # -1: a missing hit stays missing
-    one_shard, one_rows = sharding.shard_rows(np.array([[4, -1]]), sharding.first_rows([9]))
+    one_shard, one_rows = shard_plan.shard_rows(np.array([[4, -1]]), shard_plan.first_rows([9]))
     assert one_shard.tolist() == [[0, -1]] and one_rows.tolist() == [[4, -1]]
 
 
 def test_shards_for_size() -> None:
-    assert sharding.shards_for_size(100_000_000, 72, max_shard_bytes=1 << 30) == 7
-    assert sharding.shards_for_size(500, 1024) == 1
-    assert sharding.shard_file(3) == "shard-00003.faiss"
-    assert sharding.shard_ids_file(12) == "shard-00012.ids.parquet"
+    assert shard_plan.shards_for_size(100_000_000, 72, max_shard_bytes=1 << 30) == 7
+    assert shard_plan.shards_for_size(500, 1024) == 1
+    assert shard_plan.shard_file(3) == "shard-00003.faiss"
+    assert shard_plan.shard_ids_file(12) == "shard-00012.ids.parquet"
 
 
 @pytest.mark.parametrize(

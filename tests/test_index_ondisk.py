@@ -10,7 +10,7 @@ import pytest
 from benchmarks import vectors
 from index import builder, ondisk, publish, synthetic
 from index.searcher import Searcher
-from index.sharding import ROW_MASK, SHARD_ID_SHIFT
+from index.shard_plan import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
 
 MODEL = "test-model"
@@ -71,8 +71,8 @@ def test_on_disk_build_serves_its_merged_lists_and_answers_as_the_in_memory_buil
     import faiss
 
     from index import manifest
+    from index.checksums import ShardError
     from index.searcher import faiss_indexes
-    from index.verify import ShardError
 
     table = synthetic.embedding_table(vectors.clustered(20_000, dim=32), 2, MODEL)
     built = {}

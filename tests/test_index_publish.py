@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import vectors
 from core import paths, pointers, runs, storage
-from index import builder, manifest, publish, synthetic, verify
+from index import builder, checksums, manifest, publish, synthetic
 from index.searcher import Searcher
 from vsearch import cli
 
@@ -289,7 +289,7 @@ def test_a_truncated_shard_and_a_build_that_cannot_load_are_refused(tmp_path) ->
     # Bytes that match their sha256 but that faiss cannot read (a bad build, not a bad copy):
     # the load catches it, naming the shard.
     d = json.loads(open(uri).read())
-    d["shards"][0]["sha256"] = verify.sha256_of_file(shard)
+    d["shards"][0]["sha256"] = checksums.sha256_of_file(shard)
     open(uri, "w").write(json.dumps(d))
     with pytest.raises(publish.PublishError, match="faiss cannot read index shard .*shard-00000"):
         publish.publish(w, uri)

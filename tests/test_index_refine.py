@@ -9,8 +9,8 @@ import pytest
 
 from benchmarks import vectors
 from index import builder, factory, ivf_lists, source, synthetic
+from index.recall import exact_topk, recall_at_k, row_keys
 from index.searcher import Searcher
-from index.validate import exact_topk, recall_at_k, row_keys
 
 MODEL = "test-model"
 DIM = 64

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import storage
-from index import manifest, shards, source, training
-from index.validate import KEY_SEP
+from index import manifest, shard_files, source, training
+from index.recall import KEY_SEP
 from transforms.current_embeddings import Row, embeddings_matrix
 
 VIEW_DIR = "_view"  # under the build directory; removed when the build ends
@@ -116,10 +116,10 @@ class AddViewShardFn(beam.DoFn):
     def process(self, shard_no: int) -> Iterator[manifest.ShardEntry]:
         table = read_view_shard(self._view_dir, shard_no)
         if table is not None and table.num_rows:
-            index, ids = shards.fill_shard(self._trained, self._pca, table, shard_no)
+            index, ids = shard_files.fill_shard(self._trained, self._pca, table, shard_no)
         else:  # an empty shard is still written, so every shard the manifest lists exists
-            index, ids = self._trained, shards.EMPTY_IDS
-        entry = shards.write_shard(self._build_dir, shard_no, index, ids)
+            index, ids = self._trained, shard_files.EMPTY_IDS
+        entry = shard_files.write_shard(self._build_dir, shard_no, index, ids)
         # Hashed where it was written; the driver reads this small file instead of the shard.
         storage.write_text(entry_uri(self._build_dir, shard_no), json.dumps(entry.__dict__))
         yield entry

@@ -1,7 +1,7 @@
 """Filling and writing shards: shared by the in-process build and the Beam job.
 
 Every shard starts as a copy of the one trained index (train once, add per shard). IVF shards
-store shard-tagged faiss ids (see sharding.SHARD_ID_SHIFT); row i of ``shard-N.ids.parquet`` is
+store shard-tagged faiss ids (see shard_plan.SHARD_ID_SHIFT); row i of ``shard-N.ids.parquet`` is
 the vector with row number i of shard N.
 """
 
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from core import storage
 from index import manifest as manifest_mod
-from index import refine, sharding, training
+from index import refine, shard_plan, training
 from index.source import BatchesFactory, batch_vectors, iter_database
 
 ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
@@ -27,10 +27,10 @@ ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
 def add_rows(index: faiss.Index, vectors: np.ndarray, shard_no: int) -> None:
     """Append vectors to a shard; IVF shards get shard-tagged ids (row = id & (2**40 - 1))."""
     if refine.is_refine(index):
-        tagged = sharding.tag_ids(shard_no, index.ntotal, len(vectors))
+        tagged = shard_plan.tag_ids(shard_no, index.ntotal, len(vectors))
         refine.add_rows(index, vectors, tagged)
     elif isinstance(index, faiss.IndexIVF):
-        index.add_with_ids(vectors, sharding.tag_ids(shard_no, index.ntotal, len(vectors)))
+        index.add_with_ids(vectors, shard_plan.tag_ids(shard_no, index.ntotal, len(vectors)))
     else:
         index.add(vectors)
 
@@ -70,7 +70,7 @@ def write_shard(
     """Write ``shard-N.faiss`` and ``shard-N.ids.parquet`` atomically; each sha256 is of the
     bytes as written (hashed on the way out, never re-read), so the worker that writes a shard
     returns its manifest entry."""
-    name, ids_name = sharding.shard_file(shard_no), sharding.shard_ids_file(shard_no)
+    name, ids_name = shard_plan.shard_file(shard_no), shard_plan.shard_ids_file(shard_no)
     h = hashlib.sha256()
     with storage.atomic_writer(storage.join(build_dir, name)) as f:
 
@@ -96,7 +96,7 @@ def shard_tables(
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+        shard = shard_plan.shards_of(batch.column("listing_id").to_pylist(), num_shards)
         for s in np.unique(shard):
             yield int(s), batch.filter(pa.array(shard == s))
 
@@ -128,7 +128,7 @@ def add_shards_in_process(batches_factory: BatchesFactory, one_per_pass: bool = 
                 if num_shards == 1:
                     parts = [(0, batch, vectors)]
                 else:
-                    shard = sharding.shards_of(batch.column("listing_id").to_pylist(), num_shards)
+                    shard = shard_plan.shards_of(batch.column("listing_id").to_pylist(), num_shards)
                     parts = [
                         (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
                         for s in np.unique(shard)
