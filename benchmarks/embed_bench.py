@@ -25,7 +25,7 @@ Then a cProfile of the incremental run (top functions by cumulative and own time
     [--model VERSION] [--out bench-output/embed] [--no-write]
 
 Without ``--model-workdir`` it uses ``demo-output`` if a model is published there, else the small
-fake of tests/fake_embedder.py (and says so in the report).
+fake of benchmarks/fake_embedder.py (and says so in the report).
 """
 
 from __future__ import annotations
@@ -91,12 +91,12 @@ def _install_model(args: argparse.Namespace, workdir: str) -> tuple[str, str]:
             version,
             f"exported model {version} ({config.backbone or '?'}, {config.image_size}px, D={config.embedding_dim})",
         )
-    from tests.fake_embedder import build_fake_model
+    from benchmarks.fake_embedder import build_fake_model
 
     version = build_fake_model(workdir, dim=256, image_size=96)
     return (
         version,
-        f"FAKE model (tests/fake_embedder.py: decode, resize 96px, pool, project to D=256) {version}",
+        f"FAKE model (benchmarks/fake_embedder.py: decode, resize 96px, pool, project to D=256) {version}",
     )
 
 
@@ -564,7 +564,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--beam-args", default="", help="Beam flags for the job (default: embed's)")
     ap.add_argument("--out", default="bench-output/embed")
     ap.add_argument("--catalog-px", type=int, default=128, help="generated photo size")
-    ap.add_argument("--fake-model", action="store_true", help="tests/fake_embedder.py's model")
+    ap.add_argument("--fake-model", action="store_true", help="benchmarks/fake_embedder.py's model")
     ap.add_argument(
         "--p2-only", action="store_true", help="skip the raw-model rates (P1) and the profile"
     )

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 Result = tuple[float, int]  # median wall seconds, HTTP requests of one run
 Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
@@ -15,12 +18,49 @@ Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
 @contextlib.contextmanager
 def loopback_workdir(bucket: str) -> Iterator[str]:
     """A workdir ``gs://BUCKET/w`` on a fresh loopback server, for the length of the block."""
+    from benchmarks import gcs_emulator
     from core import storage
-    from tests import gcs_emulator
 
     with gcs_emulator.running():
         storage.gcs_client().create_bucket(bucket)
         yield f"gs://{bucket}/w"
+
+
+class RequestMeter:
+    """What ``metered_requests`` saw: ``count`` HTTP requests so far; ``delay_s`` is slept in
+    every request, standing in for a real bucket's round trip (the loopback server answers in
+    well under a millisecond)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+
+    def request(self) -> None:
+        with self._lock:
+            self.count += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+
+@contextlib.contextmanager
+def metered_requests() -> Iterator[RequestMeter]:
+    """Count (and delay) every HTTP request of google-cloud-storage and of Beam's GCS client: both
+    send through ``requests.Session``."""
+    import requests
+
+    meter = RequestMeter()
+    real = requests.Session.request
+
+    def metered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter.request()
+        return real(self, *args, **kwargs)
+
+    requests.Session.request = metered  # type: ignore[method-assign]
+    try:
+        yield meter
+    finally:
+        requests.Session.request = real  # type: ignore[method-assign]
 
 
 def add_latency_flag(ap: argparse.ArgumentParser) -> None:

@@ -75,11 +75,10 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from core import embeddings, storage
-    from tests import gcs_emulator
 
     with gcs_latency.loopback_workdir("publish-bench") as workdir:
         attempts = iter(range(1, 1_000_000))
-        with gcs_emulator.metered_requests() as meter:
+        with gcs_latency.metered_requests() as meter:
             # A day to replace, so that every measured publish also deletes the one before.
             _publish(workdir, "a0", storage.IO_THREADS, args.files, meter)
 

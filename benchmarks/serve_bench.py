@@ -57,8 +57,8 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from benchmarks.fake_embedder import build_fake_model
     from index import builder, publish, synthetic
-    from tests.fake_embedder import build_fake_model
 
     if out.exists():
         shutil.rmtree(out)

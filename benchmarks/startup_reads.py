@@ -76,7 +76,6 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from core import partitions, paths, storage
-    from tests import gcs_emulator
 
     with gcs_latency.loopback_workdir("startup-reads") as workdir:
         for i in range(args.days):
@@ -88,7 +87,7 @@ def main(argv: list[str]) -> int:
                 staged, paths.embeddings_dir(workdir, VERSION, day), f"a{i}", [(part, 1)]
             )
 
-        with gcs_emulator.metered_requests() as meter:
+        with gcs_latency.metered_requests() as meter:
 
             def both() -> tuple[gcs_latency.Result, gcs_latency.Result]:
                 before = _measure(_serial_beam, workdir, args.rounds, meter)

@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[str]:
     """fake-gcs-server on 127.0.0.1; sets STORAGE_EMULATOR_HOST for google-cloud-storage and Beam."""
-    from tests import gcs_emulator
+    from benchmarks import gcs_emulator
 
     with gcs_emulator.running() as url:
         yield url

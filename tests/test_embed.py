@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.fake_embedder import build_fake_model
 from core import catalog as catalog_mod
 from core import embeddings, partitions, paths, runs, snapshot, storage
 from core.deadletter import read_dead_letters
 from pipelines import embed
 from pipelines.embed import EmbedError, EmbedSettings
-from tests.fake_embedder import build_fake_model
 from vsearch import cli
 
 pytestmark = pytest.mark.timeout(300)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.fake_embedder import build_fake_model
 from core import paths, pointers, runs, storage
-from tests.fake_embedder import build_fake_model
 from tests.test_embed import GOOD, _tiny_catalog
 from vsearch import cli, stages
 from vsearch.serve import health

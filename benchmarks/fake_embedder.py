@@ -1,4 +1,5 @@
-"""A small stand-in for the exported embedder, with the same two serving signatures.
+"""A small stand-in for the exported embedder, with the same two serving signatures: the embed
+and serve benchmarks run it when no trained model is at hand, the embed tests always.
 
 ``serving_default``: ``images`` tf.string [None] (encoded PNG/JPEG bytes) and ``serving_pixels``:
 ``pixels`` uint8 [None, S, S, 3] -> {"embedding": float32 [N, D] L2-normalised, "category": string
