@@ -57,8 +57,9 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from benchmarks import embedding_tables
     from benchmarks.fake_embedder import build_fake_model
-    from index import builder, publish, synthetic
+    from index import builder, publish
 
     if out.exists():
         shutil.rmtree(out)
@@ -71,7 +72,7 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
     pq.write_table(
         pa.table(
             {
-                "listing_id": [synthetic.listing_id(i) for i in range(listings)],
+                "listing_id": [embedding_tables.listing_id(i) for i in range(listings)],
                 "image_uris": [[f"img/{i}.jpg"] for i in range(listings)],
                 "category": [("home/decor", "art/prints")[i % 2] for i in range(listings)],
                 "color": [COLORS[int(c)] for c in rng.integers(0, len(COLORS), listings)],
@@ -79,7 +80,7 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
         ),
         day / "listings.parquet",
     )
-    table = synthetic.embedding_table(vectors.clustered(n), 2, version)
+    table = embedding_tables.embedding_table(vectors.clustered(n), 2, version)
     settings = builder.IndexSettings(
         factory="IVF512,Flat", shards=2, pca_dim=vectors.DIM, validation_queries=400
     )
@@ -87,7 +88,7 @@ def setup(out: Path, n: int) -> tuple[str, str, list[str]]:
     for build_id in ("20260101T000000Z-benchA", "20260101T000001Z-benchB"):
         out_dir = os.path.join(workdir, "indexes", version, build_id)
         result = builder.build_index(
-            synthetic.batches_factory(table), settings, out_dir, version, build_id
+            embedding_tables.batches_factory(table), settings, out_dir, version, build_id
         )
         manifests.append(result.manifest_uri)
     publish.publish(workdir, manifests[0])

@@ -101,10 +101,6 @@ def index_build_dir(workdir: str, model_version: str, build_id: str) -> str:
     return storage.join(workdir, "indexes", model_version, build_id)
 
 
-def index_manifest(workdir: str, model_version: str, build_id: str) -> str:
-    return storage.join(index_build_dir(workdir, model_version, build_id), "manifest.json")
-
-
 def current_index_pointer(workdir: str) -> str:
     return storage.join(workdir, "indexes", "CURRENT")
 

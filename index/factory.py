@@ -134,11 +134,6 @@ def refine_pq_m(dim: int) -> int | None:
     return None
 
 
-def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
-    """The preferred faiss index_factory string for ``n`` vectors of ``dim`` within the budget."""
-    return candidate_factories(n, dim, memory_budget_bytes)[0]
-
-
 def factory_kind(factory: str) -> str:
     """ "flat", "ivf_flat", "ivf_pq", "ivf_refine", "ivf_other" or "hnsw" (decides the knobs)."""
     f = factory.replace(" ", "")

@@ -8,7 +8,7 @@ the vector with row number i of shard N.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -87,18 +87,6 @@ def write_shard(
     return manifest_mod.ShardEntry(
         name, h.hexdigest(), int(index.ntotal), ids_name, hashlib.sha256(data).hexdigest()
     )
-
-
-def shard_tables(
-    batches: Iterable[pa.RecordBatch], num_shards: int
-) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Split each batch by the shard of its listing_id: (shard, rows of that shard)."""
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        shard = shard_plan.shards_of(batch.column("listing_id").to_pylist(), num_shards)
-        for s in np.unique(shard):
-            yield int(s), batch.filter(pa.array(shard == s))
 
 
 AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]

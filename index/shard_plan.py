@@ -1,4 +1,5 @@
-"""Pure shard arithmetic: which shard a listing lives on, and how many shards an index needs.
+"""Pure shard arithmetic: which shard a listing lives on, what a build's files are called, and how
+shard-tagged faiss ids map back to (shard, row).
 
 A listing's shard is ``core.hashing.stable_hash`` of its ``listing_id`` (not Python's
 salted ``hash``), so every image of a listing lands on one shard, every worker and every day
@@ -7,7 +8,6 @@ agree, and a listing's shard never depends on which other listings exist.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,20 +31,6 @@ def shards_of(listing_ids: Sequence[str], num_shards: int) -> np.ndarray:
     return np.fromiter(
         (stable_hash(i) % num_shards for i in listing_ids), dtype=np.int32, count=len(listing_ids)
     )
-
-
-def shards_for_size(
-    ntotal: int, bytes_per_vector: float, max_shard_bytes: int = 2 << 30, min_shards: int = 1
-) -> int:
-    """How many shards keep each shard under ``max_shard_bytes`` (a worker's comfortable load).
-
-    Shards are never empty in expectation: at most one shard per 1,000 vectors.
-    """
-    if ntotal < 0 or bytes_per_vector <= 0 or max_shard_bytes <= 0:
-        raise ValueError("ntotal >= 0, bytes_per_vector > 0 and max_shard_bytes > 0 required")
-    by_size = math.ceil(ntotal * bytes_per_vector / max_shard_bytes)
-    cap = max(1, ntotal // 1000)
-    return max(min_shards, min(max(1, by_size), cap))
 
 
 def shard_file(index: int) -> str:

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks import embedding_tables
 from core.catalog import Listing
-from index import builder, synthetic
+from index import builder
 
 CATEGORIES = ("home/decor", "home/lighting", "jewelry/rings", "art/prints", "homeware/mugs")
 COLORS = ("red", "blue", "green", "black", "white", "pink", "gray", "brown")
@@ -25,13 +26,13 @@ def clustered(n: int, dim: int, seed: int, centres: int = 200) -> np.ndarray:
 
 
 def listings(n_listings: int, seed: int = 3) -> list[Listing]:
-    """Listings ``L00000000``.. (synthetic.listing_id) with seeded attributes."""
+    """Listings ``L00000000``.. (embedding_tables.listing_id) with seeded attributes."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n_listings):
         out.append(
             Listing(
-                listing_id=synthetic.listing_id(i),
+                listing_id=embedding_tables.listing_id(i),
                 image_uris=(f"mem://images/{i}/0.jpg",),
                 title=f"listing {i}",
                 category=CATEGORIES[int(rng.integers(len(CATEGORIES)))],
@@ -52,7 +53,7 @@ def build(
     factory: str,
     shards: int,
 ) -> builder.BuildResult:
-    table = synthetic.embedding_table(vectors, images_per_listing, version)
+    table = embedding_tables.embedding_table(vectors, images_per_listing, version)
     settings = builder.IndexSettings(
         factory=factory,
         shards=shards,
@@ -61,7 +62,7 @@ def build(
         latency_queries=20,
     )
     return builder.build_index(
-        synthetic.batches_factory(table), settings, out_dir, version, build_id
+        embedding_tables.batches_factory(table), settings, out_dir, version, build_id
     )
 
 
@@ -104,7 +105,7 @@ def write_catalog(catalog: str) -> None:
         open(os.path.join(day, "reviews.jsonl"), "w") as rf,
     ):
         for i in range(N_LISTINGS):
-            lid = synthetic.listing_id(i)
+            lid = embedding_tables.listing_id(i)
             with open(os.path.join(catalog, "img", f"{i}.png"), "wb") as f:
                 f.write(photo(listing_rgb(i), "PNG"))
             r, g, b = listing_rgb(i)
@@ -151,7 +152,7 @@ def build_and_publish(
     from index import publish
     from tests.test_index_query import VERSION
 
-    table = synthetic.embedding_table(emb[:keep], 1, VERSION)
+    table = embedding_tables.embedding_table(emb[:keep], 1, VERSION)
     uris = [os.path.join(catalog, "img", f"{i}.png") for i in range(keep)]
     table = table.set_column(
         table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string())
@@ -160,7 +161,9 @@ def build_and_publish(
         factory="Flat", shards=shards, validation_queries=8, latency_queries=5
     )
     out = paths.index_build_dir(workdir, VERSION, build_id)
-    result = builder.build_index(synthetic.batches_factory(table), settings, out, VERSION, build_id)
+    result = builder.build_index(
+        embedding_tables.batches_factory(table), settings, out, VERSION, build_id
+    )
     summary = runs.RunSummary(
         "build-index", SERVE_DAY, keep, keep, 0, wall_s=1.5, extra={"build_id": build_id}
     )

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import vectors
+from benchmarks import embedding_tables, vectors
 from core import embeddings, paths, runs, storage
-from index import builder, manifest, publish, source, synthetic
+from index import builder, manifest, publish, source
 from index.searcher import Searcher, ShardError
 from pipelines import build_index
 from vsearch import stages
@@ -31,14 +31,14 @@ def small_settings(workdir: str, **kw) -> build_index.BuildIndexSettings:  # typ
 
 @pytest.fixture(scope="module")
 def table():  # type: ignore[no-untyped-def]
-    return synthetic.embedding_table(vectors.clustered(4000, dim=DIM), 2, MODEL)
+    return embedding_tables.embedding_table(vectors.clustered(4000, dim=DIM), 2, MODEL)
 
 
 def test_beam_build_matches_in_process_build(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
     workdir = str(tmp_path / "w")
     settings = small_settings(workdir, factory="IVF16,Flat", shards=3)
     summary = build_index.run(
-        settings, BEAM_ARGS, batches_factory=synthetic.batches_factory(table, 500)
+        settings, BEAM_ARGS, batches_factory=embedding_tables.batches_factory(table, 500)
     )
     assert summary.ntotal == 4000
     assert (
@@ -47,7 +47,7 @@ def test_beam_build_matches_in_process_build(table, tmp_path) -> None:  # type: 
     beam_m = manifest.read(str(summary.manifest_uri))
     assert beam_m.validation is not None and beam_m.validation.recall_at_10 >= 0.95
     local = builder.build_index(
-        synthetic.batches_factory(table, 500),
+        embedding_tables.batches_factory(table, 500),
         settings.index,
         str(tmp_path / "local"),
         MODEL,
@@ -69,7 +69,7 @@ def test_beam_build_multi_processing(table, tmp_path) -> None:  # type: ignore[n
     summary = build_index.run(
         small_settings(str(tmp_path), factory="Flat", shards=2),
         args,
-        batches_factory=synthetic.batches_factory(table, 1000),
+        batches_factory=embedding_tables.batches_factory(table, 1000),
     )
     m = manifest.read(str(summary.manifest_uri))
     assert m.ntotal == 4000 and len(m.shards) == 2
@@ -81,7 +81,7 @@ def test_real_embedding_reader(tmp_path) -> None:  # type: ignore[no-untyped-def
     x = vectors.clustered(600, dim=DIM)
     rows = [
         {
-            "listing_id": synthetic.listing_id(i, 3),
+            "listing_id": embedding_tables.listing_id(i, 3),
             "image_uri": f"cat/images/{i}.jpg",
             "image_index": i % 3,
             "image_sha256": f"{i:064x}",
@@ -117,7 +117,7 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
     summary = build_index.run(
         small_settings(workdir, factory="IVF16,Flat", shards=2),
         BEAM_ARGS,
-        batches_factory=synthetic.batches_factory(table, 1000),
+        batches_factory=embedding_tables.batches_factory(table, 1000),
     )
     uri = str(summary.manifest_uri)
     assert uri.startswith("gs://") and storage.exists(uri)
@@ -125,7 +125,7 @@ def test_whole_flow_on_gcs(table, gcs_bucket: str, tmp_path) -> None:  # type: i
     cache = str(tmp_path / "cache")
     x = source.batch_vectors(table)
     with Searcher.open(workdir, cache_dir=cache) as s:
-        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == synthetic.listing_id(10, 2)
+        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == embedding_tables.listing_id(10, 2)
     # A shard corrupted in the bucket is caught before faiss reads it (cache bypassed).
     m = manifest.read(uri)
     shard_uri = storage.join(storage.parent(uri), m.shards[0].path)
@@ -143,7 +143,7 @@ def test_on_disk_build_on_gcs_is_merged_uploaded_and_served_from_the_cache(  # t
     summary = build_index.run(
         small_settings(workdir, factory="IVF16,Flat", shards=3, on_disk=True),
         BEAM_ARGS,
-        batches_factory=synthetic.batches_factory(table, 1000),
+        batches_factory=embedding_tables.batches_factory(table, 1000),
     )
     m = manifest.read(str(summary.manifest_uri))
     build = storage.parent(str(summary.manifest_uri))
@@ -152,7 +152,7 @@ def test_on_disk_build_on_gcs_is_merged_uploaded_and_served_from_the_cache(  # t
     cache = tmp_path / "cache"
     x = source.batch_vectors(table)
     with Searcher.from_manifest_uri(str(summary.manifest_uri), cache_dir=str(cache)) as s:
-        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == synthetic.listing_id(10, 2)
+        assert s.search_vectors(x[[10]], 3)[0][0].listing_id == embedding_tables.listing_id(10, 2)
     # Both merged files were fetched into one local folder (the index finds its lists beside it).
     local = [p.name for p in cache.rglob("merged.*")]
     assert sorted(local) == ["merged.faiss", "merged.ivfdata"]

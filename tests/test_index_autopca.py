@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from benchmarks import vectors
-from index import autopca, builder, synthetic, training
+from benchmarks import embedding_tables, vectors
+from index import autopca, builder, training
 from index.recall import exact_topk
 from index.source import IndexBuildError
 
@@ -72,21 +72,21 @@ def test_auto_pca_meets_the_target_on_fresh_queries(name: str) -> None:
 
 
 def test_default_build_meets_its_target_where_energy_pca_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    table = synthetic.embedding_table(common_direction(25_000, 5), 1, "m")
+    table = embedding_tables.embedding_table(common_direction(25_000, 5), 1, "m")
     settings = builder.IndexSettings(validation_queries=400, latency_queries=20)
     r = builder.build_index(
-        synthetic.batches_factory(table, 5000), settings, str(tmp_path / "b"), "m", "b"
+        embedding_tables.batches_factory(table, 5000), settings, str(tmp_path / "b"), "m", "b"
     )
     assert r.manifest.validation is not None and r.manifest.validation.recall_at_10 >= 0.95
     assert r.report["pca"]["dim"] == DIM  # measured: no cut keeps 0.975
 
 
 def test_a_forced_cut_below_target_names_the_cause(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    table = synthetic.embedding_table(common_direction(4000, 6), 1, "m")
+    table = embedding_tables.embedding_table(common_direction(4000, 6), 1, "m")
     settings = builder.IndexSettings(
         factory="Flat", pca_dim=16, validation_queries=200, latency_queries=10
     )
     with pytest.raises(IndexBuildError, match=r"--pca-dim 16 discards neighbour information"):
         builder.build_index(
-            synthetic.batches_factory(table, 1000), settings, str(tmp_path / "b"), "m", "b"
+            embedding_tables.batches_factory(table, 1000), settings, str(tmp_path / "b"), "m", "b"
         )

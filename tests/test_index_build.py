@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks import vectors
-from index import builder, manifest, source, synthetic
+from benchmarks import embedding_tables, vectors
+from index import builder, manifest, source
 from index.recall import exact_topk, recall_at_k, row_keys
 from index.searcher import Searcher, ShardError
 
@@ -21,7 +21,7 @@ MODEL = "test-model"
 
 @pytest.fixture(scope="module")
 def table():  # type: ignore[no-untyped-def]
-    return synthetic.embedding_table(vectors.clustered(N, dim=DIM), IMAGES, MODEL)
+    return embedding_tables.embedding_table(vectors.clustered(N, dim=DIM), IMAGES, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def build(
     )
     out = str(tmp_path / f"{factory.replace(',', '_')}-{shards}")
     return builder.build_index(
-        synthetic.batches_factory(table, 1000),
+        embedding_tables.batches_factory(table, 1000),
         settings,
         out,
         MODEL,
@@ -76,15 +76,14 @@ def test_build_then_search(
         # A database photo finds its own listing first.
         x = source.batch_vectors(table)
         hits = s.search_vectors(x[[0, 301, 5999]], k=5)
-        own = [synthetic.listing_id(i, IMAGES) for i in (0, 301, 5999)]
+        own = [embedding_tables.listing_id(i, IMAGES) for i in (0, 301, 5999)]
         if "PQ" in factory:  # lossy codes: its own listing is near the top, not always first
             assert all(o in {h.listing_id for h in row} for o, row in zip(own, hits, strict=True))
         else:
             assert [row[0].listing_id for row in hits] == own
         assert all(len({h.listing_id for h in row}) == len(row) == 5 for row in hits)  # grouped
-        assert hits[0][0].category in synthetic.CATEGORIES and hits[0][0].image_uri.startswith(
-            "mem://"
-        )
+        top = hits[0][0]
+        assert top.category in embedding_tables.CATEGORIES and top.image_uri.startswith("mem://")
         # Recall on fresh queries is close to what validation recorded.
         r = recall_at_k(s.search_keys(queries, 10), exact(table, queries))
         assert r >= m.validation.recall_at_10 - 0.1
@@ -122,7 +121,7 @@ def test_auto_on_small_data_is_exact(table, tmp_path) -> None:  # type: ignore[n
 
 
 def test_auto_falls_back_to_refined_ivf_on_hard_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    t = synthetic.embedding_table(vectors.manifold(24_000, dim=64), 2, MODEL)
+    t = embedding_tables.embedding_table(vectors.manifold(24_000, dim=64), 2, MODEL)
     result = build(t, tmp_path, "auto", memory_budget_bytes=1 << 30)
     assert result.manifest.factory == "IVF128,PQ16x4fs,RFlat"  # about sqrt(24k) lists
     assert [t["reached"] for t in result.report["trials"]] == [False, True]
@@ -137,12 +136,16 @@ def test_below_target_fails_and_writes_no_manifest(table, tmp_path) -> None:  # 
 def test_bad_input_is_a_clear_error(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(source.IndexBuildError, match="versions never mix"):
         builder.build_index(
-            synthetic.batches_factory(table), builder.IndexSettings(), str(tmp_path), "other", "b"
+            embedding_tables.batches_factory(table),
+            builder.IndexSettings(),
+            str(tmp_path),
+            "other",
+            "b",
         )
-    t = synthetic.embedding_table(vectors.clustered(100, dim=DIM) * 2, 1, MODEL)
+    t = embedding_tables.embedding_table(vectors.clustered(100, dim=DIM) * 2, 1, MODEL)
     with pytest.raises(source.IndexBuildError, match="not L2-normalised"):
         builder.build_index(
-            synthetic.batches_factory(t), builder.IndexSettings(), str(tmp_path), MODEL, "b"
+            embedding_tables.batches_factory(t), builder.IndexSettings(), str(tmp_path), MODEL, "b"
         )
     with pytest.raises(source.IndexBuildError, match="no embeddings"):
         builder.build_index(lambda: iter(()), builder.IndexSettings(), str(tmp_path), MODEL, "b")
@@ -167,7 +170,9 @@ def test_damaged_shard_is_a_clear_error_naming_the_file(table, tmp_path, damage:
 def test_review_photos_are_queries_not_database(table, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
-    reviews = synthetic.embedding_table(vectors.clustered(50, dim=DIM, point_seed=3), 1, MODEL)
+    reviews = embedding_tables.embedding_table(
+        vectors.clustered(50, dim=DIM, point_seed=3), 1, MODEL
+    )
     reviews = reviews.set_column(2, "image_index", pa.array([-1] * 50, pa.int16()))
     both = pa.concat_tables([table, reviews])
     result = build(

@@ -39,9 +39,7 @@ def test_merged_refined_ids_are_positions_that_round_trip_to_shard_and_row() -> 
     assert one_shard.tolist() == [[0, -1]] and one_rows.tolist() == [[4, -1]]
 
 
-def test_shards_for_size() -> None:
-    assert shard_plan.shards_for_size(100_000_000, 72, max_shard_bytes=1 << 30) == 7
-    assert shard_plan.shards_for_size(500, 1024) == 1
+def test_shard_file_names_sort_in_shard_order() -> None:
     assert shard_plan.shard_file(3) == "shard-00003.faiss"
     assert shard_plan.shard_ids_file(12) == "shard-00012.ids.parquet"
 
@@ -57,8 +55,8 @@ def test_shards_for_size() -> None:
         (100_000_000, 8 << 30, "IVF16384_HNSW32,PQ64"),
     ],
 )
-def test_choose_factory(n: int, budget: int, expected: str) -> None:
-    assert factory.choose_factory(n, 256, budget) == expected
+def test_preferred_factory(n: int, budget: int, expected: str) -> None:
+    assert factory.candidate_factories(n, 256, budget)[0] == expected
 
 
 def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
@@ -69,7 +67,7 @@ def test_candidates_offer_refined_ivf_when_memory_allows() -> None:
     ]
     assert "HNSW32" not in factory.candidate_factories(1_000_000, 256, 1_100 << 20)
     with pytest.raises(ValueError, match="memory-budget"):
-        factory.choose_factory(1_000_000_000, 256, 1 << 30)
+        factory.candidate_factories(1_000_000_000, 256, 1 << 30)
 
 
 def test_factory_helpers() -> None:

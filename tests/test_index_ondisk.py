@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import vectors
-from index import builder, ondisk, publish, synthetic
+from benchmarks import embedding_tables, vectors
+from index import builder, ondisk, publish
 from index.searcher import Searcher
 from index.shard_plan import ROW_MASK, SHARD_ID_SHIFT
 from index.tuning import search_parameters
@@ -21,12 +21,12 @@ MODEL = "test-model"
 # apart with one coarse assignment.
 @pytest.mark.parametrize("factory", ["IVF256,Flat", "IVF256_HNSW32,Flat"])
 def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path, factory: str) -> None:  # type: ignore[no-untyped-def]
-    table = synthetic.embedding_table(vectors.clustered(50_000, dim=32), 2, MODEL)
+    table = embedding_tables.embedding_table(vectors.clustered(50_000, dim=32), 2, MODEL)
     settings = builder.IndexSettings(
         factory=factory, shards=4, validation_queries=200, latency_queries=10
     )
     result = builder.build_index(
-        synthetic.batches_factory(table, 10_000), settings, str(tmp_path / "b"), MODEL, "b1"
+        embedding_tables.batches_factory(table, 10_000), settings, str(tmp_path / "b"), MODEL, "b1"
     )
     paths = [str(tmp_path / "b" / e.path) for e in result.manifest.shards]
     ondisk.merge_on_disk(paths, str(tmp_path / "merged"))
@@ -52,12 +52,12 @@ def test_four_shards_merged_on_disk_answer_as_in_memory(tmp_path, factory: str) 
 
 
 def test_fast_scan_shards_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    table = synthetic.embedding_table(vectors.clustered(6000, dim=32), 2, MODEL)
+    table = embedding_tables.embedding_table(vectors.clustered(6000, dim=32), 2, MODEL)
     settings = builder.IndexSettings(
         factory="IVF32,PQ8x4fs,RFlat", validation_queries=100, latency_queries=5, target_recall=0.5
     )
     result = builder.build_index(
-        synthetic.batches_factory(table, 3000), settings, str(tmp_path / "b"), MODEL, "b1"
+        embedding_tables.batches_factory(table, 3000), settings, str(tmp_path / "b"), MODEL, "b1"
     )
     with pytest.raises(ValueError, match="fast-scan"):
         ondisk.merge_on_disk([str(tmp_path / "b" / result.manifest.shards[0].path)], str(tmp_path))
@@ -74,7 +74,7 @@ def test_on_disk_build_serves_its_merged_lists_and_answers_as_the_in_memory_buil
     from index.checksums import ShardError
     from index.searcher import faiss_indexes
 
-    table = synthetic.embedding_table(vectors.clustered(20_000, dim=32), 2, MODEL)
+    table = embedding_tables.embedding_table(vectors.clustered(20_000, dim=32), 2, MODEL)
     built = {}
     for flag in (False, True):
         settings = builder.IndexSettings(
@@ -82,7 +82,7 @@ def test_on_disk_build_serves_its_merged_lists_and_answers_as_the_in_memory_buil
         )
         out = str(tmp_path / f"b-{flag}")
         built[flag] = builder.build_index(
-            synthetic.batches_factory(table, 4_000), settings, out, MODEL, f"b{flag:d}"
+            embedding_tables.batches_factory(table, 4_000), settings, out, MODEL, f"b{flag:d}"
         )
     r = built[True]
     m = manifest.read(r.manifest_uri)  # round trip through JSON

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from benchmarks import vectors
+from benchmarks import embedding_tables, vectors
 from core import paths, pointers, runs, storage
-from index import builder, checksums, manifest, publish, synthetic
+from index import builder, checksums, manifest, publish
 from index.searcher import Searcher
 from vsearch import cli
 
@@ -24,13 +24,13 @@ DIM = 16
 
 
 def make_build(workdir: str, build_id: str, **kw) -> str:  # type: ignore[no-untyped-def]
-    table = synthetic.embedding_table(vectors.clustered(600, dim=DIM), 2, MODEL)
+    table = embedding_tables.embedding_table(vectors.clustered(600, dim=DIM), 2, MODEL)
     settings = builder.IndexSettings(
         **{"factory": "Flat", "shards": 2, "validation_queries": 60, "latency_queries": 10, **kw}
     )
     out = paths.index_build_dir(workdir, MODEL, build_id)
     return builder.build_index(
-        synthetic.batches_factory(table), settings, out, MODEL, build_id
+        embedding_tables.batches_factory(table), settings, out, MODEL, build_id
     ).manifest_uri
 
 

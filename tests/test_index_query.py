@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import embedding_tables
 from core import paths, storage
-from index import builder, publish, synthetic
+from index import builder, publish
 from models.artifact import Embedder
 from search.photo_search import PhotoSearch
 from vsearch import cli
@@ -81,13 +82,13 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     emb = embedder.embed_pixels(np.stack([images.decode_image(photo(c), 32) for c in COLOURS]))[
         "embedding"
     ]
-    table = synthetic.embedding_table(emb, 1, VERSION)
+    table = embedding_tables.embedding_table(emb, 1, VERSION)
     out = paths.index_build_dir(workdir, VERSION, "20260101T000000Z-q")
     settings = builder.IndexSettings(
         factory="Flat", shards=2, validation_queries=8, latency_queries=5
     )
     result = builder.build_index(
-        synthetic.batches_factory(table), settings, out, VERSION, "20260101T000000Z-q"
+        embedding_tables.batches_factory(table), settings, out, VERSION, "20260101T000000Z-q"
     )
     publish.publish(workdir, result.manifest_uri)
 
@@ -96,19 +97,21 @@ def test_query_cli_finds_the_listing_of_a_photo(workdir: str, tmp_path, capsys) 
     img.write_bytes(photo(COLOURS[7], "JPEG", size=80))
     assert cli.main(["query", str(img), "--workdir", workdir, "--k", "3", "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
-    assert line["hits"][0]["listing_id"] == synthetic.listing_id(7) and len(line["hits"]) == 3
+    assert (
+        line["hits"][0]["listing_id"] == embedding_tables.listing_id(7) and len(line["hits"]) == 3
+    )
     # A model without a localiser searches the whole photo, and says so.
     assert line["hits"][0]["box"] == [0.0, 0.0, 1.0, 1.0]
     assert cli.main(["query", str(img), "--workdir", workdir, "--k", "2"]) == 0
     text = capsys.readouterr().out
-    assert synthetic.listing_id(7) in text and synthetic.CATEGORIES[7 % 4] in text
+    assert embedding_tables.listing_id(7) in text and embedding_tables.CATEGORIES[7 % 4] in text
     assert "(whole photo)" in text
 
     with PhotoSearch.open(workdir) as s:
         hits = s.search([photo(COLOURS[3], "PNG"), photo(COLOURS[11])], k=5)
         assert [h[0].listing_id for h in hits] == [
-            synthetic.listing_id(3),
-            synthetic.listing_id(11),
+            embedding_tables.listing_id(3),
+            embedding_tables.listing_id(11),
         ]
         from core.images import ImageError
 

@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmarks import vectors
-from index import builder, factory, ivf_lists, source, synthetic
+from benchmarks import embedding_tables, vectors
+from index import builder, factory, ivf_lists, source
 from index.recall import exact_topk, recall_at_k, row_keys
 from index.searcher import Searcher
 
@@ -19,7 +19,7 @@ DIM = 64
 @pytest.fixture(scope="module")
 def table():  # type: ignore[no-untyped-def]
     # DESIGN.md's manifold set: IVF-Flat would have to probe too many lists (auto's hard case).
-    return synthetic.embedding_table(vectors.manifold(24_000, dim=DIM), 2, MODEL)
+    return embedding_tables.embedding_table(vectors.manifold(24_000, dim=DIM), 2, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def build(table, out, factory_s: str = "auto", shards: int = 1, **kw):  # type: 
         **kw,
     )
     return builder.build_index(
-        synthetic.batches_factory(table, 4000), settings, str(out), MODEL, "b1"
+        embedding_tables.batches_factory(table, 4000), settings, str(out), MODEL, "b1"
     )
 
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import vectors
-from index import builder, manifest, synthetic
+from benchmarks import embedding_tables, vectors
+from index import builder, manifest
 from index.searcher import Searcher, ShardError
 
 DIM = 32
@@ -18,7 +18,7 @@ MODEL = "test-model"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> builder.BuildResult:
-    table = synthetic.embedding_table(vectors.clustered(3000, dim=DIM), 3, MODEL)
+    table = embedding_tables.embedding_table(vectors.clustered(3000, dim=DIM), 3, MODEL)
     settings = builder.IndexSettings(
         factory="Flat",
         shards=2,
@@ -28,7 +28,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> builder.BuildResult:
         latency_queries=20,
     )
     out = str(tmp_path_factory.mktemp("verify") / "build")
-    return builder.build_index(synthetic.batches_factory(table, 1000), settings, out, MODEL, "b1")
+    return builder.build_index(
+        embedding_tables.batches_factory(table, 1000), settings, out, MODEL, "b1"
+    )
 
 
 def _file(result: builder.BuildResult, name: str) -> str:

@@ -150,8 +150,8 @@ def _dag_functions() -> dict[str, Any]:
 def test_the_dag_publishes_productions_build_not_a_candidates(tmp_path: Path) -> None:
     """Publish reads build-index's manifest from its run summary (a Beam task has no XCom). A
     candidate's index built the same day must not become the manifest the DAG publishes."""
-    from benchmarks import vectors
-    from index import builder, synthetic
+    from benchmarks import embedding_tables, vectors
+    from index import builder
     from pipelines import build_index
 
     workdir, model = str(tmp_path / "w"), PUBLISHED
@@ -161,12 +161,12 @@ def test_the_dag_publishes_productions_build_not_a_candidates(tmp_path: Path) ->
     )
     built = {}
     for version in (model, CANDIDATE):  # production's build first, then the candidate's
-        table = synthetic.embedding_table(vectors.clustered(300, dim=16), 1, version)
+        table = embedding_tables.embedding_table(vectors.clustered(300, dim=16), 1, version)
         settings = build_index.BuildIndexSettings("unused", workdir, D1, index, version)
         built[version] = build_index.run(
             settings,
             ["--direct_num_workers=1"],
-            batches_factory=synthetic.batches_factory(table, 100),
+            batches_factory=embedding_tables.batches_factory(table, 100),
         ).manifest_uri
     assert runs.read_summary(workdir, "build-index", D1)["extra"]["manifest"] == built[model]
 

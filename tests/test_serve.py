@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from benchmarks import embedding_tables
 from core.catalog import is_eval_listing
-from index import synthetic
 from tests import serve_fixtures as fx
 from tests.test_index_query import photo
 from vsearch import cli
@@ -81,7 +81,7 @@ def test_search_returns_the_listing_with_attributes_index_and_model(client: Test
         assert body["index"]["model_version"] == "20260101-tiny"
         assert len(body["results"]) == 5 and body["k"] == 5
         top = body["results"][0]
-        assert top["listing_id"] == synthetic.listing_id(7)
+        assert top["listing_id"] == embedding_tables.listing_id(7)
         assert top["image_uri"].endswith("img/7.png") and top["score"] > 0.9
         assert top["attributes"] == {**fx.listing_attrs(7), "title": "thing 7"}
         assert body["no_match"] is False and body["no_match_threshold"] < top["score"]
@@ -108,7 +108,7 @@ def test_filters_hold_for_every_result(client: TestClient) -> None:
         expected = [i for i in range(fx.N_LISTINGS) if check(fx.listing_attrs(i))]
         # Exact semantics: every listing that passes is found (k is large), and only those.
         assert sorted(x["listing_id"] for x in results) == sorted(
-            synthetic.listing_id(i) for i in expected
+            embedding_tables.listing_id(i) for i in expected
         ), params
         assert all(check(x["attributes"]) for x in results)
         scores = [x["score"] for x in results]
@@ -122,7 +122,7 @@ def test_no_match_threshold_is_calibrated_on_review_photos(client: TestClient) -
     # The fixture's manifest predates the stored calibration: the service calibrates at start,
     # on the review photos of the held-out (eval split) listings only.
     calib = client.get("/readyz").json()["no_match"]
-    held_out = sum(is_eval_listing(synthetic.listing_id(i)) for i in range(fx.N_LISTINGS))
+    held_out = sum(is_eval_listing(embedding_tables.listing_id(i)) for i in range(fx.N_LISTINGS))
     assert calib["source"] == "computed at start" and calib["photos"] == held_out
     assert calib["false_accept_rate"] <= calib["target_false_accept_rate"] == 0.1
     assert calib["right_first_flagged"] <= 0.1 and "held-out buyer review photos" in calib["method"]
@@ -144,12 +144,12 @@ def test_batch_answers_good_photos_and_reports_bad_ones(client: TestClient) -> N
     assert r.status_code == 200, r.text
     photos = r.json()["photos"]
     assert [p["image"] for p in photos] == ["a.jpg", "notes.txt", "b.png"]
-    assert photos[0]["results"][0]["listing_id"] == synthetic.listing_id(3)
+    assert photos[0]["results"][0]["listing_id"] == embedding_tables.listing_id(3)
     assert (
         photos[1]["error"]["code"] == "not_an_image"
         and "not an image" in photos[1]["error"]["message"]
     )
-    assert photos[2]["results"][0]["listing_id"] == synthetic.listing_id(11)
+    assert photos[2]["results"][0]["listing_id"] == embedding_tables.listing_id(11)
 
 
 def test_bad_input_gets_a_clear_4xx_json_error(client: TestClient) -> None:
@@ -256,7 +256,7 @@ def test_query_cli_reports_each_bad_photo_and_answers_the_good_ones(
     out = capsys.readouterr()
     lines = [json.loads(x) for x in out.out.strip().splitlines()]
     assert [x["image"] for x in lines] == argv[:5]
-    assert lines[0]["hits"][0]["listing_id"] == synthetic.listing_id(9)
+    assert lines[0]["hits"][0]["listing_id"] == embedding_tables.listing_id(9)
     assert lines[4]["hits"] == lines[0]["hits"]
     assert "not an image" in lines[1]["error"]
     assert "cannot read" in lines[2]["error"] and "missing.jpg" in lines[2]["error"]

@@ -257,7 +257,7 @@ def test_a_batch_answers_from_one_index_across_a_swap(
             gate.open.set()
             old, *new = [answer(f.result()) for f in [running, *queued]]
     assert old["index"]["build_id"] == FIRST_BUILD
-    assert old["results"][0]["listing_id"] == fx.synthetic.listing_id(35)
+    assert old["results"][0]["listing_id"] == fx.embedding_tables.listing_id(35)
     for a in new:  # the next batch: wholly on build B
         assert a["index"]["build_id"] == SECOND_BUILD
-        assert a["results"][0]["listing_id"] != fx.synthetic.listing_id(35)
+        assert a["results"][0]["listing_id"] != fx.embedding_tables.listing_id(35)

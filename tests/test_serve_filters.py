@@ -42,7 +42,7 @@ def exact_filtered(
     for sims in queries @ db[rows].T:
         ranked: list[str] = []
         for j in np.argsort(-sims, kind="stable"):
-            lid = fx.synthetic.listing_id(int(listing_of_row[rows[j]]))
+            lid = fx.embedding_tables.listing_id(int(listing_of_row[rows[j]]))
             if lid not in ranked:
                 ranked.append(lid)
             if len(ranked) == k:

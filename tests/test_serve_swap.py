@@ -56,7 +56,9 @@ def test_in_flight_request_finishes_on_the_old_index(served: tuple[str, str, np.
         assert holder.current.photos.embedder is old.photos.embedder
         # The request that took the old index still searches it (listing 35 is only there).
         found, _ = old.search.search(old.photos.embed([jpeg(35)]), 1, Filter())
-        assert old.build_id == FIRST and found[0][0].listing_id == fx.synthetic.listing_id(35)
+        assert old.build_id == FIRST and found[0][0].listing_id == fx.embedding_tables.listing_id(
+            35
+        )
         assert closed == []  # not closed under the request
     assert closed == [FIRST]  # closed when the last request using it finished
     holder.stop()

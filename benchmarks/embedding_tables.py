@@ -1,4 +1,6 @@
-"""Embedding batches with the Parquet contract's columns, from plain vectors (tests, benchmarks).
+"""Embedding tables with the Parquet contract's columns, made from plain vectors: the index
+tests' and the benchmarks' input (test data, so it lives beside the benchmark vector sets, not in
+index/).
 
 Vector i belongs to listing ``L{i // images_per_listing:08d}``, image ``i % images_per_listing``,
 so the images of a listing are consecutive rows; categories cycle through a few names.
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from index.builder import BatchesFactory
+from index.source import BatchesFactory
 
 CATEGORIES = ("home/decor", "jewelry/rings", "clothing/shirts", "art/prints")
 
