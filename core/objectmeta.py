@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core import storage
+from core import gcs, storage
 
 GCS_PREFIX_CHARS = 2  # 36^2 prefixes per flat folder: enough parallel listings, few tiny ones
 GCS_PAGE_SIZE = 1000  # the API's maximum page
@@ -81,8 +81,8 @@ def stat_keys(paths: Sequence[str]) -> pa.Array:
 
 
 def _list_gcs(unit: str) -> Iterator[tuple[str, str]]:
-    bucket, prefix = storage.split_gcs(unit)
-    blobs = storage.gcs_client().list_blobs(
+    bucket, prefix = gcs.split(unit)
+    blobs = gcs.client().list_blobs(
         bucket, prefix=prefix, delimiter="/", page_size=GCS_PAGE_SIZE
     )
     for b in blobs:

@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from core import storage
+from core import gcs, storage
 
 MANIFEST = "_manifest.json"
 _DAY_FILE = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/[^/]+$")
@@ -229,8 +229,8 @@ def _publish_gcs(
 def _size(uri: str) -> int:
     uri = storage.normalize(uri)
     if storage.is_gcs(uri):
-        bucket, name = storage.split_gcs(uri)
-        blob = storage.gcs_client().bucket(bucket).get_blob(name)
+        bucket, name = gcs.split(uri)
+        blob = gcs.client().bucket(bucket).get_blob(name)
         return int(blob.size) if blob is not None else 0
     return os.path.getsize(uri)
 

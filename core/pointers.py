@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from core import storage
+from core import gcs, storage
 from core.storage import StorageError
 
 
@@ -59,8 +59,8 @@ def read_pointer(uri: str) -> Pointer:
     """
     uri = storage.normalize(uri)
     if storage.is_gcs(uri):
-        bucket, name = storage.split_gcs(uri)
-        blob = storage.gcs_client().bucket(bucket).get_blob(name)
+        bucket, name = gcs.split(uri)
+        blob = gcs.client().bucket(bucket).get_blob(name)
         if blob is None:
             return Pointer(None, None)
         return Pointer(_pointer_value(uri, blob.download_as_bytes()), str(blob.generation))
@@ -102,10 +102,10 @@ def compare_and_swap(
     if storage.is_gcs(uri):
         from google.api_core.exceptions import PreconditionFailed
 
-        bucket, name = storage.split_gcs(uri)
+        bucket, name = gcs.split(uri)
         generation = int(expected.token) if expected.token is not None else 0
         try:
-            storage.gcs_client().bucket(bucket).blob(name).upload_from_string(
+            gcs.client().bucket(bucket).blob(name).upload_from_string(
                 new_value + "\n", if_generation_match=generation
             )
         except PreconditionFailed as e:

@@ -12,7 +12,8 @@ guarantees:
 * single-object rename/delete on gs:// (no GCS batch API, which the loopback test server and
   some proxies do not implement);
 
-Pointer files and their compare-and-swap are ``core.pointers``.
+Pointer files and their compare-and-swap are ``core.pointers``; the google-cloud-storage
+client (and what it does against an emulator) is ``core.gcs``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, TypeVar, cast
+from typing import IO, TypeVar, cast
 
-GCS_PREFIX = "gs://"
+from core import gcs
+
+GCS_PREFIX = gcs.PREFIX
 FILE_PREFIX = "file://"
 IO_THREADS = 16  # gs:// requests in flight at once: each one mostly waits on the network
 READ_CHUNK = 16 << 20  # bytes per ranged GET of a gs:// reader (Beam's default read buffer)
@@ -76,8 +79,8 @@ def exists(uri: str) -> bool:
     """Whether a file (locally also a directory) exists; on gs:// an object, not a prefix."""
     uri = normalize(uri)
     if is_gcs(uri):
-        bucket, name = split_gcs(uri)
-        return bool(gcs_client().bucket(bucket).blob(name).exists(retry=_gcs_retry()))
+        bucket, name = gcs.split(uri)
+        return bool(gcs.client().bucket(bucket).blob(name).exists(retry=gcs.retry()))
     return os.path.exists(uri)
 
 
@@ -85,8 +88,8 @@ def read_bytes(uri: str) -> bytes:
     uri = normalize(uri)
     try:
         if is_gcs(uri):  # one media GET, no metadata request first
-            bucket, name = split_gcs(uri)
-            data: bytes = gcs_client().bucket(bucket).blob(name).download_as_bytes()
+            bucket, name = gcs.split(uri)
+            data: bytes = gcs.client().bucket(bucket).blob(name).download_as_bytes()
         else:
             with open(uri, "rb") as f:
                 data = f.read()
@@ -107,12 +110,12 @@ def open_read(uri: str) -> IO[bytes]:
         return open(uri, "rb")
     from google.cloud.storage.fileio import BlobReader
 
-    bucket, name = split_gcs(uri)
-    blob = gcs_client().bucket(bucket).get_blob(name, retry=_gcs_retry())  # its size, for seeks
+    bucket, name = gcs.split(uri)
+    blob = gcs.client().bucket(bucket).get_blob(name, retry=gcs.retry())  # its size, for seeks
     if blob is None:
         raise FileNotFoundError(f"no object at {uri}")
     # raw_download: the stored bytes, as Beam reads them (no decompressive transcoding).
-    reader = BlobReader(blob, chunk_size=READ_CHUNK, retry=_gcs_retry(), raw_download=True)
+    reader = BlobReader(blob, chunk_size=READ_CHUNK, retry=gcs.retry(), raw_download=True)
     return cast(IO[bytes], reader)
 
 
@@ -126,15 +129,15 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     if is_gcs(uri):
         # Stage locally, then upload in one go: a GCS object becomes visible only when its upload
         # is finalised, and an error before that leaves nothing behind.
-        bucket, name = split_gcs(uri)
+        bucket, name = gcs.split(uri)
         with tempfile.TemporaryFile() as staged:
             yield staged  # type: ignore[misc]
             size = staged.tell()
             staged.seek(0)
             # A whole-object overwrite is idempotent, so retrying it is safe (the library only
             # retries uploads with a precondition unless told).
-            gcs_client().bucket(bucket).blob(name).upload_from_file(
-                staged, size=size, content_type="application/octet-stream", retry=_gcs_retry()
+            gcs.client().bucket(bucket).blob(name).upload_from_file(
+                staged, size=size, content_type="application/octet-stream", retry=gcs.retry()
             )
         return
     os.makedirs(os.path.dirname(uri), exist_ok=True)
@@ -169,10 +172,10 @@ def glob(pattern: str) -> list[str]:
     if literal == pattern:
         return [pattern] if exists(pattern) else []
     if is_gcs(pattern):  # list the names after the literal part once, then match
-        bucket, name = split_gcs(literal)
+        bucket, name = gcs.split(literal)
         try:
             found = [uri for uri, _ in _gcs_listing(bucket, name)]
-        except _gcs_not_found():  # no such bucket: nothing matches
+        except gcs.not_found():  # no such bucket: nothing matches
             return []
     elif "**" in pattern:
         found = list_prefix(os.path.dirname(literal))
@@ -227,13 +230,13 @@ def list_sizes(prefix: str) -> dict[str, int]:
 
 def _gcs_folder(prefix: str) -> Iterator[tuple[str, int]]:
     """(URI, size) of every object under a gs:// folder-like prefix, from its listing pages."""
-    bucket, name = split_gcs(prefix)
+    bucket, name = gcs.split(prefix)
     return _gcs_listing(bucket, name.rstrip("/") + "/")
 
 
 def _gcs_listing(bucket: str, name_prefix: str) -> Iterator[tuple[str, int]]:
     """(URI, size) of every object whose name starts with ``name_prefix``."""
-    for b in gcs_client().list_blobs(bucket, prefix=name_prefix, retry=_gcs_retry()):
+    for b in gcs.client().list_blobs(bucket, prefix=name_prefix, retry=gcs.retry()):
         yield f"gs://{bucket}/{b.name}", int(b.size or 0)
 
 
@@ -256,9 +259,9 @@ def delete(uris: list[str]) -> None:
 
 def _delete_one(uri: str) -> None:
     if is_gcs(uri):
-        bucket, name = split_gcs(uri)
-        with contextlib.suppress(_gcs_not_found()):
-            gcs_client().bucket(bucket).blob(name).delete()
+        bucket, name = gcs.split(uri)
+        with contextlib.suppress(gcs.not_found()):
+            gcs.client().bucket(bucket).blob(name).delete()
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(uri)
@@ -273,9 +276,9 @@ def rename(src: str, dst: str) -> None:
     if is_gcs(src) != is_gcs(dst):
         raise StorageError(f"cannot rename across filesystems: {src} -> {dst}")
     if is_gcs(src):
-        sb, sn = split_gcs(src)
-        db, dn = split_gcs(dst)
-        client = gcs_client()
+        sb, sn = gcs.split(src)
+        db, dn = gcs.split(dst)
+        client = gcs.client()
         client.bucket(sb).copy_blob(client.bucket(sb).blob(sn), client.bucket(db), dn)
         client.bucket(sb).blob(sn).delete()
     else:
@@ -309,51 +312,3 @@ def _downloaded_dir(uri: str) -> str:
         with open(dest, "wb") as out:
             out.write(read_bytes(f))
     return local
-
-
-def split_gcs(uri: str) -> tuple[str, str]:
-    if not is_gcs(uri):
-        raise ValueError(f"not a gs:// URI: {uri}")
-    bucket, _, name = uri[len(GCS_PREFIX) :].partition("/")
-    return bucket, name
-
-
-def anonymous_beam_against_emulator() -> None:
-    """Against a GCS emulator there are no credentials to find; tell Beam so up front.
-
-    Otherwise Beam spends ~15 s per process retrying Google default credentials before it
-    falls back to anonymous access (private API; harmless when absent). Call it before a Beam
-    job starts (``pipelines.stage``): this module never imports Beam itself.
-    """
-    if not os.environ.get("STORAGE_EMULATOR_HOST"):
-        return
-    with contextlib.suppress(Exception):
-        from apache_beam.internal.gcp import auth
-
-        auth._Credentials._credentials_init = True
-        auth._Credentials._credentials = None
-
-
-@functools.cache
-def gcs_client() -> Any:
-    """A google-cloud-storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
-    from google.cloud import storage  # type: ignore[attr-defined]
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="vsearch-test", credentials=AnonymousCredentials())
-    return storage.Client()
-
-
-def _gcs_not_found() -> type[Exception]:
-    from google.api_core.exceptions import NotFound
-
-    return NotFound
-
-
-def _gcs_retry() -> Any:
-    """google-cloud-storage's default retry (transient errors, backoff), as Beam's client uses."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    return DEFAULT_RETRY

@@ -32,7 +32,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import paths, pointers, runs, storage
+from core import gcs, paths, pointers, runs, storage
 from core.catalog import Review
 from core.deadletter import clear_dead_letters
 from core.runs import METRICS_NAMESPACE, RunSummary
@@ -149,7 +149,7 @@ class BeamBuild:
         self.counters: dict[str, int] = {}  # prepare's, for the run summary
 
     def _pipeline(self) -> beam.Pipeline:
-        storage.anonymous_beam_against_emulator()  # no credential search against a test server
+        gcs.anonymous_beam_against_emulator()  # no credential search against a test server
         return beam.Pipeline(options=PipelineOptions(self._args))
 
     def _rows(self, p: beam.Pipeline) -> beam.PCollection:

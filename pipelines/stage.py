@@ -13,7 +13,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import runs, storage
+from core import gcs, runs
 from core.deadletter import clear_dead_letters
 
 
@@ -35,7 +35,7 @@ def run_pipeline(
 ) -> BeamRun:
     """Run one stage's job for one date; ``on_failure`` cleans up if the job raises."""
     clear_dead_letters(workdir, stage, date)  # idempotent: no stale dead letters mix in
-    storage.anonymous_beam_against_emulator()  # no credential search against a test server
+    gcs.anonymous_beam_against_emulator()  # no credential search against a test server
     with runs.stopwatch() as t:
         p = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args or []))
         build(p)

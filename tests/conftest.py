@@ -31,10 +31,10 @@ def gcs_server() -> Iterator[str]:
 @pytest.fixture()
 def gcs_bucket(gcs_server: str) -> str:
     """A fresh bucket on the loopback GCS server; returns ``gs://NAME``."""
-    from core import storage
+    from core import gcs
 
     name = f"vsearch-test-{uuid.uuid4().hex[:10]}"
-    storage.gcs_client().create_bucket(name)
+    gcs.client().create_bucket(name)
     return f"gs://{name}"
 
 

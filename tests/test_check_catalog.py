@@ -13,7 +13,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from core import runs, snapshot, storage
+from core import gcs, runs, snapshot, storage
 from core.catalog import CatalogError
 from core.deadletter import read_dead_letters
 from pipelines import check_catalog
@@ -112,7 +112,7 @@ def test_stage_local(tmp_path, capsys, pipeline_args: list[str]) -> None:
 def test_stage_on_gcs(gcs_bucket: str) -> None:
     catalog, workdir = f"{gcs_bucket}/catalog", f"{gcs_bucket}/work"
     photos = f"{gcs_bucket}-photos"
-    storage.gcs_client().create_bucket(photos[len("gs://") :])
+    gcs.client().create_bucket(photos[len("gs://") :])
     make_catalog(catalog, fmt="jsonl", extra_bucket=photos)
     summary = check_catalog.run(_settings(catalog, workdir, allowed_buckets=(photos,)))
     assert (summary.read, summary.ok, summary.dead_lettered) == (11, 4, 7)
