@@ -1,6 +1,8 @@
-"""The embed stage's checks before any work: a snapshot that is empty or shrank sharply (a broken
-upstream export must not empty the index) and earlier Parquet files that cannot be read (one
-clear error naming the file, not a worker traceback in the middle of the job)."""
+"""The embed stage's checks. Before any work: the model exists, the snapshot is not empty or
+sharply shrunk (a broken upstream export must not empty the index), and every earlier Parquet
+file can be read (one clear error naming the file, not a worker traceback in the middle of the
+job). After the job: the share of dead-lettered images allows publishing the day.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +12,21 @@ from collections.abc import Sequence
 import pyarrow.parquet as pq
 
 from core import paths, storage
+from models import artifact
 
 
 class EmbedError(RuntimeError):
     """The run cannot start (no model) or must not publish (too many bad images)."""
+
+
+def resolve_model(workdir: str, version: str | None) -> artifact.ModelConfig:
+    """--model, else the published version (``models.artifact``), checked before any work."""
+    try:
+        config = artifact.resolve(workdir, version)
+        artifact.check_saved_model(paths.embedder_dir(workdir, config.version))
+    except artifact.ModelArtifactError as e:
+        raise EmbedError(str(e)) from e
+    return config
 
 
 def count_listings(catalog: str, date: dt.date) -> int | None:
@@ -75,3 +88,14 @@ def check_readable(uris: Sequence[str]) -> None:
             ) from e
 
     storage.map_io(footer, uris, remote=any(storage.is_gcs(u) for u in uris))
+
+
+def too_many_dead_letters(
+    dead: int, read: int, max_bad_fraction: float, partition: str, reasons: str
+) -> EmbedError:
+    """The error of a run whose ``dead`` of ``read`` images exceed ``max_bad_fraction``: it does
+    not publish, and ``partition`` stays as it was (the dead letters are in ``reasons``)."""
+    return EmbedError(
+        f"{dead} of {read} images dead-lettered ({dead / read:.2%} > --max-bad-fraction "
+        f"{max_bad_fraction:.2%}); partition {partition} left unchanged. Reasons: {reasons}"
+    )

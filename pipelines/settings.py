@@ -7,12 +7,9 @@ help (``core.settings.doc``); the comment beside a default says why it is that v
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from core import images
-from core.runs import Counts
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, DATE_STR, WORKDIR, doc
 
 # The model input size and the rare-class cut of models.features (tests/test_cli.py checks that
@@ -67,60 +64,4 @@ class PreprocessSettings:
     eval_shards: int = field(default=1, metadata=doc("TFRecord files of the eval split"))
 
 
-@dataclass(frozen=True)
-class EmbedSettings:
-    catalog: str = field(metadata=CATALOG)
-    date: dt.date = field(metadata=DATE)
-    workdir: str = field(metadata=WORKDIR)
-    model_version: str | None = field(  # None: the published model (models/PUBLISHED)
-        default=None, metadata=doc("model VERSION (default: models/PUBLISHED)", flag="model")
-    )
-    full: bool = field(  # the first run of a newly promoted model
-        default=False, metadata=doc("re-embed every image, skipping nothing (after a new model)")
-    )
-    min_batch_size: int = field(
-        default=8, metadata=doc("smallest inference batch (BatchElements adapts up to the max)")
-    )
-    max_batch_size: int = field(  # 64 x 224^2 RGB floats = 38 MB: fits any CPU or GPU worker
-        default=64, metadata=doc("largest inference batch; bounds worker memory (GPU included)")
-    )
-    max_bad_fraction: float = field(  # more than this means a broken input or model
-        default=0.01,
-        metadata=doc("fail without publishing when more images than this are dead-lettered"),
-    )
-    num_shards: int = field(default=0, metadata=doc("Parquet files (0: one per ~50k rows)"))
-    allowed_buckets: tuple[str, ...] = field(default=(), metadata=ALLOWED_BUCKETS)
-    large_model: bool = field(  # GPU workers: one TensorFlow per GPU, not one per SDK process
-        default=False, metadata=doc("one model copy per machine, shared by its processes (GPU)")
-    )
-    intra_op_threads: int = field(default=0, metadata=doc("TensorFlow threads (0: TF decides)"))
-    # Pillow releases the GIL: a decode thread works on the next photos while the model runs.
-    decode_threads: int = field(
-        default=1,
-        metadata=doc("threads decoding photos ahead while the model runs (0: decode in line)"),
-    )
-    # A broken upstream export must not empty the index: an empty snapshot, or one that lost
-    # more than max_shrink_fraction of the last embedded day's listings, is refused.
-    allow_shrink: bool = field(
-        default=False,
-        metadata=doc(
-            "embed an empty or sharply smaller snapshot (a real clear-out of the catalog)"
-        ),
-    )
-    max_shrink_fraction: float = field(  # losing >20% of listings in a day is a broken export
-        default=0.2,
-        metadata=doc("largest day-over-day drop in listings accepted without --allow-shrink"),
-    )
-
-
-@dataclass(frozen=True)
-class EmbedResult(Counts):
-    """Counts (``ok`` = images embedded, ``skipped`` = unchanged) and which model embedded them."""
-
-    model_version: str = ""
-    full: bool = False  # the partition was re-embedded from scratch
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> EmbedResult:
-        c, extra = Counts.from_summary(summary), summary["extra"]
-        return cls(**vars(c), model_version=str(extra["model_version"]), full=bool(extra["full"]))
+from pipelines.embed import EmbedResult, EmbedSettings  # noqa: E402,F401  moved; the registry (vsearch/stages.py) is updated by the lead

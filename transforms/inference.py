@@ -16,19 +16,32 @@ The handler:
 * can split a batch into ``concurrent_calls`` parts run at once (threads: TensorFlow releases the
   GIL while it runs): on a CPU one call does not keep every core busy, and two calls at once
   embed ~20% more photos per second on 2 cores (BENCHMARKS.md, embed);
-* isolates failures: when a batch fails, each element is retried alone and the ones that still
-  fail come back as ``InferenceFailure`` instead of taking their batch mates down with them.
+* ends in a postprocess step, ``unit_embedding``: each photo's vector re-normalised, or rejected
+  (NaN or inf values, zero norm) by raising ``RejectedEmbedding``.
+
+Failures take one route, RunInference's own exception handling
+(``RunInference(keyed_handler(...)).with_exception_handling()``): a model call that raises sends
+its batch to ``failed_inferences``, a rejected vector sends its photo alone to
+``failed_postprocessing``, and the job turns both into dead letters (``pipelines/embed_job.py``).
+The handler catches nothing and retries nothing one photo at a time: what can fail one photo
+is its vector, never the call. Every photo reaches the model as sanitised uint8 pixels of one
+shape, so a failing call is the batch's failure, not one photo's: a broken model fails every
+photo again when retried alone, and a batch too large for memory is ``--max-batch-size``'s to
+prevent. Its photos are dead letters with the call's error, and the run's bad-fraction check
+refuses to publish the day when they are more than a few. The photo that spoils
+its vector (an all-black image's NaN) leaves alone and its batch mates are embedded: that check
+runs per photo, after the call.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -38,8 +51,10 @@ from core.runs import METRICS_NAMESPACE
 from models.artifact import Embedder, ModelArtifactError
 
 OUTPUT_KEYS = ("embedding", "category", "category_score")
+# Below this norm a vector has no direction worth normalising (the model output is all zeros).
+MIN_NORM = 1e-6
 
-_log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -51,15 +66,19 @@ class Prediction:
     category_score: float
 
 
-@dataclass(frozen=True)
-class InferenceFailure:
-    """An image the model could not run on, with the reason (goes to the dead letters)."""
+class RejectedEmbedding(ValueError):
+    """A model output that is no usable vector: NaN or inf values, or zero norm.
 
-    error: str
+    Its repr is its message: RunInference's dead-letter output keeps ``repr(exception)`` only,
+    and that text becomes the dead letter's reason as it is.
+    """
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder]):
-    """uint8 pixels [S, S, 3] -> PredictionResult(inference=Prediction | InferenceFailure)."""
+    """uint8 pixels [S, S, 3] -> PredictionResult(inference=Prediction); a failed call raises."""
 
     def __init__(
         self,
@@ -106,13 +125,9 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         Metrics = beam.metrics.Metrics  # noqa: N806 - Beam's spelling
         Metrics.distribution(METRICS_NAMESPACE, "batch_size").update(len(batch))
         start = time.perf_counter()
-        try:
-            predictions: list[Prediction | InferenceFailure] = list(
-                _predict_parts(model, batch, self._concurrent_calls)
-            )
-        except Exception as e:  # one bad element must not fail the batch: retry one by one
-            _log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
-            predictions = [_predict_one(model, x) for x in batch]
+        # No try: a failed call fails its batch, which RunInference's exception handling
+        # dead-letters (module docstring).
+        predictions = _predict_parts(model, batch, self._concurrent_calls)
         Metrics.distribution(METRICS_NAMESPACE, "inference_ms").update(
             int((time.perf_counter() - start) * 1000)
         )
@@ -126,9 +141,29 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         return METRICS_NAMESPACE
 
 
-def keyed_handler(model_uri: str, **kwargs: Any) -> KeyedModelHandler:
-    """The handler RunInference gets: (key, uint8 pixels) in, (key, PredictionResult) out."""
-    return KeyedModelHandler(EmbedderModelHandler(model_uri, **kwargs))
+def keyed_handler(model_uri: str, **kwargs: Any) -> ModelHandler[Any, Any, Any]:
+    """The handler RunInference gets: (key, uint8 pixels) in, (key, Prediction) out, each
+    embedding a unit vector (``unit_embedding``); a rejected one raises in the postprocess step."""
+    keyed: KeyedModelHandler[Any, np.ndarray, PredictionResult, Embedder] = KeyedModelHandler(
+        EmbedderModelHandler(model_uri, **kwargs)
+    )
+    return keyed.with_postprocess_fn(unit_embedding)
+
+
+def unit_embedding(keyed: tuple[K, PredictionResult]) -> tuple[K, Prediction]:
+    """One photo's prediction with its embedding re-normalised in float64, so that norms are 1 to
+    float32 precision whatever the model; NaN or inf values and zero norm raise
+    ``RejectedEmbedding`` (RunInference sends the photo to ``failed_postprocessing``)."""
+    key, result = keyed
+    p = result.inference
+    assert isinstance(p, Prediction)
+    v = p.embedding.astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        raise RejectedEmbedding("embedding has NaN or inf values")
+    norm = float(np.linalg.norm(v))
+    if norm < MIN_NORM:
+        raise RejectedEmbedding("embedding has zero norm")
+    return key, dataclasses.replace(p, embedding=(v / norm).astype(np.float32))
 
 
 def _predict(model: Embedder, batch: Sequence[np.ndarray]) -> Iterable[Prediction]:
@@ -162,13 +197,6 @@ def _predict_parts(model: Embedder, batch: Sequence[np.ndarray], parts: int) -> 
     step = -(-n // parts)
     slices = [batch[i : i + step] for i in range(0, n, step)]
     return [p for ps in pool.map(lambda b: list(_predict(model, b)), slices) for p in ps]
-
-
-def _predict_one(model: Embedder, x: np.ndarray) -> Prediction | InferenceFailure:
-    try:
-        return next(iter(_predict(model, [x])))
-    except Exception as e:
-        return InferenceFailure(f"inference failed: {type(e).__name__}: {str(e)[:500]}")
 
 
 def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:
