@@ -1,7 +1,7 @@
 """What committing a day's partition costs on gs:// (BENCHMARKS.md section ``publish_gcs``).
 
 A run ends by publishing its staged Parquet files as the day's partition
-(``pipelines.embed.publish_partition`` -> ``core.partitions.publish``): each file's
+(``pipelines.embed_commit.publish_partition`` -> ``core.partitions.publish``): each file's
 footer is read for its row count and its size looked up, each is copied under its attempt's name
 into the partition (a copy and a delete), the manifest is written, and the files it replaces are
 deleted. A full day at 100M listings is ~10,000 files of 50k rows. Measured side by side on the
@@ -42,7 +42,7 @@ def _stage(workdir: str, attempt: str, files: int, body: bytes) -> str:
 def _publish(workdir: str, attempt: str, threads: int, files: int, meter: Any) -> float:
     """Stage a day of ``files`` files (not timed), then publish it with ``threads`` in flight."""
     from core import paths, storage
-    from pipelines.embed import publish_partition
+    from pipelines.embed_commit import publish_partition
 
     staged = _stage(workdir, attempt, files, _parquet_body())
     saved, storage.IO_THREADS = storage.IO_THREADS, threads
