@@ -262,7 +262,7 @@ def test_settings_dataclasses_are_frozen() -> None:
 def test_results_round_trip_through_summaries_and_xcoms() -> None:
     """What a resumed backfill and the DAG's XComs read back is the result the stage returned."""
     from models.settings import GateDecision, TrainResult
-    from pipelines.settings import EmbedResult
+    from pipelines.embed import EmbedResult
 
     train = TrainResult("20260101-abc", {"review_recall_at_10": 0.9}, "/w/models/20260101-abc")
     gate = GateDecision(True, train.version, None, ("first model", "floors ok"), {"x": 1.0})
