@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
-from core import paths, storage
+from core import storage
+from synthetic import tables
 
 # (category path, base shape). Zipf-like weights: the first categories dominate.
 CATEGORIES: tuple[tuple[str, str], ...] = (
@@ -332,12 +332,11 @@ def generate_bazaar_catalog(
                 {"review_id": f"{lid}-r{k}", "listing_id": lid, "image_uri": u}
                 for k, u in enumerate(rev)
             ]
-        day = paths.catalog_day(out, start_date + dt.timedelta(days=d))
-        for name, table in (
-            ("listings", pa.Table.from_pylist(rows)),
-            ("reviews", pa.Table.from_pylist(reviews)),
-        ):
-            with storage.atomic_writer(storage.join(day, f"{name}.parquet")) as f:
-                pq.write_table(table, f)
+        tables.write_day(
+            out,
+            start_date + dt.timedelta(days=d),
+            pa.Table.from_pylist(rows),
+            pa.Table.from_pylist(reviews),
+        )
         counts.append(len(alive))
     return counts

@@ -1,4 +1,5 @@
-"""``vsearch generate-catalog``: a synthetic marketplace, K daily snapshots, deterministic per seed.
+"""The studio catalog (``vsearch generate-catalog``'s default style): a synthetic marketplace, K
+daily snapshots, deterministic per seed.
 
 Layout (DESIGN.md "Catalog snapshot")::
 
@@ -25,15 +26,13 @@ import datetime as dt
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from core import paths, storage
-from core.settings import doc
-from synthetic import products, render, truth
+from core import storage
+from synthetic import products, render, tables, truth
 from synthetic.render import listing_id, review_id
 
 # Per-day churn, as fractions of the listings alive the day before.
@@ -42,29 +41,8 @@ CHANGE_FRACTION = 0.03
 REMOVE_FRACTION = 0.02
 NEW_REVIEW_FRACTION = 0.03
 MAX_WORKERS = 2  # the reference machine has 2 cores
-STYLES = ("studio", "bazaar", "phone")  # `vsearch generate-catalog --style`
 
 _DAY_STREAM = 1_000_003  # default_rng([seed, _DAY_STREAM, day]) picks the day's churn
-
-LISTINGS_SCHEMA = pa.schema(
-    [
-        pa.field("listing_id", pa.string(), nullable=False),
-        pa.field("image_uris", pa.list_(pa.string()), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("color", pa.string()),
-        pa.field("shape", pa.string()),
-        pa.field("material", pa.string()),
-        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-REVIEWS_SCHEMA = pa.schema(
-    [
-        pa.field("review_id", pa.string(), nullable=False),
-        pa.field("listing_id", pa.string(), nullable=False),
-        pa.field("image_uri", pa.string(), nullable=False),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -141,11 +119,6 @@ def _timestamp(seed: int, num: int, day_index: int, date: dt.date) -> dt.datetim
     rng = np.random.default_rng([seed, num, render.CLOCK, day_index])
     seconds = int(rng.integers(0, 86_400))
     return dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
-
-
-def _write_table(uri: str, table: pa.Table) -> None:
-    with storage.atomic_writer(uri) as f:
-        pq.write_table(table, f, compression="snappy")
 
 
 def generate_catalog(
@@ -290,7 +263,7 @@ def _write_day(
             "material": [metas[n].material for n in nums],
             "updated_at": [state[n].updated_at for n in nums],
         },
-        schema=LISTINGS_SCHEMA,
+        schema=tables.LISTINGS_SCHEMA,
     )
     rows = [(rid, listing_id(n), uri) for n in nums for rid, uri in state[n].reviews]
     reviews = pa.table(
@@ -299,11 +272,9 @@ def _write_day(
             "listing_id": [r[1] for r in rows],
             "image_uri": [r[2] for r in rows],
         },
-        schema=REVIEWS_SCHEMA,
+        schema=tables.REVIEWS_SCHEMA,
     )
-    day = paths.catalog_day(out, date)
-    _write_table(storage.join(day, "listings.parquet"), listings)
-    _write_table(storage.join(day, "reviews.parquet"), reviews)
+    tables.write_day(out, date, listings, reviews)
 
 
 def _catalog_json(
@@ -335,106 +306,3 @@ def _catalog_json(
         "snapshots": [asdict(c) for c in counts],
     }
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
-
-
-# ---------------------------------------------------------------- CLI
-
-
-@dataclass(frozen=True)
-class GenerateSettings:
-    out: str = field(
-        metadata=doc(
-            "output root: a local path or gs://bucket/prefix", positional=True, metavar="OUT"
-        )
-    )
-    listings: int = field(metadata=doc("number of listings on the first day"))
-    seed: int = field(metadata=doc("random seed; the output is a pure function of it"))
-    # Each later day adds ~5%, re-shoots ~3% and removes ~2% of the listings.
-    days: int = field(default=1, metadata=doc("number of daily snapshots"))
-    start_date: dt.date = field(
-        default=dt.date(2026, 1, 1), metadata=doc("date of the first snapshot, YYYY-MM-DD")
-    )
-    # studio: buyer photos where the item fills most of the frame (the demo's catalog);
-    # bazaar: another taxonomy, flat vector art, heavy degradations (synthetic/bazaar.py);
-    # phone: the item small and off-centre in cluttered 4:3 phone photos, true boxes recorded
-    # under OUT/truth/ (synthetic/phone.py).
-    style: str = field(default="studio", metadata=doc("how the photos are drawn", choices=STYLES))
-    image_size: int | None = field(
-        default=None,
-        metadata=doc(
-            "longer side of every JPEG in pixels (default: 128; 256 for --style phone, whose "
-            "items are small in the frame)"
-        ),
-    )
-    # Truncated JPEG, zero bytes, HTML named .jpg: exercises the dead-letter paths.
-    corrupt_fraction: float = field(
-        default=0.0,
-        metadata=doc("fraction of listing images written deliberately broken (--style studio)"),
-    )
-    workers: int = field(default=MAX_WORKERS, metadata=doc("rendering processes"))
-
-    def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise ValueError(f"--style must be one of {STYLES}, got {self.style!r}")
-        if self.corrupt_fraction and self.style != "studio":
-            raise ValueError(
-                f"--corrupt-fraction is only drawn by --style studio, not {self.style}"
-            )
-
-
-def run(settings: GenerateSettings) -> GeneratedCatalog | list[int]:
-    """``vsearch generate-catalog``: write the catalog and print one line about it."""
-    if settings.style != "studio":
-        return _run_other_style(settings)
-    result = generate_catalog(
-        settings.out,
-        settings.listings,
-        settings.days,
-        settings.seed,
-        image_size=settings.image_size or 128,
-        start_date=settings.start_date,
-        corrupt_fraction=settings.corrupt_fraction,
-        workers=settings.workers,
-    )
-    last = result.days[-1]
-    total_written = sum(d.images_written for d in result.days)
-    print(
-        f"generate-catalog: {len(result.days)} day(s) {result.dates[0]}..{result.dates[-1]} -> {result.out}: "
-        f"last day {last.listings} listings, {last.images} images, {last.reviews} reviews "
-        f"(+{last.added} ~{last.changed} -{last.removed}); {total_written} image files written "
-        f"in {result.wall_s:.1f} s ({total_written / max(result.wall_s, 1e-9):.0f} images/s)"
-    )
-    return result
-
-
-def _run_other_style(settings: GenerateSettings) -> list[int]:
-    started = time.perf_counter()
-    if settings.style == "phone":
-        from synthetic.phone import DEFAULT_IMAGE_SIZE, generate_phone_catalog
-
-        counts = generate_phone_catalog(
-            settings.out,
-            settings.listings,
-            settings.days,
-            settings.seed,
-            image_size=settings.image_size or DEFAULT_IMAGE_SIZE,
-            start_date=settings.start_date,
-            workers=settings.workers,
-        )
-    else:
-        from synthetic.bazaar import generate_bazaar_catalog
-
-        counts = generate_bazaar_catalog(
-            settings.out,
-            settings.listings,
-            settings.days,
-            settings.seed,
-            image_size=settings.image_size or 128,
-            start_date=settings.start_date,
-        )
-    print(
-        f"generate-catalog --style {settings.style}: {len(counts)} day(s) -> "
-        f"{storage.normalize(settings.out)}: listings per day {counts}, "
-        f"{time.perf_counter() - started:.1f} s"
-    )
-    return counts

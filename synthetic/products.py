@@ -1,4 +1,4 @@
-"""Synthetic products: a listing's parameters (``ProductSpec``) and its picture as an RGBA layer.
+"""Synthetic products: drawing a listing's parameters (``spec.ProductSpec``) and its picture as an RGBA layer.
 
 A product is one unique draw of: category (a distinct silhouette), named colour with a jittered
 exact hue, a surface (solid, stripes, dots, checks, wood, fabric), a shape label (tall/short/wide)
@@ -13,12 +13,13 @@ twice the photo size so that photos downsample it with anti-aliasing.
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
 from synthetic import silhouettes
+from synthetic.spec import ProductSpec
 
 # (taxonomy path, what the variant flag means for this category). Order is fixed: a listing's
 # category is an index into this tuple, so reordering would change every generated catalog.
@@ -72,30 +73,6 @@ _COLOR_WEIGHTS = np.array([10, 6, 5, 8, 11, 5, 6, 8, 12, 11, 8], dtype=float)
 _MATERIAL_WEIGHTS = np.array([30, 18, 14, 12, 13, 13], dtype=float)
 
 _ADJECTIVES = ("Handmade", "Vintage", "Modern", "Classic", "Rustic", "Minimal", "Retro", "Cozy")
-
-
-@dataclass(frozen=True)
-class ProductSpec:
-    """Everything that defines one listing's product; photos are renders of it."""
-
-    category: str
-    color: str
-    material: str
-    shape: str
-    variant: bool
-    rgb: tuple[float, float, float]  # the jittered exact main colour, 0..1
-    accent: tuple[float, float, float]  # pattern / secondary-part colour
-    box: tuple[float, float]  # (width, height) fraction of the canvas
-    pattern_period: float  # fraction of the canvas
-    pattern_phase: float
-    pattern_angle: float  # radians
-    gloss: float  # 0 matte .. 1 glossy highlight
-    detail_seed: int  # small drawing details (wood grain, fabric noise)
-    title: str
-
-    @property
-    def noun(self) -> str:
-        return self.category.rsplit("/", 1)[-1]
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:

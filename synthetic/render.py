@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from synthetic import photos, products
+from synthetic.spec import ProductSpec
 
 NULL_FRACTION = 0.10  # each of color/shape/material is missing this often, independently
 # A listing is sometimes another listing's product again: recoloured, or a near-duplicate.
@@ -37,7 +38,7 @@ def review_id(num: int, k: int) -> str:
 class Meta:
     """A listing's catalog fields, drawn once from its own seed."""
 
-    spec: products.ProductSpec
+    spec: ProductSpec
     color: str | None
     shape: str | None
     material: str | None

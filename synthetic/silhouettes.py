@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-if TYPE_CHECKING:
-    from synthetic.products import ProductSpec
+from synthetic.spec import ProductSpec
 
 KINDS = ("main", "accent", "light", "dark")  # later kinds paint over earlier ones
 

@@ -179,7 +179,7 @@ def _png(color: tuple[int, int, int], size: int = 24, stripe: int = 0) -> bytes:
 
 def _tiny_catalog(root: str, date: dt.date, images: dict[str, list[bytes]]) -> None:
     """listings.parquet + image files; listing L has images images/L/i.png."""
-    from synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.tables import LISTINGS_SCHEMA
 
     uris = {}
     for lid, blobs in images.items():
@@ -409,7 +409,7 @@ def _catalog_at_fixed_uris(
 ) -> dict[str, str]:
     """listings.parquet whose listing L has the one photo images/L.png at the same URI every day;
     the photos in ``rewrite`` are (re)written (mtime set to ``mtime`` locally). Returns L -> URI."""
-    from synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.tables import LISTINGS_SCHEMA
 
     uris = {}
     for lid, data in images.items():

@@ -235,7 +235,7 @@ def test_every_reader_opens_the_folder_and_the_readme_sql_is_the_package_reader(
     import pandas as pd
     import pyarrow.dataset as ds
 
-    from synthetic.generate import LISTINGS_SCHEMA
+    from synthetic.tables import LISTINGS_SCHEMA
 
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
 

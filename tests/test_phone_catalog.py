@@ -12,7 +12,7 @@ from PIL import Image
 
 from core import images
 from core.snapshot import read_snapshot
-from synthetic import phone, truth
+from synthetic import phone, phone_photos, truth
 from tests.image_fixtures import tree_digest
 
 
@@ -65,7 +65,9 @@ def test_the_box_is_where_the_item_is_as_a_viewer_sees_the_photo() -> None:
     for k in range(40):
         # The same photo with the item and without it (the same draws): they differ where it is.
         shots = [
-            phone.review_photo(listing, _square_layer(a), 192, np.random.default_rng([5, k]), 1)
+            phone_photos.review_photo(
+                listing.num, _square_layer(a), 192, np.random.default_rng([5, k]), 1
+            )
             for a in (255, 0)
         ]
         (data, box, side, orientation), (empty, *_) = shots

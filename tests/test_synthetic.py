@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from core import storage
-from synthetic import generate, products, render
+from synthetic import generate, products, render, tables
+from synthetic.spec import ProductSpec
 from vsearch import cli
 
 SIZE = 64
@@ -73,7 +74,7 @@ def test_another_seed_gives_another_catalog(catalog: Path, tmp_path: Path) -> No
 
 def test_schema_reads_back_as_the_contract(catalog: Path) -> None:
     listings = pq.read_table(catalog / D1 / "listings.parquet")
-    assert listings.schema.equals(generate.LISTINGS_SCHEMA)
+    assert listings.schema.equals(tables.LISTINGS_SCHEMA)
     assert listings.schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
     assert listings.num_rows == LISTINGS
     rows = listings.to_pylist()
@@ -82,7 +83,7 @@ def test_schema_reads_back_as_the_contract(catalog: Path) -> None:
     assert all(r["category"] in {c for c, _ in products.CATEGORIES} for r in rows)
     assert all(r["updated_at"].date() == dt.date(2026, 1, 1) for r in rows)
     reviews = pq.read_table(catalog / D1 / "reviews.parquet")
-    assert reviews.schema.equals(generate.REVIEWS_SCHEMA)
+    assert reviews.schema.equals(tables.REVIEWS_SCHEMA)
     assert set(reviews.column("listing_id").to_pylist()) <= {r["listing_id"] for r in rows}
     assert len(set(reviews.column("review_id").to_pylist())) == reviews.num_rows > 0
     # Most listings have 1-3 review photos, some none.
@@ -212,7 +213,7 @@ def test_writes_to_gcs(gcs_bucket: str, tmp_path: Path) -> None:
 def test_some_listings_sell_another_listings_product_again() -> None:
     # "Also available in blue" and near-duplicate listings: the hardest negatives for retrieval.
     specs = [render.listing_meta(7, n).spec for n in range(300)]
-    by_shape: dict[tuple, list[products.ProductSpec]] = {}
+    by_shape: dict[tuple, list[ProductSpec]] = {}
     for s in specs:
         by_shape.setdefault((s.category, s.material, s.shape, s.variant, s.gloss), []).append(s)
     groups = [g for g in by_shape.values() if len(g) > 1]

@@ -36,8 +36,8 @@ class Command:
 _TOOLS: dict[str, Command] = {
     "generate-catalog": Command(
         "write a synthetic marketplace catalog (K daily snapshots) for demos, tests, benchmarks",
-        "synthetic.generate:GenerateSettings",
-        "synthetic.generate:run",
+        "synthetic.command:GenerateSettings",
+        "synthetic.command:run",
     ),
     "query": Command(
         "search by photo: top-k listings for an image file",
