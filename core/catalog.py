@@ -1,10 +1,13 @@
 """The catalog snapshot contract (DESIGN.md "Catalog snapshot"): tables, URI rules, validation.
 
 A day's snapshot is ``CATALOG/dt=D/listings.{parquet|jsonl}`` (required) and
-``CATALOG/dt=D/reviews.{parquet|jsonl}`` (optional). Rows are validated one at a time into
-:class:`Listing` and :class:`Review`; the same functions serve the Beam reader
-(``transforms/read_catalog.py``, any size) and ``core.snapshot.read_snapshot`` (driver
-side, small data), which also finds and checks the tables.
+``CATALOG/dt=D/reviews.{parquet|jsonl}`` (optional). This module holds the contract's types
+(:class:`Listing`, :class:`Review`, their errors) and its URI rules; each column's rule is
+defined once in ``core.catalog_rules`` (the rules table), which checks a Parquet schema, one row
+(``parse_listing``, ``parse_review``) and, through ``core.catalog_columns``, a whole record batch
+of listings. ``core.snapshot`` finds and checks a day's tables and reads their rows; every reader
+(the Beam transforms of ``transforms/``, any size, and ``core.snapshot.read_snapshot``, driver
+side, small data) goes through it.
 
 Image URIs: a relative URI is under CATALOG (the root, not the ``dt=`` folder); a full URI
 (``gs://...``, ``file://...`` or an absolute path) must lie under CATALOG or, for ``gs://``, in one of
@@ -55,7 +58,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,13 +67,6 @@ from core.deadletter import DeadLetter
 from core.hashing import stable_fraction
 
 MAX_IMAGES = 10
-LISTING_COLUMNS = tuple(
-    "listing_id image_uris title category color shape material updated_at image_checksums".split()
-)
-REVIEW_COLUMNS = ("review_id", "listing_id", "image_uri")
-REQUIRED_COLUMNS = {"listings": ("listing_id", "image_uris", "category"), "reviews": REVIEW_COLUMNS}
-ATTRIBUTES = ("color", "shape", "material")
-OPTIONAL_STRING_COLUMNS = ("title", *ATTRIBUTES)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -189,123 +185,6 @@ def _under(full: str, root: str) -> bool:
 
 
 # ------------------------------------------------------------------------ rows
-
-
-def _optional_str(row: Mapping[str, Any], key: str, listing_id: str) -> str | None:
-    value = row.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRow(f"{key} must be a string, got {type(value).__name__}", listing_id)
-    return value
-
-
-def _check_utf8(row: Mapping[str, Any]) -> None:
-    """A lone surrogate (JSON ``"\\ud800"``) is a str no later step can encode as UTF-8 (Beam's
-    coders, Parquet, TFRecords): reject the row here, named with the surrogate escaped."""
-    lid = row.get("listing_id")
-    named = (
-        lid.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(lid, str) else None
-    )
-    for key, value in row.items():
-        for v in value if isinstance(value, list | tuple) else (value,):
-            if isinstance(v, str):
-                try:
-                    v.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InvalidRow(f"{key} is not valid UTF-8 (lone surrogate)", named) from None
-
-
-def _required_id(row: Mapping[str, Any], key: str, listing_id: str | None = None) -> str:
-    value = row.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise InvalidRow(f"missing {key}", listing_id)
-    if not isinstance(value, str):
-        raise InvalidRow(f"{key} must be a string, got {type(value).__name__}", listing_id)
-    return value
-
-
-def _timestamp(value: Any, listing_id: str) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.datetime.fromisoformat(value)
-        except ValueError:
-            pass
-    raise InvalidRow(f"updated_at is not an ISO timestamp: {str(value)[:40]!r}", listing_id)
-
-
-def parse_listing(
-    row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
-) -> Listing:
-    """Validate one listings row (see the table above); raises InvalidRow."""
-    _check_utf8(row)
-    listing_id = _required_id(row, "listing_id")
-    uris = row.get("image_uris")
-    if uris is None:
-        raise InvalidRow("missing image_uris", listing_id)
-    if isinstance(uris, str | bytes) or not isinstance(uris, Sequence):
-        raise InvalidRow(f"image_uris must be a list, got {type(uris).__name__}", listing_id)
-    if not uris:
-        raise InvalidRow("empty image_uris", listing_id)
-    if len(uris) > MAX_IMAGES:
-        raise InvalidRow(f"too many images: {len(uris)} > {MAX_IMAGES}", listing_id)
-    resolved = []
-    for uri in uris:
-        try:
-            resolved.append(resolve_image_uri(uri, catalog, allowed_buckets))
-        except InvalidRow as e:
-            raise InvalidRow(e.reason, listing_id, e.uri) from None
-    category = row.get("category")
-    if category is None or category == "":
-        raise InvalidRow("missing category", listing_id)
-    levels = category.split("/") if isinstance(category, str) else []
-    if len(levels) < 2 or any(not level.strip() for level in levels):
-        raise InvalidRow(
-            f"category {excerpt(str(category))} is not a taxonomy path "
-            "(2 or more non-empty levels, e.g. home/kitchen/mug)",
-            listing_id,
-        )
-    return Listing(
-        listing_id=listing_id,
-        image_uris=tuple(resolved),
-        title=_optional_str(row, "title", listing_id),
-        category=category,
-        color=_optional_str(row, "color", listing_id),
-        shape=_optional_str(row, "shape", listing_id),
-        material=_optional_str(row, "material", listing_id),
-        updated_at=_timestamp(row.get("updated_at"), listing_id),
-        image_checksums=_checksums(row.get("image_checksums"), len(resolved), listing_id),
-    )
-
-
-def _checksums(value: Any, n: int, listing_id: str) -> tuple[str | None, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != n:
-        raise InvalidRow("image_checksums must be a list aligned with image_uris", listing_id)
-    if any(c is not None and not isinstance(c, str) for c in value):
-        raise InvalidRow("image_checksums must hold strings or nulls", listing_id)
-    return tuple(c or None for c in value)
-
-
-def parse_review(
-    row: Mapping[str, Any], catalog: str, allowed_buckets: Iterable[str] = ()
-) -> Review:
-    """Validate one reviews row; raises InvalidRow."""
-    _check_utf8(row)
-    raw_listing = row.get("listing_id")
-    listing_id = raw_listing if isinstance(raw_listing, str) and raw_listing else None
-    review_id = _required_id(row, "review_id", listing_id)
-    listing_id = _required_id(row, "listing_id")
-    try:
-        uri = resolve_image_uri(row.get("image_uri"), catalog, allowed_buckets)
-    except InvalidRow as e:
-        raise InvalidRow(e.reason, listing_id, e.uri) from None
-    return Review(review_id=review_id, listing_id=listing_id, image_uri=uri)
 
 
 def parse_json_line(line: bytes | str) -> dict[str, Any]:

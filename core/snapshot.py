@@ -1,9 +1,13 @@
-"""Reading a day's catalog snapshot: finding its tables, checking their schema, iterating rows.
+"""Reading a day's catalog snapshot: finding its tables, checking their schema, checking rows.
 
-What each row must hold, and what happens to each violation, is the contract in
-``core.catalog``; this module finds ``listings.{parquet|jsonl}`` and
-``reviews.{parquet|jsonl}`` under ``CATALOG/dt=D/`` and applies that contract, row by row, for the
-Beam reader (``transforms/read_catalog.py``) and for :func:`read_snapshot` (driver side, small data).
+What each row must hold is the rules table of ``core.catalog_rules``, and what happens to each
+violation is the contract in ``core.catalog``. This module is the one path every reader takes:
+it finds ``listings.{parquet|jsonl}`` and ``reviews.{parquet|jsonl}`` under ``CATALOG/dt=D/``
+(:func:`find_table`), refuses an unusable table up front (:func:`check_table`), splits a JSON
+Lines file into lines (:func:`iter_lines`) and turns a row into a Listing, a Review or a dead
+letter (:func:`check_row`, :func:`bad_line`). The Beam readers (``transforms/read_table_rows.py``
+and the transforms built on it) apply these at any size; :func:`read_snapshot` applies them in
+this process, for small data (tests, calibration, the demo).
 """
 
 from __future__ import annotations
@@ -11,16 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from core import paths, storage
+from core import catalog_rules, paths, storage
 from core.catalog import (
-    LISTING_COLUMNS,
-    OPTIONAL_STRING_COLUMNS,
-    REQUIRED_COLUMNS,
-    REVIEW_COLUMNS,
     CatalogError,
     ImageRef,
     InvalidRow,
@@ -29,8 +29,6 @@ from core.catalog import (
     bucket_names,
     listing_images,
     parse_json_line,
-    parse_listing,
-    parse_review,
     resolve_duplicates,
     review_image,
 )
@@ -78,8 +76,7 @@ def check_table(table: TableFile) -> list[str]:
                 f"{table.uri} has no listings (empty or only blank lines); "
                 "refusing a day with no listings"
             )
-        return list(LISTING_COLUMNS if table.table == "listings" else REVIEW_COLUMNS)
-    import pyarrow as pa
+        return [f.name for f in catalog_rules.FIELDS[table.table]]
     import pyarrow.parquet as pq
 
     try:
@@ -88,40 +85,10 @@ def check_table(table: TableFile) -> list[str]:
             schema, rows = meta.schema_arrow, meta.metadata.num_rows
     except Exception as e:
         raise CatalogError(f"cannot read {table.uri}: {type(e).__name__}: {e}") from e
-    missing = [c for c in REQUIRED_COLUMNS[table.table] if c not in schema.names]
-    if missing:
-        raise CatalogError(f"{table.uri} lacks required column(s) {missing}; has {schema.names}")
+    catalog_rules.check_required(schema.names, table.table, table.uri)
     if rows == 0 and table.table == "listings":
         raise CatalogError(f"{table.uri} has no rows; refusing a day with no listings")
-
-    def is_str(t: pa.DataType) -> bool:
-        if pa.types.is_dictionary(t):  # dictionary-encoded strings read back as strings
-            t = t.value_type
-        return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
-
-    def wrong(name: str, want: str) -> CatalogError:
-        t = schema.field(name).type
-        return CatalogError(f"{table.uri}: column {name} must be {want}, is {t}")
-
-    for name in ("listing_id", "review_id", "category", "image_uri"):
-        if name in schema.names and not is_str(schema.field(name).type):
-            raise wrong(name, "string")
-    if "image_uris" in schema.names:
-        t = schema.field("image_uris").type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not is_str(t.value_type):
-            raise wrong("image_uris", "list<string>")
-    # Optional columns: a wrong type would fail every row the same way, so fail once here.
-    # An all-null column (type null) is fine: every value is simply missing.
-    for name in OPTIONAL_STRING_COLUMNS:
-        t = schema.field(name).type if name in schema.names else pa.null()
-        if not (is_str(t) or pa.types.is_null(t)):
-            raise wrong(name, "string")
-    if "updated_at" in schema.names:
-        t = schema.field("updated_at").type
-        if not (pa.types.is_timestamp(t) or is_str(t) or pa.types.is_null(t)):
-            raise wrong("updated_at", "timestamp (or an ISO 8601 string)")
-    known = LISTING_COLUMNS if table.table == "listings" else REVIEW_COLUMNS
-    return [c for c in known if c in schema.names]
+    return catalog_rules.check_types(schema, table.table, table.uri)
 
 
 def _only_blank(uri: str, chunk_size: int = 1 << 20) -> bool:
@@ -175,18 +142,44 @@ def iter_lines(
         yield tail
 
 
-def line_ranges(uri: str, split_bytes: int) -> list[tuple[int, int]]:
-    """Consecutive byte ranges ``[start, end)`` covering the file, for :func:`iter_lines`."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if split_bytes < 1:
-        raise ValueError(f"split_bytes must be positive, got {split_bytes}")
-    size = int(FileSystems.match([storage.normalize(uri)])[0].metadata_list[0].size_in_bytes)
-    return [(s, min(s + split_bytes, size)) for s in range(0, size, split_bytes)]
+# ------------------------------------------------------------------------ rows
 
 
-def iter_rows(table: TableFile) -> Iterator[dict[str, Any] | InvalidRow]:
-    """Every row of a table as a dict (driver side), or an InvalidRow for a bad JSONL line."""
+@dataclass(frozen=True)
+class Rejected:
+    """A row that breaks the contract: its dead letter, and the listing_id it still counts as a
+    copy of (a rejected listings row that names one; see ``catalog.resolve_duplicates``)."""
+
+    dead_letter: DeadLetter
+    listing_id: str | None = None
+
+
+def check_row(
+    row: Mapping[str, Any], table: TableFile, catalog: str, allowed: Iterable[str], stage: str
+) -> Listing | Review | Rejected:
+    """One row of a table -> its Listing or Review (``catalog_rules``), or why it is rejected."""
+    try:
+        if table.table == "listings":
+            return catalog_rules.parse_listing(row, catalog, allowed)
+        return catalog_rules.parse_review(row, catalog, allowed)
+    except InvalidRow as e:
+        copy_of = e.listing_id if table.table == "listings" else None
+        return Rejected(row_dead_letter(e, table, stage), copy_of)
+
+
+def row_dead_letter(e: InvalidRow, table: TableFile, stage: str) -> DeadLetter:
+    """A rejected row's dead letter: ``table: reason``, at the row's URI or else the table's."""
+    return DeadLetter(e.listing_id, e.uri or table.uri, stage, f"{table.table}: {e.reason}")
+
+
+def bad_line(table: TableFile, number: int, reason: str, stage: str) -> Rejected:
+    """A JSON Lines line that is no JSON object (``catalog.parse_json_line``'s reason), by its
+    line number in the file (blank lines count, as in an editor)."""
+    return Rejected(DeadLetter(None, table.uri, stage, f"{table.table}: line {number}: {reason}"))
+
+
+def iter_rows(table: TableFile, stage: str) -> Iterator[dict[str, Any] | Rejected]:
+    """Every row of a table as a dict, in this process, or a Rejected bad JSONL line."""
     columns = check_table(table)
     try:
         with storage.open_read(table.uri) as f:
@@ -196,7 +189,7 @@ def iter_rows(table: TableFile) -> Iterator[dict[str, Any] | InvalidRow]:
                         try:
                             yield parse_json_line(line)
                         except InvalidRow as e:
-                            yield InvalidRow(f"line {number}: {e.reason}")
+                            yield bad_line(table, number, e.reason, stage)
                 return
             import pyarrow.parquet as pq
 
@@ -214,46 +207,39 @@ def read_snapshot(
 ) -> Snapshot:
     """Read and validate a whole day's snapshot in this process (small catalogs, tests, demo).
 
-    At scale use ``transforms.read_catalog.ReadCatalog``, which applies the same rules in Beam.
+    At scale use ``transforms.read_catalog.ReadCatalog``, which applies the same functions in
+    Beam.
     """
     date_s = date if isinstance(date, str) else date.isoformat()
     bucket_names(allowed_buckets)  # a bad flag is a clear error, not a row-level one
     listings_table = find_table(catalog, date_s, "listings")
     if listings_table is None:
         raise CatalogError(f"no listings table for dt={date_s} under {catalog}")
-    rejected: list[DeadLetter] = []
-    by_id: dict[str, list[Listing]] = defaultdict(list)
-    invalid_ids: Counter[str] = Counter()  # rejected rows that still name a listing_id
-    for row in iter_rows(listings_table):
-        try:
-            if isinstance(row, InvalidRow):
-                raise row
-            listing = parse_listing(row, catalog, allowed_buckets)
-        except InvalidRow as e:
-            rejected.append(row_dead_letter(e, listings_table, stage))
-            if e.listing_id is not None:
-                invalid_ids[e.listing_id] += 1
-            continue
-        by_id[listing.listing_id].append(listing)
-    reviews_by_id: dict[str, list[Review]] = defaultdict(list)
     reviews_table = find_table(catalog, date_s, "reviews")
-    for row in iter_rows(reviews_table) if reviews_table else ():
-        try:
-            if isinstance(row, InvalidRow):
-                raise row
-            review = parse_review(row, catalog, allowed_buckets)
-        except InvalidRow as e:
-            assert reviews_table is not None
-            rejected.append(row_dead_letter(e, reviews_table, stage))
-            continue
-        reviews_by_id[review.listing_id].append(review)
+    rejected: list[DeadLetter] = []
+    invalid_ids: Counter[str] = Counter()  # rejected listings rows that still name a listing_id
+    by_id: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"listings": [], "reviews": []})
+    for table in (listings_table, reviews_table):
+        for row in iter_rows(table, stage) if table else ():
+            assert table is not None
+            checked = (
+                row
+                if isinstance(row, Rejected)
+                else check_row(row, table, catalog, allowed_buckets, stage)
+            )
+            if isinstance(checked, Rejected):
+                rejected.append(checked.dead_letter)
+                if checked.listing_id is not None:
+                    invalid_ids[checked.listing_id] += 1
+            else:
+                by_id[checked.listing_id][table.table].append(checked)
     listings: list[Listing] = []
     reviews: list[Review] = []
-    for listing_id in sorted(set(by_id) | set(reviews_by_id)):
+    for listing_id in sorted(by_id):
         kept_l, kept_r, dead = resolve_duplicates(
             listing_id,
-            by_id.get(listing_id, []),
-            reviews_by_id.get(listing_id, []),
+            by_id[listing_id]["listings"],
+            by_id[listing_id]["reviews"],
             stage,
             invalid_ids[listing_id],
         )
@@ -261,8 +247,3 @@ def read_snapshot(
         reviews += kept_r
         rejected += dead
     return Snapshot(storage.normalize(catalog), date_s, listings, reviews, rejected)
-
-
-def row_dead_letter(e: InvalidRow, table: TableFile, stage: str) -> DeadLetter:
-    """A rejected row's dead letter: ``table: reason``, at the row's URI or else the table's."""
-    return DeadLetter(e.listing_id, e.uri or table.uri, stage, f"{table.table}: {e.reason}")

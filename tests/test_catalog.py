@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import catalog, snapshot, storage
+from core import catalog, catalog_rules, snapshot, storage
 from core.catalog import CatalogError, InvalidRow
 
 DATE = "2026-01-01"
@@ -120,14 +120,14 @@ def test_uri_resolution_gcs_root() -> None:
 )
 def test_listing_row_violations(row: dict, reason: str) -> None:
     with pytest.raises(InvalidRow, match=reason) as e:
-        catalog.parse_listing(row, "/cat")
+        catalog_rules.parse_listing(row, "/cat")
     if isinstance(row["listing_id"], str) and row["listing_id"]:
         assert e.value.listing_id == row["listing_id"]
 
 
 def test_valid_listing_row() -> None:
     row = listing("a", uris=["p.jpg", "q.jpg"], color="", updated_at="2026-01-01T10:00:00")
-    got = catalog.parse_listing(row, "/cat")
+    got = catalog_rules.parse_listing(row, "/cat")
     assert got.image_uris == ("/cat/p.jpg", "/cat/q.jpg")
     assert got.color is None and got.updated_at is not None and got.updated_at.hour == 10
     assert catalog.listing_images(got)[1] == catalog.ImageRef("a", 1, "/cat/q.jpg", "listing")
@@ -261,13 +261,13 @@ def test_duplicate_id_rejects_every_copy_even_an_invalid_one(tmp_path, fmt: str)
 @pytest.mark.parametrize("category", ["toys", "Toys & Games", " / ", "home/", "/home/kitchen"])
 def test_category_that_is_not_a_taxonomy_path_is_a_dead_letter(category: str) -> None:
     with pytest.raises(InvalidRow, match="category .* is not a taxonomy path") as e:
-        catalog.parse_listing(listing("a", category=category), "/cat")
+        catalog_rules.parse_listing(listing("a", category=category), "/cat")
     assert e.value.listing_id == "a"
 
 
 @pytest.mark.parametrize("category", ["home/kitchen/mug", "toys/puzzles", "a/b/c/d/e"])
 def test_taxonomy_paths_of_any_depth_from_two_are_valid(category: str) -> None:
-    assert catalog.parse_listing(listing("a", category=category), "/cat").category == category
+    assert catalog_rules.parse_listing(listing("a", category=category), "/cat").category == category
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,13 @@
 
 The same outcome as ``ReadCatalog(reviews=False)`` (same rows kept, same dead letters with the
 same reasons, same counters), without a Python object per listing. A Parquet table is read a row
-group at a time, each row group a split that a Reshuffle hands to any worker (as the embedding
-reader does: a file source's splits stay on one worker under the DirectRunner, and a day's
-100M listings must not); ``core.catalog_columns.split_listings``
-checks each batch on whole columns, and only the rows its conservative rules do not accept are
-parsed one at a time by ``catalog.parse_listing``. Duplicate ids are found per hash bucket of
-``listing_id`` with one Arrow group-by count, so at 100M listings a bucket is one element of the
-shuffle, not 100k. A JSON Lines table has no columns to check: it goes through ``ReadCatalog``'s
-row reader and its listings are then batched into the same tables.
+group at a time by ``read_table_rows.ReadParquetRowGroups`` (the one catalog reading path);
+``core.catalog_columns.split_listings`` checks each row group on whole columns with the rules
+table's column checks, and only the rows those do not accept are checked one at a time by
+``core.snapshot.check_row``, as every other reader checks them. Duplicate ids are found per hash
+bucket of ``listing_id`` with one Arrow group-by count, so at 100M listings a bucket is one
+element of the shuffle, not 100k. A JSON Lines table has no columns to check: it goes through
+``ReadCatalog``'s row reader and its listings are then batched into the same tables.
 
     out = p | ReadListingTables(catalog, date, stage="embed", buckets=1)
     out["listings"]     # pa.Table, catalog_columns.LISTING_TABLE: valid, unique listing ids
@@ -19,15 +18,12 @@ row reader and its listings are then batched into the same tables.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from core import catalog as cat
 from core import snapshot, storage
@@ -37,68 +33,10 @@ from transforms.change_detection import split_by_bucket
 from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
 from transforms.packed_table import PackedTable
 from transforms.read_catalog import LISTINGS, ReadCatalog
+from transforms.read_table_rows import ReadParquetRowGroups
 
 # LISTING_TABLE plus the rejected rows that name an id (they still count as copies of it).
 _CHECKED = pa.schema([*LISTING_TABLE, ("valid", pa.bool_())])
-
-
-def _row_groups(uri: str) -> Iterator[tuple[str, int]]:
-    with storage.open_read(uri) as f:  # the footer only
-        count = pq.ParquetFile(f).num_row_groups
-    for rg in range(count):
-        yield uri, rg
-
-
-_READERS = "readers"
-
-
-class _ReadRowGroupFn(beam.DoFn):
-    """(file, row group) -> the row group's raw rows, as one table (a split any worker takes);
-    also outputs ``_READERS``: the process that read it (host:pid)."""
-
-    def __init__(self, columns: list[str]) -> None:
-        self._columns = columns
-
-    def setup(self) -> None:
-        self._reader = f"{socket.gethostname()}:{os.getpid()}"
-
-    def process(self, split: tuple[str, int]) -> Iterator[Any]:
-        uri, rg = split
-        try:
-            with storage.open_read(uri) as f:
-                batch = pq.ParquetFile(f).read_row_group(rg, columns=self._columns)
-        except (OSError, ValueError) as e:  # a damaged page: pyarrow's errors subclass these
-            raise cat.CatalogError(f"cannot read {uri} row group {rg}: {e}") from e
-        yield batch
-        yield beam.pvalue.TaggedOutput(_READERS, self._reader)
-
-
-@beam.ptransform_fn
-def ReadParquetRowGroups(  # noqa: N802 - Beam transforms are named like classes
-    pbegin: beam.pvalue.PBegin, table: snapshot.TableFile, columns: list[str]
-) -> beam.PCollection:
-    """PBegin -> one pa.Table per row group of a catalog table's Parquet file, the row groups
-    spread over the workers by a Reshuffle (the driver does not open the file).
-
-    Counter ``{table}_split_readers``: how many processes shared the read. (Counted from the
-    data, not a string-set metric: the DirectRunner keeps one worker's string set only.)
-    """
-    read = (
-        pbegin
-        | "File" >> beam.Create([table.uri])
-        | "RowGroups" >> beam.FlatMap(_row_groups)
-        | "SpreadRowGroups" >> beam.Reshuffle()
-        | "ReadRowGroups"
-        >> beam.ParDo(_ReadRowGroupFn(columns)).with_outputs(_READERS, main="tables")
-    )
-    counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{table.table}_split_readers")
-    _ = (
-        read[_READERS]
-        | "DistinctReaders" >> beam.Distinct()
-        | "CountReaders" >> beam.combiners.Count.Globally()
-        | "RecordReaders" >> beam.Map(counter.inc)
-    )
-    return read.tables
 
 
 class _CheckBatchFn(beam.DoFn):
@@ -128,13 +66,17 @@ class _CheckBatchFn(beam.DoFn):
         invalid_ids: list[str] = []
         self._by_row.inc(rest.num_rows)
         for row in rest.to_pylist():
-            try:
-                parsed.append(cat.parse_listing(row, self._catalog, self._allowed))
-            except cat.InvalidRow as e:
+            checked = snapshot.check_row(
+                row, self._table, self._catalog, self._allowed, self._stage
+            )
+            if isinstance(checked, snapshot.Rejected):
                 self._rejected.inc()
-                yield tagged_dead_letter(snapshot.row_dead_letter(e, self._table, self._stage))
-                if e.listing_id is not None:
-                    invalid_ids.append(e.listing_id)
+                yield tagged_dead_letter(checked.dead_letter)
+                if checked.listing_id is not None:
+                    invalid_ids.append(checked.listing_id)
+            else:
+                assert isinstance(checked, cat.Listing)
+                parsed.append(checked)
         invalid = pa.Table.from_arrays(
             [
                 pa.array(invalid_ids, pa.string()),

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core import catalog as cat
-from core import snapshot, storage
+from core import catalog_rules, snapshot, storage
 from core.catalog import Review
 from core.hashing import stable_hash
 from transforms.read_catalog import REVIEWS
-from transforms.read_listing_tables import ReadParquetRowGroups
+from transforms.read_table_rows import ReadParquetRowGroups
 
 SAMPLE_FILE = "review_sample.json"
 
@@ -39,7 +39,7 @@ def _rank(seed: int, review: Review) -> int:
 
 def _valid(row: dict[str, Any] | bytes, catalog: str, allowed: tuple[str, ...]) -> Iterator[Review]:
     try:
-        yield cat.parse_review(
+        yield catalog_rules.parse_review(
             cat.parse_json_line(row) if isinstance(row, bytes) else row, catalog, allowed
         )
     except cat.InvalidRow:
