@@ -27,7 +27,8 @@ import faiss
 import numpy as np
 
 from benchmarks import vectors
-from benchmarks.index_bench import ROOT, K, median_qps, ours_ids, recall
+from benchmarks.index_builds import ROOT
+from benchmarks.index_measure import K, median_qps, ours_ids, recall
 from index.tuning import faiss_search_parameters, search_parameters
 
 

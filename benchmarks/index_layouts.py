@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 
 from benchmarks import vectors
-from benchmarks.index_bench import K, median_qps, recall
 from benchmarks.index_floor import cached_set, training_sample
+from benchmarks.index_measure import K, median_qps, recall
 from index.tuning import faiss_search_parameters
 
 

@@ -35,16 +35,9 @@ import faiss
 import numpy as np
 
 from benchmarks import report
-from benchmarks.index_bench import (
-    ROOT,
-    K,
-    build_ours,
-    cached_vectors,
-    ours_ids,
-    peak_rss_mb,
-    recall,
-)
-from benchmarks.index_peers_report import TARGET, markdown, plot
+from benchmarks.index_builds import ROOT, build_ours, cached_vectors, peak_rss_mb
+from benchmarks.index_measure import TARGET, K, ours_ids, recall
+from benchmarks.index_peers_report import markdown, plot
 
 SECTION = "index-peers"
 PEERS = ("hnswlib", "faiss-hnsw")
@@ -302,14 +295,15 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"  ours: {ours['factory']} {ours['search_params']} {ours['build_s']:.0f}s", flush=True)
     grid = [tuple(int(x) for x in g.split(":")) for g in args.grid.split(",")]
     for lib in args.peers.split(","):
-        for m, ef_c in grid:
-            out = os.path.join(work, f"peers-{lib}-M{m}-efc{ef_c}.bin")
+        for links, ef_c in grid:
+            out = os.path.join(work, f"peers-{lib}-M{links}-efc{ef_c}.bin")
             b = reused(out + ".build.json", args.reuse) or built(
-                out + ".build.json", functools.partial(build_peer, lib, npy, out, m, ef_c)
+                out + ".build.json", functools.partial(build_peer, lib, npy, out, links, ef_c)
             )
-            builds[f"{lib}:{m}:{ef_c}"] = {**b, "path": out, "lib": lib}
+            builds[f"{lib}:{links}:{ef_c}"] = {**b, "path": out, "lib": lib}
             print(
-                f"  {lib} M{m} efC{ef_c}: {b['build_s']:.0f}s {b['peak_rss_mb']:.0f} MB", flush=True
+                f"  {lib} M{links} efC{ef_c}: {b['build_s']:.0f}s {b['peak_rss_mb']:.0f} MB",
+                flush=True,
             )
 
     with Searcher.from_manifest_uri(ours["manifest_uri"]) as searcher:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import faiss
 
-TARGET = 0.95  # recall@10 every method is compared at (benchmarks.index_peers tunes to it)
+from benchmarks.index_bench_report import curve, recall_qps_plot
+from benchmarks.index_measure import (
+    TARGET,  # every method is compared at it (index_peers tunes to it)
+)
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -73,21 +75,10 @@ def _hnswlib_version() -> str:
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    """Each method's recall and single-query QPS around its 0.95 point."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax: Any, res: dict[str, Any]) -> None:
+        for name, points in res["curves"].items():
+            curve(ax, points, "o-", name)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
-    for ax, res in zip(axes[0], results, strict=True):
-        for name, c in res["curves"].items():
-            ax.plot([p["qps"] for p in c], [p["recall"] for p in c], "o-", label=name)
-        ax.axhline(TARGET, color="green", ls=":", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("single queries / s (one thread)")
-        ax.set_ylabel("recall@10 vs exact")
-        ax.set_title(f"{res['set']}, N={res['n']:,}")
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    recall_qps_plot(results, draw, "single queries / s (one thread)", path)

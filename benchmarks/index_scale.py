@@ -30,8 +30,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks import vectors
-from benchmarks.index_bench import ROOT, build_child, median_qps, status_kb, write_markdown
+from benchmarks import report, vectors
+from benchmarks.index_builds import ROOT, build_child, status_kb
+from benchmarks.index_measure import median_qps
 
 K = 10
 CGROUP = "/sys/fs/cgroup/memory/vsearch-index-scale"
@@ -288,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(r: dict[str, Any]) -> None:
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    write_markdown(markdown(r), path, "<!-- index-scale:start -->", "<!-- index-scale:end -->")
+    report.write_section("index-scale", markdown(r), stamped=False)
 
 
 if __name__ == "__main__":

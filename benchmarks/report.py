@@ -27,11 +27,16 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section NAME of BENCHMARKS.md with ``body``."""
+def write_section(name: str, body: str, stamped: bool = True) -> None:
+    """Replace (or append) the section NAME of BENCHMARKS.md with ``body``, followed by when and
+    where it was measured (``stamped=False``: the body as it is, for sections that say so
+    themselves)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"{start}\n{body.rstrip()}\n\n_Measured {stamp} on {machine()}._\n{end}"
+    if stamped:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        block = f"{start}\n{body.rstrip()}\n\n_Measured {stamp} on {machine()}._\n{end}"
+    else:
+        block = f"{start}\n{body}\n{end}"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
     if start in text and end in text:
         before, rest = text.split(start, 1)
