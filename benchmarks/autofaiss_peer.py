@@ -1,9 +1,9 @@
 """Run autofaiss on a .npy of vectors and report its choice, build time and peak memory.
 
 Runs INSIDE .venv-autofaiss (benchmarks/autofaiss_venv.sh): autofaiss needs numpy<2, the main
-environment numpy>=2, and the main environment never imports autofaiss. index_bench.py calls
-this as a subprocess on the same vectors our index is built from, then measures the index
-autofaiss wrote with the same search harness as ours.
+environment numpy>=2, and the main environment never imports autofaiss. index_bench (through
+index_builds.build_autofaiss) calls this as a subprocess on the same vectors our index is built
+from, then measures the index autofaiss wrote with the same search harness as ours.
 
     .venv-autofaiss/bin/python benchmarks/autofaiss_peer.py --embeddings DIR --out DIR
 """

@@ -10,6 +10,9 @@ autofaiss 2.18 in its own virtualenv on the same .npy, its index measured with t
 QPS figures are 1 / median single-query latency (faiss on one thread), so they are comparable
 across indexes and robust to a busy machine. Writes BENCHMARKS.md between
 ``<!-- index:start -->`` and ``<!-- index:end -->`` and benchmarks/plots/index_recall_qps.png.
+
+The parts: ``index_builds`` (cached vectors, builds in child processes), ``index_measure``
+(recall, QPS, knob sweeps), ``index_bench_report`` (the section, the plot); this module runs a set.
 """
 
 from __future__ import annotations
