@@ -10,55 +10,41 @@ counts one unit per image of a valid row plus one per rejected row, so that
 ``dead_lettered`` rejected rows plus unreadable images.
 
 Idempotent for its date: the day's dead letters are cleared first and the summary replaced.
+
+This module is the stage's face: its settings, its run and its result. It imports neither Beam
+nor TensorFlow (the CLI builds ``vsearch check-catalog --help`` from the settings and must answer
+at once); the Beam graph is ``pipelines/check_catalog_job.py``, imported when the stage runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import apache_beam as beam
+from core import images, paths, runs
+from core.runs import Counts, RunSummary
+from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 
-from core import catalog as cat
-from core import paths, runs
-from core.runs import METRICS_NAMESPACE, Counts, RunSummary
-from pipelines.settings import CheckCatalogSettings
-from pipelines.stage import run_pipeline
-from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
-from transforms.progress import LogProgress
-from transforms.read_catalog import ReadCatalog
-from transforms.read_images import MAIN_TAG, ReadImages
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 STAGE = "catalog"
 
 
-class _ImageRefsFn(beam.DoFn):
-    """A Listing -> one ImageRef per photo, or a Review -> its photo; counted as image_refs."""
-
-    def setup(self) -> None:
-        self._refs = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_refs")
-
-    def process(self, row: cat.Listing | cat.Review) -> Iterator[cat.ImageRef]:
-        refs = cat.listing_images(row) if isinstance(row, cat.Listing) else [cat.review_image(row)]
-        self._refs.inc(len(refs))
-        yield from refs
-
-
-def build(p: beam.Pipeline, settings: CheckCatalogSettings) -> None:
-    """The stage's pipeline graph on ``p`` (separate from running it, for tests and reuse)."""
-    snapshot = p | "ReadCatalog" >> ReadCatalog(
-        settings.catalog, settings.date, settings.allowed_buckets, stage=STAGE
+@dataclass(frozen=True)
+class CheckCatalogSettings:
+    catalog: str = field(metadata=CATALOG)
+    date: dt.date = field(metadata=DATE)
+    workdir: str = field(metadata=WORKDIR)
+    # Small is enough to prove an image decodes; the model's size would only cost time.
+    image_size: int = field(
+        default=96, metadata=doc("side in pixels each image is decoded and letterboxed to")
     )
-    refs = (snapshot["listings"], snapshot["reviews"]) | "Rows" >> beam.Flatten()
-    decoded = (
-        refs
-        | "ImageRefs" >> beam.ParDo(_ImageRefsFn())
-        | "ReadImages" >> ReadImages(STAGE, settings.image_size, settings.max_pixels)
-    )
-    _ = decoded[MAIN_TAG] | "Progress" >> LogProgress(STAGE, "images read")
-    _ = (
-        (snapshot[DEAD_LETTER_TAG], decoded[DEAD_LETTER_TAG])
-        | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters" >> WriteDeadLetters(settings.workdir, STAGE, settings.date)
+    allowed_buckets: tuple[str, ...] = field(default=(), metadata=ALLOWED_BUCKETS)
+    max_pixels: int = field(
+        default=images.DEFAULT_MAX_PIXELS,  # a 50 MP camera photo is fine, more is suspect
+        metadata=doc("refuse images whose header claims more pixels than this"),
     )
 
 
@@ -68,11 +54,14 @@ def run(
     test_pipeline: beam.Pipeline | None = None,
 ) -> Counts:
     """Run the stage for one date; writes its run summary and returns its counts."""
+    from pipelines import check_catalog_job
+    from pipelines.stage import run_pipeline
+
     job = run_pipeline(
         STAGE,
         settings.workdir,
         settings.date,
-        lambda p: build(p, settings),
+        lambda p: check_catalog_job.build(p, settings),
         pipeline_args,
         test_pipeline,
     )

@@ -6,11 +6,9 @@ help (``core.settings.doc``); the comment beside a default says why it is that v
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
-from core import images
-from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, DATE_STR, WORKDIR, doc
+from core.settings import ALLOWED_BUCKETS, CATALOG, DATE_STR, WORKDIR, doc
 
 # The model input size and the rare-class cut of models.features (tests/test_cli.py checks that
 # these equal features.DEFAULT_IMAGE_SIZE / DEFAULT_MIN_CLASS_COUNT; importing it needs TF).
@@ -18,20 +16,7 @@ MODEL_IMAGE_SIZE = 96
 MIN_CLASS_COUNT = 5
 
 
-@dataclass(frozen=True)
-class CheckCatalogSettings:
-    catalog: str = field(metadata=CATALOG)
-    date: dt.date = field(metadata=DATE)
-    workdir: str = field(metadata=WORKDIR)
-    # Small is enough to prove an image decodes; the model's size would only cost time.
-    image_size: int = field(
-        default=96, metadata=doc("side in pixels each image is decoded and letterboxed to")
-    )
-    allowed_buckets: tuple[str, ...] = field(default=(), metadata=ALLOWED_BUCKETS)
-    max_pixels: int = field(
-        default=images.DEFAULT_MAX_PIXELS,  # a 50 MP camera photo is fine, more is suspect
-        metadata=doc("refuse images whose header claims more pixels than this"),
-    )
+from pipelines.check_catalog import CheckCatalogSettings  # noqa: E402,F401  moved; the registry is updated by the lead
 
 
 @dataclass(frozen=True)
