@@ -39,8 +39,6 @@ from __future__ import annotations
 import math
 import re
 
-from index import refine
-
 HNSW_QUANTIZER_MIN_NLIST = 2048  # below this, comparing with every centroid costs little
 FLAT_MAX = 20_000  # below this an exact scan takes well under a millisecond per query
 HNSW_M = 32
@@ -158,6 +156,16 @@ def factory_kind(factory: str) -> str:
     )
 
 
+def check_on_disk_layout(factory: str) -> None:
+    """ValueError unless ``factory`` is a layout whose lists can live on disk (plain IVF)."""
+    kind = factory_kind(factory)
+    if kind not in ("ivf_flat", "ivf_pq") or "x4fs" in factory:
+        raise ValueError(
+            f"--on-disk needs a plain IVF layout (e.g. IVF4096,Flat or IVF4096,PQ32), not "
+            f"{factory}: HNSW graphs, fast-scan blocks and refine stores are not list files"
+        )
+
+
 def at_scale(factory: str, n: int) -> str:
     """The same IVF recipe sized for ``n`` vectors (its list count, and quantizer, recomputed)."""
     prefix = ivf_prefix(n, refined=factory_kind(factory) == "ivf_refine")
@@ -182,7 +190,9 @@ def fixed_search_params(factory: str) -> list[dict[str, int]]:
     layout's candidate factors (index/refine.py; tuning.tune keeps the fastest that reaches
     the target, or the first when it has no timings)."""
     if factory_kind(factory) == "ivf_refine":
-        return [{"k_factor": f} for f in refine.K_FACTORS]
+        from index.refine import K_FACTORS  # faiss: kept out of this module, which --help loads
+
+        return [{"k_factor": f} for f in K_FACTORS]
     return [{}]
 
 

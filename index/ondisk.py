@@ -24,20 +24,9 @@ from faiss.contrib.ondisk import merge_ondisk
 from core import storage
 from index import manifest as manifest_mod
 from index.checksums import local_shard, sha256_of_file
-from index.factory import factory_kind
 
 MERGED_INDEX = "merged.faiss"
 MERGED_LISTS = "merged.ivfdata"
-
-
-def check_layout(factory: str) -> None:
-    """ValueError unless ``factory`` is a layout whose lists can live on disk (plain IVF)."""
-    kind = factory_kind(factory)
-    if kind not in ("ivf_flat", "ivf_pq") or "x4fs" in factory:
-        raise ValueError(
-            f"--on-disk needs a plain IVF layout (e.g. IVF4096,Flat or IVF4096,PQ32), not "
-            f"{factory}: HNSW graphs, fast-scan blocks and refine stores are not list files"
-        )
 
 
 def merge_build(

@@ -8,7 +8,6 @@ the vector with row number i of shard N.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 from core import storage
 from index import manifest as manifest_mod
 from index import refine, shard_plan, training
-from index.source import BatchesFactory, batch_vectors, iter_database
+from index.source import batch_vectors
 
 ID_COLUMNS = ("listing_id", "image_uri", "image_index", "category_pred")
 
@@ -87,50 +86,6 @@ def write_shard(
     return manifest_mod.ShardEntry(
         name, h.hexdigest(), int(index.ntotal), ids_name, hashlib.sha256(data).hexdigest()
     )
-
-
-AddShards = Callable[[bytes, bytes, str, int], list[manifest_mod.ShardEntry]]
-
-
-def add_shards_in_process(batches_factory: BatchesFactory, one_per_pass: bool = False) -> AddShards:
-    """The single-process ``add_shards``: streams batches straight into per-shard indexes.
-
-    Memory: the indexes and their id maps, plus one batch (no grouping copy of the vectors).
-    ``one_per_pass`` (on-disk builds, larger than RAM) fills and writes one shard per pass over
-    the input instead, so memory holds one shard, at the cost of S reads of the input. Rows are
-    added in input order (the Beam path sorts each shard instead; both are deterministic for a
-    given input).
-    """
-
-    def run(
-        trained_bytes: bytes, pca_bytes: bytes, build_dir: str, num_shards: int
-    ) -> list[manifest_mod.ShardEntry]:
-        trained = training.index_from_bytes(trained_bytes)
-        pca = training.pca_from_bytes(pca_bytes)
-        groups = [[s] for s in range(num_shards)] if one_per_pass else [list(range(num_shards))]
-        entries = []
-        for group in groups:
-            indexes = {s: faiss.clone_index(trained) for s in group}
-            ids: dict[int, list[pa.Table]] = {s: [] for s in group}
-            for batch, vectors in iter_database(batches_factory):
-                if num_shards == 1:
-                    parts = [(0, batch, vectors)]
-                else:
-                    shard = shard_plan.shards_of(batch.column("listing_id").to_pylist(), num_shards)
-                    parts = [
-                        (int(s), batch.filter(pa.array(shard == s)), vectors[shard == s])
-                        for s in np.unique(shard)
-                        if int(s) in indexes
-                    ]
-                for s, rows, v in parts:
-                    add_rows(indexes[s], training.apply_pca(pca, v), s)
-                    ids[s].append(id_table(rows))
-            for s in group:
-                table = pa.concat_tables(ids.pop(s)) if ids[s] else EMPTY_IDS
-                entries.append(write_shard(build_dir, s, indexes.pop(s), table))
-        return entries
-
-    return run
 
 
 EMPTY_IDS = pa.schema(

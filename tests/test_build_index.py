@@ -179,7 +179,7 @@ def test_cli_flags_parse() -> None:
             "DirectRunner",
         ]
     )
-    assert settings.index.factory == "IVF64,PQ16" and settings.index.shard_files == 4
+    assert settings.index.factory == "IVF64,PQ16" and settings.index.shards == 4
     assert settings.index.memory_budget_bytes == 2 << 30 and settings.index.target_recall == 0.9
     assert beam_args == ["--runner", "DirectRunner"]
     with pytest.raises(ValueError, match="unsupported"):
