@@ -1,6 +1,6 @@
 """Merging IVF shards into one index whose inverted lists live in a file (faiss contrib.ondisk).
 
-At 10M+ vectors the in-memory merge the Searcher does at load (index/searcher.py) needs RAM for
+At 10M+ vectors the in-memory merge done at load (index/loaded_index.py) needs RAM for
 every code. Here the shards are memory-mapped and their lists streamed into one
 ``merged.ivfdata`` file (faiss ``OnDiskInvertedLists``); ``merged.faiss`` holds the quantizer and
 points at that file by name, so the pair can be moved together and served memory-mapped: resident

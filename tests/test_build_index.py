@@ -12,7 +12,8 @@ import pytest
 from benchmarks import embedding_tables, vectors
 from core import embeddings, paths, runs, storage
 from index import builder, manifest, publish, source
-from index.searcher import Searcher, ShardError
+from index.checksums import ShardError
+from index.searcher import Searcher
 from pipelines import build_index
 from vsearch import stages
 
@@ -314,7 +315,7 @@ def test_parallel_reads_spread_over_workers_and_join_the_snapshot_in_beam(  # ty
                 sorted(
                     (r["listing_id"], r["image_index"], r["image_uri"]) for r in sh.ids.to_pylist()
                 )
-                for sh in searcher._shards
+                for sh in searcher.loaded.shards
             ]
 
         got = ids(s)

@@ -10,8 +10,9 @@ import pytest
 
 from benchmarks import embedding_tables, vectors
 from index import builder, manifest, source
+from index.checksums import ShardError
 from index.recall import exact_topk, recall_at_k, row_keys
-from index.searcher import Searcher, ShardError
+from index.searcher import Searcher
 
 DIM = 32
 N = 6000  # 2,000 listings x 3 photos
@@ -191,7 +192,7 @@ def test_ivf_shards_merged_or_separate_give_the_same_answers(table, queries, tmp
         Searcher.from_manifest_uri(result.manifest_uri) as merged,
         Searcher.from_manifest_uri(result.manifest_uri, merge_ivf=False) as separate,
     ):
-        assert merged._merged is not None and separate._merged is None
+        assert merged.loaded.merged is not None and separate.loaded.merged is None
         for params in ({"nprobe": 1}, {"nprobe": 8}):
             a, b = merged.search_raw(queries, 10, params), separate.search_raw(queries, 10, params)
             np.testing.assert_allclose(a[0], b[0], atol=1e-5)

@@ -98,7 +98,7 @@ def test_refined_shards_of_64_code_blocks_merge_by_encoding_again(table, queries
         Searcher.from_manifest_uri(four.manifest_uri) as b,
         Searcher.from_manifest_uri(four.manifest_uri, merge_ivf=False) as c,
     ):
-        assert b._merged is not None and int(b._merged.bbs) == 64
+        assert b.loaded.merged is not None and int(b.loaded.merged.bbs) == 64
         ka, kb, kc = (s.search_keys(queries, 10, params) for s in (a, b, c))
         assert recall_at_k(kb, exact(table, queries)) >= 0.9
         assert (kb == kc).mean() > 0.99  # merged or shard by shard: the same answers
@@ -120,10 +120,10 @@ def test_auto_picks_the_refined_ivf_on_hard_data_and_8_shards_answer_as_1(
         Searcher.from_manifest_uri(eight.manifest_uri) as b,
         Searcher.from_manifest_uri(eight.manifest_uri, merge_ivf=False) as c,
     ):
-        assert b._merged is not None  # the 8 shards are searched as one merged index
+        assert b.loaded.merged is not None  # the 8 shards are searched as one merged index
         # re-ranked by faiss' own IndexRefine (one shard, or shards merged); apart: by ours
-        assert a._refine_index is not None and b._refine_index is not None
-        assert c._refine_index is None
+        assert a.loaded.refine_index is not None and b.loaded.refine_index is not None
+        assert c.loaded.refine_index is None
         ka, kb, kc = (s.search_keys(queries, 10, params) for s in (a, b, c))
         ra, rb = recall_at_k(ka, truth), recall_at_k(kb, truth)
         # Fresh queries from outside the database: the build tuned to 0.955 on held-out

@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks import embedding_tables, vectors
 from index import builder, manifest
-from index.searcher import Searcher, ShardError
+from index.checksums import ShardError
+from index.searcher import Searcher
 
 DIM = 32
 MODEL = "test-model"
