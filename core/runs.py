@@ -139,16 +139,6 @@ class Counts:
     def of(cls, summary: RunSummary) -> Counts:
         return cls(summary.read, summary.ok, summary.dead_lettered, summary.skipped, summary.wall_s)
 
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> Counts:
-        return cls(
-            int(summary["read"]),
-            int(summary["ok"]),
-            int(summary["dead_lettered"]),
-            int(summary.get("skipped", 0)),
-            float(summary.get("wall_s", 0.0)),
-        )
-
 
 def read_summary(
     workdir: str, stage: str, date: dt.date | str, candidate: str | None = None

@@ -60,6 +60,14 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
+# The stage registry (vsearch/registry.py, standard library only), which the CLI and a backfill
+# use too: beside the DAG files in a deployment (docs/deploy.md), else in this checkout.
+try:
+    from vsearch import registry
+except ImportError:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    from vsearch import registry
+
 import vsearch_gcp  # noqa: E402
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: E402
 from airflow.sdk import DAG, Param, task  # noqa: E402
@@ -123,7 +131,7 @@ DEFAULT_PARAMS = {
     # (machine type, accelerator, the GPU image). A null value removes an option, e.g.
     # {"setup_file": null, "requirements_file": null} when the image already holds the code.
     "embed_beam_options": Param({}, type="object"),
-    # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --image-size 224".
+    # Extra flags for `vsearch train`, e.g. "--backbone efficientnet_b0 --epochs 30".
     "train_args": Param(os.environ.get("VSEARCH_TRAIN_ARGS", ""), type="string"),
     # Extra flags for `vsearch gate`, e.g. "--margin 0.01 --tolerance 0.02".
     "gate_args": Param(os.environ.get("VSEARCH_GATE_ARGS", ""), type="string"),
@@ -252,13 +260,14 @@ def _embed_branch(workdir: str, date: str, gate: dict[str, object] | None = None
     """
     import datetime
 
+    from vsearch.registry import embed_task
     from vsearch.stages import read_result
 
     if gate is None:
         promoted = read_result("gate", workdir, datetime.date.fromisoformat(date)).promoted
     else:
         promoted = gate["promoted"]
-    return "embed_full" if promoted else "embed_incremental"
+    return embed_task(bool(promoted))
 
 
 if GCP is None:
@@ -271,6 +280,47 @@ else:
     # D has ended (00:00 UTC of D+1) and processes D (its logical date = data_interval_start).
     SCHEDULE = CronDataIntervalTimetable("@daily", timezone="UTC")
     MACROS = gcp.gcp_macros(GCP)
+
+# Local mode: non-Beam stages run in the pipeline's environment (ExternalPython), not Airflow's.
+IN_PIPELINE_ENV: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}
+
+
+def _limits(task_id: str) -> dict[str, Any]:
+    return {"task_id": task_id, "execution_timeout": TIMEOUTS[task_id], **IN_PIPELINE_ENV}
+
+
+def _stage_task(stage: registry.Stage, task_id: str, full: bool = False) -> Any:
+    """One stage's task, in this deployment's mode (call it inside the DAG)."""
+    if GCP is not None:
+        if stage.name in gcp.FLEX_STAGES:
+            flags = {"full": "true"} if full else {}
+            return gcp.beam_stage(GCP, task_id, stage.name, TIMEOUTS[task_id], **flags)
+        return gcp.vertex_stage(GCP, task_id, stage.name, TIMEOUTS[task_id])
+    if stage.beam:
+        return _beam_stage(task_id, stage.name, **({"full": True} if full else {}))
+    # Results flow as XComs (pulled by template, so a task marked done by hand, with no XCom,
+    # falls back to the stage's run summary); a Beam task returns none: its summary is read.
+    upstream = {
+        i.stage: "{{ ti.xcom_pull(task_ids='" + registry.STAGES[i.stage].task_id + "') }}"
+        for i in stage.inputs
+        if not registry.STAGES[i.stage].beam
+    }
+    run = task.external_python(**_limits(task_id))(_run_stage)
+    return run(stage=stage.name, upstream=upstream or None, **DAY)
+
+
+def _embed_branch_task() -> Any:
+    """The branch that picks the day's embed task from the gate's decision."""
+    gate_task = registry.STAGES["gate"].task_id
+    if GCP is not None:  # the gate ran in Vertex: its decision is read from its run summary
+        branch = task.branch(
+            task_id="promoted", retries=gcp.LIGHT_RETRIES, execution_timeout=TIMEOUTS["promoted"]
+        )(gcp.promoted_branch)
+        return branch(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
+    branch = task.branch_external_python(**_limits("promoted"))(_embed_branch)
+    pulled = "{{ ti.xcom_pull(task_ids='" + gate_task + "') }}"
+    return branch(workdir=DAY["workdir"], date=DAY["date"], gate=pulled)
+
 
 with DAG(
     dag_id="visual_search_daily",
@@ -294,62 +344,34 @@ with DAG(
     },
     tags=["visual-search"],
 ) as dag:
-    if GCP is None:
-        in_pipeline_env: dict[str, Any] = {"python": PIPELINE_PYTHON, "expect_airflow": False}
-
-        def _limits(task_id: str) -> dict[str, Any]:
-            return {"task_id": task_id, "execution_timeout": TIMEOUTS[task_id], **in_pipeline_env}
-
-        preprocess = _beam_stage("preprocess", "preprocess")
-        train = task.external_python(**_limits("train"))(_run_stage)
-        gate = task.external_python(**_limits("gate"))(_run_stage)
-        promoted = task.branch_external_python(**_limits("promoted"))(_embed_branch)
-        embed_full = _beam_stage("embed_full", "embed", full=True)
-        embed_incremental = _beam_stage("embed_incremental", "embed")
-        build_index = _beam_stage("build_index", "build-index")
-        # After whichever embed ran; the other one is skipped by the branch.
-        build_index.trigger_rule = "none_failed_min_one_success"
-        publish = task.external_python(**_limits("publish"))(_run_stage)
-
-        # Results flow as XComs: train's model version -> gate -> its decision -> the branch (pulled
-        # by template, so a task marked done by hand, with no XCom, falls back to its run summary).
-        # Publish reads build-index's manifest from its run summary (a Beam task returns no XCom).
-        trained = train(stage="train", **DAY)
-        decision = gate(
-            stage="gate", upstream={"train": "{{ ti.xcom_pull(task_ids='train') }}"}, **DAY
-        )
-        branch = promoted(
-            workdir=DAY["workdir"], date=DAY["date"], gate="{{ ti.xcom_pull(task_ids='gate') }}"
-        )
-        preprocess >> trained >> decision >> branch >> [embed_full, embed_incremental]
-        [embed_full, embed_incremental] >> build_index >> publish(stage="publish", **DAY)
-    else:
-        # Airflow only waits (sensor and triggers, in the triggerer) and reads two small JSON
-        # files; every stage runs from the project's image (dags/vsearch_gcp.py says where).
-        wait = gcp.catalog_sensor(GCP, timeout=dt.timedelta(hours=12))
-        preprocess = gcp.beam_stage(GCP, "preprocess", "preprocess", TIMEOUTS["preprocess"])
-        train = gcp.vertex_stage(GCP, "train", "train", TIMEOUTS["train"])
-        gate = gcp.vertex_stage(GCP, "gate", "gate", TIMEOUTS["gate"], gcp.LIGHT_RETRIES)
-        promoted = task.branch(
-            task_id="promoted", retries=gcp.LIGHT_RETRIES, execution_timeout=TIMEOUTS["promoted"]
-        )(gcp.promoted_branch)
-        embed_full = gcp.beam_stage(GCP, "embed_full", "embed", TIMEOUTS["embed_full"], full="true")
-        embed_incremental = gcp.beam_stage(
-            GCP, "embed_incremental", "embed", TIMEOUTS["embed_incremental"]
-        )
-        build_index = gcp.vertex_stage(GCP, "build_index", "build-index", TIMEOUTS["build_index"])
-        build_index.trigger_rule = "none_failed_min_one_success"
-        publish = gcp.vertex_stage(
-            GCP, "publish", "publish", TIMEOUTS["publish"], gcp.LIGHT_RETRIES
-        )
-
-        branch = promoted(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
-        wait >> preprocess >> train >> gate >> branch >> [embed_full, embed_incremental]
-        [embed_full, embed_incremental] >> build_index >> publish
-        if GCP.bigquery_table:  # the day's committed embeddings into its BigQuery partition
-            files = task(
-                task_id="embedding_files",
-                trigger_rule="none_failed_min_one_success",
-                retries=gcp.LIGHT_RETRIES,
-            )(gcp.embedding_files)(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
-            [embed_full, embed_incremental] >> files >> gcp.load_embeddings(GCP)
+    # One task per daily stage of the registry, in its order; embed is two tasks behind a branch
+    # on the gate's decision (registry.embed_task), and the stage after it runs after whichever
+    # ran. The mode picks each task's operator.
+    previous: Any = gcp.catalog_sensor(GCP, timeout=dt.timedelta(hours=12)) if GCP else None
+    embed_tasks: list[Any] = []
+    for name in registry.DAILY_STAGES:
+        stage = registry.STAGES[name]
+        if name == registry.BRANCHED_STAGE:
+            branch = _embed_branch_task()
+            embed_tasks = [
+                _stage_task(stage, registry.EMBED_FULL_TASK, full=True),
+                _stage_task(stage, registry.EMBED_INCREMENTAL_TASK),
+            ]
+            if previous is not None:
+                previous >> branch
+            branch >> embed_tasks
+            previous = embed_tasks
+            continue
+        current = _stage_task(stage, stage.task_id)
+        if isinstance(previous, list):  # after the embed branch: whichever embed ran
+            getattr(current, "operator", current).trigger_rule = "none_failed_min_one_success"
+        if previous is not None:
+            previous >> current
+        previous = current
+    if GCP is not None and GCP.bigquery_table:  # the day's committed embeddings into BigQuery
+        files = task(
+            task_id="embedding_files",
+            trigger_rule="none_failed_min_one_success",
+            retries=gcp.LIGHT_RETRIES,
+        )(gcp.embedding_files)(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
+        embed_tasks >> files >> gcp.load_embeddings(GCP)

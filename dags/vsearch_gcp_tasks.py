@@ -19,6 +19,8 @@ from airflow.providers.google.cloud.operators.vertex_ai.custom_job import Create
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
 from vsearch_gcp import GcpSettings
 
+from vsearch import registry  # the DAG file puts it on the path (dags/visual_search_daily.py)
+
 # Dataflow retries a failed work item itself (4 times in batch); a task retry relaunches the
 # whole job, so once is enough. Heavy Vertex jobs (train, build-index): once; a retried train
 # resumes from its last epoch's checkpoint.
@@ -48,8 +50,9 @@ def gcp_macros(s: GcpSettings) -> dict[str, Callable[..., Any]]:
     def vertex_job(task_id: str, stage: str, params: Mapping[str, Any], date: str) -> dict:
         flags = {"train": params["train_args"], "gate": params["gate_args"]}.get(stage, "")
         args = vsearch_gcp.backfill_args(stage, params["catalog"], params["workdir"], date, flags)
-        kind = "train" if stage == "train" else "driver" if stage in BEAM_STAGES else "light"
-        if task_id == "embed_full":
+        beam = registry.STAGES[stage].beam
+        kind = "train" if stage == "train" else "driver" if beam else "light"
+        if task_id == registry.EMBED_FULL_TASK:
             args.append("--full")  # backfill's: re-embed every image (a promoted model)
         if kind == "driver":  # the stage's own process here, its Beam jobs on Dataflow
             args += vsearch_gcp.dataflow_args(s, task_id, date)
@@ -79,7 +82,12 @@ def gcp_macros(s: GcpSettings) -> dict[str, Callable[..., Any]]:
 
 
 DATE = "{{ run_date(params, dag_run) }}"
-BEAM_STAGES = ("preprocess", "embed", "build-index")
+# The Beam stages launched as Dataflow Flex Templates (as beam_launch says). build-index is a
+# Beam stage too, but its driver trains the quantizer on a sample: it runs as a Vertex job
+# ("driver" machine) that launches its Beam jobs on Dataflow.
+FLEX_STAGES = ("preprocess", "embed")
+# Heavy Vertex jobs retry once (a retried train resumes from its checkpoint); light ones more.
+STAGE_RETRIES = {"gate": LIGHT_RETRIES, "publish": LIGHT_RETRIES}
 VERTEX_TIMEOUTS: dict[str, dt.timedelta] = {}  # filled by vertex_stage: the task's own timeout
 
 
@@ -134,11 +142,13 @@ def beam_stage(
 
 
 def vertex_stage(
-    s: GcpSettings, task_id: str, stage: str, timeout: dt.timedelta, retries: int = VERTEX_RETRIES
+    s: GcpSettings, task_id: str, stage: str, timeout: dt.timedelta, retries: int | None = None
 ) -> CreateCustomJobOperator:
     """A stage as a Vertex AI custom job from the image (`vsearch backfill --stages STAGE`); a
     killed task cancels the job (the operator's on_kill)."""
     VERTEX_TIMEOUTS[task_id] = timeout
+    if retries is None:
+        retries = STAGE_RETRIES.get(stage, VERTEX_RETRIES)
     return CreateCustomJobOperator(
         task_id=task_id,
         custom_job="{{ vertex_job(task.task_id, '"  # type: ignore[arg-type]
@@ -182,7 +192,7 @@ def promoted_branch(conn_id: str, workdir: str, date: str) -> str:
     """embed_full when the day's gate promoted a model (its run summary says so), else
     embed_incremental: the gate ran in Vertex, so its decision is read from its summary."""
     summary = read_gcs_json(conn_id, f"{workdir.rstrip('/')}/runs/dt={date}/gate.json")
-    return "embed_full" if summary["extra"]["promoted"] else "embed_incremental"
+    return registry.embed_task(bool(summary["extra"]["promoted"]))  # the field of GateDecision
 
 
 def embedding_files(conn_id: str, workdir: str, date: str) -> list[str]:

@@ -24,9 +24,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -74,11 +72,6 @@ class PublishResult:
     manifest_uri: str  # what indexes/CURRENT points at now
     previous: str | None  # the manifest CURRENT pointed at before
     removed_builds: tuple[str, ...]  # build directories deleted by retention
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> PublishResult:
-        e = summary["extra"]
-        return cls(str(e["manifest_uri"]), e.get("previous"), tuple(e.get("removed_builds", ())))
 
 
 def indexes_root(workdir: str) -> str:

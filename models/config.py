@@ -23,8 +23,9 @@ class TrainConfig:
     # A small plain CNN trains from scratch in minutes on 2 CPU cores and meets the quality bar on
     # the generated catalog; mobilenet_v3_small / efficientnet_b0 / resnet50 are for real data/GPUs.
     backbone: str = field(default="small_cnn", metadata=doc("the image network", choices=BACKBONES))
-    # Must equal the preprocess stage's --image-size (checked against the transformed data).
-    image_size: int = field(default=96, metadata=doc("input side in pixels (= preprocess's)"))
+    # The input side in pixels is the preprocessed images' (`vsearch preprocess --image-size`):
+    # train reads it from preprocess's output, so it is set in one place. 0 = not read yet.
+    image_size: int = field(default=0, metadata={"cli": False})
     # DESIGN.md: D=256 float32 is what the index and the embeddings Parquet are sized for.
     embedding_dim: int = field(default=256, metadata=doc("embedding size D"))
     # Measured on the 2,000-listing catalog (BENCHMARKS.md, ablation): whole-index review
@@ -125,9 +126,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.embedding_dim < 2 or self.image_size < 32 or self.epochs < 1 or self.batch_size < 2:
+        if self.embedding_dim < 2 or self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("embedding_dim >= 2, epochs >= 1 and batch_size >= 2 are required")
+        if self.image_size != 0 and self.image_size < 32:
             raise ValueError(
-                "embedding_dim >= 2, image_size >= 32, epochs >= 1 and batch_size >= 2 are required"
+                f"image_size must be >= 32 (or 0: preprocess's), got {self.image_size}"
             )
         from models.features import LABEL_KEYS  # here, not above: --help must not load TensorFlow
 

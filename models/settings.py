@@ -8,7 +8,6 @@ is the train stage's settings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +56,6 @@ class TrainResult:
     version: str  # the candidate the gate measures next
     metrics: dict[str, Any]  # best epoch's eval metrics
     model_dir: str
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> TrainResult:
-        extra = summary["extra"]
-        return cls(str(extra["version"]), dict(extra["metrics"]), str(extra["model_dir"]))
 
 
 @dataclass(frozen=True)
@@ -127,17 +121,3 @@ class GateDecision:
     eval_date: str = ""
     # A first model's same-run baselines, measured on the same images: name -> metrics.
     baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> GateDecision:
-        e = summary["extra"]
-        return cls(
-            bool(e["promoted"]),
-            str(e["candidate"]),
-            e.get("published"),
-            tuple(e.get("reasons", ())),
-            dict(e.get("candidate_metrics", {})),
-            dict(e.get("published_metrics", {})),
-            str(e.get("eval_date", summary.get("date", ""))),
-            dict(e.get("baseline_metrics", {})),
-        )

@@ -6,6 +6,7 @@ with the same code. The retrieval test runs after every epoch and picks the expo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict
@@ -31,6 +32,19 @@ def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
     use_mp = config.mixed_precision == "on" or (config.mixed_precision == "auto" and bool(gpus))
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
     return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+
+
+def with_input_size(config: TrainConfig, tft_output: tft.TFTransformOutput) -> TrainConfig:
+    """The config with the preprocessed images' side as the model's input size (set once, by
+    preprocess); a config that names another size is refused."""
+    shape = tuple(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
+    if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
+        raise ValueError(f"the preprocessed images are {shape}, not square RGB")
+    if config.image_size not in (0, shape[0]):
+        raise ValueError(
+            f"image_size {config.image_size} does not match the preprocessed images {shape}"
+        )
+    return dataclasses.replace(config, image_size=int(shape[0]))
 
 
 def model_version(config: TrainConfig, data_fingerprint: str) -> str:
@@ -90,11 +104,7 @@ def run(config: TrainConfig) -> TrainResult:
     with runs.stopwatch() as clock:
         keras.utils.set_random_seed(config.seed)
         tft_output = tft.TFTransformOutput(paths.transformed_dir(config.workdir, config.date))
-        shape = tft_output.transformed_feature_spec()[IMAGE_KEY].shape
-        if tuple(shape) != (config.image_size, config.image_size, 3):
-            raise ValueError(
-                f"--image-size {config.image_size} does not match the preprocessed images {tuple(shape)}"
-            )
+        config = with_input_size(config, tft_output)
         train_files = dataset.split_files(config.workdir, config.date, dataset.TRAIN)
         eval_files = dataset.split_files(config.workdir, config.date, dataset.EVAL)
         all_listings, reviewed, n_train = dataset.scan_train(train_files, tft_output)

@@ -45,8 +45,8 @@ def gcs_bucket(gcs_server: str) -> str:
 TINY_IMAGE_SIZE = 64
 TINY_STAGE_FLAGS: dict[str, tuple[str, ...]] = {
     "preprocess": ("--image-size", str(TINY_IMAGE_SIZE)),
-    "train": ("--epochs", "1", "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "32")
-    + ("--localiser-steps", "20"),
+    # Train reads the image size from preprocess's output.
+    "train": ("--epochs", "1", "--batch-size", "32", "--localiser-steps", "20"),
     # A one-epoch model on 40 listings is not clearly better than the same-run baselines: let
     # the first model through (the gate's own tests judge real models against the baselines).
     "gate": ("--no-beat-baselines",),

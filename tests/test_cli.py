@@ -260,25 +260,52 @@ def test_settings_dataclasses_are_frozen() -> None:
 
 
 def test_results_round_trip_through_summaries_and_xcoms() -> None:
-    """What a resumed backfill and the DAG's XComs read back is the result the stage returned."""
+    """What a resumed backfill and the DAG's XComs read back is the result the stage returned,
+    through one codec for every stage (core.results)."""
+    from core import results
     from models.settings import GateDecision, TrainResult
     from pipelines.embed import EmbedResult
 
     train = TrainResult("20260101-abc", {"review_recall_at_10": 0.9}, "/w/models/20260101-abc")
-    gate = GateDecision(True, train.version, None, ("first model", "floors ok"), {"x": 1.0})
+    gate = GateDecision(
+        True, train.version, None, ("first model", "floors ok"), {"x": 1.0}, eval_date="2026-01-01"
+    )
     for name, result in (("train", train), ("gate", gate)):
         assert stages.result_from_json(name, stages.result_to_json(result)) == result
-        summary = {"date": "2026-01-01", "extra": dataclasses.asdict(result)}
-        assert stages.load(stages.STAGES[name].result).from_summary(summary) == result
+        summary = {"stage": name, "date": "2026-01-01", "extra": dataclasses.asdict(result)}
+        assert results.from_summary(stages.load(stages.STAGES[name].result), summary) == result
     summary = {"read": 5, "ok": 3, "dead_lettered": 1, "skipped": 1, "wall_s": 2.0}
-    embed = EmbedResult.from_summary({**summary, "extra": {"model_version": "v", "full": True}})
+    embed = results.from_summary(
+        EmbedResult, {**summary, "extra": {"model_version": "v", "full": True}}
+    )
     assert (embed.ok, embed.skipped, embed.model_version, embed.full) == (3, 1, "v", True)
+    with pytest.raises(KeyError, match="has no 'version'"):
+        results.from_summary(TrainResult, {"stage": "train", "extra": {}})
 
-    day = stages.DayRun("cat", "/w", dt.date(2026, 1, 1), full=False)
-    assert stages.stage_argv("gate", day, {"train": train})[-2:] == ["--candidate", train.version]
-    assert "--full" in stages.stage_argv("embed", day, {"gate": gate})
+
+def test_each_stage_takes_earlier_results_as_typed_settings() -> None:
+    """The registry's hand-offs: gate measures train's version, embed re-embeds everything after
+    a promotion (or when asked), publish flips to build-index's manifest; the day's fields are
+    typed values, and a user's extra flags for a stage still parse."""
+    from models.settings import GateDecision, TrainResult
+    from pipelines.build_index import BuildIndexResult
+
+    day = stages.DayRun("cat", "/w", dt.date(2026, 1, 1), stage_args={"gate": ("--margin", "0.1")})
+    train = TrainResult("20260101-abc", {}, "/w/models/20260101-abc")
+    gate = GateDecision(True, train.version, None, ())
+    settings, _ = stages.settings_for("gate", day, {"train": train})
+    assert (settings.candidate, settings.workdir, settings.margin) == (train.version, "/w", 0.1)
+    embed, _ = stages.settings_for("embed", day, {"gate": gate})
+    assert embed.full and embed.date == day.date and embed.catalog == "cat"
     not_promoted = dataclasses.replace(gate, promoted=False)
-    assert "--full" not in stages.stage_argv("embed", day, {"gate": not_promoted})
+    assert not stages.settings_for("embed", day, {"gate": not_promoted})[0].full
+    forced = dataclasses.replace(day, full=True)
+    assert stages.settings_for("embed", forced, {"gate": not_promoted})[0].full
+    built = BuildIndexResult("/w/indexes/v/b/manifest.json", "v", "b", 0.9, 10)
+    publish, _ = stages.settings_for("publish", day, {"build-index": built})
+    assert publish.manifest == built.manifest_uri
+    preprocess, _ = stages.settings_for("preprocess", day, {})
+    assert preprocess.date == "2026-01-01"  # a str field gets the ISO date
 
 
 def test_demo_refuses_a_catalog_too_small_to_train(tmp_path: Path) -> None:

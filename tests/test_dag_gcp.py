@@ -696,3 +696,57 @@ def test_gcp_vertex_drivers_for_preprocess_and_embed(rendered_drivers: dict[str,
         )
         accel = "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
         assert any(a.startswith(accel) for a in pipeline_args) == gpu
+
+
+def test_composer_dags_folder_parses_with_only_the_files_deploy_md_copies(tmp_path: Path) -> None:
+    """On Composer nothing of the project is installed: the DAG folder holds the DAG files and
+    the stage registry (docs/deploy.md), and the DAG parses from that alone, its tasks the
+    registry's daily stages."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.test_dag import AIRFLOW_PYTHON
+    from vsearch import registry
+
+    folder = tmp_path / "dags"
+    (folder / "vsearch").mkdir(parents=True)
+    for name in ("visual_search_daily.py", "vsearch_gcp.py", "vsearch_gcp_tasks.py"):
+        shutil.copy(REPO / "dags" / name, folder / name)
+    shutil.copy(REPO / "dags" / ".airflowignore", folder / ".airflowignore")
+    for name in ("__init__.py", "registry.py"):
+        shutil.copy(REPO / "vsearch" / name, folder / "vsearch" / name)
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(folder)!r})\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "                  'dags': sorted(bag.dags),\n"
+        "                  'tasks': sorted(bag.dags['visual_search_daily'].task_ids)\n"
+        "                  if 'visual_search_daily' in bag.dags else []}))\n"
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+        "VSEARCH_MODE": "gcp",
+        "VSEARCH_GCP": json.dumps(GCP),
+    }
+    out = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", code],
+        env=env,
+        cwd=tmp_path,  # not the checkout: nothing of the project is importable but the copies
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["errors"] == {} and found["dags"] == ["visual_search_daily"], found
+    stage_tasks = {registry.STAGES[n].task_id for n in registry.DAILY_STAGES} - {"embed"}
+    assert stage_tasks | {registry.EMBED_FULL_TASK, registry.EMBED_INCREMENTAL_TASK} <= set(
+        found["tasks"]
+    )

@@ -26,7 +26,7 @@ import datetime as dt
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from core.settings import parse_date
@@ -217,8 +217,19 @@ class Command:
             extra(self.parser)
         self.parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
 
-    def parse(self, argv: Sequence[str]) -> tuple[Any, list[str], argparse.Namespace]:
-        """-> (settings, Beam pipeline args, the raw namespace for command-only flags)."""
+    def parse(
+        self, argv: Sequence[str], given: Mapping[str, Any] | None = None
+    ) -> tuple[Any, list[str], argparse.Namespace]:
+        """-> (settings, Beam pipeline args, the raw namespace for command-only flags).
+
+        ``given``: typed values of top-level fields that a caller already has (a backfill's
+        date, an earlier stage's result); their flags become optional and a flag given in
+        ``argv`` still wins.
+        """
+        for action in self.parser._actions:
+            if given and action.dest in given:
+                action.required = False
+                action.default = given[action.dest]
         ns, rest = self.parser.parse_known_args(list(argv))
         if rest and not self.beam:
             self.parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,19 +1,18 @@
-"""The stage registry, and running the daily stages for one date (backfill, the demo, the DAG).
+"""Running the daily stages for one date: a backfill, the demo and the DAG's tasks.
 
-Every stage is ``run(settings) -> Result`` (Beam stages also take Beam pipeline args): a frozen
-settings dataclass in, a typed result out. ``run_day`` hands each result to the next stage: the
-gate measures train's ``TrainResult.version``, embed re-embeds everything (``--full``) when the
-gate's ``GateDecision.promoted``, publish flips CURRENT to build-index's
-``BuildIndexResult.manifest_uri``. Settings are parsed from the same flags a user would type
-(``vsearch.flags``), so a backfill, a DAG task and a hand-typed command do the same thing.
+The stages, their order and their hand-offs are the registry's (``vsearch.registry``). Each
+stage's settings are built from typed values, never from another stage's output turned back into
+flags: the day's fields (catalog, workdir, date) and, per the registry's ``inputs``, fields of
+earlier stages' results (the gate measures train's ``TrainResult.version``). A user's extra flags
+for a stage (``DayRun.stage_args``) are parsed by the same command line a user would type.
 
 Each stage writes its run summary (the health record) and, last, its completion marker
 (``runs/dt=D/STAGE.done``) itself. ``run_day`` skips a stage whose marker exists and reads the
-result a later stage needs back from its run summary (``Result.from_summary``), which is how a
-backfill resumes after a failure, in another process or on another machine. Both are
+result a later stage needs back from its run summary (``core.results.from_summary``), which is
+how a backfill resumes after a failure, in another process or on another machine. Both are
 production's: a run for a candidate model (``--model V`` other than the published one) is
-recorded apart (``core.runs``), so it never marks the day's stage done nor hands its
-result (a candidate's index, say) to the next stage.
+recorded apart (``core.runs``), so it never marks the day's stage done nor hands its result (a
+candidate's index, say) to the next stage.
 """
 
 from __future__ import annotations
@@ -21,99 +20,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
-import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import runs, storage
+from core import results, runs, storage
 from vsearch import flags
+from vsearch.registry import DAILY_STAGES, STAGES, Stage, embed_is_full
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    help: str
-    settings: str  # "module:Class", a light module: --help must not load TensorFlow
-    run: str  # "module:function": run(settings[, pipeline_args]) -> result
-    result: str  # "module:Class" with from_summary(run summary) -> result
-    beam: bool  # a Beam job: takes Beam pipeline options
-    record: str = ""  # name of its run summary and completion marker (default: name)
-
-    @property
-    def record_name(self) -> str:
-        return self.record or self.name
-
-
-_COUNTS = "core.runs:Counts"
-# Registry order = pipeline order.
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage(
-            "check-catalog",
-            "Beam: validate a day's snapshot and read every image safely; dead-letter the bad ones",
-            "pipelines.settings:CheckCatalogSettings",
-            "pipelines.check_catalog:run",
-            _COUNTS,
-            beam=True,
-            record="catalog",
-        ),
-        Stage(
-            "preprocess",
-            "Beam + TF Transform: decode, normalise, build label vocabularies, split train/eval",
-            "pipelines.settings:PreprocessSettings",
-            "pipelines.preprocess:run",
-            _COUNTS,
-            beam=True,
-        ),
-        Stage(
-            "train",
-            "train the multitask embedding model and export a raw-bytes SavedModel",
-            "models.config:TrainConfig",
-            "models.train:run",
-            "models.settings:TrainResult",
-            beam=False,
-        ),
-        Stage(
-            "gate",
-            "promote the candidate model (flip models/PUBLISHED) if it is good enough",
-            "models.settings:GateSettings",
-            "models.gate:run",
-            "models.settings:GateDecision",
-            beam=False,
-        ),
-        Stage(
-            "embed",
-            "Beam RunInference: embed new or changed images, write Parquet (incremental by default)",
-            "pipelines.settings:EmbedSettings",
-            "pipelines.embed:run",
-            "pipelines.settings:EmbedResult",
-            beam=True,
-        ),
-        Stage(
-            "build-index",
-            "Beam + faiss: train PCA + index once, add per shard, validate recall, write a manifest",
-            "pipelines.build_index:BuildIndexSettings",
-            "pipelines.build_index:run",  # build, then the no-match calibration
-            "pipelines.build_index:BuildIndexResult",
-            beam=True,
-        ),
-        Stage(
-            "publish",
-            "flip indexes/CURRENT to a validated manifest (compare-and-swap)",
-            "index.publish:PublishSettings",
-            "index.publish:run",
-            "index.publish:PublishResult",
-            beam=False,
-        ),
-    )
-}
-
-# The daily order (DESIGN.md). check-catalog is optional: preprocess and embed dead-letter bad
-# inputs themselves, so the daily run does not pay for reading every image one more time.
-DAILY_STAGES: tuple[str, ...] = ("preprocess", "train", "gate", "embed", "build-index", "publish")
+__all__ = ["DAILY_STAGES", "STAGES", "DayRun", "Stage", "StageFailed", "run_day", "run_one"]
 
 
 class StageFailed(RuntimeError):
@@ -144,39 +60,6 @@ def is_done(workdir: str, name: str, date: dt.date) -> bool:
     return runs.is_done(workdir, STAGES[name].record_name, date)
 
 
-def read_result(name: str, workdir: str, date: dt.date) -> Any:
-    """The result production's run of a finished stage returned, read back from its summary."""
-    stage = STAGES[name]
-    try:
-        summary = runs.read_summary(workdir, stage.record_name, date)
-    except storage.StorageError as e:
-        raise StageFailed(f"{name} has no run summary for {date}; run it first ({e})") from e
-    return load(stage.result).from_summary(summary)
-
-
-def result_to_json(result: Any) -> dict[str, Any]:
-    """A stage's result as plain JSON values (an Airflow XCom, a log line)."""
-    return dict(json.loads(json.dumps(dataclasses.asdict(result), default=str)))
-
-
-def result_from_json(name: str, value: Mapping[str, Any]) -> Any:
-    """The typed result of stage ``name`` back from ``result_to_json``."""
-    return _from_json(load(STAGES[name].result), value)
-
-
-def _from_json(cls: Any, value: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        v, tp = value[f.name], hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            v = _from_json(tp, v)
-        elif typing.get_origin(tp) is tuple:
-            v = tuple(v)
-        kwargs[f.name] = v
-    return cls(**kwargs)
-
-
 @dataclass(frozen=True)
 class DayRun:
     """What to run for one date. ``pipeline_args`` go to every Beam stage (runner options)."""
@@ -190,34 +73,6 @@ class DayRun:
     stage_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def stage_argv(name: str, day: DayRun, results: Mapping[str, Any]) -> list[str]:
-    """The flags of one stage on one date (what a user would type), from earlier results."""
-    d = day.date.isoformat()
-    argv = ["--workdir", day.workdir]
-    if name in ("check-catalog", "preprocess", "embed", "build-index"):
-        argv += ["--catalog", day.catalog, "--date", d]
-    elif name == "train":
-        argv += ["--date", d]
-    elif name == "gate":  # its date is the candidate's
-        argv += ["--candidate", _result("train", day, results).version]
-    elif name == "publish":
-        argv += ["--manifest", _result("build-index", day, results).manifest_uri, "--date", d]
-    if name == "embed" and (day.full or _promoted(day, results)):
-        argv.append("--full")
-    return argv + list(day.stage_args.get(name, ()))
-
-
-def _result(name: str, day: DayRun, results: Mapping[str, Any]) -> Any:
-    return results[name] if name in results else read_result(name, day.workdir, day.date)
-
-
-def _promoted(day: DayRun, results: Mapping[str, Any]) -> bool:
-    """True when the gate promoted a new model that day: its embeddings start from scratch."""
-    if "gate" not in results and not is_done(day.workdir, "gate", day.date):
-        return False
-    return bool(_result("gate", day, results).promoted)
-
-
 def run_day(
     day: DayRun,
     stages: Sequence[str] = DAILY_STAGES,
@@ -225,27 +80,79 @@ def run_day(
     on_event: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run ``stages`` in order for one date; returns the results of the stages that ran."""
-    results: dict[str, Any] = {}
+    done: dict[str, Any] = {}
     for name in stages:
         if skip_done and is_done(day.workdir, name, day.date):
             on_event(f"[{day.date}] {name}: already complete, skipped")
             continue
         on_event(f"[{day.date}] {name}: running")
         with runs.stopwatch() as t:
-            results[name] = run_one(name, day, results)
+            done[name] = run_one(name, day, done)
         on_event(f"[{day.date}] {name}: done in {t['s']:.1f}s")
-    return results
+    return done
 
 
-def run_one(name: str, day: DayRun, results: Mapping[str, Any] | None = None) -> Any:
-    """One stage for one date, its inputs from ``results`` or the earlier stages' summaries."""
+def run_one(name: str, day: DayRun, earlier: Mapping[str, Any] | None = None) -> Any:
+    """One stage for one date, its inputs from ``earlier`` results or their run summaries."""
     try:
-        argv = stage_argv(name, day, results or {})
-        if STAGES[name].beam:
-            argv += list(day.pipeline_args)
-        settings, pipeline_args, _ = command(name).parse(argv)
+        settings, pipeline_args = settings_for(name, day, earlier or {})
         return run_stage(name, settings, pipeline_args)
     except StageFailed:
         raise
     except Exception as e:
         raise StageFailed(f"{name} failed for {day.date}: {type(e).__name__}: {e}") from e
+
+
+def settings_for(name: str, day: DayRun, earlier: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """The settings of stage ``name`` on ``day`` (and its Beam pipeline args): the day's fields
+    and the registry's inputs from earlier results, then the user's extra flags for the stage."""
+    stage = STAGES[name]
+    cls = load(stage.settings)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    given: dict[str, Any] = {}
+    day_fields = {"catalog": day.catalog, "workdir": day.workdir, "date": day.date}
+    if hints.get("date") is str:  # a field typed str holds the ISO date
+        day_fields["date"] = day.date.isoformat()
+    given.update({k: v for k, v in day_fields.items() if k in names})
+    for i in stage.inputs:
+        result = result_of(i.stage, day, earlier, optional=i.optional)
+        if result is not None:
+            given[i.field] = getattr(result, i.result_field)
+    if name == "embed":
+        given["full"] = embed_is_full(bool(given.get("full", False)), day.full)
+    argv = list(day.stage_args.get(name, ()))
+    if stage.beam:
+        argv += list(day.pipeline_args)
+    settings, pipeline_args, _ = command(name).parse(argv, given)
+    return settings, pipeline_args
+
+
+def result_of(name: str, day: DayRun, earlier: Mapping[str, Any], optional: bool = False) -> Any:
+    """Stage ``name``'s result for the day: from ``earlier`` or production's run summary.
+    ``optional``: None when the stage did not complete that day."""
+    if name in earlier:
+        return earlier[name]
+    if optional and not is_done(day.workdir, name, day.date):
+        return None
+    return read_result(name, day.workdir, day.date)
+
+
+def read_result(name: str, workdir: str, date: dt.date) -> Any:
+    """The result production's run of a finished stage returned, read back from its summary."""
+    stage = STAGES[name]
+    try:
+        summary = runs.read_summary(workdir, stage.record_name, date)
+    except storage.StorageError as e:
+        raise StageFailed(f"{name} has no run summary for {date}; run it first ({e})") from e
+    return results.from_summary(load(stage.result), summary)
+
+
+def result_to_json(result: Any) -> dict[str, Any]:
+    """A stage's result as plain JSON values (an Airflow XCom, a log line)."""
+    return results.to_json(result)
+
+
+def result_from_json(name: str, value: Mapping[str, Any]) -> Any:
+    """The typed result of stage ``name`` back from ``result_to_json``."""
+    return results.from_json(load(STAGES[name].result), value)
