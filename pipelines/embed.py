@@ -145,7 +145,7 @@ def run(
         )
     commit_day(staging, s.workdir, model.version, s.date, plan.basis)
     runs.complete(s.workdir, summary)
-    return EmbedResult(**vars(runs.Counts.of(summary)), model_version=model.version, full=s.full)
+    return EmbedResult(**vars(Counts.of(summary)), model_version=model.version, full=s.full)
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
