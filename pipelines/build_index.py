@@ -23,11 +23,11 @@ job fails and no manifest is written, so nothing can be published.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core import paths, runs, storage
+from core import paths, results, runs, storage
+from core.results import SUMMARY_KEY
 from core.runs import RunSummary
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 from index.build_settings import IndexSettings
@@ -68,22 +68,12 @@ class BuildIndexSettings:
 
 @dataclass(frozen=True)
 class BuildIndexResult:
-    manifest_uri: str  # validated, not yet published: publish flips indexes/CURRENT to it
+    # Its run summary names the manifest "manifest" and counts the vectors as "ok".
+    manifest_uri: str = field(metadata={SUMMARY_KEY: "manifest"})  # publish flips CURRENT to it
     model_version: str
     build_id: str
     recall_at_10: float
-    ntotal: int
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> BuildIndexResult:
-        extra = summary["extra"]
-        return cls(
-            str(extra["manifest"]),
-            str(extra["model_version"]),
-            str(extra["build_id"]),
-            float(extra["recall_at_10"]),
-            int(summary["ok"]),
-        )
+    ntotal: int = field(metadata={SUMMARY_KEY: "ok"})
 
 
 def review_photo_queries(workdir: str, version: str, reviews: list[Review]) -> np.ndarray | None:
@@ -193,4 +183,4 @@ def run(
     )
     runs.complete(settings.workdir, summary)
     print(f"index manifest: {result.manifest_uri}")
-    return BuildIndexResult.from_summary(summary.to_json())
+    return results.from_summary(BuildIndexResult, summary.to_json())
