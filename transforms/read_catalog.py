@@ -136,13 +136,10 @@ class ReadCatalog(beam.PTransform):
                 )
             empty = pbegin | "NoReviews" >> beam.Create([])
             return {ROWS: empty, DEAD_LETTER_TAG: empty, _INVALID_IDS: empty}
-        name = table_name.capitalize()
-        raw = pbegin | f"Read{name}" >> ReadTableRows(table, self._stage, self._split)
-        checked = raw[ROWS] | f"Check{name}" >> beam.ParDo(
-            _CheckRowsFn(table, self._catalog, self._allowed, self._stage)
-        ).with_outputs(DEAD_LETTER_TAG, _INVALID_IDS, main=ROWS)
-        dead = (raw[DEAD_LETTER_TAG], checked[DEAD_LETTER_TAG]) | f"Dead{name}" >> beam.Flatten()
-        return {ROWS: checked[ROWS], DEAD_LETTER_TAG: dead, _INVALID_IDS: checked[_INVALID_IDS]}
+        check = _CheckRowsFn(table, self._catalog, self._allowed, self._stage)
+        return pbegin | f"Read{table_name.capitalize()}" >> ReadTableRows(
+            table, self._stage, check, (_INVALID_IDS,), self._split
+        )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         listings = self._parsed(pbegin, LISTINGS)

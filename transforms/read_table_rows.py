@@ -11,15 +11,18 @@ unusable as a whole fails before any worker starts (``CatalogError``). Then:
   line that is no JSON object becomes a dead letter naming its line number in the file (each
   range counts its lines, and a bad line is numbered from those counts).
 
-Rows come out as dicts, as ``core.snapshot.check_row`` takes them. Counters (namespace
-"vsearch"): ``{table}_split_readers`` (Parquet), ``rows_rejected`` (bad JSONL lines).
+Each row, a dict, goes to the reader's own DoFn (``ReadCatalog``'s runs
+``core.snapshot.check_row``) *inside* the reading step: a JSON row may hold a lone surrogate,
+which no Beam coder can encode, so it must not cross a step boundary before it is checked.
+Counters (namespace "vsearch"): ``{table}_split_readers`` (Parquet), ``rows_rejected`` (bad
+JSONL lines).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -110,15 +113,17 @@ def line_ranges(uri: str, split_bytes: int) -> list[tuple[int, int]]:
 
 
 class _ReadLineRangeFn(beam.DoFn):
-    """A byte range of a JSON Lines file -> its JSON objects; ``_BAD_LINES`` (range start, index
-    in range, reason) for a line that is not one, and ``_LINE_COUNTS`` (range start, lines in
-    range) to number them. Read as bytes: a line that is not UTF-8 is one bad line, not a failed
-    read."""
+    """A byte range of a JSON Lines file -> ``rows``' outputs for each JSON object in it;
+    ``_BAD_LINES`` (range start, index in range, reason) for a line that is not one, and
+    ``_LINE_COUNTS`` (range start, lines in range) to number them. Read as bytes: a line that is
+    not UTF-8 is one bad line, not a failed read."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, rows: beam.DoFn) -> None:
         self._uri = uri
+        self._rows = rows
 
     def setup(self) -> None:
+        self._rows.setup()
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
 
     def process(self, byte_range: tuple[int, int]) -> Iterator[Any]:
@@ -130,11 +135,27 @@ class _ReadLineRangeFn(beam.DoFn):
                 if not line.strip():
                     continue  # blank JSONL line: not a row (it still counts in line numbers)
                 try:
-                    yield cat.parse_json_line(line)
+                    row = cat.parse_json_line(line)
                 except cat.InvalidRow as e:
                     self._rejected.inc()
                     yield beam.pvalue.TaggedOutput(_BAD_LINES, (start, index, e.reason))
+                    continue
+                yield from self._rows.process(row)
         yield beam.pvalue.TaggedOutput(_LINE_COUNTS, (start, lines))
+
+
+class _RowGroupRowsFn(beam.DoFn):
+    """A row group's table -> ``rows``' outputs for each of its rows."""
+
+    def __init__(self, rows: beam.DoFn) -> None:
+        self._rows = rows
+
+    def setup(self) -> None:
+        self._rows.setup()
+
+    def process(self, table: Any) -> Iterator[Any]:
+        for row in table.to_pylist():
+            yield from self._rows.process(row)
 
 
 def _lines_before(counts: list[tuple[int, int]]) -> dict[int, int]:
@@ -162,7 +183,9 @@ class _NumberBadLinesFn(beam.DoFn):
 
 
 class ReadTableRows(beam.PTransform):
-    """PBegin -> {ROWS: every row of a table file as a dict, DEAD_LETTER_TAG: its bad lines}.
+    """PBegin -> the outputs of ``rows`` (a DoFn whose ``process`` takes one row as a dict) on
+    every row of a table file: {ROWS: its main output, each of ``tags``, DEAD_LETTER_TAG: its
+    dead letters and the table's bad lines}.
 
     Raises CatalogError while the pipeline is being built when the table is unusable as a whole
     (``snapshot.check_table``).
@@ -172,6 +195,8 @@ class ReadTableRows(beam.PTransform):
         self,
         table: snapshot.TableFile,
         stage: str,
+        rows: beam.DoFn,
+        tags: Sequence[str] = (),
         jsonl_split_bytes: int = DEFAULT_JSONL_SPLIT_BYTES,
     ) -> None:
         super().__init__()
@@ -179,31 +204,41 @@ class ReadTableRows(beam.PTransform):
             raise ValueError(f"jsonl_split_bytes must be positive, got {jsonl_split_bytes}")
         self._table = table
         self._stage = stage
+        self._rows = rows
+        self._tags = [t for t in tags if t != DEAD_LETTER_TAG]
         self._split = jsonl_split_bytes
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         columns = snapshot.check_table(self._table)
         uri = self._table.uri
         if self._table.fmt == "parquet":
-            rows = (
+            out = (
                 pbegin
                 | "ReadParquet" >> ReadParquetRowGroups(self._table, columns)
-                | "ToRows" >> beam.FlatMap(lambda t: t.to_pylist())
+                | "Rows"
+                >> beam.ParDo(_RowGroupRowsFn(self._rows)).with_outputs(
+                    DEAD_LETTER_TAG, *self._tags, main=ROWS
+                )
             )
-            return {ROWS: rows, DEAD_LETTER_TAG: pbegin | "NoBadLines" >> beam.Create([])}
-        lines = (
+            return {ROWS: out[ROWS], DEAD_LETTER_TAG: out[DEAD_LETTER_TAG]} | {
+                t: out[t] for t in self._tags
+            }
+        out = (
             pbegin
             | "Ranges" >> beam.Create(line_ranges(uri, self._split))
             | "SpreadRanges" >> beam.Reshuffle()
             | "ReadLines"
-            >> beam.ParDo(_ReadLineRangeFn(uri)).with_outputs(_BAD_LINES, _LINE_COUNTS, main=ROWS)
+            >> beam.ParDo(_ReadLineRangeFn(uri, self._rows)).with_outputs(
+                DEAD_LETTER_TAG, _BAD_LINES, _LINE_COUNTS, *self._tags, main=ROWS
+            )
         )
         before = (
-            lines[_LINE_COUNTS]
+            out[_LINE_COUNTS]
             | "CollectCounts" >> beam.combiners.ToList()
             | "LinesBefore" >> beam.Map(_lines_before)
         )
-        numbered = lines[_BAD_LINES] | "NumberBadLines" >> beam.ParDo(
+        numbered = out[_BAD_LINES] | "NumberBadLines" >> beam.ParDo(
             _NumberBadLinesFn(self._table, self._stage), beam.pvalue.AsSingleton(before)
         ).with_outputs(DEAD_LETTER_TAG)
-        return {ROWS: lines[ROWS], DEAD_LETTER_TAG: numbered[DEAD_LETTER_TAG]}
+        dead = (out[DEAD_LETTER_TAG], numbered[DEAD_LETTER_TAG]) | "MergeDead" >> beam.Flatten()
+        return {ROWS: out[ROWS], DEAD_LETTER_TAG: dead} | {t: out[t] for t in self._tags}
