@@ -82,9 +82,7 @@ def stat_keys(paths: Sequence[str]) -> pa.Array:
 
 def _list_gcs(unit: str) -> Iterator[tuple[str, str]]:
     bucket, prefix = gcs.split(unit)
-    blobs = gcs.client().list_blobs(
-        bucket, prefix=prefix, delimiter="/", page_size=GCS_PAGE_SIZE
-    )
+    blobs = gcs.client().list_blobs(bucket, prefix=prefix, delimiter="/", page_size=GCS_PAGE_SIZE)
     for b in blobs:
         yield f"gs://{bucket}/{b.name}", gcs_key(b.md5_hash, b.generation, b.crc32c, b.size)
 
