@@ -140,7 +140,8 @@ def test_every_row_the_column_rules_accept_parses_identically(tmp_path) -> None:
         by_id.setdefault(row["listing_id"], []).append(row)
     for lid, uris, checksums in zip(*(fast.column(i).to_pylist() for i in range(3)), strict=True):
         (row,) = by_id[lid]
-        listing = catalog_rules.parse_listing(row, root, ALLOWED)  # raises if the rules were too lenient
+        # parse_listing raises if the column checks were too lenient.
+        listing = catalog_rules.parse_listing(row, root, ALLOWED)
         assert tuple(uris) == listing.image_uris, row
         assert tuple(checksums or ()) == listing.image_checksums, row
     plain = {"images/a.jpg", f"{root}/images/a.jpg", "gs://shop-photos/p/a.jpg", "_x/y-1.jpg"}
