@@ -169,9 +169,9 @@ def main(argv: list[str]) -> int:
     from models.baselines import colour_histogram
     from models.config import TrainConfig
     from models.retrieval_eval import retrieval_metrics
-    from models.train import run as train
     from pipelines.preprocess import PreprocessSettings
     from pipelines.preprocess import run as preprocess
+    from pipelines.train import run as train
     from synthetic.bazaar import generate_bazaar_catalog
     from synthetic.generate import generate_catalog
     from synthetic.phone import generate_phone_catalog

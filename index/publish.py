@@ -1,4 +1,5 @@
-"""``vsearch publish``: point ``WORKDIR/indexes/CURRENT`` at a validated manifest, atomically.
+"""Publishing an index build: point ``WORKDIR/indexes/CURRENT`` at a validated manifest, atomically
+(the stage, ``vsearch publish``, is pipelines/publish.py).
 
 The flip is a compare-and-swap on the pointer (GCS generation precondition; locally a kernel
 ``flock`` around an atomic rename, released even when a publisher is killed): of two publishers
@@ -24,12 +25,11 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from core import paths, pointers, runs, storage
-from core.settings import WORKDIR, doc
+from core import paths, pointers, storage
 from index import checksums, shard_plan
 from index import manifest as manifest_mod
 
@@ -44,27 +44,6 @@ TEST_K = 10
 class PublishError(RuntimeError):
     """The build failed verification (a file's sha256, its load or a test search); CURRENT
     was not touched. The message names the file or the check."""
-
-
-@dataclass(frozen=True)
-class PublishSettings:
-    workdir: str = field(metadata=WORKDIR)
-    manifest: str | None = field(
-        default=None, metadata=doc("manifest URI (default: newest build of the model version)")
-    )
-    model_version: str | None = field(
-        default=None,
-        metadata=doc("model VERSION whose newest build to publish (default: models/PUBLISHED)"),
-    )
-    retention: int = field(
-        default=DEFAULT_RETENTION, metadata=doc("validated builds kept, the published one included")
-    )
-    min_recall: float = field(default=0.0, metadata=doc("refuse a manifest below this recall@10"))
-    # The day this publish completes: its run summary and completion marker go under it (the
-    # DAG and backfill pass it; by hand without it, nothing is recorded).
-    date: dt.date | None = field(
-        default=None, metadata=doc("day to record this publish under (runs/dt=DATE/publish.*)")
-    )
 
 
 @dataclass(frozen=True)
@@ -236,31 +215,3 @@ def apply_retention(
     for b in removed:
         storage.delete_prefix(b)
     return removed
-
-
-def run(settings: PublishSettings) -> PublishResult:
-    """``vsearch publish``: the given manifest, or the newest build of the (published) model."""
-    uri = settings.manifest
-    if uri is None:
-        version = (
-            settings.model_version
-            or pointers.read_pointer(paths.published_model_pointer(settings.workdir)).value
-        )
-        if not version:
-            raise FileNotFoundError(
-                f"no --manifest, --model-version or published model "
-                f"({paths.published_model_pointer(settings.workdir)})"
-            )
-        uri = latest_manifest(settings.workdir, version)
-    with runs.stopwatch() as t:
-        result = publish(settings.workdir, uri, settings.retention, min_recall=settings.min_recall)
-    print(
-        f"published {result.manifest_uri} (was {result.previous}); "
-        f"removed {len(result.removed_builds)} old build(s)"
-    )
-    if settings.date is not None:
-        summary = runs.RunSummary(
-            "publish", settings.date.isoformat(), 1, 1, 0, wall_s=t["s"], extra=asdict(result)
-        )
-        runs.complete(settings.workdir, summary)
-    return result

@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.capabilities import SELECTION_METRIC
 from models.dataset import EvalSet
 from models.features import LABEL_KEYS
 from models.model import EMBEDDING
 from models.retrieval_metrics import shopper_metrics
-from models.settings import SELECTION_METRIC
 
 
 def _scalar(tag: str, value: float) -> None:

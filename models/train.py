@@ -1,4 +1,5 @@
-"""`vsearch train`: transformed data -> models/VERSION/{embedder/, metrics.json, config.json}.
+"""Training: transformed data -> models/VERSION/{embedder/, metrics.json, config.json} (the stage,
+``vsearch train``, is pipelines/train.py).
 
 One machine: all local GPUs through tf.distribute.MirroredStrategy (mixed precision on), or the CPU
 with the same code. The retrieval test runs after every epoch and picks the exported weights.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -24,7 +25,6 @@ from models.features import IMAGE_KEY, LABEL_KEYS
 from models.instances import instance_classes
 from models.model import MaskedAccuracy, build_model, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
-from models.settings import TrainResult
 
 
 def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
@@ -100,7 +100,19 @@ def _train_localiser(
     return localiser, {k: round(float(v), 4) for k, v in metrics.items()}
 
 
-def run(config: TrainConfig) -> TrainResult:
+@dataclass(frozen=True)
+class Trained:
+    """A trained, exported candidate model."""
+
+    version: str
+    metrics: dict[str, Any]  # the best epoch's eval metrics
+    model_dir: str
+    images: int  # train + eval images it read
+
+
+def train(config: TrainConfig) -> Trained:
+    """Train on the transformed data of ``config.date``, export models/VERSION/ and return it
+    (the stage, pipelines/train.py, records the run)."""
     with runs.stopwatch() as clock:
         keras.utils.set_random_seed(config.seed)
         tft_output = tft.TFTransformOutput(paths.transformed_dir(config.workdir, config.date))
@@ -228,22 +240,4 @@ def run(config: TrainConfig) -> TrainResult:
         artifact.config_uri(config.workdir, version),
         json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n",
     )
-    n_eval = len(eval_set)
-    result = TrainResult(version=version, metrics=best_eval, model_dir=out_dir)
-    runs.complete(
-        config.workdir,
-        runs.RunSummary(
-            "train",
-            config.date,
-            read=n_train + n_eval,
-            ok=n_train + n_eval,
-            dead_lettered=0,
-            wall_s=clock["s"],
-            extra={**asdict(result), SELECTION_METRIC: best_eval.get(SELECTION_METRIC)},
-        ),
-    )
-    print(
-        f"[train] version {version}: " + json.dumps({k: round(v, 4) for k, v in best_eval.items()}),
-        flush=True,
-    )
-    return result
+    return Trained(version, best_eval, out_dir, images=n_train + len(eval_set))

@@ -107,7 +107,7 @@ def test_every_flag_comes_from_a_documented_settings_field() -> None:
 
 def test_preprocess_defaults_are_the_model_features_defaults() -> None:
     from models import features
-    from pipelines.settings import PreprocessSettings
+    from pipelines.preprocess import PreprocessSettings
 
     assert PreprocessSettings.image_size == features.DEFAULT_IMAGE_SIZE
     assert PreprocessSettings.min_class_count == features.DEFAULT_MIN_CLASS_COUNT
@@ -263,8 +263,9 @@ def test_results_round_trip_through_summaries_and_xcoms() -> None:
     """What a resumed backfill and the DAG's XComs read back is the result the stage returned,
     through one codec for every stage (core.results)."""
     from core import results
-    from models.settings import GateDecision, TrainResult
     from pipelines.embed import EmbedResult
+    from pipelines.gate import GateDecision
+    from pipelines.train import TrainResult
 
     train = TrainResult("20260101-abc", {"review_recall_at_10": 0.9}, "/w/models/20260101-abc")
     gate = GateDecision(
@@ -287,8 +288,9 @@ def test_each_stage_takes_earlier_results_as_typed_settings() -> None:
     """The registry's hand-offs: gate measures train's version, embed re-embeds everything after
     a promotion (or when asked), publish flips to build-index's manifest; the day's fields are
     typed values, and a user's extra flags for a stage still parse."""
-    from models.settings import GateDecision, TrainResult
     from pipelines.build_index import BuildIndexResult
+    from pipelines.gate import GateDecision
+    from pipelines.train import TrainResult
 
     day = stages.DayRun("cat", "/w", dt.date(2026, 1, 1), stage_args={"gate": ("--margin", "0.1")})
     train = TrainResult("20260101-abc", {}, "/w/models/20260101-abc")

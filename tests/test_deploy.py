@@ -141,7 +141,7 @@ def test_image_set_and_stager_sdist_install_check_and_import_in_a_fresh_venv(
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
     probe = (
         "import pipelines.check_catalog, pipelines.preprocess, pipelines.embed, "
-        "pipelines.build_index, models.train, models.gate, index.publish, vsearch.cli, faiss\n"
+        "pipelines.build_index, models.train, models.gate, pipelines.gate, pipelines.publish, vsearch.cli, faiss\n"
         "print(pipelines.embed.__file__)"
     )
     out = subprocess.run(

@@ -11,9 +11,9 @@ pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from models.capabilities import SELECTION_METRIC  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.retrieval_eval import RetrievalEvalCallback  # noqa: E402
-from models.settings import SELECTION_METRIC  # noqa: E402
 
 
 class ScriptedRetrieval(RetrievalEvalCallback):

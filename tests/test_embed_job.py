@@ -31,7 +31,8 @@ def _build_real_export(workdir: str, size: int = 32, dim: int = 16) -> str:
     from models.config import TrainConfig
     from models.export import export_embedder
     from models.model import build_model
-    from pipelines.preprocess import PreprocessSettings, transform_and_write
+    from pipelines.preprocess import PreprocessSettings
+    from pipelines.preprocess_job import transform_and_write
 
     rng = np.random.default_rng(1)
     rows = []

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from core import paths, storage
-from models.gate import GateSettings, human_eval_verdict
+from pipelines.gate import GateSettings
+from pipelines.gate_rules import human_eval_verdict
 
 CAND, PUB = "20260102-cand", "20260101-pub"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.gate import GateSettings, decide
+from pipelines.gate import GateSettings
+from pipelines.gate_rules import decide
 
 GOOD = {
     "review_recall_at_10": 0.70,
@@ -99,7 +100,7 @@ def test_a_first_model_passing_both_capabilities_says_so() -> None:
 def test_the_wording_leaves_the_promotion_rule_as_it_was() -> None:
     """Still: every baseline metric >= its best baseline + required_gain, nothing more."""
     from models.baselines import required_gain
-    from models.settings import BASELINE_METRICS
+    from models.capabilities import BASELINE_METRICS
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -157,10 +158,11 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
 
     from core import catalog, images, paths, pointers, snapshot, storage
     from models import features as F
-    from models import gate
+    from pipelines import gate
     from models.config import TrainConfig
-    from models.train import run as train
-    from pipelines.preprocess import PreprocessSettings, _labels, transform_and_write
+    from pipelines.preprocess import PreprocessSettings
+    from pipelines.preprocess_job import _labels, transform_and_write
+    from pipelines.train import run as train
     from synthetic.generate import generate_catalog
 
     del tf

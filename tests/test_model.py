@@ -118,7 +118,8 @@ def exported(tmp_path_factory) -> tuple[str, object, object, object]:
     import tensorflow_transform as tft
 
     from core import paths
-    from pipelines.preprocess import PreprocessSettings, transform_and_write
+    from pipelines.preprocess import PreprocessSettings
+    from pipelines.preprocess_job import transform_and_write
 
     tmp_path = tmp_path_factory.mktemp("export")
     settings = PreprocessSettings(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from core.snapshot import read_snapshot
-from pipelines.preprocess import _in_sample
+from pipelines.preprocess import PreprocessSettings
 from pipelines.preprocess import run as preprocess
-from pipelines.settings import PreprocessSettings
+from pipelines.preprocess_job import _in_sample
 
 DATE = "2026-01-01"
 

@@ -54,7 +54,7 @@ def heavy_modules_after(*argv: str) -> list[str]:
         ("cli", "publish", "--help"),
         ("cli", "query", "--help"),
         ("cli", "serve", "--help"),
-        ("import", "index.publish"),  # what `vsearch publish` runs
+        ("import", "pipelines.publish"),  # what `vsearch publish` runs
         ("import", "vsearch.query"),
         ("import", "vsearch.serve.app"),  # serve's routes, index holder and loader
     ],

@@ -16,12 +16,12 @@ import tensorflow_transform as tft  # noqa: E402
 from core import catalog, images, paths, pointers, snapshot, storage  # noqa: E402
 from core.deadletter import read_dead_letters  # noqa: E402
 from models import dataset  # noqa: E402
-from models import gate as gate_mod  # noqa: E402
 from models.artifact import Embedder  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
-from models.train import run as train  # noqa: E402
+from pipelines import gate as gate_mod  # noqa: E402
 from pipelines.preprocess import PreprocessSettings  # noqa: E402
 from pipelines.preprocess import run as preprocess  # noqa: E402
+from pipelines.train import run as train  # noqa: E402
 from synthetic.generate import generate_catalog  # noqa: E402
 
 DATE = "2026-01-01"

@@ -12,7 +12,7 @@ pytest.importorskip("tensorflow")
 from core import paths, storage  # noqa: E402
 from models import retrieval_eval  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
-from models.train import run as train  # noqa: E402
+from pipelines.train import run as train  # noqa: E402
 from tests.conftest import TINY_IMAGE_SIZE, copy_workdir  # noqa: E402
 
 

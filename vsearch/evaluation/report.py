@@ -11,7 +11,7 @@ that missed the one relevant listing scores below 1 however well it ordered the 
 side, a query is a win for the candidate when its list's DCG@k (same grades, same gains) is higher
 than the baseline's.
 
-``report.json`` is what the gate reads (``models/gate.py``, ``--require-human-eval``).
+``report.json`` is what the gate reads (``pipelines/gate_rules.py``, ``--require-human-eval``).
 """
 
 from __future__ import annotations

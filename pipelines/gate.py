@@ -1,38 +1,28 @@
-"""Settings and results of the model stages (train's result, the gate's settings and decision).
+"""``vsearch gate``: the gate stage. Promotes a candidate model (flips models/PUBLISHED) only when it
+is better, measured now on fixed eval data (models/gate.py) and judged by pipelines/gate_rules.py.
 
-Light on purpose (no TensorFlow): the CLI is built from these dataclasses, ``vsearch gate
---help`` must answer at once, and the DAG and backfill read a finished stage's result back from
-its run summary (``from_summary``) without loading a model. ``TrainConfig`` (models/config.py)
-is the train stage's settings.
+Rules. A first model (nothing published) must beat the best of two baselines measured in the
+same run on the same images (a colour histogram, and the untrained network of its own
+architecture) on review->listing recall@10 and same-category precision@10, by ``baseline_margin``
+or two standard errors of the baseline, whichever is larger: no absolute floor tuned to one
+catalog. A later model must beat the published one's recall@10 by ``margin`` with no other metric
+dropping by more than ``tolerance``. ``--floor`` adds a check to either rule. The metrics are the
+shopper's: held-out review photos against the whole catalog (``models/retrieval_metrics.py``).
+With ``require_human_eval`` it must also have a rated blind side-by-side it does not lose
+significantly (:func:`human_eval_verdict`). A first model's reasons give one line per capability
+(``CAPABILITIES``: buyer photo -> its listing, listing -> same-category listings): fine, or at which
+baseline's level; the last reason says what to do next about the capability that failed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from dataclasses import asdict, dataclass, field
 
+from core import paths, pointers, runs, storage
 from core.settings import WORKDIR, doc
-
-# The metric that picks the best epoch and decides promotion: a buyer's photo finds its listing.
-SELECTION_METRIC = "review_recall_at_10"
-
-# What a first model must beat the same-run baselines on (models/baselines.py): the shopper's
-# figure, and neighbours that share the category. Not colour precision: a colour histogram is a
-# colour descriptor and may win there on any catalog (BENCHMARKS.md).
-BASELINE_METRICS: tuple[str, ...] = (SELECTION_METRIC, "category_precision_at_10")
-
-# What a shopper gets from each metric, and its short name: the gate's reasons say which
-# capability failed, not only which number (every one of BASELINE_METRICS has an entry).
-CAPABILITIES: dict[str, tuple[str, str]] = {
-    SELECTION_METRIC: ("buyer photo -> its listing", "recall@10"),
-    "review_recall_at_1": ("buyer photo -> its listing as the first hit", "recall@1"),
-    "category_precision_at_10": ("listing -> same-category listings", "precision@10"),
-    "color_precision_at_10": ("listing -> same-colour listings", "precision@10"),
-    "category_accuracy": ("photo -> its category", "accuracy"),
-    "color_accuracy": ("photo -> its colour", "accuracy"),
-    "shape_accuracy": ("photo -> its shape", "accuracy"),
-    "material_accuracy": ("photo -> its material", "accuracy"),
-}
+from models.capabilities import SELECTION_METRIC
+from pipelines.gate_rules import decide, human_eval_verdict
 
 # No absolute floors by default: a floor tuned to one catalog refuses good models on another
 # (a user's --floor adds a check, it replaces nothing).
@@ -49,13 +39,6 @@ def parse_floor(text: str) -> tuple[str, float]:
     if not name.strip() or number != number or number in (float("inf"), float("-inf")):
         raise ValueError(f"expected metric=value with a finite value, got {text!r}")
     return name.strip(), number
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    version: str  # the candidate the gate measures next
-    metrics: dict[str, Any]  # best epoch's eval metrics
-    model_dir: str
 
 
 @dataclass(frozen=True)
@@ -121,3 +104,59 @@ class GateDecision:
     eval_date: str = ""
     # A first model's same-run baselines, measured on the same images: name -> metrics.
     baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def run(settings: GateSettings) -> GateDecision:
+    """Measure the candidate (and the published model), decide, flip PUBLISHED if promoted, and
+    record the decision (``models/VERSION/gate.json`` and the run summary)."""
+    from models.gate import measure_models  # TensorFlow: only when the stage runs
+
+    with runs.stopwatch() as clock:
+        pointer_uri = paths.published_model_pointer(settings.workdir)
+        pointer = pointers.read_pointer(pointer_uri)
+        already = pointer.value == settings.candidate
+        m = measure_models(
+            settings.workdir,
+            settings.candidate,
+            pointer.value if pointer.value and not already else None,
+            settings.batch_size,
+            baselines=not pointer.value and settings.beat_baselines,
+        )
+        if already:
+            promoted, reasons = False, ["candidate is already the published model"]
+        else:
+            queries = int(m.candidate.get("eval_reviews", 0))
+            promoted, reasons = decide(m.candidate, m.published, settings, m.baselines, queries)
+            if settings.require_human_eval:
+                human_ok, human = human_eval_verdict(
+                    settings.workdir, settings.candidate, pointer.value, settings
+                )
+                promoted, reasons = promoted and human_ok, [*reasons, *human]
+        if promoted:  # PointerConflict if another gate raced this one
+            pointers.compare_and_swap(pointer_uri, settings.candidate, pointer)
+    decision = GateDecision(
+        promoted,
+        settings.candidate,
+        pointer.value,
+        tuple(reasons),
+        m.candidate,
+        m.published or {},
+        m.date,
+        m.baselines,
+    )
+    storage.write_text(
+        storage.join(paths.model_dir(settings.workdir, settings.candidate), "gate.json"),
+        json.dumps(asdict(decision), indent=2, sort_keys=True) + "\n",
+    )
+    # Written under the candidate's date: the day whose train produced it.
+    runs.complete(
+        settings.workdir,
+        runs.RunSummary(
+            "gate", m.date, read=1, ok=1, dead_lettered=0, wall_s=clock["s"], extra=asdict(decision)
+        ),
+    )
+    verdict = "PROMOTED" if decision.promoted else "NOT promoted"
+    print(f"[gate] {settings.candidate}: {verdict} (published was {pointer.value})")
+    for reason in reasons:
+        print(f"  - {reason}")
+    return decision
