@@ -28,7 +28,7 @@ from core import catalog_rules, snapshot, storage
 from core.catalog import Review
 from core.hashing import stable_hash
 from transforms.read_catalog import REVIEWS
-from transforms.read_table_rows import ReadParquetRowGroups
+from transforms.read_table_rows import ROWS, ReadTableRows
 
 SAMPLE_FILE = "review_sample.json"
 
@@ -37,13 +37,18 @@ def _rank(seed: int, review: Review) -> int:
     return stable_hash(f"{seed}|{review.review_id}")
 
 
-def _valid(row: dict[str, Any] | bytes, catalog: str, allowed: tuple[str, ...]) -> Iterator[Review]:
-    try:
-        yield catalog_rules.parse_review(
-            cat.parse_json_line(row) if isinstance(row, bytes) else row, catalog, allowed
-        )
-    except cat.InvalidRow:
-        return
+class _ValidReviews(beam.DoFn):  # type: ignore[misc]
+    """A reviews row -> its Review when valid; a rejected row is left out (check-catalog's dead
+    letter to report, not this stage's)."""
+
+    def __init__(self, catalog: str, allowed: tuple[str, ...]) -> None:
+        self._catalog, self._allowed = catalog, allowed
+
+    def process(self, row: dict[str, Any]) -> Iterator[Review]:
+        try:
+            yield catalog_rules.parse_review(row, self._catalog, self._allowed)
+        except cat.InvalidRow:
+            return
 
 
 def _current_ids(listings: pa.Table, candidates: list[Review]) -> Iterator[str]:
@@ -79,8 +84,10 @@ class ReviewSample(beam.PTransform):  # type: ignore[misc]
         size: int,
         seed: int,
         allowed_buckets: Iterable[str] = (),
+        stage: str = "build-index",
     ) -> None:
         super().__init__()
+        self._stage = stage  # names the reviews table's unreadable lines (left out here)
         self._catalog, self._date, self._uri = storage.normalize(catalog), date, uri
         self._size, self._seed = size, seed
         self._allowed = tuple(sorted(cat.bucket_names(allowed_buckets)))
@@ -89,24 +96,13 @@ class ReviewSample(beam.PTransform):  # type: ignore[misc]
         table = snapshot.find_table(self._catalog, self._date, REVIEWS)
         pbegin = listings.pipeline
         if table is None:
-            raw = pbegin | "NoReviews" >> beam.Create([])
-        elif table.fmt == "parquet":
-            columns = snapshot.check_table(table)
-            raw = (
-                pbegin
-                | "ReadReviews" >> ReadParquetRowGroups(table, columns)
-                | "ReviewRows" >> beam.FlatMap(lambda t: t.to_pylist())
-            )
-        else:  # bytes: a line that is not UTF-8 is one invalid row, not a failed read
-            raw = pbegin | "ReadReviews" >> beam.io.ReadFromText(
-                table.uri, coder=beam.coders.BytesCoder()
-            )
+            valid = pbegin | "NoReviews" >> beam.Create([])
+        else:  # the catalog's one reader: Parquet row groups or JSONL byte ranges, in parallel
+            rows = _ValidReviews(self._catalog, self._allowed)
+            valid = (pbegin | "ReadReviews" >> ReadTableRows(table, self._stage, rows))[ROWS]
         seed, size = self._seed, self._size
-        candidates = (
-            raw
-            | "ValidReviews" >> beam.FlatMap(_valid, self._catalog, self._allowed)
-            | "Candidates"
-            >> beam.combiners.Top.Of(2 * size, key=lambda r: _rank(seed, r), reverse=True)
+        candidates = valid | "Candidates" >> beam.combiners.Top.Of(
+            2 * size, key=lambda r: _rank(seed, r), reverse=True
         )
         current = listings | "CurrentListings" >> beam.FlatMap(
             _current_ids, beam.pvalue.AsSingleton(candidates)
