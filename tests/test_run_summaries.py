@@ -1,7 +1,7 @@
 """Run summaries: production's record of a stage and day is never overwritten by a run for a
 candidate model (issue 30), and every reader (backfill, the DAG, the health page) reads
 production's. The embed runs are real (`vsearch embed` on the DirectRunner with the fake model
-of tests/fake_embedder.py), as are the index builds and the DAG's own task functions."""
+of benchmarks/fake_embedder.py), as are the index builds and the DAG's own task functions."""
 
 from __future__ import annotations
 
