@@ -116,7 +116,7 @@ def test_report_says_simulated_and_measures_both_models(loop, capsys) -> None:  
 
 
 def test_gate_requires_a_human_verdict(loop) -> None:  # type: ignore[no-untyped-def]
-    from models import gate
+    from pipelines import gate
 
     workdir, published, _ = loop
     strict = gate.GateSettings(workdir, CANDIDATE, require_human_eval=True)

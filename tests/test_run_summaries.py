@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.fake_embedder import build_fake_model
 from core import paths, pointers, runs, storage
-from tests.test_embed import GOOD, _tiny_catalog
+from tests.embed_fixtures import GOOD, write_catalog
 from vsearch import cli, stages
 from vsearch.serve import health
 
@@ -45,7 +45,7 @@ def _files(workdir: str) -> dict[str, bytes]:
 
 def test_candidate_embeds_never_touch_productions_record(tmp_path: Path) -> None:
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
-    _tiny_catalog(catalog, D1, GOOD)
+    write_catalog(catalog, D1, GOOD)
     build_fake_model(workdir, version=PUBLISHED)  # published
     for version in (CANDIDATE, OTHER):
         build_fake_model(workdir, version=version, publish=False)
