@@ -158,8 +158,8 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path) -> None:
 
     from core import catalog, images, paths, pointers, snapshot, storage
     from models import features as F
-    from pipelines import gate
     from models.config import TrainConfig
+    from pipelines import gate
     from pipelines.preprocess import PreprocessSettings
     from pipelines.preprocess_job import _labels, transform_and_write
     from pipelines.train import run as train
