@@ -14,8 +14,9 @@ Two modes, a deployment setting (``VSEARCH_MODE``, read when the file is parsed:
 different operators). "local" (the default, below): stages run from this machine's pipeline
 environment. "gcp" (Cloud Composer; docs/deploy.md, "Cloud Composer"): the run for day D starts
 when D has ended (a pinned data-interval timetable) and processes D; it waits in the triggerer
-for D's catalog snapshot, launches preprocess and embed as Dataflow Flex Templates and train,
-gate, build-index and publish as Vertex AI jobs from the project's image, all deferrable, and
+for D's catalog snapshot, runs every stage as a Vertex AI job from the project's image (the Beam
+stages' jobs on Dataflow; preprocess and embed may be Flex Template launches instead, see
+``GcpSettings.beam_launch``), all deferrable, and
 loads the day's committed embeddings into BigQuery when a table is set. Its settings are one
 dataclass, ``vsearch_gcp.GcpSettings`` (``VSEARCH_GCP``). Both modes: a run fails past 23 hours
 (``dagrun_timeout``) and a failed run logs one ERROR line (``on_failure_callback``).

@@ -10,8 +10,10 @@ AI jobs on Google Cloud), and Airflow fixes a task's operator when it parses the
 processes (date, catalog, workdir, stage flags) stays in the DAG's params.
 
 What runs where in gcp mode:
-- preprocess, embed: Dataflow Flex Template launches of the project's image (the template's
-  ``stage`` parameter names the stage; deploy/flex_launch.py), deferrable.
+- preprocess, embed: by default (``beam_launch`` "vertex_driver") as build-index below: the
+  stage's own process in a Vertex job, its Beam job on Dataflow. With "flex_template", Dataflow
+  Flex Template launches of the image (the template's ``stage`` parameter names the stage;
+  deploy/flex_launch.py), which today's stages refuse (docs/deploy.md, "Known gap").
 - train (GPU), gate, build-index, publish: Vertex AI custom jobs from the same image, each one
   ``vsearch backfill --stages STAGE`` for the run's day (it reads the earlier stages' results
   from their run summaries, and skips a stage already done for the day). build-index runs three
@@ -41,19 +43,20 @@ def mode() -> str:
 
 
 BEAM_LAUNCHES = ("flex_template", "vertex_driver")
-REQUIRED = ("project", "image", "template_path", "temp_location", "service_account")
+REQUIRED = ("project", "image", "temp_location", "service_account")
 
 
 @dataclass(frozen=True)
 class GcpSettings:
     """Where and how the stages run on Google Cloud. Only ``project``, ``image``,
-    ``template_path``, ``temp_location`` and ``service_account`` have no usable default."""
+    ``temp_location`` and ``service_account`` have no usable default (``template_path`` too,
+    with ``beam_launch`` "flex_template")."""
 
     project: str
     image: str  # the CPU variant, REGION-docker.pkg.dev/PROJECT/REPO/vsearch:TAG (docs/deploy.md)
-    template_path: (
-        str  # the Flex Template spec built from `image`: gs://B/templates/vsearch-TAG.json
-    )
+    # The Flex Template spec built from `image`, gs://B/templates/vsearch-TAG.json ("": none,
+    # beam_launch "vertex_driver").
+    template_path: str
     temp_location: str  # gs://B/tmp: Dataflow staging and temp files
     # Runs every Dataflow worker and Vertex job (roles: docs/deploy.md); never the default
     # Compute Engine account, which holds Editor on the whole project.
@@ -83,11 +86,12 @@ class GcpSettings:
     # committed embeddings are loaded into ("" = no load task).
     bigquery_table: str = ""
     subnetwork: str = ""  # regions/R/subnetworks/S, when workers must use a given network
-    # How preprocess and embed start: "flex_template" (Airflow launches the Dataflow job and can
-    # cancel it) or "vertex_driver" (the stage's own process runs in a Vertex job and starts its
-    # Dataflow job, as build-index always does). Flex Templates need the stages to finish the
-    # day outside the launcher: docs/deploy.md, "Known gap".
-    beam_launch: str = "flex_template"
+    # How preprocess and embed start: "vertex_driver" (the stage's own process runs in a Vertex
+    # job, starts its Dataflow job, waits for it and finishes the day, as build-index always
+    # does) or "flex_template" (Airflow launches the Dataflow job and can cancel it, but a
+    # template launch never waits for the job, so today's stages refuse it: docs/deploy.md,
+    # "Known gap").
+    beam_launch: str = "vertex_driver"
 
     def __post_init__(self) -> None:
         missing = [name for name in REQUIRED if not getattr(self, name)]
@@ -95,8 +99,11 @@ class GcpSettings:
             raise ValueError(f"VSEARCH_GCP needs {', '.join(missing)}")
         if self.beam_launch not in BEAM_LAUNCHES:
             raise ValueError(f"VSEARCH_GCP beam_launch must be one of {BEAM_LAUNCHES}")
+        if self.beam_launch == "flex_template" and not self.template_path:
+            raise ValueError('VSEARCH_GCP beam_launch "flex_template" needs template_path')
         for name in ("template_path", "temp_location"):
-            if not str(getattr(self, name)).startswith("gs://"):
+            value = str(getattr(self, name))
+            if value and not value.startswith("gs://"):
                 raise ValueError(f"VSEARCH_GCP {name} must be a gs:// URI")
 
     @classmethod
@@ -106,7 +113,8 @@ class GcpSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"VSEARCH_GCP has unknown settings {unknown}; known: {sorted(known)}")
-        return cls(**({name: "" for name in REQUIRED} | values))  # a missing one: named
+        blank = {name: "" for name in (*REQUIRED, "template_path")}  # a missing one: named
+        return cls(**(blank | values))
 
     @classmethod
     def from_env(cls) -> GcpSettings:

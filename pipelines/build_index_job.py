@@ -34,6 +34,7 @@ from core.runs import METRICS_NAMESPACE
 from index import manifest, shard_plan, source
 from index.source import BatchesFactory
 from pipelines.build_index import STAGE, BuildIndexSettings
+from pipelines.stage import refuse_template_launch
 from transforms import current_embeddings, index_view, review_sample
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
 
@@ -65,6 +66,7 @@ class BeamBuild:
         self.settings, self.version, self.build_dir = settings, version, build_dir
         self.view_dir = storage.join(build_dir, index_view.VIEW_DIR)
         self._args = pipeline_args or []
+        refuse_template_launch(STAGE, PipelineOptions(self._args))  # three jobs, then the day
         self._factory = batches_factory
         self.counters: dict[str, int] = {}  # prepare's, for the run summary
 

@@ -11,10 +11,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from core import gcs, runs
 from core.deadletter import clear_dead_letters
+
+
+class TemplateLaunchError(RuntimeError):
+    """The stage was started to describe a job for later (a Dataflow template): refused, since
+    Beam then returns at once and the stage would finish the day before its job ran."""
+
+
+def refuse_template_launch(stage: str, options: PipelineOptions) -> None:
+    """Raise TemplateLaunchError when the options only describe a job (``--template_location``,
+    which a Flex Template launch passes): ``wait_until_finish`` would return at once, with no
+    job, and the stage would record and commit a day whose job has not run."""
+    if options.view_as(GoogleCloudOptions).template_location:
+        raise TemplateLaunchError(
+            f"{stage} cannot run as a Dataflow template (--template_location, as a Flex Template "
+            "launch passes): its run summary, completion marker and output commit need the job's "
+            "end, which a template launch never waits for; run the stage's own process instead "
+            '(mode gcp: VSEARCH_GCP "beam_launch": "vertex_driver", docs/deploy.md)'
+        )
 
 
 @dataclass(frozen=True)
@@ -34,10 +52,13 @@ def run_pipeline(
     on_failure: Callable[[], None] | None = None,
 ) -> BeamRun:
     """Run one stage's job for one date; ``on_failure`` cleans up if the job raises."""
+    options = PipelineOptions(pipeline_args or [])
+    if test_pipeline is None:
+        refuse_template_launch(stage, options)
     clear_dead_letters(workdir, stage, date)  # idempotent: no stale dead letters mix in
     gcs.anonymous_beam_against_emulator()  # no credential search against a test server
     with runs.stopwatch() as t:
-        p = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args or []))
+        p = test_pipeline or beam.Pipeline(options=options)
         build(p)
         try:
             result = p.run()

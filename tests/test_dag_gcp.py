@@ -354,19 +354,21 @@ print(json.dumps(out, default=str))
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every task of the gcp-mode DAG, rendered for the run of 2026-01-02 (the day processed)."""
+    """Every task of the gcp-mode DAG, rendered for the run of 2026-01-02 (the day processed),
+    with preprocess and embed launched as Flex Templates (``beam_launch: flex_template``)."""
     tmp = tmp_path_factory.mktemp("gcp-render")
     conf = DAY | {"train_args": "--epochs 5", "gate_args": "--margin 0.01"}
-    return _gcp_airflow(tmp, _RENDER_ALL, json.dumps(conf), "2026-01-02")  # type: ignore[no-any-return]
+    return _gcp_airflow(  # type: ignore[no-any-return]
+        tmp, _RENDER_ALL, json.dumps(conf), "2026-01-02", beam_launch="flex_template"
+    )
 
 
 @pytest.fixture(scope="module")
 def rendered_drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The same run with ``beam_launch: vertex_driver`` (preprocess and embed as build-index)."""
+    """The same run with the default ``beam_launch`` (vertex_driver: preprocess and embed as
+    build-index, their own process in a Vertex job that finishes the day)."""
     tmp = tmp_path_factory.mktemp("gcp-render-drivers")
-    return _gcp_airflow(  # type: ignore[no-any-return]
-        tmp, _RENDER_ALL, json.dumps(DAY), "2026-01-02", beam_launch="vertex_driver"
-    )
+    return _gcp_airflow(tmp, _RENDER_ALL, json.dumps(DAY), "2026-01-02")  # type: ignore[no-any-return]
 
 
 def test_gcp_graph_waits_for_the_snapshot_and_runs_nothing_heavy_on_airflow(
@@ -663,12 +665,13 @@ def test_local_mode_is_unchanged_without_gcp_settings() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert out.stdout.strip() == "local"
-    assert "VSEARCH_GCP needs template_path, temp_location, service_account" in out.stderr
+    assert "VSEARCH_GCP needs temp_location, service_account" in out.stderr
 
 
 def test_gcp_vertex_drivers_for_preprocess_and_embed(rendered_drivers: dict[str, Any]) -> None:
-    """beam_launch vertex_driver: preprocess and embed run their own process in a Vertex job
-    (which finishes the day) and their Beam jobs on Dataflow; embed's workers get the GPU."""
+    """beam_launch vertex_driver (the default): preprocess and embed run their own process in a
+    Vertex job (which finishes the day) and their Beam jobs on Dataflow; embed's workers get
+    the GPU."""
     from google.cloud.aiplatform_v1.types import CustomJob
 
     from vsearch import cli
