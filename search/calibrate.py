@@ -133,23 +133,40 @@ def score_photos(photos: PhotoSearch, reviews: Sequence[Review]) -> PhotoScores:
     )
 
 
+# A threshold never sits on a measured score: it sits halfway between the two scores it separates
+# (or this far beyond the last one), so that the same photo searched in a batch of another size,
+# whose score differs in the 6th decimal, is judged as it was measured.
+EDGE_MARGIN = 1e-3
+
+
+def between(values: np.ndarray, t: float) -> float:
+    """A cut equivalent to ``t`` on ``values`` (``v < t`` flagged, ``v >= t`` kept) that lies
+    halfway between the largest flagged value and the smallest kept one."""
+    v = np.asarray(values, np.float64)
+    below, above = v[v < t], v[v >= t]
+    if below.size and above.size:
+        return float((below.max() + above.min()) / 2)
+    return float(above.min() - EDGE_MARGIN) if above.size else float(below.max() + EDGE_MARGIN)
+
+
 def threshold_for(absent: np.ndarray, target: float) -> float:
-    """The lowest threshold that at most ``target`` of the ``absent`` scores reach."""
+    """A threshold that at most ``target`` of the ``absent`` scores reach, the lowest such up to
+    the margin (``between``: halfway between the first refused score and the next)."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"target false-accept rate must be in (0, 1), got {target}")
     ranked = np.sort(np.asarray(absent, np.float64))[::-1]
     allowed = int(np.floor(target * len(ranked) + 1e-9))  # searches that may clear it
-    return float(np.nextafter(ranked[allowed], np.inf))  # just above the first one refused
+    return between(ranked, float(np.nextafter(ranked[allowed], np.inf)))
 
 
 def score_threshold_for(top: np.ndarray, item_flagged: np.ndarray, budget: float) -> float:
     """The highest threshold on ``top`` (right first results' scores) that, with the photos the
-    item rule already flags, flags at most ``budget`` of them."""
+    item rule already flags, flags at most ``budget`` of them (placed by ``between``)."""
     best = float(np.min(top))  # flags none by score
     for t in np.unique(top):
         if float(((top < t) | item_flagged).mean()) <= budget + 1e-9:
             best = float(t)
-    return best
+    return between(top, best)
 
 
 def from_scores(
@@ -165,7 +182,8 @@ def from_scores(
     usable_item = scores.item is not None and bool(np.isfinite(scores.item).all())
     if usable_item and right.any():
         assert scores.item is not None
-        t_item: float | None = float(np.quantile(scores.item, ITEM_QUANTILE))
+        quantile = float(np.quantile(scores.item, ITEM_QUANTILE))
+        t_item: float | None = between(scores.item, quantile)
         item_ok = scores.item >= t_item
         t = score_threshold_for(scores.top[right], ~item_ok[right], max_flagged)
         rule = (

@@ -627,7 +627,7 @@ def test_a_killed_flex_template_task_cancels_its_job(
     dataflow: FakeDataflow, tmp_path: Path
 ) -> None:
     args = {"endpoint": dataflow.url, "task": "embed_full", "conf": DAY, "date": "2026-01-02"}
-    got = _gcp_airflow(tmp_path, _KILL_FLEX_TASK, json.dumps(args))
+    got = _gcp_airflow(tmp_path, _KILL_FLEX_TASK, json.dumps(args), beam_launch="flex_template")
     launches = [(p, b) for m, p, b in dataflow.calls if m == "POST"]
     assert len(launches) == 1
     path, body = launches[0]

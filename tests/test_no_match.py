@@ -92,10 +92,12 @@ def noise_photos(n: int, size: int = 64) -> list[bytes]:
 
 
 def test_threshold_is_the_lowest_one_for_the_stated_false_accept_rate() -> None:
+    """The lowest threshold for the rate, placed halfway between two measured scores: a score
+    that moves in its 6th decimal (another batch size) is judged as it was measured."""
     absent = np.linspace(0.1, 1.0, 10)  # best scores with the listing left out
     t = calibrate.threshold_for(absent, 0.2)
     assert (absent >= t).sum() == 2  # 0.9 and 1.0 clear it: 20%
-    assert 0.8 < t <= np.nextafter(0.8, 1.0)  # and not one bit higher than needed
+    assert t == pytest.approx(0.85)  # halfway between the first refused score and the next
     scores = calibrate.PhotoScores(
         top=np.array([0.95, 0.85, 0.25, 0.99]),
         right_first=np.array([True, True, True, False]),
@@ -103,7 +105,7 @@ def test_threshold_is_the_lowest_one_for_the_stated_false_accept_rate() -> None:
     )
     c = calibrate.from_scores(scores, 0.25, "test")
     assert c.false_accept_rate == 0.25 and c.right_first == 3
-    assert c.right_first_flagged == round(1 / 3, 4)  # 0.25 is below the threshold (just over 0.3)
+    assert c.right_first_flagged == round(1 / 3, 4)  # 0.25 is below the threshold (0.35)
     with pytest.raises(ValueError, match="false-accept rate"):
         calibrate.threshold_for(absent, 0.0)
 
@@ -118,7 +120,11 @@ def test_the_two_signal_rule_flags_the_stated_share_of_right_answers() -> None:
     item = rng.uniform(0.3, 0.9, n)
     scores = calibrate.PhotoScores(top, right, top - 0.02, item)
     c = calibrate.from_scores(scores, calibrate.TARGET_FALSE_ACCEPT_RATE, "test")
-    assert c.item_threshold == pytest.approx(np.quantile(item, calibrate.ITEM_QUANTILE))
+    # The item rule flags the photos under the 5th percentile, its cut halfway between two of them.
+    q = np.quantile(item, calibrate.ITEM_QUANTILE)
+    assert c.item_threshold is not None
+    assert ((item < c.item_threshold) == (item < q)).all()
+    assert item[item < q].max() < c.item_threshold < item[item >= q].min()
     assert c.target_right_first_flagged == 0.10 and c.target_false_accept_rate is None
     accepted = (top >= c.threshold) & (item >= c.item_threshold)
     assert c.right_first_flagged == round(float((~accepted[right]).mean()), 4) <= 0.10
@@ -207,3 +213,21 @@ def test_an_older_manifest_without_it_is_calibrated_at_start(built: str, tiny_ca
     assert at_start["threshold"] == m.calibration.threshold
     assert at_start["false_accept_rate"] == m.calibration.false_accept_rate
     assert unknown["threshold"] is None and r.json()["no_match"] is None  # no catalog: unknown
+
+
+def test_no_threshold_sits_on_a_measured_score() -> None:
+    """Every cut lies between the scores it separates, never on one of them."""
+    rng = np.random.default_rng(3)
+    n = 50
+    right = rng.random(n) < 0.6
+    top, item = rng.normal(0.8, 0.05, n), rng.uniform(0.2, 0.9, n)
+    scores = calibrate.PhotoScores(top, right, top - 0.03, item)
+    c = calibrate.from_scores(scores, calibrate.TARGET_FALSE_ACCEPT_RATE, "test")
+    assert c.item_threshold is not None
+    for values, t in ((top, c.threshold), (item, c.item_threshold)):
+        nearest = np.abs(values - t).min()
+        assert nearest > 1e-6, (t, nearest)
+    fallback = calibrate.from_scores(
+        calibrate.PhotoScores(top, right, top - 0.03), calibrate.TARGET_FALSE_ACCEPT_RATE, "test"
+    )
+    assert np.abs((top - 0.03) - fallback.threshold).min() > 1e-6
