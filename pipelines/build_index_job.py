@@ -25,16 +25,15 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import gcs, runs, storage
+from core import runs, storage
 from core.catalog import Review
 from core.deadletter import clear_dead_letters
 from core.runs import METRICS_NAMESPACE
 from index import manifest, shard_plan, source
 from index.source import BatchesFactory
 from pipelines.build_index import STAGE, BuildIndexSettings
-from pipelines.stage import refuse_template_launch
+from pipelines.stage import stage_options
 from transforms import current_embeddings, index_view, review_sample
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
 
@@ -65,14 +64,12 @@ class BeamBuild:
     ) -> None:
         self.settings, self.version, self.build_dir = settings, version, build_dir
         self.view_dir = storage.join(build_dir, index_view.VIEW_DIR)
-        self._args = pipeline_args or []
-        refuse_template_launch(STAGE, PipelineOptions(self._args))  # three jobs, then the day
+        self._options = stage_options(STAGE, pipeline_args)  # three jobs, then the day
         self._factory = batches_factory
         self.counters: dict[str, int] = {}  # prepare's, for the run summary
 
     def _pipeline(self) -> beam.Pipeline:
-        gcs.anonymous_beam_against_emulator()  # no credential search against a test server
-        return beam.Pipeline(options=PipelineOptions(self._args))
+        return beam.Pipeline(options=self._options)
 
     def _rows(self, p: beam.Pipeline) -> beam.PCollection:
         if self._factory is not None:

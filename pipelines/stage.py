@@ -22,10 +22,12 @@ class TemplateLaunchError(RuntimeError):
     Beam then returns at once and the stage would finish the day before its job ran."""
 
 
-def refuse_template_launch(stage: str, options: PipelineOptions) -> None:
-    """Raise TemplateLaunchError when the options only describe a job (``--template_location``,
+def stage_options(stage: str, pipeline_args: list[str] | None) -> PipelineOptions:
+    """The Beam options every job of ``stage`` runs with, checked before the stage touches the
+    day. Raises TemplateLaunchError when they only describe a job (``--template_location``,
     which a Flex Template launch passes): ``wait_until_finish`` would return at once, with no
     job, and the stage would record and commit a day whose job has not run."""
+    options = PipelineOptions(pipeline_args or [])
     if options.view_as(GoogleCloudOptions).template_location:
         raise TemplateLaunchError(
             f"{stage} cannot run as a Dataflow template (--template_location, as a Flex Template "
@@ -33,6 +35,8 @@ def refuse_template_launch(stage: str, options: PipelineOptions) -> None:
             "end, which a template launch never waits for; run the stage's own process instead "
             '(mode gcp: VSEARCH_GCP "beam_launch": "vertex_driver", docs/deploy.md)'
         )
+    gcs.anonymous_beam_against_emulator()  # no credential search against a test server
+    return options
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,8 @@ def run_pipeline(
     on_failure: Callable[[], None] | None = None,
 ) -> BeamRun:
     """Run one stage's job for one date; ``on_failure`` cleans up if the job raises."""
-    options = PipelineOptions(pipeline_args or [])
-    if test_pipeline is None:
-        refuse_template_launch(stage, options)
+    options = stage_options(stage, pipeline_args) if test_pipeline is None else None
     clear_dead_letters(workdir, stage, date)  # idempotent: no stale dead letters mix in
-    gcs.anonymous_beam_against_emulator()  # no credential search against a test server
     with runs.stopwatch() as t:
         p = test_pipeline or beam.Pipeline(options=options)
         build(p)
