@@ -132,11 +132,7 @@ EMBED_FULL_TASK = "embed_full"
 EMBED_INCREMENTAL_TASK = "embed_incremental"
 
 
-def embed_is_full(promoted: bool, forced: bool = False) -> bool:
-    """Whether the day's embed re-embeds everything: after a promotion, or when asked to."""
-    return promoted or forced
-
-
 def embed_task(promoted: bool) -> str:
-    """The DAG's embed branch: the task id of the day's embed, given the gate's decision."""
-    return EMBED_FULL_TASK if embed_is_full(promoted) else EMBED_INCREMENTAL_TASK
+    """The DAG's embed branch: the task id of the day's embed, given the gate's decision (a
+    promoted model's first embed re-embeds everything: the old model's vectors are stale)."""
+    return EMBED_FULL_TASK if promoted else EMBED_INCREMENTAL_TASK

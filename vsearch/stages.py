@@ -27,7 +27,7 @@ from typing import Any
 
 from core import results, runs, storage
 from vsearch import flags
-from vsearch.registry import DAILY_STAGES, STAGES, Stage, embed_is_full
+from vsearch.registry import DAILY_STAGES, STAGES, Stage
 
 __all__ = ["DAILY_STAGES", "STAGES", "DayRun", "Stage", "StageFailed", "run_day", "run_one"]
 
@@ -119,8 +119,8 @@ def settings_for(name: str, day: DayRun, earlier: Mapping[str, Any]) -> tuple[An
         result = result_of(i.stage, day, earlier, optional=i.optional)
         if result is not None:
             given[i.field] = getattr(result, i.result_field)
-    if name == "embed":
-        given["full"] = embed_is_full(bool(given.get("full", False)), day.full)
+    if day.full and "full" in names:  # asked for the day, whatever the gate decided
+        given["full"] = True
     argv = list(day.stage_args.get(name, ()))
     if stage.beam:
         argv += list(day.pipeline_args)
