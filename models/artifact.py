@@ -38,6 +38,7 @@ QUERY_SIGNATURE = "serving_query"  # models.export.QUERY_SIGNATURE: frame + loca
 QUERY_PIXELS_SIGNATURE = "serving_query_pixels"  # models.export.QUERY_PIXELS_SIGNATURE
 BYTES_INPUT = "images"
 PIXELS_INPUT = "pixels"
+WHOLE_INPUT = "whole"  # models.export.WHOLE_INPUT: the query photo at the model's size
 CONFIG_FILE = "config.json"
 # 64 photos x 224^2 x 3 floats = 38 MB: fits any CPU or GPU worker.
 DEFAULT_BATCH_SIZE = 64
@@ -190,9 +191,16 @@ class Embedder:
             whole = np.tile(np.array([[[0.0, 0.0, 1.0, 1.0]]], np.float32), (len(photos), 1, 1))
             return QueryViews(emb, whole, whole, np.ones((len(photos), 1), np.float32))
         signature = self._saved_model.signatures[QUERY_PIXELS_SIGNATURE]
-        size = int(signature.structured_input_signature[1][PIXELS_INPUT].shape[1])
+        inputs = signature.structured_input_signature[1]
+        size = int(inputs[PIXELS_INPUT].shape[1])
         decoded = [images.decode_frame(p, size) for p in photos]
-        out = signature(**{PIXELS_INPUT: tf.constant(np.stack([d[0] for d in decoded]))})
+        feed = {PIXELS_INPUT: tf.constant(np.stack([d[0] for d in decoded]))}
+        # The whole photo exactly as the catalog's photos are embedded (Pillow's letterbox at the
+        # model's size), so a listing's own photo scores 1.0 against itself.
+        takes_whole = WHOLE_INPUT in inputs
+        if takes_whole:
+            feed[WHOLE_INPUT] = tf.constant(np.stack([self.decode(p) for p in photos]))
+        out = signature(**feed)
         frame_boxes = out["boxes"].numpy()
         photo_boxes = np.array(
             [
@@ -202,10 +210,8 @@ class Embedder:
             np.float32,
         )
         embeddings = np.asarray(out["embedding"].numpy(), np.float32)
-        # The whole photo exactly as the catalog's photos are embedded (Pillow's letterbox at the
-        # model's size, not the graph's resize of the query frame): a listing's own photo then
-        # scores 1.0 against itself.
-        embeddings[:, 0] = self.embed_photos(photos)
+        if not takes_whole:  # a model exported before the signature took the whole photo
+            embeddings[:, 0] = self.embed_photos(photos)
         return QueryViews(
             embeddings,
             frame_boxes,

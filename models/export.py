@@ -4,10 +4,11 @@
 letterboxed in the graph by ``features.decode_letterboxed`` (the pipelines' Pillow rule);
 ``serving_pixels``: ``pixels`` uint8 [N, S, S, 3], for callers that already decoded the photo
 safely (``core.images.decode_image``), as the embed job does. A model trained with a
-localiser also has ``serving_query`` (bytes) and ``serving_query_pixels`` (uint8 [N, Q, Q, 3],
-letterboxed at ``QUERY_SIZE``): a shopper's photo as the whole frame plus the localiser's best
-boxes cut from the Q frame, each embedded like a catalog photo (``embedding`` [N, V, D],
-``boxes`` [N, V, 4] in frame fractions, view 0 the whole frame, ``box_scores`` [N, V]). Both return ``embedding``
+localiser also has ``serving_query`` (bytes) and ``serving_query_pixels`` (``pixels`` uint8
+[N, Q, Q, 3] letterboxed at ``QUERY_SIZE``, and ``whole`` uint8 [N, S, S, 3], the same photos
+letterboxed at the model's size as catalog photos are): a shopper's photo as the whole photo plus
+the localiser's best box cut from the Q frame, embedded in one model call (``embedding``
+[N, V, D], ``boxes`` [N, V, 4] in frame fractions, view 0 the whole photo, ``box_scores`` [N, V]). Both return ``embedding``
 float32 [N, D] (L2-normalised) and, per label head, ``<label>`` (string class name; ``""`` for the
 OOV/"other" bucket) and ``<label>_score`` (softmax probability of that class). Both normalise the
 pixels with the TFT graph (``transform_features_layer``), so serving is training's preprocessing.
@@ -40,12 +41,18 @@ SIGNATURE = "serving_default"  # raw encoded bytes in
 PIXELS_SIGNATURE = "serving_pixels"  # decoded uint8 pixels in
 # With a localiser: a query photo as the whole frame plus its best boxes (issue 29).
 QUERY_SIGNATURE = "serving_query"  # raw encoded bytes in
-QUERY_PIXELS_SIGNATURE = "serving_query_pixels"  # uint8 [N, Q, Q, 3] letterboxed at QUERY_SIZE
+# pixels [N, Q, Q, 3] at QUERY_SIZE and whole [N, S, S, 3] at the model's size
+QUERY_PIXELS_SIGNATURE = "serving_query_pixels"
+WHOLE_INPUT = "whole"  # the query signature's whole photo at the model's size
 # The side a query photo is letterboxed to before boxes are cut from it: an item at 20 % of the
 # frame keeps ~50 px, enough for the model's 96 after a bilinear enlargement; more costs decode
 # time and buys little (the phone photos' own blur is coarser).
 QUERY_SIZE = 256
-QUERY_BOXES = 3  # boxes per query photo besides the whole frame
+# Boxes per query photo besides the whole photo: the best one, the only box search uses
+# (search/photo_search.query_view). Measured on the phone catalog (BENCHMARKS.md, "Buyer photos"):
+# the best score over the photo and 3 boxes found fewer listings than the best box alone (0.236 vs
+# 0.271 hit@10; the other boxes fall on the room's other products), and each box is a model pass.
+QUERY_BOXES = 1
 OTHER_CLASS = ""  # the OOV bucket: rare or unseen classes
 
 
@@ -85,10 +92,15 @@ class ServingModule(tf.Module):
             q = QUERY_SIZE
             self.serve_query_pixels = tf.function(
                 self._query,
-                input_signature=[tf.TensorSpec([None, q, q, 3], tf.uint8, name="pixels")],
+                input_signature=[
+                    tf.TensorSpec([None, q, q, 3], tf.uint8, name="pixels"),
+                    tf.TensorSpec([None, size, size, 3], tf.uint8, name=WHOLE_INPUT),
+                ],
             )
             self.serve_query = tf.function(
-                lambda images: self._query(decode_letterboxed(images, q)),
+                lambda images: self._query(
+                    decode_letterboxed(images, q), decode_letterboxed(images, size)
+                ),
                 input_signature=[tf.TensorSpec([None], tf.string, name="images")],
             )
 
@@ -96,9 +108,11 @@ class ServingModule(tf.Module):
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(decode_letterboxed(images, self.image_size))
 
-    def _query(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Query frames [N, Q, Q, 3] -> per view (the whole frame, then the localiser's boxes):
-        ``embedding`` [N, V, D], ``boxes`` [N, V, 4] (frame fractions), ``box_scores`` [N, V]."""
+    def _query(self, frames: tf.Tensor, whole: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Query frames [N, Q, Q, 3] and the same photos at the model's size [N, S, S, 3] -> per
+        view (the whole photo, then the localiser's boxes), all in one model call: ``embedding``
+        [N, V, D], ``boxes`` [N, V, 4] (frame fractions), ``box_scores`` [N, V]. The whole view is
+        the photo exactly as a catalog photo is embedded, so a listing's own photo scores 1.0."""
         from models.localiser import crop_boxes, propose_boxes
 
         assert self.localiser is not None  # the query signatures exist only with one
@@ -106,8 +120,6 @@ class ServingModule(tf.Module):
         boxes, scores = propose_boxes(
             self.localiser, frames, k, size=int(self.localiser.input_shape[1])
         )
-        whole = tf.image.resize(tf.cast(frames, tf.float32), [s, s], "bicubic", antialias=True)
-        whole = tf.cast(tf.clip_by_value(tf.round(whole), 0, 255), tf.uint8)
         crops = tf.reshape(crop_boxes(frames, boxes, s), [n, k, s, s, 3])
         views = tf.concat([whole[:, None], crops], axis=1)
         emb = self._outputs(tf.reshape(views, [-1, s, s, 3]))[EMBEDDING]

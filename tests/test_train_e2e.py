@@ -104,10 +104,14 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert embedder.has_query_signature() and "localiser" in metrics
     review = snapshot.read_snapshot(cat, DATE).reviews[0]
     views = embedder.embed_query([storage.read_bytes(review.image_uri), photo])
-    assert views.embeddings.shape == (2, 4, 32)
+    assert views.embeddings.shape == (2, 2, 32)
     np.testing.assert_allclose(np.linalg.norm(views.embeddings, axis=-1), 1.0, atol=1e-4)
     assert np.all(views.photo_boxes[:, 0] == [0, 0, 1, 1]) and views.box_scores[0, 0] == 1.0
     assert np.all((views.photo_boxes >= 0) & (views.photo_boxes <= 1))
+    # The whole view is the photo exactly as the embed job embeds a catalog photo, computed in
+    # the same model call as the box: a listing's own photo finds itself at score 1.0.
+    as_catalog = embedder.embed_photos([photo])[0]
+    assert float(np.dot(views.embeddings[1, 0], as_catalog)) >= 0.9999
 
     # The first model is promoted (a tiny model: judged by a floor, not against the baselines);
     # the pointer names it.
