@@ -72,6 +72,12 @@ class TrainConfig:
     )
     # Logits = scale * cosine(embedding, class centre): aligns the heads with the retrieval metric.
     cosine_scale: float = field(default=16.0, metadata=doc("logit scale of the cosine heads"))
+    # CosFace's additive margin on the instance head (cosine units; the logit is scale * cos):
+    # a listing's photos must beat every other listing by this much, not just win. 0 = plain
+    # softmax, the default until measured on every catalog style (benchmarks/model_quality.py).
+    instance_margin: float = field(
+        default=0.0, metadata=doc("additive cosine margin of the instance head (0: none)")
+    )
     # Augment listing photos so that they look like review photos (crop, light, blur, noise).
     augment: bool = field(default=True, metadata=doc("augment listing photos like phone photos"))
     # The query localiser (models/localiser.py), trained after the embedding from the train
@@ -138,6 +144,8 @@ class TrainConfig:
         for name, w in self.loss_weights:
             if name not in known or w < 0:
                 raise ValueError(f"loss weight {name}={w}: names must be in {known}, weights >= 0")
+        if not 0.0 <= self.instance_margin < 1.0:
+            raise ValueError(f"--instance-margin must be in [0, 1), got {self.instance_margin}")
         if self.localiser_steps < 0:
             raise ValueError(f"--localiser-steps must be >= 0, got {self.localiser_steps}")
         if not 0.0 <= self.review_crops <= 1.0:

@@ -23,7 +23,7 @@ from models.config import INSTANCE_HEAD, TrainConfig
 from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
 from models.instances import instance_classes
-from models.model import MaskedAccuracy, build_model, masked_sparse_ce
+from models.model import MaskedAccuracy, build_model, margin_ce, masked_sparse_ce
 from models.retrieval_eval import SELECTION_METRIC, RetrievalEvalCallback
 
 
@@ -146,7 +146,12 @@ def train(config: TrainConfig) -> Trained:
             )
             model.trainer.compile(
                 optimizer=optimizer,
-                loss={h: masked_sparse_ce for h in model.heads},
+                loss={
+                    h: margin_ce(config.instance_margin * config.cosine_scale)
+                    if h == INSTANCE_HEAD and config.instance_margin
+                    else masked_sparse_ce
+                    for h in model.heads
+                },
                 loss_weights={h: config.weight(h) for h in model.heads},
                 metrics={h: [MaskedAccuracy(name="acc")] for h in model.heads},
             )

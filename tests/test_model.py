@@ -59,6 +59,18 @@ def test_missing_labels_contribute_no_loss() -> None:
     assert float(tf.reduce_sum(masked_sparse_ce(tf.constant([1, -1]), logits))) > 5.0
 
 
+def test_instance_margin_makes_a_narrow_win_cost_loss() -> None:
+    # Cosine logits (scale 16): the true class wins by 0.1 in cosine. Without a margin that is a
+    # confident win; with CosFace's 0.3 margin it still costs loss, and a missing label none.
+    logits = tf.constant([[16 * 0.6, 16 * 0.5], [0.0, 0.0]])
+    labels = tf.constant([0, -1])
+    plain = masked_sparse_ce(labels, logits).numpy()
+    margin = masked_sparse_ce(labels, logits, margin=16 * 0.3).numpy()
+    assert margin[0] > plain[0] + 1.0 and margin[1] == plain[1] == 0.0
+    wide = masked_sparse_ce(labels, tf.constant([[16 * 0.9, 16 * 0.1], [0.0, 0.0]]), 16 * 0.3)
+    assert float(wide[0]) < 0.01  # a win by more than the margin costs (almost) nothing
+
+
 def test_trainable_layers_freezes_all_but_the_top_n(tmp_path) -> None:
     model = build_model(_config(tmp_path, trainable_layers=2), CLASSES)
     weighted = [layer for layer in model.backbone.layers if layer.weights]
