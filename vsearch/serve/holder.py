@@ -23,6 +23,7 @@ and what is served instead (/readyz and /health show it); it clears when CURRENT
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +41,20 @@ from vsearch.serve.calibration import Calibration
 from vsearch.serve.filtered import FilteredSearch
 
 log = logging.getLogger(__name__)
+
+
+def settle_garbage() -> None:
+    """Collect once, then move every object alive out of the cyclic collector's sight.
+
+    A loaded model and index are hundreds of thousands of Python objects (TensorFlow's restored
+    functions above all) that live as long as they serve. Left in view, every automatic full
+    collection walks them all: a ~250 ms pause, holding the GIL, that stalled whole batches of
+    requests every few seconds (16 clients: p99 395 ms with the pauses, 176 ms without;
+    BENCHMARKS.md, "Batched serving"). Called after each swap: the unfreeze first lets the
+    retired index's cycles be collected then (or at the next swap, if requests still held it)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class NotReady(RuntimeError):
@@ -193,6 +208,7 @@ class IndexHolder:
         if close_old:
             assert old is not None
             old.close()
+        settle_garbage()
         log.info("serving index %s (was %s)", fresh.manifest_uri, old and old.manifest_uri)
         self._notify("swapped", fresh, fresh.manifest_uri)
 
