@@ -71,7 +71,7 @@ def test_in_flight_request_finishes_on_the_old_index(served: tuple[str, str, np.
     # would leak one.
     old.cycle = old  # type: ignore[attr-defined]
     retired = weakref.ref(old)
-    del old, real_close
+    old = real_close = None  # type: ignore[assignment]  # the test's own references
     fx.build_and_publish(workdir, catalog, "20260101T000001Z-bbbbbc", emb, keep=30)
     assert holder.check_once() == "swapped"
     assert retired() is None
