@@ -33,7 +33,7 @@ from core.runs import METRICS_NAMESPACE
 from index import manifest, shard_plan, source
 from index.source import BatchesFactory
 from pipelines.build_index import STAGE, BuildIndexSettings
-from pipelines.stage import stage_options
+from pipelines.stage import run_and_wait, stage_options
 from transforms import current_embeddings, index_view, review_sample
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters
 
@@ -149,8 +149,7 @@ class BeamBuild:
             )
             | "WriteSample" >> beam.Map(index_view.write_sample, view_dir)
         )
-        result = p.run()
-        result.wait_until_finish()
+        result = run_and_wait(STAGE, p)
         self.counters = runs.counters(result)
         n = int(storage.read_text(storage.join(view_dir, index_view.COUNT_FILE)))
         vectors, keys = index_view.read_sample(view_dir)
@@ -176,7 +175,7 @@ class BeamBuild:
                 index_view.AddViewShardFn(trained_bytes, pca_bytes, build_dir, self.view_dir)
             )
         )
-        p.run().wait_until_finish()
+        run_and_wait(STAGE, p)
         return index_view.collect_entries(build_dir, num_shards)
 
     def ground_truth(self, queries: np.ndarray, k: int) -> np.ndarray:
@@ -197,7 +196,7 @@ class BeamBuild:
             | "Merge" >> beam.CombineGlobally(index_view.MergeTopK(k))
             | "WriteTruth" >> beam.Map(write)
         )
-        p.run().wait_until_finish()
+        run_and_wait(STAGE, p)
         data = storage.read_bytes(storage.join(view_dir, index_view.TRUTH_FILE))
         keys = np.load(io.BytesIO(data), allow_pickle=True)
         if keys.shape[1] < k:  # the whole input holds fewer than k rows

@@ -6,7 +6,11 @@ timed, read its counters. The stage then turns the counters into its run summary
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,70 @@ def stage_options(stage: str, pipeline_args: list[str] | None) -> PipelineOption
     return options
 
 
+class StageStopped(KeyboardInterrupt):
+    """The stage's process was told to stop (SIGTERM) while its Beam job ran: like Ctrl-C, a
+    request from outside, not an error of the stage (the CLI exits 143, 128 + SIGTERM)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def _sigterm_raises(stage: str) -> Iterator[None]:
+    """While inside, SIGTERM raises StageStopped in the main thread (Python's default would end
+    the process at once, with no chance to cancel the job). Only the main thread can handle a
+    signal: elsewhere (a stage run inside a test's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise StageStopped(f"{stage} was stopped ({signal.Signals(signum).name})")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cancel(stage: str, result: Any) -> None:
+    """Cancel the job behind ``result``, saying so on stderr in one line either way."""
+    job = result.job_id() if getattr(result, "has_job", False) else None
+    if job is None:  # a local runner: its job ends with this process
+        return
+    try:
+        result.cancel()
+    except Exception as e:  # the API unreachable, no permission: the operator must know
+        print(
+            f"[{stage}] stopped, but its Dataflow job {job} could not be cancelled "
+            f"({type(e).__name__}: {e}); cancel it by hand",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    print(f"[{stage}] stopped: cancelled its Dataflow job {job}", file=sys.stderr, flush=True)
+
+
+def run_and_wait(stage: str, p: beam.Pipeline) -> Any:
+    """Run ``p`` and wait for its end; returns the PipelineResult.
+
+    A stop on the way, SIGTERM (how Vertex AI and Kubernetes stop a container: a killed Airflow
+    task cancels the stage's Vertex job) or Ctrl-C, first cancels the job: a Dataflow job
+    outlives the process that submitted it, and would run and bill on with nobody to finish its
+    day. A stop while the job is being submitted (seconds) cannot cancel it: its name says which.
+    """
+    result = None
+    with _sigterm_raises(stage):
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except KeyboardInterrupt:  # StageStopped too
+            if result is not None:
+                _cancel(stage, result)
+            raise
+    return result
+
+
 @dataclass(frozen=True)
 class BeamRun:
     counters: dict[str, int]  # committed counters of the vsearch namespace, by name
@@ -62,8 +130,7 @@ def run_pipeline(
         p = test_pipeline or beam.Pipeline(options=options)
         build(p)
         try:
-            result = p.run()
-            result.wait_until_finish()
+            result = run_and_wait(stage, p)
         except BaseException:
             if on_failure is not None:
                 on_failure()

@@ -39,6 +39,10 @@ DAY = {"catalog": "gs://b/catalog", "workdir": "gs://b/vs"}
 # ------------------------------------------------------------------ a fake Dataflow API
 
 
+# Dataflow v1b3's JobState numbers, for requests that send the number instead of the name.
+JOB_STATES = {3: "JOB_STATE_DONE", 4: "JOB_STATE_FAILED", 5: "JOB_STATE_CANCELLED"}
+
+
 class FakeDataflow(ThreadingHTTPServer):
     """The Dataflow v1b3 REST calls that Beam's runner and the provider's hook make: create or
     launch a job, get it (its state), its messages and metrics, list jobs, and update its
@@ -87,8 +91,10 @@ class FakeDataflow(ThreadingHTTPServer):
                 if job is None:
                     return 404, {"error": {"code": 404, "message": "no such job"}}
                 if method == "PUT":
-                    job["requestedState"] = body["requestedState"]
-                    if body["requestedState"] == "JOB_STATE_CANCELLED":
+                    # JSON may name an enum value or give its number (Beam's client sends 5).
+                    state = JOB_STATES.get(body["requestedState"], body["requestedState"])
+                    job["requestedState"] = state
+                    if state == "JOB_STATE_CANCELLED":
                         job["currentState"] = "JOB_STATE_CANCELLED"
                 return 200, job
             if re.fullmatch(base + r"/jobs/[^/]+/messages", path):

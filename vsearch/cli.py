@@ -227,9 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except flags.UsageError as e:
         print(f"vsearch {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"vsearch {name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a Beam job (pipelines/stage.py)
+        print(f"vsearch {name}: {e or 'interrupted'}", file=real_stderr)
+        return int(getattr(e, "exit_code", 130))
     except Exception as e:
         if debug:
             traceback.print_exc()
