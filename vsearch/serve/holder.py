@@ -195,22 +195,31 @@ class IndexHolder:
             )
             return "refused"
         self._swap(fresh)
-        self.fallback = None
         return "swapped"
 
-    def _swap(self, fresh: ServedIndex) -> None:
+    def _swap(
+        self,
+        fresh: ServedIndex,
+        refused: str | None = None,
+        last_error: str | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        """Serve ``fresh``; what /readyz reports of the refused build (none, or CURRENT's when
+        ``fresh`` is a fallback) changes with it, so no reader sees the new index with the old
+        state."""
         with self._lock:
+            # The state first: a reader without the lock that sees ``fresh`` sees its state too.
+            self._refused, self.last_error, self.fallback = refused, last_error, fallback
             old, self._current = self._current, fresh
-            self._refused, self.last_error = None, None
             close_old = old is not None and old.users == 0
             if old is not None:
                 old.retired = True
         if close_old:
             assert old is not None
             old.close()
-        settle_garbage()
         log.info("serving index %s (was %s)", fresh.manifest_uri, old and old.manifest_uri)
         self._notify("swapped", fresh, fresh.manifest_uri)
+        settle_garbage()  # last: everything a reader sees of the swap is in place before the pause
 
     def _fall_back(self, refused: str) -> str:
         """Serve the newest verified build that loads, when CURRENT's cannot be loaded at start."""
@@ -223,13 +232,13 @@ class IndexHolder:
             except Exception as e:  # that one is damaged too: the next older one
                 log.error("fallback index %s refused too: %s: %s", uri, type(e).__name__, e)
                 continue
-            self._swap(fresh)
-            self._refused, self.last_error = refused, error  # CURRENT's is still the refused one
-            self.fallback = (
+            fallback = (
                 f"CURRENT names {refused}, which was refused; serving {uri} instead, the newest "
                 "build that verifies"
             )
-            log.warning("%s", self.fallback)
+            # CURRENT's build is still the refused one.
+            self._swap(fresh, refused=refused, last_error=error, fallback=fallback)
+            log.warning("%s", fallback)
             return "fallback"
         self.last_error = f"{error}; no earlier verified build loads either"
         return "refused"
