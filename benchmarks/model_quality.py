@@ -116,14 +116,9 @@ def _ablation_row(r: dict) -> str:  # type: ignore[type-arg]
 def _table_rows() -> list[str]:
     """The rows the ablation table of BENCHMARKS.md holds now (runs of earlier sessions and
     machines: the table is their only record)."""
-    text = report.BENCHMARKS_MD.read_text() if report.BENCHMARKS_MD.exists() else ""
-    start, end = "<!-- model_ablation:start -->", "<!-- model_ablation:end -->"
-    if start not in text or end not in text:
-        return []
-    section = text.split(start, 1)[1].split(end, 1)[0]
     return [
         line
-        for line in section.splitlines()
+        for line in report.read_section("model_ablation").splitlines()
         if line.startswith("| ") and not line.startswith("| catalog |")
     ]
 

@@ -27,11 +27,24 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def read_section(name: str) -> str:
+    """The text of section NAME of BENCHMARKS.md as it stands ("" when there is none)."""
+    start, end = _markers(name)
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
 def write_section(name: str, body: str, stamped: bool = True) -> None:
     """Replace (or append) the section NAME of BENCHMARKS.md with ``body``, followed by when and
     where it was measured (``stamped=False``: the body as it is, for sections that say so
     themselves)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    start, end = _markers(name)
     if stamped:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         block = f"{start}\n{body.rstrip()}\n\n_Measured {stamp} on {machine()}._\n{end}"
