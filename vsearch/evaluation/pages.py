@@ -72,8 +72,11 @@ async function rate(card,label){
  if(!r.ok){status.textContent='not saved: '+d.error;return;}
  for(const c of cards){if(c.dataset.listing===card.dataset.listing){c.dataset.grade=d.grade;
   c.classList.remove('g0','g1','g2');c.classList.add('g'+d.grade);}}
- document.getElementById('rated').textContent=d.rated;
- document.getElementById('barfill').style.width=(100*d.rated/d.total)+'%';
+ // Answers may arrive out of order (the server stores ratings in parallel), and a rater's count
+ // only grows: an older answer's smaller count must not move the progress back.
+ const shown=document.getElementById('rated'),rated=Math.max(d.rated,+shown.textContent||0);
+ shown.textContent=rated;
+ document.getElementById('barfill').style.width=(100*rated/d.total)+'%';
  status.textContent=cards.every(c=>c.dataset.grade)?'query done: press n for the next one':'';
 }
 cards.forEach((c,i)=>{c.addEventListener('click',()=>focusCard(i));
