@@ -68,7 +68,7 @@ class GcpSettings:
     # Dataflow workers of preprocess and build-index: TF Transform and faiss adds are CPU work.
     dataflow_machine_type: str = "n1-standard-4"
     dataflow_max_workers: int = 20
-    # embed's workers: RunInference on a T4 each. "" = CPU workers on dataflow_machine_type.
+    # embed's workers: the model on a T4 each. "" = CPU workers on dataflow_machine_type.
     embed_machine_type: str = "n1-standard-8"
     embed_accelerator: str = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
     embed_max_workers: int = 10

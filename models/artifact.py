@@ -1,6 +1,6 @@
 """The model artifact, read in one place: ``models/VERSION/{config.json, embedder/}`` and PUBLISHED.
 
-Every reader of a trained model goes through here: the embed job's RunInference handler, the gate,
+Every reader of a trained model goes through here: the embed job's model handler, the gate,
 search by photo, build-index's review-photo queries and the benchmarks.
 
 * ``read_config(workdir, version)``: the typed ``config.json`` (version, embedding dim, image size).
@@ -14,7 +14,7 @@ search by photo, build-index's review-photo queries and the benchmarks.
 
 A missing or truncated SavedModel is one ``ModelArtifactError`` naming the path.
 
-Only methods cross a process boundary: with ``large_model`` RunInference hands out a proxy to an
+Only methods cross a process boundary: with ``large_model`` the embed job's inference step holds a proxy to an
 ``Embedder`` living in another process (``MultiProcessShared``), so callers never touch attributes
 of the loaded TensorFlow object.
 """

@@ -1,4 +1,4 @@
-"""``vsearch embed``: incremental image embeddings with Beam RunInference, written as Parquet.
+"""``vsearch embed``: incremental image embeddings (a Beam ModelHandler, pipelined calls), written as Parquet.
 
 ``run(EmbedSettings) -> EmbedResult`` is one chain: check the inputs (``embed_checks``: the
 model, the snapshot's size, the earlier files) -> plan the skip (``embed_plan``: which earlier

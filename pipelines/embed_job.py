@@ -5,9 +5,11 @@
     listings, the earlier partitions' keys and the earlier runs' metadata state, joined as Arrow
     tables in hash buckets; never a byte of an unchanged photo, never an element per unchanged
     photo) -> ReadPhotos (read and hash; a sha256 the slot already has is skipped before any
-    decoding) -> DecodeImages (the safe Pillow decoder, once per photo) -> KeyPixels ->
-    RunInference (KeyedModelHandler: uint8 pixels through the model's pixel signature, then each
-    vector re-normalised or rejected, transforms/inference.py) -> ToRows -> WriteEmbeddings
+    decoding; else the safe Pillow decoder, once per photo; all three in threads ahead of the
+    model step) ->
+    Inference (transforms/pipelined_inference.py: batches of uint8 pixels through the model's
+    pixel signature, the next batch's call in flight, then each vector re-normalised or
+    rejected, transforms/inference.py) -> ToRows -> WriteEmbeddings
     (+ WriteState: this run's state snapshot, metadata key -> sha256 of every photo that has an
     embedding row: those skipped, those recognised after the read, those embedded today)
 
@@ -16,9 +18,8 @@ Why joins and not a side input for the skip: the known keys are one row per imag
 bucketed joins shuffle only keys and URIs (never image bytes, which are read after the join), so
 they cost the same shape on a laptop and on Dataflow.
 
-Dead letters: every step that can reject a photo has a dead-letter output, and after the model
-that output is RunInference's own (``with_exception_handling``): a failed model call dead-letters
-its batch, a NaN or zero-norm vector its photo alone. The job writes the files to a staging
+Dead letters: every step that can reject a photo has a dead-letter output; after the model a
+failed model call dead-letters its batch, a NaN or zero-norm vector its photo alone. The job writes the files to a staging
 folder; ``pipelines/embed.py`` decides whether they become the day's partition.
 """
 
@@ -30,7 +31,6 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import RunInference, RunInferenceDLQ
 
 from core import images, paths, storage
 from core.catalog import ImageRef, catalog_name
@@ -45,17 +45,20 @@ from transforms import read_images
 from transforms.change_detection import PhotosToRead, PhotoToRead
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
-from transforms.inference import Prediction, keyed_handler
+from transforms.inference import EmbedderModelHandler, Prediction, unit_embedding
+from transforms.lookahead import LookaheadDoFn
+from transforms.pipelined_inference import FAILED_CALLS, FAILED_POSTPROCESSING, PipelinedInference
 from transforms.progress import LogProgress
 
-# Each model batch runs as two calls at once: one call leaves CPU cores idle (the model alone
-# embeds ~20% more photos a second with 2 callers than with 1 on 2 cores; not measured on a GPU).
-MODEL_CALLS_AT_ONCE = 2
+# Two batches' calls at once: the next batch's call runs while the bundle's thread emits this
+# one's rows and gathers the batch after (transforms/pipelined_inference.py; on 2 cores 0.80 ->
+# see BENCHMARKS.md "Embed job"; on a GPU it overlaps the host's work with the device's).
+MODEL_CALLS_IN_FLIGHT = 2
 STATE_TAG = "state"
 
 
 class EmbedKey(NamedTuple):
-    """What rides along with the image bytes through RunInference."""
+    """What rides along with a photo's pixels through the inference step."""
 
     listing_id: str
     image_index: int
@@ -111,25 +114,21 @@ def build(
         list_objects=True,  # every photo gets its metadata key: today's state snapshot needs it
         state_checked=plan.checked,
     )
-    read = to_read | "ReadPhotos" >> beam.ParDo(_ReadPhoto()).with_outputs(
-        DEAD_LETTER_TAG, STATE_TAG, main="images"
-    )
-    decoded = read.images | "DecodeImages" >> read_images.DecodeImages(
-        STAGE, model.image_size, threads=s.decode_threads
-    )
-    handler = keyed_handler(
-        paths.embedder_dir(s.workdir, model.version),
+    read = to_read | "ReadPhotos" >> beam.ParDo(
+        _ReadPhoto(model.image_size, s.decode_threads)
+    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, main="images")
+    model_uri = paths.embedder_dir(s.workdir, model.version)
+    handler = EmbedderModelHandler(
+        model_uri,
         min_batch_size=s.min_batch_size,
         max_batch_size=s.max_batch_size,
         large_model=s.large_model,
         intra_op_threads=s.intra_op_threads,
-        concurrent_calls=MODEL_CALLS_AT_ONCE,
     )
-    embedded, failed = (
-        decoded[read_images.MAIN_TAG]
-        | "KeyPixels" >> beam.Map(_keyed_pixels)
-        | "RunInference" >> RunInference(handler).with_exception_handling()
+    inferred = read.images | "Inference" >> PipelinedInference(
+        handler, unit_embedding, model_tag=model_uri, calls_in_flight=MODEL_CALLS_IN_FLIGHT
     )
+    embedded = inferred.predictions
     _ = embedded | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rows = embedded | "ToRows" >> beam.ParDo(
@@ -148,8 +147,8 @@ def build(
         (
             catalog[DEAD_LETTER_TAG] | "CatalogRejects" >> beam.Map(_count_catalog_reject),
             read[DEAD_LETTER_TAG],
-            decoded[DEAD_LETTER_TAG],
-            *_inference_dead_letters(failed),
+            inferred[FAILED_CALLS] | "FailedCalls" >> beam.Map(_failed_call_letter),
+            inferred[FAILED_POSTPROCESSING] | "RejectedEmbeddings" >> beam.Map(_rejected_letter),
         )
         | "AllDeadLetters" >> beam.Flatten()
         | "CountDeadLetters" >> beam.Map(_count_dead)
@@ -160,38 +159,71 @@ def build(
 # ------------------------------------------------------------------ steps
 
 
-class _ReadPhoto(beam.DoFn):
-    """PhotoToRead -> ImageBytes, unless its bytes hash to a sha256 the slot already has.
+class _ReadPhoto(LookaheadDoFn):
+    """PhotoToRead -> (EmbedKey, uint8 pixels), unless its bytes hash to a sha256 the slot already has.
 
-    Same size cap and dead-letter reasons as ``ReadImageBytes``. A photo read under a metadata
+    One step reads, hashes and decodes (same size cap and dead-letter reasons as
+    ``ReadImageBytes`` and ``DecodeImages``), in ``threads`` pool threads ahead of the model
+    step (``transforms/lookahead.py``): the reads and decodes of the next photos overlap the
+    current batch's model call instead of taking turns with it. A photo read under a metadata
     key gets a state row: here when its sha256 is known (``state``), else from ``_ToRows`` once
     its embedding row is made (the key rides along as ``carry``), so a photo dead-lettered after
     the read is read again the next day rather than remembered.
     """
 
+    def __init__(self, image_size: int, threads: int) -> None:
+        super().__init__(threads)
+        self._image_size = image_size
+
     def setup(self) -> None:
+        super().setup()
         counter = beam.metrics.Metrics.counter
         self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
         self._reads = counter(METRICS_NAMESPACE, "images_read")
+        self._decoded = counter(METRICS_NAMESPACE, "images_decoded")
 
-    def process(self, photo: PhotoToRead) -> Iterator[Any]:
-        self._reads.inc()
+    def work(self, photo: PhotoToRead) -> _Read:
         try:
             data = read_images.read_limited(photo.uri, read_images.DEFAULT_MAX_BYTES)
         except (storage.StorageError, ValueError) as e:
-            yield dead_letter(STAGE, f"listing image: {e}"[:500], photo.listing_id, photo.uri)
-            return
+            return _Read(error=f"listing image: {e}"[:500])
         sha = images.sha256_hex(data)
         if sha in photo.known_sha256:
-            self._skipped.inc()  # new metadata, same bytes: the embedding row already exists
+            return _Read(sha256=sha)  # new metadata, same bytes: the embedding row exists
+        pixels = read_images.decode_or_error(data, self._image_size, images.DEFAULT_MAX_PIXELS)
+        return _Read(sha256=sha, pixels=pixels)
+
+    def outputs(self, photo: PhotoToRead, read: _Read) -> Iterator[Any]:
+        self._reads.inc()
+        if read.error:
+            yield dead_letter(STAGE, read.error, photo.listing_id, photo.uri)
+            return
+        if read.pixels is None:
+            self._skipped.inc()
             if photo.meta_key:
                 state = _state_row(
-                    photo.listing_id, photo.image_index, photo.uri, photo.meta_key, sha
+                    photo.listing_id, photo.image_index, photo.uri, photo.meta_key, read.sha256
                 )
                 yield beam.pvalue.TaggedOutput(STATE_TAG, state)
             return
         ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
-        yield read_images.ImageBytes(ref, data, sha, photo.meta_key)
+        if isinstance(read.pixels, images.ImageError):
+            reason = read_images.decode_reason(ref, read.pixels)
+            yield dead_letter(STAGE, reason, photo.listing_id, photo.uri)
+            return
+        self._decoded.inc()
+        # Keyed for the inference step: what rides along with the pixels to the row.
+        key = EmbedKey(photo.listing_id, photo.image_index, photo.uri, read.sha256, photo.meta_key)
+        yield key, read.pixels
+
+
+class _Read(NamedTuple):
+    """What ``_ReadPhoto.work`` found: an error, a known sha256 (no pixels), or pixels (or the
+    decode's error)."""
+
+    error: str = ""
+    sha256: str = ""
+    pixels: np.ndarray | images.ImageError | None = None
 
 
 def _state_row(
@@ -206,17 +238,9 @@ def _state_row(
     }
 
 
-def _keyed_pixels(decoded: read_images.DecodedImage) -> tuple[EmbedKey, np.ndarray]:
-    """The model gets the sanitised pixels themselves, through its pixel signature."""
-    r = decoded.ref
-    return EmbedKey(
-        r.listing_id, int(r.image_index), r.uri, decoded.sha256, decoded.carry
-    ), decoded.rgb
-
-
 class _ToRows(beam.DoFn):
     """(key, unit-norm prediction) -> a contract row, and a ``state`` row for a photo read under
-    a metadata key. Nothing is rejected here: RunInference already dead-lettered the failures."""
+    a metadata key. Nothing is rejected here: the inference step already dead-lettered the failures."""
 
     def __init__(self, version: str, created_at: dt.datetime, catalog: str) -> None:
         self._version, self._created_at, self._catalog = version, created_at, catalog
@@ -239,30 +263,17 @@ class _ToRows(beam.DoFn):
             yield beam.pvalue.TaggedOutput(STATE_TAG, state)
 
 
-def _inference_dead_letters(failed: RunInferenceDLQ) -> list[beam.PCollection]:
-    """RunInference's dead-letter output as DeadLetter records, one per photo: a failed model
-    call gives one for each photo of its batch, a rejected vector one for its photo."""
-    rejected = [
-        bad | f"RejectedEmbeddings{i}" >> beam.Map(_rejected_letter)
-        for i, bad in enumerate(failed.failed_postprocessing)
-    ]
-    return [failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_letters)] + (
-        rejected
-    )
+def _failed_call_letter(failed: tuple[EmbedKey, str]) -> DeadLetter:
+    """A photo of a batch whose model call raised: the call's error is its reason."""
+    key, error = failed
+    return dead_letter(STAGE, f"inference failed: {error}", key.listing_id, key.uri).value
 
 
-def _failed_batch_letters(bad: tuple[Any, Any]) -> Iterator[DeadLetter]:
-    """A model call that raised (``failed_inferences``): one dead letter per photo of its batch."""
-    batch, (_, exc_repr, _) = bad
-    for key, _ in batch:
-        yield dead_letter(STAGE, f"inference failed: {exc_repr}", key.listing_id, key.uri).value
-
-
-def _rejected_letter(bad: tuple[Any, Any]) -> DeadLetter:
-    """A photo whose vector the postprocess step rejected (``failed_postprocessing``); the
-    reason is the exception's repr, which for ``RejectedEmbedding`` is its message."""
-    (key, _), (_, exc_repr, _) = bad
-    return dead_letter(STAGE, exc_repr, key.listing_id, key.uri).value
+def _rejected_letter(failed: tuple[EmbedKey, str]) -> DeadLetter:
+    """A photo whose vector the postprocess step rejected; the reason is the exception's repr,
+    which for ``RejectedEmbedding`` is its message."""
+    key, error = failed
+    return dead_letter(STAGE, error, key.listing_id, key.uri).value
 
 
 def _count_catalog_reject(d: DeadLetter) -> DeadLetter:

@@ -1,5 +1,5 @@
 """The embed job's steps (``pipelines/embed_job.py``, ``transforms/inference.py``): the catalog
-read, the one failure path after the model (RunInference's exception handling), and a real
+read, the failure paths after the model (failed calls, rejected vectors), and a real
 export through the job.
 """
 
@@ -179,8 +179,8 @@ def fake_model_dir(tmp_path_factory) -> tuple[str, str]:
 
 
 def test_a_vector_is_normalised_or_rejected_with_its_reason() -> None:
-    """RunInference's postprocess step: a unit float32 vector, or ``RejectedEmbedding`` whose
-    repr (all that RunInference's dead-letter output keeps) is the dead letter's reason."""
+    """The inference step's postprocess: a unit float32 vector, or ``RejectedEmbedding`` whose
+    repr (all that the dead-letter output keeps) is the dead letter's reason."""
     from apache_beam.ml.inference.base import PredictionResult
 
     from transforms.inference import Prediction, RejectedEmbedding, unit_embedding
@@ -205,18 +205,17 @@ def test_a_vector_is_normalised_or_rejected_with_its_reason() -> None:
 def test_a_failed_model_call_dead_letters_each_photo_of_its_batch(
     fake_model_dir, tmp_path, monkeypatch
 ) -> None:
-    """A model call that raises goes through RunInference's exception handling like a rejected
-    vector: every photo of its batch is a dead letter with the call's error, the run summary
+    """A model call that raises goes to the inference step's failed calls: every photo of its batch is a dead letter with the call's error, the run summary
     accounts for each, and the bad-fraction check keeps the partition from being published."""
     from core import runs
     from core.deadletter import read_dead_letters
     from pipelines.embed import EmbedError
     from transforms import inference
 
-    def failing(model, batch, parts):
+    def failing(model, batch):
         raise RuntimeError("the model call failed")
 
-    monkeypatch.setattr(inference, "_predict_parts", failing)
+    monkeypatch.setattr(inference, "_predict", failing)
     catalog, workdir = str(tmp_path / "cat"), str(tmp_path / "work")
     version = fx.install_model(fake_model_dir, workdir)
     fx.write_catalog(catalog, fx.D1, {**fx.GOOD, "LCORRUPT": fx.BAD["LCORRUPT"]})

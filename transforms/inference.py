@@ -1,51 +1,44 @@
-"""A RunInference ModelHandler for the exported embedder SavedModel (``models.artifact``).
+"""A Beam ModelHandler for the exported embedder SavedModel (``models.artifact``).
 
 Elements are photos the pipeline already decoded safely (``core.images.decode_image``):
 uint8 [S, S, 3] pixels. A batch is stacked and fed to the model's ``serving_pixels`` signature,
 which returns ``embedding`` [N, D] float32 plus the category head: no re-encode, no second decode.
-The handler:
+The embed job runs it through ``transforms/pipelined_inference.py`` (the next batch's call in
+flight while this one's results are emitted); any runner of Beam ModelHandlers could run it. The
+handler:
 
-* loads the model once per worker process (RunInference keeps it in ``shared.Shared``, so every
-  thread of a process uses one copy); with ``large_model=True`` one copy is shared by all
-  processes of a machine (Beam's ``MultiProcessShared``), which is what a GPU worker with several
-  SDK processes wants: one copy in GPU memory instead of one per process;
+* loads the model once per worker process (kept in ``shared.Shared``, so every thread of a
+  process uses one copy); with ``large_model=True`` one copy is shared by all processes of a
+  machine (Beam's ``MultiProcessShared``), which is what a GPU worker with several SDK processes
+  wants: one copy in GPU memory instead of one per process;
 * copies a gs:// model to a local folder first, because TensorFlow's own filesystem layer does not
   know every object store (or the loopback test server) that our storage layer does;
 * runs on a GPU when TensorFlow sees one and on the CPU otherwise, with the same code (it only
-  asks for memory growth so that several processes can share a GPU);
-* can split a batch into ``concurrent_calls`` parts run at once (threads: TensorFlow releases the
-  GIL while it runs): on a CPU one call does not keep every core busy, and two calls at once
-  embed ~20% more photos per second on 2 cores (BENCHMARKS.md, embed);
-* ends in a postprocess step, ``unit_embedding``: each photo's vector re-normalised, or rejected
-  (NaN or inf values, zero norm) by raising ``RejectedEmbedding``.
+  asks for memory growth so that several processes can share a GPU).
 
-Failures take one route, RunInference's own exception handling
-(``RunInference(keyed_handler(...)).with_exception_handling()``): a model call that raises sends
-its batch to ``failed_inferences``, a rejected vector sends its photo alone to
-``failed_postprocessing``, and the job turns both into dead letters (``pipelines/embed_job.py``).
+``unit_embedding`` is the postprocess step: each photo's vector re-normalised, or rejected (NaN or
+inf values, zero norm) by raising ``RejectedEmbedding``.
+
+Failures: a model call that raises fails its batch, and every photo of it becomes a dead letter
+with the call's error; a rejected vector fails its photo alone (``pipelines/embed_job.py``).
 The handler catches nothing and retries nothing one photo at a time: what can fail one photo
 is its vector, never the call. Every photo reaches the model as sanitised uint8 pixels of one
 shape, so a failing call is the batch's failure, not one photo's: a broken model fails every
 photo again when retried alone, and a batch too large for memory is ``--max-batch-size``'s to
-prevent. Its photos are dead letters with the call's error, and the run's bad-fraction check
-refuses to publish the day when they are more than a few. The photo that spoils
-its vector (an all-black image's NaN) leaves alone and its batch mates are embedded: that check
-runs per photo, after the call.
+prevent. The run's bad-fraction check refuses to publish the day when they are more than a few.
+The photo that spoils its vector (an all-black image's NaN) leaves alone and its batch mates are
+embedded: that check runs per photo, after the call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from core.runs import METRICS_NAMESPACE
 from models.artifact import Embedder, ModelArtifactError
@@ -69,8 +62,8 @@ class Prediction:
 class RejectedEmbedding(ValueError):
     """A model output that is no usable vector: NaN or inf values, or zero norm.
 
-    Its repr is its message: RunInference's dead-letter output keeps ``repr(exception)`` only,
-    and that text becomes the dead letter's reason as it is.
+    Its repr is its message: the dead-letter output keeps ``repr(exception)`` only, and that
+    text becomes the dead letter's reason as it is.
     """
 
     def __repr__(self) -> str:
@@ -88,7 +81,6 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         max_batch_size: int = 64,
         large_model: bool = False,
         intra_op_threads: int = 0,
-        concurrent_calls: int = 1,
     ) -> None:
         # min/max bound BatchElements, which then adapts the batch size to measured throughput.
         super().__init__(
@@ -98,11 +90,8 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
             raise ValueError(
                 f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}"
             )
-        if concurrent_calls < 1:
-            raise ValueError(f"need concurrent_calls >= 1, got {concurrent_calls}")
         self._model_uri = model_uri
         self._intra_op_threads = intra_op_threads
-        self._concurrent_calls = concurrent_calls
 
     def load_model(self) -> Embedder:
         import tensorflow as tf
@@ -122,15 +111,8 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         model: Embedder,
         inference_args: Mapping[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        Metrics = beam.metrics.Metrics  # noqa: N806 - Beam's spelling
-        Metrics.distribution(METRICS_NAMESPACE, "batch_size").update(len(batch))
-        start = time.perf_counter()
-        # No try: a failed call fails its batch, which RunInference's exception handling
-        # dead-letters (module docstring).
-        predictions = _predict_parts(model, batch, self._concurrent_calls)
-        Metrics.distribution(METRICS_NAMESPACE, "inference_ms").update(
-            int((time.perf_counter() - start) * 1000)
-        )
+        # No try: a failed call fails its batch, which the caller dead-letters (module docstring).
+        predictions = _predict(model, batch)
         return [PredictionResult(x, p) for x, p in zip(batch, predictions, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -141,19 +123,10 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         return METRICS_NAMESPACE
 
 
-def keyed_handler(model_uri: str, **kwargs: Any) -> ModelHandler[Any, Any, Any]:
-    """The handler RunInference gets: (key, uint8 pixels) in, (key, Prediction) out, each
-    embedding a unit vector (``unit_embedding``); a rejected one raises in the postprocess step."""
-    keyed: KeyedModelHandler[Any, np.ndarray, PredictionResult, Embedder] = KeyedModelHandler(
-        EmbedderModelHandler(model_uri, **kwargs)
-    )
-    return keyed.with_postprocess_fn(unit_embedding)
-
-
 def unit_embedding(keyed: tuple[K, PredictionResult]) -> tuple[K, Prediction]:
     """One photo's prediction with its embedding re-normalised in float64, so that norms are 1 to
     float32 precision whatever the model; NaN or inf values and zero norm raise
-    ``RejectedEmbedding`` (RunInference sends the photo to ``failed_postprocessing``)."""
+    ``RejectedEmbedding`` (the photo goes to ``failed_postprocessing``)."""
     key, result = keyed
     p = result.inference
     assert isinstance(p, Prediction)
@@ -181,22 +154,6 @@ def _predict(model: Embedder, batch: Sequence[np.ndarray]) -> Iterable[Predictio
             category=c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c),
             category_score=float(scores[i]),
         )
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # per process: threads that make model calls
-_POOLS_LOCK = threading.Lock()
-
-
-def _predict_parts(model: Embedder, batch: Sequence[np.ndarray], parts: int) -> list[Prediction]:
-    """``_predict`` on ``parts`` slices of the batch at once, in batch order."""
-    n = len(batch)
-    if parts <= 1 or n < 2 * parts:
-        return list(_predict(model, batch))
-    with _POOLS_LOCK:
-        pool = _POOLS.get(parts) or _POOLS.setdefault(parts, ThreadPoolExecutor(parts))
-    step = -(-n // parts)
-    slices = [batch[i : i + step] for i in range(0, n, step)]
-    return [p for ps in pool.map(lambda b: list(_predict(model, b)), slices) for p in ps]
 
 
 def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:

@@ -13,21 +13,19 @@ and for the DirectRunner's multi_processing mode.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from core import images, storage
 from core.catalog import ImageRef
 from core.runs import METRICS_NAMESPACE
 from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter
+from transforms.lookahead import LookaheadDoFn
 
 MAIN_TAG = "images"
 # Product photos are a few MB; a 64 MB "image" is a mistake or an attack, and we would hold it
@@ -81,76 +79,47 @@ class _ReadBytesFn(beam.DoFn):
             yield ImageBytes(ref, data, images.sha256_hex(data))
 
 
-class _DecodeFn(beam.DoFn):
+class _DecodeFn(LookaheadDoFn):
     """ImageBytes -> DecodedImage or a dead letter.
 
-    With ``threads`` > 0, photos are decoded by a thread pool up to ``LOOKAHEAD`` elements ahead
-    of what this DoFn has emitted: Pillow releases the GIL while it decodes and resizes, so the
-    next photos decode while the fused model step downstream runs on the current batch, instead
-    of the two taking turns. Outputs keep their input order, window and timestamp; counters and
-    dead letters are emitted from the bundle's own thread (Beam's metrics are per thread).
+    With ``threads`` > 0, photos are decoded by a thread pool ahead of what this DoFn has emitted
+    (``transforms/lookahead.py``): Pillow releases the GIL while it decodes and resizes, so the
+    next photos decode while the fused model step downstream runs on the current batch.
     """
 
-    LOOKAHEAD = 128  # photos in flight: a few model batches, ~3 MB of pixels at 96 px
-
     def __init__(self, stage: str, size: int, max_pixels: int, threads: int = 0) -> None:
+        super().__init__(threads)
         self._stage = stage
         self._size = size
         self._max_pixels = max_pixels
-        self._threads = threads
 
     def setup(self) -> None:
+        super().setup()
         self._decoded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_decoded")
-        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 0 else None
 
-    def start_bundle(self) -> None:
-        self._pending: deque[tuple[ImageBytes, Future[Any], Any, Any]] = deque()
+    def work(self, item: ImageBytes) -> np.ndarray | images.ImageError:
+        return decode_or_error(item.data, self._size, self._max_pixels)
 
-    def _decode(self, item: ImageBytes) -> np.ndarray | images.ImageError:
-        try:
-            return images.decode_image(item.data, self._size, self._max_pixels)
-        except images.ImageError as e:
-            return e
-
-    def _outputs(self, item: ImageBytes, result: np.ndarray | images.ImageError) -> Iterator[Any]:
+    def outputs(self, item: ImageBytes, result: np.ndarray | images.ImageError) -> Iterator[Any]:
         if isinstance(result, images.ImageError):
             ref = item.ref
-            error = f"{ref.kind} image: {result.reason}"[:500]
-            yield dead_letter(self._stage, error, ref.listing_id, ref.uri)
+            yield dead_letter(self._stage, decode_reason(ref, result), ref.listing_id, ref.uri)
         else:
             self._decoded.inc()
             yield DecodedImage(item.ref, item.sha256, result, item.carry)
 
-    def _emit_oldest(self) -> Iterator[Any]:
-        item, future, window, timestamp = self._pending.popleft()
-        for out in self._outputs(item, future.result()):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(
-                    out.tag, WindowedValue(out.value, timestamp, (window,))
-                )
-            else:
-                yield WindowedValue(out, timestamp, (window,))
 
-    def process(
-        self,
-        item: ImageBytes,
-        window: Any = beam.DoFn.WindowParam,
-        timestamp: Any = beam.DoFn.TimestampParam,
-    ) -> Iterator[Any]:
-        if self._pool is None:
-            yield from self._outputs(item, self._decode(item))
-            return
-        self._pending.append((item, self._pool.submit(self._decode, item), window, timestamp))
-        while len(self._pending) > self.LOOKAHEAD:
-            yield from self._emit_oldest()
+def decode_or_error(data: bytes, size: int, max_pixels: int) -> np.ndarray | images.ImageError:
+    """``images.decode_image``, its ImageError returned instead of raised (for a pool thread)."""
+    try:
+        return images.decode_image(data, size, max_pixels)
+    except images.ImageError as e:
+        return e
 
-    def finish_bundle(self) -> Iterator[Any]:
-        while self._pending:
-            yield from self._emit_oldest()
 
-    def teardown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+def decode_reason(ref: ImageRef, error: images.ImageError) -> str:
+    """The dead letter's reason for a photo that did not decode."""
+    return f"{ref.kind} image: {error.reason}"[:500]
 
 
 class ReadImageBytes(beam.PTransform):
@@ -170,7 +139,8 @@ class ReadImageBytes(beam.PTransform):
 class DecodeImages(beam.PTransform):
     """ImageBytes -> DecodedImage (size x size RGB); any ImageError -> dead letter.
 
-    ``threads`` > 0: decode in that many background threads, ahead of the consumer (see _DecodeFn).
+    ``threads`` > 0: decode in that many background threads, ahead of the consumer
+    (``transforms/lookahead.py``).
     """
 
     def __init__(

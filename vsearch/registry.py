@@ -93,7 +93,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "embed",
-            "Beam RunInference: embed new or changed images, write Parquet (incremental by default)",
+            "Beam ModelHandler: embed new or changed images, write Parquet (incremental by default)",
             "pipelines.embed:EmbedSettings",
             "pipelines.embed:run",
             "pipelines.embed:EmbedResult",
