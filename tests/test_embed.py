@@ -136,6 +136,7 @@ def test_bad_images_dead_lettered_and_bad_fraction_gate(fake_model_dir, tmp_path
     summary = runs.read_summary(workdir, "embed", fx.D1)
     assert summary["extra"]["published"] is True
     assert summary["extra"]["batch_size"]["count"] >= 1 and "inference_ms" in summary["extra"]
+    assert summary["extra"]["load_model_latency_milli_secs"]["count"] == 1  # one model load
     assert fx.read_partition(workdir, version, fx.D1).num_rows == 6
     # The state remembers only photos with a row: both bad ones will be read again tomorrow
     # (LBLACK was read, decoded and embedded, and lost only at the NaN check).

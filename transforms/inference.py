@@ -161,7 +161,9 @@ def _configure_tensorflow(tf: Any, intra_op_threads: int) -> None:
     try:
         if intra_op_threads > 0:
             tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-            tf.config.threading.set_inter_op_parallelism_threads(max(1, intra_op_threads // 2))
+            # At least 2: two calls in flight (pipelined_inference) run their ops through this
+            # pool, and with one thread they would take turns.
+            tf.config.threading.set_inter_op_parallelism_threads(max(2, intra_op_threads // 2))
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # the runtime already started in this process: keep its settings

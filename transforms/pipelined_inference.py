@@ -70,7 +70,7 @@ class _InferBatches(LookaheadDoFn):
         distribution = beam.metrics.Metrics.distribution
         self._batch_size = distribution(namespace, "batch_size")
         self._inference_ms = distribution(namespace, "inference_ms")
-        load_ms = distribution(namespace, "load_model_latency_milli_secs")
+        self._load_ms = distribution(namespace, "load_model_latency_milli_secs")
         loaded: list[int] = []
 
         def load() -> Any:
@@ -84,8 +84,8 @@ class _InferBatches(LookaheadDoFn):
             self._model = handle.acquire()
         else:
             self._model = self._shared.acquire(load, tag=self._tag)
-        for ms in loaded:  # only the thread that loaded it (metrics are per thread)
-            load_ms.update(ms)
+        # Reported from the first bundle: Beam records metrics only inside a step's processing.
+        self._loaded_ms = loaded[0] if loaded else None
 
     def work(self, batch: list[tuple[Any, Any]]) -> _Called:
         start = time.perf_counter()
@@ -101,6 +101,9 @@ class _InferBatches(LookaheadDoFn):
         return _Called(predictions, None, int((time.perf_counter() - start) * 1000))
 
     def outputs(self, batch: list[tuple[Any, Any]], called: _Called) -> Iterator[Any]:
+        if self._loaded_ms is not None:
+            self._load_ms.update(self._loaded_ms)
+            self._loaded_ms = None
         self._batch_size.update(len(batch))
         self._inference_ms.update(called.ms)
         if called.predictions is None:
