@@ -6,9 +6,12 @@ studio photos drawn procedurally (``studio_photos``, which also gives their true
 tests use it to check ``item_masks``). Prints the scene
 synthesis rate on one core, the training time, and, on fresh cluttered scenes of held-out items,
 recall of the true box at IoU >= 0.5 (top box, top 3) against the centred box of median size.
+With ``--buyer-catalog`` (a catalog whose generator recorded each buyer photo's true item box,
+e.g. ``vsearch generate-catalog --style phone``), the same recall on its buyer photos, read as
+the query path reads them (letterboxed square, boxes in its fractions): the localiser's real job.
 
     python -m benchmarks.localiser_quality [--catalog CAT --date 2026-01-01] [--items 400]
-        [--steps N] [--seed 0]
+        [--steps N] [--seed 0] [--buyer-catalog CAT]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -113,6 +117,41 @@ def catalog_studio_photos(catalog: str, date: str, limit: int) -> np.ndarray:
     return np.stack(photos)
 
 
+def buyer_photo_recall(model: Any, catalog: str, date: str, size: int) -> dict[str, float]:
+    """Recall of the true item box at IoU >= 0.5 (top box, top 3) and mean IoU of the top box on
+    every buyer photo of ``catalog`` with a recorded box."""
+    from core import images, storage
+    from core.snapshot import read_snapshot
+    from models.localiser import box_iou, propose_boxes, recall_at_iou
+    from synthetic import truth
+
+    boxes = truth.read_review_boxes(catalog)
+    root = storage.normalize(catalog).rstrip("/") + "/"
+    frames, true = [], []
+    for review in read_snapshot(catalog, date).reviews:
+        b = boxes.get(review.image_uri.removeprefix(root))
+        if b is None:
+            continue
+        frame, content = images.decode_frame(storage.read_bytes(review.image_uri), size)
+        frames.append(frame)
+        true.append(images.photo_to_frame(b.box, content))
+    if not frames:
+        raise ValueError(f"{catalog} records no buyer photo boxes (generate it with --style phone)")
+    px, truth_boxes = np.stack(frames), np.array(true, np.float32)
+    pred = np.concatenate(
+        [
+            propose_boxes(model, px[i : i + 128], k=3, size=size)[0].numpy()
+            for i in range(0, len(px), 128)
+        ]
+    )
+    return {
+        "photos": float(len(px)),
+        "recall_at_iou_0.5@1": recall_at_iou(pred, truth_boxes, 0.5, 1),
+        "recall_at_iou_0.5@3": recall_at_iou(pred, truth_boxes, 0.5, 3),
+        "mean_iou@1": float(box_iou(pred[:, 0], truth_boxes).mean()),
+    }
+
+
 def synthesis_rate(photos: np.ndarray, size: int, n: int = 512) -> float:
     """Scenes per second of ``synth_scenes`` in this process (one core)."""
     from models.localiser_data import item_masks, synth_scenes
@@ -137,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=400, help="studio photos to learn from")
     ap.add_argument("--steps", type=int, default=None, help="default: train_localiser's")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--buyer-catalog", default=None, help="also measure on this catalog's boxed buyer photos"
+    )
     args = ap.parse_args(argv)
 
     from models.localiser import LOCALISER_SIZE, train_localiser
@@ -152,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"synthesis: {synthesis_rate(photos, LOCALISER_SIZE):.0f} scenes/s at {LOCALISER_SIZE} px"
     )
     steps = {"steps": args.steps} if args.steps else {}
-    _, metrics = train_localiser(photos, seed=args.seed, **steps)
+    model, metrics = train_localiser(photos, seed=args.seed, **steps)
     print(f"training: {metrics['train_seconds']:.0f} s")
     print("| held-out scenes | recall@IoU0.5 top-1 | top-3 | mean IoU top-1 |")
     print("|---|---:|---:|---:|")
@@ -164,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         f"| centred box of median size | {metrics['baseline_recall_at_iou_0.5']:.3f} | - "
         f"| {metrics['baseline_mean_iou']:.3f} |"
     )
+    if args.buyer_catalog:
+        buyer = buyer_photo_recall(model, args.buyer_catalog, args.date, LOCALISER_SIZE)
+        print(
+            f"| buyer photos of {args.buyer_catalog} ({buyer['photos']:.0f}) "
+            f"| {buyer['recall_at_iou_0.5@1']:.3f} | {buyer['recall_at_iou_0.5@3']:.3f} "
+            f"| {buyer['mean_iou@1']:.3f} |"
+        )
     return 0
 
 
