@@ -82,11 +82,12 @@ class TrainConfig:
     augment: bool = field(default=True, metadata=doc("augment listing photos like phone photos"))
     # The query localiser (models/localiser.py), trained after the embedding from the train
     # split's listing photos pasted onto clutter; it ships in the SavedModel's query signatures.
-    # 1200 steps of 32 scenes: 212 s on 2 busy CPU cores, top box at IoU >= 0.5 on 82 % of held-out
-    # synthetic scenes (1500: 0.85, 257 s; benchmarks/localiser_quality.py). 0 = no localiser:
-    # queries are embedded as the whole frame only, as before issue 29.
+    # Measured on the phone catalog's 826 real buyer photos (benchmarks/localiser_quality.py
+    # --buyer-catalog): top box at IoU >= 0.5 on 0.661 of them after 1200 steps of 32 scenes
+    # (111 s), 0.722 after 3000 (279 s; top 3: 0.770 -> 0.849); held-out synthetic scenes
+    # 0.832 -> 0.885. 0 = no localiser: queries are embedded as the whole frame only.
     localiser_steps: int = field(
-        default=1200, metadata=doc("training steps of the query localiser (0: none)")
+        default=3000, metadata=doc("training steps of the query localiser (0: none)")
     )
     # Of the training buyer photos, this share is replaced by the localiser's crop of the item
     # (models/dataset.py): the very view a query is embedded as, tied to its own listing.
