@@ -145,6 +145,21 @@ print("fitted")
     assert run.stderr == ""
 
 
+def test_beams_batching_fit_warning_prints_nothing() -> None:
+    """Beam's BatchElements warns through numpy when its timing fit has few batches (a small
+    day's embed): not the user's problem, so nothing on stderr; other warnings still print."""
+    script = """
+import warnings, numpy as np
+from vsearch import quiet
+quiet.configure([])
+warnings.warn("Polyfit may be poorly conditioned", np.exceptions.RankWarning)
+warnings.warn("something else")
+"""
+    run = quiet_stderr_of(sys.executable, "-c", script)
+    assert run.returncode == 0, run.stderr
+    assert "Polyfit" not in run.stderr and "something else" in run.stderr
+
+
 @pytest.mark.timeout(900)
 def test_serve_logs_swaps_and_refusals_and_requests_only_when_asked(tmp_path: Path) -> None:
     import signal

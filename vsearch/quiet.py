@@ -27,7 +27,12 @@ VERBOSE_FLAG = "--verbose"
 NOISY_NATIVE_MODULES = ("tensorflow",)
 # Python warnings that describe our own correct use of a library, not a problem of the run.
 # Keras warns that fit(shuffle=True) is ignored for a tf.data.Dataset: ours is shuffled already.
-IGNORED_WARNINGS = (r"`shuffle=True` was passed, but will be ignored",)
+# Beam's BatchElements fits batch sizes to timings with numpy's polyfit, which warns on the few
+# batches of a small day; Beam copes with that fit itself.
+IGNORED_WARNINGS = (
+    r"`shuffle=True` was passed, but will be ignored",
+    r"Polyfit may be poorly conditioned",
+)
 # Root-logger records that are false: Beam's RunInference says `resource` is missing on Linux when
 # an optional import beside it failed (apache_beam/ml/inference/base.py), once per bundle.
 IGNORED_ROOT_RECORDS = ("Resource module is not available for current platform",)
