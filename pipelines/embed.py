@@ -75,7 +75,7 @@ class EmbedSettings:
     # Pillow releases the GIL: a decode thread works on the next photos while the model runs.
     decode_threads: int = field(
         default=1,
-        metadata=doc("threads decoding photos ahead while the model runs (0: decode in line)"),
+        metadata=doc("threads reading and decoding photos ahead of the model (0: in line)"),
     )
     # A broken upstream export must not empty the index: an empty snapshot, or one that lost
     # more than max_shrink_fraction of the last embedded day's listings, is refused.

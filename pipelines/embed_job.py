@@ -19,8 +19,8 @@ bucketed joins shuffle only keys and URIs (never image bytes, which are read aft
 they cost the same shape on a laptop and on Dataflow.
 
 Dead letters: every step that can reject a photo has a dead-letter output; after the model a
-failed model call dead-letters its batch, a NaN or zero-norm vector its photo alone. The job writes the files to a staging
-folder; ``pipelines/embed.py`` decides whether they become the day's partition.
+failed model call dead-letters its batch, a NaN or zero-norm vector its photo alone. The job
+writes the files to a staging folder; ``pipelines/embed.py`` decides whether they become the day's partition.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class _ReadPhoto(LookaheadDoFn):
     step (``transforms/lookahead.py``): the reads and decodes of the next photos overlap the
     current batch's model call instead of taking turns with it. A photo read under a metadata
     key gets a state row: here when its sha256 is known (``state``), else from ``_ToRows`` once
-    its embedding row is made (the key rides along as ``carry``), so a photo dead-lettered after
+    its embedding row is made (the key rides along in ``EmbedKey``), so a photo dead-lettered after
     the read is read again the next day rather than remembered.
     """
 

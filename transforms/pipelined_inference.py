@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -39,11 +39,12 @@ FAILED_CALLS = "failed_calls"
 FAILED_POSTPROCESSING = "failed_postprocessing"
 
 
-class _Called:
+class _Called(NamedTuple):
     """A batch's call: its predictions in batch order, or the error it raised; its time."""
 
-    def __init__(self, predictions: Sequence[Any] | None, error: Exception | None, ms: int):
-        self.predictions, self.error, self.ms = predictions, error, ms
+    predictions: Sequence[Any] | None
+    error: Exception | None
+    ms: int
 
 
 class _InferBatches(LookaheadDoFn):
@@ -89,16 +90,19 @@ class _InferBatches(LookaheadDoFn):
 
     def work(self, batch: list[tuple[Any, Any]]) -> _Called:
         start = time.perf_counter()
+        predictions: list[Any] | None = None
+        error: Exception | None = None
         try:
             predictions = list(
                 self._handler.run_inference([example for _, example in batch], self._model)
             )
         except Exception as e:  # the batch's failure, routed to FAILED_CALLS
-            return _Called(None, e, int((time.perf_counter() - start) * 1000))
-        if len(predictions) != len(batch):
+            error = e
+        ms = int((time.perf_counter() - start) * 1000)
+        if predictions is not None and len(predictions) != len(batch):
             error = ValueError(f"model gave {len(predictions)} predictions for {len(batch)}")
-            return _Called(None, error, 0)
-        return _Called(predictions, None, int((time.perf_counter() - start) * 1000))
+            predictions = None
+        return _Called(predictions, error, ms)
 
     def outputs(self, batch: list[tuple[Any, Any]], called: _Called) -> Iterator[Any]:
         if self._loaded_ms is not None:

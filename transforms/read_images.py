@@ -38,7 +38,6 @@ class ImageBytes:
     ref: ImageRef
     data: bytes
     sha256: str  # hex of the original bytes (DESIGN.md image_sha256)
-    carry: str = ""  # the caller's, passed to the DecodedImage as is (embed: the metadata key)
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare fields explicitly
@@ -46,7 +45,6 @@ class DecodedImage:
     ref: ImageRef
     sha256: str
     rgb: np.ndarray  # size x size x 3 uint8
-    carry: str = ""
 
 
 def read_limited(uri: str, max_bytes: int) -> bytes:
@@ -106,7 +104,7 @@ class _DecodeFn(LookaheadDoFn):
             yield dead_letter(self._stage, decode_reason(ref, result), ref.listing_id, ref.uri)
         else:
             self._decoded.inc()
-            yield DecodedImage(item.ref, item.sha256, result, item.carry)
+            yield DecodedImage(item.ref, item.sha256, result)
 
 
 def decode_or_error(data: bytes, size: int, max_pixels: int) -> np.ndarray | images.ImageError:
