@@ -48,11 +48,17 @@ WHOLE_INPUT = "whole"  # the query signature's whole photo at the model's size
 # frame keeps ~50 px, enough for the model's 96 after a bilinear enlargement; more costs decode
 # time and buys little (the phone photos' own blur is coarser).
 QUERY_SIZE = 256
-# Boxes per query photo besides the whole photo: the best one, the only box search uses
-# (search/photo_search.query_view). Measured on the phone catalog (BENCHMARKS.md, "Buyer photos"):
-# the best score over the photo and 3 boxes found fewer listings than the best box alone (0.236 vs
-# 0.271 hit@10; the other boxes fall on the room's other products), and each box is a model pass.
-QUERY_BOXES = 1
+# Boxes per query photo besides the whole photo. Search scores a listing by its best view, each
+# box's cosine lowered by its localiser score's log (search/photo_search.view_offsets), so a box
+# the localiser doubts must match much better to win. Measured on the phone catalog
+# (BENCHMARKS.md, "Buyer photos", 160 px, held-out / all buyer photos hit@10): the best box alone
+# 0.533 / 0.644; the best of 2 boxes 0.563 / 0.656; of 3 the same (0.563 / 0.660) for one more
+# model pass; plain best cosine over 3 boxes (no prior) 0.492 / 0.597: the other boxes fall on
+# the room's other products.
+QUERY_BOXES = 2
+# A box is cut with this much context around the item (of its longer side): with 0.1 the crop
+# clips a loose box's item (held-out hit@10 0.518 vs 0.533 at 0.2; 0.3: 0.523).
+QUERY_MARGIN = 0.2
 OTHER_CLASS = ""  # the OOV bucket: rare or unseen classes
 
 
@@ -120,7 +126,7 @@ class ServingModule(tf.Module):
         boxes, scores = propose_boxes(
             self.localiser, frames, k, size=int(self.localiser.input_shape[1])
         )
-        crops = tf.reshape(crop_boxes(frames, boxes, s), [n, k, s, s, 3])
+        crops = tf.reshape(crop_boxes(frames, boxes, s, QUERY_MARGIN), [n, k, s, s, 3])
         views = tf.concat([whole[:, None], crops], axis=1)
         emb = self._outputs(tf.reshape(views, [-1, s, s, 3]))[EMBEDDING]
         frame_box = tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), [n, 1, 1])

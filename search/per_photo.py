@@ -2,28 +2,30 @@
 
 A bad photo (not an image, truncated, a decompression bomb) must not cost the good ones their
 answer: ``vsearch query`` and the search service both report it per photo and answer the rest.
-Each photo is embedded as the view search uses (the whole photo, or the box the model's
-localiser found the item in: ``photo_search.query_view``), and its box is kept so that an
-answer can say which part of the photo was searched.
+Each photo is embedded as the views search uses (the whole photo, or the boxes the model's
+localiser found the item in: ``search.views``), and each view's box is kept so that an answer
+can say which part of the photo found each listing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.images import ImageError
 from search.photo_search import PhotoSearch
+from search.views import NOT_SEARCHED, H, search_views
 
 WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
 class EmbeddedPhotos:
-    vectors: np.ndarray  # [N, D]; a zero row for a bad photo
-    boxes: np.ndarray  # [N, 4] the part searched, fractions of the photo as its viewer sees it
+    vectors: np.ndarray  # [N, V, D] per photo and view; zeros for a bad photo
+    boxes: np.ndarray  # [N, V, 4] each view's part of the photo, fractions as its viewer sees it
+    offsets: np.ndarray  # [N, V] what each view adds to a cosine (search.views.view_offsets)
     errors: list[str | None]  # per photo: why it could not be used, or None
     # [N] the localiser's confidence that the photo shows an item (NaN: no localiser, bad photo)
     item_scores: np.ndarray
@@ -32,28 +34,55 @@ class EmbeddedPhotos:
     def good(self) -> list[int]:
         return [i for i, e in enumerate(self.errors) if e is None]
 
+    def search(
+        self, search: Callable[[np.ndarray, int], Sequence[Sequence[H]]], rows: list[int], k: int
+    ) -> list[list[tuple[H, list[float]]]]:
+        """Photos ``rows``' top-k listings through ``search`` (``views.search_views``), each hit
+        with the box of the view that found it (rounded photo fractions)."""
+        found = search_views(search, self.vectors[rows], self.offsets[rows], k)
+        return [
+            [(hit, self.boxes[i, v].round(4).tolist()) for hit, v in hits]
+            for i, hits in zip(rows, found, strict=True)
+        ]
+
 
 def embed_each(search: PhotoSearch, photos: Sequence[bytes]) -> EmbeddedPhotos:
-    """Every photo's vector and box; a bad photo gets a zero vector and its error."""
+    """Every photo's views; a bad photo gets zero vectors, no searched view and its error."""
     dim = search.manifest.input_dim
     if not photos:
-        empty = np.zeros(0, np.float32)
-        return EmbeddedPhotos(
-            np.zeros((0, dim), np.float32), np.zeros((0, 4), np.float32), [], empty
-        )
+        return _bad(0, 1, dim, [])
     try:
-        vectors, boxes, items = search.embed_views(photos)
-        return EmbeddedPhotos(vectors, boxes, [None] * len(photos), items)
+        return _good(search, photos)
     except ImageError:
         pass  # at least one bad photo: embed one by one to tell which
-    vectors = np.zeros((len(photos), dim), np.float32)
-    boxes = np.tile(np.array(WHOLE_PHOTO, np.float32), (len(photos), 1))
-    errors: list[str | None] = [None] * len(photos)
-    items = np.full(len(photos), np.nan, np.float32)
-    for i, photo in enumerate(photos):
+    ones: list[tuple[np.ndarray, ...] | None] = []
+    errors: list[str | None] = []
+    for photo in photos:
         try:
-            one, box, item = search.embed_views([photo])
-            vectors[i], boxes[i], items[i] = one[0], box[0], item[0]
+            ones.append(search.embed_views([photo]))
+            errors.append(None)
         except ImageError as e:
-            errors[i] = f"not a usable image: {e.reason}"
-    return EmbeddedPhotos(vectors, boxes, errors, items)
+            ones.append(None)
+            errors.append(f"not a usable image: {e.reason}")
+    views = max((one[0].shape[1] for one in ones if one is not None), default=1)
+    out = _bad(len(photos), views, dim, errors)
+    for i, one in enumerate(ones):
+        if one is not None:
+            out.vectors[i], out.boxes[i], out.offsets[i], out.item_scores[i] = (x[0] for x in one)
+    return out
+
+
+def _good(search: PhotoSearch, photos: Sequence[bytes]) -> EmbeddedPhotos:
+    vectors, boxes, offsets, items = search.embed_views(photos)
+    return EmbeddedPhotos(vectors, boxes, offsets, [None] * len(photos), items)
+
+
+def _bad(n: int, views: int, dim: int, errors: list[str | None]) -> EmbeddedPhotos:
+    """``n`` photos with nothing searched yet: the slots ``embed_each`` fills."""
+    return EmbeddedPhotos(
+        np.zeros((n, views, dim), np.float32),
+        np.tile(np.array(WHOLE_PHOTO, np.float32), (n, views, 1)),
+        np.full((n, views), NOT_SEARCHED),
+        errors,
+        np.full(n, np.nan, np.float32),
+    )

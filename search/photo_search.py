@@ -15,39 +15,7 @@ import numpy as np
 from core import paths
 from index.searcher import Hit, Searcher
 from models.artifact import Embedder
-
-# The localiser's best box is searched instead of the whole photo when it is at least this sure
-# and the item is small in the frame; a photo the item fills (a catalog photo, a close-up) is
-# searched whole, so a listing's own photo still finds it first. Measured on the phone catalog
-# (BENCHMARKS.md, "Buyer photos"): the best box found the listing in the top 10 for 0.271 of
-# held-out buyer photos (side < 0.6, 0.7 or 0.8: the same; score 0.5: 0.17), the best score over
-# the photo and its 3 boxes for 0.236 (boxes around the room's other products win wrong
-# listings), the whole photo for 0.131.
-MIN_BOX_SCORE = 0.3
-MAX_BOX_SIDE = 0.7  # the box's longer side, as a fraction of the frame's
-# A photo whose whole view matches an indexed photo this closely (cosine, in the index's space) is
-# a catalog photo or a copy of one: it is searched whole whatever the localiser says, so a
-# listing's own photo always finds it first, even where a weak localiser boxes part of it (a
-# one-epoch model did, in tests/test_dag.py). Identical bytes score 1.0; no held-out phone
-# photo's whole view came near (BENCHMARKS.md, "Buyer photos").
-DUPLICATE_SCORE = 0.99
-
-
-def query_view(
-    box_scores: np.ndarray, frame_boxes: np.ndarray, whole_best: np.ndarray | None = None
-) -> np.ndarray:
-    """Per photo, the view to search: 1 (the localiser's best box) when its score is at least
-    ``MIN_BOX_SCORE`` and its longer side under ``MAX_BOX_SIDE`` of the frame, else 0 (the whole
-    photo; always so for a model without a localiser). ``whole_best``: each whole view's best
-    score against the index; at least ``DUPLICATE_SCORE`` keeps the whole photo."""
-    scores, boxes = np.asarray(box_scores), np.asarray(frame_boxes)
-    if scores.shape[1] < 2:
-        return np.zeros(len(scores), np.int64)
-    side = np.maximum(boxes[:, 1, 2] - boxes[:, 1, 0], boxes[:, 1, 3] - boxes[:, 1, 1])
-    boxed = (scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE)
-    if whole_best is not None:
-        boxed &= np.asarray(whole_best) < DUPLICATE_SCORE
-    return np.where(boxed, 1, 0).astype(np.int64)
+from search.views import search_views, view_offsets
 
 
 class PhotoSearch:
@@ -83,38 +51,37 @@ class PhotoSearch:
     def manifest(self) -> Any:
         return self.searcher.manifest
 
-    def embed_views(self, photos: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each photo as the view search uses (``query_view``): (vectors [N, D], the view's box
-        [N, 4] in fractions of the photo as its viewer sees it, [0, 0, 1, 1] = the whole photo;
-        the localiser's best box score [N], how sure it is that the photo shows an item at all,
-        NaN for a model without a localiser)."""
+    def embed_views(
+        self, photos: Sequence[bytes]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each photo's views as search uses them (``search.views``): (vectors [N, V, D]; each
+        view's box [N, V, 4] in fractions of the photo as its viewer sees it, [0, 0, 1, 1] = the
+        whole photo; offsets [N, V], ``views.NOT_SEARCHED`` for a view not searched; the
+        localiser's best box score [N], how sure it is that the photo shows an item at all, NaN
+        for a model without a localiser)."""
         views = self.embedder.embed_query(photos)
         if views.embeddings.shape[-1] != self.manifest.input_dim:
             raise ValueError(
                 f"model {self.manifest.model_version} gives {views.embeddings.shape[-1]}-dim "
                 f"embeddings, the index takes {self.manifest.input_dim}"
             )
-        pick = query_view(views.box_scores, views.frame_boxes)
-        if pick.any():  # a boxed photo that copies a catalog photo is searched whole after all
-            best, _, _ = self.searcher.search_raw(views.embeddings[pick == 1, 0], 1)
-            whole_best = np.full(len(pick), -np.inf, np.float32)
-            whole_best[pick == 1] = best[:, 0]
-            pick = query_view(views.box_scores, views.frame_boxes, whole_best)
-        rows = np.arange(len(pick))
+        offsets = view_offsets(views.box_scores, views.frame_boxes)
+        boxed = ~np.isfinite(offsets[:, 0])
+        if boxed.any():  # a boxed photo that copies a catalog photo is searched whole after all
+            best, _, _ = self.searcher.search_raw(views.embeddings[boxed, 0], 1)
+            whole_best = np.full(len(offsets), -np.inf, np.float32)
+            whole_best[boxed] = best[:, 0]
+            offsets = view_offsets(views.box_scores, views.frame_boxes, whole_best)
         item = (
-            views.box_scores[:, 1] if views.box_scores.shape[1] > 1 else np.full(len(pick), np.nan)
+            views.box_scores[:, 1]
+            if views.box_scores.shape[1] > 1
+            else np.full(len(offsets), np.nan)
         )
-        return (
-            views.embeddings[rows, pick],
-            views.photo_boxes[rows, pick],
-            np.asarray(item, np.float32),
-        )
-
-    def embed(self, photos: Sequence[bytes]) -> np.ndarray:
-        """Embed photos as search does, with the index's model (catalog photos' preprocessing)."""
-        return self.embed_views(photos)[0]
+        return views.embeddings, views.photo_boxes, offsets, np.asarray(item, np.float32)
 
     def search(self, photos: Sequence[bytes], k: int = 20) -> list[list[Hit]]:
         if not photos:
             return []
-        return self.searcher.search_vectors(self.embed(photos), k)
+        vectors, _, offsets, _ = self.embed_views(photos)
+        found = search_views(self.searcher.search_vectors, vectors, offsets, k)
+        return [[hit for hit, _ in hits] for hits in found]

@@ -60,7 +60,8 @@ def test_in_flight_request_finishes_on_the_old_index(served: tuple[str, str, np.
         # Same model version: the new index shares the loaded model (no second SavedModel load).
         assert holder.current.photos.embedder is old.photos.embedder
         # The request that took the old index still searches it (listing 35 is only there).
-        found, _ = old.search.search(old.photos.embed([jpeg(35)]), 1, Filter())
+        whole = old.photos.embed_views([jpeg(35)])[0][:, 0]  # the whole photo's vector
+        found, _ = old.search.search(whole, 1, Filter())
         assert old.build_id == FIRST and found[0][0].listing_id == fx.embedding_tables.listing_id(
             35
         )

@@ -151,8 +151,9 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
         chunk = reviews[i : i + batch]
         embedded = embed_each(searcher, [storage.read_bytes(r.image_uri) for r in chunk])
         good = embedded.good
-        found = searcher.searcher.search_vectors(embedded.vectors[good], 10)
-        for j, hits in zip(good, found, strict=True):
+        found = embedded.search(searcher.searcher.search_vectors, good, 10)
+        for j, boxed in zip(good, found, strict=True):
+            hits = [h for h, _ in boxed]
             review = chunk[j]
             ids = [h.listing_id for h in hits]
             rank = ids.index(review.listing_id) + 1 if review.listing_id in ids else None
@@ -165,7 +166,7 @@ def query_held_out(catalog: str, workdir: str, date: dt.date) -> list[QueryResul
                 )
                 for h in hits
             ]
-            box = tuple(float(x) for x in embedded.boxes[j])
+            box = tuple(boxed[0][1]) if boxed else (0.0, 0.0, 1.0, 1.0)  # what found the first
             out.append(QueryResult(review.image_uri, review.listing_id, rank, top, box))
     return out
 

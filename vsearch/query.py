@@ -47,17 +47,15 @@ def run(settings: QuerySettings) -> None:
             photos[i] = storage.read_bytes(uri)
         except storage.StorageError as e:
             errors[i] = str(e)
-    results: dict[int, list[Hit]] = {}
-    boxes: dict[int, list[float]] = {}
+    results: dict[int, list[tuple[Hit, list[float]]]] = {}
     with PhotoSearch.open(settings.workdir, cache_dir=settings.cache_dir) as searcher:
         order = sorted(photos)
         embedded = embed_each(searcher, [photos[i] for i in order])
         errors.update({i: e for i, e in zip(order, embedded.errors, strict=True) if e is not None})
         good = embedded.good
         if good:
-            found = searcher.searcher.search_vectors(embedded.vectors[good], settings.k)
+            found = embedded.search(searcher.searcher.search_vectors, good, settings.k)
             results = {order[j]: hits for j, hits in zip(good, found, strict=True)}
-            boxes = {order[j]: embedded.boxes[j].round(4).tolist() for j in good}
         build = searcher.manifest.build_id
     for i, uri in enumerate(settings.images):
         if i in errors:
@@ -67,13 +65,12 @@ def run(settings: QuerySettings) -> None:
             continue
         hits = results[i]
         if settings.json:
-            rows = [{**asdict(h), "box": boxes[i]} for h in hits]
+            rows = [{**asdict(h), "box": box} for h, box in hits]
             print(json.dumps({"image": uri, "index_build": build, "hits": rows}))
             continue
         print(f"{uri}  (index {build})")
-        whole = boxes[i] == [0.0, 0.0, 1.0, 1.0]
-        where = "whole photo" if whole else "box " + _box_text(boxes[i])
-        for rank, h in enumerate(hits, 1):
+        for rank, (h, box) in enumerate(hits, 1):
+            where = "whole photo" if box == [0.0, 0.0, 1.0, 1.0] else "box " + _box_text(box)
             print(f"  {rank:>3}. {h.listing_id}  {h.score:.4f}  {h.category or '-'}  ({where})")
     if errors:
         raise RuntimeError(

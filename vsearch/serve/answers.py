@@ -69,10 +69,15 @@ def answer_on(served: ServedIndex, jobs: Sequence[Job]) -> list[Answered | Excep
     for members in groups.values():
         q = jobs[members[0]].params
         good = [r for j in members for r in rows[j] if embedded.errors[r] is None]
-        found, fallbacks = (
-            served.search.search(embedded.vectors[good], q.k, q.filter) if good else ([], 0)
-        )
-        hits = dict(zip(good, found, strict=True))
+        fallbacks = 0
+
+        def search(vectors: np.ndarray, k: int, f: Filter = q.filter) -> list[list[Any]]:
+            nonlocal fallbacks
+            found, took = served.search.search(vectors, k, f)
+            fallbacks += took
+            return found
+
+        hits = dict(zip(good, embedded.search(search, good, q.k), strict=True))
         for n, j in enumerate(members):
             results = [_result(served, embedded, r, hits.get(r)) for r in rows[j]]
             # The group's fallback count goes to its first request (the metric sums them).
@@ -97,16 +102,18 @@ def item_score(x: float) -> float | None:
 
 
 def _result(
-    served: ServedIndex, embedded: EmbeddedPhotos, i: int, hits: list[Any] | None
+    served: ServedIndex,
+    embedded: EmbeddedPhotos,
+    i: int,
+    hits: list[tuple[Any, list[float]]] | None,
 ) -> dict[str, Any]:
     error = embedded.errors[i]
     if error is not None:
         return {"error": {"code": "not_an_image", "message": error}}
     assert hits is not None
     score = item_score(float(embedded.item_scores[i]))
-    box = [round(float(x), 4) for x in np.asarray(embedded.boxes[i])]
     return {
-        "no_match": served.calibration.no_match(hits[0].score if hits else None, score),
+        "no_match": served.calibration.no_match(hits[0][0].score if hits else None, score),
         "item_score": score,
         "results": [
             {
@@ -116,9 +123,9 @@ def _result(
                 "image_index": h.image_index,
                 "attributes": served.attributes.of(h.code),
                 # The part of the photo that found it (fractions of width and height): the
-                # whole photo, or a box the model's localiser found.
+                # whole photo, or one of the boxes the model's localiser found.
                 "box": box,
             }
-            for h in hits
+            for h, box in hits
         ],
     }
