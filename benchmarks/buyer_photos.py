@@ -5,11 +5,12 @@ catalog (every listing photo of the day, training listings included, exact searc
 scored by its best photo). For the same photos, in one run:
 
   whole frame      the photo letterboxed to the model's size (what search did before issue 29)
-  localiser        the localiser's best box when it is sure and the item small, else the whole frame (what
-                   `vsearch query` / `serve` do with a model that ships one; box recall = the
-                   best of its 3 boxes at IoU >= 0.5)
-  oracle crop      the photo cut to the item's TRUE box (the generator's truth): the ceiling of
-                   any localiser with this embedding
+  localiser        the localiser's boxes when it is sure and the item small, else the whole frame,
+                   each listing scored by its best view (``search.views``: what `vsearch query`
+                   / `serve` do with a model that ships one; box recall = the best of its boxes
+                   at IoU >= 0.5)
+  oracle crop      the photo cut to the item's TRUE box (the generator's truth), with the query
+                   path's context margin: the ceiling of any localiser with this embedding
   colour histogram an 8x8x8 RGB histogram of the whole frame (a training-free baseline)
 
 hit@1 / hit@10, overall and by how much of the frame the item fills (``item_side``: the true
@@ -77,6 +78,7 @@ def run(
 
     from models import artifact
     from models.baselines import colour_histogram
+    from models.export import QUERY_MARGIN
     from models.localiser import crop_boxes
 
     config = artifact.resolve(workdir, version)
@@ -86,14 +88,24 @@ def run(
     boxes = truth.read_review_boxes(catalog)
     root = storage.normalize(catalog).rstrip("/") + "/"
     gallery_ids, gallery_px = [], []
+    unusable = 0  # a catalog may hold broken photos (the demo's does): as embed, leave them out
     for ref in snap.images():
         if ref.kind == "listing":
+            try:
+                gallery_px.append(images.decode_image(storage.read_bytes(ref.uri), size))
+            except (images.ImageError, storage.StorageError):
+                unusable += 1
+                continue
             gallery_ids.append(ref.listing_id)
-            gallery_px.append(images.decode_image(storage.read_bytes(ref.uri), size))
     gallery = embedder.embed_decoded(gallery_px)
     gallery_hist = colour_histogram(np.stack(gallery_px))
     queries: list[Query] = []
     for r in snap.reviews:
+        try:
+            images.decode_image(storage.read_bytes(r.image_uri), 8)
+        except (images.ImageError, storage.StorageError):
+            unusable += 1
+            continue
         b = boxes.get(r.image_uri.removeprefix(root))
         queries.append(
             Query(
@@ -104,33 +116,42 @@ def run(
                 b.box if b else None,
             )
         )
-    methods: dict[str, Callable[[bytes, Query], tuple[np.ndarray, np.ndarray | None]]] = {}
+    # Per query photo: its views' vectors [V, D], their boxes [V, 4] (None: no localiser) and
+    # what each view adds to a cosine [V] (None: nothing).
+    Views = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+    methods: dict[str, Callable[[bytes, Query], Views]] = {}
 
-    def whole(data: bytes, q: Query) -> tuple[np.ndarray, None]:
-        return embedder.embed_decoded([embedder.decode(data)]), None
+    def whole(data: bytes, q: Query) -> Views:
+        return embedder.embed_decoded([embedder.decode(data)]), None, None
 
-    def oracle(data: bytes, q: Query) -> tuple[np.ndarray, None]:
+    def oracle(data: bytes, q: Query) -> Views:
         frame, content = images.decode_frame(data, QUERY_SIZE)
         box = images.photo_to_frame(q.box, content)  # type: ignore[arg-type]
-        crop = crop_boxes(tf.constant(frame[None]), tf.constant([[box]], tf.float32), size)
-        return embedder.embed_decoded([crop.numpy()[0]]), None
+        crop = crop_boxes(
+            tf.constant(frame[None]), tf.constant([[box]], tf.float32), size, QUERY_MARGIN
+        )
+        return embedder.embed_decoded([crop.numpy()[0]]), None, None
 
     methods["whole frame"] = whole
     if embedder.has_query_signature():
-        from search.photo_search import query_view
+        from search.views import view_offsets
 
-        def localised(data: bytes, q: Query) -> tuple[np.ndarray, np.ndarray]:
-            # As search does: the localiser's best box when it is sure enough, else the photo.
+        def localised(data: bytes, q: Query) -> Views:
+            # As search does: the localiser's boxes when it is sure enough, else the photo.
             views = embedder.embed_query([data])
             whole_best = (views.embeddings[:, 0] @ gallery.T).max(axis=1)
-            pick = int(query_view(views.box_scores, views.frame_boxes, whole_best)[0])
-            return views.embeddings[0][pick : pick + 1], views.photo_boxes[0]
+            offsets = view_offsets(views.box_scores, views.frame_boxes, whole_best)[0]
+            return views.embeddings[0], views.photo_boxes[0], offsets
 
         methods["localiser"] = localised
     if all(q.box is not None for q in queries):
         methods["oracle crop"] = oracle
     ids = np.array(gallery_ids)
-    results: dict[str, object] = {"queries": len(queries), "gallery_listings": len(set(ids))}
+    results: dict[str, object] = {
+        "queries": len(queries),
+        "gallery_listings": len(set(ids)),
+        "unusable_photos": unusable,
+    }
     timings: dict[str, float] = {}
     for split, wanted in (("held-out", True), ("trained", False)):
         qs = [q for q in queries if q.held_out == wanted]
@@ -143,8 +164,8 @@ def run(
             t0 = time.perf_counter()
             scores, found = [], []
             for data, q in zip(datas, qs, strict=True):
-                emb, views = fn(data, q)
-                scores.append(emb @ gallery.T)
+                emb, views, offsets = fn(data, q)
+                scores.append(emb @ gallery.T + (0 if offsets is None else offsets[:, None]))
                 if views is not None and q.box is not None:
                     from models.localiser import box_iou
 
@@ -224,7 +245,8 @@ def main(argv: list[str]) -> int:
         f"model `{res['model']}`; every review photo searched against all "
         f"{res['gallery_listings']} listings (exact search, a listing scored by its best photo); "
         f"item size = the true box's longer side over the photo's. Milliseconds per query "
-        f"(decode + model, 2 shared cores): {res['ms_per_query']}.\n" + markdown(res)
+        f"(decode + model, 2 shared cores): {res['ms_per_query']}. Unreadable photos left out: "
+        f"{res['unusable_photos']}.\n" + markdown(res)
     )
     print(body)
     if args.write:
