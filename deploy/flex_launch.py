@@ -8,7 +8,9 @@ flags and Beam's pipeline options, exactly as ``vsearch STAGE ...`` takes them:
 
 becomes ``vsearch embed --catalog=gs://... ...``. A template parameter is always a value, so a
 switch arrives as ``--full=true``: it becomes ``--full`` (``--full=false`` is dropped). Nothing
-else happens here: the CLI is the one place that maps names to stages.
+else happens here: the CLI is the one place that maps names to stages. The launcher also passes
+``--template_location``: preprocess and embed then only describe their job and exit, and the day
+is finished after the job by ``vsearch finish STAGE`` (pipelines/job_record.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ state and partitions tell the unchanged photos) -> run the Beam job (``embed_job
 and embed the other photos into a staging folder) -> check the bad fraction (dead letters /
 images within ``max_bad_fraction``) -> commit the day's partition and state snapshot as a whole
 (``embed_commit``) -> write the run summary. A run that fails the check leaves the partition as
-it was and its dead letters for inspection.
+it was and its dead letters for inspection. Everything after the job is ``finish``, which works
+from the files the job and its launch wrote (``job_record``): right after the job in a normal
+run, or later, in another process, after a Flex Template launch (``vsearch finish embed``).
 
 Idempotence: a run of day D skips only keys of partitions dt < D, and rewrites partition D, so
 re-running a day gives the same rows and no duplicates. ``--full`` skips nothing (new model).
@@ -20,11 +22,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core import embeddings, partitions, paths, runs
+from core import embeddings, partitions, paths, runs, storage
 from core.runs import Counts, RunSummary
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
+from pipelines import job_record
 from pipelines.embed_checks import (
     EmbedError,
     check_readable,
@@ -33,14 +36,20 @@ from pipelines.embed_checks import (
     resolve_model,
     too_many_dead_letters,
 )
-from pipelines.embed_commit import commit_day, discard, new_staging
-from pipelines.embed_plan import SkipPlan, plan_skip
-
-if TYPE_CHECKING:
-    from pipelines.stage import BeamRun
+from pipelines.embed_commit import Staging, commit_day, discard, new_staging
+from pipelines.embed_plan import plan_skip
+from pipelines.job_record import JobCounts, JobRecord, Launched
 
 # The stage's face: what the CLI, the registry and callers use.
-__all__ = ["STAGE", "EmbedError", "EmbedResult", "EmbedSettings", "default_pipeline_args", "run"]
+__all__ = [
+    "STAGE",
+    "EmbedError",
+    "EmbedResult",
+    "EmbedSettings",
+    "default_pipeline_args",
+    "finish",
+    "run",
+]
 
 STAGE = "embed"
 
@@ -101,8 +110,10 @@ class EmbedResult(Counts):
 
 def run(
     settings: EmbedSettings, pipeline_args: list[str] | None = None, test_pipeline: Any = None
-) -> EmbedResult:
-    """Embed the new or changed listing photos of ``settings.date``; writes the run summary."""
+) -> EmbedResult | Launched:
+    """Embed the new or changed listing photos of ``settings.date``; writes the run summary. A
+    template launch (``--template_location``) only describes the job: the day is left to
+    ``finish``."""
     # Beam and the model handler load here, when the job runs (module docstring).
     from pipelines import embed_job
     from transforms.change_detection import buckets_for
@@ -122,30 +133,77 @@ def run(
     check_readable(plan.files)  # a truncated earlier file: one clear error, now
     buckets = buckets_for(listings_today)
     staging = new_staging(s.workdir, STAGE, s.date)
+    # What the summary and the commit need besides the job's counts (job_record.py).
+    facts = {
+        "model_version": model.version,
+        "full": s.full,
+        "earlier_files": len(plan.key_files),
+        "skip_check": plan.how,
+        "change_buckets": buckets,
+        "max_bad_fraction": s.max_bad_fraction,
+        "basis": plan.basis,
+    }
+    record = job_record.launch(s.workdir, STAGE, s.date, staging.attempt, facts)
     job, distributions = embed_job.run_job(
         s,
         model,
         plan,
         staging,
         buckets,
+        record,
         default_pipeline_args(pipeline_args),
         test_pipeline,
         on_failure=lambda: discard(staging),  # a crashed run leaves no half-written output
     )
-    summary = _summary(s, model.version, plan, buckets, job, distributions)
+    if job.described:
+        launched = Launched(STAGE, s.date.isoformat(), s.workdir, staging.attempt)
+        print(launched.one_line(), flush=True)
+        return launched
+    return _finish(record, job.wall_s, distributions)
+
+
+def finish(workdir: str, date: dt.date | str) -> EmbedResult:
+    """Finish the day of an embed job launched earlier (``vsearch finish embed``): the bad
+    fraction check, the partition commit, the run summary and the marker, from the files the job
+    wrote. Raises JobNotFinished when they are not all there; a day finished before is left as
+    it is."""
+    if job_record.already_finished(workdir, STAGE, date):
+        return job_record.finished_before(workdir, STAGE, date, EmbedResult)
+    return _finish(job_record.find(workdir, STAGE, date))
+
+
+def _finish(
+    record: JobRecord, wall_s: float | None = None, distributions: Mapping[str, Any] | None = None
+) -> EmbedResult:
+    """Check the bad fraction, commit the staged day, write the summary and the marker; the
+    run's folder goes. ``wall_s`` and ``distributions``: the job's time and Beam distributions
+    when this process ran it (a later process has the record's times and no distributions)."""
+    counts = job_record.read_counts(record)  # refuses before anything is written
+    if wall_s is None:
+        wall_s = job_record.wall_s(record, counts)
+    summary = _summary(record, counts, wall_s, distributions or {})
+    workdir, date, version = (
+        record.workdir,
+        dt.date.fromisoformat(record.date),
+        summary.model_version,
+    )
+    root = record.root
+    staging = Staging(record.run_id, root, storage.join(root, "rows"), storage.join(root, "state"))
     if not summary.extra["published"]:
-        runs.write_summary(s.workdir, summary)  # the health record, but no completion marker
+        runs.write_summary(workdir, summary)  # the health record, but no completion marker
         discard(staging)
         raise too_many_dead_letters(
             summary.dead_lettered,
             summary.read,
-            s.max_bad_fraction,
-            paths.embeddings_dir(s.workdir, model.version, s.date),
-            paths.deadletter_dir(s.workdir, STAGE, s.date),
+            float(record.facts["max_bad_fraction"]),
+            paths.embeddings_dir(workdir, str(version), date),
+            paths.deadletter_dir(workdir, STAGE, date),
         )
-    commit_day(staging, s.workdir, model.version, s.date, plan.basis)
-    runs.complete(s.workdir, summary)
-    return EmbedResult(**vars(Counts.of(summary)), model_version=model.version, full=s.full)
+    commit_day(staging, workdir, str(version), date, dict(record.facts["basis"]))
+    runs.complete(workdir, summary)
+    job_record.close(record)
+    full = bool(record.facts["full"])
+    return EmbedResult(**vars(Counts.of(summary)), model_version=str(version), full=full)
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:
@@ -175,38 +233,32 @@ def _earlier_partitions(
 
 
 def _summary(
-    s: EmbedSettings,
-    version: str,
-    plan: SkipPlan,
-    buckets: int,
-    job: BeamRun,
+    record: JobRecord,
+    counts: JobCounts,
+    wall_s: float,
     distributions: Mapping[str, Any],
 ) -> RunSummary:
-    """The run summary from the job's counters; ``extra["published"]``: the bad fraction allows
-    committing the day."""
-    c = job.counters
-    read = c.get("images", 0) + c.get("catalog_rejected", 0)
-    embedded, skipped, dead = (
-        c.get("embedded", 0),
-        c.get("skipped_unchanged", 0),
-        c.get("dead_letter_records", 0),
-    )
+    """The run summary from the job's counts and the launch's facts; ``extra["published"]``: the
+    bad fraction allows committing the day."""
+    c, facts = counts.get, record.facts
+    read = c("images") + c("catalog_rejected")
+    embedded, skipped, dead = c("embedded"), c("skipped_unchanged"), c("dead_letter_records")
     bad_fraction = dead / read if read else 0.0
     extra = {
-        "model_version": version,
-        "full": s.full,
-        "earlier_files": len(plan.key_files),
-        "skip_check": plan.how,
-        "catalog_rejected": c.get("catalog_rejected", 0),
+        "model_version": facts["model_version"],
+        "full": facts["full"],
+        "earlier_files": facts["earlier_files"],
+        "skip_check": facts["skip_check"],
+        "catalog_rejected": c("catalog_rejected"),
         # Listings rows the column rules left to the one-row-at-a-time parser (the slow path).
-        "listing_rows_parsed_alone": c.get("listing_rows_parsed_alone", 0),
-        "images_read": c.get("images_read", 0),
-        "skipped_by_metadata": c.get("skipped_by_metadata", 0),
-        "objects_listed": c.get("metadata_listed", 0),  # gs:// objects, from listings
-        "files_stat": c.get("metadata_stat", 0),  # local photos, one stat each
-        "change_buckets": buckets,
+        "listing_rows_parsed_alone": c("listing_rows_parsed_alone"),
+        "images_read": c("images_read"),
+        "skipped_by_metadata": c("skipped_by_metadata"),
+        "objects_listed": c("metadata_listed"),  # gs:// objects, from listings
+        "files_stat": c("metadata_stat"),  # local photos, one stat each
+        "change_buckets": facts["change_buckets"],
         "bad_fraction": round(bad_fraction, 6),
-        "published": bad_fraction <= s.max_bad_fraction,
+        "published": bad_fraction <= float(facts["max_bad_fraction"]),
         **distributions,
     }
-    return RunSummary(STAGE, s.date.isoformat(), read, embedded, dead, skipped, job.wall_s, extra)
+    return RunSummary(STAGE, record.date, read, embedded, dead, skipped, wall_s, extra)

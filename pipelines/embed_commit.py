@@ -1,18 +1,19 @@
-"""The embed stage's commit: the job writes into a staging folder, and the day's partition is
-replaced by those files as a whole (core/partitions.py: a manifest, and an atomic directory swap
-locally), then the day's state snapshot likewise. A run that must not publish (too many dead
-letters) or crashed leaves the partition as it was, and its staged files are deleted.
+"""The embed stage's commit: the job writes into a staging folder (its run folder,
+``pipelines/job_record.py``), and the day's partition is replaced by those files as a whole
+(core/partitions.py: a manifest, and an atomic directory swap locally), then the day's state
+snapshot likewise. A run that must not publish (too many dead letters) or crashed leaves the
+partition as it was, and its staged files are deleted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 
 from core import partitions, paths, storage
+from pipelines import job_record
 
 
 class Staging(NamedTuple):
@@ -25,10 +26,9 @@ class Staging(NamedTuple):
 
 
 def new_staging(workdir: str, stage: str, date: dt.date) -> Staging:
-    """A fresh staging folder for this run; what crashed runs of the day left behind is deleted."""
-    attempt = uuid.uuid4().hex[:12]
-    root = paths.staging_dir(workdir, stage, date, attempt)
-    storage.delete_prefix(storage.parent(root))
+    """A fresh staging folder for this run, its run folder (``job_record.new_run``: what crashed
+    or unfinished runs of the day left behind is deleted)."""
+    attempt, root = job_record.new_run(workdir, stage, date)
     return Staging(attempt, root, storage.join(root, "rows"), storage.join(root, "state"))
 
 
@@ -40,20 +40,27 @@ def commit_day(
     staging: Staging, workdir: str, version: str, date: dt.date, basis: dict[str, str]
 ) -> None:
     """Publish the staged rows as the day's partition, then the staged state snapshot with its
-    ``basis`` (the partitions it was checked on: ``basis`` plus today's, when today has files)."""
-    published = publish_partition(
-        staging.rows, paths.embeddings_dir(workdir, version, date), staging.attempt
-    )
+    ``basis`` (the partitions it was checked on: ``basis`` plus today's, when today has files).
+    Idempotent: a partition this run already committed (its manifest names this attempt) is
+    left as it is, so a finish step run again after a crash completes the commit."""
+    rows = paths.embeddings_dir(workdir, version, date)
+    published = _committed_files(rows, staging.attempt)
+    if published is None:
+        published = publish_partition(staging.rows, rows, staging.attempt)
     # Today's state holds only photos with a row in these partitions (a day without files is
     # not listed as a partition, so it is not named either).
     basis = {**basis, **({date.isoformat(): staging.attempt} if published else {})}
-    publish_partition(
-        staging.state,
-        paths.embed_state_dir(workdir, version, date),
-        staging.attempt,
-        extra={"basis": basis},
-    )
-    discard(staging)
+    state = paths.embed_state_dir(workdir, version, date)
+    if _committed_files(state, staging.attempt) is None:
+        publish_partition(staging.state, state, staging.attempt, extra={"basis": basis})
+
+
+def _committed_files(partition: str, attempt: str) -> int | None:
+    """How many files ``partition`` holds if ``attempt`` committed it, else None."""
+    manifest = partitions.read_manifest(partition)
+    if manifest is None or str(manifest["attempt"]) != attempt:
+        return None
+    return len(manifest["files"])
 
 
 def publish_partition(

@@ -40,12 +40,14 @@ from models import artifact
 from pipelines.embed import STAGE, EmbedSettings
 from pipelines.embed_commit import Staging
 from pipelines.embed_plan import SkipPlan
+from pipelines.job_record import JobRecord
 from pipelines.stage import BeamRun, run_pipeline
 from transforms import read_images
 from transforms.change_detection import PhotosToRead, PhotoToRead
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
 from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
 from transforms.inference import EmbedderModelHandler, Prediction, unit_embedding
+from transforms.job_counts import COUNTS_TAG, CountAs, SumAs, WriteJobCounts, tally
 from transforms.lookahead import LookaheadDoFn
 from transforms.pipelined_inference import FAILED_CALLS, FAILED_POSTPROCESSING, PipelinedInference
 from transforms.progress import LogProgress
@@ -73,22 +75,25 @@ def run_job(
     plan: SkipPlan,
     staging: Staging,
     buckets: int,
+    record: JobRecord,
     pipeline_args: list[str],
     test_pipeline: beam.Pipeline | None = None,
     on_failure: Callable[[], None] | None = None,
 ) -> tuple[BeamRun, dict[str, Any]]:
-    """Run the job (``build``) and return it with its distributions (batch sizes, inference
-    latency) for the run summary; ``on_failure`` cleans up if the job raises."""
+    """Run (or, for a template launch, only describe) the job (``build``): it writes into
+    ``staging`` and then ``record``'s counts file. Returns it with its distributions (batch
+    sizes, inference latency) for the run summary; ``on_failure`` cleans up if the job raises."""
     job = run_pipeline(
         STAGE,
         s.workdir,
         s.date,
-        lambda p: build(p, s, model, plan, staging, buckets),
+        lambda p: build(p, s, model, plan, staging, buckets, record),
         pipeline_args,
         test_pipeline,
         on_failure=on_failure,
+        finishes_later=True,
     )
-    return job, _distributions(job.result)
+    return job, {} if job.described else _distributions(job.result)
 
 
 def build(
@@ -98,25 +103,28 @@ def build(
     plan: SkipPlan,
     staging: Staging,
     buckets: int,
+    record: JobRecord,
 ) -> None:
     """Add the embed job's steps to ``p``: the photos ``plan`` does not skip are embedded into
     ``staging.rows`` and this run's state snapshot goes to ``staging.state``; ``buckets`` is the
-    change detection's hash bucket count (``change_detection.buckets_for``)."""
+    change detection's hash bucket count (``change_detection.buckets_for``). Last, the job's
+    counts go to ``record``'s counts file."""
     from transforms.read_listing_tables import ReadListingTables
 
     catalog = p | "ReadListings" >> ReadListingTables(
         s.catalog, s.date, s.allowed_buckets, stage=STAGE, buckets=buckets
     )
-    to_read, kept = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
+    selected = catalog["listings"] | "PhotosToRead" >> PhotosToRead(
         plan.key_files,
         plan.state_files,
         buckets,
         list_objects=True,  # every photo gets its metadata key: today's state snapshot needs it
         state_checked=plan.checked,
     )
+    to_read, kept = selected.to_read, selected.kept
     read = to_read | "ReadPhotos" >> beam.ParDo(
         _ReadPhoto(model.image_size, s.decode_threads)
-    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, main="images")
+    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, COUNTS_TAG, main="images")
     model_uri = paths.embedder_dir(s.workdir, model.version)
     handler = EmbedderModelHandler(
         model_uri,
@@ -134,16 +142,16 @@ def build(
     rows = embedded | "ToRows" >> beam.ParDo(
         _ToRows(model.version, created_at, s.catalog)
     ).with_outputs(STATE_TAG, main="rows")
-    _ = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
+    written = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
         s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging.rows
     )
-    _ = (
+    state_written = (
         (read[STATE_TAG], rows[STATE_TAG])
         | "StateRows" >> beam.Flatten()
         | "WriteState" >> WriteState(staging.state, buckets)
     )
-    _ = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(staging.state, buckets))
-    _ = (
+    kept_written = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(staging.state, buckets))
+    dead = (
         (
             catalog[DEAD_LETTER_TAG] | "CatalogRejects" >> beam.Map(_count_catalog_reject),
             read[DEAD_LETTER_TAG],
@@ -152,7 +160,28 @@ def build(
         )
         | "AllDeadLetters" >> beam.Flatten()
         | "CountDeadLetters" >> beam.Map(_count_dead)
-        | "WriteDeadLetters" >> WriteDeadLetters(s.workdir, STAGE, s.date)
+    )
+    dead_written = dead | "WriteDeadLetters" >> WriteDeadLetters(s.workdir, STAGE, s.date)
+    # The counts the run summary reports, as the Beam counters count them, written by the job
+    # once its outputs are (pipelines/job_record.py): a later process can finish the day.
+    kept_rows = lambda k: k[1].table.num_rows  # noqa: E731
+    counts = (
+        catalog[COUNTS_TAG],
+        selected.counts,
+        read[COUNTS_TAG],
+        to_read | "TallyToRead" >> CountAs("images"),
+        kept | "TallyKept" >> SumAs("images", kept_rows),
+        kept | "TallyKeptSkipped" >> SumAs("skipped_unchanged", kept_rows),
+        kept | "TallyKeptByMetadata" >> SumAs("skipped_by_metadata", kept_rows),
+        to_read | "TallyRead" >> CountAs("images_read"),
+        written | "TallyEmbedded" >> SumAs("embedded", lambda w: w[1]),
+        catalog[DEAD_LETTER_TAG] | "TallyCatalogRejects" >> CountAs("catalog_rejected"),
+        dead | "TallyDeadLetters" >> CountAs("dead_letter_records"),
+    )
+    _ = counts | "WriteJobCounts" >> WriteJobCounts(
+        record.counts_uri,
+        record.header(),
+        after=[written, state_written, kept_written, dead_written],
     )
 
 
@@ -178,7 +207,6 @@ class _ReadPhoto(LookaheadDoFn):
     def setup(self) -> None:
         super().setup()
         counter = beam.metrics.Metrics.counter
-        self._skipped = counter(METRICS_NAMESPACE, "skipped_unchanged")
         self._reads = counter(METRICS_NAMESPACE, "images_read")
         self._decoded = counter(METRICS_NAMESPACE, "images_decoded")
 
@@ -199,7 +227,7 @@ class _ReadPhoto(LookaheadDoFn):
             yield dead_letter(STAGE, read.error, photo.listing_id, photo.uri)
             return
         if read.pixels is None:
-            self._skipped.inc()
+            yield tally("skipped_unchanged")  # new metadata, same bytes
             if photo.meta_key:
                 state = _state_row(
                     photo.listing_id, photo.image_index, photo.uri, photo.meta_key, read.sha256

@@ -12,18 +12,30 @@ Outputs under ``WORKDIR/transformed/dt=D/``: ``train-NNNNN-of-NNNNN.tfrecord.gz`
 ``eval-NNNNN-of-NNNNN.tfrecord.gz``, ``transform_fn/``, ``transformed_metadata/``.
 
 The Beam job is pipelines/preprocess_job.py, loaded when the stage runs: this module is light,
-so ``vsearch preprocess --help`` answers at once.
+so ``vsearch preprocess --help`` answers at once, and so is ``finish``, which finishes the day
+from what the job wrote (``pipelines/job_record.py``): right after the job in a normal run, or
+later, in another process, after a Flex Template launch (``vsearch finish preprocess``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from dataclasses import dataclass, field
 
-from core import runs
+from core import paths, runs, storage
 from core.runs import Counts
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE_STR, WORKDIR, doc
+from pipelines import job_record
+from pipelines.job_record import JobRecord, Launched
 
 STAGE = "preprocess"
+# The job's counts (Beam counters, and its counts file), by name.
+IMAGES = "preprocess_images"
+ROWS = "preprocess_rows"
+REJECTED_ROWS = "preprocess_rejected_catalog_rows"
+BAD_IMAGES = "preprocess_bad_images"
+UNSAMPLED = "preprocess_images_not_sampled"
 # The model input size and the rare-class cut of models.features (tests/test_cli.py checks that
 # these equal features.DEFAULT_IMAGE_SIZE / DEFAULT_MIN_CLASS_COUNT; importing it needs TF).
 MODEL_IMAGE_SIZE = 96
@@ -60,14 +72,70 @@ class PreprocessSettings:
     eval_shards: int = field(default=1, metadata=doc("TFRecord files of the eval split"))
 
 
+def output_dir(settings: PreprocessSettings) -> str:
+    return paths.transformed_dir(settings.workdir, settings.date)
+
+
 def run(
     settings: PreprocessSettings,
     pipeline_args: list[str] | None = None,
     test_pipeline: object | None = None,
-) -> Counts:
-    """Run the stage for one date; writes its run summary and returns its counts."""
+) -> Counts | Launched:
+    """Run the stage for one date; writes its run summary and returns its counts. A template
+    launch (``--template_location``) only describes the job: the day is left to ``finish``."""
     from pipelines.preprocess_job import run_job  # Beam and TF Transform: only when it runs
 
-    summary = run_job(settings, pipeline_args, test_pipeline)  # type: ignore[arg-type]
-    runs.complete(settings.workdir, summary)
+    s = settings
+    run_id, _ = job_record.new_run(s.workdir, STAGE, s.date)
+    facts = {
+        "max_listings": s.max_listings,
+        "image_size": s.image_size,
+        "eval_fraction": s.eval_fraction,
+        "output": output_dir(s),
+    }
+    record = job_record.launch(s.workdir, STAGE, s.date, run_id, facts)
+    job = run_job(s, record, pipeline_args, test_pipeline)  # type: ignore[arg-type]
+    if job.described:
+        launched = Launched(STAGE, s.date, s.workdir, run_id)
+        print(launched.one_line(), flush=True)
+        return launched
+    return _finish(record, job.wall_s)
+
+
+def finish(workdir: str, date: dt.date | str) -> Counts:
+    """Finish the day of a preprocess job launched earlier (``vsearch finish preprocess``): its
+    run summary and completion marker, from the files the job wrote. Raises JobNotFinished when
+    they are not all there; a day finished before is left as it is."""
+    if job_record.already_finished(workdir, STAGE, date):
+        return job_record.finished_before(workdir, STAGE, date, Counts)
+    return _finish(job_record.find(workdir, STAGE, date))
+
+
+def _finish(record: JobRecord, wall_s: float | None = None) -> Counts:
+    """The summary from the job's counts file and the launch's facts, then the marker; the
+    run's folder and TF Transform's temp files go. ``wall_s``: the job's time when this process
+    ran it (else from the record's times)."""
+    counts = job_record.read_counts(record)  # refuses before anything is written
+    rejected, bad = counts.get(REJECTED_ROWS), counts.get(BAD_IMAGES)
+    unsampled = counts.get(UNSAMPLED)
+    summary = runs.RunSummary(
+        STAGE,
+        record.date,
+        read=counts.get(IMAGES) + unsampled + rejected,
+        ok=counts.get(ROWS),
+        dead_lettered=rejected + bad,
+        skipped=unsampled,  # outside the day's training sample (--max-listings)
+        wall_s=job_record.wall_s(record, counts) if wall_s is None else wall_s,
+        extra=dict(record.facts),
+    )
+    _remove_tft_temp(storage.join(str(record.facts["output"]), "tmp"))
+    runs.complete(record.workdir, summary)
+    job_record.close(record)
     return Counts.of(summary)
+
+
+def _remove_tft_temp(uri: str) -> None:
+    """TFT's temp dir: objects on GCS; locally also the empty folders it leaves behind."""
+    storage.delete_prefix(uri)
+    if not storage.is_gcs(uri):
+        shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)

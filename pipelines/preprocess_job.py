@@ -3,26 +3,30 @@ transform_fn (the stage, its settings and its run summary: pipelines/preprocess.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 
-from core import catalog, paths, runs, storage
+from core import catalog, storage
 from core.hashing import stable_fraction
 from core.runs import METRICS_NAMESPACE
 from models import features as F
-from pipelines.preprocess import STAGE, PreprocessSettings
-from pipelines.stage import run_pipeline
+from pipelines.job_record import JobRecord
+from pipelines.preprocess import (
+    BAD_IMAGES,
+    IMAGES,
+    REJECTED_ROWS,
+    ROWS,
+    STAGE,
+    UNSAMPLED,
+    PreprocessSettings,
+    output_dir,
+)
+from pipelines.stage import BeamRun, run_pipeline
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
+from transforms.job_counts import COUNTS_TAG, CountAs, WriteJobCounts, tally
 from transforms.progress import LogProgress
-
-_IMAGES = "preprocess_images"
-_ROWS = "preprocess_rows"
-_REJECTED_ROWS = "preprocess_rejected_catalog_rows"
-_BAD_IMAGES = "preprocess_bad_images"
-_UNSAMPLED = "preprocess_images_not_sampled"
 
 
 def _in_sample(listing_id: str, max_listings: int, total: int) -> bool:
@@ -32,18 +36,19 @@ def _in_sample(listing_id: str, max_listings: int, total: int) -> bool:
     return total <= max_listings or stable_fraction(f"sample:{listing_id}") < max_listings / total
 
 
-def _keep_listing(listing: catalog.Listing, max_listings: int, total: int) -> bool:
-    keep = _in_sample(listing.listing_id, max_listings, total)
-    if not keep:
-        beam.metrics.Metrics.counter(METRICS_NAMESPACE, _UNSAMPLED).inc(len(listing.image_uris))
-    return keep
+def _sample_listing(listing: catalog.Listing, max_listings: int, total: int) -> Iterator[Any]:
+    """The listing if it is in the day's sample, else a tally of its photos left out."""
+    if _in_sample(listing.listing_id, max_listings, total):
+        yield listing
+    else:
+        yield tally(UNSAMPLED, len(listing.image_uris))
 
 
-def _keep_review(review: catalog.Review, max_listings: int, total: int) -> bool:
-    keep = _in_sample(review.listing_id, max_listings, total)
-    if not keep:
-        _count(_UNSAMPLED)
-    return keep
+def _sample_review(review: catalog.Review, max_listings: int, total: int) -> Iterator[Any]:
+    if _in_sample(review.listing_id, max_listings, total):
+        yield review
+    else:
+        yield tally(UNSAMPLED)
 
 
 def _count(name: str) -> None:
@@ -59,7 +64,7 @@ def _refs(listing: catalog.Listing) -> list[catalog.ImageRef]:
 
 
 def _counted_ref(ref: catalog.ImageRef) -> catalog.ImageRef:
-    _count(_IMAGES)
+    _count(IMAGES)
     return ref
 
 
@@ -75,7 +80,7 @@ class _JoinLabels(beam.DoFn):
                     STAGE, "review of a listing that is not in the snapshot", listing_id, uri
                 )
                 continue
-            _count(_ROWS)
+            _count(ROWS)
             yield {
                 F.IMAGE_KEY: pixels,
                 F.LISTING_ID_KEY: listing_id.encode(),
@@ -99,14 +104,11 @@ def _split(row: dict[str, Any], num_partitions: int, eval_fraction: float) -> in
     return int(catalog.is_eval_listing(row[F.LISTING_ID_KEY].decode(), eval_fraction))
 
 
-def output_dir(settings: PreprocessSettings) -> str:
-    return paths.transformed_dir(settings.workdir, settings.date)
-
-
 def transform_and_write(
     train: beam.PCollection, evaluation: beam.PCollection, settings: PreprocessSettings
-) -> None:
-    """TFT on raw rows (``features.raw_feature_spec``): analyse+transform train, transform eval, write."""
+) -> list[beam.PCollection]:
+    """TFT on raw rows (``features.raw_feature_spec``): analyse+transform train, transform eval,
+    write; returns the writes' outputs (complete once the files are in place)."""
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
@@ -126,11 +128,12 @@ def transform_and_write(
             (evaluation, metadata),
             transform_fn,
         ) | "TransformEval" >> tft_beam.TransformDataset(output_record_batches=True)
+        written = []
         for name, data, shards in (
             ("train", transformed_train, settings.train_shards),
             ("eval", transformed_eval, settings.eval_shards),
         ):
-            _ = (
+            written.append(
                 data
                 | f"Encode{name.title()}" >> tft_beam.EncodeTransformedDataset()
                 | f"Write{name.title()}"
@@ -138,11 +141,13 @@ def transform_and_write(
                     storage.join(out_dir, name), file_name_suffix=".tfrecord.gz", num_shards=shards
                 )
             )
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out_dir)
+        written.append(transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out_dir))
+    return written
 
 
-def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
-    """The whole stage as labelled steps on ``p`` (``run`` adds option parsing and the summary)."""
+def build(p: beam.Pipeline, settings: PreprocessSettings, record: JobRecord) -> None:
+    """The whole stage as labelled steps on ``p`` (``run`` adds option parsing and the summary);
+    the job's counts go to ``record``'s counts file."""
     from transforms.read_catalog import ReadCatalog
     from transforms.read_images import MAIN_TAG, ReadImages
 
@@ -152,12 +157,13 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
     total = beam.pvalue.AsSingleton(
         cat["listings"] | "CountListings" >> beam.combiners.Count.Globally()
     )
-    listings = cat["listings"] | "SampleListings" >> beam.Filter(
-        _keep_listing, settings.max_listings, total
-    )
-    reviews = cat["reviews"] | "SampleReviews" >> beam.Filter(
-        _keep_review, settings.max_listings, total
-    )
+    sampled_listings = cat["listings"] | "SampleListings" >> beam.FlatMap(
+        _sample_listing, settings.max_listings, total
+    ).with_outputs(COUNTS_TAG, main="kept")
+    sampled_reviews = cat["reviews"] | "SampleReviews" >> beam.FlatMap(
+        _sample_review, settings.max_listings, total
+    ).with_outputs(COUNTS_TAG, main="kept")
+    listings, reviews = sampled_listings.kept, sampled_reviews.kept
     listing_refs = listings | "ListingImages" >> beam.FlatMap(_refs)
     review_refs = reviews | "ReviewImages" >> beam.Map(catalog.review_image)
     refs = (
@@ -182,54 +188,47 @@ def build(p: beam.Pipeline, settings: PreprocessSettings) -> None:
         2,
         settings.eval_fraction,
     )
-    transform_and_write(train, evaluation, settings)
+    written = transform_and_write(train, evaluation, settings)
     dead = (
-        cat[DEAD_LETTER_TAG] | "CountRejectedRows" >> beam.Map(_count_dead, _REJECTED_ROWS),
-        decoded[DEAD_LETTER_TAG] | "CountBadImages" >> beam.Map(_count_dead, _BAD_IMAGES),
-        joined[DEAD_LETTER_TAG] | "CountOrphans" >> beam.Map(_count_dead, _BAD_IMAGES),
+        cat[DEAD_LETTER_TAG] | "CountRejectedRows" >> beam.Map(_count_dead, REJECTED_ROWS),
+        decoded[DEAD_LETTER_TAG] | "CountBadImages" >> beam.Map(_count_dead, BAD_IMAGES),
+        joined[DEAD_LETTER_TAG] | "CountOrphans" >> beam.Map(_count_dead, BAD_IMAGES),
     ) | "AllDeadLetters" >> beam.Flatten()
-    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(settings.workdir, STAGE, settings.date)
-
-
-def _remove_tft_temp(uri: str) -> None:
-    """TFT's temp dir: objects on GCS; locally also the empty folders it leaves behind."""
-    storage.delete_prefix(uri)
-    if not storage.is_gcs(uri):
-        shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)
+    dead_written = dead | "WriteDeadLetters" >> WriteDeadLetters(
+        settings.workdir, STAGE, settings.date
+    )
+    # The counts the run summary reports, as the Beam counters above count them, written by the
+    # job once its outputs are (pipelines/job_record.py): a later process can finish the day.
+    counts = (
+        sampled_listings[COUNTS_TAG],
+        sampled_reviews[COUNTS_TAG],
+        refs | "TallyImages" >> CountAs(IMAGES),
+        joined.rows | "TallyRows" >> CountAs(ROWS),
+        cat[DEAD_LETTER_TAG] | "TallyRejectedRows" >> CountAs(REJECTED_ROWS),
+        decoded[DEAD_LETTER_TAG] | "TallyBadImages" >> CountAs(BAD_IMAGES),
+        joined[DEAD_LETTER_TAG] | "TallyOrphans" >> CountAs(BAD_IMAGES),
+    )
+    _ = counts | "WriteJobCounts" >> WriteJobCounts(
+        record.counts_uri, record.header(), after=[*written, dead_written]
+    )
 
 
 def run_job(
     settings: PreprocessSettings,
+    record: JobRecord,
     pipeline_args: list[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
-) -> runs.RunSummary:
-    """Run the job for one date; returns its run summary (the stage records it)."""
+) -> BeamRun:
+    """Run (or, for a template launch, only describe) the job for one date; it writes its
+    outputs and then ``record``'s counts file."""
     # Idempotent for the date: stale shards of an earlier run never mix in.
     storage.delete_prefix(output_dir(settings))
-    job = run_pipeline(
+    return run_pipeline(
         STAGE,
         settings.workdir,
         settings.date,
-        lambda p: build(p, settings),
+        lambda p: build(p, settings, record),
         pipeline_args,
         test_pipeline,
-    )
-    _remove_tft_temp(storage.join(output_dir(settings), "tmp"))
-    c = job.counters
-    rejected, bad, rows = c.get(_REJECTED_ROWS, 0), c.get(_BAD_IMAGES, 0), c.get(_ROWS, 0)
-    unsampled = c.get(_UNSAMPLED, 0)
-    return runs.RunSummary(
-        STAGE,
-        settings.date,
-        read=c.get(_IMAGES, 0) + unsampled + rejected,
-        ok=rows,
-        dead_lettered=rejected + bad,
-        skipped=unsampled,  # outside the day's training sample (--max-listings)
-        wall_s=job.wall_s,
-        extra={
-            "max_listings": settings.max_listings,
-            "image_size": settings.image_size,
-            "eval_fraction": settings.eval_fraction,
-            "output": output_dir(settings),
-        },
+        finishes_later=True,
     )

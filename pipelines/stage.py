@@ -1,6 +1,11 @@
 """The skeleton every Beam stage shares: clear the day's dead letters, build and run the job
 timed, read its counters. The stage then turns the counters into its run summary and calls
 ``runs.complete`` (summary, then completion marker) once its output is in place.
+
+A stage whose day can be finished by a later process (preprocess, embed: ``finishes_later``;
+``pipelines/job_record.py``) may be launched with ``--template_location``, as a Flex Template
+launch does: the job is then only described (``BeamRun.described``) and the stage leaves the day
+to its finish step. The others refuse it.
 """
 
 from __future__ import annotations
@@ -22,22 +27,32 @@ from core.deadletter import clear_dead_letters
 
 
 class TemplateLaunchError(RuntimeError):
-    """The stage was started to describe a job for later (a Dataflow template): refused, since
-    Beam then returns at once and the stage would finish the day before its job ran."""
+    """The stage was started to describe a job for later (a Dataflow template) but cannot leave
+    its day to a later step: refused, since Beam then returns at once and the stage would finish
+    the day before its job ran."""
 
 
-def stage_options(stage: str, pipeline_args: list[str] | None) -> PipelineOptions:
+def describes_only(options: PipelineOptions) -> bool:
+    """The options only describe a job (``--template_location``, which a Flex Template launch
+    passes): ``run`` writes the job's description, and ``wait_until_finish`` returns at once
+    (Beam 2.77: a result without a job is terminal, DONE), whatever became of the job."""
+    return bool(options.view_as(GoogleCloudOptions).template_location)
+
+
+def stage_options(
+    stage: str, pipeline_args: list[str] | None, finishes_later: bool = False
+) -> PipelineOptions:
     """The Beam options every job of ``stage`` runs with, checked before the stage touches the
-    day. Raises TemplateLaunchError when they only describe a job (``--template_location``,
-    which a Flex Template launch passes): ``wait_until_finish`` would return at once, with no
-    job, and the stage would record and commit a day whose job has not run."""
+    day. Raises TemplateLaunchError when they only describe a job and the stage cannot leave
+    its day to a finish step (``finishes_later``): it would record a day whose job has not run."""
     options = PipelineOptions(pipeline_args or [])
-    if options.view_as(GoogleCloudOptions).template_location:
+    if describes_only(options) and not finishes_later:
         raise TemplateLaunchError(
             f"{stage} cannot run as a Dataflow template (--template_location, as a Flex Template "
-            "launch passes): its run summary, completion marker and output commit need the job's "
-            "end, which a template launch never waits for; run the stage's own process instead "
-            '(mode gcp: VSEARCH_GCP "beam_launch": "vertex_driver", docs/deploy.md)'
+            "launch passes): its run summary and completion marker need the job's end, which a "
+            "template launch never waits for; run the stage's own process instead (only "
+            "preprocess and embed launch as templates, finished by `vsearch finish`; "
+            "docs/deploy.md)"
         )
     gcs.anonymous_beam_against_emulator()  # no credential search against a test server
     return options
@@ -112,6 +127,9 @@ class BeamRun:
     counters: dict[str, int]  # committed counters of the vsearch namespace, by name
     wall_s: float
     result: Any  # the PipelineResult, for distributions and other metrics
+    # Only described for a template launch: the job runs later, its day finished by a later
+    # process (counters and metrics are then empty).
+    described: bool = False
 
 
 def run_pipeline(
@@ -122,9 +140,12 @@ def run_pipeline(
     pipeline_args: list[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
     on_failure: Callable[[], None] | None = None,
+    finishes_later: bool = False,
 ) -> BeamRun:
-    """Run one stage's job for one date; ``on_failure`` cleans up if the job raises."""
-    options = stage_options(stage, pipeline_args) if test_pipeline is None else None
+    """Run one stage's job for one date; ``on_failure`` cleans up if the job raises.
+    ``finishes_later``: the stage can leave its day to a finish step, so a template launch
+    (``describes_only``) is accepted and returns ``described``."""
+    options = stage_options(stage, pipeline_args, finishes_later) if test_pipeline is None else None
     clear_dead_letters(workdir, stage, date)  # idempotent: no stale dead letters mix in
     with runs.stopwatch() as t:
         p = test_pipeline or beam.Pipeline(options=options)
@@ -135,4 +156,6 @@ def run_pipeline(
             if on_failure is not None:
                 on_failure()
             raise
+    if describes_only(p.options):
+        return BeamRun({}, t["s"], result, described=True)
     return BeamRun(runs.counters(result), t["s"], result)

@@ -320,13 +320,14 @@ def test_demo_refuses_a_catalog_too_small_to_train(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()  # refused before generating anything
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "check-catalog"])
+@pytest.mark.parametrize("stage", ["check-catalog"])
 def test_a_template_launch_is_refused_before_the_day_is_touched(
     stage: str, tiny_catalog: str, tmp_path: Path
 ) -> None:
     """A Flex Template launch passes --template_location: Beam then only describes the job and
-    returns at once, so the stage would record (and commit) a day whose job never ran. It is one
-    clear error instead, naming the way that works, and nothing of the day is written."""
+    returns at once, so a stage that cannot leave its day to a finish step (all but preprocess
+    and embed: tests/test_finish.py) would record a day whose job never ran. It is one clear
+    error instead, naming the way that works, and nothing of the day is written."""
     work = tmp_path / "work"
     out = _vsearch(
         stage,
@@ -336,6 +337,6 @@ def test_a_template_launch_is_refused_before_the_day_is_touched(
     )  # fmt: skip
     assert out.returncode == 1, out.stderr[-3000:]
     line = _one_error_line(out, stage)
-    assert "cannot run as a Dataflow template" in line and "vertex_driver" in line
+    assert "cannot run as a Dataflow template" in line and "vsearch finish" in line
     assert not (tmp_path / "job.json").exists()
     assert not work.exists() or not any(p.is_file() for p in work.rglob("*")), list(work.rglob("*"))

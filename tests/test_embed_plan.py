@@ -276,10 +276,12 @@ def test_only_gcs_photos_without_a_checksum_go_to_the_listing_groups(tmp_path) -
         },
         schema=LISTING_TABLE,
     )
-    straight, grouped = [], []
+    straight, grouped, counts = [], [], []
     for out in change_detection._photo_tables(listings, buckets=3, list_objects=True):
-        if isinstance(out, beam.pvalue.TaggedOutput):
+        if isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "by_folder":
             grouped += out.value[1].table.to_pylist()
+        elif isinstance(out, beam.pvalue.TaggedOutput):  # the job's counts (job_counts.py)
+            counts.append(out.value)
         else:
             straight += out[1].table.to_pylist()
     photo = lambda r: (r["listing_id"], r["image_index"], r["meta_key"])  # noqa: E731
@@ -291,6 +293,7 @@ def test_only_gcs_photos_without_a_checksum_go_to_the_listing_groups(tmp_path) -
         ("C", 0, "catalog=cc0"),
     ]
     assert sorted(map(photo, grouped)) == [("A", 1, "")]
+    assert counts == [("metadata_stat", 3)]  # B's three local photos: one stat each
 
 
 def test_unchanged_photos_are_not_read_gcs(fake_model_dir, gcs_bucket, monkeypatch) -> None:

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 from core import embeddings, embedstate, objectmeta, storage
 from core.hashing import column_hash, column_hashes
 from core.runs import METRICS_NAMESPACE
+from transforms.job_counts import COUNTS_TAG, tally
 from transforms.packed_table import PackedTable
 
 # A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
@@ -77,8 +78,14 @@ KNOWN = pa.schema(
 )
 STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
 KEPT = "kept"  # Select's output of the skipped photos' state rows
-# Local photos keyed by a stat of their file (the run summary's ``files_stat``).
-_STATS = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_stat")
+
+
+class PhotosSelected(NamedTuple):
+    """``PhotosToRead``'s outputs."""
+
+    to_read: beam.PCollection  # PhotoToRead
+    kept: beam.PCollection  # (bucket, PackedTable of state rows): the photos skipped
+    counts: beam.PCollection  # (name, n): files stat'ed and objects listed (job_counts)
 
 
 class PhotoToRead(NamedTuple):
@@ -146,7 +153,7 @@ def _photo_tables(listings: pa.Table, buckets: int, list_objects: bool) -> Itera
         "meta_key",
         objectmeta.stat_keys(local.column("image_uri").to_pylist()),
     )
-    _STATS.inc(local.num_rows)
+    yield tally("metadata_stat", local.num_rows)  # the run summary's ``files_stat``
     yield from split_by_bucket(
         pa.concat_tables([table.filter(given), stated]), "listing_id", buckets
     )
@@ -195,16 +202,12 @@ class _ListAndAttach(beam.DoFn):
     def __init__(self, buckets: int) -> None:
         self._buckets = buckets
 
-    def setup(self) -> None:
-        self._listed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "metadata_listed")
-
-    def process(
-        self, group: tuple[int, Iterable[PackedTable]]
-    ) -> Iterator[tuple[int, PackedTable]]:
+    def process(self, group: tuple[int, Iterable[PackedTable]]) -> Iterator[Any]:
+        """(listing bucket, photo table)s, and (``COUNTS_TAG``) the objects listed."""
         photos = _concat(group[1], PHOTOS)
         units = pc.unique(_units(photos.column("image_uri"))).to_pylist()
         uris, keys = objectmeta.list_units(sorted(units))
-        self._listed.inc(len(uris))
+        yield tally("metadata_listed", len(uris))
         listed = pa.Table.from_arrays([uris, keys], schema=LISTED)
         photos = photos.join(listed, "image_uri", join_type="left outer", use_threads=False)
         keyed = pc.fill_null(photos.column("listed_key"), "")  # not listed: "" (always read)
@@ -306,10 +309,10 @@ def PhotosToRead(  # noqa: N802
     buckets: int,
     list_objects: bool,
     state_checked: bool = False,
-) -> tuple[beam.PCollection, beam.PCollection]:
+) -> PhotosSelected:
     """Listing tables (``catalog_columns.LISTING_TABLE``, from ``ReadListingTables``) ->
-    (PhotoToRead for each photo not known unchanged, (bucket, table of the skipped photos' state
-    rows)); see the module docstring.
+    ``PhotosSelected``: PhotoToRead for each photo not known unchanged, (bucket, table of the
+    skipped photos' state rows), and the counts of what was looked at; see the module docstring.
 
     ``key_files``: earlier partitions of this model version; ``state_files``: earlier runs'
     metadata states (``state_checked``: one snapshot that needs no key files, see
@@ -319,13 +322,14 @@ def PhotosToRead(  # noqa: N802
     p = listings.pipeline
     split = listings | "PhotoTables" >> beam.FlatMap(
         _photo_tables, buckets, list_objects
-    ).with_outputs("by_folder", main="photos")
+    ).with_outputs("by_folder", COUNTS_TAG, main="photos")
     keyed = (
         split.by_folder
         | "GroupByFolder" >> beam.GroupByKey()
-        | "ListAndAttach" >> beam.ParDo(_ListAndAttach(buckets))
+        | "ListAndAttach"
+        >> beam.ParDo(_ListAndAttach(buckets)).with_outputs(COUNTS_TAG, main="photos")
     )
-    photos = (split.photos, keyed) | "AllPhotos" >> beam.Flatten()
+    photos = (split.photos, keyed.photos) | "AllPhotos" >> beam.Flatten()
     known = (
         p
         | "KeyFiles" >> beam.Create(list(key_files))
@@ -343,5 +347,8 @@ def PhotosToRead(  # noqa: N802
         | "JoinKnown" >> beam.CoGroupByKey()
         | "Select" >> beam.ParDo(_Select(state_checked)).with_outputs(KEPT, main="to_read")
     )
+    counts = (split[COUNTS_TAG], keyed[COUNTS_TAG]) | "AllCounts" >> beam.Flatten()
     # A bucket yields up to all its photos (a full run): spread the reads over workers.
-    return selected.to_read | "SpreadReads" >> beam.Reshuffle(), selected[KEPT]
+    return PhotosSelected(
+        selected.to_read | "SpreadReads" >> beam.Reshuffle(), selected[KEPT], counts
+    )

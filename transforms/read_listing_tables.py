@@ -31,6 +31,7 @@ from core.catalog_columns import LISTING_TABLE, listing_table, split_listings
 from core.runs import METRICS_NAMESPACE
 from transforms.change_detection import split_by_bucket
 from transforms.dead_letter_output import DEAD_LETTER_TAG, dead_letter, tagged_dead_letter
+from transforms.job_counts import COUNTS_TAG, tally
 from transforms.packed_table import PackedTable
 from transforms.read_catalog import LISTINGS, ReadCatalog
 from transforms.read_table_rows import ReadParquetRowGroups
@@ -58,13 +59,12 @@ class _CheckBatchFn(beam.DoFn):
 
     def setup(self) -> None:
         self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
-        self._by_row = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "listing_rows_parsed_alone")
 
     def process(self, batch: pa.Table) -> Iterator[Any]:
         fast, rest = split_listings(batch, self._catalog, self._allowed)
         parsed: list[cat.Listing] = []
         invalid_ids: list[str] = []
-        self._by_row.inc(rest.num_rows)
+        yield tally("listing_rows_parsed_alone", rest.num_rows)  # the slow path's share
         for row in rest.to_pylist():
             checked = snapshot.check_row(
                 row, self._table, self._catalog, self._allowed, self._stage
@@ -128,7 +128,8 @@ class _RejectDuplicatesFn(beam.DoFn):
 
 
 class ReadListingTables(beam.PTransform):
-    """A day's listings -> {"listings": pa.Table (LISTING_TABLE), "dead_letter": DeadLetter}.
+    """A day's listings -> {"listings": pa.Table (LISTING_TABLE), "dead_letter": DeadLetter,
+    "counts": (name, n) (``transforms/job_counts.py``: the rows parsed one at a time)}.
 
     Raises CatalogError while the pipeline is being built when the snapshot is unusable as a
     whole (the same checks as ``ReadCatalog``).
@@ -160,7 +161,8 @@ class ReadListingTables(beam.PTransform):
                 | "Batch" >> beam.BatchElements(min_batch_size=1000, max_batch_size=50_000)
                 | "ToTables" >> beam.Map(listing_table)
             )
-            return {LISTINGS: listings, DEAD_LETTER_TAG: rows[DEAD_LETTER_TAG]}
+            none = pbegin | "NoCounts" >> beam.Create([])  # rows are parsed one at a time here
+            return {LISTINGS: listings, DEAD_LETTER_TAG: rows[DEAD_LETTER_TAG], COUNTS_TAG: none}
         columns = snapshot.check_table(table)
         checked = (
             pbegin
@@ -168,7 +170,7 @@ class ReadListingTables(beam.PTransform):
             | "Check"
             >> beam.ParDo(
                 _CheckBatchFn(table, self._catalog, self._allowed, self._stage, self._buckets)
-            ).with_outputs(DEAD_LETTER_TAG, main="rows")
+            ).with_outputs(DEAD_LETTER_TAG, COUNTS_TAG, main="rows")
         )
         resolved = (
             checked.rows
@@ -179,4 +181,8 @@ class ReadListingTables(beam.PTransform):
             )
         )
         dead = (checked[DEAD_LETTER_TAG], resolved[DEAD_LETTER_TAG]) | "MergeDead" >> beam.Flatten()
-        return {LISTINGS: resolved[LISTINGS], DEAD_LETTER_TAG: dead}
+        return {
+            LISTINGS: resolved[LISTINGS],
+            DEAD_LETTER_TAG: dead,
+            COUNTS_TAG: checked[COUNTS_TAG],
+        }

@@ -74,6 +74,11 @@ _TOOLS: dict[str, Command] = {
         "vsearch.upgrade_embeddings:UpgradeSettings",
         "vsearch.upgrade_embeddings:run",
     ),
+    "finish": Command(
+        "finish a day whose preprocess or embed job ran from a Flex Template (summary, commit)",
+        "vsearch.finish:FinishSettings",
+        "vsearch.finish:run",
+    ),
     "backfill": Command(
         "run the stages for every date in a range, resuming after failure",
         "vsearch.backfill:BackfillSettings",

@@ -130,7 +130,8 @@ def _add_fields(
         if f.metadata.get("positional"):  # e.g. query's IMAGE...: a tuple takes one or more
             nargs = "+" if typing.get_origin(tp) is tuple else None
             metavar = f.metadata.get("metavar", f.name.upper())
-            parser.add_argument(dest, nargs=nargs, metavar=metavar, help=help_)
+            choices = f.metadata.get("choices")  # e.g. finish's STAGE: one of these
+            parser.add_argument(dest, nargs=nargs, metavar=metavar, help=help_, choices=choices)
             continue
         kw: dict[str, Any] = {"dest": dest, "metavar": f.metadata.get("metavar")}
         if not any(default is v for v in (dataclasses.MISSING, None, False)) and default != ():

@@ -41,6 +41,10 @@ class Stage:
     beam: bool  # a Beam job: takes Beam pipeline options
     record: str = ""  # name of its run summary and completion marker (default: name)
     inputs: tuple[Input, ...] = ()
+    # "module:function": finish(workdir, date) -> result, the day's work after the Beam job,
+    # from the files the job wrote (pipelines/job_record.py). A stage that has one can be
+    # launched as a Flex Template, which only describes the job; ``vsearch finish`` runs it.
+    finish: str = ""
 
     @property
     def record_name(self) -> str:
@@ -73,6 +77,7 @@ STAGES: dict[str, Stage] = {
             "pipelines.preprocess:run",
             _COUNTS,
             beam=True,
+            finish="pipelines.preprocess:finish",
         ),
         Stage(
             "train",
@@ -99,6 +104,7 @@ STAGES: dict[str, Stage] = {
             "pipelines.embed:EmbedResult",
             beam=True,
             inputs=(Input("full", "gate", "promoted", optional=True),),
+            finish="pipelines.embed:finish",
         ),
         Stage(
             "build-index",
@@ -130,6 +136,15 @@ BRANCHED_STAGE = "embed"
 # (every embedding of the old model is stale), else the incremental one. Their Airflow ids:
 EMBED_FULL_TASK = "embed_full"
 EMBED_INCREMENTAL_TASK = "embed_incremental"
+
+
+# The stages whose day a later step finishes after a Flex Template launch (``vsearch finish``).
+FINISHED_LATER: tuple[str, ...] = tuple(n for n, s in STAGES.items() if s.finish)
+
+
+def finish_task(stage: str) -> str:
+    """The Airflow id of the task that finishes a stage's day after its Flex Template launch."""
+    return f"finish_{STAGES[stage].task_id}"
 
 
 def embed_task(promoted: bool) -> str:
