@@ -14,10 +14,11 @@ Two modes, a deployment setting (``VSEARCH_MODE``, read when the file is parsed:
 different operators). "local" (the default, below): stages run from this machine's pipeline
 environment. "gcp" (Cloud Composer; docs/deploy.md, "Cloud Composer"): the run for day D starts
 when D has ended (a pinned data-interval timetable) and processes D; it waits in the triggerer
-for D's catalog snapshot, runs every stage as a Vertex AI job from the project's image (the Beam
-stages' jobs on Dataflow; preprocess and embed may be Flex Template launches instead, see
-``GcpSettings.beam_launch``), all deferrable, and
-loads the day's committed embeddings into BigQuery when a table is set. Its settings are one
+for D's catalog snapshot, launches preprocess and embed as Dataflow Flex Templates of the
+project's image, each followed by a light task that finishes the day from the job's files
+(``vsearch finish``; or their drivers in Vertex jobs, see ``GcpSettings.beam_launch``), runs
+every other stage as a Vertex AI job from the image, all deferrable, and loads the day's
+committed embeddings into BigQuery when a table is set. Its settings are one
 dataclass, ``vsearch_gcp.GcpSettings`` (``VSEARCH_GCP``). Both modes: a run fails past 23 hours
 (``dagrun_timeout``) and a failed run logs one ERROR line (``on_failure_callback``).
 
@@ -101,6 +102,10 @@ TIMEOUTS = {
     "embed_incremental": dt.timedelta(hours=3),
     "build_index": dt.timedelta(hours=4),
     "publish": dt.timedelta(minutes=15),
+    # Mode gcp with Flex Templates: the light step after each launch (embed's copies a day's
+    # files into its partition, 16 requests at a time).
+    registry.finish_task("preprocess"): dt.timedelta(minutes=30),
+    registry.finish_task("embed"): dt.timedelta(hours=1),
 }
 
 DEFAULT_PARAMS = {
@@ -310,6 +315,18 @@ def _stage_task(stage: registry.Stage, task_id: str, full: bool = False) -> Any:
     return run(stage=stage.name, upstream=upstream or None, **DAY)
 
 
+def _finish_task(stage: registry.Stage, launched: Any) -> Any:
+    """Mode gcp with Flex Templates: the task after ``launched`` (a task, or the two embed
+    tasks behind the branch) that finishes the stage's day; else ``launched`` itself."""
+    if GCP is None or GCP.beam_launch != "flex_template" or not stage.finish:
+        return launched
+    finish = gcp.finish_stage(GCP, stage.name, TIMEOUTS[registry.finish_task(stage.name)])
+    if isinstance(launched, list):  # after the embed branch: whichever embed ran
+        finish.trigger_rule = "none_failed_min_one_success"
+    launched >> finish
+    return finish
+
+
 def _embed_branch_task() -> Any:
     """The branch that picks the day's embed task from the gate's decision."""
     gate_task = registry.STAGES["gate"].task_id
@@ -349,7 +366,7 @@ with DAG(
     # on the gate's decision (registry.embed_task), and the stage after it runs after whichever
     # ran. The mode picks each task's operator.
     previous: Any = gcp.catalog_sensor(GCP, timeout=dt.timedelta(hours=12)) if GCP else None
-    embed_tasks: list[Any] = []
+    embed_done: Any = []  # the embed tasks, or the task that finishes their day
     for name in registry.DAILY_STAGES:
         stage = registry.STAGES[name]
         if name == registry.BRANCHED_STAGE:
@@ -361,18 +378,18 @@ with DAG(
             if previous is not None:
                 previous >> branch
             branch >> embed_tasks
-            previous = embed_tasks
+            previous = embed_done = _finish_task(stage, embed_tasks)
             continue
         current = _stage_task(stage, stage.task_id)
         if isinstance(previous, list):  # after the embed branch: whichever embed ran
             getattr(current, "operator", current).trigger_rule = "none_failed_min_one_success"
         if previous is not None:
             previous >> current
-        previous = current
+        previous = _finish_task(stage, current)
     if GCP is not None and GCP.bigquery_table:  # the day's committed embeddings into BigQuery
         files = task(
             task_id="embedding_files",
             trigger_rule="none_failed_min_one_success",
             retries=gcp.LIGHT_RETRIES,
         )(gcp.embedding_files)(GCP.gcp_conn_id, workdir=DAY["workdir"], date=DATE)
-        embed_tasks >> files >> gcp.load_embeddings(GCP)
+        embed_done >> files >> gcp.load_embeddings(GCP)

@@ -10,10 +10,12 @@ AI jobs on Google Cloud), and Airflow fixes a task's operator when it parses the
 processes (date, catalog, workdir, stage flags) stays in the DAG's params.
 
 What runs where in gcp mode:
-- preprocess, embed: by default (``beam_launch`` "vertex_driver") as build-index below: the
-  stage's own process in a Vertex job, its Beam job on Dataflow. With "flex_template", Dataflow
-  Flex Template launches of the image (the template's ``stage`` parameter names the stage;
-  deploy/flex_launch.py), which today's stages refuse (docs/deploy.md, "Known gap").
+- preprocess, embed: by default (``beam_launch`` "flex_template") Dataflow Flex Template
+  launches of the image (the template's ``stage`` parameter names the stage;
+  deploy/flex_launch.py), each followed by a light Vertex job that finishes the day from what
+  the job wrote (``vsearch finish STAGE``: run summary, completion marker, embed's commit). With
+  "vertex_driver", as build-index below: the stage's own process in a Vertex job, its Beam job
+  on Dataflow, finishing the day itself.
 - train (GPU), gate, build-index, publish: Vertex AI custom jobs from the same image, each one
   ``vsearch backfill --stages STAGE`` for the run's day (it reads the earlier stages' results
   from their run summaries, and skips a stage already done for the day). build-index runs three
@@ -49,13 +51,13 @@ REQUIRED = ("project", "image", "temp_location", "service_account")
 @dataclass(frozen=True)
 class GcpSettings:
     """Where and how the stages run on Google Cloud. Only ``project``, ``image``,
-    ``temp_location`` and ``service_account`` have no usable default (``template_path`` too,
-    with ``beam_launch`` "flex_template")."""
+    ``temp_location``, ``service_account`` and (with ``beam_launch`` "flex_template", the
+    default) ``template_path`` have no usable default."""
 
     project: str
     image: str  # the CPU variant, REGION-docker.pkg.dev/PROJECT/REPO/vsearch:TAG (docs/deploy.md)
-    # The Flex Template spec built from `image`, gs://B/templates/vsearch-TAG.json ("": none,
-    # beam_launch "vertex_driver").
+    # The Flex Template spec built from `image`, gs://B/templates/vsearch-TAG.json (needed by
+    # beam_launch "flex_template", the default; "" with "vertex_driver").
     template_path: str
     temp_location: str  # gs://B/tmp: Dataflow staging and temp files
     # Runs every Dataflow worker and Vertex job (roles: docs/deploy.md); never the default
@@ -86,12 +88,12 @@ class GcpSettings:
     # committed embeddings are loaded into ("" = no load task).
     bigquery_table: str = ""
     subnetwork: str = ""  # regions/R/subnetworks/S, when workers must use a given network
-    # How preprocess and embed start: "vertex_driver" (the stage's own process runs in a Vertex
-    # job, starts its Dataflow job, waits for it and finishes the day, as build-index always
-    # does) or "flex_template" (Airflow launches the Dataflow job and can cancel it, but a
-    # template launch never waits for the job, so today's stages refuse it: docs/deploy.md,
-    # "Known gap").
-    beam_launch: str = "vertex_driver"
+    # How preprocess and embed start: "flex_template" (Airflow launches the Dataflow job from
+    # the template, waits for it in the triggerer and cancels it on a kill; then a light Vertex
+    # job, `vsearch finish STAGE`, finishes the day from the job's files) or "vertex_driver" (the
+    # stage's own process runs in a Vertex job, starts its Dataflow job, waits for it and
+    # finishes the day, as build-index always does).
+    beam_launch: str = "flex_template"
 
     def __post_init__(self) -> None:
         missing = [name for name in REQUIRED if not getattr(self, name)]
@@ -239,6 +241,12 @@ def custom_job(
             "scheduling": {"timeout": f"{timeout_s}s"},
         },
     }
+
+
+def finish_args(stage: str, workdir: str, date: str) -> list[str]:
+    """``vsearch finish`` for one stage of one day, after its Flex Template job: the day's run
+    summary, completion marker and (embed) partition commit, from what the job wrote."""
+    return ["finish", stage, f"--workdir={workdir}", f"--date={date}"]
 
 
 def backfill_args(stage: str, catalog: str, workdir: str, date: str, stage_flags: str) -> list[str]:

@@ -72,9 +72,22 @@ def gcp_macros(s: GcpSettings) -> dict[str, Callable[..., Any]]:
             timeout_s=int(VERTEX_TIMEOUTS[task_id].total_seconds()),
         )
 
+    def finish_job(task_id: str, stage: str, params: Mapping[str, Any], date: str) -> dict:
+        """The light Vertex job that finishes a Flex Template stage's day (``vsearch finish``)."""
+        return vsearch_gcp.custom_job(
+            s,
+            task_id,
+            date,
+            vsearch_gcp.finish_args(stage, params["workdir"], date),
+            machine_type=s.light_machine_type,
+            image=s.image,
+            timeout_s=int(VERTEX_TIMEOUTS[task_id].total_seconds()),
+        )
+
     return {
         "flex_body": flex_body,
         "vertex_job": vertex_job,
+        "finish_job": finish_job,
         "gs_bucket": lambda uri: split_gs(uri)[0],
         "gs_prefix": lambda uri: split_gs(uri)[1],
         "load_config": lambda date, uris: vsearch_gcp.embeddings_load_config(s, date, uris),
@@ -134,8 +147,10 @@ def flex_stage(
 def beam_stage(
     s: GcpSettings, task_id: str, stage: str, timeout: dt.timedelta, **flags: str
 ) -> DataflowStartFlexTemplateOperator | CreateCustomJobOperator:
-    """preprocess or embed, as ``beam_launch`` says: a Flex Template launch, or its driver in a
-    Vertex job (``flags`` are the template's; a driver's come from ``vsearch backfill``)."""
+    """preprocess or embed, as ``beam_launch`` says: a Flex Template launch (the DAG adds the
+    task that finishes its day, ``finish_stage``), or its driver in a Vertex job, which
+    finishes the day itself (``flags`` are the template's; a driver's come from ``vsearch
+    backfill``)."""
     if s.beam_launch == "flex_template":
         return flex_stage(s, task_id, stage, timeout, **flags)
     return vertex_stage(s, task_id, stage, timeout, retries=DATAFLOW_RETRIES)
@@ -159,6 +174,28 @@ def vertex_stage(
         gcp_conn_id=s.gcp_conn_id,
         deferrable=True,
         retries=retries,
+        execution_timeout=timeout,
+    )
+
+
+def finish_stage(s: GcpSettings, stage: str, timeout: dt.timedelta) -> CreateCustomJobOperator:
+    """After a stage's Flex Template task: a light Vertex job of the image that finishes the
+    day from what the job wrote (``vsearch finish STAGE``: run summary, completion marker,
+    embed's partition commit). It refuses while the job's counts are missing, and it is
+    idempotent, so it retries like the other light tasks. It needs the project's code, which
+    Composer's workers do not have: hence a Vertex job, not a Python task."""
+    task_id = registry.finish_task(stage)
+    VERTEX_TIMEOUTS[task_id] = timeout
+    return CreateCustomJobOperator(
+        task_id=task_id,
+        custom_job="{{ finish_job(task.task_id, '"  # type: ignore[arg-type]
+        + stage
+        + "', params, run_date(params, dag_run)) }}",
+        region=s.region,
+        project_id=s.project,
+        gcp_conn_id=s.gcp_conn_id,
+        deferrable=True,
+        retries=LIGHT_RETRIES,
         execution_timeout=timeout,
     )
 

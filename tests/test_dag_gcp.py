@@ -361,20 +361,21 @@ print(json.dumps(out, default=str))
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every task of the gcp-mode DAG, rendered for the run of 2026-01-02 (the day processed),
-    with preprocess and embed launched as Flex Templates (``beam_launch: flex_template``)."""
+    with the default ``beam_launch`` (flex_template: preprocess and embed launched as Flex
+    Templates, each followed by the task that finishes its day)."""
     tmp = tmp_path_factory.mktemp("gcp-render")
     conf = DAY | {"train_args": "--epochs 5", "gate_args": "--margin 0.01"}
-    return _gcp_airflow(  # type: ignore[no-any-return]
-        tmp, _RENDER_ALL, json.dumps(conf), "2026-01-02", beam_launch="flex_template"
-    )
+    return _gcp_airflow(tmp, _RENDER_ALL, json.dumps(conf), "2026-01-02")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
 def rendered_drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The same run with the default ``beam_launch`` (vertex_driver: preprocess and embed as
-    build-index, their own process in a Vertex job that finishes the day)."""
+    """The same run with ``beam_launch`` vertex_driver (preprocess and embed as build-index:
+    their own process in a Vertex job that finishes the day)."""
     tmp = tmp_path_factory.mktemp("gcp-render-drivers")
-    return _gcp_airflow(tmp, _RENDER_ALL, json.dumps(DAY), "2026-01-02")  # type: ignore[no-any-return]
+    return _gcp_airflow(  # type: ignore[no-any-return]
+        tmp, _RENDER_ALL, json.dumps(DAY), "2026-01-02", beam_launch="vertex_driver"
+    )
 
 
 def test_gcp_graph_waits_for_the_snapshot_and_runs_nothing_heavy_on_airflow(
@@ -384,11 +385,13 @@ def test_gcp_graph_waits_for_the_snapshot_and_runs_nothing_heavy_on_airflow(
     assert types == {
         "wait_for_catalog": "GCSObjectsWithPrefixExistenceSensor",
         "preprocess": "DataflowStartFlexTemplateOperator",
+        "finish_preprocess": "CreateCustomJobOperator",
         "train": "CreateCustomJobOperator",
         "gate": "CreateCustomJobOperator",
         "promoted": "_BranchPythonDecoratedOperator",
         "embed_full": "DataflowStartFlexTemplateOperator",
         "embed_incremental": "DataflowStartFlexTemplateOperator",
+        "finish_embed": "CreateCustomJobOperator",
         "build_index": "CreateCustomJobOperator",
         "publish": "CreateCustomJobOperator",
         "embedding_files": "_PythonDecoratedOperator",
@@ -396,12 +399,16 @@ def test_gcp_graph_waits_for_the_snapshot_and_runs_nothing_heavy_on_airflow(
     }
     down = {k: v["downstream"] for k, v in rendered.items() if k != "_dag"}
     assert down["wait_for_catalog"] == ["preprocess"]
+    # Each Flex Template launch, then the task that finishes its day, then the next stage.
+    assert down["preprocess"] == ["finish_preprocess"] and down["finish_preprocess"] == ["train"]
     assert down["promoted"] == ["embed_full", "embed_incremental"]
-    assert down["embed_full"] == down["embed_incremental"] == ["build_index", "embedding_files"]
+    assert down["embed_full"] == down["embed_incremental"] == ["finish_embed"]
+    assert down["finish_embed"] == ["build_index", "embedding_files"]
     assert down["build_index"] == ["publish"] and down["embedding_files"] == ["load_embeddings"]
     # Every waiting task waits in the triggerer, not in a worker slot.
-    for task_id in ("wait_for_catalog", "preprocess", "embed_full", "embed_incremental", "train",
-                    "gate", "build_index", "publish", "load_embeddings"):  # fmt: skip
+    for task_id in ("wait_for_catalog", "preprocess", "finish_preprocess", "embed_full",
+                    "embed_incremental", "finish_embed", "train", "gate", "build_index",
+                    "publish", "load_embeddings"):  # fmt: skip
         assert rendered[task_id]["deferrable"] is True, task_id
     # The two Python tasks only read small JSON files in Airflow's environment (no pipeline).
     assert rendered["promoted"]["op_kwargs"] == {"workdir": "gs://b/vs", "date": "2026-01-02"}
@@ -423,9 +430,12 @@ def test_gcp_timetable_deadline_and_retries(rendered: dict[str, Any]) -> None:
     retries = {k: v["retries"] for k, v in rendered.items() if k != "_dag"}
     for task_id in ("preprocess", "embed_full", "embed_incremental", "train", "build_index"):
         assert retries[task_id] <= 1, task_id  # Dataflow retries work items itself
-    for task_id in ("wait_for_catalog", "gate", "publish", "promoted", "load_embeddings"):
-        assert retries[task_id] >= 3, task_id
-    assert rendered["build_index"]["trigger_rule"] == "none_failed_min_one_success"
+    for task_id in ("wait_for_catalog", "gate", "publish", "promoted", "load_embeddings",
+                    "finish_preprocess", "finish_embed"):  # fmt: skip
+        assert retries[task_id] >= 3, task_id  # finishing a day again is harmless
+    # After the embed branch: whichever embed ran (the other is skipped).
+    assert rendered["finish_embed"]["trigger_rule"] == "none_failed_min_one_success"
+    assert rendered["build_index"]["trigger_rule"] == "all_success"  # after finish_embed
     assert rendered["embedding_files"]["trigger_rule"] == "none_failed_min_one_success"
 
 
@@ -541,6 +551,40 @@ def test_gcp_vertex_jobs(rendered: dict[str, Any]) -> None:
         "--labels=team=search",
     ):
         assert flag in args, flag
+
+
+def test_gcp_finish_tasks_run_vsearch_finish_in_a_light_vertex_job(
+    rendered: dict[str, Any],
+) -> None:
+    """After a Flex Template launch, a light Vertex job of the CPU image runs `vsearch finish
+    STAGE` for the run's day (the CLI's own parser accepts it)."""
+    from google.cloud.aiplatform_v1.types import CustomJob
+
+    from vsearch import cli
+
+    for task_id, stage in (("finish_preprocess", "preprocess"), ("finish_embed", "embed")):
+        t = rendered[task_id]
+        assert t["type"] == "CreateCustomJobOperator" and t["deferrable"] is True
+        job = t["custom_job"]
+        CustomJob(job)
+        assert (t["project_id"], t["region"]) == ("my-project", "europe-west4")
+        assert job["display_name"] == f"vsearch-{task_id.replace('_', '-')}-20260102"
+        assert job["labels"] == GCP["labels"] | {"stage": task_id.replace("_", "-")}
+        spec = job["job_spec"]
+        assert spec["service_account"] == GCP["service_account"]
+        (pool,) = spec["worker_pool_specs"]
+        assert pool["machine_spec"] == {"machine_type": "n1-standard-4"}  # light, no GPU
+        assert pool["container_spec"]["image_uri"] == GCP["image"]
+        assert pool["container_spec"]["command"] == ["vsearch"]
+        args = pool["container_spec"]["args"]
+        assert args == ["finish", stage, "--workdir=gs://b/vs", "--date=2026-01-02"]
+        settings, _, _ = cli.command_line(args[0]).parse(args[1:])
+        assert (settings.stage, settings.workdir, str(settings.date)) == (
+            stage,
+            "gs://b/vs",
+            "2026-01-02",
+        )
+        assert int(spec["scheduling"]["timeout"].rstrip("s")) == t["timeout_s"]
 
 
 def test_gcp_vertex_args_parse_as_the_cli_would(rendered: dict[str, Any]) -> None:
@@ -675,12 +719,17 @@ def test_local_mode_is_unchanged_without_gcp_settings() -> None:
 
 
 def test_gcp_vertex_drivers_for_preprocess_and_embed(rendered_drivers: dict[str, Any]) -> None:
-    """beam_launch vertex_driver (the default): preprocess and embed run their own process in a
-    Vertex job (which finishes the day) and their Beam jobs on Dataflow; embed's workers get
-    the GPU."""
+    """beam_launch vertex_driver: preprocess and embed run their own process in a Vertex job
+    (which finishes the day: no finish task) and their Beam jobs on Dataflow; embed's workers
+    get the GPU."""
     from google.cloud.aiplatform_v1.types import CustomJob
 
     from vsearch import cli
+
+    assert not any(t.startswith("finish_") for t in rendered_drivers)
+    down = {k: v["downstream"] for k, v in rendered_drivers.items() if k != "_dag"}
+    assert down["preprocess"] == ["train"]
+    assert down["embed_full"] == ["build_index", "embedding_files"]
 
     for task_id in ("preprocess", "embed_full", "embed_incremental"):
         t = rendered_drivers[task_id]
