@@ -29,8 +29,9 @@ MAX_BOX_SIDE = 0.7  # the best box's longer side, as a fraction of the frame's
 # one-epoch model did, in tests/test_dag.py). Identical bytes score 1.0; no held-out phone
 # photo's whole view came near (BENCHMARKS.md, "Buyer photos").
 DUPLICATE_SCORE = 0.99
-# A box's hits score cosine + BOX_PRIOR * ln(its localiser score): the best box (score ~0.6)
-# loses ~0.05, a doubtful one (0.1) ~0.23, so a box on another product in the room must match
+# A box's hits score cosine + BOX_PRIOR * ln(its localiser score / the best box's): the best box
+# keeps its cosine (so do scores and no-match thresholds of models with one box), a box half as
+# sure loses ~0.07, one a tenth as sure ~0.23, so a box on another product in the room must match
 # far better to win. Measured on the phone catalog at 160 px (held-out / all buyer photos
 # hit@10, 2 boxes): 0.05: 0.568 / 0.654, 0.1: 0.563 / 0.656, 0.2: 0.553 / 0.656; 0 (best
 # cosine over 3 boxes): 0.492 / 0.597; the best box alone: 0.533 / 0.644.
@@ -45,7 +46,7 @@ def view_offsets(
 ) -> np.ndarray:
     """Per photo and view [N, V] (view 0 the whole photo, then the boxes): what a view adds to
     its cosines, ``NOT_SEARCHED`` for a view not searched. The boxes are searched (each offset
-    ``BOX_PRIOR * ln(score)``) when the best box scores at least ``MIN_BOX_SCORE`` and its longer
+    ``BOX_PRIOR * ln(score / best score)``: 0 for the best box) when the best box scores at least ``MIN_BOX_SCORE`` and its longer
     side is under ``MAX_BOX_SIDE`` of the frame, else the whole photo (offset 0; always so for a
     model without a localiser). ``whole_best``: each whole view's best cosine against the index;
     at least ``DUPLICATE_SCORE`` keeps the whole photo."""
@@ -58,7 +59,8 @@ def view_offsets(
     boxed = (scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE)
     if whole_best is not None:
         boxed &= np.asarray(whole_best) < DUPLICATE_SCORE
-    prior = BOX_PRIOR * np.log(np.maximum(scores[:, 1:], _MIN_PROB))
+    sure = np.maximum(scores[:, 1:], _MIN_PROB)
+    prior = BOX_PRIOR * np.log(sure / sure[:, :1])
     out[boxed, 0] = NOT_SEARCHED
     out[boxed, 1:] = prior[boxed]
     return out

@@ -50,9 +50,9 @@ def test_the_localisers_boxes_are_searched_only_when_it_is_sure_and_the_item_sma
     scores = np.array([[1.0, 0.9, 0.2], [1.0, MIN_BOX_SCORE - 0.01, 0.2], [1.0, 0.9, 0.2]])
     boxes = np.array([[WHOLE, SMALL, OTHER], [WHOLE, SMALL, OTHER], [WHOLE, big, OTHER]])
     got = view_offsets(scores, boxes)
-    # The small, sure box: both boxes, the doubtful one lowered more; an unsure best box: the
-    # photo; an item that fills the photo: the photo.
-    np.testing.assert_allclose(got[0, 1:], BOX_PRIOR * np.log([0.9, 0.2]))
+    # The small, sure box: both boxes, the best keeping its cosine, the doubtful one lowered by
+    # how much less sure it is; an unsure best box: the photo; an item that fills it: the photo.
+    np.testing.assert_allclose(got[0, 1:], [0.0, BOX_PRIOR * np.log(0.2 / 0.9)])
     assert got[0, 0] == NOT_SEARCHED
     assert got[1].tolist() == got[2].tolist() == [0.0, NOT_SEARCHED, NOT_SEARCHED]
     no_localiser = view_offsets(np.ones((3, 1)), np.ones((3, 1, 4)))
