@@ -54,6 +54,10 @@ def heavy_modules_after(*argv: str) -> list[str]:
         ("cli", "publish", "--help"),
         ("cli", "query", "--help"),
         ("cli", "serve", "--help"),
+        ("cli", "finish", "--help"),
+        ("import", "vsearch.finish"),  # and what `vsearch finish` runs:
+        ("import", "pipelines.preprocess"),
+        ("import", "pipelines.embed"),
         ("import", "pipelines.publish"),  # what `vsearch publish` runs
         ("import", "vsearch.query"),
         ("import", "vsearch.serve.app"),  # serve's routes, index holder and loader
