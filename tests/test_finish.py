@@ -353,3 +353,17 @@ def _finish_refused(stage: str, workdir: str, date: str) -> tuple[int, str]:
     lines = [x for x in done.stderr.splitlines() if x.startswith("vsearch finish:")]
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
     return done.returncode, lines[0]
+
+
+def test_a_backfill_refuses_a_template_launch_before_any_work(tmp_path: Path) -> None:
+    """A backfill runs each stage to its end: a launch that only describes the job is refused
+    before the stage touches the day."""
+    work = tmp_path / "work"
+    code, _, err = _vsearch(
+        "backfill", "--catalog", str(tmp_path / "catalog"), "--workdir", str(work),
+        "--start", DAY, "--end", DAY, "--stages", "preprocess",
+        "--template_location", str(tmp_path / "template.json"),
+    )  # fmt: skip
+    assert code == 1
+    assert "--template_location only describes the job" in err and "vsearch finish" in err
+    assert not work.exists() or not any(p.is_file() for p in work.rglob("*"))

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import results, runs, storage
-from pipelines.job_record import Launched
 from vsearch import flags
 from vsearch.registry import DAILY_STAGES, STAGES, Stage
 
@@ -97,18 +96,17 @@ def run_one(name: str, day: DayRun, earlier: Mapping[str, Any] | None = None) ->
     """One stage for one date, its inputs from ``earlier`` results or their run summaries."""
     try:
         settings, pipeline_args = settings_for(name, day, earlier or {})
-        result = run_stage(name, settings, pipeline_args)
+        if any(a.split("=", 1)[0] == "--template_location" for a in pipeline_args):
+            raise StageFailed(
+                f"{name} for {day.date}: a backfill runs each stage to its end, and "
+                "--template_location only describes the job; launch the template, then run "
+                f"`vsearch finish {name}`"
+            )
+        return run_stage(name, settings, pipeline_args)
     except StageFailed:
         raise
     except Exception as e:
         raise StageFailed(f"{name} failed for {day.date}: {type(e).__name__}: {e}") from e
-    if isinstance(result, Launched):  # --template_location: the job was only described
-        raise StageFailed(
-            f"{name} for {day.date} was only described for a template launch "
-            "(--template_location): a backfill runs each stage to its end; launch the template "
-            f"and then `vsearch finish {name}`"
-        )
-    return result
 
 
 def settings_for(name: str, day: DayRun, earlier: Mapping[str, Any]) -> tuple[Any, list[str]]:
