@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import embeddings, partitions, paths, runs, storage
+from core import embeddings, partitions, paths, runs
 from core.runs import Counts, RunSummary
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
 from pipelines import job_record
@@ -36,7 +36,7 @@ from pipelines.embed_checks import (
     resolve_model,
     too_many_dead_letters,
 )
-from pipelines.embed_commit import Staging, commit_day, discard, new_staging
+from pipelines.embed_commit import commit_day, discard, new_staging, staging_at
 from pipelines.embed_plan import plan_skip
 from pipelines.job_record import JobCounts, JobRecord, Launched
 
@@ -182,13 +182,9 @@ def _finish(
     if wall_s is None:
         wall_s = job_record.wall_s(record, counts)
     summary = _summary(record, counts, wall_s, distributions or {})
-    workdir, date, version = (
-        record.workdir,
-        dt.date.fromisoformat(record.date),
-        summary.model_version,
-    )
-    root = record.root
-    staging = Staging(record.run_id, root, storage.join(root, "rows"), storage.join(root, "state"))
+    workdir, date = record.workdir, dt.date.fromisoformat(record.date)
+    version = str(record.facts["model_version"])
+    staging = staging_at(record.run_id, record.root)
     if not summary.extra["published"]:
         runs.write_summary(workdir, summary)  # the health record, but no completion marker
         discard(staging)
@@ -196,14 +192,14 @@ def _finish(
             summary.dead_lettered,
             summary.read,
             float(record.facts["max_bad_fraction"]),
-            paths.embeddings_dir(workdir, str(version), date),
+            paths.embeddings_dir(workdir, version, date),
             paths.deadletter_dir(workdir, STAGE, date),
         )
-    commit_day(staging, workdir, str(version), date, dict(record.facts["basis"]))
+    commit_day(staging, workdir, version, date, dict(record.facts["basis"]))
     runs.complete(workdir, summary)
     job_record.close(record)
     full = bool(record.facts["full"])
-    return EmbedResult(**vars(Counts.of(summary)), model_version=str(version), full=full)
+    return EmbedResult(**vars(Counts.of(summary)), model_version=version, full=full)
 
 
 def default_pipeline_args(pipeline_args: list[str] | None) -> list[str]:

@@ -28,7 +28,11 @@ class Staging(NamedTuple):
 def new_staging(workdir: str, stage: str, date: dt.date) -> Staging:
     """A fresh staging folder for this run, its run folder (``job_record.new_run``: what crashed
     or unfinished runs of the day left behind is deleted)."""
-    attempt, root = job_record.new_run(workdir, stage, date)
+    return staging_at(*job_record.new_run(workdir, stage, date))
+
+
+def staging_at(attempt: str, root: str) -> Staging:
+    """The staging folder of run ``attempt`` in its run folder ``root``."""
     return Staging(attempt, root, storage.join(root, "rows"), storage.join(root, "state"))
 
 
