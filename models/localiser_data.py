@@ -179,7 +179,14 @@ def _cutout(
     dst += rng.uniform(-style.perspective, style.perspective, (4, 2)) * max(w, h)
     warp = _homography(src, dst)
     # Where the product's pixels land decides the scale and the canvas (not the crop's corners).
-    ys, xs = np.nonzero(np.asarray(layer.getchannel(3)) > 127)
+    alpha_px = np.asarray(layer.getchannel(3))
+    # A thin product shrunk to a few pixels can keep no pixel over half alpha: then its faint ones
+    # place it, or else its whole layer (a 160-px training's tiny distractor crashed without this).
+    ys, xs = np.nonzero(alpha_px > 127)
+    if not len(xs):
+        ys, xs = np.nonzero(alpha_px > 0)
+    if not len(xs):
+        ys, xs = np.array([0, 0, h - 1, h - 1]), np.array([0, w - 1, 0, w - 1])
     pts = warp @ np.stack([xs + 0.5, ys + 0.5, np.ones(len(xs))])
     lo, hi = (pts[:2] / pts[2]).min(axis=1), (pts[:2] / pts[2]).max(axis=1)
     scale = longer / max(float((hi - lo).max()) + 1.0, 1.0)

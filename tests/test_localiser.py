@@ -109,6 +109,22 @@ def test_synth_scenes_place_the_item_whole_at_20_to_60_percent_of_the_frame() ->
     assert np.abs(centres - 0.5).max() > 0.25  # off-centre, not only in the middle
 
 
+def test_a_thin_product_shrunk_to_a_few_pixels_still_makes_scenes() -> None:
+    """A one-pixel-wide diagonal product (a cable, a needle) at 160 px, pasted as a small
+    distractor, keeps no pixel over half alpha after shrinking: scene synthesis must go on (it
+    crashed a 160-px training's localiser)."""
+    size = 160
+    photos = np.full((2, size, size, 3), 240, np.uint8)
+    masks = np.zeros((2, size, size), bool)
+    line = np.arange(20, 140)
+    masks[0, line, line] = True  # a diagonal hairline: its box is large, its pixels few
+    masks[1, 40:120, 40:120] = True  # a plain square, the scenes' other item
+    photos[masks] = 30
+    scenes, boxes = synth_scenes(photos, masks, 64, 128, np.random.default_rng(3))
+    assert scenes.shape == (64, 128, 128, 3)
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
 def test_box_iou_and_recall_at_iou_on_hand_made_boxes() -> None:
     unit = np.array([0.0, 0.0, 0.5, 0.5])
     assert box_iou(unit, unit) == pytest.approx(1.0)
