@@ -92,9 +92,30 @@ def embed_state_dir(workdir: str, model_version: str, date: dt.date | str) -> st
     return storage.join(embed_state_root(workdir, model_version), f"dt={_d(date)}")
 
 
-def staging_dir(workdir: str, stage: str, date: dt.date | str, run_id: str) -> str:
+def staging_runs(
+    workdir: str, stage: str, date: dt.date | str, model_version: str | None = None
+) -> str:
+    """The run folders of a stage and day: ``staging/STAGE/dt=D/``, or for a run of one model
+    (embed) ``staging/STAGE/model=VERSION/dt=D/``, a folder no other model's runs are in, so a
+    run clearing its own day never touches another model's (the model first, as in
+    ``embeddings/``)."""
+    if model_version is None:
+        return storage.join(workdir, "staging", stage, f"dt={_d(date)}")
+    return storage.join(workdir, "staging", stage, _model(model_version), f"dt={_d(date)}")
+
+
+def staging_dir(
+    workdir: str, stage: str, date: dt.date | str, run_id: str, model_version: str | None = None
+) -> str:
     """Where a run writes output it publishes only after its checks pass (removed afterwards)."""
-    return storage.join(workdir, "staging", stage, f"dt={_d(date)}", run_id)
+    return storage.join(staging_runs(workdir, stage, date, model_version), run_id)
+
+
+def _model(version: str) -> str:
+    """``model=VERSION``, a path segment of one model's files."""
+    if not version or "/" in version:
+        raise ValueError(f"not a model version: {version!r}")
+    return f"model={version}"
 
 
 def index_build_dir(workdir: str, model_version: str, build_id: str) -> str:
@@ -117,9 +138,7 @@ def _runs_day(workdir: str, date: dt.date | str, candidate: str | None) -> str:
     """Production's runs: ``runs/dt=D/``; a candidate model's: ``runs/model=VERSION/dt=D/``."""
     if candidate is None:
         return storage.join(runs_root(workdir), f"dt={_d(date)}")
-    if not candidate or "/" in candidate:
-        raise ValueError(f"not a model version: {candidate!r}")
-    return storage.join(runs_root(workdir), f"model={candidate}", f"dt={_d(date)}")
+    return storage.join(runs_root(workdir), _model(candidate), f"dt={_d(date)}")
 
 
 def run_summary(workdir: str, stage: str, date: dt.date | str, candidate: str | None = None) -> str:

@@ -85,10 +85,16 @@ class RunSummary:
 def candidate_of(workdir: str, summary: RunSummary) -> str | None:
     """The candidate model a run was for, or None when the run is production's (module doc)."""
     used = summary.extra.get("model_version")
-    if not used:
+    return candidate_for(workdir, str(used) if used else None)
+
+
+def candidate_for(workdir: str, model_version: str | None) -> str | None:
+    """``model_version`` when a run with it is a candidate's, None when it is production's: no
+    model named, or the published one, or none published (module doc)."""
+    if not model_version:
         return None
     published = pointers.read_pointer(paths.published_model_pointer(workdir)).value
-    return None if published is None or str(used) == published else str(used)
+    return None if published is None or model_version == published else model_version
 
 
 def write_summary(workdir: str, summary: RunSummary, echo: bool = True) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from core import embeddings, partitions, paths, runs
 from core.runs import Counts, RunSummary
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE, WORKDIR, doc
+from models import artifact
 from pipelines import job_record
 from pipelines.embed_checks import (
     EmbedError,
@@ -132,7 +133,8 @@ def run(
     plan = plan_skip(s.workdir, model.version, s.date, earlier, s.full)
     check_readable(plan.files)  # a truncated earlier file: one clear error, now
     buckets = buckets_for(listings_today)
-    staging = new_staging(s.workdir, STAGE, s.date)
+    # The model's own run folder: a launch for another model never clears this one (job_record).
+    staging = new_staging(s.workdir, STAGE, s.date, model.version)
     # What the summary and the commit need besides the job's counts (job_record.py).
     facts = {
         "model_version": model.version,
@@ -143,7 +145,7 @@ def run(
         "max_bad_fraction": s.max_bad_fraction,
         "basis": plan.basis,
     }
-    record = job_record.launch(s.workdir, STAGE, s.date, staging.attempt, facts)
+    record = job_record.launch(s.workdir, STAGE, s.date, staging.attempt, facts, model.version)
     job, distributions = embed_job.run_job(
         s,
         model,
@@ -156,20 +158,23 @@ def run(
         on_failure=lambda: discard(staging),  # a crashed run leaves no half-written output
     )
     if job.described:
-        launched = Launched(STAGE, s.date.isoformat(), s.workdir, staging.attempt)
+        launched = Launched(STAGE, s.date.isoformat(), s.workdir, staging.attempt, model.version)
         print(launched.one_line(), flush=True)
         return launched
     return _finish(record, job.wall_s, distributions)
 
 
-def finish(workdir: str, date: dt.date | str) -> EmbedResult:
+def finish(workdir: str, date: dt.date | str, model_version: str | None = None) -> EmbedResult:
     """Finish the day of an embed job launched earlier (``vsearch finish embed``): the bad
     fraction check, the partition commit, the run summary and the marker, from the files the job
-    wrote. Raises JobNotFinished when they are not all there; a day finished before is left as
-    it is."""
-    if job_record.already_finished(workdir, STAGE, date):
-        return job_record.finished_before(workdir, STAGE, date, EmbedResult)
-    return _finish(job_record.find(workdir, STAGE, date))
+    wrote. ``model_version``: the model the job was launched with (``vsearch embed --model``);
+    None, the published one, as for the launch: production's day, which the DAG finishes. Jobs
+    launched for other models are left as they are. Raises JobNotFinished when the files are not
+    all there; a day finished before is left as it is."""
+    version = model_version or artifact.published_version(workdir)
+    if job_record.already_finished(workdir, STAGE, date, version):
+        return job_record.finished_before(workdir, STAGE, date, EmbedResult, version)
+    return _finish(job_record.find(workdir, STAGE, date, version))
 
 
 def _finish(

@@ -25,10 +25,11 @@ class Staging(NamedTuple):
     state: str  # the state snapshot's files
 
 
-def new_staging(workdir: str, stage: str, date: dt.date) -> Staging:
+def new_staging(workdir: str, stage: str, date: dt.date, model_version: str) -> Staging:
     """A fresh staging folder for this run, its run folder (``job_record.new_run``: what crashed
-    or unfinished runs of the day left behind is deleted)."""
-    return staging_at(*job_record.new_run(workdir, stage, date))
+    or unfinished runs of the day and model version left behind is deleted; another model's
+    runs are left alone)."""
+    return staging_at(*job_record.new_run(workdir, stage, date, model_version))
 
 
 def staging_at(attempt: str, root: str) -> Staging:

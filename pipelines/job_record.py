@@ -4,7 +4,8 @@ preprocess and embed each run in two steps: run the job, then finish the day (ru
 completion marker and, for embed, the partition commit). A normal run does both in one process.
 A Flex Template launch (``--template_location``) only describes the job and exits, and the day is
 finished later by ``vsearch finish STAGE``, in another process, on another machine. Both ways
-read the same two files in the run's own folder, ``WORKDIR/staging/STAGE/dt=D/RUN_ID/``:
+read the same two files in the run's own folder, ``WORKDIR/staging/STAGE/dt=D/RUN_ID/`` or, as
+each embed run is for one model version, ``WORKDIR/staging/embed/model=VERSION/dt=D/RUN_ID/``:
 
 - ``job.json``, written by the stage before its job runs: the run id, when it was launched, the
   workdir and the launch's ``facts`` (the settings and plan the summary reports).
@@ -12,8 +13,11 @@ read the same two files in the run's own folder, ``WORKDIR/staging/STAGE/dt=D/RU
   (``transforms/job_counts.py``): the day's counts. Without it the job failed, was cancelled or
   is still running, and finishing refuses.
 
-A launch deletes the stage's earlier run folders of the day, so there is one to finish; the
-finish step deletes it when the day is finished. Nothing here imports Beam.
+A launch deletes the stage's earlier run folders of the day (for embed: of the day and model
+version), so there is one to finish; the finish step deletes it when the day is finished. Runs
+for two model versions never touch each other's folder: a candidate's launch
+(``vsearch embed --model V``) leaves production's job of the same day running and finishable.
+Nothing here imports Beam.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class JobRecord:
     root: str  # the run's folder
     launched_at: str  # ISO 8601, UTC
     facts: Mapping[str, Any]  # what the stage put in at launch for its summary
+    model_version: str | None = None  # embed: the model the job runs (its runs' own folder)
 
     @property
     def counts_uri(self) -> str:
@@ -76,49 +81,70 @@ class Launched:
     date: str
     workdir: str
     run_id: str
+    model_version: str | None = None  # embed: the finish step names it
 
     def one_line(self) -> str:
+        model = f" --model {self.model_version}" if self.model_version else ""
         return (
             f"[{self.stage} dt={self.date}] job described for a template launch (run "
             f"{self.run_id}); the day is finished by the finish step once the job has run: "
-            f"vsearch finish {self.stage} --workdir {self.workdir} --date {self.date}"
+            f"vsearch finish {self.stage} --workdir {self.workdir} --date {self.date}{model}"
         )
 
 
-def _day(workdir: str, stage: str, date: dt.date | str) -> str:
-    """The stage's run folders of the day: ``staging/STAGE/dt=D/``."""
-    return storage.parent(paths.staging_dir(workdir, stage, date, "run"))
-
-
-def new_run(workdir: str, stage: str, date: dt.date | str) -> tuple[str, str]:
-    """(run id, run folder) for a new run; the stage's earlier run folders of the day (a crashed
-    or unfinished run's) are deleted."""
+def new_run(
+    workdir: str, stage: str, date: dt.date | str, model_version: str | None = None
+) -> tuple[str, str]:
+    """(run id, run folder) for a new run; the earlier run folders of the same stage, day and
+    model version (a crashed or unfinished run's) are deleted, never another model's."""
     run_id = uuid.uuid4().hex[:12]
-    storage.delete_prefix(_day(workdir, stage, date))
-    return run_id, paths.staging_dir(workdir, stage, date, run_id)
+    storage.delete_prefix(paths.staging_runs(workdir, stage, date, model_version))
+    return run_id, paths.staging_dir(workdir, stage, date, run_id, model_version)
 
 
 def launch(
-    workdir: str, stage: str, date: dt.date | str, run_id: str, facts: Mapping[str, Any]
+    workdir: str,
+    stage: str,
+    date: dt.date | str,
+    run_id: str,
+    facts: Mapping[str, Any],
+    model_version: str | None = None,
 ) -> JobRecord:
-    """Write ``job.json`` into the run's folder; call it before the job runs."""
+    """Write ``job.json`` into the run's folder (``new_run``'s, same model version); call it
+    before the job runs."""
     record = JobRecord(
         stage,
         str(date),
         workdir,
         run_id,
-        paths.staging_dir(workdir, stage, date, run_id),
+        paths.staging_dir(workdir, stage, date, run_id, model_version),
         dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         dict(facts),
+        model_version,
     )
     doc = {k: v for k, v in vars(record).items() if k != "root"}
     storage.write_text(storage.join(record.root, JOB_FILE), json.dumps(doc, indent=2) + "\n")
     return record
 
 
-def launched(workdir: str, stage: str, date: dt.date | str) -> list[JobRecord]:
-    """The records of the stage's launched, unfinished jobs of the day (one, or none)."""
-    pattern = storage.join(_day(workdir, stage, date), "*", JOB_FILE)
+def launched(
+    workdir: str, stage: str, date: dt.date | str, model_version: str | None = None
+) -> list[JobRecord]:
+    """The records of the stage's launched, unfinished jobs of the day and model version (one,
+    or none)."""
+    return _records(_job_files(workdir, stage, date, model_version))
+
+
+def launched_any_model(workdir: str, stage: str, date: dt.date | str) -> list[JobRecord]:
+    """The records of the stage's launched, unfinished jobs of the day, whatever their model."""
+    return _records(_job_files(workdir, stage, date, "*"))  # model=*: every model's folder
+
+
+def _job_files(workdir: str, stage: str, date: dt.date | str, model_version: str | None) -> str:
+    return storage.join(paths.staging_runs(workdir, stage, date, model_version), "*", JOB_FILE)
+
+
+def _records(pattern: str) -> list[JobRecord]:
     found = []
     for uri in sorted(storage.glob(pattern)):
         doc = json.loads(storage.read_text(uri))
@@ -126,21 +152,31 @@ def launched(workdir: str, stage: str, date: dt.date | str) -> list[JobRecord]:
     return found
 
 
-def find(workdir: str, stage: str, date: dt.date | str) -> JobRecord:
-    """The one launched, unfinished job of the stage and day; raises JobNotFinished naming what
-    is missing (no launch, or several)."""
-    found = launched(workdir, stage, date)
+def find(
+    workdir: str, stage: str, date: dt.date | str, model_version: str | None = None
+) -> JobRecord:
+    """The one launched, unfinished job of the stage, day and model version; raises
+    JobNotFinished naming what is missing (no launch, or several) and, when none was launched
+    for that model, the models that were."""
+    found = launched(workdir, stage, date, model_version)
     if len(found) == 1:
         return found[0]
-    where = storage.join(_day(workdir, stage, date), "*", JOB_FILE)
-    if not found:
+    where = _job_files(workdir, stage, date, model_version)
+    if found:
+        runs_ = ", ".join(r.run_id for r in found)
         raise JobNotFinished(
-            f"no launched {stage} job for {date}: {where} is missing (launch the stage first)"
+            f"several launched {stage} jobs for {date} ({runs_}, {where}); relaunch the stage"
         )
-    runs_ = ", ".join(r.run_id for r in found)
-    raise JobNotFinished(
-        f"several launched {stage} jobs for {date} ({runs_}, {where}); relaunch the stage"
-    )
+    of_model = f" with model {model_version}" if model_version else ""
+    hint = " (launch the stage first)"
+    others = sorted({str(r.model_version) for r in launched_any_model(workdir, stage, date)})
+    if others:  # e.g. only a candidate's job was launched, and no --model named it
+        flags = " or ".join(f"--model {v}" for v in others)
+        hint = (
+            f"; launched for {date} with another model: {', '.join(others)} "
+            f"(finish one with {flags})"
+        )
+    raise JobNotFinished(f"no launched {stage} job for {date}{of_model}: {where} is missing{hint}")
 
 
 def read_counts(record: JobRecord) -> JobCounts:
@@ -170,15 +206,29 @@ def close(record: JobRecord) -> None:
     storage.delete_prefix(record.root)
 
 
-def already_finished(workdir: str, stage: str, date: dt.date | str) -> bool:
-    """The day's job was finished before (its record deleted, production's marker written):
-    finishing again has nothing to do."""
-    return not launched(workdir, stage, date) and runs.is_done(workdir, stage, date)
+def already_finished(
+    workdir: str, stage: str, date: dt.date | str, model_version: str | None = None
+) -> bool:
+    """The day's job (of that model version) was finished before: its record deleted, its
+    marker written, production's or the candidate's (``runs.candidate_for``). Finishing again
+    has nothing to do."""
+    candidate = runs.candidate_for(workdir, model_version)
+    return not launched(workdir, stage, date, model_version) and runs.is_done(
+        workdir, stage, date, candidate
+    )
 
 
-def finished_before(workdir: str, stage: str, date: dt.date | str, result: type[_R]) -> _R:
+def finished_before(
+    workdir: str,
+    stage: str,
+    date: dt.date | str,
+    result: type[_R],
+    model_version: str | None = None,
+) -> _R:
     """The result of a day finished before, read back from its run summary (``already_finished``),
     saying so in one line."""
-    summary = runs.read_summary(workdir, stage, date)
-    print(f"[{stage} dt={date}] already finished: {paths.run_summary(workdir, stage, date)}")
+    candidate = runs.candidate_for(workdir, model_version)
+    summary = runs.read_summary(workdir, stage, date, candidate)
+    uri = paths.run_summary(workdir, stage, date, candidate)
+    print(f"[{stage} dt={date}] already finished: {uri}")
     return results.from_summary(result, summary)  # type: ignore[no-any-return]

@@ -584,6 +584,9 @@ def test_gcp_finish_tasks_run_vsearch_finish_in_a_light_vertex_job(
             "gs://b/vs",
             "2026-01-02",
         )
+        # No --model: embed's finish is the published model's job, production's day (the
+        # embed tasks launch it without --model too), never a candidate's launched that day.
+        assert settings.model is None
         assert int(spec["scheduling"]["timeout"].rstrip("s")) == t["timeout_s"]
 
 

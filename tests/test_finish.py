@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
-from core import embeddings, paths, runs, storage
+from core import embeddings, partitions, paths, runs, storage
 from pipelines import job_record
 from tests import embed_fixtures as fx
 from tests.conftest import TINY_STAGE_FLAGS
@@ -56,9 +57,9 @@ print(json.dumps({"code": code, "heavy": sorted(
 """
 
 
-def _finish(stage: str, workdir: str, date: str) -> tuple[dict[str, Any], str]:
+def _finish(stage: str, workdir: str, date: str, *flags: str) -> tuple[dict[str, Any], str]:
     """``vsearch finish STAGE`` as the DAG's finish task runs it: its own process."""
-    argv = ["finish", stage, "--workdir", workdir, "--date", date]
+    argv = ["finish", stage, "--workdir", workdir, "--date", date, *flags]
     done = subprocess.run(
         [sys.executable, "-c", _FINISH, *argv],
         cwd=REPO,
@@ -211,7 +212,7 @@ def test_embed_launched_as_a_template_commits_only_when_finished(
         partition = paths.embeddings_dir(launched, version, day)
         assert not storage.exists(storage.join(partition, "_manifest.json"))
         assert not _day_recorded(launched, "embed", day.isoformat())
-        (record,) = job_record.launched(launched, "embed", day)
+        (record,) = job_record.launched(launched, "embed", day, version)
         assert storage.exists(record.counts_uri)
         assert storage.list_prefix(storage.join(record.root, "rows"))
 
@@ -250,8 +251,8 @@ def test_embed_counts_file_holds_the_beam_counters(
     earlier = embed._earlier_partitions(work, model.version, s.date)
     plan = embed_plan.plan_skip(work, model.version, s.date, earlier)
     buckets = buckets_for(embed_checks.count_listings(generated, s.date))
-    staging = embed_commit.new_staging(work, "embed", s.date)
-    record = job_record.launch(work, "embed", s.date, staging.attempt, {})
+    staging = embed_commit.new_staging(work, "embed", s.date, model.version)
+    record = job_record.launch(work, "embed", s.date, staging.attempt, {}, model.version)
     job, _ = embed_job.run_job(s, model, plan, staging, buckets, record, fx.BEAM_ARGS)
     names = [
         "images", "catalog_rejected", "embedded", "skipped_unchanged", "dead_letter_records",
@@ -267,6 +268,122 @@ def test_embed_counts_file_holds_the_beam_counters(
     waits_for = upstream(p, "WriteCounts")
     for sink in ("WriteEmbeddings", "WriteState", "WriteKeptState", "WriteDeadLetters"):
         assert any(label == sink or label.startswith(f"{sink}/") for label in waits_for), sink
+
+
+# ------------------------------------------------------------------ two models, one day
+
+CANDIDATE = "20260102-cand0000"
+
+
+def _install_candidate(workdir: str, published: str) -> str:
+    """A second, unpublished model version in ``workdir``: the published one's copy, renamed."""
+    src, dst = paths.model_dir(workdir, published), paths.model_dir(workdir, CANDIDATE)
+    shutil.copytree(src, dst)
+    config = storage.join(dst, "config.json")
+    storage.write_text(
+        config, json.dumps({**json.loads(storage.read_text(config)), "version": CANDIDATE})
+    )
+    return CANDIDATE
+
+
+def _launch(catalog: str, workdir: str, template: Path, *flags: str) -> job_record.JobRecord:
+    """A template launch of embed for day 1; returns its record."""
+    code, out, err = _vsearch(
+        "embed",
+        *_embed_flags(catalog, workdir, fx.D1),
+        *flags,
+        "--template_location",
+        str(template),
+    )
+    assert code == 0, err
+    assert "the day is finished by the finish step" in out, out
+    model = flags[flags.index("--model") + 1] if "--model" in flags else None
+    (record,) = [
+        r for r in job_record.launched_any_model(workdir, "embed", fx.D1) if r.run_id in out
+    ]
+    assert model is None or record.model_version == model
+    assert f"--date {fx.D1} --model {record.model_version}" in out, out
+    return record
+
+
+def _staged(record: job_record.JobRecord) -> list[str]:
+    """The run folder's files: its record, its counts and the job's rows and state."""
+    return _files(record.root)
+
+
+def test_embed_launches_for_two_models_of_one_day_are_finished_apart(
+    generated: str, fake_model_dir: tuple[str, str], tmp_path: Path
+) -> None:
+    """Production's job and a candidate's, launched for the same day: neither launch clears the
+    other's run folder, and each is finished on its own, into its own summary and partition."""
+    work = str(tmp_path / "work")
+    production = fx.install_model(fake_model_dir, work)
+    candidate = _install_candidate(work, production)
+    day = fx.D1.isoformat()
+
+    prod = _launch(generated, work, tmp_path / "prod.json")
+    prod_files = _staged(prod)
+    assert "/job.json" in prod_files and "/counts.json" in prod_files
+    assert any(f.startswith("/rows/") for f in prod_files), prod_files
+    # The candidate's launch while production's job would still run on Dataflow.
+    cand = _launch(generated, work, tmp_path / "cand.json", "--model", candidate)
+    assert _staged(prod) == prod_files
+    assert cand.root != prod.root and any(f.startswith("/rows/") for f in _staged(cand))
+    assert [r.run_id for r in job_record.launched(work, "embed", day, production)] == [prod.run_id]
+
+    # The candidate first: production's job is left as it was.
+    got, said = _finish("embed", work, day, "--model", candidate)
+    assert got == {"code": 0, "heavy": []}, said
+    assert runs.is_done(work, "embed", day, candidate=candidate)
+    assert not _day_recorded(work, "embed", day)  # production's day is not finished yet
+    assert _staged(prod) == prod_files
+    assert sorted(embeddings.committed_partitions(work, candidate)) == [fx.D1]
+    assert not embeddings.committed_partitions(work, production)
+
+    # Again: the candidate's day is finished, nothing to do (not "no launched job").
+    summary = runs.read_summary(work, "embed", day, candidate=candidate)
+    code, out, err = _vsearch(
+        "finish", "embed", "--workdir", work, "--date", day, "--model", candidate
+    )
+    assert code == 0 and "already finished" in out and f"model={candidate}" in out, out + err
+    assert runs.read_summary(work, "embed", day, candidate=candidate) == summary
+
+    # Production's, as the DAG's finish task runs it: no --model.
+    got, said = _finish("embed", work, day)
+    assert got == {"code": 0, "heavy": []}, said
+    assert runs.is_done(work, "embed", day)
+    prod_summary = runs.read_summary(work, "embed", day)
+    assert prod_summary["model_version"] == production and prod_summary["production"]
+    assert summary["model_version"] == candidate and not summary["production"]
+    assert prod_summary["ok"] == summary["ok"] > 0  # the same weights, the same photos
+    assert sorted(embeddings.committed_partitions(work, production)) == [fx.D1]
+    for version in (production, candidate):
+        assert fx.read_partition(work, version, fx.D1).num_rows == summary["ok"]
+    assert not storage.list_prefix(storage.join(work, "staging"))
+
+
+def test_a_new_launch_clears_only_its_own_models_unfinished_run(
+    generated: str, fake_model_dir: tuple[str, str], tmp_path: Path
+) -> None:
+    """Launching the same model's embed again for a day deletes its earlier unfinished run
+    folder (one job to finish), and leaves another model's."""
+    work = str(tmp_path / "work")
+    production = fx.install_model(fake_model_dir, work)
+    candidate = _install_candidate(work, production)
+    day = fx.D1.isoformat()
+    prod = _launch(generated, work, tmp_path / "prod.json")
+    first = _launch(generated, work, tmp_path / "cand-1.json", "--model", candidate)
+    second = _launch(generated, work, tmp_path / "cand-2.json", "--model", candidate)
+    assert not _staged(first) and _staged(second)
+    assert [r.run_id for r in job_record.launched(work, "embed", day, candidate)] == [second.run_id]
+    assert [r.run_id for r in job_record.launched(work, "embed", day, production)] == [prod.run_id]
+
+    # Finishing the candidate commits the second run's rows, under its run id.
+    got, said = _finish("embed", work, day, "--model", candidate)
+    assert got["code"] == 0, said
+    manifest = partitions.read_manifest(paths.embeddings_dir(work, candidate, fx.D1))
+    assert manifest is not None and manifest["attempt"] == second.run_id
+    assert job_record.launched(work, "embed", day, production)  # still waiting for its finish
 
 
 # ------------------------------------------------------------------ refusals
@@ -291,7 +408,7 @@ def test_finish_refuses_a_job_that_did_not_finish_and_writes_nothing(
         "embed", *_embed_flags(generated, work, fx.D1), "--template_location", template
     )
     assert code == 0, err
-    (record,) = job_record.launched(work, "embed", day)
+    (record,) = job_record.launched(work, "embed", day, version)
     storage.delete([record.counts_uri])
     code, _, err = _vsearch("finish", "embed", "--workdir", work, "--date", day)
     assert code == 1
@@ -301,6 +418,22 @@ def test_finish_refuses_a_job_that_did_not_finish_and_writes_nothing(
     partition = paths.embeddings_dir(work, version, fx.D1)
     assert not storage.exists(storage.join(partition, "_manifest.json"))
     assert storage.list_prefix(storage.join(record.root, "rows"))  # kept for a look
+
+    # No --model: production's job is finished, and only the candidate's was launched. The
+    # refusal names the candidate and the flag that finishes it.
+    candidate = _install_candidate(work, version)
+    storage.delete_prefix(storage.join(work, "staging"))
+    cand = _launch(generated, work, tmp_path / "cand.json", "--model", candidate)
+    code, _, err = _vsearch("finish", "embed", "--workdir", work, "--date", day)
+    assert code == 1
+    (line,) = [x for x in err.splitlines() if x.startswith("vsearch finish:")]
+    assert f"no launched embed job for 2026-01-01 with model {version}" in line, line
+    assert f"another model: {candidate} (finish one with --model {candidate})" in line, line
+    assert _staged(cand) and not _day_recorded(work, "embed", day)
+    code, _, err = _vsearch(
+        "finish", "preprocess", "--workdir", work, "--date", day, "--model", candidate
+    )
+    assert code == 1 and "only embed's jobs are per model" in err, err
 
     # A stage that cannot leave its day to a finish step is a usage error.
     code, _, err = _vsearch("finish", "train", "--workdir", work, "--date", day)

@@ -41,9 +41,10 @@ class Stage:
     beam: bool  # a Beam job: takes Beam pipeline options
     record: str = ""  # name of its run summary and completion marker (default: name)
     inputs: tuple[Input, ...] = ()
-    # "module:function": finish(workdir, date) -> result, the day's work after the Beam job,
-    # from the files the job wrote (pipelines/job_record.py). A stage that has one can be
-    # launched as a Flex Template, which only describes the job; ``vsearch finish`` runs it.
+    # "module:function": finish(workdir, date) -> result (embed's also takes model_version), the
+    # day's work after the Beam job, from the files the job wrote (pipelines/job_record.py). A
+    # stage that has one can be launched as a Flex Template, which only describes the job;
+    # ``vsearch finish`` runs it.
     finish: str = ""
 
     @property
