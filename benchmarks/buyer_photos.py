@@ -5,7 +5,7 @@ catalog (every listing photo of the day, training listings included, exact searc
 scored by its best photo). For the same photos, in one run:
 
   whole frame      the photo letterboxed to the model's size (what search did before issue 29)
-  localiser        the localiser's boxes when it is sure and the item small, else the whole frame,
+  localiser        the whole frame, and the localiser's boxes when it is sure and the item small,
                    each listing scored by its best view (``search.views``: what `vsearch query`
                    / `serve` do with a model that ships one; box recall = the best of its boxes
                    at IoU >= 0.5)
@@ -137,10 +137,9 @@ def run(
         from search.views import view_offsets
 
         def localised(data: bytes, q: Query) -> Views:
-            # As search does: the localiser's boxes when it is sure enough, else the photo.
+            # As search does: the photo, and the localiser's boxes when it is sure enough.
             views = embedder.embed_query([data])
-            whole_best = (views.embeddings[:, 0] @ gallery.T).max(axis=1)
-            offsets = view_offsets(views.box_scores, views.frame_boxes, whole_best)[0]
+            offsets = view_offsets(views.box_scores, views.frame_boxes)[0]
             return views.embeddings[0], views.photo_boxes[0], offsets
 
         methods["localiser"] = localised

@@ -66,12 +66,6 @@ class PhotoSearch:
                 f"embeddings, the index takes {self.manifest.input_dim}"
             )
         offsets = view_offsets(views.box_scores, views.frame_boxes)
-        boxed = ~np.isfinite(offsets[:, 0])
-        if boxed.any():  # a boxed photo that copies a catalog photo is searched whole after all
-            best, _, _ = self.searcher.search_raw(views.embeddings[boxed, 0], 1)
-            whole_best = np.full(len(offsets), -np.inf, np.float32)
-            whole_best[boxed] = best[:, 0]
-            offsets = view_offsets(views.box_scores, views.frame_boxes, whole_best)
         item = (
             views.box_scores[:, 1]
             if views.box_scores.shape[1] > 1

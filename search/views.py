@@ -2,7 +2,8 @@
 
 A model with a localiser embeds a shopper's photo as several views: the whole photo, then the
 localiser's best boxes (``models/export.py``, ``QUERY_BOXES``). ``view_offsets`` says which views
-a photo is searched with and what each adds to a cosine; ``search_views`` searches them all in one
+a photo is searched with (the whole photo always, the boxes when the localiser is sure and the
+item small) and what each adds to a cosine; ``search_views`` searches them all in one
 call and ranks each listing by its best view (cosine + offset), keeping the view that found it so
 that an answer can draw its box.
 """
@@ -15,25 +16,19 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-# The localiser's boxes are searched instead of the whole photo when its best box is at least
-# this sure and the item small in the frame; a photo the item fills (a catalog photo, a close-up)
-# is searched whole, so a listing's own photo still finds it first. Measured on the phone catalog
-# (BENCHMARKS.md, "Buyer photos"): the best box found the listing in the top 10 for 0.271 of
-# held-out buyer photos (side < 0.6, 0.7 or 0.8: the same; score 0.5: 0.17), the whole photo for
-# 0.131.
+# The whole photo is always searched (a photo the item fills, a catalog photo: its own listing
+# still comes first, at cosine 1.0 for identical bytes); the localiser's boxes are searched too
+# when its best box is at least this sure and the item small in the frame. Measured on the
+# phone, studio and bazaar catalogs (BENCHMARKS.md, "Buyer photos"): searching the boxes instead
+# of the photo lost 0.07 of hit@10 on bazaar's buyer photos, where the item fills most of a
+# cluttered frame; with the photo beside them 0.015, and studio gained 0.026.
 MIN_BOX_SCORE = 0.3
 MAX_BOX_SIDE = 0.7  # the best box's longer side, as a fraction of the frame's
-# A photo whose whole view matches an indexed photo this closely (cosine, in the index's space) is
-# a catalog photo or a copy of one: it is searched whole whatever the localiser says, so a
-# listing's own photo always finds it first, even where a weak localiser boxes part of it (a
-# one-epoch model did, in tests/test_dag.py). Identical bytes score 1.0; no held-out phone
-# photo's whole view came near (BENCHMARKS.md, "Buyer photos").
-DUPLICATE_SCORE = 0.99
 # A box's hits score cosine + BOX_PRIOR * ln(its localiser score / the best box's): the best box
 # keeps its cosine (so do scores and no-match thresholds of models with one box), a box half as
 # sure loses ~0.07, one a tenth as sure ~0.23, so a box on another product in the room must match
 # far better to win. Measured on the phone catalog at 160 px (held-out / all buyer photos
-# hit@10, 2 boxes): 0.05: 0.568 / 0.654, 0.1: 0.563 / 0.656, 0.2: 0.553 / 0.656; 0 (best
+# hit@10, 2 boxes searched without the photo): 0.05: 0.568 / 0.654, 0.1: 0.563 / 0.656, 0.2: 0.553 / 0.656; 0 (best
 # cosine over 3 boxes): 0.492 / 0.597; the best box alone: 0.533 / 0.644.
 BOX_PRIOR = 0.1
 _MIN_PROB = 1e-3  # a box score of 0 would give -inf: such a box is merely very unlikely
@@ -41,15 +36,12 @@ _MIN_PROB = 1e-3  # a box score of 0 would give -inf: such a box is merely very 
 NOT_SEARCHED = -np.inf
 
 
-def view_offsets(
-    box_scores: np.ndarray, frame_boxes: np.ndarray, whole_best: np.ndarray | None = None
-) -> np.ndarray:
+def view_offsets(box_scores: np.ndarray, frame_boxes: np.ndarray) -> np.ndarray:
     """Per photo and view [N, V] (view 0 the whole photo, then the boxes): what a view adds to
-    its cosines, ``NOT_SEARCHED`` for a view not searched. The boxes are searched (each offset
-    ``BOX_PRIOR * ln(score / best score)``: 0 for the best box) when the best box scores at least ``MIN_BOX_SCORE`` and its longer
-    side is under ``MAX_BOX_SIDE`` of the frame, else the whole photo (offset 0; always so for a
-    model without a localiser). ``whole_best``: each whole view's best cosine against the index;
-    at least ``DUPLICATE_SCORE`` keeps the whole photo."""
+    its cosines, ``NOT_SEARCHED`` for a view not searched. The whole photo: always, 0. The boxes
+    (each ``BOX_PRIOR * ln(score / best score)``: 0 for the best box) when the best box scores
+    at least ``MIN_BOX_SCORE`` and its longer side is under ``MAX_BOX_SIDE`` of the frame; never
+    for a model without a localiser."""
     scores, boxes = np.asarray(box_scores, np.float64), np.asarray(frame_boxes)
     out = np.full(scores.shape, NOT_SEARCHED, np.float64)
     out[:, 0] = 0.0
@@ -57,12 +49,8 @@ def view_offsets(
         return out
     side = np.maximum(boxes[:, 1, 2] - boxes[:, 1, 0], boxes[:, 1, 3] - boxes[:, 1, 1])
     boxed = (scores[:, 1] >= MIN_BOX_SCORE) & (side < MAX_BOX_SIDE)
-    if whole_best is not None:
-        boxed &= np.asarray(whole_best) < DUPLICATE_SCORE
     sure = np.maximum(scores[:, 1:], _MIN_PROB)
-    prior = BOX_PRIOR * np.log(sure / sure[:, :1])
-    out[boxed, 0] = NOT_SEARCHED
-    out[boxed, 1:] = prior[boxed]
+    out[boxed, 1:] = BOX_PRIOR * np.log(sure[boxed] / sure[boxed, :1])
     return out
 
 

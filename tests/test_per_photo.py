@@ -43,30 +43,20 @@ def test_a_bad_photo_costs_only_its_own_answer() -> None:
     )
 
 
-def test_the_localisers_boxes_are_searched_only_when_it_is_sure_and_the_item_small() -> None:
+def test_the_photo_is_always_searched_and_the_boxes_only_when_sure_and_the_item_small() -> None:
     from search.views import MIN_BOX_SCORE
 
     big = [0.05, 0.05, 0.95, 0.9]
     scores = np.array([[1.0, 0.9, 0.2], [1.0, MIN_BOX_SCORE - 0.01, 0.2], [1.0, 0.9, 0.2]])
     boxes = np.array([[WHOLE, SMALL, OTHER], [WHOLE, SMALL, OTHER], [WHOLE, big, OTHER]])
     got = view_offsets(scores, boxes)
-    # The small, sure box: both boxes, the best keeping its cosine, the doubtful one lowered by
-    # how much less sure it is; an unsure best box: the photo; an item that fills it: the photo.
-    np.testing.assert_allclose(got[0, 1:], [0.0, BOX_PRIOR * np.log(0.2 / 0.9)])
-    assert got[0, 0] == NOT_SEARCHED
+    # The small, sure box: the photo and both boxes, the best box keeping its cosine, the
+    # doubtful one lowered by how much less sure it is; an unsure best box, or an item that
+    # fills the photo: the photo alone.
+    np.testing.assert_allclose(got[0], [0.0, 0.0, BOX_PRIOR * np.log(0.2 / 0.9)])
     assert got[1].tolist() == got[2].tolist() == [0.0, NOT_SEARCHED, NOT_SEARCHED]
     no_localiser = view_offsets(np.ones((3, 1)), np.ones((3, 1, 4)))
     assert no_localiser.tolist() == [[0.0]] * 3
-
-
-def test_a_copy_of_a_catalog_photo_is_searched_whole_whatever_the_localiser_says() -> None:
-    from search.views import DUPLICATE_SCORE
-
-    scores, boxes = np.array([[1.0, 0.9]] * 2), np.array([[WHOLE, SMALL]] * 2)
-    # The first photo's whole view is (nearly) an indexed photo: searched whole.
-    whole_best = np.array([DUPLICATE_SCORE + 0.005, DUPLICATE_SCORE - 0.05])
-    got = view_offsets(scores, boxes, whole_best)
-    assert got[0].tolist() == [0.0, NOT_SEARCHED] and got[1, 0] == NOT_SEARCHED
 
 
 @dataclass(frozen=True)
@@ -92,10 +82,24 @@ def test_each_listing_is_ranked_by_its_best_view_and_keeps_that_view() -> None:
         return out
 
     found = search_views(search, vectors, np.array([[NOT_SEARCHED, -0.05, -0.3]]), 3)
-    assert searched == [1, 2]  # one call, every searched view, and only those
+    assert searched == [1, 2]  # every searched view, and only those
     ranked = [(h.listing_id, round(h.score, 6), view) for h, view in found[0]]
     # A: max(0.80 - 0.05, 0.90 - 0.3) = 0.75 from box 1; B 0.65; C 0.95 - 0.3 = 0.65 from box 2.
     assert ranked[0] == ("A", 0.75, 1)
     assert {r[0]: r[2] for r in ranked} == {"A": 1, "B": 1, "C": 2}
     assert [r[1] for r in ranked] == sorted((r[1] for r in ranked), reverse=True)
     assert search_views(search, vectors, np.array([[NOT_SEARCHED] * 3]), 3) == [[]]
+
+
+def test_a_catalog_photo_finds_its_own_listing_first_whatever_its_boxes_match() -> None:
+    # The whole photo is the listing's own photo (cosine 1.0); a box matches another listing
+    # almost as well: the whole view wins, as it is searched at no cost.
+    vectors = np.eye(2, dtype=np.float32)[None]
+    cosines = {0: [_Hit("OWN", 1.0), _Hit("B", 0.5)], 1: [_Hit("C", 0.99), _Hit("OWN", 0.7)]}
+
+    def search(x: np.ndarray, k: int) -> list[list[_Hit]]:
+        return [cosines[int(np.argmax(row))][:k] for row in x]
+
+    offsets = view_offsets(np.array([[1.0, 0.9]]), np.array([[WHOLE, SMALL]]))
+    found = search_views(search, vectors, offsets, 2)
+    assert [(h.listing_id, v) for h, v in found[0]] == [("OWN", 0), ("C", 1)]
