@@ -18,6 +18,7 @@ from core.deadletter import read_dead_letters  # noqa: E402
 from models import dataset  # noqa: E402
 from models.artifact import Embedder  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
+from models.export import QUERY_BOXES  # noqa: E402
 from pipelines import gate as gate_mod  # noqa: E402
 from pipelines.preprocess import PreprocessSettings  # noqa: E402
 from pipelines.preprocess import run as preprocess  # noqa: E402
@@ -104,12 +105,12 @@ def test_preprocess_train_export_gate(tmp_path) -> None:
     assert embedder.has_query_signature() and "localiser" in metrics
     review = snapshot.read_snapshot(cat, DATE).reviews[0]
     views = embedder.embed_query([storage.read_bytes(review.image_uri), photo])
-    assert views.embeddings.shape == (2, 2, 32)
+    assert views.embeddings.shape == (2, 1 + QUERY_BOXES, 32)  # the photo, then its boxes
     np.testing.assert_allclose(np.linalg.norm(views.embeddings, axis=-1), 1.0, atol=1e-4)
     assert np.all(views.photo_boxes[:, 0] == [0, 0, 1, 1]) and views.box_scores[0, 0] == 1.0
     assert np.all((views.photo_boxes >= 0) & (views.photo_boxes <= 1))
     # The whole view is the photo exactly as the embed job embeds a catalog photo, computed in
-    # the same model call as the box: a listing's own photo finds itself at score 1.0.
+    # the same model call as the boxes: a listing's own photo finds itself at score 1.0.
     as_catalog = embedder.embed_photos([photo])[0]
     assert float(np.dot(views.embeddings[1, 0], as_catalog)) >= 0.9999
 
