@@ -19,9 +19,9 @@ import numpy as np
 # The whole photo is always searched (a photo the item fills, a catalog photo: its own listing
 # still comes first, at cosine 1.0 for identical bytes); the localiser's boxes are searched too
 # when its best box is at least this sure and the item small in the frame. Measured on the
-# phone, studio and bazaar catalogs (BENCHMARKS.md, "Buyer photos"): searching the boxes instead
-# of the photo lost 0.07 of hit@10 on bazaar's buyer photos, where the item fills most of a
-# cluttered frame; with the photo beside them 0.015, and studio gained 0.026.
+# phone, studio and bazaar catalogs (BENCHMARKS.md, "Buyer photos"): searching the best box
+# instead of the photo lost 0.135 of hit@10 on bazaar's buyer photos (2 boxes: 0.071), where the
+# item fills most of a cluttered frame; with the photo beside them 0.015, and studio gained 0.026.
 MIN_BOX_SCORE = 0.3
 MAX_BOX_SIDE = 0.7  # the best box's longer side, as a fraction of the frame's
 # A box's hits score cosine + BOX_PRIOR * ln(its localiser score / the best box's): the best box
