@@ -183,6 +183,7 @@ def main(argv: list[str]) -> int:
     import tensorflow_transform as tft
 
     from core import paths
+    from core.runs import Counts
     from models import dataset
     from models.baselines import colour_histogram
     from models.config import TrainConfig
@@ -210,6 +211,7 @@ def main(argv: list[str]) -> int:
     pre = preprocess(
         PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=args.image_size)
     )
+    assert isinstance(pre, Counts)  # a local run, not a template launch
     config = _override(TrainConfig(workdir=work, date=DATE, image_size=args.image_size), args.set)
     assert isinstance(config, TrainConfig)
     result = train(config)
