@@ -161,21 +161,9 @@ def vertex_stage(
 ) -> CreateCustomJobOperator:
     """A stage as a Vertex AI custom job from the image (`vsearch backfill --stages STAGE`); a
     killed task cancels the job (the operator's on_kill)."""
-    VERTEX_TIMEOUTS[task_id] = timeout
     if retries is None:
         retries = STAGE_RETRIES.get(stage, VERTEX_RETRIES)
-    return CreateCustomJobOperator(
-        task_id=task_id,
-        custom_job="{{ vertex_job(task.task_id, '"  # type: ignore[arg-type]
-        + stage
-        + "', params, run_date(params, dag_run)) }}",
-        region=s.region,
-        project_id=s.project,
-        gcp_conn_id=s.gcp_conn_id,
-        deferrable=True,
-        retries=retries,
-        execution_timeout=timeout,
-    )
+    return _vertex_task(s, task_id, "vertex_job", stage, retries, timeout)
 
 
 def finish_stage(s: GcpSettings, stage: str, timeout: dt.timedelta) -> CreateCustomJobOperator:
@@ -185,17 +173,26 @@ def finish_stage(s: GcpSettings, stage: str, timeout: dt.timedelta) -> CreateCus
     idempotent, so it retries like the other light tasks. It needs the project's code, which
     Composer's workers do not have: hence a Vertex job, not a Python task."""
     task_id = registry.finish_task(stage)
+    return _vertex_task(s, task_id, "finish_job", stage, LIGHT_RETRIES, timeout)
+
+
+def _vertex_task(
+    s: GcpSettings, task_id: str, macro: str, stage: str, retries: int, timeout: dt.timedelta
+) -> CreateCustomJobOperator:
+    """A Vertex AI custom job whose request the DAG's ``macro`` renders when the task runs."""
     VERTEX_TIMEOUTS[task_id] = timeout
     return CreateCustomJobOperator(
         task_id=task_id,
-        custom_job="{{ finish_job(task.task_id, '"  # type: ignore[arg-type]
+        custom_job="{{ "  # type: ignore[arg-type]
+        + macro
+        + "(task.task_id, '"
         + stage
         + "', params, run_date(params, dag_run)) }}",
         region=s.region,
         project_id=s.project,
         gcp_conn_id=s.gcp_conn_id,
         deferrable=True,
-        retries=LIGHT_RETRIES,
+        retries=retries,
         execution_timeout=timeout,
     )
 
