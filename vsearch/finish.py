@@ -27,7 +27,9 @@ from vsearch import registry, stages
 class FinishSettings:
     stage: str = field(
         metadata=doc(
-            "the stage whose day to finish", positional=True, choices=registry.FINISHED_LATER
+            "the stage whose day to finish: preprocess or embed",
+            positional=True,
+            choices=registry.FINISHED_LATER,
         )
     )
     workdir: str = field(metadata=WORKDIR)
