@@ -27,11 +27,11 @@ from core import embeddings, partitions, paths, runs, storage
 from pipelines import job_record
 from tests import embed_fixtures as fx
 from tests.conftest import TINY_STAGE_FLAGS
+from tests.own_process import REPO, run_json
 from tests.pipeline_graph import upstream
 from vsearch import cli
 
 pytestmark = pytest.mark.timeout(900)
-REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-01-01"
 # What differs between two runs of the same day: when and how fast they ran, and Beam's
 # distributions (model batch sizes and latencies), which only the waiting process can read.
@@ -59,16 +59,10 @@ print(json.dumps({"code": code, "heavy": sorted(
 
 def _finish(stage: str, workdir: str, date: str, *flags: str) -> tuple[dict[str, Any], str]:
     """``vsearch finish STAGE`` as the DAG's finish task runs it: its own process."""
-    argv = ["finish", stage, "--workdir", workdir, "--date", date, *flags]
-    done = subprocess.run(
-        [sys.executable, "-c", _FINISH, *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result, output = run_json(
+        _FINISH, "finish", stage, "--workdir", workdir, "--date", date, *flags
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout + done.stderr
+    return dict(result), output
 
 
 def _comparable(summary: dict[str, Any], workdir: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ noise stays off unless asked (--verbose), wherever TensorFlow is first imported.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.own_process import REPO, run_json
 from vsearch import quiet
 
-REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("apache_beam", "tensorflow")
 
 # Runs `vsearch ARGS` (or imports a module) in a fresh interpreter, then prints which heavy
@@ -36,15 +35,7 @@ print(json.dumps(sorted(m for m in ("apache_beam", "tensorflow") if m in sys.mod
 
 
 def heavy_modules_after(*argv: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", _HEAVY_AFTER, *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+    return list(run_json(_HEAVY_AFTER, *argv)[0])
 
 
 @pytest.mark.parametrize(
@@ -133,6 +124,7 @@ def test_keras_fit_on_a_dataset_prints_nothing(tmp_path: Path) -> None:
     which makes Keras warn that shuffle=True is ignored): nothing on stderr."""
     script = """
 import threading
+from tests.own_process import REPO, run_json
 from vsearch import quiet
 quiet.configure([])
 t = threading.Thread(target=lambda: __import__("tensorflow"))
@@ -154,6 +146,7 @@ def test_beams_batching_fit_warning_prints_nothing() -> None:
     day's embed): not the user's problem, so nothing on stderr; other warnings still print."""
     script = """
 import warnings, numpy as np
+from tests.own_process import REPO, run_json
 from vsearch import quiet
 quiet.configure([])
 warnings.warn("Polyfit may be poorly conditioned", np.exceptions.RankWarning)
@@ -237,6 +230,7 @@ def fx_photo() -> bytes:
 def test_beams_false_resource_warning_is_dropped_and_other_records_kept() -> None:
     script = """
 import logging
+from tests.own_process import REPO, run_json
 from vsearch import quiet
 quiet.configure([])
 logging.warning("Resource module is not available for current platform, memory usage cannot be fetched.")
