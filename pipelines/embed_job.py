@@ -164,16 +164,16 @@ def build(
     dead_written = dead | "WriteDeadLetters" >> WriteDeadLetters(s.workdir, STAGE, s.date)
     # The counts the run summary reports, as the Beam counters count them, written by the job
     # once its outputs are (pipelines/job_record.py): a later process can finish the day.
-    kept_rows = lambda k: k[1].table.num_rows  # noqa: E731
     counts = (
         catalog[COUNTS_TAG],
         selected.counts,
         read[COUNTS_TAG],
-        to_read | "TallyToRead" >> CountAs("images"),
-        kept | "TallyKept" >> SumAs("images", kept_rows),
-        kept | "TallyKeptSkipped" >> SumAs("skipped_unchanged", kept_rows),
-        kept | "TallyKeptByMetadata" >> SumAs("skipped_by_metadata", kept_rows),
-        to_read | "TallyRead" >> CountAs("images_read"),
+        to_read | "TallyToRead" >> CountAs(("images", "images_read")),
+        kept
+        | "TallyKept"
+        >> SumAs(
+            ("images", "skipped_unchanged", "skipped_by_metadata"), lambda k: k[1].table.num_rows
+        ),
         written | "TallyEmbedded" >> SumAs("embedded", lambda w: w[1]),
         catalog[DEAD_LETTER_TAG] | "TallyCatalogRejects" >> CountAs("catalog_rejected"),
         dead | "TallyDeadLetters" >> CountAs("dead_letter_records"),

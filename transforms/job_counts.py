@@ -9,7 +9,8 @@ its sinks has written: the file's presence means the job's outputs are complete.
 Counts come from two places, named as the Beam counters they match:
 
 - ``CountAs(name)`` / ``SumAs(name, fn)``: the number (or a sum over) the elements of a
-  PCollection, e.g. the dead letters, or the rows each written shard holds;
+  PCollection, e.g. the dead letters, or the rows each written shard holds; several names take
+  the one total each (the photos a run skipped are also images it looked at);
 - ``tally(name, n)`` yielded by a DoFn that counts inside (rows parsed one at a time, objects
   listed): a tagged output (``COUNTS_TAG``) that also increments the Beam counter, so the two
   cannot differ. A step that declares its outputs must declare ``COUNTS_TAG`` to keep them; an
@@ -38,26 +39,31 @@ def tally(name: str, n: int = 1) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(COUNTS_TAG, (name, n))
 
 
+Names = str | tuple[str, ...]
+
+
+def _named(total: int, names: Names) -> list[Count]:
+    return [(name, int(total)) for name in ((names,) if isinstance(names, str) else names)]
+
+
 @beam.ptransform_fn
-def CountAs(pcoll: beam.PCollection, name: str) -> beam.PCollection:  # noqa: N802
-    """(name, number of elements): one element, 0 for an empty PCollection."""
+def CountAs(pcoll: beam.PCollection, names: Names) -> beam.PCollection:  # noqa: N802
+    """(name, number of elements) for each of ``names``: 0 for an empty PCollection."""
     return (
-        pcoll
-        | "Count" >> beam.combiners.Count.Globally()
-        | "Name" >> beam.Map(lambda n: (name, int(n)))
+        pcoll | "Count" >> beam.combiners.Count.Globally() | "Name" >> beam.FlatMap(_named, names)
     )
 
 
 @beam.ptransform_fn
 def SumAs(  # noqa: N802
-    pcoll: beam.PCollection, name: str, value: Callable[[Any], int]
+    pcoll: beam.PCollection, names: Names, value: Callable[[Any], int]
 ) -> beam.PCollection:
-    """(name, sum of ``value(element)``): one element, 0 for an empty PCollection."""
+    """(name, sum of ``value(element)``) for each of ``names``: 0 for an empty PCollection."""
     return (
         pcoll
         | "Values" >> beam.Map(value)
         | "Sum" >> beam.CombineGlobally(sum)
-        | "Name" >> beam.Map(lambda n: (name, int(n)))
+        | "Name" >> beam.FlatMap(_named, names)
     )
 
 
