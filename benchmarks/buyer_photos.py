@@ -100,10 +100,13 @@ def run(
     gallery = embedder.embed_decoded(gallery_px)
     gallery_hist = colour_histogram(np.stack(gallery_px))
     queries: list[Query] = []
+    photo_bytes: dict[str, bytes] = {}  # read once: every method searches the same photos
     for r in snap.reviews:
         try:
-            images.decode_image(storage.read_bytes(r.image_uri), 8)
+            photo_bytes[r.image_uri] = storage.read_bytes(r.image_uri)
+            images.decode_image(photo_bytes[r.image_uri], 8)
         except (images.ImageError, storage.StorageError):
+            photo_bytes.pop(r.image_uri, None)
             unusable += 1
             continue
         b = boxes.get(r.image_uri.removeprefix(root))
@@ -156,7 +159,7 @@ def run(
         qs = [q for q in queries if q.held_out == wanted]
         if not qs:
             continue
-        datas = [storage.read_bytes(q.uri) for q in qs]
+        datas = [photo_bytes[q.uri] for q in qs]
         qids = np.array([q.listing_id for q in qs])
         table: dict[str, dict[str, float]] = {}
         for name, fn in methods.items():

@@ -70,8 +70,8 @@ def top_scores(photos: PhotoSearch, data: list[bytes]) -> tuple[np.ndarray, np.n
     items: list[float] = []
     for i in range(0, len(data), calibrate.BATCH):
         embedded = embed_each(photos, data[i : i + calibrate.BATCH])
-        found = embedded.search(photos.searcher.search_vectors, embedded.good, 1)
-        scores += [hits[0][0].score if hits else -1.0 for hits in found]
+        found = embedded.search_hits(photos.searcher.search_vectors, embedded.good, 1)
+        scores += [hits[0].score if hits else -1.0 for hits in found]
         items += [float(embedded.item_scores[j]) for j in embedded.good]
     return np.array(scores), np.array(items)
 
@@ -91,9 +91,8 @@ def youden_threshold(photos: PhotoSearch, reviews: list[Review], n: int) -> floa
     for i in range(0, len(sample), calibrate.BATCH):
         chunk = sample[i : i + calibrate.BATCH]
         embedded = embed_each(photos, [storage.read_bytes(r.image_uri) for r in chunk])
-        found = embedded.search(photos.searcher.search_vectors, embedded.good, 50)
-        for j, boxed in zip(embedded.good, found, strict=True):
-            hits = [h for h, _ in boxed]
+        found = embedded.search_hits(photos.searcher.search_vectors, embedded.good, 50)
+        for j, hits in zip(embedded.good, found, strict=True):
             own = [h.score for h in hits if h.listing_id == chunk[j].listing_id]
             others = [h.score for h in hits if h.listing_id != chunk[j].listing_id]
             match += own[:1]

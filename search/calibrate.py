@@ -117,9 +117,8 @@ def score_photos(photos: PhotoSearch, reviews: Sequence[Review]) -> PhotoScores:
                 continue
         embedded = embed_each(photos, data)
         good = embedded.good
-        found = embedded.search(photos.searcher.search_vectors, good, DEPTH)
-        for i, boxed in zip(good, found, strict=True):
-            hits = [h for h, _ in boxed]
+        found = embedded.search_hits(photos.searcher.search_vectors, good, DEPTH)
+        for i, hits in zip(good, found, strict=True):
             if not hits:
                 continue
             others = [h.score for h in hits if h.listing_id != owners[i]]

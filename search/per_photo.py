@@ -45,6 +45,13 @@ class EmbeddedPhotos:
             for i, hits in zip(rows, found, strict=True)
         ]
 
+    def search_hits(
+        self, search: Callable[[np.ndarray, int], Sequence[Sequence[H]]], rows: list[int], k: int
+    ) -> list[list[H]]:
+        """``search`` without the boxes: each photo's top-k hits, best first."""
+        found = search_views(search, self.vectors[rows], self.offsets[rows], k)
+        return [[hit for hit, _ in hits] for hits in found]
+
 
 def embed_each(search: PhotoSearch, photos: Sequence[bytes]) -> EmbeddedPhotos:
     """Every photo's views; a bad photo gets zero vectors, no searched view and its error."""
