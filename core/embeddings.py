@@ -71,7 +71,6 @@ def to_record_batch(rows: Sequence[Mapping[str, Any]], dim: int) -> pa.RecordBat
     Raises ValueError when an embedding has the wrong length, so a model/config mismatch is a clear
     error instead of a file that downstream readers cannot use.
     """
-    s = schema(dim)
     n = len(rows)
     vectors = np.zeros((n, dim), dtype=np.float32)
     for i, r in enumerate(rows):
@@ -82,14 +81,24 @@ def to_record_batch(rows: Sequence[Mapping[str, Any]], dim: int) -> pa.RecordBat
                 f"dims, the model config says {dim}"
             )
         vectors[i] = v
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    columns: dict[str, pa.Array] = {
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-    }
-    for f in s:
-        if f.name != "embedding":
-            columns[f.name] = pa.array([r[f.name] for r in rows], type=f.type)
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in s], schema=s)
+    names = [f.name for f in schema(dim) if f.name != "embedding"]
+    return from_columns(vectors, {name: [r[name] for r in rows] for name in names})
+
+
+def from_columns(vectors: np.ndarray, columns: Mapping[str, Any]) -> pa.RecordBatch:
+    """A batch of the file schema from ``vectors`` [N, D] and every other column's N values
+    (lists or Arrow arrays), in the schema's types; the embed job builds its rows this way, a
+    batch of photos at a time."""
+    n, dim = vectors.shape
+    s = schema(dim)
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), type=pa.float32())
+    arrays = [
+        pa.FixedSizeListArray.from_arrays(flat, dim)
+        if f.name == "embedding"
+        else pa.array(columns[f.name], type=f.type)
+        for f in s
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=s)
 
 
 def write_parquet(uri: str, batches: Iterable[pa.RecordBatch], dim: int) -> int:

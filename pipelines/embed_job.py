@@ -8,10 +8,14 @@
     decoding; else the safe Pillow decoder, once per photo; all three in threads ahead of the
     model step) ->
     Inference (transforms/pipelined_inference.py: batches of uint8 pixels through the model's
-    pixel signature, the next batch's call in flight, then each vector re-normalised or
-    rejected, transforms/inference.py) -> ToRows -> WriteEmbeddings
+    pixel signature, the next batch's call in flight; each batch's vectors re-normalised or
+    rejected and made into one Arrow table of contract rows, ``_BatchRows``) -> WriteEmbeddings
     (+ WriteState: this run's state snapshot, metadata key -> sha256 of every photo that has an
     embedding row: those skipped, those recognised after the read, those embedded today)
+
+After the model, a batch of photos is one element (an Arrow table), not one per photo: at 112k
+photos on 2 cores, Beam's per-photo steps and the pickled row dicts of the shard shuffle took
+CPU from the model (BENCHMARKS.md, "Embed job").
 
 Why joins and not a side input for the skip: the known keys are one row per image ever embedded
 (~100 bytes each; 30 GB at 300M images). A side input would have to fit on every worker; the
@@ -31,8 +35,9 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
-from core import images, paths, storage
+from core import embeddings, images, paths, storage
 from core.catalog import ImageRef, catalog_name
 from core.deadletter import DeadLetter
 from core.runs import METRICS_NAMESPACE
@@ -45,11 +50,18 @@ from pipelines.stage import BeamRun, run_pipeline
 from transforms import read_images
 from transforms.change_detection import PhotosToRead, PhotoToRead
 from transforms.dead_letter_output import DEAD_LETTER_TAG, WriteDeadLetters, dead_letter
-from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState
-from transforms.inference import EmbedderModelHandler, Prediction, unit_embedding
+from transforms.embedding_writer import WriteEmbeddings, WriteKeptState, WriteState, state_table
+from transforms.inference import EmbedderModelHandler, Prediction, unit_vectors
 from transforms.job_counts import COUNTS_TAG, CountAs, SumAs, WriteJobCounts, tally
 from transforms.lookahead import LookaheadDoFn
-from transforms.pipelined_inference import FAILED_CALLS, FAILED_POSTPROCESSING, PipelinedInference
+from transforms.packed_table import PackedTable
+from transforms.pipelined_inference import (
+    FAILED_CALLS,
+    FAILED_POSTPROCESSING,
+    Pairs,
+    PipelinedInference,
+    Postprocessed,
+)
 from transforms.progress import LogProgress
 
 # Two batches' calls at once: the next batch's call runs while the bundle's thread emits this
@@ -133,21 +145,36 @@ def build(
         large_model=s.large_model,
         intra_op_threads=s.intra_op_threads,
     )
-    inferred = read.images | "Inference" >> PipelinedInference(
-        handler, unit_embedding, model_tag=model_uri, calls_in_flight=MODEL_CALLS_IN_FLIGHT
-    )
-    embedded = inferred.predictions
-    _ = embedded | "Progress" >> LogProgress(STAGE, "images embedded")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    rows = embedded | "ToRows" >> beam.ParDo(
-        _ToRows(model.version, created_at, s.catalog)
-    ).with_outputs(STATE_TAG, main="rows")
-    written = rows.rows | "WriteEmbeddings" >> WriteEmbeddings(
-        s.workdir, model.version, s.date, model.embedding_dim, s.num_shards, directory=staging.rows
+    inferred = read.images | "Inference" >> PipelinedInference(
+        handler,
+        _BatchRows(model.version, model.embedding_dim, created_at, s.catalog),
+        model_tag=model_uri,
+        calls_in_flight=MODEL_CALLS_IN_FLIGHT,
+    )
+    embedded = inferred.predictions  # one _Embedded per model batch
+    _ = embedded | "Progress" >> LogProgress(STAGE, "images embedded", weight=_rows_of)
+    written = (
+        embedded
+        | "Rows" >> beam.Map(lambda e: e.rows)
+        | "WriteEmbeddings"
+        >> WriteEmbeddings(
+            s.workdir,
+            model.version,
+            s.date,
+            model.embedding_dim,
+            s.num_shards,
+            directory=staging.rows,
+        )
     )
     state_written = (
-        (read[STATE_TAG], rows[STATE_TAG])
-        | "StateRows" >> beam.Flatten()
+        (
+            read[STATE_TAG]  # recognised by sha256 after the read: few, one dict each
+            | "BatchStateRows" >> beam.BatchElements(min_batch_size=4096, max_batch_size=4096)
+            | "StateTables" >> beam.Map(state_table),
+            embedded | "EmbeddedState" >> beam.Map(lambda e: e.state),
+        )
+        | "AllStateTables" >> beam.Flatten()
         | "WriteState" >> WriteState(staging.state, buckets)
     )
     kept_written = kept | "WriteKeptState" >> beam.ParDo(WriteKeptState(staging.state, buckets))
@@ -195,7 +222,7 @@ class _ReadPhoto(LookaheadDoFn):
     ``ReadImageBytes`` and ``DecodeImages``), in ``threads`` pool threads ahead of the model
     step (``transforms/lookahead.py``): the reads and decodes of the next photos overlap the
     current batch's model call instead of taking turns with it. A photo read under a metadata
-    key gets a state row: here when its sha256 is known (``state``), else from ``_ToRows`` once
+    key gets a state row: here when its sha256 is known (``state``), else from ``_BatchRows`` once
     its embedding row is made (the key rides along in ``EmbedKey``), so a photo dead-lettered after
     the read is read again the next day rather than remembered.
     """
@@ -266,29 +293,67 @@ def _state_row(
     }
 
 
-class _ToRows(beam.DoFn):
-    """(key, unit-norm prediction) -> a contract row, and a ``state`` row for a photo read under
-    a metadata key. Nothing is rejected here: the inference step already dead-lettered the failures."""
+class _Embedded(NamedTuple):
+    """One model batch's output: its contract rows and the state rows of those read under a
+    metadata key (both ``PackedTable``: they cross the shard and bucket shuffles as one)."""
 
-    def __init__(self, version: str, created_at: dt.datetime, catalog: str) -> None:
-        self._version, self._created_at, self._catalog = version, created_at, catalog
+    rows: PackedTable
+    state: PackedTable
 
-    def process(self, keyed: tuple[EmbedKey, Prediction]) -> Iterator[Any]:
-        key, p = keyed
-        yield {
-            "listing_id": key.listing_id,
-            "image_uri": catalog_name(key.uri, self._catalog),  # as the catalog names it
-            "image_index": key.image_index,
-            "image_sha256": key.sha256,
-            "model_version": self._version,
-            "embedding": p.embedding,
-            "category_pred": p.category,
-            "category_score": p.category_score,
-            "created_at": self._created_at,
-        }
-        if key.meta_key:  # the photo has its row: remember its key for tomorrow's skip
-            state = _state_row(key.listing_id, key.image_index, key.uri, key.meta_key, key.sha256)
-            yield beam.pvalue.TaggedOutput(STATE_TAG, state)
+
+def _rows_of(e: _Embedded) -> int:
+    return e.rows.table.num_rows
+
+
+class _BatchRows:
+    """A batch's (EmbedKey, PredictionResult) pairs -> one ``_Embedded``: every vector
+    re-normalised (``unit_vectors``), the rejected ones to ``failed_postprocessing`` with their
+    reason, the others as contract rows and, when read under a metadata key, state rows."""
+
+    def __init__(self, version: str, dim: int, created_at: dt.datetime, catalog: str) -> None:
+        self._version, self._dim, self._created_at = version, dim, created_at
+        self._catalog = catalog
+
+    def __call__(self, pairs: Pairs) -> Postprocessed:
+        keys: list[EmbedKey] = [key for key, _ in pairs]
+        predictions: list[Prediction] = [result.inference for _, result in pairs]  # type: ignore[misc]
+        if not pairs:
+            return Postprocessed([], [])
+        vectors, reasons = unit_vectors(np.stack([p.embedding for p in predictions]))
+        if vectors.shape[1] != self._dim:  # the job's failure: no file downstream could read
+            raise ValueError(
+                f"the model gave {vectors.shape[1]}-dim embeddings, its config says {self._dim}"
+            )
+        good = [i for i, reason in enumerate(reasons) if not reason]
+        rejected = [(keys[i], reason) for i, reason in enumerate(reasons) if reason]
+        if not good:
+            return Postprocessed([], rejected)
+        kept = [keys[i] for i in good]
+        rows = embeddings.from_columns(
+            vectors[good],
+            {
+                "listing_id": [k.listing_id for k in kept],
+                # as the catalog names it, never this machine's path
+                "image_uri": [catalog_name(k.uri, self._catalog) for k in kept],
+                "image_index": [k.image_index for k in kept],
+                "image_sha256": [k.sha256 for k in kept],
+                "model_version": [self._version] * len(kept),
+                "category_pred": [predictions[i].category for i in good],
+                "category_score": [predictions[i].category_score for i in good],
+                "created_at": [self._created_at] * len(kept),
+            },
+        )
+        # The photos with their row now: remember their keys for tomorrow's skip.
+        state = state_table(
+            [
+                _state_row(k.listing_id, k.image_index, k.uri, k.meta_key, k.sha256)
+                for k in kept
+                if k.meta_key
+            ]
+        )
+        return Postprocessed(
+            [_Embedded(PackedTable(pa.Table.from_batches([rows])), state)], rejected
+        )
 
 
 def _failed_call_letter(failed: tuple[EmbedKey, str]) -> DeadLetter:
@@ -298,8 +363,7 @@ def _failed_call_letter(failed: tuple[EmbedKey, str]) -> DeadLetter:
 
 
 def _rejected_letter(failed: tuple[EmbedKey, str]) -> DeadLetter:
-    """A photo whose vector the postprocess step rejected; the reason is the exception's repr,
-    which for ``RejectedEmbedding`` is its message."""
+    """A photo whose vector the postprocess step rejected, with its reason."""
     key, error = failed
     return dead_letter(STAGE, error, key.listing_id, key.uri).value
 

@@ -179,27 +179,22 @@ def fake_model_dir(tmp_path_factory) -> tuple[str, str]:
 
 
 def test_a_vector_is_normalised_or_rejected_with_its_reason() -> None:
-    """The inference step's postprocess: a unit float32 vector, or ``RejectedEmbedding`` whose
-    repr (all that the dead-letter output keeps) is the dead letter's reason."""
-    from apache_beam.ml.inference.base import PredictionResult
+    """The inference step's postprocess arithmetic: unit float32 vectors, and for a vector no
+    direction can be taken from, the reason its photo's dead letter gives; its batch mates are
+    normalised all the same."""
+    from transforms.inference import unit_vectors
 
-    from transforms.inference import Prediction, RejectedEmbedding, unit_embedding
-
-    key, p = unit_embedding(
-        ("k", PredictionResult(None, Prediction(np.array([3.0, 4.0]), "c", 0.5)))
-    )
-    assert (key, p.category, p.category_score) == ("k", "c", 0.5)
-    assert p.embedding.dtype == np.float32
-    np.testing.assert_allclose(p.embedding, [0.6, 0.8], rtol=1e-6)
-    for vector, reason in (
-        ([np.nan, 1.0], "embedding has NaN or inf values"),
-        ([np.inf, 0.0], "embedding has NaN or inf values"),
-        ([0.0, 0.0], "embedding has zero norm"),
-    ):
-        bad = PredictionResult(None, Prediction(np.array(vector, np.float32), "c", 0.5))
-        with pytest.raises(RejectedEmbedding) as e:
-            unit_embedding(("k", bad))
-        assert repr(e.value) == reason
+    vectors = np.array([[3.0, 4.0], [np.nan, 1.0], [np.inf, 0.0], [0.0, 0.0], [0.0, -2.0]])
+    unit, reasons = unit_vectors(vectors.astype(np.float32))
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit[[0, 4]], [[0.6, 0.8], [0.0, -1.0]], rtol=1e-6)
+    assert reasons == [
+        "",
+        "embedding has NaN or inf values",
+        "embedding has NaN or inf values",
+        "embedding has zero norm",
+        "",
+    ]
 
 
 def test_a_failed_model_call_dead_letters_each_photo_of_its_batch(

@@ -16,6 +16,7 @@ from transforms.pipelined_inference import (
     FAILED_CALLS,
     FAILED_POSTPROCESSING,
     PipelinedInference,
+    each,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,7 +60,7 @@ def test_every_element_once_with_its_own_prediction_or_its_failure(calls_in_flig
             p
             | beam.Create([(f"k{x}", x) for x in numbers])
             | PipelinedInference(
-                _Doubler(), _postprocess, model_tag="doubler", calls_in_flight=calls_in_flight
+                _Doubler(), each(_postprocess), model_tag="doubler", calls_in_flight=calls_in_flight
             )
         )
         failed_calls = out[FAILED_CALLS] | "FailedKeys" >> beam.Map(lambda kv: kv[0])

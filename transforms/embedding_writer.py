@@ -1,4 +1,8 @@
-"""WriteEmbeddings: rows -> ``part-NNNNN-of-NNNNN.parquet`` files of the Embedding Parquet contract.
+"""WriteEmbeddings: tables of rows -> ``part-NNNNN-of-NNNNN.parquet`` files of the Embedding Parquet contract.
+
+Elements are Arrow tables of the file schema (``PackedTable``: the embed job makes one per model
+batch), never one element per row: at 100k+ photos a Beam step per row, and a pickled dict per
+row through the shard shuffle, cost the job more CPU than its reads (BENCHMARKS.md, "Embed job").
 
 Why not ``beam.io.WriteToParquet``: its finalisation renames temp files through the GCS *batch*
 API, which the loopback test server (and some proxies) lack. Here every shard is one DoFn call
@@ -8,6 +12,7 @@ only when complete, on every filesystem, and a retried bundle simply rewrites th
 Shards are chosen by a stable hash of ``listing_id`` (all images of a listing in one file) and
 rows are sorted by (listing_id, image_index) inside a shard, so a re-run writes byte-for-byte the
 same rows under the same names. ``num_shards=0`` picks one shard per ``rows_per_shard`` rows.
+The state rows (``WriteState``) travel the same way, split by change-detection bucket.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 
 from core import embeddings, embedstate, paths, storage
 from core.hashing import stable_hash
 from core.runs import METRICS_NAMESPACE
-from transforms.change_detection import bucket_of
+from transforms.change_detection import split_by_bucket
 from transforms.packed_table import PackedTable
 
 Row = Mapping[str, Any]
+ROW_ORDER = [("listing_id", "ascending"), ("image_index", "ascending")]
 DEFAULT_ROWS_PER_SHARD = (
     50_000  # ~50 MB files at D=256: big enough to read fast, small enough to retry
 )
@@ -40,26 +48,52 @@ def shards_for(num_rows: int, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> i
     return max(1, math.ceil(num_rows / rows_per_shard))
 
 
+def split_by_shard(
+    packed: PackedTable, num_shards: int
+) -> Iterator[tuple[tuple[int, int], PackedTable]]:
+    """((shard, num_shards), rows of ``packed`` in it) for every shard that has rows."""
+    table = packed.table
+    if table.num_rows == 0:
+        return
+    ids = table.column("listing_id").to_pylist()
+    of = np.fromiter((shard_of(i, num_shards) for i in ids), np.int64, len(ids))
+    order = np.argsort(of, kind="stable")
+    shards, starts = np.unique(of[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    for shard, start, end in zip(shards, starts, ends, strict=True):
+        rows = table if len(shards) == 1 else table.take(pa.array(order[start:end]))
+        yield (int(shard), num_shards), PackedTable(rows)
+
+
+def sorted_rows(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
+    """The rows of ``tables`` as one table of ``schema``, in (listing_id, image_index) order."""
+    parts = [t.table for t in tables]
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts).sort_by(ROW_ORDER).combine_chunks()
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, directory: str, dim: int) -> None:
         self._directory = directory
         self._dim = dim
 
-    def process(self, keyed: tuple[tuple[int, int], Iterable[Row]]) -> Iterator[tuple[str, int]]:
-        (shard, total), rows = keyed
-        ordered = sorted(rows, key=lambda r: (r["listing_id"], r["image_index"]))
+    def process(
+        self, keyed: tuple[tuple[int, int], Iterable[PackedTable]]
+    ) -> Iterator[tuple[str, int]]:
+        (shard, total), tables = keyed
+        rows = sorted_rows(tables, embeddings.schema(self._dim))
         uri = storage.join(self._directory, paths.shard_name(shard, total, ".parquet"))
-        batches = (
-            embeddings.to_record_batch(ordered[i : i + WRITE_BATCH_ROWS], self._dim)
-            for i in range(0, len(ordered), WRITE_BATCH_ROWS)
+        n = embeddings.write_parquet(
+            uri, rows.to_batches(max_chunksize=WRITE_BATCH_ROWS), self._dim
         )
-        n = embeddings.write_parquet(uri, batches, self._dim)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded").inc(n)
         yield uri, n
 
 
 class WriteEmbeddings(beam.PTransform):
-    """Write embedding rows as Parquet shards; outputs (uri, rows) per file written.
+    """Write tables of embedding rows (``PackedTable`` of ``core.embeddings.schema``) as Parquet
+    shards; outputs (uri, rows) per file written.
 
     ``directory`` defaults to the day's partition; the embed job passes a staging folder and
     publishes the files only after its bad-fraction check passed.
@@ -84,20 +118,17 @@ class WriteEmbeddings(beam.PTransform):
         self._num_shards = num_shards
         self._rows_per_shard = rows_per_shard
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
         fixed, per_shard = self._num_shards, self._rows_per_shard
         total = (
-            rows
-            | "CountRows" >> beam.combiners.Count.Globally()
+            tables
+            | "RowsOfTable" >> beam.Map(lambda t: t.table.num_rows)
+            | "CountRows" >> beam.CombineGlobally(sum)
             | "NumShards" >> beam.Map(lambda n: fixed or shards_for(n, per_shard))
         )
         return (
-            rows
-            | "KeyByShard"
-            >> beam.Map(
-                lambda r, n: ((shard_of(r["listing_id"], n), n), r),
-                n=beam.pvalue.AsSingleton(total),
-            )
+            tables
+            | "KeyByShard" >> beam.FlatMap(split_by_shard, beam.pvalue.AsSingleton(total))
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._dim))
         )
@@ -108,12 +139,11 @@ class _WriteStateBucket(beam.DoFn):
         self._directory = directory
         self._buckets = buckets
 
-    def process(self, keyed: tuple[int, Iterable[Row]]) -> Iterator[tuple[str, int]]:
-        bucket, rows = keyed
-        ordered = sorted(rows, key=lambda r: (r["listing_id"], r["image_index"]))
+    def process(self, keyed: tuple[int, Iterable[PackedTable]]) -> Iterator[tuple[str, int]]:
+        bucket, tables = keyed
         name = embedstate.bucket_file_name("read", bucket, self._buckets)
         uri = storage.join(self._directory, name)
-        yield uri, embedstate.write(uri, ordered)
+        yield uri, embedstate.write_table(uri, sorted_rows(tables, embedstate.SCHEMA))
 
 
 class WriteKeptState(beam.DoFn):
@@ -133,23 +163,27 @@ class WriteKeptState(beam.DoFn):
 
 
 class WriteState(beam.PTransform):
-    """The state rows of the photos a run read (see core/embedstate.py) as
-    ``read-BBBBB-of-NNNNN.parquet``, one file per change-detection bucket like the kept rows', so
-    that the next run with as many buckets sends each file to its bucket without hashing it."""
+    """Tables of the state rows of the photos a run read (``PackedTable`` of
+    ``core.embedstate.SCHEMA``) as ``read-BBBBB-of-NNNNN.parquet``, one file per change-detection
+    bucket like the kept rows', so that the next run with as many buckets sends each file to its
+    bucket without hashing it."""
 
     def __init__(self, directory: str, buckets: int) -> None:
         super().__init__()
         self._directory = directory
         self._buckets = buckets
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        buckets = self._buckets
         return (
-            rows
-            | "KeyByBucket" >> beam.Map(_keyed_by_bucket, self._buckets)
+            tables
+            | "SplitByBucket"
+            >> beam.FlatMap(lambda t: split_by_bucket(t.table, "listing_id", buckets))
             | "GroupByBucket" >> beam.GroupByKey()
             | "WriteBucket" >> beam.ParDo(_WriteStateBucket(self._directory, self._buckets))
         )
 
 
-def _keyed_by_bucket(row: Row, buckets: int) -> tuple[int, Row]:
-    return bucket_of(row["listing_id"], buckets), row
+def state_table(rows: list[Row]) -> PackedTable:
+    """State rows (dicts of ``core.embedstate.SCHEMA``'s columns) as one table."""
+    return PackedTable(pa.Table.from_pylist([dict(r) for r in rows], schema=embedstate.SCHEMA))

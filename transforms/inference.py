@@ -16,8 +16,8 @@ handler:
 * runs on a GPU when TensorFlow sees one and on the CPU otherwise, with the same code (it only
   asks for memory growth so that several processes can share a GPU).
 
-``unit_embedding`` is the postprocess step: each photo's vector re-normalised, or rejected (NaN or
-inf values, zero norm) by raising ``RejectedEmbedding``.
+``unit_vectors`` is the postprocess step's arithmetic: a batch's vectors re-normalised, and each
+photo's reason to reject its vector (NaN or inf values, zero norm).
 
 Failures: a model call that raises fails its batch, and every photo of it becomes a dead letter
 with the call's error; a rejected vector fails its photo alone (``pipelines/embed_job.py``).
@@ -32,10 +32,9 @@ embedded: that check runs per photo, after the call.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -47,8 +46,6 @@ OUTPUT_KEYS = ("embedding", "category", "category_score")
 # Below this norm a vector has no direction worth normalising (the model output is all zeros).
 MIN_NORM = 1e-6
 
-K = TypeVar("K")
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -57,17 +54,6 @@ class Prediction:
     embedding: np.ndarray
     category: str
     category_score: float
-
-
-class RejectedEmbedding(ValueError):
-    """A model output that is no usable vector: NaN or inf values, or zero norm.
-
-    Its repr is its message: the dead-letter output keeps ``repr(exception)`` only, and that
-    text becomes the dead letter's reason as it is.
-    """
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder]):
@@ -123,20 +109,23 @@ class EmbedderModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedder])
         return METRICS_NAMESPACE
 
 
-def unit_embedding(keyed: tuple[K, PredictionResult]) -> tuple[K, Prediction]:
-    """One photo's prediction with its embedding re-normalised in float64, so that norms are 1 to
-    float32 precision whatever the model; NaN or inf values and zero norm raise
-    ``RejectedEmbedding`` (the photo goes to ``failed_postprocessing``)."""
-    key, result = keyed
-    p = result.inference
-    assert isinstance(p, Prediction)
-    v = p.embedding.astype(np.float64)
-    if not np.all(np.isfinite(v)):
-        raise RejectedEmbedding("embedding has NaN or inf values")
-    norm = float(np.linalg.norm(v))
-    if norm < MIN_NORM:
-        raise RejectedEmbedding("embedding has zero norm")
-    return key, dataclasses.replace(p, embedding=(v / norm).astype(np.float32))
+def unit_vectors(vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """A batch's vectors [N, D] re-normalised in float64, so that norms are 1 to float32
+    precision whatever the model, and each row's rejection reason ("" when usable): NaN or inf
+    values, or zero norm (the photo goes to ``failed_postprocessing``, its batch mates do not)."""
+    v = vectors.astype(np.float64)
+    finite: np.ndarray = np.all(np.isfinite(v), axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], v, 0.0), axis=1)
+    reasons = [
+        ""
+        if ok and norm >= MIN_NORM
+        else "embedding has NaN or inf values"
+        if not ok
+        else "embedding has zero norm"
+        for ok, norm in zip(finite.tolist(), norms.tolist(), strict=True)
+    ]
+    unit = np.where(finite[:, None], v, 0.0) / np.maximum(norms, MIN_NORM)[:, None]
+    return unit.astype(np.float32), reasons
 
 
 def _predict(model: Embedder, batch: Sequence[np.ndarray]) -> Iterable[Prediction]:

@@ -15,9 +15,12 @@ model loaded once per process (``shared.Shared``) or once per machine
 (``MultiProcessShared``, for GPU workers); batching by ``BatchElements`` with the handler's
 bounds. Elements are (key, example); outputs are tagged:
 
-* main: (key, postprocess(PredictionResult)) per element;
+* main: what ``postprocess`` makes of a batch's (key, PredictionResult) pairs: one element per
+  batch (the embed job's Arrow table of rows: no Beam step per photo after the model), or one
+  per element with ``each(fn)``;
 * ``failed_calls``: (key, repr of the error) for every element of a batch whose call raised;
-* ``failed_postprocessing``: (key, repr of the error) for an element whose ``postprocess`` raised.
+* ``failed_postprocessing``: (key, reason) for an element ``postprocess`` rejected (with
+  ``each``: the repr of what ``fn`` raised for it).
 
 Distributions in the handler's metrics namespace: ``batch_size``, ``inference_ms`` (per call)
 and ``load_model_latency_milli_secs`` (per load, as RunInference names it).
@@ -26,7 +29,7 @@ and ``load_model_latency_milli_secs`` (per load, as RunInference names it).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -37,6 +40,36 @@ from transforms.lookahead import LookaheadDoFn
 
 FAILED_CALLS = "failed_calls"
 FAILED_POSTPROCESSING = "failed_postprocessing"
+
+
+Pairs = Sequence[tuple[Any, PredictionResult]]
+
+
+class Postprocessed(NamedTuple):
+    """What a batch's postprocess made: main outputs, and the elements it rejected."""
+
+    outputs: Iterable[Any]
+    rejected: Sequence[tuple[Any, str]]  # (key, reason)
+
+
+BatchPostprocess = Callable[[Pairs], Postprocessed]
+
+
+def each(fn: Callable[[tuple[Any, PredictionResult]], Any]) -> BatchPostprocess:
+    """A per-element postprocess as a batch's: one output per element; an element whose ``fn``
+    raises is rejected with the exception's repr as its reason."""
+
+    def batch(pairs: Pairs) -> Postprocessed:
+        outputs: list[Any] = []
+        rejected: list[tuple[Any, str]] = []
+        for pair in pairs:
+            try:
+                outputs.append(fn(pair))
+            except Exception as e:  # this element's, routed to FAILED_POSTPROCESSING
+                rejected.append((pair[0], repr(e)))
+        return Postprocessed(outputs, rejected)
+
+    return batch
 
 
 class _Called(NamedTuple):
@@ -53,7 +86,7 @@ class _InferBatches(LookaheadDoFn):
     def __init__(
         self,
         handler: ModelHandler[Any, Any, Any],
-        postprocess: Callable[[tuple[Any, PredictionResult]], Any],
+        postprocess: BatchPostprocess,
         calls_in_flight: int,
         model_tag: str,
     ) -> None:
@@ -114,26 +147,25 @@ class _InferBatches(LookaheadDoFn):
             for key, _ in batch:
                 yield beam.pvalue.TaggedOutput(FAILED_CALLS, (key, repr(called.error)))
             return
-        for (key, example), prediction in zip(batch, called.predictions, strict=True):
-            result = (
-                prediction
-                if isinstance(prediction, PredictionResult)
-                else PredictionResult(example, prediction)
-            )
-            try:
-                yield self._postprocess((key, result))
-            except Exception as e:  # this element's, routed to FAILED_POSTPROCESSING
-                yield beam.pvalue.TaggedOutput(FAILED_POSTPROCESSING, (key, repr(e)))
+        pairs = [
+            (key, p if isinstance(p, PredictionResult) else PredictionResult(example, p))
+            for (key, example), p in zip(batch, called.predictions, strict=True)
+        ]
+        done = self._postprocess(pairs)
+        yield from done.outputs
+        for rejected in done.rejected:
+            yield beam.pvalue.TaggedOutput(FAILED_POSTPROCESSING, rejected)
 
 
 class PipelinedInference(beam.PTransform):
-    """(key, example) -> tagged outputs (module docstring); ``postprocess`` maps
-    (key, PredictionResult) to the main output and may raise to reject one element."""
+    """(key, example) -> tagged outputs (module docstring); ``postprocess`` maps a batch's
+    (key, PredictionResult) pairs to main outputs and rejected elements (``each`` adapts a
+    per-element function)."""
 
     def __init__(
         self,
         handler: ModelHandler[Any, Any, Any],
-        postprocess: Callable[[tuple[Any, PredictionResult]], Any],
+        postprocess: BatchPostprocess,
         *,
         model_tag: str,
         calls_in_flight: int = 2,

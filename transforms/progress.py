@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -24,18 +24,23 @@ _LOCK = threading.Lock()
 _TALLIES: dict[str, list[float]] = {}  # key -> [count, started, last printed]
 
 
+def _one(element: Any) -> int:
+    return 1
+
+
 class _Count(beam.DoFn):
-    def __init__(self, stage: str, what: str, every_s: float) -> None:
-        self.stage, self.what, self.every_s = stage, what, every_s
+    def __init__(self, stage: str, what: str, every_s: float, weight: Callable[[Any], int]) -> None:
+        self.stage, self.what, self.every_s, self.weight = stage, what, every_s, weight
         self.key = uuid.uuid4().hex  # one tally per pipeline, not per process lifetime
         self.counter = Metrics.counter(stage, "progress")
 
     def process(self, element: Any) -> Iterable[None]:
-        self.counter.inc()
+        n = self.weight(element)
+        self.counter.inc(n)
         now = time.monotonic()
         with _LOCK:
             tally = _TALLIES.setdefault(self.key, [0, now, now])
-            tally[0] += 1
+            tally[0] += n
             due = now - tally[2] >= self.every_s
             if due:
                 tally[2] = now
@@ -47,12 +52,21 @@ class _Count(beam.DoFn):
 
 
 class LogProgress(beam.PTransform):
-    """Counts and periodically reports the elements of a PCollection; outputs nothing."""
+    """Counts and periodically reports the elements of a PCollection (``weight``: how many things
+    an element holds, e.g. a batch's rows; default 1); outputs nothing."""
 
-    def __init__(self, stage: str, what: str, every_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        stage: str,
+        what: str,
+        every_s: float = 15.0,
+        weight: Callable[[Any], int] = _one,
+    ) -> None:
         super().__init__()
         # 15 s: a line a user notices on a terminal, without flooding a worker's log.
-        self.stage, self.what, self.every_s = stage, what, every_s
+        self.stage, self.what, self.every_s, self.weight = stage, what, every_s, weight
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return pcoll | "Count" >> beam.ParDo(_Count(self.stage, self.what, self.every_s))
+        return pcoll | "Count" >> beam.ParDo(
+            _Count(self.stage, self.what, self.every_s, self.weight)
+        )
