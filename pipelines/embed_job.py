@@ -4,16 +4,17 @@
     per listing) -> PhotosToRead (transforms/change_detection.py: the catalog's photos, folder
     listings, the earlier partitions' keys and the earlier runs' metadata state, joined as Arrow
     tables in hash buckets; never a byte of an unchanged photo, never an element per unchanged
-    photo) -> ReadPhotos (read and hash; a sha256 the slot already has is skipped before any
-    decoding; else the safe Pillow decoder, once per photo; all three in threads ahead of the
-    model step) ->
+    photo) -> Batch (model batches of photos to read) -> ReadPhotos (read and hash; a sha256 the
+    slot already has is skipped before any decoding; else the safe Pillow decoder, once per
+    photo; all three in threads ahead of the model step) ->
     Inference (transforms/pipelined_inference.py: batches of uint8 pixels through the model's
     pixel signature, the next batch's call in flight; each batch's vectors re-normalised or
     rejected and made into one Arrow table of contract rows, ``_BatchRows``) -> WriteEmbeddings
     (+ WriteState: this run's state snapshot, metadata key -> sha256 of every photo that has an
     embedding row: those skipped, those recognised after the read, those embedded today)
 
-After the model, a batch of photos is one element (an Arrow table), not one per photo: at 112k
+From the batching before the read to the rows, a batch of photos is one element (after the model,
+an Arrow table), not one per photo: at 112k
 photos on 2 cores, Beam's per-photo steps and the pickled row dicts of the shard shuffle took
 CPU from the model (BENCHMARKS.md, "Embed job").
 
@@ -134,9 +135,6 @@ def build(
         state_checked=plan.checked,
     )
     to_read, kept = selected.to_read, selected.kept
-    read = to_read | "ReadPhotos" >> beam.ParDo(
-        _ReadPhoto(model.image_size, s.decode_threads)
-    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, COUNTS_TAG, main="images")
     model_uri = paths.embedder_dir(s.workdir, model.version)
     handler = EmbedderModelHandler(
         model_uri,
@@ -145,12 +143,22 @@ def build(
         large_model=s.large_model,
         intra_op_threads=s.intra_op_threads,
     )
+    # Batched before the read, so that a batch stays one element from here to its rows.
+    read = (
+        to_read
+        | "Batch" >> beam.BatchElements(**handler.batch_elements_kwargs())
+        | "ReadPhotos"
+        >> beam.ParDo(_ReadPhotos(model.image_size, s.decode_threads)).with_outputs(
+            DEAD_LETTER_TAG, STATE_TAG, COUNTS_TAG, main="images"
+        )
+    )
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     inferred = read.images | "Inference" >> PipelinedInference(
         handler,
         _BatchRows(model.version, model.embedding_dim, created_at, s.catalog),
         model_tag=model_uri,
         calls_in_flight=MODEL_CALLS_IN_FLIGHT,
+        batched=True,
     )
     embedded = inferred.predictions  # one _Embedded per model batch
     _ = embedded | "Progress" >> LogProgress(STAGE, "images embedded", weight=_rows_of)
@@ -215,20 +223,24 @@ def build(
 # ------------------------------------------------------------------ steps
 
 
-class _ReadPhoto(LookaheadDoFn):
-    """PhotoToRead -> (EmbedKey, uint8 pixels), unless its bytes hash to a sha256 the slot already has.
+class _ReadPhotos(LookaheadDoFn):
+    """A batch of PhotoToRead -> one model batch of (EmbedKey, uint8 pixels): every photo of it
+    unless its bytes hash to a sha256 the slot already has, or it cannot be read or decoded.
 
     One step reads, hashes and decodes (same size cap and dead-letter reasons as
-    ``ReadImageBytes`` and ``DecodeImages``), in ``threads`` pool threads ahead of the model
-    step (``transforms/lookahead.py``): the reads and decodes of the next photos overlap the
-    current batch's model call instead of taking turns with it. A photo read under a metadata
-    key gets a state row: here when its sha256 is known (``state``), else from ``_BatchRows`` once
-    its embedding row is made (the key rides along in ``EmbedKey``), so a photo dead-lettered after
+    ``ReadImageBytes`` and ``DecodeImages``), a batch at a time in ``threads`` pool threads
+    ahead of the model step (``transforms/lookahead.py``): the reads and decodes of the next
+    batches overlap the current batch's model call instead of taking turns with it, and no Beam
+    step runs per photo between the batching and the rows. A photo read under a metadata key gets
+    a state row: here when its sha256 is known (``state``), else from ``_BatchRows`` once its
+    embedding row is made (the key rides along in ``EmbedKey``), so a photo dead-lettered after
     the read is read again the next day rather than remembered.
     """
 
+    BATCHES_AHEAD = 2  # two model batches decoded ahead (~3.5 MB of pixels at 96 px)
+
     def __init__(self, image_size: int, threads: int) -> None:
-        super().__init__(threads)
+        super().__init__(threads, lookahead=self.BATCHES_AHEAD)
         self._image_size = image_size
 
     def setup(self) -> None:
@@ -237,7 +249,10 @@ class _ReadPhoto(LookaheadDoFn):
         self._reads = counter(METRICS_NAMESPACE, "images_read")
         self._decoded = counter(METRICS_NAMESPACE, "images_decoded")
 
-    def work(self, photo: PhotoToRead) -> _Read:
+    def work(self, batch: list[PhotoToRead]) -> list[_Read]:
+        return [self._read(photo) for photo in batch]
+
+    def _read(self, photo: PhotoToRead) -> _Read:
         try:
             data = read_images.read_limited(photo.uri, read_images.DEFAULT_MAX_BYTES)
         except (storage.StorageError, ValueError) as e:
@@ -248,28 +263,32 @@ class _ReadPhoto(LookaheadDoFn):
         pixels = read_images.decode_or_error(data, self._image_size, images.DEFAULT_MAX_PIXELS)
         return _Read(sha256=sha, pixels=pixels)
 
-    def outputs(self, photo: PhotoToRead, read: _Read) -> Iterator[Any]:
-        self._reads.inc()
-        if read.error:
-            yield dead_letter(STAGE, read.error, photo.listing_id, photo.uri)
-            return
-        if read.pixels is None:
-            yield tally("skipped_unchanged")  # new metadata, same bytes
-            if photo.meta_key:
-                state = _state_row(
-                    photo.listing_id, photo.image_index, photo.uri, photo.meta_key, read.sha256
+    def outputs(self, batch: list[PhotoToRead], reads: list[_Read]) -> Iterator[Any]:
+        self._reads.inc(len(batch))
+        decoded: list[tuple[EmbedKey, np.ndarray]] = []
+        for photo, read in zip(batch, reads, strict=True):
+            if read.error:
+                yield dead_letter(STAGE, read.error, photo.listing_id, photo.uri)
+            elif read.pixels is None:
+                yield tally("skipped_unchanged")  # new metadata, same bytes
+                if photo.meta_key:
+                    state = _state_row(
+                        photo.listing_id, photo.image_index, photo.uri, photo.meta_key, read.sha256
+                    )
+                    yield beam.pvalue.TaggedOutput(STATE_TAG, state)
+            elif isinstance(read.pixels, images.ImageError):
+                ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
+                reason = read_images.decode_reason(ref, read.pixels)
+                yield dead_letter(STAGE, reason, photo.listing_id, photo.uri)
+            else:
+                # What rides along with the pixels to the row.
+                key = EmbedKey(
+                    photo.listing_id, photo.image_index, photo.uri, read.sha256, photo.meta_key
                 )
-                yield beam.pvalue.TaggedOutput(STATE_TAG, state)
-            return
-        ref = ImageRef(photo.listing_id, photo.image_index, photo.uri, "listing")
-        if isinstance(read.pixels, images.ImageError):
-            reason = read_images.decode_reason(ref, read.pixels)
-            yield dead_letter(STAGE, reason, photo.listing_id, photo.uri)
-            return
-        self._decoded.inc()
-        # Keyed for the inference step: what rides along with the pixels to the row.
-        key = EmbedKey(photo.listing_id, photo.image_index, photo.uri, read.sha256, photo.meta_key)
-        yield key, read.pixels
+                decoded.append((key, read.pixels))
+        self._decoded.inc(len(decoded))
+        if decoded:
+            yield decoded
 
 
 class _Read(NamedTuple):

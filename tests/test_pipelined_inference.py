@@ -93,3 +93,27 @@ def test_every_element_once_with_its_own_prediction_or_its_failure(calls_in_flig
             equal_to([True]),
             label="one batch",
         )
+
+
+def test_batches_made_upstream_are_called_as_they_come() -> None:
+    """``batched=True``: each input list is one model call (the embed job batches before its
+    reads); a failing call fails only its own list."""
+    batches = [[(f"k{x}", x) for x in range(i, i + 4)] for i in range(0, 16, 4)]  # 12..15: 13
+    with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions()) as p:
+        out = (
+            p
+            | beam.Create(batches)
+            | PipelinedInference(
+                _Doubler(), each(_postprocess), model_tag="doubler-batched", batched=True
+            )
+        )
+        assert_that(
+            out.predictions,
+            equal_to([(f"k{x}", 2 * x) for x in range(12) if x != 7]),
+            label="predictions",
+        )
+        assert_that(
+            out[FAILED_CALLS] | "Keys" >> beam.Map(lambda kv: kv[0]),
+            equal_to(["k12", "k13", "k14", "k15"]),
+            label="the list with 13",
+        )

@@ -22,6 +22,9 @@ bounds. Elements are (key, example); outputs are tagged:
 * ``failed_postprocessing``: (key, reason) for an element ``postprocess`` rejected (with
   ``each``: the repr of what ``fn`` raised for it).
 
+With ``batched=True`` the input is already batches (lists of (key, example), e.g. photos batched
+before their read so that no step runs per photo), and the handler's batching is skipped.
+
 Distributions in the handler's metrics namespace: ``batch_size``, ``inference_ms`` (per call)
 and ``load_model_latency_milli_secs`` (per load, as RunInference names it).
 """
@@ -169,6 +172,7 @@ class PipelinedInference(beam.PTransform):
         *,
         model_tag: str,
         calls_in_flight: int = 2,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         if calls_in_flight < 1:
@@ -177,13 +181,14 @@ class PipelinedInference(beam.PTransform):
         self._postprocess = postprocess
         self._tag = model_tag
         self._calls = calls_in_flight
+        self._batched = batched
 
     def expand(self, keyed: beam.PCollection) -> Any:
-        return (
+        batches = (
             keyed
-            | "Batch" >> beam.BatchElements(**self._handler.batch_elements_kwargs())
-            | "Infer"
-            >> beam.ParDo(
-                _InferBatches(self._handler, self._postprocess, self._calls, self._tag)
-            ).with_outputs(FAILED_CALLS, FAILED_POSTPROCESSING, main="predictions")
+            if self._batched
+            else keyed | "Batch" >> beam.BatchElements(**self._handler.batch_elements_kwargs())
         )
+        return batches | "Infer" >> beam.ParDo(
+            _InferBatches(self._handler, self._postprocess, self._calls, self._tag)
+        ).with_outputs(FAILED_CALLS, FAILED_POSTPROCESSING, main="predictions")
