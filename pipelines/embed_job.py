@@ -144,14 +144,10 @@ def build(
         intra_op_threads=s.intra_op_threads,
     )
     # Batched before the read, so that a batch stays one element from here to its rows.
-    read = (
-        to_read
-        | "Batch" >> beam.BatchElements(**handler.batch_elements_kwargs())
-        | "ReadPhotos"
-        >> beam.ParDo(_ReadPhotos(model.image_size, s.decode_threads)).with_outputs(
-            DEAD_LETTER_TAG, STATE_TAG, COUNTS_TAG, main="images"
-        )
-    )
+    batches = to_read | "Batch" >> beam.BatchElements(**handler.batch_elements_kwargs())
+    read = batches | "ReadPhotos" >> beam.ParDo(
+        _ReadPhotos(model.image_size, s.decode_threads)
+    ).with_outputs(DEAD_LETTER_TAG, STATE_TAG, COUNTS_TAG, main="images")
     created_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     inferred = read.images | "Inference" >> PipelinedInference(
         handler,
@@ -203,7 +199,7 @@ def build(
         catalog[COUNTS_TAG],
         selected.counts,
         read[COUNTS_TAG],
-        to_read | "TallyToRead" >> CountAs(("images", "images_read")),
+        batches | "TallyToRead" >> SumAs(("images", "images_read"), len),
         kept
         | "TallyKept"
         >> SumAs(
