@@ -169,6 +169,9 @@ def build(
             model.embedding_dim,
             s.num_shards,
             directory=staging.rows,
+            # Shards sized by the photos read (an upper bound of the rows): counted before the
+            # reads, so rows need not all be held before the first is keyed to its shard.
+            expected_rows=selected.to_read_total,
         )
     )
     state_written = (
@@ -199,7 +202,7 @@ def build(
         catalog[COUNTS_TAG],
         selected.counts,
         read[COUNTS_TAG],
-        batches | "TallyToRead" >> SumAs(("images", "images_read"), len),
+        selected.to_read_total | "TallyToRead" >> SumAs(("images", "images_read"), int),
         kept
         | "TallyKept"
         >> SumAs(

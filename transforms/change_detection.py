@@ -78,6 +78,7 @@ KNOWN = pa.schema(
 )
 STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
 KEPT = "kept"  # Select's output of the skipped photos' state rows
+TO_READ_ROWS = "to_read_rows"  # Select's output: how many photos of a bucket must be read
 
 
 class PhotosSelected(NamedTuple):
@@ -86,6 +87,9 @@ class PhotosSelected(NamedTuple):
     to_read: beam.PCollection  # PhotoToRead
     kept: beam.PCollection  # (bucket, PackedTable of state rows): the photos skipped
     counts: beam.PCollection  # (name, n): files stat'ed and objects listed (job_counts)
+    # One int: how many photos to_read holds, summed before the shuffle that spreads the reads,
+    # so a step after the reads can take it as a side input and still fuse with them.
+    to_read_total: beam.PCollection
 
 
 class PhotoToRead(NamedTuple):
@@ -289,6 +293,7 @@ class _Select(beam.DoFn):
             yield beam.pvalue.TaggedOutput(KEPT, (bucket, PackedTable(kept)))
         if to_read.num_rows == 0:
             return
+        yield beam.pvalue.TaggedOutput(TO_READ_ROWS, to_read.num_rows)
         # The slot's known sha256s ride along: new metadata over old bytes is caught after the read.
         slots = to_read.select(SLOT).group_by(SLOT).aggregate([])
         ours = known.join(slots, SLOT, join_type="left semi", use_threads=False)
@@ -345,10 +350,14 @@ def PhotosToRead(  # noqa: N802
     selected = (
         {"photos": photos, "known": known, "state": state}
         | "JoinKnown" >> beam.CoGroupByKey()
-        | "Select" >> beam.ParDo(_Select(state_checked)).with_outputs(KEPT, main="to_read")
+        | "Select"
+        >> beam.ParDo(_Select(state_checked)).with_outputs(KEPT, TO_READ_ROWS, main="to_read")
     )
     counts = (split[COUNTS_TAG], keyed[COUNTS_TAG]) | "AllCounts" >> beam.Flatten()
     # A bucket yields up to all its photos (a full run): spread the reads over workers.
     return PhotosSelected(
-        selected.to_read | "SpreadReads" >> beam.Reshuffle(), selected[KEPT], counts
+        selected.to_read | "SpreadReads" >> beam.Reshuffle(),
+        selected[KEPT],
+        counts,
+        selected[TO_READ_ROWS] | "ToReadTotal" >> beam.CombineGlobally(sum),
     )

@@ -93,7 +93,9 @@ class _WriteShard(beam.DoFn):
 
 class WriteEmbeddings(beam.PTransform):
     """Write tables of embedding rows (``PackedTable`` of ``core.embeddings.schema``) as Parquet
-    shards; outputs (uri, rows) per file written.
+    shards; outputs (uri, rows) per file written. ``expected_rows`` (one int, e.g. the photos a
+    job reads) sizes the shards instead of the rows' own count, so rows stream into the shard
+    shuffle as they come.
 
     ``directory`` defaults to the day's partition; the embed job passes a staging folder and
     publishes the files only after its bad-fraction check passed.
@@ -109,6 +111,7 @@ class WriteEmbeddings(beam.PTransform):
         *,
         directory: str | None = None,
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        expected_rows: beam.PCollection | None = None,
     ) -> None:
         super().__init__()
         if num_shards < 0:
@@ -117,15 +120,21 @@ class WriteEmbeddings(beam.PTransform):
         self._dim = dim
         self._num_shards = num_shards
         self._rows_per_shard = rows_per_shard
+        self._expected_rows = expected_rows
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         fixed, per_shard = self._num_shards, self._rows_per_shard
-        total = (
-            tables
+        # Sized by the rows, or by ``expected_rows`` when given: counting the rows themselves
+        # makes every row wait for the last before any is keyed (a side input computed from the
+        # same PCollection: the runner must hold all of them first).
+        rows = (
+            self._expected_rows
+            if self._expected_rows is not None
+            else tables
             | "RowsOfTable" >> beam.Map(lambda t: t.table.num_rows)
             | "CountRows" >> beam.CombineGlobally(sum)
-            | "NumShards" >> beam.Map(lambda n: fixed or shards_for(n, per_shard))
         )
+        total = rows | "NumShards" >> beam.Map(lambda n: fixed or shards_for(n, per_shard))
         return (
             tables
             | "KeyByShard" >> beam.FlatMap(split_by_shard, beam.pvalue.AsSingleton(total))
