@@ -16,7 +16,8 @@ match": right first results score a median 0.85, inside the best scores of unsol
 
 * the localiser's confidence that the photo shows an item at all (noise, a room, a product of
   another style score low): ``item_threshold`` is its ``ITEM_QUANTILE`` percentile over the
-  held-out photos, every one of which shows a sold item;
+  held-out photos, every one of which shows a sold item (lower when that alone would flag more
+  than ``MAX_RIGHT_FIRST_FLAGGED`` of the right first results: a small held-out set);
 * the best score: the highest threshold that, with the item rule, flags at most
   ``MAX_RIGHT_FIRST_FLAGGED`` of the searches whose first result is right (the stated rate: a
   flag that fires on right answers is one no app can use).
@@ -169,6 +170,16 @@ def score_threshold_for(top: np.ndarray, item_flagged: np.ndarray, budget: float
     return between(top, best)
 
 
+def item_cut(item: np.ndarray, right: np.ndarray, max_flagged: float) -> float:
+    """The item confidence below which a photo is flagged: its ``ITEM_QUANTILE`` percentile over
+    the held-out photos, lowered when that alone would flag more than ``max_flagged`` of the
+    right first results (few of them, one of which shows its item faintly: 1 of 3 was flagged)."""
+    quantile = float(np.quantile(item, ITEM_QUANTILE))
+    ranked = np.sort(item[right])
+    allowed = int(np.floor(max_flagged * len(ranked) + 1e-9))  # right first photos it may flag
+    return min(quantile, float(ranked[allowed])) if allowed < len(ranked) else quantile
+
+
 def from_scores(
     scores: PhotoScores,
     target: float,
@@ -182,13 +193,18 @@ def from_scores(
     usable_item = scores.item is not None and bool(np.isfinite(scores.item).all())
     if usable_item and right.any():
         assert scores.item is not None
-        quantile = float(np.quantile(scores.item, ITEM_QUANTILE))
-        t_item: float | None = between(scores.item, quantile)
+        cut = item_cut(scores.item, right, max_flagged)
+        t_item: float | None = between(scores.item, cut)
+        which = (
+            f"its {ITEM_QUANTILE:.0%} percentile here"
+            if cut == float(np.quantile(scores.item, ITEM_QUANTILE))
+            else f"under its {ITEM_QUANTILE:.0%} percentile, which alone flagged more"
+        )
         item_ok = scores.item >= t_item
         t = score_threshold_for(scores.top[right], ~item_ok[right], max_flagged)
         rule = (
             f"flag when the best score < {t:.4f} or the localiser's item confidence < "
-            f"{t_item:.4f} (its {ITEM_QUANTILE:.0%} percentile here), chosen to flag at most "
+            f"{t_item:.4f} ({which}), chosen to flag at most "
             f"{max_flagged:.0%} of right first results"
         )
         target_far: float | None = None

@@ -143,6 +143,32 @@ def test_the_two_signal_rule_flags_the_stated_share_of_right_answers() -> None:
     assert served.no_match(c.threshold - 0.01, 0.99) is True
 
 
+def test_the_item_rule_alone_never_flags_more_right_first_results_than_stated() -> None:
+    """Few right first results (3 of 20 held-out photos, as on a tiny catalog), one of them the
+    photo with the faintest item: the 5th percentile would flag it, a third of the right first
+    results. The item cut goes under it instead, and the stated share holds."""
+    rng = np.random.default_rng(3)
+    n = 20
+    item = rng.uniform(0.4, 0.9, n)
+    right = np.zeros(n, bool)
+    right[[0, 5, 9]] = True
+    item[0] = 0.1  # the faintest item of all is a right first result
+    top = rng.uniform(0.8, 0.95, n)
+    c = calibrate.from_scores(
+        calibrate.PhotoScores(top, right, top - 0.02, item), calibrate.TARGET_FALSE_ACCEPT_RATE, "t"
+    )
+    assert c.item_threshold is not None and c.item_threshold < 0.1
+    assert c.right_first_flagged <= calibrate.MAX_RIGHT_FIRST_FLAGGED
+    assert "which alone flagged more" in c.method
+    # With many right first results the 5th percentile stands, as before.
+    right[:] = True
+    c = calibrate.from_scores(
+        calibrate.PhotoScores(top, right, top - 0.02, item), calibrate.TARGET_FALSE_ACCEPT_RATE, "t"
+    )
+    assert c.item_threshold is not None and c.item_threshold > 0.1
+    assert "its 5% percentile here" in c.method
+
+
 def test_build_index_stores_the_calibration_and_its_error_rates(
     built: str, tiny_catalog: str
 ) -> None:
