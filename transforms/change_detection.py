@@ -53,7 +53,7 @@ from core import embeddings, embedstate, objectmeta, storage
 from core.hashing import column_hash, column_hashes
 from core.runs import METRICS_NAMESPACE
 from transforms.job_counts import COUNTS_TAG, tally
-from transforms.packed_table import PackedTable
+from transforms.packed_table import PackedTable, split_by
 
 # A bucket is joined in one worker's memory: ~100 listings' worth of bytes per photo row, so
 # 100k listings (~500k photos) is ~50 MB of keys, and 100M listings make 1,000 buckets.
@@ -116,12 +116,7 @@ def split_by_bucket(
     if buckets == 1:
         yield 0, PackedTable(table)
         return
-    of = column_hashes(table.column(column)) % np.uint64(buckets)
-    order = np.argsort(of, kind="stable")
-    ids, starts = np.unique(of[order], return_index=True)
-    ends = [*starts[1:], len(order)]
-    for b, start, end in zip(ids, starts, ends, strict=True):
-        yield int(b), PackedTable(table.take(pa.array(order[start:end])))
+    yield from split_by(table, column_hashes(table.column(column)) % np.uint64(buckets))
 
 
 def bucket_of(listing_id: str, buckets: int) -> int:

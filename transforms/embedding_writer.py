@@ -29,7 +29,7 @@ from core import embeddings, embedstate, paths, storage
 from core.hashing import stable_hash
 from core.runs import METRICS_NAMESPACE
 from transforms.change_detection import split_by_bucket
-from transforms.packed_table import PackedTable
+from transforms.packed_table import PackedTable, split_by
 
 Row = Mapping[str, Any]
 ROW_ORDER = [("listing_id", "ascending"), ("image_index", "ascending")]
@@ -57,12 +57,8 @@ def split_by_shard(
         return
     ids = table.column("listing_id").to_pylist()
     of = np.fromiter((shard_of(i, num_shards) for i in ids), np.int64, len(ids))
-    order = np.argsort(of, kind="stable")
-    shards, starts = np.unique(of[order], return_index=True)
-    ends = [*starts[1:], len(order)]
-    for shard, start, end in zip(shards, starts, ends, strict=True):
-        rows = table if len(shards) == 1 else table.take(pa.array(order[start:end]))
-        yield (int(shard), num_shards), PackedTable(rows)
+    for shard, rows in split_by(table, of):
+        yield (shard, num_shards), rows
 
 
 def sorted_rows(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:

@@ -19,8 +19,10 @@ kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 COMPRESSION = "zstd"
@@ -43,6 +45,19 @@ class PackedTable:
 
     def __repr__(self) -> str:
         return f"PackedTable({self.table.num_rows} rows)"
+
+
+def split_by(table: pa.Table, groups: np.ndarray) -> Iterator[tuple[int, PackedTable]]:
+    """(group, rows of ``table`` in it) for every group that has rows, ``groups`` holding each
+    row's group (an int); each packed for the shuffle that brings a group's tables together."""
+    order = np.argsort(groups, kind="stable")
+    ids, starts = np.unique(groups[order], return_index=True)
+    if len(ids) == 1:  # one group: the table as it is, no copy
+        yield int(ids[0]), PackedTable(table)
+        return
+    ends = [*starts[1:], len(order)]
+    for group, start, end in zip(ids, starts, ends, strict=True):
+        yield int(group), PackedTable(table.take(pa.array(order[start:end])))
 
 
 def pack(table: pa.Table) -> bytes:
