@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,10 +69,6 @@ class Snapshot(NamedTuple):
     day: dt.date
     files: list[str]
     basis: dict[str, str]  # embedding partition day (ISO) -> its commit id when state was made
-
-
-def write(uri: str, rows: Sequence[Mapping[str, Any]]) -> int:
-    return write_table(uri, pa.Table.from_pylist([dict(r) for r in rows], schema=SCHEMA))
 
 
 def write_table(uri: str, table: pa.Table) -> int:
