@@ -170,14 +170,17 @@ def score_threshold_for(top: np.ndarray, item_flagged: np.ndarray, budget: float
     return between(top, best)
 
 
-def item_cut(item: np.ndarray, right: np.ndarray, max_flagged: float) -> float:
+def item_cut(item: np.ndarray, right: np.ndarray, max_flagged: float) -> tuple[float, bool]:
     """The item confidence below which a photo is flagged: its ``ITEM_QUANTILE`` percentile over
     the held-out photos, lowered when that alone would flag more than ``max_flagged`` of the
-    right first results (few of them, one of which shows its item faintly: 1 of 3 was flagged)."""
+    right first results (few of them, one of which shows its item faintly: 1 of 3 was flagged);
+    and whether it was lowered."""
     quantile = float(np.quantile(item, ITEM_QUANTILE))
     ranked = np.sort(item[right])
     allowed = int(np.floor(max_flagged * len(ranked) + 1e-9))  # right first photos it may flag
-    return min(quantile, float(ranked[allowed])) if allowed < len(ranked) else quantile
+    if allowed < len(ranked) and ranked[allowed] < quantile:
+        return float(ranked[allowed]), True
+    return quantile, False
 
 
 def from_scores(
@@ -193,12 +196,12 @@ def from_scores(
     usable_item = scores.item is not None and bool(np.isfinite(scores.item).all())
     if usable_item and right.any():
         assert scores.item is not None
-        cut = item_cut(scores.item, right, max_flagged)
+        cut, lowered = item_cut(scores.item, right, max_flagged)
         t_item: float | None = between(scores.item, cut)
         which = (
-            f"its {ITEM_QUANTILE:.0%} percentile here"
-            if cut == float(np.quantile(scores.item, ITEM_QUANTILE))
-            else f"under its {ITEM_QUANTILE:.0%} percentile, which alone flagged more"
+            f"under its {ITEM_QUANTILE:.0%} percentile, which alone flagged more"
+            if lowered
+            else f"its {ITEM_QUANTILE:.0%} percentile here"
         )
         item_ok = scores.item >= t_item
         t = score_threshold_for(scores.top[right], ~item_ok[right], max_flagged)
