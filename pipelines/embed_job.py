@@ -333,10 +333,10 @@ class _BatchRows:
         self._catalog = catalog
 
     def __call__(self, pairs: Pairs) -> Postprocessed:
-        keys: list[EmbedKey] = [key for key, _ in pairs]
-        predictions: list[Prediction] = [result.inference for _, result in pairs]  # type: ignore[misc]
         if not pairs:
             return Postprocessed([], [])
+        keys: list[EmbedKey] = [key for key, _ in pairs]
+        predictions: list[Prediction] = [result.inference for _, result in pairs]  # type: ignore[misc]
         vectors, reasons = unit_vectors(np.stack([p.embedding for p in predictions]))
         if vectors.shape[1] != self._dim:  # the job's failure: no file downstream could read
             raise ValueError(

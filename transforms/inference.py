@@ -115,16 +115,14 @@ def unit_vectors(vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
     values, or zero norm (the photo goes to ``failed_postprocessing``, its batch mates do not)."""
     v = vectors.astype(np.float64)
     finite: np.ndarray = np.all(np.isfinite(v), axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], v, 0.0), axis=1)
-    reasons = [
-        ""
-        if ok and norm >= MIN_NORM
-        else "embedding has NaN or inf values"
-        if not ok
-        else "embedding has zero norm"
-        for ok, norm in zip(finite.tolist(), norms.tolist(), strict=True)
-    ]
-    unit = np.where(finite[:, None], v, 0.0) / np.maximum(norms, MIN_NORM)[:, None]
+    v[~finite] = 0.0  # rejected below; zeroed so that the arithmetic stays finite
+    norms = np.linalg.norm(v, axis=1)
+    reasons = [""] * len(v)
+    for i in np.flatnonzero(norms < MIN_NORM):
+        reasons[i] = "embedding has zero norm"
+    for i in np.flatnonzero(~finite):
+        reasons[i] = "embedding has NaN or inf values"
+    unit = v / np.maximum(norms, MIN_NORM)[:, None]
     return unit.astype(np.float32), reasons
 
 
