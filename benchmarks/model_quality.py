@@ -8,12 +8,15 @@ Writes the style's section of BENCHMARKS.md, a row of the ablation table, and th
 to benchmarks/plots/model_training_curve_STYLE.png.
 
     python -m benchmarks.model_quality [--style generated|bazaar|phone] [--listings 2000]
-        [--image-size 96] [--set FIELD=VALUE ...] [--out DIR]
+        [--photo-size 96] [--image-size 0] [--set FIELD=VALUE ...] [--out DIR]
+
+``--image-size 0`` (the default) is preprocess's own: chosen from the catalog's photos.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -76,8 +79,6 @@ BAR = 0.8
 
 def _override(config: object, pairs: list[str]) -> object:
     """``--set augment=false --set loss_weights=instance=2`` on a TrainConfig, typed by its defaults."""
-    import dataclasses
-
     from models.config import parse_loss_weights
 
     changes: dict[str, object] = {}
@@ -167,7 +168,18 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--style", choices=STYLES, default="generated", help="which catalog generator")
     ap.add_argument("--listings", type=int, default=2000)
-    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument(
+        "--photo-size",
+        type=int,
+        default=96,
+        help="side of the generated photos (generated and bazaar styles; phone photos keep 256)",
+    )
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=0,
+        help="the model's input size (0: preprocess's default, chosen from the photos)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="bench-output/model_quality")
     ap.add_argument(
@@ -184,7 +196,7 @@ def main(argv: list[str]) -> int:
 
     from core import paths
     from core.runs import Counts
-    from models import dataset
+    from models import artifact, dataset
     from models.baselines import colour_histogram
     from models.config import TrainConfig
     from models.retrieval_eval import retrieval_metrics
@@ -206,7 +218,7 @@ def main(argv: list[str]) -> int:
             generate_phone_catalog(cat, listings=args.listings, days=1, seed=args.seed)
         else:
             draw = generate_bazaar_catalog if args.style == "bazaar" else generate_catalog
-            draw(cat, listings=args.listings, days=1, seed=args.seed, image_size=args.image_size)
+            draw(cat, listings=args.listings, days=1, seed=args.seed, image_size=args.photo_size)
     t_gen = time.perf_counter() - t0
     pre = preprocess(
         PreprocessSettings(catalog=cat, date=DATE, workdir=work, image_size=args.image_size)
@@ -215,6 +227,9 @@ def main(argv: list[str]) -> int:
     config = _override(TrainConfig(workdir=work, date=DATE, image_size=args.image_size), args.set)
     assert isinstance(config, TrainConfig)
     result = train(config)
+    # The size and epochs train settled on (preprocess's size; --epochs 0 = by that size).
+    used = json.loads(storage.read_text(artifact.config_uri(work, result.version)))["train_config"]
+    config = dataclasses.replace(config, image_size=used["image_size"], epochs=used["epochs"])
     metrics = json.loads(
         storage.read_text(storage.join(paths.model_dir(work, result.version), "metrics.json"))
     )
@@ -258,7 +273,7 @@ def main(argv: list[str]) -> int:
         f"{k.removesuffix('_accuracy')} {v:.2f}" for k, v in ours.items() if k.endswith("_accuracy")
     )
     weights = ", ".join(f"{n} {w:g}" for n, w in config.loss_weights)
-    body = f"""## Model quality ({args.style} catalog, {args.listings} listings, {args.image_size}x{args.image_size}, `{config.backbone}`, CPU, default flags)
+    body = f"""## Model quality ({args.style} catalog, {args.listings} listings, {config.image_size}x{config.image_size}, `{config.backbone}`, CPU, default flags)
 
 `python -m benchmarks.model_quality --style {args.style} --listings {args.listings}` - catalog seed {args.seed};
 preprocess {pre.ok} images in {pre.wall_s:.0f} s (TF Transform, DirectRunner); training

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from core import paths, runs, storage
 from models import artifact, dataset
-from models.config import INSTANCE_HEAD, TrainConfig
+from models.config import INSTANCE_HEAD, TrainConfig, default_epochs
 from models.export import export_embedder, head_vocabulary
 from models.features import IMAGE_KEY, LABEL_KEYS
 from models.instances import instance_classes
@@ -36,7 +36,8 @@ def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
 
 def with_input_size(config: TrainConfig, tft_output: tft.TFTransformOutput) -> TrainConfig:
     """The config with the preprocessed images' side as the model's input size (set once, by
-    preprocess); a config that names another size is refused."""
+    preprocess), and ``--epochs 0`` made that size's default; a config that names another size is
+    refused."""
     shape = tuple(tft_output.transformed_feature_spec()[IMAGE_KEY].shape)
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
         raise ValueError(f"the preprocessed images are {shape}, not square RGB")
@@ -44,7 +45,10 @@ def with_input_size(config: TrainConfig, tft_output: tft.TFTransformOutput) -> T
         raise ValueError(
             f"image_size {config.image_size} does not match the preprocessed images {shape}"
         )
-    return dataclasses.replace(config, image_size=int(shape[0]))
+    size = int(shape[0])
+    return dataclasses.replace(
+        config, image_size=size, epochs=config.epochs or default_epochs(size)
+    )
 
 
 def model_version(config: TrainConfig, data_fingerprint: str) -> str:

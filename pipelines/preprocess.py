@@ -19,6 +19,7 @@ later, in another process, after a Flex Template launch (``vsearch finish prepro
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from core import paths, runs, storage
 from core.runs import Counts
 from core.settings import ALLOWED_BUCKETS, CATALOG, DATE_STR, WORKDIR, doc
-from pipelines import job_record
+from pipelines import input_size, job_record
 from pipelines.job_record import JobRecord, Launched
 
 STAGE = "preprocess"
@@ -36,9 +37,8 @@ ROWS = "preprocess_rows"
 REJECTED_ROWS = "preprocess_rejected_catalog_rows"
 BAD_IMAGES = "preprocess_bad_images"
 UNSAMPLED = "preprocess_images_not_sampled"
-# The model input size and the rare-class cut of models.features (tests/test_cli.py checks that
-# these equal features.DEFAULT_IMAGE_SIZE / DEFAULT_MIN_CLASS_COUNT; importing it needs TF).
-MODEL_IMAGE_SIZE = 96
+# The rare-class cut of models.features (tests/test_cli.py checks that it equals
+# features.DEFAULT_MIN_CLASS_COUNT; importing that module needs TF).
 MIN_CLASS_COUNT = 5
 
 
@@ -47,9 +47,15 @@ class PreprocessSettings:
     catalog: str = field(metadata=CATALOG)
     date: str = field(metadata=DATE_STR)
     workdir: str = field(metadata=WORKDIR)
-    # The model's input size; 96 px keeps CPU training to minutes and still shows pattern detail.
+    # The model's input size. 0 (the default) chooses it from the catalog's buyer photos
+    # (pipelines/input_size.py): 96 px for small photos where the item fills the frame (CPU
+    # training in minutes, pattern detail still visible), 160 px for large phone frames.
     image_size: int = field(
-        default=MODEL_IMAGE_SIZE, metadata=doc("side in pixels of the model's input images")
+        default=0,
+        metadata=doc(
+            "side in pixels of the model's input images (0: from the catalog's photos: 160 when "
+            "the buyer photos' median longer side is >= 200 px, else 96)"
+        ),
     )
     # 20% of listings (and all their reviews) held out for the retrieval test and the gate.
     eval_fraction: float = field(
@@ -86,10 +92,18 @@ def run(
     from pipelines.preprocess_job import run_job  # Beam and TF Transform: only when it runs
 
     s = settings
+    if s.image_size < 0 or 0 < s.image_size < 32:
+        raise ValueError(f"--image-size must be >= 32 (or 0: from the photos), got {s.image_size}")
+    chosen = None
+    if s.image_size == 0:
+        chosen = input_size.measure(s.catalog, s.date, s.allowed_buckets)
+        print(f"[{STAGE}] input size {chosen.reason()}", flush=True)
+        s = dataclasses.replace(s, image_size=chosen.size)
     run_id, _ = job_record.new_run(s.workdir, STAGE, s.date)
     facts = {
         "max_listings": s.max_listings,
         "image_size": s.image_size,
+        "image_size_chosen": chosen.reason() if chosen else "set by --image-size",
         "eval_fraction": s.eval_fraction,
         "output": output_dir(s),
     }

@@ -109,9 +109,11 @@ def test_every_flag_comes_from_a_documented_settings_field() -> None:
 
 def test_preprocess_defaults_are_the_model_features_defaults() -> None:
     from models import features
+    from pipelines import input_size
     from pipelines.preprocess import PreprocessSettings
 
-    assert PreprocessSettings.image_size == features.DEFAULT_IMAGE_SIZE
+    assert PreprocessSettings.image_size == 0  # chosen from the photos
+    assert input_size.SMALL == features.DEFAULT_IMAGE_SIZE
     assert PreprocessSettings.min_class_count == features.DEFAULT_MIN_CLASS_COUNT
 
 
