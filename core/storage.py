@@ -98,6 +98,22 @@ def read_bytes(uri: str) -> bytes:
     return data
 
 
+def read_head(uri: str, n: int) -> bytes:
+    """The first ``n`` bytes of a file (fewer if it is shorter): one ranged GET on GCS."""
+    uri = normalize(uri)
+    try:
+        if is_gcs(uri):
+            bucket, name = gcs.split(uri)
+            blob = gcs.client().bucket(bucket).blob(name)
+            data: bytes = blob.download_as_bytes(start=0, end=n - 1, raw_download=True)
+        else:
+            with open(uri, "rb") as f:
+                data = f.read(n)
+    except Exception as e:  # local and GCS errors differ in type; the message names the URI
+        raise StorageError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
+    return data
+
+
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 

@@ -5,14 +5,14 @@ Where the buyer photos are small square shots with the item filling them (the de
 bazaar styles: 128 px), 96 px is best: 160 px only upsamples them, costs 2.8x the compute and
 lost on the bazaar style (whole-photo hit@10 0.921 vs 0.952). Where they are large phone frames
 with the item at 20-60 % of the side (the phone style: 256 px), 160 px is what lifts the
-held-out buyer photo -> listing hit@10 from 0.37-0.41 (oracle crop at 96 px) to 0.77. So: 160 px
+held-out buyer photos' oracle-crop hit@10 from 0.37-0.41 at 96 px to 0.77 (50 epochs). So: 160 px
 when the buyer photos have the pixels for it (median longer side >= 1.25 x 160 = 200 px, so the
 letterbox only ever shrinks them), else 96 px. Real marketplace photos (phone frames of 1000+ px)
 get 160 px. Training then runs longer (``models.config.default_epochs``: 50 epochs from 160 px).
 
 The measure is a small sample read in this process (the first ``SAMPLE`` review photos of the
-day's snapshot, or the listing photos when it has no reviews): a few hundred image headers, never
-the catalog. A photo that cannot be read or decoded is left out of the sample; the preprocess job
+day's snapshot, or the listing photos when it has no reviews): the first ``HEAD_BYTES`` of each,
+where an image's size is written, never the catalog. A photo that cannot be read or decoded is left out of the sample; the preprocess job
 dead-letters it as it always did.
 """
 
@@ -31,6 +31,7 @@ from core.snapshot import check_row, find_table, iter_rows
 SMALL, LARGE = 96, 160  # the two sizes that won on some catalog style (BENCHMARKS.md)
 MIN_LONGER_SIDE_FOR_LARGE = 200  # 1.25 x LARGE: the letterbox shrinks, never enlarges
 SAMPLE = 200  # photos measured: the median of 200 is stable to a few pixels
+HEAD_BYTES = 256 << 10  # a JPEG's size sits after its EXIF block (at most 64 KiB) and tables
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def _longer_side(uri: str) -> int | None:
     from PIL import Image  # only when measuring
 
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(uri))) as im:
-            return max(im.size)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        with Image.open(io.BytesIO(storage.read_head(uri, HEAD_BYTES))) as im:
+            return max(im.size)  # EXIF rotation swaps the sides, not the longer one
+    except (storage.StorageError, OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -73,3 +73,32 @@ def test_the_rule_is_the_median_longer_side_against_200_px() -> None:
     assert input_size.choose([199, 200, 1000], "review").size == 160  # median 200
     # one huge photo is not the median
     assert input_size.choose([128, 150, 4000], "review").size == 96
+
+
+def _big_jpeg(width: int, height: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "JPEG", quality=95, exif=b"Exif\x00\x00" + b"\x00" * 60_000)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_phone_sized_photo_is_measured_from_its_first_bytes(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    # A 4:3 phone frame of several MB (noise does not compress) behind a 60 KB EXIF block:
+    # its size is read from the first HEAD_BYTES, on the local filesystem and on GCS.
+    photo = _big_jpeg(1600, 1200)
+    assert len(photo) > 4 * input_size.HEAD_BYTES
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    uri = storage.join(base, "reviews", "r1.jpg")
+    storage.write_bytes(uri, photo)
+
+    assert len(storage.read_head(uri, input_size.HEAD_BYTES)) == input_size.HEAD_BYTES
+    assert input_size._longer_side(uri) == 1600
+    assert storage.read_head(uri, 10 * len(photo)) == photo  # a short file: all of it
