@@ -240,10 +240,15 @@ def main(argv: list[str]) -> int:
     workdir = args.workdir or storage.join(root, "work-defaults")
     version = args.model or _only_model(workdir)
     res = run(catalog, workdir, version, args.date)
+    given = (
+        f"--catalog {args.catalog} --workdir {args.workdir}"
+        if args.catalog and args.workdir
+        else f"--style {args.style} --listings {args.listings}"
+    )
     body = (
         f"## Buyer photos: {args.style} catalog, {res['gallery_listings']} listings"
         f"{' - ' + args.label if args.label else ''}\n\n"
-        f"`python -m benchmarks.buyer_photos --style {args.style} --listings {args.listings}`: "
+        f"`python -m benchmarks.buyer_photos {given}`: "
         f"model `{res['model']}`; every review photo searched against all "
         f"{res['gallery_listings']} listings (exact search, a listing scored by its best photo); "
         f"item size = the true box's longer side over the photo's. Milliseconds per query "
