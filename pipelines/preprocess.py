@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shutil
+import sys
 from dataclasses import dataclass, field
 
 from core import paths, runs, storage
@@ -97,7 +98,9 @@ def run(
     chosen = None
     if s.image_size == 0:
         chosen = input_size.measure(s.catalog, s.date, s.allowed_buckets)
-        print(f"[{STAGE}] input size {chosen.reason()}", flush=True)
+        # stderr: Airflow's Beam provider stops reading stderr (where Beam logs the Dataflow
+        # job's id) once a stdout line arrives before the job ends, and never sees the id.
+        print(f"[{STAGE}] input size {chosen.reason()}", file=sys.stderr, flush=True)
         s = dataclasses.replace(s, image_size=chosen.size)
     run_id, _ = job_record.new_run(s.workdir, STAGE, s.date)
     facts = {
