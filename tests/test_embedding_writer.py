@@ -69,33 +69,6 @@ def test_tables_become_sorted_shards_with_each_listing_in_one(tmp_path) -> None:
     assert sorted(seen) == sorted(keys)
 
 
-def test_every_shard_is_reported_once_with_its_rows_when_written_side_by_side(tmp_path) -> None:
-    # More shards than the writer keeps in flight: some are reported from process, the rest
-    # from finish_bundle; each (uri, rows) once, and the counter counts every row once.
-    from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.testing.util import assert_that, equal_to
-
-    keys = [(f"L{i:03d}", k) for i in range(60) for k in range(2)]
-    batches = [_batch(keys[i : i + 16]) for i in range(0, len(keys), 16)]
-    out = str(tmp_path / "rows")
-    expected = []
-    for s in range(7):
-        n = sum(1 for lid, _ in keys if shard_of(lid, 7) == s)
-        expected.append((f"{out}/part-{s:05d}-of-00007.parquet", n))
-    p = beam.Pipeline()
-    written = (
-        p
-        | beam.Create(batches)
-        | WriteEmbeddings(str(tmp_path), "m", "2026-01-01", DIM, 7, directory=out)
-    )
-    assert_that(written, equal_to(expected))
-    result = p.run()
-    result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_name("embedded"))["counters"]
-    assert sum(c.committed for c in counters) == len(keys)
-    assert [pq.read_metadata(uri).num_rows for uri, _ in expected] == [n for _, n in expected]
-
-
 def test_state_tables_are_written_one_file_per_bucket(tmp_path) -> None:
     rows = [
         {

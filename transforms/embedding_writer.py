@@ -18,16 +18,12 @@ The state rows (``WriteState``) travel the same way, split by change-detection b
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils.windowed_value import WindowedValue
 
 from core import embeddings, embedstate, paths, storage
 from core.hashing import stable_hash
@@ -41,7 +37,6 @@ DEFAULT_ROWS_PER_SHARD = (
     50_000  # ~50 MB files at D=256: big enough to read fast, small enough to retry
 )
 WRITE_BATCH_ROWS = 4096
-WRITE_THREADS = 2  # shards written at once (_WriteShard): one per core of a small worker
 
 
 def shard_of(listing_id: str, num_shards: int) -> int:
@@ -75,54 +70,21 @@ def sorted_rows(tables: Iterable[PackedTable], schema: pa.Schema) -> pa.Table:
 
 
 class _WriteShard(beam.DoFn):
-    """Each shard's rows sorted and written as one file, ``WRITE_THREADS`` shards at a time.
-
-    Why threads: sorting and Parquet encoding run in Arrow's C++ without the GIL, and a
-    DirectRunner hands every shard to one bundle: one after another, a 112k-photo day spent the
-    end of its run writing three shards of ~0.9 s each on one core (BENCHMARKS.md, "Embed job").
-    A group's tables are listed in the bundle's own thread (a runner's lazy group iterable reads
-    through that thread's state channel); at most ``WRITE_THREADS`` + 1 shards' rows are held at
-    once; a failed write fails the bundle, as before.
-    """
-
     def __init__(self, directory: str, dim: int) -> None:
         self._directory = directory
         self._dim = dim
-
-    def setup(self) -> None:
-        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write-shard")
-        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded")
-
-    def start_bundle(self) -> None:
-        self._pending: deque[Future[tuple[str, int]]] = deque()
 
     def process(
         self, keyed: tuple[tuple[int, int], Iterable[PackedTable]]
     ) -> Iterator[tuple[str, int]]:
         (shard, total), tables = keyed
-        self._pending.append(self._pool.submit(self._write, shard, total, list(tables)))
-        while len(self._pending) > WRITE_THREADS:
-            yield self._written(self._pending.popleft())
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        while self._pending:
-            yield GlobalWindows.windowed_value(self._written(self._pending.popleft()))
-
-    def teardown(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
-
-    def _written(self, future: Future[tuple[str, int]]) -> tuple[str, int]:
-        uri, n = future.result()
-        self._embedded.inc(n)  # here, not in the pool: Beam's metrics belong to this thread
-        return uri, n
-
-    def _write(self, shard: int, total: int, tables: list[PackedTable]) -> tuple[str, int]:
         rows = sorted_rows(tables, embeddings.schema(self._dim))
         uri = storage.join(self._directory, paths.shard_name(shard, total, ".parquet"))
         n = embeddings.write_parquet(
             uri, rows.to_batches(max_chunksize=WRITE_BATCH_ROWS), self._dim
         )
-        return uri, n
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded").inc(n)
+        yield uri, n
 
 
 class WriteEmbeddings(beam.PTransform):
