@@ -12,14 +12,13 @@ get 160 px. Training then runs longer (``models.config.default_epochs``: 50 epoc
 
 The measure is a small sample read in this process (the first ``SAMPLE`` review photos of the
 day's snapshot, or the listing photos when it has no reviews): the first ``HEAD_BYTES`` of each,
-where an image's size is written, never the catalog. A photo that cannot be read or decoded is left out of the sample; the preprocess job
-dead-letters it as it always did.
+where an image's size is written, never the catalog. A photo that cannot be read or decoded is
+left out of the sample; the preprocess job dead-letters it as it always did.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,8 +26,11 @@ from dataclasses import dataclass
 from core import storage
 from core.catalog import CatalogError, Listing, Review, listing_images, review_image
 from core.snapshot import check_row, find_table, iter_rows
+from models.config import LARGE_INPUT
 
-SMALL, LARGE = 96, 160  # the two sizes that won on some catalog style (BENCHMARKS.md)
+# The two sizes that won on some catalog style (BENCHMARKS.md); from LARGE on, training runs
+# longer (models.config.default_epochs), so the two share one constant.
+SMALL, LARGE = 96, LARGE_INPUT
 MIN_LONGER_SIDE_FOR_LARGE = 200  # 1.25 x LARGE: the letterbox shrinks, never enlarges
 SAMPLE = 200  # photos measured: the median of 200 is stable to a few pixels
 HEAD_BYTES = 256 << 10  # a JPEG's size sits after its EXIF block (at most 64 KiB) and tables
@@ -85,7 +87,7 @@ def _sample_uris(catalog: str, date: str, kind: str, allowed: tuple[str, ...]) -
         if isinstance(parsed, Review):
             uris.append(review_image(parsed).uri)
         elif isinstance(parsed, Listing):
-            uris.extend(ref.uri for ref in itertools.islice(listing_images(parsed), 1))
+            uris.extend(ref.uri for ref in listing_images(parsed)[:1])
         if len(uris) >= SAMPLE:
             break
     return uris
