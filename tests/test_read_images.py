@@ -8,6 +8,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -106,6 +107,23 @@ def test_oversized_file_is_dead_lettered(tmp_path) -> None:
             equal_to(["listing image: file larger than 1000 bytes"]),
             label="Dead",
         )
+
+
+def test_read_limited_reads_files_longer_than_one_piece_whole_up_to_the_limit(
+    tmp_path, monkeypatch
+) -> None:
+    """Reads come in pieces (READ_PIECE); a file of several pieces arrives whole and byte for
+    byte, one of exactly the limit is read, one byte more is refused."""
+    from transforms import read_images
+
+    monkeypatch.setattr(read_images, "READ_PIECE", 1000)
+    data = os.urandom(3500)
+    path = str(tmp_path / "photo.bin")
+    storage.write_bytes(path, data)
+    assert read_images.read_limited(path, 3500) == data
+    assert read_images.read_limited(path, 10_000) == data
+    with pytest.raises(ValueError, match="larger than 3499 bytes"):
+        read_images.read_limited(path, 3499)
 
 
 def test_decoding_ahead_in_threads_gives_what_decoding_in_line_gives(tmp_path) -> None:
