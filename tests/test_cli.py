@@ -342,3 +342,36 @@ def test_a_template_launch_is_refused_before_the_day_is_touched(
     assert "cannot run as a Dataflow template" in line and "vsearch finish" in line
     assert not (tmp_path / "job.json").exists()
     assert not work.exists() or not any(p.is_file() for p in work.rglob("*")), list(work.rglob("*"))
+
+
+_EXIT = """
+import atexit, logging, multiprocessing, sys, time
+from vsearch import cli
+if sys.argv[1] != "light":
+    import tensorflow  # noqa: F401
+if sys.argv[1] == "child":
+    multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.5,)).start()
+atexit.register(lambda: print("finalised", file=sys.stderr))
+print("x" * 100_000, end="")
+logging.basicConfig()
+logging.getLogger("job").warning("logged last")
+cli.exit_now(3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "finalised"), [("light", True), ("tensorflow", False), ("child", True)]
+)
+def test_the_exit_keeps_the_code_and_all_output_and_skips_finalising_only_after_tf(
+    mode: str, finalised: bool
+) -> None:
+    """After TensorFlow the process ends without Python's finalisation (its teardown costs
+    ~1.2 s a run), but never loses the exit code or a byte of output; a live child process
+    (Beam's shared-model server) gets the normal exit that stops it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT, mode], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "x" * 100_000
+    assert "logged last" in proc.stderr
+    assert ("finalised" in proc.stderr) is finalised

@@ -1,7 +1,5 @@
 """``python -m vsearch COMMAND ...``: the same CLI as ``vsearch`` (the DAG's Beam tasks use it)."""
 
-import sys
+from vsearch.cli import entry
 
-from vsearch.cli import main
-
-sys.exit(main())
+entry()

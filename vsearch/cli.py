@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from vsearch import flags, quiet, stages
 
@@ -249,5 +251,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> NoReturn:
+    """The ``vsearch`` console script and ``python -m vsearch``: ``main``, then the exit."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once its output is flushed. After TensorFlow, without
+    Python's finalisation: TensorFlow's teardown takes ~1.2 s of every run (1.4 s with Beam)
+    after the command's work is done. Not while a child process (Beam's shared-model server, a
+    multi_processing worker) waits for the normal exit to stop it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    if "tensorflow" not in sys.modules or multiprocessing.active_children():
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
