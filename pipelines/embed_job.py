@@ -69,6 +69,10 @@ from transforms.progress import LogProgress
 # one's rows and gathers the batch after (transforms/pipelined_inference.py; on 2 cores 0.80 ->
 # see BENCHMARKS.md "Embed job"; on a GPU it overlaps the host's work with the device's).
 MODEL_CALLS_IN_FLIGHT = 2
+# Model batches are merged into tables of this many rows before the shard and state shuffles:
+# each table that crosses a shuffle costs a pack, an unpack and a Beam element (12 us a row in
+# tables of 64 rows, 4.4 us in tables of 4,096; BENCHMARKS.md "Embed job"). ~4 MB of vectors.
+MERGED_ROWS = 4096
 STATE_TAG = "state"
 
 
@@ -158,8 +162,16 @@ def build(
     )
     embedded = inferred.predictions  # one _Embedded per model batch
     _ = embedded | "Progress" >> LogProgress(STAGE, "images embedded", weight=_rows_of)
-    written = (
+    merged = (
         embedded
+        | "MergeBatches"
+        >> beam.BatchElements(
+            min_batch_size=MERGED_ROWS, max_batch_size=MERGED_ROWS, element_size_fn=_rows_of
+        )
+        | "MergeTables" >> beam.Map(_merged)
+    )
+    written = (
+        merged
         | "Rows" >> beam.Map(lambda e: e.rows)
         | "WriteEmbeddings"
         >> WriteEmbeddings(
@@ -179,7 +191,7 @@ def build(
             read[STATE_TAG]  # recognised by sha256 after the read: few, one dict each
             | "BatchStateRows" >> beam.BatchElements(min_batch_size=4096, max_batch_size=4096)
             | "StateTables" >> beam.Map(state_table),
-            embedded | "EmbeddedState" >> beam.Map(lambda e: e.state),
+            merged | "EmbeddedState" >> beam.Map(lambda e: e.state),
         )
         | "AllStateTables" >> beam.Flatten()
         | "WriteState" >> WriteState(staging.state, buckets)
@@ -321,6 +333,14 @@ class _Embedded(NamedTuple):
 
 def _rows_of(e: _Embedded) -> int:
     return e.rows.table.num_rows
+
+
+def _merged(batch: list[_Embedded]) -> _Embedded:
+    """Several model batches' rows and state rows as one ``_Embedded`` (``MERGED_ROWS``)."""
+    return _Embedded(
+        PackedTable(pa.concat_tables([e.rows.table for e in batch])),
+        PackedTable(pa.concat_tables([e.state.table for e in batch])),
+    )
 
 
 class _BatchRows:

@@ -20,7 +20,7 @@ import pytest
 from core import catalog as catalog_mod
 from core import embeddings, paths, runs, snapshot, storage
 from core.deadletter import read_dead_letters
-from pipelines import embed
+from pipelines import embed, embed_job
 from pipelines.embed import EmbedError
 from tests import embed_fixtures as fx
 from vsearch import cli
@@ -67,7 +67,13 @@ def generated(tmp_path_factory) -> str:
     return out
 
 
-def test_incremental_day1_day2_idempotent_and_full(generated, fake_model_dir, tmp_path) -> None:
+def test_incremental_day1_day2_idempotent_and_full(
+    generated, fake_model_dir, tmp_path, monkeypatch
+) -> None:
+    # Model batches of 2-8 rows merged into tables of ~20 before the shuffles: several batches
+    # per table and several tables per day, so that the rows and state rows of every batch
+    # must survive the merge for the counts and the day-2 skips below to hold.
+    monkeypatch.setattr(embed_job, "MERGED_ROWS", 20)
     workdir = str(tmp_path / "work")
     version = fx.install_model(fake_model_dir, workdir)
     day1, day2 = _snapshot_images(generated, fx.D1), _snapshot_images(generated, fx.D2)
