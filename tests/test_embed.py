@@ -23,6 +23,7 @@ from core.deadletter import read_dead_letters
 from pipelines import embed, embed_job
 from pipelines.embed import EmbedError
 from tests import embed_fixtures as fx
+from transforms import change_detection
 from vsearch import cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,6 +75,8 @@ def test_incremental_day1_day2_idempotent_and_full(
     # per table and several tables per day, so that the rows and state rows of every batch
     # must survive the merge for the counts and the day-2 skips below to hold.
     monkeypatch.setattr(embed_job, "MERGED_ROWS", 20)
+    # The photos to read cross their shuffle in lists of 3: a part-full last list per bucket.
+    monkeypatch.setattr(change_detection, "READ_UNIT", 3)
     workdir = str(tmp_path / "work")
     version = fx.install_model(fake_model_dir, workdir)
     day1, day2 = _snapshot_images(generated, fx.D1), _snapshot_images(generated, fx.D2)

@@ -79,6 +79,9 @@ KNOWN = pa.schema(
 STATE = pa.schema([*PHOTOS, ("image_sha256", pa.string())])
 KEPT = "kept"  # Select's output of the skipped photos' state rows
 TO_READ_ROWS = "to_read_rows"  # Select's output: how many photos of a bucket must be read
+# The photos to read cross the shuffle that spreads them over workers in lists of this many: a
+# Beam element per photo cost ~15 us in the shuffle alone (BENCHMARKS.md "Embed job").
+READ_UNIT = 256
 
 
 class PhotosSelected(NamedTuple):
@@ -237,8 +240,9 @@ def _state_tables(uri: str, buckets: int) -> Iterator[tuple[int, PackedTable]]:
 
 
 class _Select(beam.DoFn):
-    """One listing bucket: photos, earlier keys and state -> the photos that must be read, and
-    (``KEPT``) the state rows of those skipped, for this run's snapshot.
+    """One listing bucket: photos, earlier keys and state -> the photos that must be read (lists
+    of up to ``READ_UNIT``), and (``KEPT``) the state rows of those skipped, for this run's
+    snapshot.
 
     ``state_checked``: the state is a snapshot whose embedding partitions are unchanged
     (``embedstate``), so its rows need no check against the partitions' keys (none are given).
@@ -295,10 +299,16 @@ class _Select(beam.DoFn):
         shas: dict[tuple[str, int], set[str]] = {}
         for lid, i, sha in zip(*(ours.column(n).to_pylist() for n in KNOWN.names), strict=True):
             shas.setdefault((lid, i), set()).add(sha)
+        unit: list[PhotoToRead] = []
         for lid, i, uri, key in zip(
             *(to_read.column(n).to_pylist() for n in PHOTOS.names), strict=True
         ):
-            yield PhotoToRead(lid, i, uri, key, tuple(sorted(shas.get((lid, i), ()))))
+            unit.append(PhotoToRead(lid, i, uri, key, tuple(sorted(shas.get((lid, i), ())))))
+            if len(unit) == READ_UNIT:
+                yield unit
+                unit = []
+        if unit:
+            yield unit
 
 
 @beam.ptransform_fn
@@ -351,7 +361,9 @@ def PhotosToRead(  # noqa: N802
     counts = (split[COUNTS_TAG], keyed[COUNTS_TAG]) | "AllCounts" >> beam.Flatten()
     # A bucket yields up to all its photos (a full run): spread the reads over workers.
     return PhotosSelected(
-        selected.to_read | "SpreadReads" >> beam.Reshuffle(),
+        selected.to_read
+        | "SpreadReads" >> beam.Reshuffle()
+        | "PhotosOfUnit" >> beam.FlatMap(lambda unit: unit),
         selected[KEPT],
         counts,
         selected[TO_READ_ROWS] | "ToReadTotal" >> beam.CombineGlobally(sum),
