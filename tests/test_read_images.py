@@ -112,11 +112,11 @@ def test_oversized_file_is_dead_lettered(tmp_path) -> None:
 def test_read_limited_reads_files_longer_than_one_piece_whole_up_to_the_limit(
     tmp_path, monkeypatch
 ) -> None:
-    """Reads come in pieces (READ_PIECE); a file of several pieces arrives whole and byte for
-    byte, one of exactly the limit is read, one byte more is refused."""
+    """Reads come in pieces (storage.READ_PIECE); a file of several pieces arrives whole and byte
+    for byte, one of exactly the limit is read, one byte more is refused."""
     from transforms import read_images
 
-    monkeypatch.setattr(read_images, "READ_PIECE", 1000)
+    monkeypatch.setattr(storage, "READ_PIECE", 1000)
     data = os.urandom(3500)
     path = str(tmp_path / "photo.bin")
     storage.write_bytes(path, data)
